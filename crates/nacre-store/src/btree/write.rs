@@ -1,0 +1,678 @@
+//! The write side: a copy-on-write B+tree whose changed nodes live in an
+//! arena until the transaction writes them out (at commit, or early when the
+//! transaction grows past its dirty-memory budget).
+//!
+//! Invariants kept for every tree written to disk:
+//! * every node except the root is non-empty; every branch except the root
+//!   has at least two children; a root branch has at least two children;
+//! * keys are strictly increasing, separators bound their children;
+//! * each child pointer carries the exact key count of its subtree.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::page::{
+    branch_entry_size, encode_branch, encode_leaf, leaf_entry_size, leaf_size, ChildInfo, Page,
+    Val,
+};
+use crate::error::Result;
+use crate::record::{align_up, Kind, Ptr};
+
+/// Where the write side gets clean pages from.
+pub trait Source {
+    fn page(&self, ptr: Ptr) -> Result<Arc<Page>>;
+}
+
+/// Where it writes nodes to.
+pub trait Sink {
+    fn append(&mut self, kind: Kind, payload: &[u8]) -> Result<Ptr>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRef {
+    Clean(Ptr),
+    Dirty(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Child {
+    pub r: NodeRef,
+    pub count: u64,
+    /// Log footprint of the subtree; exact for clean children, recomputed
+    /// when dirty ones are written.
+    pub bytes: u64,
+}
+
+impl Child {
+    fn clean(c: ChildInfo) -> Child {
+        Child {
+            r: NodeRef::Clean(c.ptr),
+            count: c.count,
+            bytes: c.bytes,
+        }
+    }
+}
+
+type Entries = Vec<(Vec<u8>, Val)>;
+
+#[derive(Debug)]
+pub struct BranchNode {
+    level: u8,
+    keys: Vec<Vec<u8>>,
+    children: Vec<Child>,
+}
+
+#[derive(Debug)]
+enum Node {
+    Leaf(Entries),
+    Branch(BranchNode),
+    /// A slot whose node was written out or merged away.
+    Gone,
+}
+
+impl Node {
+    fn from_page(p: &Page) -> Node {
+        if p.is_leaf() {
+            Node::Leaf((0..p.len()).map(|i| (p.key(i).to_vec(), p.value(i).to_val())).collect())
+        } else {
+            Node::Branch(BranchNode {
+                level: p.level,
+                keys: (0..p.len() - 1).map(|i| p.sep(i).to_vec()).collect(),
+                children: (0..p.len()).map(|i| Child::clean(p.child(i))).collect(),
+            })
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Node::Leaf(e) => leaf_size(e),
+            Node::Branch(b) => {
+                8 + super::page::CHILD_LEN + b.keys.iter().map(|k| branch_entry_size(k)).sum::<usize>()
+            }
+            Node::Gone => 0,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            Node::Leaf(e) => e.len() as u64,
+            Node::Branch(b) => b.children.iter().map(|c| c.count).sum(),
+            Node::Gone => 0,
+        }
+    }
+
+    fn level(&self) -> u8 {
+        match self {
+            Node::Leaf(_) => 0,
+            Node::Branch(b) => b.level,
+            Node::Gone => unreachable!("level of a gone node"),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Node::Leaf(e) => e.is_empty(),
+            Node::Branch(b) => b.children.is_empty(),
+            Node::Gone => true,
+        }
+    }
+
+    /// Not allowed below the root.
+    fn is_invalid(&self) -> bool {
+        match self {
+            Node::Leaf(e) => e.is_empty(),
+            Node::Branch(b) => b.children.len() < 2,
+            Node::Gone => true,
+        }
+    }
+}
+
+fn branch_index(keys: &[Vec<u8>], key: &[u8]) -> usize {
+    keys.partition_point(|k| k.as_slice() <= key)
+}
+
+pub fn in_range(k: &[u8], lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> bool {
+    let above = match lo {
+        Bound::Unbounded => true,
+        Bound::Included(x) => k >= x,
+        Bound::Excluded(x) => k > x,
+    };
+    let below = match hi {
+        Bound::Unbounded => true,
+        Bound::Included(y) => k <= y,
+        Bound::Excluded(y) => k < y,
+    };
+    above && below
+}
+
+/// Does `[lo, hi]` cover every key a child bounded by `[clo, chi)` can hold?
+fn covers(lo: Bound<&[u8]>, hi: Bound<&[u8]>, clo: Option<&[u8]>, chi: Option<&[u8]>) -> bool {
+    let low_ok = match (lo, clo) {
+        (Bound::Unbounded, _) => true,
+        (_, None) => false,
+        (Bound::Included(x), Some(l)) => x <= l,
+        (Bound::Excluded(x), Some(l)) => x < l,
+    };
+    let high_ok = match (hi, chi) {
+        (Bound::Unbounded, _) => true,
+        (_, None) => false,
+        (Bound::Included(y) | Bound::Excluded(y), Some(u)) => u <= y,
+    };
+    low_ok && high_ok
+}
+
+pub struct Tree {
+    pub root: Option<Child>,
+    arena: Vec<Node>,
+    node_size: usize,
+    scratch: Vec<u8>,
+}
+
+impl Tree {
+    pub fn new(root: Option<ChildInfo>, node_size: usize) -> Tree {
+        Tree {
+            root: root.map(Child::clean),
+            arena: Vec::new(),
+            node_size,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.root.map_or(0, |c| c.count)
+    }
+
+    /// A rough measure of memory held by dirty nodes.
+    pub fn dirty_bytes(&self) -> usize {
+        self.arena.len() * self.node_size
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        matches!(self.root, Some(Child { r: NodeRef::Dirty(_), .. }))
+    }
+
+    fn push(&mut self, n: Node) -> usize {
+        self.arena.push(n);
+        self.arena.len() - 1
+    }
+
+    fn branch(&self, idx: usize) -> &BranchNode {
+        match &self.arena[idx] {
+            Node::Branch(b) => b,
+            _ => unreachable!("expected a branch"),
+        }
+    }
+
+    fn branch_mut(&mut self, idx: usize) -> &mut BranchNode {
+        match &mut self.arena[idx] {
+            Node::Branch(b) => b,
+            _ => unreachable!("expected a branch"),
+        }
+    }
+
+    fn dirty_root(&mut self, src: &dyn Source) -> Result<usize> {
+        let root = self.root.as_mut().expect("dirty_root of an empty tree");
+        match root.r {
+            NodeRef::Dirty(i) => Ok(i),
+            NodeRef::Clean(ptr) => {
+                let page = src.page(ptr)?;
+                let idx = self.push(Node::from_page(&page));
+                self.root.as_mut().unwrap().r = NodeRef::Dirty(idx);
+                Ok(idx)
+            }
+        }
+    }
+
+    fn dirty_child(&mut self, src: &dyn Source, parent: usize, i: usize) -> Result<usize> {
+        match self.branch(parent).children[i].r {
+            NodeRef::Dirty(c) => Ok(c),
+            NodeRef::Clean(ptr) => {
+                let page = src.page(ptr)?;
+                let idx = self.push(Node::from_page(&page));
+                self.branch_mut(parent).children[i].r = NodeRef::Dirty(idx);
+                Ok(idx)
+            }
+        }
+    }
+
+    pub fn get(&self, src: &dyn Source, key: &[u8]) -> Result<Option<Val>> {
+        let Some(root) = self.root else { return Ok(None) };
+        let mut r = root.r;
+        loop {
+            match r {
+                NodeRef::Clean(ptr) => return super::read::lookup(src, ptr, key),
+                NodeRef::Dirty(idx) => match &self.arena[idx] {
+                    Node::Branch(b) => r = b.children[branch_index(&b.keys, key)].r,
+                    Node::Leaf(e) => {
+                        return Ok(e
+                            .binary_search_by(|(k, _)| k.as_slice().cmp(key))
+                            .ok()
+                            .map(|p| e[p].1.clone()))
+                    }
+                    Node::Gone => unreachable!("gone node reachable"),
+                },
+            }
+        }
+    }
+
+    /// Descend to the leaf for `key`, making the path dirty.
+    fn dirty_path(&mut self, src: &dyn Source, key: &[u8]) -> Result<(usize, Vec<(usize, usize)>)> {
+        let mut idx = self.dirty_root(src)?;
+        let mut path = Vec::new();
+        while let Node::Branch(b) = &self.arena[idx] {
+            let i = branch_index(&b.keys, key);
+            let c = self.dirty_child(src, idx, i)?;
+            path.push((idx, i));
+            idx = c;
+        }
+        Ok((idx, path))
+    }
+
+    /// Insert or replace; returns the old value.
+    pub fn put(&mut self, src: &dyn Source, key: &[u8], val: Val) -> Result<Option<Val>> {
+        if self.root.is_none() {
+            let idx = self.push(Node::Leaf(Vec::new()));
+            self.root = Some(Child {
+                r: NodeRef::Dirty(idx),
+                count: 0,
+                bytes: 0,
+            });
+        }
+        let (leaf, path) = self.dirty_path(src, key)?;
+        let Node::Leaf(entries) = &mut self.arena[leaf] else { unreachable!() };
+        let (old, pos) = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+            Ok(p) => (Some(std::mem::replace(&mut entries[p].1, val)), p),
+            Err(p) => {
+                entries.insert(p, (key.to_vec(), val));
+                (None, p)
+            }
+        };
+        let at_end = pos + 1 == entries.len();
+        if old.is_none() {
+            for &(b, i) in &path {
+                self.branch_mut(b).children[i].count += 1;
+            }
+            self.root.as_mut().unwrap().count += 1;
+        }
+        self.split_up(leaf, path, at_end);
+        self.debug_check("put");
+        Ok(old)
+    }
+
+    /// Remove `key`; returns the old value.
+    pub fn delete(&mut self, src: &dyn Source, key: &[u8]) -> Result<Option<Val>> {
+        // Look first, so that deleting a missing key copies nothing.
+        if self.get(src, key)?.is_none() {
+            return Ok(None);
+        }
+        let (leaf, path) = self.dirty_path(src, key)?;
+        let Node::Leaf(entries) = &mut self.arena[leaf] else { unreachable!() };
+        let p = entries
+            .binary_search_by(|(k, _)| k.as_slice().cmp(key))
+            .expect("key found by get must be in its leaf");
+        let (_, old) = entries.remove(p);
+        for &(b, i) in &path {
+            self.branch_mut(b).children[i].count -= 1;
+        }
+        self.root.as_mut().unwrap().count -= 1;
+        for &(b, _) in path.iter().rev() {
+            self.fix_children(src, b)?;
+        }
+        self.fix_root();
+        self.debug_check("delete");
+        Ok(Some(old))
+    }
+
+    /// Remove every key in `[lo, hi]`; returns how many. Subtrees that lie
+    /// wholly inside the range are dropped without being read.
+    pub fn delete_range(&mut self, src: &dyn Source, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<u64> {
+        if self.root.is_none() {
+            return Ok(0);
+        }
+        let root = self.dirty_root(src)?;
+        let removed = self.remove_range(src, root, lo, hi, None, None)?;
+        self.root.as_mut().unwrap().count -= removed;
+        self.fix_root();
+        self.debug_check("delete_range");
+        Ok(removed)
+    }
+
+    fn remove_range(
+        &mut self,
+        src: &dyn Source,
+        idx: usize,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        node_lo: Option<&[u8]>,
+        node_hi: Option<&[u8]>,
+    ) -> Result<u64> {
+        if let Node::Leaf(entries) = &mut self.arena[idx] {
+            let before = entries.len();
+            entries.retain(|(k, _)| !in_range(k, lo, hi));
+            return Ok((before - entries.len()) as u64);
+        }
+        let b = self.branch(idx);
+        let n = b.children.len();
+        let first = match lo {
+            Bound::Unbounded => 0,
+            Bound::Included(x) | Bound::Excluded(x) => branch_index(&b.keys, x),
+        };
+        let last = match hi {
+            Bound::Unbounded => n - 1,
+            Bound::Included(y) | Bound::Excluded(y) => branch_index(&b.keys, y),
+        };
+        let mut removed = 0;
+        let mut dropped: Vec<usize> = Vec::new();
+        for i in first..=last {
+            let b = self.branch(idx);
+            let clo = if i == 0 { node_lo.map(<[u8]>::to_vec) } else { Some(b.keys[i - 1].clone()) };
+            let chi = if i == n - 1 { node_hi.map(<[u8]>::to_vec) } else { Some(b.keys[i].clone()) };
+            if covers(lo, hi, clo.as_deref(), chi.as_deref()) {
+                removed += b.children[i].count;
+                dropped.push(i);
+            } else {
+                let c = self.dirty_child(src, idx, i)?;
+                let r = self.remove_range(src, c, lo, hi, clo.as_deref(), chi.as_deref())?;
+                self.branch_mut(idx).children[i].count -= r;
+                removed += r;
+            }
+        }
+        if let (Some(&a), Some(&z)) = (dropped.first(), dropped.last()) {
+            debug_assert_eq!(z - a + 1, dropped.len(), "covered children are contiguous");
+            let b = self.branch_mut(idx);
+            b.children.drain(a..=z);
+            let nkeys = b.keys.len();
+            if a > 0 {
+                b.keys.drain(a - 1..z.min(nkeys));
+            } else {
+                b.keys.drain(0..(z + 1).min(nkeys));
+            }
+        }
+        self.fix_children(src, idx)?;
+        Ok(removed)
+    }
+
+    /// Restore the invariants among the children of branch `p`: remove empty
+    /// children, merge one-child branches and empty leaves into a
+    /// neighbour, then merge children that fell under a quarter of a node.
+    fn fix_children(&mut self, src: &dyn Source, p: usize) -> Result<()> {
+        // Empty children first: merging into an empty neighbour would pull
+        // down a separator with nothing on its far side.
+        loop {
+            let b = self.branch(p);
+            let empty = b.children.iter().position(|c| match c.r {
+                NodeRef::Dirty(i) => self.arena[i].is_empty(),
+                NodeRef::Clean(_) => false,
+            });
+            let Some(i) = empty else { break };
+            let NodeRef::Dirty(ci) = b.children[i].r else { unreachable!() };
+            self.arena[ci] = Node::Gone;
+            let b = self.branch_mut(p);
+            b.children.remove(i);
+            if !b.keys.is_empty() {
+                b.keys.remove(i.saturating_sub(1));
+            }
+        }
+        // Then one-child branches: merged into a neighbour, which is never
+        // empty now and so gives the merge at least two children.
+        while self.branch(p).children.len() >= 2 {
+            let bad = self.branch(p).children.iter().position(|c| match c.r {
+                NodeRef::Dirty(i) => self.arena[i].is_invalid(),
+                NodeRef::Clean(_) => false,
+            });
+            let Some(i) = bad else { break };
+            self.merge_child(src, p, i)?;
+        }
+        let mut i = 0;
+        while i < self.branch(p).children.len() {
+            let under = match self.branch(p).children[i].r {
+                NodeRef::Dirty(ci) => self.arena[ci].size() < self.node_size / 4,
+                NodeRef::Clean(_) => false,
+            };
+            if under && self.branch(p).children.len() >= 2 {
+                self.merge_child(src, p, i)?;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Merge child `i` of `p` with a neighbour; split the result again if it
+    /// is too large.
+    fn merge_child(&mut self, src: &dyn Source, p: usize, i: usize) -> Result<()> {
+        let n = self.branch(p).children.len();
+        debug_assert!(n >= 2);
+        let (l, r) = if i + 1 < n { (i, i + 1) } else { (i - 1, i) };
+        let li = self.dirty_child(src, p, l)?;
+        let ri = self.dirty_child(src, p, r)?;
+        let right = std::mem::replace(&mut self.arena[ri], Node::Gone);
+        let b = self.branch_mut(p);
+        let sep = b.keys.remove(l);
+        let rc = b.children.remove(r);
+        b.children[l].count += rc.count;
+        match (&mut self.arena[li], right) {
+            (Node::Leaf(a), Node::Leaf(bn)) => a.extend(bn),
+            (Node::Branch(a), Node::Branch(bn)) => {
+                a.keys.push(sep);
+                a.keys.extend(bn.keys);
+                a.children.extend(bn.children);
+            }
+            _ => unreachable!("siblings at different levels"),
+        }
+        if self.arena[li].size() > self.node_size {
+            if let Some((sep, right)) = self.split_node(li, false) {
+                let rc = right.count();
+                let ridx = self.push(right);
+                let lc = self.arena[li].count();
+                let b = self.branch_mut(p);
+                b.children[l].count = lc;
+                b.children.insert(
+                    l + 1,
+                    Child {
+                        r: NodeRef::Dirty(ridx),
+                        count: rc,
+                        bytes: 0,
+                    },
+                );
+                b.keys.insert(l, sep);
+            }
+        }
+        Ok(())
+    }
+
+    fn fix_root(&mut self) {
+        while let Some(Child { r: NodeRef::Dirty(idx), count, .. }) = self.root {
+            match &self.arena[idx] {
+                Node::Leaf(e) if e.is_empty() => self.root = None,
+                Node::Branch(b) if b.children.is_empty() => self.root = None,
+                Node::Branch(b) if b.children.len() == 1 => {
+                    debug_assert_eq!(b.children[0].count, count);
+                    self.root = Some(b.children[0]);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Split node `idx` in two if it can be; it keeps the left half.
+    /// Returns the separator and the right half.
+    fn split_node(&mut self, idx: usize, at_end: bool) -> Option<(Vec<u8>, Node)> {
+        match &mut self.arena[idx] {
+            Node::Leaf(e) => {
+                let n = e.len();
+                if n < 2 {
+                    return None;
+                }
+                // Appends in key order fill leaves instead of halving them.
+                let m = if at_end {
+                    n - 1
+                } else {
+                    let total: usize = e.iter().map(|(k, v)| leaf_entry_size(k, v)).sum();
+                    let mut acc = 0;
+                    let mut m = 0;
+                    while m < n && acc < total / 2 {
+                        acc += leaf_entry_size(&e[m].0, &e[m].1);
+                        m += 1;
+                    }
+                    m.clamp(1, n - 1)
+                };
+                let right = e.split_off(m);
+                let sep = right[0].0.clone();
+                Some((sep, Node::Leaf(right)))
+            }
+            Node::Branch(b) => {
+                let n = b.children.len();
+                if n < 4 {
+                    return None;
+                }
+                let m = if at_end {
+                    n - 2
+                } else {
+                    let total: usize = b.keys.iter().map(|k| branch_entry_size(k)).sum();
+                    let mut acc = 0;
+                    let mut m = 0;
+                    while m < b.keys.len() && acc < total / 2 {
+                        acc += branch_entry_size(&b.keys[m]);
+                        m += 1;
+                    }
+                    m.clamp(2, n - 2)
+                };
+                let right_children = b.children.split_off(m);
+                let right_keys = b.keys.split_off(m);
+                let sep = b.keys.pop().expect("left half keeps a separator");
+                Some((
+                    sep,
+                    Node::Branch(BranchNode {
+                        level: b.level,
+                        keys: right_keys,
+                        children: right_children,
+                    }),
+                ))
+            }
+            Node::Gone => unreachable!(),
+        }
+    }
+
+    fn split_up(&mut self, mut idx: usize, mut path: Vec<(usize, usize)>, mut at_end: bool) {
+        loop {
+            if self.arena[idx].size() <= self.node_size {
+                return;
+            }
+            let Some((sep, right)) = self.split_node(idx, at_end) else { return };
+            let rc = right.count();
+            let ridx = self.push(right);
+            let lc = self.arena[idx].count();
+            let right_child = Child {
+                r: NodeRef::Dirty(ridx),
+                count: rc,
+                bytes: 0,
+            };
+            match path.pop() {
+                None => {
+                    let level = self.arena[idx].level() + 1;
+                    let left_child = Child {
+                        r: NodeRef::Dirty(idx),
+                        count: lc,
+                        bytes: 0,
+                    };
+                    let root = self.push(Node::Branch(BranchNode {
+                        level,
+                        keys: vec![sep],
+                        children: vec![left_child, right_child],
+                    }));
+                    self.root = Some(Child {
+                        r: NodeRef::Dirty(root),
+                        count: lc + rc,
+                        bytes: 0,
+                    });
+                    return;
+                }
+                Some((p, i)) => {
+                    let b = self.branch_mut(p);
+                    b.children[i].count = lc;
+                    b.children.insert(i + 1, right_child);
+                    b.keys.insert(i, sep);
+                    at_end = i + 2 == b.children.len();
+                    idx = p;
+                }
+            }
+        }
+    }
+
+    /// Check the shape of every dirty branch (debug builds only).
+    pub fn debug_check(&self, op: &str) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        for (i, n) in self.arena.iter().enumerate() {
+            if let Node::Branch(b) = n {
+                if !b.children.is_empty() {
+                    assert_eq!(b.keys.len() + 1, b.children.len(), "after {op}: branch {i} keys/children mismatch");
+                }
+                for w in b.keys.windows(2) {
+                    assert!(w[0] < w[1], "after {op}: separators out of order in {i}");
+                }
+            }
+        }
+    }
+
+    /// Write every dirty node (children before parents) and return the
+    /// clean root. The arena is empty afterwards.
+    pub fn flush(&mut self, sink: &mut dyn Sink) -> Result<Option<ChildInfo>> {
+        let Some(mut root) = self.root else {
+            self.arena.clear();
+            return Ok(None);
+        };
+        self.write(sink, &mut root)?;
+        self.root = Some(root);
+        self.arena.clear();
+        let NodeRef::Clean(ptr) = root.r else { unreachable!() };
+        Ok(Some(ChildInfo {
+            ptr,
+            count: root.count,
+            bytes: root.bytes,
+        }))
+    }
+
+    fn write(&mut self, sink: &mut dyn Sink, c: &mut Child) -> Result<()> {
+        let NodeRef::Dirty(idx) = c.r else { return Ok(()) };
+        let node = std::mem::replace(&mut self.arena[idx], Node::Gone);
+        let mut buf = std::mem::take(&mut self.scratch);
+        let (ptr, bytes) = match node {
+            Node::Leaf(entries) => {
+                assert_eq!(entries.len() as u64, c.count, "leaf count drifted");
+                encode_leaf(&entries, &mut buf);
+                let ptr = sink.append(Kind::Leaf, &buf)?;
+                let values: u64 = entries
+                    .iter()
+                    .map(|(_, v)| match v {
+                        Val::Ext { ptr, .. } => align_up(ptr.len as u64),
+                        Val::Inline(_) => 0,
+                    })
+                    .sum();
+                (ptr, align_up(ptr.len as u64) + values)
+            }
+            Node::Branch(mut b) => {
+                let mut infos = Vec::with_capacity(b.children.len());
+                for ch in b.children.iter_mut() {
+                    self.write(sink, ch)?;
+                    let NodeRef::Clean(p) = ch.r else { unreachable!() };
+                    infos.push(ChildInfo {
+                        ptr: p,
+                        count: ch.count,
+                        bytes: ch.bytes,
+                    });
+                }
+                assert_eq!(infos.iter().map(|i| i.count).sum::<u64>(), c.count, "branch count drifted");
+                encode_branch(b.level, &b.keys, &infos, &mut buf);
+                let ptr = sink.append(Kind::Branch, &buf)?;
+                (ptr, align_up(ptr.len as u64) + infos.iter().map(|i| i.bytes).sum::<u64>())
+            }
+            Node::Gone => unreachable!("gone node reachable from the root"),
+        };
+        self.scratch = buf;
+        c.r = NodeRef::Clean(ptr);
+        c.bytes = bytes;
+        Ok(())
+    }
+}

@@ -1,0 +1,364 @@
+//! The cleaner: reclaims the oldest segments by rewriting their live records
+//! at the head of the log, then deleting them.
+//!
+//! Liveness needs no side table. Every node record holds its level and a key
+//! inside its range (a leaf's first key, a branch's first separator), and a
+//! value record holds its key; so a record is live in a tree exactly when
+//! descending that tree by its key to its level lands on its position. The
+//! trees that count are the current root and every snapshot root.
+//!
+//! Relocation copies each live record, and every node on the path above it,
+//! once: a memo from old to new position makes nodes shared between the
+//! current tree and snapshots stay shared. The copies have the same content
+//! (child pointers aside), hence the same size, so key counts and byte
+//! counts in parents stay exact.
+//!
+//! Work proceeds in batches of at most `cleaner.batch_bytes_max` bytes of
+//! old segment, each one short write transaction, so writers interleave.
+//! A segment is deleted only after a root that no longer references it is
+//! durable; readers holding older roots keep their file handles.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::btree::page::{encode_branch, encode_leaf, ChildInfo, Page, Val};
+use crate::btree::read::lookup;
+use crate::btree::write::Source;
+use crate::error::{Error, Result};
+use crate::log::{parse_records, ScannedRecord};
+use crate::options::Durability;
+use crate::record::{align_up, Kind, Ptr, Reader, HEADER_LEN};
+use crate::store::{CleanStats, Ctx, Inner, SnapshotInfo};
+
+/// Clean every segment older than the head, after starting a fresh head so
+/// that everything written so far can be reclaimed.
+pub fn clean_all(inner: &Inner) -> Result<CleanStats> {
+    let before = inner.log.bytes_on_disk();
+    {
+        let _guard = inner.begin_write_guard()?;
+        inner.log.force_roll()?;
+    }
+    let head = inner.log.head_id();
+    let victims: Vec<u64> = inner.log.segments().keys().copied().filter(|&id| id < head).collect();
+    let mut stats = CleanStats::default();
+    for id in victims {
+        let s = clean_segment(inner, id, None)?;
+        stats.segments_cleaned += 1;
+        stats.records_relocated += s.0;
+        stats.bytes_relocated += s.1;
+    }
+    stats.bytes_on_disk_before = before;
+    stats.bytes_on_disk_after = inner.log.bytes_on_disk();
+    Ok(stats)
+}
+
+/// One step of background cleaning: if the files hold more than
+/// `space_ratio_max` times the live data, clean the oldest segment.
+/// Returns whether it cleaned anything.
+pub fn clean_step(inner: &Inner, shutdown: &Arc<(Mutex<bool>, Condvar)>) -> Result<bool> {
+    let v = inner.current.load_full();
+    // Snapshots hold data the current root does not; counting all of their
+    // bytes overestimates (pages are shared), which errs on the side of
+    // cleaning less rather than moving the same live data in circles.
+    let live = v.root.map_or(0, |r| r.bytes)
+        + v.catalog.snapshots.iter().map(|s| s.live_bytes).sum::<u64>();
+    let on_disk = inner.log.bytes_on_disk();
+    if (on_disk as f64) <= inner.opts.cleaner.space_ratio_max * live.max(1) as f64 {
+        return Ok(false);
+    }
+    let head = inner.log.head_id();
+    let Some(&oldest) = inner.log.segments().keys().next() else { return Ok(false) };
+    if oldest >= head {
+        return Ok(false);
+    }
+    clean_segment(inner, oldest, Some(shutdown))?;
+    Ok(true)
+}
+
+/// Relocate the live records of segment `id` and delete it. Returns
+/// (records relocated, bytes relocated).
+fn clean_segment(inner: &Inner, id: u64, pace: Option<&Arc<(Mutex<bool>, Condvar)>>) -> Result<(u64, u64)> {
+    let segs = inner.log.segments();
+    let seg = segs.get(&id).ok_or_else(|| Error::corrupt(0, format!("segment {id} vanished")))?.clone();
+    let end = inner
+        .log
+        .segment_end(&segs, id)
+        .ok_or_else(|| Error::corrupt(id * inner.log.seg_size, "cannot clean the head segment"))?;
+    let base = id * inner.log.seg_size;
+    let start = header_end();
+    let mut bytes = vec![0u8; end.saturating_sub(start) as usize];
+    seg.file
+        .read_exact_at(&mut bytes, start)
+        .map_err(Error::io("read segment for cleaning"))?;
+    // Every record of a completed segment must be intact: a bad one could be
+    // hiding live data, so cleaning stops rather than deleting it.
+    let records = parse_records(&bytes, base, start)?;
+    drop(bytes);
+
+    let rate = inner.opts.cleaner.rate_bytes_per_s_max;
+    let batch_max = inner.opts.cleaner.batch_bytes_max;
+    let (mut moved_records, mut moved_bytes) = (0u64, 0u64);
+    let started = Instant::now();
+    let mut i = 0;
+    while i < records.len() {
+        let mut j = i;
+        let mut batch_bytes = 0u64;
+        while j < records.len() && (j == i || batch_bytes + records[j].ptr.len as u64 <= batch_max) {
+            batch_bytes += align_up(records[j].ptr.len as u64);
+            j += 1;
+        }
+        let (r, b) = relocate_batch(inner, &records[i..j])?;
+        moved_records += r;
+        moved_bytes += b;
+        i = j;
+        if let (Some(shutdown), true) = (pace, rate > 0) {
+            // Keep to the configured rate; wake early on shutdown.
+            let due = Duration::from_secs_f64(moved_bytes as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                let (m, cv) = &**shutdown;
+                let mut stop = m.lock();
+                if !*stop {
+                    cv.wait_for(&mut stop, wait);
+                }
+                if *stop {
+                    return Ok((moved_records, moved_bytes));
+                }
+            }
+        }
+    }
+
+    // The roots that no longer need this segment must be durable before it
+    // goes.
+    inner.log.flush()?;
+    inner.log.sync_to(inner.log.written_upto())?;
+    {
+        let _guard = inner.begin_write_guard()?;
+        inner.log.remove_segments(&[id])?;
+        let v = inner.current.load_full();
+        inner.current.store(Arc::new(crate::store::Version {
+            seq: v.seq,
+            root: v.root,
+            catalog: v.catalog.clone(),
+            segs: inner.log.segments(),
+        }));
+    }
+    inner.counters.cleaned_segments.fetch_add(1, Ordering::Relaxed);
+    inner.counters.relocated_records.fetch_add(moved_records, Ordering::Relaxed);
+    inner.counters.relocated_bytes.fetch_add(moved_bytes, Ordering::Relaxed);
+    tracing::debug!(segment = id, moved_records, moved_bytes, "segment cleaned");
+    Ok((moved_records, moved_bytes))
+}
+
+fn header_end() -> u64 {
+    align_up((HEADER_LEN + crate::log::SEG_HEADER_PAYLOAD) as u64)
+}
+
+/// What must be rewritten for one batch.
+#[derive(Default)]
+struct Plan {
+    /// Positions of nodes to copy: live victims and every node above them.
+    nodes: HashSet<u64>,
+    /// Positions of value records to copy.
+    values: HashSet<u64>,
+    rewrite_catalog: bool,
+}
+
+fn relocate_batch(inner: &Inner, batch: &[ScannedRecord]) -> Result<(u64, u64)> {
+    let guard = inner.begin_write_guard()?;
+    let v = inner.current.load_full();
+    let segs = inner.log.segments();
+    let ctx = inner.ctx(&segs, true);
+    let mut roots: Vec<Ptr> = v.root.iter().map(|r| r.ptr).collect();
+    roots.extend(v.catalog.snapshots.iter().filter_map(|s| s.root.map(|r| r.ptr)));
+
+    let mut plan = Plan::default();
+    let mut moved = (0u64, 0u64);
+    for rec in batch {
+        let live = match rec.kind {
+            Kind::Leaf | Kind::Branch => mark_node(&ctx, &roots, rec, &mut plan)?,
+            Kind::Value => mark_value(&ctx, &roots, rec, &mut plan)?,
+            Kind::Catalog => {
+                let live = v.catalog.ptr.addr == rec.ptr.addr;
+                plan.rewrite_catalog |= live;
+                live
+            }
+            Kind::Root | Kind::SegmentHeader => false,
+        };
+        if live {
+            moved.0 += 1;
+            moved.1 += align_up(rec.ptr.len as u64);
+        }
+    }
+    if plan.nodes.is_empty() && plan.values.is_empty() && !plan.rewrite_catalog {
+        return Ok(moved);
+    }
+
+    let mut memo: HashMap<u64, Ptr> = HashMap::new();
+    let mut reloc = Relocator {
+        inner,
+        ctx: &ctx,
+        plan: &plan,
+        memo: &mut memo,
+        buf: Vec::new(),
+    };
+    let root = match v.root {
+        Some(r) => Some(ChildInfo {
+            ptr: reloc.node(r.ptr)?,
+            ..r
+        }),
+        None => None,
+    };
+    let mut snaps_changed = plan.rewrite_catalog;
+    let mut snaps: Vec<SnapshotInfo> = Vec::with_capacity(v.catalog.snapshots.len());
+    for s in &v.catalog.snapshots {
+        let mut s = s.clone();
+        if let Some(r) = s.root {
+            let p = reloc.node(r.ptr)?;
+            snaps_changed |= p != r.ptr;
+            s.root = Some(ChildInfo { ptr: p, ..r });
+        }
+        snaps.push(s);
+    }
+    let catalog = if snaps_changed {
+        inner.write_catalog(snaps)?
+    } else {
+        v.catalog.clone()
+    };
+    inner.commit_root(guard, root, catalog, Durability::Lazy)?;
+    Ok(moved)
+}
+
+/// Is this node record live in any tree? If so, mark it and its ancestors.
+fn mark_node(ctx: &Ctx<'_>, roots: &[Ptr], rec: &ScannedRecord, plan: &mut Plan) -> Result<bool> {
+    let page = Page::decode(rec.ptr, rec.kind, &rec.payload)?;
+    let key: Option<&[u8]> = if page.is_leaf() {
+        (page.len() > 0).then(|| page.key(0))
+    } else {
+        (page.len() > 1).then(|| page.sep(0))
+    };
+    let mut live = false;
+    for &root in roots {
+        if root.addr == rec.ptr.addr {
+            plan.nodes.insert(root.addr);
+            live = true;
+            continue;
+        }
+        let Some(key) = key else { continue };
+        if let Some(path) = path_to(ctx, root, key, page.level)? {
+            if path.last().map(|p| p.ptr.addr) == Some(rec.ptr.addr) {
+                plan.nodes.extend(path.iter().map(|p| p.ptr.addr));
+                live = true;
+            }
+        }
+    }
+    Ok(live)
+}
+
+fn mark_value(ctx: &Ctx<'_>, roots: &[Ptr], rec: &ScannedRecord, plan: &mut Plan) -> Result<bool> {
+    let mut r = Reader::new(&rec.payload, rec.ptr.addr);
+    let klen = r.u32()? as usize;
+    let key = r.bytes(klen)?;
+    let mut live = false;
+    for &root in roots {
+        if let Some(Val::Ext { ptr, .. }) = lookup(ctx, root, key)? {
+            if ptr.addr == rec.ptr.addr {
+                let path = path_to(ctx, root, key, 0)?.expect("a leaf exists at level 0");
+                plan.nodes.extend(path.iter().map(|p| p.ptr.addr));
+                plan.values.insert(rec.ptr.addr);
+                live = true;
+            }
+        }
+    }
+    Ok(live)
+}
+
+/// Pages from `root` down to the node at `level` covering `key`.
+fn path_to(ctx: &Ctx<'_>, root: Ptr, key: &[u8], level: u8) -> Result<Option<Vec<Arc<Page>>>> {
+    let mut path = vec![ctx.page(root)?];
+    loop {
+        let top = path.last().unwrap().clone();
+        if top.level == level {
+            return Ok(Some(path));
+        }
+        if top.level < level || path.len() > 64 {
+            return Ok(None);
+        }
+        let child = ctx.page(top.child(top.child_index(key)).ptr)?;
+        if child.level + 1 != top.level {
+            return Err(Error::corrupt(child.ptr.addr, "child level does not match its parent"));
+        }
+        path.push(child);
+    }
+}
+
+struct Relocator<'a, 'b> {
+    inner: &'a Inner,
+    ctx: &'a Ctx<'b>,
+    plan: &'a Plan,
+    memo: &'a mut HashMap<u64, Ptr>,
+    buf: Vec<u8>,
+}
+
+impl Relocator<'_, '_> {
+    fn node(&mut self, ptr: Ptr) -> Result<Ptr> {
+        if let Some(&p) = self.memo.get(&ptr.addr) {
+            return Ok(p);
+        }
+        if !self.plan.nodes.contains(&ptr.addr) {
+            return Ok(ptr);
+        }
+        let page = self.ctx.page(ptr)?;
+        let new = if page.is_leaf() {
+            let mut entries: Vec<(Vec<u8>, Val)> = Vec::with_capacity(page.len());
+            for i in 0..page.len() {
+                let mut val = page.value(i).to_val();
+                if let Val::Ext { ptr: vp, .. } = &mut val {
+                    if self.plan.values.contains(&vp.addr) {
+                        *vp = self.value(*vp)?;
+                    }
+                }
+                entries.push((page.key(i).to_vec(), val));
+            }
+            let mut buf = std::mem::take(&mut self.buf);
+            encode_leaf(&entries, &mut buf);
+            let p = self.inner.log.append(Kind::Leaf, &buf)?;
+            self.buf = buf;
+            p
+        } else {
+            let mut children = Vec::with_capacity(page.len());
+            for i in 0..page.len() {
+                let c = page.child(i);
+                children.push(ChildInfo {
+                    ptr: self.node(c.ptr)?,
+                    ..c
+                });
+            }
+            let keys: Vec<Vec<u8>> = (0..page.len() - 1).map(|i| page.sep(i).to_vec()).collect();
+            let mut buf = std::mem::take(&mut self.buf);
+            encode_branch(page.level, &keys, &children, &mut buf);
+            let p = self.inner.log.append(Kind::Branch, &buf)?;
+            self.buf = buf;
+            p
+        };
+        assert_eq!(new.len, ptr.len, "a relocated node changed size");
+        self.memo.insert(ptr.addr, new);
+        Ok(new)
+    }
+
+    fn value(&mut self, ptr: Ptr) -> Result<Ptr> {
+        if let Some(&p) = self.memo.get(&ptr.addr) {
+            return Ok(p);
+        }
+        let (kind, payload) = self.inner.log.read_record(self.ctx.segs, ptr)?;
+        if kind != Kind::Value {
+            return Err(Error::corrupt(ptr.addr, "value pointer leads to a non-value record"));
+        }
+        let new = self.inner.log.append(Kind::Value, &payload)?;
+        self.memo.insert(ptr.addr, new);
+        Ok(new)
+    }
+}

@@ -1,0 +1,560 @@
+//! `Store`: ties the log, the page cache, the tree and the cleaner together.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::btree::page::{ChildInfo, Page};
+use crate::btree::write::{Sink, Source};
+use crate::cache::PageCache;
+use crate::error::{Error, Result};
+use crate::log::{Log, RootRec, SegTable};
+use crate::options::{Durability, Options};
+use crate::record::{put_ptr, put_u16, put_u32, put_u64, Kind, Ptr, Reader};
+use crate::txn::{ReadTxn, WriteTxn};
+
+/// A named snapshot: the store as it was at commit `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    /// The commit whose state the snapshot holds.
+    pub seq: u64,
+    pub key_count: u64,
+    /// Log bytes reachable from the snapshot's root (shared pages included).
+    pub live_bytes: u64,
+    pub created_unix_ms: u64,
+    pub(crate) root: Option<ChildInfo>,
+}
+
+/// The snapshot catalog and where it was last written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Catalog {
+    pub ptr: Ptr,
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+impl Catalog {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_u32(&mut out, self.snapshots.len() as u32);
+        for s in &self.snapshots {
+            put_u16(&mut out, s.name.len() as u16);
+            out.extend_from_slice(s.name.as_bytes());
+            put_u64(&mut out, s.seq);
+            let r = s.root.unwrap_or(ChildInfo {
+                ptr: Ptr::NULL,
+                count: 0,
+                bytes: 0,
+            });
+            put_ptr(&mut out, r.ptr);
+            put_u64(&mut out, r.count);
+            put_u64(&mut out, r.bytes);
+            put_u64(&mut out, s.created_unix_ms);
+        }
+        out
+    }
+
+    pub fn decode(ptr: Ptr, payload: &[u8]) -> Result<Catalog> {
+        let mut r = Reader::new(payload, ptr.addr);
+        let n = r.u32()? as usize;
+        let mut snapshots = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let len = r.u16()? as usize;
+            let name = String::from_utf8(r.bytes(len)?.to_vec())
+                .map_err(|_| Error::corrupt(ptr.addr, "snapshot name is not UTF-8"))?;
+            let seq = r.u64()?;
+            let rp = r.ptr()?;
+            let count = r.u64()?;
+            let bytes = r.u64()?;
+            let created_unix_ms = r.u64()?;
+            snapshots.push(SnapshotInfo {
+                name,
+                seq,
+                key_count: count,
+                live_bytes: bytes,
+                created_unix_ms,
+                root: (!rp.is_null()).then_some(ChildInfo { ptr: rp, count, bytes }),
+            });
+        }
+        if !r.done() {
+            return Err(Error::corrupt(ptr.addr, "catalog has trailing bytes"));
+        }
+        Ok(Catalog { ptr, snapshots })
+    }
+}
+
+/// One published state: what a reader sees. The segment table travels with
+/// the root so that a reader always holds open every file its root needs,
+/// even after the cleaner deletes them.
+pub(crate) struct Version {
+    pub seq: u64,
+    pub root: Option<ChildInfo>,
+    pub catalog: Arc<Catalog>,
+    pub segs: Arc<SegTable>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub commits: AtomicU64,
+    pub cleaned_segments: AtomicU64,
+    pub relocated_bytes: AtomicU64,
+    pub relocated_records: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub opts: Options,
+    pub log: Log,
+    pub cache: PageCache,
+    pub writer: Mutex<()>,
+    pub current: ArcSwap<Version>,
+    pub counters: Counters,
+    pub cleaner_error: Mutex<Option<String>>,
+    shutdown: Arc<(Mutex<bool>, Condvar)>,
+    cleaner: Mutex<Option<JoinHandle<()>>>,
+    _lock: Box<dyn Send + Sync>,
+}
+
+/// Reads pages through the cache. The writer may read records it appended
+/// but has not yet handed to the OS, so it flushes first.
+pub(crate) struct Ctx<'a> {
+    pub inner: &'a Inner,
+    pub segs: &'a SegTable,
+    pub writer: bool,
+}
+
+impl Source for Ctx<'_> {
+    fn page(&self, ptr: Ptr) -> Result<Arc<Page>> {
+        if let Some(p) = self.inner.cache.get(ptr.addr) {
+            if p.ptr != ptr {
+                return Err(Error::corrupt(ptr.addr, "pointer length disagrees with the record"));
+            }
+            return Ok(p);
+        }
+        if self.writer {
+            self.inner.log.ensure_readable(ptr)?;
+        }
+        let (kind, payload) = self.inner.log.read_record(self.segs, ptr)?;
+        let page = Arc::new(Page::decode(ptr, kind, &payload)?);
+        self.inner.cache.insert(page.clone());
+        Ok(page)
+    }
+}
+
+impl Ctx<'_> {
+    /// Read a value record and check that it belongs to `key`.
+    pub fn value(&self, ptr: Ptr, vlen: u32, key: &[u8]) -> Result<Vec<u8>> {
+        if self.writer {
+            self.inner.log.ensure_readable(ptr)?;
+        }
+        let (kind, mut payload) = self.inner.log.read_record(self.segs, ptr)?;
+        if kind != Kind::Value {
+            return Err(Error::corrupt(ptr.addr, "value pointer leads to a non-value record"));
+        }
+        let mut r = Reader::new(&payload, ptr.addr);
+        let klen = r.u32()? as usize;
+        let stored_key = r.bytes(klen)?;
+        if stored_key != key || payload.len() - 4 - klen != vlen as usize {
+            return Err(Error::corrupt(ptr.addr, "value record belongs to another key"));
+        }
+        payload.drain(..4 + klen);
+        Ok(payload)
+    }
+}
+
+/// Appends through the log and counts what a transaction wrote.
+pub(crate) struct LogSink<'a> {
+    pub log: &'a Log,
+    pub written: u64,
+}
+
+impl Sink for LogSink<'_> {
+    fn append(&mut self, kind: Kind, payload: &[u8]) -> Result<Ptr> {
+        let p = self.log.append(kind, payload)?;
+        self.written += crate::record::align_up(p.len as u64);
+        Ok(p)
+    }
+}
+
+/// Result of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The commit's sequence number (one per commit, increasing).
+    pub seq: u64,
+}
+
+/// What a cleaning pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanStats {
+    pub segments_cleaned: u64,
+    pub records_relocated: u64,
+    pub bytes_relocated: u64,
+    pub bytes_on_disk_before: u64,
+    pub bytes_on_disk_after: u64,
+}
+
+/// A point-in-time view of the store's counters.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub seq: u64,
+    pub key_count: u64,
+    /// Log bytes reachable from the current root (nodes and values).
+    pub live_bytes: u64,
+    /// Bytes in all segment files.
+    pub bytes_on_disk: u64,
+    pub segments: usize,
+    pub snapshots: usize,
+    pub commits: u64,
+    pub fsyncs: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_bytes: u64,
+    pub cleaned_segments: u64,
+    pub relocated_bytes: u64,
+    /// The last error the background cleaner met, if any.
+    pub cleaner_error: Option<String>,
+    /// Set when an I/O failure stopped all writes until reopen.
+    pub poisoned: Option<String>,
+}
+
+/// A store: cheap to clone, shareable between threads.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Inner {
+    pub fn ctx<'a>(&'a self, segs: &'a SegTable, writer: bool) -> Ctx<'a> {
+        Ctx {
+            inner: self,
+            segs,
+            writer,
+        }
+    }
+
+    /// Write a root record for a new state, publish it to readers and, for
+    /// immediate durability, wait for it to be fsynced. Must be called with
+    /// the writer lock held; it is released before waiting on the fsync so
+    /// that the next writer can join the same group commit.
+    pub fn commit_root(
+        &self,
+        guard: MutexGuard<'_, ()>,
+        root: Option<ChildInfo>,
+        catalog: Arc<Catalog>,
+        durability: Durability,
+    ) -> Result<u64> {
+        let base = self.current.load_full();
+        let seq = base.seq + 1;
+        let rec = RootRec {
+            seq,
+            root,
+            catalog: catalog.ptr,
+            synced_upto: self.log.synced_upto(),
+        };
+        self.log.append(Kind::Root, &rec.encode())?;
+        self.log.flush()?;
+        let upto = self.log.written_upto();
+        self.current.store(Arc::new(Version {
+            seq,
+            root,
+            catalog,
+            segs: self.log.segments(),
+        }));
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        drop(guard);
+        if durability == Durability::Immediate {
+            self.log.sync_to(upto)?;
+        }
+        Ok(seq)
+    }
+
+    pub fn write_catalog(&self, snapshots: Vec<SnapshotInfo>) -> Result<Arc<Catalog>> {
+        if snapshots.is_empty() {
+            return Ok(Arc::new(Catalog::default()));
+        }
+        let mut cat = Catalog {
+            ptr: Ptr::NULL,
+            snapshots,
+        };
+        cat.ptr = self.log.append(Kind::Catalog, &cat.encode())?;
+        Ok(Arc::new(cat))
+    }
+
+    pub fn begin_write_guard(&self) -> Result<MutexGuard<'_, ()>> {
+        self.log.check()?;
+        let g = self.writer.lock();
+        self.log.check()?;
+        Ok(g)
+    }
+
+    fn sync_all(&self) -> Result<()> {
+        self.log.flush()?;
+        self.log.sync_to(self.log.written_upto())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.log.check().is_ok() {
+            if let Err(e) = self.sync_all() {
+                tracing::warn!(error = %e, "final sync on drop failed");
+            }
+        }
+    }
+}
+
+fn validate_snapshot_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(Error::InvalidSnapshotName(name.to_string()));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Open the store in `path`, creating it if the directory holds none.
+    /// Recovery finds the newest intact root; see docs/store-format.md.
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Store> {
+        opts.validate()?;
+        let dir = path.as_ref();
+        let vfs = opts.vfs.clone();
+        vfs.create_dir_all(dir).map_err(Error::io("create store directory"))?;
+        let lock = vfs.lock(&dir.join("LOCK")).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                Error::Locked(dir.display().to_string())
+            } else {
+                Error::Io {
+                    op: "lock store directory",
+                    source: e,
+                }
+            }
+        })?;
+        let rec = Log::open(dir, vfs, opts.segment_size_bytes)?;
+        let log = rec.log;
+        let segs = log.segments();
+        let catalog = if rec.root.catalog.is_null() {
+            Catalog::default()
+        } else {
+            let (kind, payload) = log.read_record(&segs, rec.root.catalog)?;
+            if kind != Kind::Catalog {
+                return Err(Error::corrupt(rec.root.catalog.addr, "catalog pointer leads elsewhere"));
+            }
+            Catalog::decode(rec.root.catalog, &payload)?
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            seq = rec.root.seq,
+            keys = rec.root.root.map_or(0, |r| r.count),
+            segments = segs.len(),
+            "store opened"
+        );
+        let inner = Arc::new(Inner {
+            cache: PageCache::new(opts.cache_size_bytes),
+            current: ArcSwap::from_pointee(Version {
+                seq: rec.root.seq,
+                root: rec.root.root,
+                catalog: Arc::new(catalog),
+                segs,
+            }),
+            log,
+            writer: Mutex::new(()),
+            counters: Counters::default(),
+            cleaner_error: Mutex::new(None),
+            shutdown: Arc::new((Mutex::new(false), Condvar::new())),
+            cleaner: Mutex::new(None),
+            opts,
+            _lock: lock,
+        });
+        if inner.opts.cleaner.background {
+            let weak = Arc::downgrade(&inner);
+            let shutdown = inner.shutdown.clone();
+            let interval = Duration::from_millis(inner.opts.cleaner.interval_ms.max(1));
+            let handle = std::thread::Builder::new()
+                .name("nacre-cleaner".into())
+                .spawn(move || cleaner_thread(weak, shutdown, interval))
+                .map_err(Error::io("spawn cleaner thread"))?;
+            *inner.cleaner.lock() = Some(handle);
+        }
+        Ok(Store { inner })
+    }
+
+    /// A read transaction on the latest committed state. Never blocks on,
+    /// and never blocks, the writer.
+    pub fn begin_read(&self) -> ReadTxn {
+        ReadTxn::new(self.inner.clone(), self.inner.current.load_full(), None)
+    }
+
+    /// The write transaction. Blocks until the single writer slot is free.
+    pub fn begin_write(&self) -> Result<WriteTxn<'_>> {
+        let guard = self.inner.begin_write_guard()?;
+        Ok(WriteTxn::new(self, guard))
+    }
+
+    /// Make every commit so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.sync_all()
+    }
+
+    /// Create a named snapshot of the latest committed state, in O(1).
+    pub fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        validate_snapshot_name(name)?;
+        let guard = self.inner.begin_write_guard()?;
+        let base = self.inner.current.load_full();
+        if base.catalog.snapshots.iter().any(|s| s.name == name) {
+            return Err(Error::SnapshotExists(name.to_string()));
+        }
+        if base.catalog.snapshots.len() >= self.inner.opts.snapshots_max {
+            return Err(Error::TooManySnapshots {
+                max: self.inner.opts.snapshots_max,
+            });
+        }
+        let info = SnapshotInfo {
+            name: name.to_string(),
+            seq: base.seq,
+            key_count: base.root.map_or(0, |r| r.count),
+            live_bytes: base.root.map_or(0, |r| r.bytes),
+            created_unix_ms: now_ms(),
+            root: base.root,
+        };
+        let mut snaps = base.catalog.snapshots.clone();
+        snaps.push(info.clone());
+        let catalog = self.inner.write_catalog(snaps)?;
+        self.inner
+            .commit_root(guard, base.root, catalog, self.inner.opts.durability)?;
+        Ok(info)
+    }
+
+    /// Drop a snapshot; the cleaner releases the space only it held.
+    pub fn drop_snapshot(&self, name: &str) -> Result<()> {
+        let guard = self.inner.begin_write_guard()?;
+        let base = self.inner.current.load_full();
+        let mut snaps = base.catalog.snapshots.clone();
+        let before = snaps.len();
+        snaps.retain(|s| s.name != name);
+        if snaps.len() == before {
+            return Err(Error::SnapshotNotFound(name.to_string()));
+        }
+        let catalog = self.inner.write_catalog(snaps)?;
+        self.inner
+            .commit_root(guard, base.root, catalog, self.inner.opts.durability)?;
+        Ok(())
+    }
+
+    pub fn list_snapshots(&self) -> Vec<SnapshotInfo> {
+        self.inner.current.load().catalog.snapshots.clone()
+    }
+
+    /// A read transaction on a named snapshot: the full read API, while
+    /// writes go on.
+    pub fn snapshot(&self, name: &str) -> Result<ReadTxn> {
+        let v = self.inner.current.load_full();
+        let s = v
+            .catalog
+            .snapshots
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::SnapshotNotFound(name.to_string()))?;
+        let at = (s.root, s.seq);
+        Ok(ReadTxn::new(self.inner.clone(), v, Some(at)))
+    }
+
+    /// Clean every segment that exists now (except the one being written),
+    /// in the foreground: a full compaction. The background cleaner instead
+    /// works only while the space ratio is exceeded.
+    pub fn clean(&self) -> Result<CleanStats> {
+        crate::cleaner::clean_all(&self.inner)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let v = self.inner.current.load();
+        let i = &self.inner;
+        Stats {
+            seq: v.seq,
+            key_count: v.root.map_or(0, |r| r.count),
+            live_bytes: v.root.map_or(0, |r| r.bytes),
+            bytes_on_disk: i.log.bytes_on_disk(),
+            segments: i.log.segments().len(),
+            snapshots: v.catalog.snapshots.len(),
+            commits: i.counters.commits.load(Ordering::Relaxed),
+            fsyncs: i.log.fsyncs.load(Ordering::Relaxed),
+            cache_hits: i.cache.hits(),
+            cache_misses: i.cache.misses(),
+            cache_bytes: i.cache.weight(),
+            cleaned_segments: i.counters.cleaned_segments.load(Ordering::Relaxed),
+            relocated_bytes: i.counters.relocated_bytes.load(Ordering::Relaxed),
+            cleaner_error: i.cleaner_error.lock().clone(),
+            poisoned: i.log.check().err().map(|e| e.to_string()),
+        }
+    }
+
+    /// Stop the cleaner and make everything durable. Other clones of this
+    /// handle and open read transactions stay usable.
+    pub fn close(self) -> Result<()> {
+        self.stop_cleaner();
+        self.inner.log.check()?;
+        // A last root record vouches (through `synced_upto`) for everything
+        // before it, so recovery can tell later damage to the tail from a
+        // torn write.
+        let guard = self.inner.begin_write_guard()?;
+        let v = self.inner.current.load_full();
+        self.inner.sync_all()?;
+        self.inner
+            .commit_root(guard, v.root, v.catalog.clone(), Durability::Immediate)?;
+        Ok(())
+    }
+
+    fn stop_cleaner(&self) {
+        {
+            let (m, cv) = &*self.inner.shutdown;
+            *m.lock() = true;
+            cv.notify_all();
+        }
+        if let Some(h) = self.inner.cleaner.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, interval: Duration) {
+    let mut last_seq = u64::MAX;
+    loop {
+        {
+            let (m, cv) = &*shutdown;
+            let mut stop = m.lock();
+            if !*stop {
+                cv.wait_for(&mut stop, interval);
+            }
+            if *stop {
+                return;
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.log.check().is_err() {
+            continue;
+        }
+        let seq = inner.current.load().seq;
+        if seq == last_seq {
+            // Nothing was committed since our own last cleaning commit:
+            // cleaning again could only move the same live data around.
+            continue;
+        }
+        match crate::cleaner::clean_step(&inner, &shutdown) {
+            Ok(true) => last_seq = inner.current.load().seq,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "background cleaning failed");
+                *inner.cleaner_error.lock() = Some(e.to_string());
+            }
+        }
+    }
+}
