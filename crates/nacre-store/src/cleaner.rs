@@ -131,8 +131,14 @@ fn clean_segment(inner: &Inner, id: u64, pace: Option<&Arc<(Mutex<bool>, Condvar
         }
     }
 
-    // The roots that no longer need this segment must be durable before it
-    // goes.
+    // Recovery needs a root record newer than this segment (the current
+    // one may live in it even when no node does), and that root must be
+    // durable before the segment goes.
+    {
+        let guard = inner.begin_write_guard()?;
+        let v = inner.current.load_full();
+        inner.commit_root(guard, v.root, v.catalog.clone(), Durability::Lazy)?;
+    }
     inner.log.flush()?;
     inner.log.sync_to(inner.log.written_upto())?;
     {

@@ -25,7 +25,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::btree::page::ChildInfo;
 use crate::error::{Error, Result};
-use crate::record::{self, align_up, put_ptr, put_u32, put_u64, Kind, Ptr, Reader, HEADER_LEN};
+use crate::record::{self, align_up, put_ptr, put_u32, put_u64, Kind, Ptr, Reader, ALIGN, HEADER_LEN};
 use crate::vfs::{VFile, Vfs};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -247,7 +247,10 @@ impl Log {
             // segment size; take it from the header itself, then check.
             let hdr = match read_header_any_size(&*file, id) {
                 Ok(h) => h,
-                Err(e @ Error::Corruption { .. }) if id == newest => {
+                Err(e @ Error::Corruption { .. })
+                    if id == newest
+                        && !has_valid_records(&*file, id, headers.first().map_or(seg_size_new, |h| h.2.seg_size))? =>
+                {
                     tracing::warn!(segment = id, error = %e, "dropping newest segment with a torn header");
                     drop(file);
                     vfs.remove(&path).map_err(Error::io("remove torn segment"))?;
@@ -312,6 +315,16 @@ impl Log {
                 found = Some(r);
                 break;
             }
+        }
+        let header_end = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64);
+        if found.is_none() && headers.len() == 1 && headers[0].0 == 1 && newest_valid_end <= header_end {
+            // The store was being created when the process stopped: its
+            // first segment never got its first root. Nothing was committed.
+            tracing::warn!("store creation was interrupted; creating it again");
+            let path = dir.join(segment_name(1));
+            drop(headers);
+            vfs.remove(&path).map_err(Error::io("remove unfinished segment"))?;
+            return Self::create(dir, vfs, seg_size_new);
         }
         let (root_addr, root) = found.ok_or_else(|| Error::corrupt(0, "no valid root record in the log"))?;
 
@@ -586,6 +599,27 @@ impl Log {
     }
 }
 
+/// Does the file hold any intact record after the header's place? A torn
+/// header can only belong to a segment that never had anything synced; one
+/// followed by intact records was damaged later, which is corruption.
+fn has_valid_records(file: &dyn VFile, id: u64, seg_size: u64) -> Result<bool> {
+    let len = file.len().map_err(Error::io("stat segment"))?.min(seg_size);
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(Error::io("read segment"))?;
+    let base = id.saturating_mul(seg_size);
+    let mut p = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64) as usize;
+    while p + HEADER_LEN <= bytes.len() {
+        if let Some((_, len)) = record::peek_header(&bytes[p..]) {
+            let end = p + HEADER_LEN + len as usize;
+            if end <= bytes.len() && record::open(&bytes[p..end], base + p as u64).is_ok() {
+                return Ok(true);
+            }
+        }
+        p += ALIGN as usize;
+    }
+    Ok(false)
+}
+
 fn read_header_any_size(file: &dyn VFile, id: u64) -> Result<SegHeader> {
     // The checksum covers the position, id * seg_size; peek at the claimed
     // size first, then verify with it.
@@ -618,7 +652,10 @@ fn create_segment_file(
     buf[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(&payload);
     record::seal(&mut buf[..HEADER_LEN + payload.len()], id * seg_size, Kind::SegmentHeader);
     file.write_all_at(&buf, 0).map_err(Error::io("write segment header"))?;
-    // The new name must be durable before any commit in it is acknowledged.
+    // The header is durable before any record follows it, so a bad header
+    // with intact records after it can only be later damage; and the new
+    // name is durable before any commit in the file is acknowledged.
+    file.sync_data().map_err(Error::io("sync segment header"))?;
     vfs.sync_dir(dir).map_err(Error::io("sync store directory"))?;
     Ok(file)
 }
