@@ -39,7 +39,11 @@ impl PageCache {
 
     pub fn get(&self, addr: u64) -> Option<Arc<Page>> {
         let p = self.cache.get(&addr);
-        let counter = if p.is_some() { &self.hits } else { &self.misses };
+        let counter = if p.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         p
     }

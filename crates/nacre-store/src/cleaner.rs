@@ -43,7 +43,13 @@ pub fn clean_all(inner: &Inner) -> Result<CleanStats> {
         inner.log.force_roll()?;
     }
     let head = inner.log.head_id();
-    let victims: Vec<u64> = inner.log.segments().keys().copied().filter(|&id| id < head).collect();
+    let victims: Vec<u64> = inner
+        .log
+        .segments()
+        .keys()
+        .copied()
+        .filter(|&id| id < head)
+        .collect();
     let mut stats = CleanStats::default();
     for id in victims {
         let s = clean_segment(inner, id, None)?;
@@ -58,32 +64,45 @@ pub fn clean_all(inner: &Inner) -> Result<CleanStats> {
 
 /// One step of background cleaning: if the files hold more than
 /// `space_ratio_max` times the live data, clean the oldest segment.
-/// Returns whether it cleaned anything.
-pub fn clean_step(inner: &Inner, shutdown: &Arc<(Mutex<bool>, Condvar)>) -> Result<bool> {
+/// Returns the bytes it reclaimed (`None` if it had nothing to do).
+pub fn clean_step(inner: &Inner, shutdown: &Arc<(Mutex<bool>, Condvar)>) -> Result<Option<u64>> {
     let v = inner.current.load_full();
     // Snapshots hold data the current root does not; counting all of their
     // bytes overestimates (pages are shared), which errs on the side of
     // cleaning less rather than moving the same live data in circles.
     let live = v.root.map_or(0, |r| r.bytes)
-        + v.catalog.snapshots.iter().map(|s| s.live_bytes).sum::<u64>();
+        + v.catalog
+            .snapshots
+            .iter()
+            .map(|s| s.live_bytes)
+            .sum::<u64>();
     let on_disk = inner.log.bytes_on_disk();
     if (on_disk as f64) <= inner.opts.cleaner.space_ratio_max * live.max(1) as f64 {
-        return Ok(false);
+        return Ok(None);
     }
     let head = inner.log.head_id();
-    let Some(&oldest) = inner.log.segments().keys().next() else { return Ok(false) };
+    let Some(&oldest) = inner.log.segments().keys().next() else {
+        return Ok(None);
+    };
     if oldest >= head {
-        return Ok(false);
+        return Ok(None);
     }
     clean_segment(inner, oldest, Some(shutdown))?;
-    Ok(true)
+    Ok(Some(on_disk.saturating_sub(inner.log.bytes_on_disk())))
 }
 
 /// Relocate the live records of segment `id` and delete it. Returns
 /// (records relocated, bytes relocated).
-fn clean_segment(inner: &Inner, id: u64, pace: Option<&Arc<(Mutex<bool>, Condvar)>>) -> Result<(u64, u64)> {
+fn clean_segment(
+    inner: &Inner,
+    id: u64,
+    pace: Option<&Arc<(Mutex<bool>, Condvar)>>,
+) -> Result<(u64, u64)> {
     let segs = inner.log.segments();
-    let seg = segs.get(&id).ok_or_else(|| Error::corrupt(0, format!("segment {id} vanished")))?.clone();
+    let seg = segs
+        .get(&id)
+        .ok_or_else(|| Error::corrupt(0, format!("segment {id} vanished")))?
+        .clone();
     let end = inner
         .log
         .segment_end(&segs, id)
@@ -107,7 +126,8 @@ fn clean_segment(inner: &Inner, id: u64, pace: Option<&Arc<(Mutex<bool>, Condvar
     while i < records.len() {
         let mut j = i;
         let mut batch_bytes = 0u64;
-        while j < records.len() && (j == i || batch_bytes + records[j].ptr.len as u64 <= batch_max) {
+        while j < records.len() && (j == i || batch_bytes + records[j].ptr.len as u64 <= batch_max)
+        {
             batch_bytes += align_up(records[j].ptr.len as u64);
             j += 1;
         }
@@ -152,9 +172,18 @@ fn clean_segment(inner: &Inner, id: u64, pace: Option<&Arc<(Mutex<bool>, Condvar
             segs: inner.log.segments(),
         }));
     }
-    inner.counters.cleaned_segments.fetch_add(1, Ordering::Relaxed);
-    inner.counters.relocated_records.fetch_add(moved_records, Ordering::Relaxed);
-    inner.counters.relocated_bytes.fetch_add(moved_bytes, Ordering::Relaxed);
+    inner
+        .counters
+        .cleaned_segments
+        .fetch_add(1, Ordering::Relaxed);
+    inner
+        .counters
+        .relocated_records
+        .fetch_add(moved_records, Ordering::Relaxed);
+    inner
+        .counters
+        .relocated_bytes
+        .fetch_add(moved_bytes, Ordering::Relaxed);
     tracing::debug!(segment = id, moved_records, moved_bytes, "segment cleaned");
     Ok((moved_records, moved_bytes))
 }
@@ -179,7 +208,12 @@ fn relocate_batch(inner: &Inner, batch: &[ScannedRecord]) -> Result<(u64, u64)> 
     let segs = inner.log.segments();
     let ctx = inner.ctx(&segs, true);
     let mut roots: Vec<Ptr> = v.root.iter().map(|r| r.ptr).collect();
-    roots.extend(v.catalog.snapshots.iter().filter_map(|s| s.root.map(|r| r.ptr)));
+    roots.extend(
+        v.catalog
+            .snapshots
+            .iter()
+            .filter_map(|s| s.root.map(|r| r.ptr)),
+    );
 
     let mut plan = Plan::default();
     let mut moved = (0u64, 0u64);
@@ -295,7 +329,10 @@ fn path_to(ctx: &Ctx<'_>, root: Ptr, key: &[u8], level: u8) -> Result<Option<Vec
         }
         let child = ctx.page(top.child(top.child_index(key)).ptr)?;
         if child.level + 1 != top.level {
-            return Err(Error::corrupt(child.ptr.addr, "child level does not match its parent"));
+            return Err(Error::corrupt(
+                child.ptr.addr,
+                "child level does not match its parent",
+            ));
         }
         path.push(child);
     }
@@ -361,7 +398,10 @@ impl Relocator<'_, '_> {
         }
         let (kind, payload) = self.inner.log.read_record(self.ctx.segs, ptr)?;
         if kind != Kind::Value {
-            return Err(Error::corrupt(ptr.addr, "value pointer leads to a non-value record"));
+            return Err(Error::corrupt(
+                ptr.addr,
+                "value pointer leads to a non-value record",
+            ));
         }
         let new = self.inner.log.append(Kind::Value, &payload)?;
         self.memo.insert(ptr.addr, new);

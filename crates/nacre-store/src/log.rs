@@ -25,7 +25,9 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::btree::page::ChildInfo;
 use crate::error::{Error, Result};
-use crate::record::{self, align_up, put_ptr, put_u32, put_u64, Kind, Ptr, Reader, ALIGN, HEADER_LEN};
+use crate::record::{
+    self, align_up, put_ptr, put_u32, put_u64, Kind, Ptr, Reader, ALIGN, HEADER_LEN,
+};
 use crate::vfs::{VFile, Vfs};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -128,7 +130,10 @@ impl SegHeader {
             .map_err(|_| Error::corrupt(position, "segment shorter than its header"))?;
         let (kind, payload) = record::open(&buf, position)?;
         if kind != Kind::SegmentHeader {
-            return Err(Error::corrupt(position, "segment does not start with a header"));
+            return Err(Error::corrupt(
+                position,
+                "segment does not start with a header",
+            ));
         }
         let mut r = Reader::new(payload, position);
         let version = r.u32()?;
@@ -219,7 +224,13 @@ impl Log {
         let segs = self.segs.load();
         let head = self.app.lock();
         segs.values()
-            .map(|s| if s.id == head.head.id { head.off } else { s.file.len().unwrap_or(0) })
+            .map(|s| {
+                if s.id == head.head.id {
+                    head.off
+                } else {
+                    s.file.len().unwrap_or(0)
+                }
+            })
             .sum()
     }
 
@@ -249,18 +260,27 @@ impl Log {
                 Ok(h) => h,
                 Err(e @ Error::Corruption { .. })
                     if id == newest
-                        && !has_valid_records(&*file, id, headers.first().map_or(seg_size_new, |h| h.2.seg_size))? =>
+                        && !has_valid_records(
+                            &*file,
+                            id,
+                            headers.first().map_or(seg_size_new, |h| h.2.seg_size),
+                        )? =>
                 {
                     tracing::warn!(segment = id, error = %e, "dropping newest segment with a torn header");
                     drop(file);
-                    vfs.remove(&path).map_err(Error::io("remove torn segment"))?;
-                    vfs.sync_dir(dir).map_err(Error::io("sync store directory"))?;
+                    vfs.remove(&path)
+                        .map_err(Error::io("remove torn segment"))?;
+                    vfs.sync_dir(dir)
+                        .map_err(Error::io("sync store directory"))?;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             if hdr.seg_id != id {
-                return Err(Error::corrupt(0, format!("segment file {id} claims id {}", hdr.seg_id)));
+                return Err(Error::corrupt(
+                    0,
+                    format!("segment file {id} claims id {}", hdr.seg_id),
+                ));
             }
             if let Some((_, _, first)) = headers.first() {
                 if first.store_id != hdr.store_id || first.seg_size != hdr.seg_size {
@@ -288,12 +308,20 @@ impl Log {
             let base = id * seg_size;
             let is_newest = i + 1 == headers.len();
             let file_len = file.len().map_err(Error::io("stat segment"))?;
-            let end = if is_newest { file_len } else { headers[i + 1].2.prev_end };
+            let end = if is_newest {
+                file_len
+            } else {
+                headers[i + 1].2.prev_end
+            };
             if end > file_len || end > seg_size {
-                return Err(Error::corrupt(base, "segment shorter than its recorded end"));
+                return Err(Error::corrupt(
+                    base,
+                    "segment shorter than its recorded end",
+                ));
             }
             let mut bytes = vec![0u8; end as usize];
-            file.read_exact_at(&mut bytes, 0).map_err(Error::io("read segment"))?;
+            file.read_exact_at(&mut bytes, 0)
+                .map_err(Error::io("read segment"))?;
             let scan = scan_segment(&bytes, base)?;
             if is_newest {
                 newest_valid_end = scan.valid_end;
@@ -309,7 +337,10 @@ impl Log {
                     }
                 }
             } else if scan.valid_end != end {
-                return Err(Error::corrupt(base + scan.valid_end, "invalid record inside a completed segment"));
+                return Err(Error::corrupt(
+                    base + scan.valid_end,
+                    "invalid record inside a completed segment",
+                ));
             }
             if let Some(r) = scan.last_root {
                 found = Some(r);
@@ -317,16 +348,22 @@ impl Log {
             }
         }
         let header_end = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64);
-        if found.is_none() && headers.len() == 1 && headers[0].0 == 1 && newest_valid_end <= header_end {
+        if found.is_none()
+            && headers.len() == 1
+            && headers[0].0 == 1
+            && newest_valid_end <= header_end
+        {
             // The store was being created when the process stopped: its
             // first segment never got its first root. Nothing was committed.
             tracing::warn!("store creation was interrupted; creating it again");
             let path = dir.join(segment_name(1));
             drop(headers);
-            vfs.remove(&path).map_err(Error::io("remove unfinished segment"))?;
+            vfs.remove(&path)
+                .map_err(Error::io("remove unfinished segment"))?;
             return Self::create(dir, vfs, seg_size_new);
         }
-        let (root_addr, root) = found.ok_or_else(|| Error::corrupt(0, "no valid root record in the log"))?;
+        let (root_addr, root) =
+            found.ok_or_else(|| Error::corrupt(0, "no valid root record in the log"))?;
 
         let mut table = SegTable::new();
         for (id, file, hdr) in headers {
@@ -422,7 +459,10 @@ impl Log {
         if app.off + footprint > self.seg_size {
             self.roll(&mut app)?;
         }
-        assert!(app.off + footprint <= self.seg_size, "record larger than a segment");
+        assert!(
+            app.off + footprint <= self.seg_size,
+            "record larger than a segment"
+        );
         let addr = app.head.id * self.seg_size + app.off;
         let at = app.buf.len();
         app.buf.resize(at + footprint as usize, 0);
@@ -473,14 +513,23 @@ impl Log {
     fn roll(&self, app: &mut Appender) -> Result<()> {
         self.flush_locked(app)?;
         let fail = |e: Error| self.poison_with(e);
-        app.head
-            .file
-            .sync_data()
-            .map_err(|e| fail(Error::Io { op: "sync segment", source: e }))?;
+        app.head.file.sync_data().map_err(|e| {
+            fail(Error::Io {
+                op: "sync segment",
+                source: e,
+            })
+        })?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         let id = app.head.id + 1;
-        let file = create_segment_file(&*self.vfs, &self.dir, id, self.seg_size, self.store_id, app.off)
-            .map_err(fail)?;
+        let file = create_segment_file(
+            &*self.vfs,
+            &self.dir,
+            id,
+            self.seg_size,
+            self.store_id,
+            app.off,
+        )
+        .map_err(fail)?;
         let seg = Arc::new(Segment {
             id,
             file,
@@ -492,7 +541,8 @@ impl Log {
         app.head = seg;
         app.off = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64);
         app.flushed_off = app.off;
-        self.written_upto.store(id * self.seg_size + app.off, Ordering::Release);
+        self.written_upto
+            .store(id * self.seg_size + app.off, Ordering::Release);
         Ok(())
     }
 
@@ -547,9 +597,9 @@ impl Log {
 
     /// Read the whole record at `ptr` and verify it.
     pub fn read_record(&self, segs: &SegTable, ptr: Ptr) -> Result<(Kind, Vec<u8>)> {
-        let seg = segs
-            .get(&(ptr.addr / self.seg_size))
-            .ok_or_else(|| Error::corrupt(ptr.addr, "record points into a segment that does not exist"))?;
+        let seg = segs.get(&(ptr.addr / self.seg_size)).ok_or_else(|| {
+            Error::corrupt(ptr.addr, "record points into a segment that does not exist")
+        })?;
         let off = ptr.addr % self.seg_size;
         if (ptr.len as usize) < HEADER_LEN || off + ptr.len as u64 > self.seg_size {
             return Err(Error::corrupt(ptr.addr, "record pointer out of bounds"));
@@ -567,7 +617,10 @@ impl Log {
         })?;
         let (kind, payload) = record::open(&buf, ptr.addr)?;
         if payload.len() + HEADER_LEN != buf.len() {
-            return Err(Error::corrupt(ptr.addr, "record length differs from its pointer"));
+            return Err(Error::corrupt(
+                ptr.addr,
+                "record length differs from its pointer",
+            ));
         }
         buf.drain(..HEADER_LEN);
         Ok((kind, buf))
@@ -605,7 +658,8 @@ impl Log {
 fn has_valid_records(file: &dyn VFile, id: u64, seg_size: u64) -> Result<bool> {
     let len = file.len().map_err(Error::io("stat segment"))?.min(seg_size);
     let mut bytes = vec![0u8; len as usize];
-    file.read_exact_at(&mut bytes, 0).map_err(Error::io("read segment"))?;
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(Error::io("read segment"))?;
     let base = id.saturating_mul(seg_size);
     let mut p = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64) as usize;
     while p + HEADER_LEN <= bytes.len() {
@@ -650,13 +704,19 @@ fn create_segment_file(
     let payload = hdr.encode();
     let mut buf = vec![0u8; align_up((HEADER_LEN + payload.len()) as u64) as usize];
     buf[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(&payload);
-    record::seal(&mut buf[..HEADER_LEN + payload.len()], id * seg_size, Kind::SegmentHeader);
-    file.write_all_at(&buf, 0).map_err(Error::io("write segment header"))?;
+    record::seal(
+        &mut buf[..HEADER_LEN + payload.len()],
+        id * seg_size,
+        Kind::SegmentHeader,
+    );
+    file.write_all_at(&buf, 0)
+        .map_err(Error::io("write segment header"))?;
     // The header is durable before any record follows it, so a bad header
     // with intact records after it can only be later damage; and the new
     // name is durable before any commit in the file is acknowledged.
     file.sync_data().map_err(Error::io("sync segment header"))?;
-    vfs.sync_dir(dir).map_err(Error::io("sync store directory"))?;
+    vfs.sync_dir(dir)
+        .map_err(Error::io("sync store directory"))?;
     Ok(file)
 }
 
@@ -741,7 +801,10 @@ pub fn parse_records(bytes: &[u8], base: u64, from: u64) -> Result<Vec<ScannedRe
             .ok_or_else(|| Error::corrupt(position, "bad record header in a completed segment"))?;
         let end = pos + HEADER_LEN + len as usize;
         if end > bytes.len() {
-            return Err(Error::corrupt(position, "record runs past the segment's end"));
+            return Err(Error::corrupt(
+                position,
+                "record runs past the segment's end",
+            ));
         }
         let (kind, payload) = record::open(&bytes[pos..end], position)?;
         out.push(ScannedRecord {

@@ -137,7 +137,9 @@ impl Options {
             ));
         }
         if self.key_size_max_bytes == 0 || self.key_size_max_bytes > KEY_SIZE_LIMIT {
-            return bad(format!("key_size_max_bytes must be within 1..={KEY_SIZE_LIMIT}"));
+            return bad(format!(
+                "key_size_max_bytes must be within 1..={KEY_SIZE_LIMIT}"
+            ));
         }
         if self.value_inline_max_bytes > self.node_size_bytes / 2 {
             return bad("value_inline_max_bytes must be at most node_size_bytes / 2".into());
@@ -154,7 +156,7 @@ impl Options {
         if self.cache_size_bytes < 64 * 1024 {
             return bad("cache_size_bytes must be at least 64 KiB".into());
         }
-        if !(self.cleaner.space_ratio_max >= 1.05) {
+        if self.cleaner.space_ratio_max.is_nan() || self.cleaner.space_ratio_max < 1.05 {
             return bad("cleaner.space_ratio_max must be at least 1.05".into());
         }
         if self.cleaner.batch_bytes_max == 0 || self.txn_dirty_max_bytes == 0 {

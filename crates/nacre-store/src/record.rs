@@ -100,10 +100,14 @@ pub fn peek_header(buf: &[u8]) -> Option<(Kind, u32)> {
 /// Verify a whole record (header and payload) read from `position`;
 /// returns its kind and payload.
 pub fn open(buf: &[u8], position: u64) -> Result<(Kind, &[u8])> {
-    let (kind, len) = peek_header(buf).ok_or_else(|| Error::corrupt(position, "bad record header"))?;
+    let (kind, len) =
+        peek_header(buf).ok_or_else(|| Error::corrupt(position, "bad record header"))?;
     let end = HEADER_LEN + len as usize;
     if buf.len() < end {
-        return Err(Error::corrupt(position, "record length runs past its extent"));
+        return Err(Error::corrupt(
+            position,
+            "record length runs past its extent",
+        ));
     }
     let stored = u32::from_le_bytes(buf[12..16].try_into().unwrap());
     let payload = &buf[HEADER_LEN..end];

@@ -78,7 +78,11 @@ impl Catalog {
                 key_count: count,
                 live_bytes: bytes,
                 created_unix_ms,
-                root: (!rp.is_null()).then_some(ChildInfo { ptr: rp, count, bytes }),
+                root: (!rp.is_null()).then_some(ChildInfo {
+                    ptr: rp,
+                    count,
+                    bytes,
+                }),
             });
         }
         if !r.done() {
@@ -131,7 +135,10 @@ impl Source for Ctx<'_> {
     fn page(&self, ptr: Ptr) -> Result<Arc<Page>> {
         if let Some(p) = self.inner.cache.get(ptr.addr) {
             if p.ptr != ptr {
-                return Err(Error::corrupt(ptr.addr, "pointer length disagrees with the record"));
+                return Err(Error::corrupt(
+                    ptr.addr,
+                    "pointer length disagrees with the record",
+                ));
             }
             return Ok(p);
         }
@@ -153,13 +160,19 @@ impl Ctx<'_> {
         }
         let (kind, mut payload) = self.inner.log.read_record(self.segs, ptr)?;
         if kind != Kind::Value {
-            return Err(Error::corrupt(ptr.addr, "value pointer leads to a non-value record"));
+            return Err(Error::corrupt(
+                ptr.addr,
+                "value pointer leads to a non-value record",
+            ));
         }
         let mut r = Reader::new(&payload, ptr.addr);
         let klen = r.u32()? as usize;
         let stored_key = r.bytes(klen)?;
         if stored_key != key || payload.len() - 4 - klen != vlen as usize {
-            return Err(Error::corrupt(ptr.addr, "value record belongs to another key"));
+            return Err(Error::corrupt(
+                ptr.addr,
+                "value record belongs to another key",
+            ));
         }
         payload.drain(..4 + klen);
         Ok(payload)
@@ -328,7 +341,8 @@ impl Store {
         opts.validate()?;
         let dir = path.as_ref();
         let vfs = opts.vfs.clone();
-        vfs.create_dir_all(dir).map_err(Error::io("create store directory"))?;
+        vfs.create_dir_all(dir)
+            .map_err(Error::io("create store directory"))?;
         let lock = vfs.lock(&dir.join("LOCK")).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 Error::Locked(dir.display().to_string())
@@ -347,7 +361,10 @@ impl Store {
         } else {
             let (kind, payload) = log.read_record(&segs, rec.root.catalog)?;
             if kind != Kind::Catalog {
-                return Err(Error::corrupt(rec.root.catalog.addr, "catalog pointer leads elsewhere"));
+                return Err(Error::corrupt(
+                    rec.root.catalog.addr,
+                    "catalog pointer leads elsewhere",
+                ));
             }
             Catalog::decode(rec.root.catalog, &payload)?
         };
@@ -526,7 +543,10 @@ impl Store {
 }
 
 fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, interval: Duration) {
-    let mut last_seq = u64::MAX;
+    // The commit after which a cleaning step reclaimed nothing: until
+    // something new is committed, another step would only move the same
+    // live data in circles.
+    let mut idle_at = None;
     loop {
         {
             let (m, cv) = &*shutdown;
@@ -539,21 +559,23 @@ fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, inte
             }
         }
         let Some(inner) = weak.upgrade() else { return };
-        if inner.log.check().is_err() {
+        if inner.log.check().is_err() || idle_at == Some(inner.current.load().seq) {
             continue;
         }
-        let seq = inner.current.load().seq;
-        if seq == last_seq {
-            // Nothing was committed since our own last cleaning commit:
-            // cleaning again could only move the same live data around.
-            continue;
-        }
-        match crate::cleaner::clean_step(&inner, &shutdown) {
-            Ok(true) => last_seq = inner.current.load().seq,
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "background cleaning failed");
-                *inner.cleaner_error.lock() = Some(e.to_string());
+        loop {
+            match crate::cleaner::clean_step(&inner, &shutdown) {
+                Ok(Some(0)) => {
+                    idle_at = Some(inner.current.load().seq);
+                    break;
+                }
+                // Reclaimed something: go on while the ratio is exceeded.
+                Ok(Some(_)) if !*shutdown.0.lock() => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "background cleaning failed");
+                    *inner.cleaner_error.lock() = Some(e.to_string());
+                    break;
+                }
             }
         }
     }

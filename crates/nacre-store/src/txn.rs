@@ -25,7 +25,11 @@ pub struct ReadTxn {
 }
 
 impl ReadTxn {
-    pub(crate) fn new(inner: Arc<Inner>, version: Arc<Version>, at: Option<(Option<ChildInfo>, u64)>) -> ReadTxn {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        version: Arc<Version>,
+        at: Option<(Option<ChildInfo>, u64)>,
+    ) -> ReadTxn {
         let (root, seq) = at.unwrap_or((version.root, version.seq));
         ReadTxn {
             inner,
@@ -41,7 +45,9 @@ impl ReadTxn {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let Some(root) = self.root else { return Ok(None) };
+        let Some(root) = self.root else {
+            return Ok(None);
+        };
         let ctx = self.inner.ctx(&self.version.segs, false);
         match lookup(&ctx, root.ptr, key)? {
             None => Ok(None),
@@ -51,7 +57,9 @@ impl ReadTxn {
     }
 
     pub fn exists(&self, key: &[u8]) -> Result<bool> {
-        let Some(root) = self.root else { return Ok(false) };
+        let Some(root) = self.root else {
+            return Ok(false);
+        };
         let ctx = self.inner.ctx(&self.version.segs, false);
         Ok(lookup(&ctx, root.ptr, key)?.is_some())
     }
@@ -210,7 +218,10 @@ impl<'a> WriteTxn<'a> {
     fn check_key(&self, key: &[u8]) -> Result<()> {
         let max = self.inner().opts.key_size_max_bytes;
         if key.len() > max {
-            return Err(Error::KeyTooLarge { size: key.len(), max });
+            return Err(Error::KeyTooLarge {
+                size: key.len(),
+                max,
+            });
         }
         Ok(())
     }
@@ -232,7 +243,10 @@ impl<'a> WriteTxn<'a> {
         let inner = self.inner();
         let max = inner.opts.value_size_max_bytes;
         if value.len() > max {
-            return Err(Error::ValueTooLarge { size: value.len(), max });
+            return Err(Error::ValueTooLarge {
+                size: value.len(),
+                max,
+            });
         }
         self.charge((key.len() + value.len() + 16) as u64)?;
         let segs = inner.log.segments();
@@ -269,7 +283,9 @@ impl<'a> WriteTxn<'a> {
     pub fn delete_range(&mut self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<u64> {
         let inner = self.inner();
         let segs = inner.log.segments();
-        let n = self.tree.delete_range(&inner.ctx(&segs, true), start, end)?;
+        let n = self
+            .tree
+            .delete_range(&inner.ctx(&segs, true), start, end)?;
         self.maybe_spill()?;
         Ok(n)
     }
@@ -308,7 +324,11 @@ impl<'a> WriteTxn<'a> {
     /// Entries in the range as they stand in this transaction, in key order.
     /// The dirty part of the tree is written out first, so a scan inside a
     /// large transaction costs a spill.
-    pub fn range(&mut self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn range(
+        &mut self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let root = self.spill()?;
         let inner = self.inner();
         let version = Arc::new(Version {
@@ -350,9 +370,12 @@ impl<'a> WriteTxn<'a> {
     }
 
     pub fn commit_with(mut self, durability: Durability) -> Result<CommitInfo> {
-        let unchanged = !self.tree.is_dirty() && self.tree.root.map(|c| c.r) == self.base.root.map(|r| {
-            crate::btree::write::NodeRef::Clean(r.ptr)
-        });
+        let unchanged = !self.tree.is_dirty()
+            && self.tree.root.map(|c| c.r)
+                == self
+                    .base
+                    .root
+                    .map(|r| crate::btree::write::NodeRef::Clean(r.ptr));
         if unchanged {
             return Ok(CommitInfo { seq: self.base.seq });
         }

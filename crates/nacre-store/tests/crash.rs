@@ -120,11 +120,20 @@ fn workload(sim: &SimVfs, seed: u64, h: &mut History) -> Result<(), Error> {
 
 /// Reopen after a crash and check the recovered state against the history.
 fn check_recovery(sim: &SimVfs, h: &History, what: &str) {
-    let store = Store::open(DIR, sim_options(sim)).unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+    let store =
+        Store::open(DIR, sim_options(sim)).unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
     let txn = store.begin_read();
     let seq = txn.seq();
-    assert!(seq >= h.durable, "{what}: recovered seq {seq} is older than durable seq {}", h.durable);
-    assert!(seq <= h.max_seq, "{what}: recovered seq {seq} was never committed (max {})", h.max_seq);
+    assert!(
+        seq >= h.durable,
+        "{what}: recovered seq {seq} is older than durable seq {}",
+        h.durable
+    );
+    assert!(
+        seq <= h.max_seq,
+        "{what}: recovered seq {seq} was never committed (max {})",
+        h.max_seq
+    );
     check_all(&txn, h.at(seq));
     for s in store.list_snapshots() {
         check_all(&store.snapshot(&s.name).unwrap(), h.at(s.seq));
@@ -136,7 +145,10 @@ fn check_recovery(sim: &SimVfs, h: &History, what: &str) {
     w.commit_with(Durability::Immediate).unwrap();
     store.close().unwrap();
     let store = Store::open(DIR, sim_options(sim)).unwrap();
-    assert_eq!(store.begin_read().get(b"after-crash").unwrap().as_deref(), Some(&b"ok"[..]));
+    assert_eq!(
+        store.begin_read().get(b"after-crash").unwrap().as_deref(),
+        Some(&b"ok"[..])
+    );
 }
 
 #[test]
@@ -148,23 +160,33 @@ fn crash_at_every_write_and_sync_point() {
             workload(&sim, seed, &mut h).expect("workload without faults");
             sim.ops()
         };
-        assert!(total > 50, "workload too small to be interesting: {total} ops");
+        assert!(
+            total > 50,
+            "workload too small to be interesting: {total} ops"
+        );
         for point in 0..total {
             let sim = SimVfs::new(seed ^ (point << 20));
             sim.set_crash_after(Some(point));
             let mut h = History::default();
             let r = workload(&sim, seed, &mut h);
-            assert!(r.is_err() || point >= sim.ops(), "seed {seed} point {point}: the crash did not stop the workload");
+            assert!(
+                r.is_err() || point >= sim.ops(),
+                "seed {seed} point {point}: the crash did not stop the workload"
+            );
             if h.states.is_empty() {
                 // The crash came before the store was ever created.
                 h.states.push((0, Model::new()));
             }
-            if point % 2 == 0 {
+            if point.is_multiple_of(2) {
                 sim.crash();
             } else {
                 sim.crash_lose_all_unsynced();
             }
-            check_recovery(&sim, &h, &format!("seed {seed} crash point {point}/{total}"));
+            check_recovery(
+                &sim,
+                &h,
+                &format!("seed {seed} crash point {point}/{total}"),
+            );
         }
     }
 }
@@ -176,7 +198,10 @@ fn bit_flips_are_reported_never_served() {
     let mut h = History::default();
     workload(&sim, seed, &mut h).unwrap();
     // A clean close: the final root vouches for everything before it.
-    Store::open(DIR, sim_options(&sim)).unwrap().close().unwrap();
+    Store::open(DIR, sim_options(&sim))
+        .unwrap()
+        .close()
+        .unwrap();
     let model = h.at(u64::MAX).clone();
     let files: Vec<_> = sim
         .paths()
@@ -207,7 +232,10 @@ fn bit_flips_are_reported_never_served() {
         let _ = trial;
     }
     // Most of a segment is live records: most flips must be caught.
-    assert!(detected > 100, "only {detected} of 300 flips detected ({harmless} harmless)");
+    assert!(
+        detected > 100,
+        "only {detected} of 300 flips detected ({harmless} harmless)"
+    );
 }
 
 enum Outcome {
@@ -259,7 +287,10 @@ fn failed_fsync_poisons_until_reopen() {
     let err = w.commit_with(Durability::Immediate).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "got {err}");
     // The store prefers to stop: no more writes until reopened.
-    assert!(matches!(store.begin_write().err(), Some(Error::Poisoned(_))));
+    assert!(matches!(
+        store.begin_write().err(),
+        Some(Error::Poisoned(_))
+    ));
     assert!(store.stats().poisoned.is_some());
     drop(store);
 
@@ -364,4 +395,3 @@ fn concurrent_immediate_commits_share_fsyncs() {
     let store = Store::open(DIR, sim_options(&sim)).unwrap();
     assert_eq!(store.begin_read().count(), commits as u64);
 }
-

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 fn run(seed: u64, steps: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let space = if seed % 2 == 0 { 300 } else { 3000 };
+    let space = if seed.is_multiple_of(2) { 300 } else { 3000 };
     let mut store = Store::open(dir.path(), small_options()).unwrap();
     let mut model = Model::new();
     let mut snaps: HashMap<String, Model> = HashMap::new();
@@ -38,16 +38,26 @@ fn run(seed: u64, steps: usize) {
                             let lo = key(&mut rng, space);
                             let hi = key(&mut rng, space);
                             let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
-                            let gone: Vec<_> = local.range(lo.clone()..=hi.clone()).map(|(k, _)| k.clone()).collect();
+                            let gone: Vec<_> = local
+                                .range(lo.clone()..=hi.clone())
+                                .map(|(k, _)| k.clone())
+                                .collect();
                             for k in &gone {
                                 local.remove(k);
                             }
-                            let n = txn.delete_range(Bound::Included(&lo), Bound::Included(&hi)).unwrap();
+                            let n = txn
+                                .delete_range(Bound::Included(&lo), Bound::Included(&hi))
+                                .unwrap();
                             assert_eq!(n, gone.len() as u64, "delete_range count");
                         }
                         95..=97 => {
-                            let p = format!("k{:03}", rng.random_range(0..space / 100 + 1)).into_bytes();
-                            let gone: Vec<_> = local.keys().filter(|k| k.starts_with(&p)).cloned().collect();
+                            let p = format!("k{:03}", rng.random_range(0..space / 100 + 1))
+                                .into_bytes();
+                            let gone: Vec<_> = local
+                                .keys()
+                                .filter(|k| k.starts_with(&p))
+                                .cloned()
+                                .collect();
                             for k in &gone {
                                 local.remove(k);
                             }
@@ -88,7 +98,8 @@ fn run(seed: u64, steps: usize) {
                     let txn = store.snapshot(name).unwrap();
                     check_reads(&txn, m, &mut rng, space);
                 }
-                let mut names: Vec<_> = store.list_snapshots().into_iter().map(|s| s.name).collect();
+                let mut names: Vec<_> =
+                    store.list_snapshots().into_iter().map(|s| s.name).collect();
                 names.sort();
                 let mut want: Vec<_> = snaps.keys().cloned().collect();
                 want.sort();
@@ -121,7 +132,10 @@ fn run(seed: u64, steps: usize) {
 
 #[test]
 fn model_seeds() {
-    let seeds: u64 = std::env::var("NACRE_MODEL_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
+    let seeds: u64 = std::env::var("NACRE_MODEL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
     for seed in 0..seeds {
         run(seed, 300);
     }

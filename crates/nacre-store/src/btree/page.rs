@@ -38,7 +38,10 @@ pub const EXT_LEN: usize = 12;
 pub enum Val {
     Inline(Vec<u8>),
     /// In a value record of its own; `vlen` is the value's length.
-    Ext { vlen: u32, ptr: Ptr },
+    Ext {
+        vlen: u32,
+        ptr: Ptr,
+    },
 }
 
 impl Val {
@@ -114,7 +117,10 @@ impl Page {
                     if off < table_end {
                         return Err(bad("entry offset inside header"));
                     }
-                    let mut e = Reader::new(payload.get(off..).ok_or_else(|| bad("entry offset"))?, ptr.addr);
+                    let mut e = Reader::new(
+                        payload.get(off..).ok_or_else(|| bad("entry offset"))?,
+                        ptr.addr,
+                    );
                     let klen = e.u32()? as usize;
                     let vtag = e.u8()?;
                     let vlen = e.u32()? as usize;
@@ -143,7 +149,10 @@ impl Page {
                 let offs_at = 8 + n * CHILD_LEN;
                 for i in 0..n - 1 {
                     let off = rd_u32(payload, offs_at + 4 * i) as usize;
-                    let mut e = Reader::new(payload.get(off..).ok_or_else(|| bad("separator offset"))?, ptr.addr);
+                    let mut e = Reader::new(
+                        payload.get(off..).ok_or_else(|| bad("separator offset"))?,
+                        ptr.addr,
+                    );
                     let klen = e.u32()? as usize;
                     e.bytes(klen)?;
                 }
@@ -260,7 +269,10 @@ impl Page {
 // ---- encoding (from the write side) ----
 
 pub fn leaf_size(entries: &[(Vec<u8>, Val)]) -> usize {
-    8 + entries.iter().map(|(k, v)| leaf_entry_size(k, v)).sum::<usize>()
+    8 + entries
+        .iter()
+        .map(|(k, v)| leaf_entry_size(k, v))
+        .sum::<usize>()
 }
 
 pub fn leaf_entry_size(k: &[u8], v: &Val) -> usize {
@@ -331,7 +343,16 @@ mod tests {
     fn leaf_round_trip_and_search() {
         let entries: Vec<(Vec<u8>, Val)> = vec![
             (b"a".to_vec(), Val::Inline(b"1".to_vec())),
-            (b"c".to_vec(), Val::Ext { vlen: 5000, ptr: Ptr { addr: 64, len: 5020 } }),
+            (
+                b"c".to_vec(),
+                Val::Ext {
+                    vlen: 5000,
+                    ptr: Ptr {
+                        addr: 64,
+                        len: 5020,
+                    },
+                },
+            ),
             (b"e".to_vec(), Val::Inline(vec![])),
         ];
         let mut buf = Vec::new();
@@ -350,7 +371,11 @@ mod tests {
     #[test]
     fn branch_round_trip_and_child_index() {
         let keys = vec![b"g".to_vec(), b"p".to_vec()];
-        let ch = |a| ChildInfo { ptr: Ptr { addr: a, len: 10 }, count: a, bytes: 2 * a };
+        let ch = |a| ChildInfo {
+            ptr: Ptr { addr: a, len: 10 },
+            count: a,
+            bytes: 2 * a,
+        };
         let children = vec![ch(8), ch(16), ch(24)];
         let mut buf = Vec::new();
         encode_branch(2, &keys, &children, &mut buf);

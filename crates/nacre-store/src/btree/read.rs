@@ -27,7 +27,10 @@ pub fn lookup(src: &dyn Source, root: Ptr, key: &[u8]) -> Result<Option<Val>> {
 
 fn check_level(parent: &Page, child: &Page) -> Result<()> {
     if child.level + 1 != parent.level {
-        return Err(Error::corrupt(child.ptr.addr, "child level does not match its parent"));
+        return Err(Error::corrupt(
+            child.ptr.addr,
+            "child level does not match its parent",
+        ));
     }
     Ok(())
 }
@@ -43,7 +46,12 @@ pub struct Cursor {
 impl Cursor {
     /// Position at the first key within `start` (forward) or the last key
     /// within `start` (reverse, where `start` is the upper bound).
-    pub fn seek(src: &dyn Source, root: Option<Ptr>, start: Bound<&[u8]>, reverse: bool) -> Result<Cursor> {
+    pub fn seek(
+        src: &dyn Source,
+        root: Option<Ptr>,
+        start: Bound<&[u8]>,
+        reverse: bool,
+    ) -> Result<Cursor> {
         let mut cur = Cursor {
             stack: Vec::new(),
             reverse,
@@ -81,7 +89,9 @@ impl Cursor {
     /// The next entry, as (leaf page, index), or `None` at the end.
     pub fn next(&mut self, src: &dyn Source) -> Result<Option<(Arc<Page>, usize)>> {
         loop {
-            let Some((leaf, pos)) = self.stack.last_mut() else { return Ok(None) };
+            let Some((leaf, pos)) = self.stack.last_mut() else {
+                return Ok(None);
+            };
             if !self.reverse && *pos < leaf.len() {
                 *pos += 1;
                 return Ok(Some((leaf.clone(), *pos - 1)));
@@ -94,7 +104,9 @@ impl Cursor {
             // left in our direction, then descend to its edge.
             self.stack.pop();
             loop {
-                let Some((branch, i)) = self.stack.last_mut() else { return Ok(None) };
+                let Some((branch, i)) = self.stack.last_mut() else {
+                    return Ok(None);
+                };
                 let next = if self.reverse {
                     (*i > 0).then(|| *i - 1)
                 } else {
@@ -133,4 +145,3 @@ impl Cursor {
         }
     }
 }
-

@@ -12,8 +12,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::page::{
-    branch_entry_size, encode_branch, encode_leaf, leaf_entry_size, leaf_size, ChildInfo, Page,
-    Val,
+    branch_entry_size, encode_branch, encode_leaf, leaf_entry_size, leaf_size, ChildInfo, Page, Val,
 };
 use crate::error::Result;
 use crate::record::{align_up, Kind, Ptr};
@@ -73,7 +72,11 @@ enum Node {
 impl Node {
     fn from_page(p: &Page) -> Node {
         if p.is_leaf() {
-            Node::Leaf((0..p.len()).map(|i| (p.key(i).to_vec(), p.value(i).to_val())).collect())
+            Node::Leaf(
+                (0..p.len())
+                    .map(|i| (p.key(i).to_vec(), p.value(i).to_val()))
+                    .collect(),
+            )
         } else {
             Node::Branch(BranchNode {
                 level: p.level,
@@ -87,7 +90,8 @@ impl Node {
         match self {
             Node::Leaf(e) => leaf_size(e),
             Node::Branch(b) => {
-                8 + super::page::CHILD_LEN + b.keys.iter().map(|k| branch_entry_size(k)).sum::<usize>()
+                8 + super::page::CHILD_LEN
+                    + b.keys.iter().map(|k| branch_entry_size(k)).sum::<usize>()
             }
             Node::Gone => 0,
         }
@@ -188,7 +192,13 @@ impl Tree {
     }
 
     pub fn is_dirty(&self) -> bool {
-        matches!(self.root, Some(Child { r: NodeRef::Dirty(_), .. }))
+        matches!(
+            self.root,
+            Some(Child {
+                r: NodeRef::Dirty(_),
+                ..
+            })
+        )
     }
 
     fn push(&mut self, n: Node) -> usize {
@@ -236,7 +246,9 @@ impl Tree {
     }
 
     pub fn get(&self, src: &dyn Source, key: &[u8]) -> Result<Option<Val>> {
-        let Some(root) = self.root else { return Ok(None) };
+        let Some(root) = self.root else {
+            return Ok(None);
+        };
         let mut r = root.r;
         loop {
             match r {
@@ -279,7 +291,9 @@ impl Tree {
             });
         }
         let (leaf, path) = self.dirty_path(src, key)?;
-        let Node::Leaf(entries) = &mut self.arena[leaf] else { unreachable!() };
+        let Node::Leaf(entries) = &mut self.arena[leaf] else {
+            unreachable!()
+        };
         let (old, pos) = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
             Ok(p) => (Some(std::mem::replace(&mut entries[p].1, val)), p),
             Err(p) => {
@@ -306,7 +320,9 @@ impl Tree {
             return Ok(None);
         }
         let (leaf, path) = self.dirty_path(src, key)?;
-        let Node::Leaf(entries) = &mut self.arena[leaf] else { unreachable!() };
+        let Node::Leaf(entries) = &mut self.arena[leaf] else {
+            unreachable!()
+        };
         let p = entries
             .binary_search_by(|(k, _)| k.as_slice().cmp(key))
             .expect("key found by get must be in its leaf");
@@ -325,7 +341,12 @@ impl Tree {
 
     /// Remove every key in `[lo, hi]`; returns how many. Subtrees that lie
     /// wholly inside the range are dropped without being read.
-    pub fn delete_range(&mut self, src: &dyn Source, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<u64> {
+    pub fn delete_range(
+        &mut self,
+        src: &dyn Source,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+    ) -> Result<u64> {
         if self.root.is_none() {
             return Ok(0);
         }
@@ -365,8 +386,16 @@ impl Tree {
         let mut dropped: Vec<usize> = Vec::new();
         for i in first..=last {
             let b = self.branch(idx);
-            let clo = if i == 0 { node_lo.map(<[u8]>::to_vec) } else { Some(b.keys[i - 1].clone()) };
-            let chi = if i == n - 1 { node_hi.map(<[u8]>::to_vec) } else { Some(b.keys[i].clone()) };
+            let clo = if i == 0 {
+                node_lo.map(<[u8]>::to_vec)
+            } else {
+                Some(b.keys[i - 1].clone())
+            };
+            let chi = if i == n - 1 {
+                node_hi.map(<[u8]>::to_vec)
+            } else {
+                Some(b.keys[i].clone())
+            };
             if covers(lo, hi, clo.as_deref(), chi.as_deref()) {
                 removed += b.children[i].count;
                 dropped.push(i);
@@ -405,7 +434,9 @@ impl Tree {
                 NodeRef::Clean(_) => false,
             });
             let Some(i) = empty else { break };
-            let NodeRef::Dirty(ci) = b.children[i].r else { unreachable!() };
+            let NodeRef::Dirty(ci) = b.children[i].r else {
+                unreachable!()
+            };
             self.arena[ci] = Node::Gone;
             let b = self.branch_mut(p);
             b.children.remove(i);
@@ -481,7 +512,12 @@ impl Tree {
     }
 
     fn fix_root(&mut self) {
-        while let Some(Child { r: NodeRef::Dirty(idx), count, .. }) = self.root {
+        while let Some(Child {
+            r: NodeRef::Dirty(idx),
+            count,
+            ..
+        }) = self.root
+        {
             match &self.arena[idx] {
                 Node::Leaf(e) if e.is_empty() => self.root = None,
                 Node::Branch(b) if b.children.is_empty() => self.root = None,
@@ -558,7 +594,9 @@ impl Tree {
             if self.arena[idx].size() <= self.node_size {
                 return;
             }
-            let Some((sep, right)) = self.split_node(idx, at_end) else { return };
+            let Some((sep, right)) = self.split_node(idx, at_end) else {
+                return;
+            };
             let rc = right.count();
             let ridx = self.push(right);
             let lc = self.arena[idx].count();
@@ -607,7 +645,11 @@ impl Tree {
         for (i, n) in self.arena.iter().enumerate() {
             if let Node::Branch(b) = n {
                 if !b.children.is_empty() {
-                    assert_eq!(b.keys.len() + 1, b.children.len(), "after {op}: branch {i} keys/children mismatch");
+                    assert_eq!(
+                        b.keys.len() + 1,
+                        b.children.len(),
+                        "after {op}: branch {i} keys/children mismatch"
+                    );
                 }
                 for w in b.keys.windows(2) {
                     assert!(w[0] < w[1], "after {op}: separators out of order in {i}");
@@ -626,7 +668,9 @@ impl Tree {
         self.write(sink, &mut root)?;
         self.root = Some(root);
         self.arena.clear();
-        let NodeRef::Clean(ptr) = root.r else { unreachable!() };
+        let NodeRef::Clean(ptr) = root.r else {
+            unreachable!()
+        };
         Ok(Some(ChildInfo {
             ptr,
             count: root.count,
@@ -635,7 +679,9 @@ impl Tree {
     }
 
     fn write(&mut self, sink: &mut dyn Sink, c: &mut Child) -> Result<()> {
-        let NodeRef::Dirty(idx) = c.r else { return Ok(()) };
+        let NodeRef::Dirty(idx) = c.r else {
+            return Ok(());
+        };
         let node = std::mem::replace(&mut self.arena[idx], Node::Gone);
         let mut buf = std::mem::take(&mut self.scratch);
         let (ptr, bytes) = match node {
@@ -656,17 +702,26 @@ impl Tree {
                 let mut infos = Vec::with_capacity(b.children.len());
                 for ch in b.children.iter_mut() {
                     self.write(sink, ch)?;
-                    let NodeRef::Clean(p) = ch.r else { unreachable!() };
+                    let NodeRef::Clean(p) = ch.r else {
+                        unreachable!()
+                    };
                     infos.push(ChildInfo {
                         ptr: p,
                         count: ch.count,
                         bytes: ch.bytes,
                     });
                 }
-                assert_eq!(infos.iter().map(|i| i.count).sum::<u64>(), c.count, "branch count drifted");
+                assert_eq!(
+                    infos.iter().map(|i| i.count).sum::<u64>(),
+                    c.count,
+                    "branch count drifted"
+                );
                 encode_branch(b.level, &b.keys, &infos, &mut buf);
                 let ptr = sink.append(Kind::Branch, &buf)?;
-                (ptr, align_up(ptr.len as u64) + infos.iter().map(|i| i.bytes).sum::<u64>())
+                (
+                    ptr,
+                    align_up(ptr.len as u64) + infos.iter().map(|i| i.bytes).sum::<u64>(),
+                )
             }
             Node::Gone => unreachable!("gone node reachable from the root"),
         };

@@ -826,10 +826,7 @@ mod tests {
         let vfs = SimVfs::new(2);
         let err = vfs.open(&p("a"), true).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "no such directory");
-        assert_eq!(
-            vfs.list(dir()).unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
+        assert_eq!(vfs.list(dir()).unwrap_err().kind(), io::ErrorKind::NotFound);
         vfs.create_dir_all(&p("sub")).unwrap();
         let err = vfs.open(&p("a"), false).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
@@ -1024,7 +1021,10 @@ mod tests {
         assert_eq!(fault(f.sync_data()), Some(SimFault::Crash));
         // Handle calls fail too once crashed, reads included.
         assert_eq!(fault(f.len()), Some(SimFault::Crash));
-        assert_eq!(fault(f.read_exact_at(&mut [0; 1], 0)), Some(SimFault::Crash));
+        assert_eq!(
+            fault(f.read_exact_at(&mut [0; 1], 0)),
+            Some(SimFault::Crash)
+        );
         assert_eq!(fault(f.write_all_at(b"x", 0)), Some(SimFault::Crash));
     }
 
@@ -1101,8 +1101,9 @@ mod tests {
             let f = vfs.open(&p(&format!("f{i}")), true).unwrap();
             for j in 0..8u64 {
                 let len = 100 + 397 * j as usize + i as usize * 13;
-                f.write_all_at(&vec![i * 16 + j as u8; len], j * 700).unwrap();
-                if (i as u64 + j) % 3 == 0 {
+                f.write_all_at(&vec![i * 16 + j as u8; len], j * 700)
+                    .unwrap();
+                if (i as u64 + j).is_multiple_of(3) {
                     f.sync_data().unwrap();
                 }
             }

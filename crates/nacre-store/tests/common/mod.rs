@@ -71,8 +71,13 @@ pub fn check_reads(txn: &ReadTxn, model: &Model, rng: &mut StdRng, space: u32) {
     }
     for _ in 0..5 {
         let (lo, hi) = (bound(rng, space), bound(rng, space));
-        if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) = (&lo, &hi) {
-            if a > b || (a == b && (matches!(lo, Bound::Excluded(_)) || matches!(hi, Bound::Excluded(_)))) {
+        if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) =
+            (&lo, &hi)
+        {
+            if a > b
+                || (a == b
+                    && (matches!(lo, Bound::Excluded(_)) || matches!(hi, Bound::Excluded(_))))
+            {
                 // BTreeMap::range panics on such ranges; the store must
                 // return nothing.
                 assert_eq!(txn.range(as_ref(&lo), as_ref(&hi)).count(), 0);
@@ -86,7 +91,11 @@ pub fn check_reads(txn: &ReadTxn, model: &Model, rng: &mut StdRng, space: u32) {
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let got: Vec<_> = txn.range(as_ref(&lo), as_ref(&hi)).take(limit).map(Result::unwrap).collect();
+        let got: Vec<_> = txn
+            .range(as_ref(&lo), as_ref(&hi))
+            .take(limit)
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(got, want, "range {lo:?}..{hi:?} limit {limit}");
         let want: Vec<_> = model
             .range((lo.clone(), hi.clone()))
@@ -94,7 +103,11 @@ pub fn check_reads(txn: &ReadTxn, model: &Model, rng: &mut StdRng, space: u32) {
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let got: Vec<_> = txn.range_rev(as_ref(&lo), as_ref(&hi)).take(limit).map(Result::unwrap).collect();
+        let got: Vec<_> = txn
+            .range_rev(as_ref(&lo), as_ref(&hi))
+            .take(limit)
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(got, want, "range_rev {lo:?}..{hi:?} limit {limit}");
     }
     let p = format!("k{:03}", rng.random_range(0..space / 100 + 1)).into_bytes();

@@ -1,0 +1,199 @@
+//! The cleaner under load, snapshots holding space, and data sets larger
+//! than the page cache.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nacre_store::{CleanerOptions, Options, Store};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn val_for(key: &[u8], version: u64) -> Vec<u8> {
+    let mut v = key.to_vec();
+    v.extend_from_slice(&version.to_le_bytes());
+    v.resize(120, b'.');
+    v
+}
+
+#[test]
+fn cleaner_keeps_up_with_writers_and_spares_old_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        cleaner: CleanerOptions {
+            background: true,
+            interval_ms: 2,
+            batch_bytes_max: 32 << 10,
+            ..CleanerOptions::default()
+        },
+        ..small_options()
+    };
+    let seg = opts.segment_size_bytes;
+    let store = Store::open(dir.path(), opts).unwrap();
+    let keys: Vec<Vec<u8>> = (0..3000)
+        .map(|i| format!("key{i:05}").into_bytes())
+        .collect();
+    let mut model = Model::new();
+    let mut w = store.begin_write().unwrap();
+    for k in &keys {
+        w.put(k, &val_for(k, 0)).unwrap();
+        model.insert(k.clone(), val_for(k, 0));
+    }
+    w.commit().unwrap();
+    // An old reader and a named snapshot, both of the initial state.
+    let old_reader = store.begin_read();
+    store.create_snapshot("start").unwrap();
+    let initial = model.clone();
+
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for r in 0..2 {
+            let store = store.clone();
+            let done = &done;
+            s.spawn(move || {
+                let mut rng = StdRng::seed_from_u64(r);
+                while !done.load(Ordering::Relaxed) {
+                    // Each read view is internally consistent: every value
+                    // belongs to its key, and the scan length matches count.
+                    let txn = store.begin_read();
+                    let mut n = 0;
+                    for kv in txn.iter() {
+                        let (k, v) = kv.unwrap();
+                        assert!(v.starts_with(&k), "value of another key under {k:?}");
+                        n += 1;
+                    }
+                    assert_eq!(n, txn.count());
+                    let k = format!("key{:05}", rng.random_range(0..3000));
+                    assert!(txn.get(k.as_bytes()).unwrap().is_some());
+                }
+            });
+        }
+        let mut rng = StdRng::seed_from_u64(1);
+        for round in 1..=150u64 {
+            let mut w = store.begin_write().unwrap();
+            for _ in 0..40 {
+                let k = &keys[rng.random_range(0..keys.len())];
+                w.put(k, &val_for(k, round)).unwrap();
+                model.insert(k.clone(), val_for(k, round));
+            }
+            w.commit().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    assert!(
+        store.stats().cleaned_segments > 0,
+        "the background cleaner never ran"
+    );
+    check_all(&old_reader, &initial);
+    check_all(&store.snapshot("start").unwrap(), &initial);
+    check_all(&store.begin_read(), &model);
+    drop(old_reader);
+
+    // Without the snapshot, cleaning must get within the ratio (plus the
+    // head segment, which is never cleaned while being written).
+    store.drop_snapshot("start").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = store.stats();
+        if st.bytes_on_disk as f64 <= 1.5 * st.live_bytes as f64 + seg as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "background cleaner did not catch up: {} bytes on disk for {} live",
+            st.bytes_on_disk,
+            st.live_bytes
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(store.stats().cleaner_error.is_none());
+    check_all(&store.begin_read(), &model);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    check_all(&store.begin_read(), &model);
+}
+
+#[test]
+fn snapshot_holds_space_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    let keys: Vec<Vec<u8>> = (0..4000)
+        .map(|i| format!("key{i:05}").into_bytes())
+        .collect();
+    for version in 0..2u64 {
+        let mut w = store.begin_write().unwrap();
+        for k in &keys {
+            w.put(k, &val_for(k, version)).unwrap();
+        }
+        w.commit().unwrap();
+        if version == 0 {
+            store.create_snapshot("v0").unwrap();
+        }
+    }
+    store.clean().unwrap();
+    let held = store.stats();
+    // Both versions are live: the snapshot keeps the old one.
+    assert!(
+        held.bytes_on_disk as f64 > 1.8 * held.live_bytes as f64,
+        "snapshot data was lost or not counted: {held:?}"
+    );
+    assert_eq!(
+        store.snapshot("v0").unwrap().get(b"key00001").unwrap(),
+        Some(val_for(b"key00001", 0))
+    );
+
+    store.drop_snapshot("v0").unwrap();
+    store.clean().unwrap();
+    let freed = store.stats();
+    assert!(
+        (freed.bytes_on_disk as f64) < 1.5 * freed.live_bytes as f64,
+        "space not released after drop: {freed:?}"
+    );
+    assert!(freed.bytes_on_disk < held.bytes_on_disk * 2 / 3);
+    assert_eq!(
+        store.begin_read().get(b"key00001").unwrap(),
+        Some(val_for(b"key00001", 1))
+    );
+}
+
+#[test]
+fn data_set_ten_times_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = 256 << 10;
+    let opts = Options {
+        cache_size_bytes: cache,
+        segment_size_bytes: 4 << 20,
+        ..small_options()
+    };
+    let store = Store::open(dir.path(), opts.clone()).unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut model = Model::new();
+    let mut w = store.begin_write().unwrap();
+    while model.values().map(|v| v.len() + 10).sum::<usize>() < 10 * cache + (cache / 2) {
+        let k = format!("k{:08}", rng.random_range(0..10_000_000)).into_bytes();
+        let v: Vec<u8> = (0..rng.random_range(50..400))
+            .map(|_| rng.random())
+            .collect();
+        w.put(&k, &v).unwrap();
+        model.insert(k, v);
+    }
+    w.commit().unwrap();
+    let live = store.stats().live_bytes;
+    assert!(live > 10 * cache as u64, "data set too small: {live} bytes");
+    store.close().unwrap();
+
+    let store = Store::open(dir.path(), opts).unwrap();
+    let txn = store.begin_read();
+    check_all(&txn, &model);
+    for (k, v) in model.iter().step_by(7) {
+        assert_eq!(txn.get(k).unwrap().as_ref(), Some(v));
+    }
+    let st = store.stats();
+    assert!(
+        st.cache_bytes <= cache as u64,
+        "cache grew past its bound: {st:?}"
+    );
+    assert!(st.cache_misses > 1000, "reads did not go to disk: {st:?}");
+}
