@@ -7,7 +7,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use quick_cache::sync::Cache;
+use std::hash::{BuildHasher, Hasher};
+
+use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::Weighter;
 
 use crate::btree::page::Page;
@@ -21,8 +23,39 @@ impl Weighter<u64, Arc<Page>> for PageWeight {
     }
 }
 
+/// Log positions are already well spread; one multiply mixes them enough
+/// for the table, at a fraction of the cost of a keyed hash.
+#[derive(Clone, Default)]
+struct PositionHash;
+
+struct PositionHasher(u64);
+
+impl Hasher for PositionHasher {
+    fn finish(&self) -> u64 {
+        let x = self.0 ^ (self.0 >> 29);
+        x.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ b as u64 ^ (self.0 >> 56);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+impl BuildHasher for PositionHash {
+    type Hasher = PositionHasher;
+    fn build_hasher(&self) -> PositionHasher {
+        PositionHasher(0)
+    }
+}
+
+type Inner = Cache<u64, Arc<Page>, PageWeight, PositionHash, DefaultLifecycle<u64, Arc<Page>>>;
+
 pub struct PageCache {
-    cache: Cache<u64, Arc<Page>, PageWeight>,
+    cache: Inner,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -31,7 +64,13 @@ impl PageCache {
     pub fn new(bytes_max: usize) -> PageCache {
         let items = (bytes_max / 4096).max(16);
         PageCache {
-            cache: Cache::with_weighter(items, bytes_max as u64, PageWeight),
+            cache: Cache::with(
+                items,
+                bytes_max as u64,
+                PageWeight,
+                PositionHash,
+                DefaultLifecycle::default(),
+            ),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::btree::page::{encode_branch, encode_leaf, ChildInfo, Page, Val};
+use crate::btree::leaf::DirtyLeaf;
+use crate::btree::page::{encode_branch, ChildInfo, Page, Val, ValRef};
 use crate::btree::read::lookup;
 use crate::btree::write::Source;
 use crate::error::{Error, Result};
@@ -33,6 +34,10 @@ use crate::log::{parse_records, ScannedRecord};
 use crate::options::Durability;
 use crate::record::{align_up, Kind, Ptr, Reader, HEADER_LEN};
 use crate::store::{CleanStats, Ctx, Inner, SnapshotInfo};
+
+/// The background cleaner starts a new head segment to clean the old one
+/// only once the head holds at least this much.
+const HEAD_ROLL_MIN_BYTES: u64 = 1 << 20;
 
 /// Clean every segment older than the head, after starting a fresh head so
 /// that everything written so far can be reclaimed.
@@ -85,7 +90,14 @@ pub fn clean_step(inner: &Inner, shutdown: &Arc<(Mutex<bool>, Condvar)>) -> Resu
         return Ok(None);
     };
     if oldest >= head {
-        return Ok(None);
+        // All the garbage is in the head, which is never cleaned while it is
+        // written. Start a new head so that it can be, unless the head is
+        // too small for that to be worth a segment.
+        if inner.log.head_len() < HEAD_ROLL_MIN_BYTES.max(live / 2) {
+            return Ok(None);
+        }
+        let _guard = inner.begin_write_guard()?;
+        inner.log.force_roll()?;
     }
     clean_segment(inner, oldest, Some(shutdown))?;
     Ok(Some(on_disk.saturating_sub(inner.log.bytes_on_disk())))
@@ -116,7 +128,6 @@ fn clean_segment(
     // Every record of a completed segment must be intact: a bad one could be
     // hiding live data, so cleaning stops rather than deleting it.
     let records = parse_records(&bytes, base, start)?;
-    drop(bytes);
 
     let rate = inner.opts.cleaner.rate_bytes_per_s_max;
     let batch_max = inner.opts.cleaner.batch_bytes_max;
@@ -131,7 +142,7 @@ fn clean_segment(
             batch_bytes += align_up(records[j].ptr.len as u64);
             j += 1;
         }
-        let (r, b) = relocate_batch(inner, &records[i..j])?;
+        let (r, b) = relocate_batch(inner, &bytes, &records[i..j])?;
         moved_records += r;
         moved_bytes += b;
         i = j;
@@ -165,12 +176,12 @@ fn clean_segment(
         let _guard = inner.begin_write_guard()?;
         inner.log.remove_segments(&[id])?;
         let v = inner.current.load_full();
-        inner.current.store(Arc::new(crate::store::Version {
-            seq: v.seq,
-            root: v.root,
-            catalog: v.catalog.clone(),
-            segs: inner.log.segments(),
-        }));
+        inner.current.store(Arc::new(crate::store::Version::new(
+            v.seq,
+            v.root,
+            v.catalog.clone(),
+            inner.log.segments(),
+        )));
     }
     inner
         .counters
@@ -202,7 +213,7 @@ struct Plan {
     rewrite_catalog: bool,
 }
 
-fn relocate_batch(inner: &Inner, batch: &[ScannedRecord]) -> Result<(u64, u64)> {
+fn relocate_batch(inner: &Inner, bytes: &[u8], batch: &[ScannedRecord]) -> Result<(u64, u64)> {
     let guard = inner.begin_write_guard()?;
     let v = inner.current.load_full();
     let segs = inner.log.segments();
@@ -219,8 +230,10 @@ fn relocate_batch(inner: &Inner, batch: &[ScannedRecord]) -> Result<(u64, u64)> 
     let mut moved = (0u64, 0u64);
     for rec in batch {
         let live = match rec.kind {
-            Kind::Leaf | Kind::Branch => mark_node(&ctx, &roots, rec, &mut plan)?,
-            Kind::Value => mark_value(&ctx, &roots, rec, &mut plan)?,
+            Kind::Leaf | Kind::Branch => {
+                mark_node(&ctx, &roots, rec, &bytes[rec.payload.clone()], &mut plan)?
+            }
+            Kind::Value => mark_value(&ctx, &roots, rec, &bytes[rec.payload.clone()], &mut plan)?,
             Kind::Catalog => {
                 let live = v.catalog.ptr.addr == rec.ptr.addr;
                 plan.rewrite_catalog |= live;
@@ -273,13 +286,14 @@ fn relocate_batch(inner: &Inner, batch: &[ScannedRecord]) -> Result<(u64, u64)> 
 }
 
 /// Is this node record live in any tree? If so, mark it and its ancestors.
-fn mark_node(ctx: &Ctx<'_>, roots: &[Ptr], rec: &ScannedRecord, plan: &mut Plan) -> Result<bool> {
-    let page = Page::decode(rec.ptr, rec.kind, &rec.payload)?;
-    let key: Option<&[u8]> = if page.is_leaf() {
-        (page.len() > 0).then(|| page.key(0))
-    } else {
-        (page.len() > 1).then(|| page.sep(0))
-    };
+fn mark_node(
+    ctx: &Ctx<'_>,
+    roots: &[Ptr],
+    rec: &ScannedRecord,
+    payload: &[u8],
+    plan: &mut Plan,
+) -> Result<bool> {
+    let (level, key) = crate::btree::page::probe(payload, rec.kind, rec.ptr.addr)?;
     let mut live = false;
     for &root in roots {
         if root.addr == rec.ptr.addr {
@@ -288,7 +302,7 @@ fn mark_node(ctx: &Ctx<'_>, roots: &[Ptr], rec: &ScannedRecord, plan: &mut Plan)
             continue;
         }
         let Some(key) = key else { continue };
-        if let Some(path) = path_to(ctx, root, key, page.level)? {
+        if let Some(path) = path_to(ctx, root, key, level)? {
             if path.last().map(|p| p.ptr.addr) == Some(rec.ptr.addr) {
                 plan.nodes.extend(path.iter().map(|p| p.ptr.addr));
                 live = true;
@@ -298,8 +312,14 @@ fn mark_node(ctx: &Ctx<'_>, roots: &[Ptr], rec: &ScannedRecord, plan: &mut Plan)
     Ok(live)
 }
 
-fn mark_value(ctx: &Ctx<'_>, roots: &[Ptr], rec: &ScannedRecord, plan: &mut Plan) -> Result<bool> {
-    let mut r = Reader::new(&rec.payload, rec.ptr.addr);
+fn mark_value(
+    ctx: &Ctx<'_>,
+    roots: &[Ptr],
+    rec: &ScannedRecord,
+    payload: &[u8],
+    plan: &mut Plan,
+) -> Result<bool> {
+    let mut r = Reader::new(payload, rec.ptr.addr);
     let klen = r.u32()? as usize;
     let key = r.bytes(klen)?;
     let mut live = false;
@@ -356,18 +376,17 @@ impl Relocator<'_, '_> {
         }
         let page = self.ctx.page(ptr)?;
         let new = if page.is_leaf() {
-            let mut entries: Vec<(Vec<u8>, Val)> = Vec::with_capacity(page.len());
+            let mut leaf = DirtyLeaf::from_page(&page);
             for i in 0..page.len() {
-                let mut val = page.value(i).to_val();
-                if let Val::Ext { ptr: vp, .. } = &mut val {
+                if let ValRef::Ext { vlen, ptr: vp } = page.value(i) {
                     if self.plan.values.contains(&vp.addr) {
-                        *vp = self.value(*vp)?;
+                        let ptr = self.value(vp)?;
+                        leaf.replace(i, Val::Ext { vlen, ptr });
                     }
                 }
-                entries.push((page.key(i).to_vec(), val));
             }
             let mut buf = std::mem::take(&mut self.buf);
-            encode_leaf(&entries, &mut buf);
+            leaf.encode(&mut buf);
             let p = self.inner.log.append(Kind::Leaf, &buf)?;
             self.buf = buf;
             p

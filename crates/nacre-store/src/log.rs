@@ -210,6 +210,11 @@ impl Log {
         self.app.lock().head.id
     }
 
+    /// Bytes in the head segment so far.
+    pub fn head_len(&self) -> u64 {
+        self.app.lock().off
+    }
+
     pub fn check(&self) -> Result<()> {
         match &*self.poison.lock() {
             Some(why) => Err(Error::Poisoned(why.clone())),
@@ -815,11 +820,12 @@ pub fn scan_segment(bytes: &[u8], base: u64) -> Result<Scan> {
     })
 }
 
-/// Records of a completed segment, for the cleaner.
+/// A record of a completed segment, for the cleaner: its pointer and where
+/// its payload lies in the buffer it was parsed from.
 pub struct ScannedRecord {
     pub ptr: Ptr,
     pub kind: Kind,
-    pub payload: Vec<u8>,
+    pub payload: std::ops::Range<usize>,
 }
 
 /// Parse every record of `bytes` (a slice of segment `base` starting at
@@ -838,14 +844,14 @@ pub fn parse_records(bytes: &[u8], base: u64, from: u64) -> Result<Vec<ScannedRe
                 "record runs past the segment's end",
             ));
         }
-        let (kind, payload) = record::open(&bytes[pos..end], position)?;
+        let (kind, _) = record::open(&bytes[pos..end], position)?;
         out.push(ScannedRecord {
             ptr: Ptr {
                 addr: position,
                 len: (HEADER_LEN + len as usize) as u32,
             },
             kind,
-            payload: payload.to_vec(),
+            payload: pos + HEADER_LEN..end,
         });
         pos = align_up(end as u64) as usize;
     }

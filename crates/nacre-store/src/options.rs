@@ -91,7 +91,7 @@ impl Default for Options {
             key_size_max_bytes: 4096,
             value_size_max_bytes: 16 << 20,
             txn_size_max_bytes: 4 << 30,
-            txn_dirty_max_bytes: 64 << 20,
+            txn_dirty_max_bytes: 256 << 20,
             snapshots_max: 64,
             cleaner: CleanerOptions::default(),
         }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -100,6 +100,25 @@ pub(crate) struct Version {
     pub root: Option<ChildInfo>,
     pub catalog: Arc<Catalog>,
     pub segs: Arc<SegTable>,
+    /// The root page, kept once read: every lookup starts there.
+    pub root_page: OnceLock<Arc<Page>>,
+}
+
+impl Version {
+    pub fn new(
+        seq: u64,
+        root: Option<ChildInfo>,
+        catalog: Arc<Catalog>,
+        segs: Arc<SegTable>,
+    ) -> Version {
+        Version {
+            seq,
+            root,
+            catalog,
+            segs,
+            root_page: OnceLock::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -129,10 +148,15 @@ pub(crate) struct Ctx<'a> {
     pub inner: &'a Inner,
     pub segs: &'a SegTable,
     pub writer: bool,
+    /// A page to serve without a cache lookup (a version's root).
+    pub pinned: Option<&'a Arc<Page>>,
 }
 
 impl Source for Ctx<'_> {
     fn page(&self, ptr: Ptr) -> Result<Arc<Page>> {
+        if let Some(p) = self.pinned.filter(|p| p.ptr == ptr) {
+            return Ok(p.clone());
+        }
         if let Some(p) = self.inner.cache.get(ptr.addr) {
             if p.ptr != ptr {
                 return Err(Error::corrupt(
@@ -179,9 +203,12 @@ impl Ctx<'_> {
     }
 }
 
-/// Appends through the log and counts what a transaction wrote.
+/// Appends through the log, counts what a transaction wrote, and puts the
+/// nodes it writes into the page cache: the next reader of a freshly written
+/// page should not have to read it back from the file.
 pub(crate) struct LogSink<'a> {
     pub log: &'a Log,
+    pub cache: &'a PageCache,
     pub written: u64,
 }
 
@@ -189,6 +216,9 @@ impl Sink for LogSink<'_> {
     fn append(&mut self, kind: Kind, payload: &[u8]) -> Result<Ptr> {
         let p = self.log.append(kind, payload)?;
         self.written += crate::record::align_up(p.len as u64);
+        if matches!(kind, Kind::Leaf | Kind::Branch) {
+            self.cache.insert(Arc::new(Page::decode(p, kind, payload)?));
+        }
         Ok(p)
     }
 }
@@ -253,6 +283,7 @@ impl Inner {
             inner: self,
             segs,
             writer,
+            pinned: None,
         }
     }
 
@@ -278,12 +309,12 @@ impl Inner {
         self.log.append(Kind::Root, &rec.encode())?;
         self.log.flush()?;
         let upto = self.log.written_upto();
-        self.current.store(Arc::new(Version {
+        self.current.store(Arc::new(Version::new(
             seq,
             root,
             catalog,
-            segs: self.log.segments(),
-        }));
+            self.log.segments(),
+        )));
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         drop(guard);
         if durability == Durability::Immediate {
@@ -377,12 +408,12 @@ impl Store {
         );
         let inner = Arc::new(Inner {
             cache: PageCache::new(opts.cache_size_bytes),
-            current: ArcSwap::from_pointee(Version {
-                seq: rec.root.seq,
-                root: rec.root.root,
-                catalog: Arc::new(catalog),
+            current: ArcSwap::from_pointee(Version::new(
+                rec.root.seq,
+                rec.root.root,
+                Arc::new(catalog),
                 segs,
-            }),
+            )),
             log,
             writer: Mutex::new(()),
             counters: Counters::default(),

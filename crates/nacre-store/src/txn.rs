@@ -7,11 +7,11 @@ use parking_lot::MutexGuard;
 
 use crate::btree::page::{ChildInfo, Val, ValRef};
 use crate::btree::read::{lookup, Cursor};
-use crate::btree::write::{in_range, Tree};
+use crate::btree::write::{in_range, Source, Tree};
 use crate::error::{Error, Result};
 use crate::options::Durability;
 use crate::record::{put_u32, Kind};
-use crate::store::{CommitInfo, Inner, LogSink, Store, Version};
+use crate::store::{CommitInfo, Ctx, Inner, LogSink, Store, Version};
 
 /// A consistent, read-only view of one committed state (the latest one, or
 /// a named snapshot). Cheap to create; holds no lock. Pages it needs stay
@@ -44,11 +44,28 @@ impl ReadTxn {
         self.seq
     }
 
+    /// A page source for this view; the version's root page is served
+    /// without a cache lookup once read.
+    fn ctx(&self) -> Ctx<'_> {
+        let mut ctx = self.inner.ctx(&self.version.segs, false);
+        if let (Some(r), Some(v)) = (self.root, self.version.root) {
+            if r.ptr == v.ptr {
+                if self.version.root_page.get().is_none() {
+                    if let Ok(p) = ctx.page(r.ptr) {
+                        let _ = self.version.root_page.set(p);
+                    }
+                }
+                ctx.pinned = self.version.root_page.get();
+            }
+        }
+        ctx
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let Some(root) = self.root else {
             return Ok(None);
         };
-        let ctx = self.inner.ctx(&self.version.segs, false);
+        let ctx = self.ctx();
         match lookup(&ctx, root.ptr, key)? {
             None => Ok(None),
             Some(Val::Inline(v)) => Ok(Some(v)),
@@ -56,11 +73,27 @@ impl ReadTxn {
         }
     }
 
+    /// Look `key` up and hand its value to `f` without copying it out of
+    /// the page (values in their own records are read first).
+    pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
+        let Some(root) = self.root else {
+            return Ok(None);
+        };
+        let ctx = self.ctx();
+        let Some((page, i)) = crate::btree::read::find(&ctx, root.ptr, key)? else {
+            return Ok(None);
+        };
+        match page.value(i) {
+            ValRef::Inline(v) => Ok(Some(f(v))),
+            ValRef::Ext { vlen, ptr } => Ok(Some(f(&ctx.value(ptr, vlen, key)?))),
+        }
+    }
+
     pub fn exists(&self, key: &[u8]) -> Result<bool> {
         let Some(root) = self.root else {
             return Ok(false);
         };
-        let ctx = self.inner.ctx(&self.version.segs, false);
+        let ctx = self.ctx();
         Ok(lookup(&ctx, root.ptr, key)?.is_some())
     }
 
@@ -96,7 +129,7 @@ impl ReadTxn {
 
     fn iter_inner(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, reverse: bool) -> Iter {
         let (seek, stop) = if reverse { (end, start) } else { (start, end) };
-        let ctx = self.inner.ctx(&self.version.segs, false);
+        let ctx = self.ctx();
         let cursor = Cursor::seek(&ctx, self.root.map(|r| r.ptr), seek, reverse);
         let (cursor, error) = match cursor {
             Ok(c) => (Some(c), None),
@@ -331,12 +364,12 @@ impl<'a> WriteTxn<'a> {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let root = self.spill()?;
         let inner = self.inner();
-        let version = Arc::new(Version {
-            seq: self.base.seq,
+        let version = Arc::new(Version::new(
+            self.base.seq,
             root,
-            catalog: self.base.catalog.clone(),
-            segs: inner.log.segments(),
-        });
+            self.base.catalog.clone(),
+            inner.log.segments(),
+        ));
         inner.log.flush()?;
         let view = ReadTxn::new(self.store.inner.clone(), version, None);
         view.range(start, end).collect()
@@ -355,6 +388,7 @@ impl<'a> WriteTxn<'a> {
         let inner = self.inner();
         let mut sink = LogSink {
             log: &inner.log,
+            cache: &inner.cache,
             written: 0,
         };
         let root = self.tree.flush(&mut sink)?;

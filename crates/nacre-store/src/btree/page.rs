@@ -44,15 +44,6 @@ pub enum Val {
     },
 }
 
-impl Val {
-    pub fn encoded_len(&self) -> usize {
-        match self {
-            Val::Inline(v) => v.len(),
-            Val::Ext { .. } => EXT_LEN,
-        }
-    }
-}
-
 /// Borrowed view of a value in a clean leaf.
 #[derive(Debug, Clone, Copy)]
 pub enum ValRef<'a> {
@@ -61,6 +52,13 @@ pub enum ValRef<'a> {
 }
 
 impl ValRef<'_> {
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            ValRef::Inline(v) => v.len(),
+            ValRef::Ext { .. } => EXT_LEN,
+        }
+    }
+
     pub fn to_val(self) -> Val {
         match self {
             ValRef::Inline(v) => Val::Inline(v.to_vec()),
@@ -84,6 +82,46 @@ pub struct Page {
     pub level: u8,
     n: usize,
     data: Box<[u8]>,
+    /// The prefix every key (leaf) or separator (branch) shares.
+    shared: Box<[u8]>,
+    /// The eight bytes after `common` of each key or separator, big-endian
+    /// and zero-padded: searches compare these integers and touch the keys
+    /// themselves only among equal prefixes.
+    prefixes: Box<[u64]>,
+}
+
+/// Eight bytes of `key` from `from`, zero-padded, as a big-endian integer.
+/// For keys that agree before `from`, a smaller result means a smaller key;
+/// equal results decide nothing.
+#[inline]
+fn prefix_at(key: &[u8], from: usize) -> u64 {
+    let tail = key.get(from..).unwrap_or(&[]);
+    match tail.first_chunk::<8>() {
+        Some(b) => u64::from_be_bytes(*b),
+        None => {
+            let mut b = [0u8; 8];
+            b[..tail.len()].copy_from_slice(tail);
+            u64::from_be_bytes(b)
+        }
+    }
+}
+
+fn common_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Lexicographic byte order, deciding on the first eight bytes as one
+/// big-endian integer when it can: most comparisons in a search end there,
+/// without a call to `memcmp`.
+#[inline]
+pub fn cmp_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    if let (Some(x), Some(y)) = (a.first_chunk::<8>(), b.first_chunk::<8>()) {
+        let (x, y) = (u64::from_be_bytes(*x), u64::from_be_bytes(*y));
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    a.cmp(b)
 }
 
 fn rd_u32(d: &[u8], at: usize) -> u32 {
@@ -159,12 +197,76 @@ impl Page {
             }
             _ => return Err(bad("record is not a node")),
         }
-        Ok(Page {
+        let mut page = Page {
             ptr,
             level,
             n,
             data: payload.into(),
-        })
+            shared: Box::new([]),
+            prefixes: Box::new([]),
+        };
+        let keys = page.search_keys();
+        if keys > 0 {
+            let common = common_len(page.search_key(0), page.search_key(keys - 1));
+            let prefixes: Box<[u64]> = (0..keys)
+                .map(|i| prefix_at(page.search_key(i), common))
+                .collect();
+            let shared: Box<[u8]> = page.search_key(0)[..common].into();
+            page.prefixes = prefixes;
+            page.shared = shared;
+        }
+        Ok(page)
+    }
+
+    /// Number of keys searched: entries of a leaf, separators of a branch.
+    fn search_keys(&self) -> usize {
+        if self.is_leaf() {
+            self.n
+        } else {
+            self.n - 1
+        }
+    }
+
+    fn search_key(&self, i: usize) -> &[u8] {
+        if self.is_leaf() {
+            self.key(i)
+        } else {
+            self.sep(i)
+        }
+    }
+
+    /// Where `key` falls among the searched keys: `Ok(i)` if equal to key
+    /// `i`, else `Err(i)` with `i` the number of keys smaller than it.
+    fn locate(&self, key: &[u8]) -> std::result::Result<usize, usize> {
+        let m = self.search_keys();
+        if m == 0 {
+            return Err(0);
+        }
+        let c = self.shared.len();
+        if c > 0 {
+            // Every key starts with the same `c` bytes; a key that differs
+            // there is before or after all of them.
+            let head = &key[..c.min(key.len())];
+            match head.cmp(&self.shared[..head.len()]) {
+                std::cmp::Ordering::Less => return Err(0),
+                std::cmp::Ordering::Greater => return Err(m),
+                std::cmp::Ordering::Equal if key.len() < c => return Err(0),
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+        let kp = prefix_at(key, c);
+        let lo = self.prefixes.partition_point(|&p| p < kp);
+        let hi = lo + self.prefixes[lo..].partition_point(|&p| p == kp);
+        let (mut a, mut b) = (lo, hi);
+        while a < b {
+            let mid = (a + b) / 2;
+            match cmp_keys(self.search_key(mid), key) {
+                std::cmp::Ordering::Less => a = mid + 1,
+                std::cmp::Ordering::Greater => b = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(a)
     }
 
     pub fn is_leaf(&self) -> bool {
@@ -176,8 +278,13 @@ impl Page {
         self.n
     }
 
+    /// Size of the encoded payload.
+    pub fn payload_len(&self) -> usize {
+        self.data.len()
+    }
+
     pub fn weight(&self) -> u64 {
-        self.data.len() as u64 + 64
+        (self.data.len() + self.shared.len() + 8 * self.prefixes.len()) as u64 + 96
     }
 
     // ---- leaf ----
@@ -215,16 +322,8 @@ impl Page {
 
     /// Binary search for `key` among the leaf's entries.
     pub fn search(&self, key: &[u8]) -> std::result::Result<usize, usize> {
-        let (mut lo, mut hi) = (0usize, self.n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match self.key(mid).cmp(key) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Ok(mid),
-            }
-        }
-        Err(lo)
+        debug_assert!(self.is_leaf());
+        self.locate(key)
     }
 
     // ---- branch ----
@@ -253,63 +352,92 @@ impl Page {
     /// Index of the child whose range holds `key`: the number of
     /// separators that are <= key.
     pub fn child_index(&self, key: &[u8]) -> usize {
-        let (mut lo, mut hi) = (0usize, self.n - 1);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.sep(mid) <= key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
+        debug_assert!(!self.is_leaf());
+        match self.locate(key) {
+            Ok(i) => i + 1,
+            Err(i) => i,
         }
-        lo
     }
 }
 
+/// A node record's level and the key the cleaner finds it by (a leaf's
+/// first key, a branch's first separator), read without decoding the node.
+pub fn probe(payload: &[u8], kind: Kind, position: u64) -> Result<(u8, Option<&[u8]>)> {
+    let mut r = Reader::new(payload, position);
+    let level = r.u8()?;
+    r.bytes(3)?;
+    let n = r.u32()? as usize;
+    let at = match kind {
+        Kind::Leaf if n > 0 => 8,
+        Kind::Branch if n > 1 => 8usize.saturating_add(n.saturating_mul(CHILD_LEN)),
+        Kind::Leaf | Kind::Branch => return Ok((level, None)),
+        _ => return Err(Error::corrupt(position, "record is not a node")),
+    };
+    let off = Reader::new(payload.get(at..).unwrap_or(&[]), position).u32()? as usize;
+    let mut e = Reader::new(payload.get(off..).unwrap_or(&[]), position);
+    let klen = e.u32()? as usize;
+    if kind == Kind::Leaf {
+        e.bytes(5)?;
+    }
+    Ok((level, Some(e.bytes(klen)?)))
+}
+
 // ---- encoding (from the write side) ----
-
-pub fn leaf_size(entries: &[(Vec<u8>, Val)]) -> usize {
-    8 + entries
-        .iter()
-        .map(|(k, v)| leaf_entry_size(k, v))
-        .sum::<usize>()
-}
-
-pub fn leaf_entry_size(k: &[u8], v: &Val) -> usize {
-    4 + LEAF_ENTRY_HEADER + k.len() + v.encoded_len()
-}
 
 pub fn branch_entry_size(sep: &[u8]) -> usize {
     CHILD_LEN + 4 + 4 + sep.len()
 }
 
+#[cfg(test)]
 pub fn encode_leaf(entries: &[(Vec<u8>, Val)], out: &mut Vec<u8>) {
+    encode_leaf_with(
+        entries.len(),
+        |i| {
+            let (k, v) = &entries[i];
+            let v = match v {
+                Val::Inline(b) => ValRef::Inline(b),
+                Val::Ext { vlen, ptr } => ValRef::Ext {
+                    vlen: *vlen,
+                    ptr: *ptr,
+                },
+            };
+            (k.as_slice(), v)
+        },
+        out,
+    );
+}
+
+/// Encode `n` entries, entry `i` given by `entry(i)`, in key order.
+pub fn encode_leaf_with<'a>(
+    n: usize,
+    entry: impl Fn(usize) -> (&'a [u8], ValRef<'a>),
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(&[0, 0, 0, 0]);
-    put_u32(out, entries.len() as u32);
-    let mut off = 8 + 4 * entries.len();
-    for (k, v) in entries {
-        put_u32(out, off as u32);
-        off += LEAF_ENTRY_HEADER + k.len() + v.encoded_len();
-    }
-    for (k, v) in entries {
+    put_u32(out, n as u32);
+    let table = out.len();
+    out.resize(table + 4 * n, 0);
+    for i in 0..n {
+        let off = out.len() as u32;
+        out[table + 4 * i..table + 4 * i + 4].copy_from_slice(&off.to_le_bytes());
+        let (k, v) = entry(i);
         put_u32(out, k.len() as u32);
         match v {
-            Val::Inline(b) => {
+            ValRef::Inline(b) => {
                 out.push(0);
                 put_u32(out, b.len() as u32);
                 out.extend_from_slice(k);
                 out.extend_from_slice(b);
             }
-            Val::Ext { vlen, ptr } => {
+            ValRef::Ext { vlen, ptr } => {
                 out.push(1);
-                put_u32(out, *vlen);
+                put_u32(out, vlen);
                 out.extend_from_slice(k);
-                put_ptr(out, *ptr);
+                put_ptr(out, ptr);
             }
         }
     }
-    debug_assert_eq!(out.len(), off);
 }
 
 pub fn encode_branch(level: u8, keys: &[Vec<u8>], children: &[ChildInfo], out: &mut Vec<u8>) {
@@ -340,6 +468,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cmp_keys_is_lexicographic() {
+        let keys: Vec<&[u8]> = vec![
+            b"",
+            b"a",
+            b"ab",
+            b"abcdefgh",
+            b"abcdefgh\0",
+            b"abcdefghi",
+            b"abcdefgi",
+            b"b",
+            &[0xff; 9],
+            &[0xff; 8],
+            &[0x7f, 0xff, 0, 0, 0, 0, 0, 0, 1],
+        ];
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(cmp_keys(a, b), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
     fn leaf_round_trip_and_search() {
         let entries: Vec<(Vec<u8>, Val)> = vec![
             (b"a".to_vec(), Val::Inline(b"1".to_vec())),
@@ -357,7 +507,6 @@ mod tests {
         ];
         let mut buf = Vec::new();
         encode_leaf(&entries, &mut buf);
-        assert_eq!(buf.len(), leaf_size(&entries));
         let p = Page::decode(Ptr { addr: 8, len: 0 }, Kind::Leaf, &buf).unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!(p.key(1), b"c");
@@ -366,6 +515,95 @@ mod tests {
         assert_eq!(p.search(b"0"), Err(0));
         assert!(matches!(p.value(1), ValRef::Ext { vlen: 5000, ptr } if ptr.addr == 64));
         assert!(matches!(p.value(0), ValRef::Inline(b"1")));
+    }
+
+    #[test]
+    fn search_agrees_with_a_plain_search_for_shared_and_short_keys() {
+        let raw: Vec<&[u8]> = vec![
+            b"/cfg/a",
+            b"/cfg/a/",
+            b"/cfg/a/x",
+            b"/cfg/aaaaaaaaaaaa",
+            b"/cfg/aaaaaaaaaaab",
+            b"/cfg/b",
+            b"/cfg/b\0",
+            b"/cfg/b\0\0\0\0\0\0\0\0\x01",
+            b"/cfg/c",
+        ];
+        let entries: Vec<(Vec<u8>, Val)> = raw
+            .iter()
+            .map(|k| (k.to_vec(), Val::Inline(vec![])))
+            .collect();
+        let mut buf = Vec::new();
+        encode_leaf(&entries, &mut buf);
+        let p = Page::decode(Ptr { addr: 8, len: 0 }, Kind::Leaf, &buf).unwrap();
+        assert_eq!(&*p.shared, b"/cfg/");
+        let probes: Vec<&[u8]> = vec![
+            b"",
+            b"/",
+            b"/cfg",
+            b"/cfg/",
+            b"/cfg/a",
+            b"/cfg/a\0",
+            b"/cfg/aa",
+            b"/cfg/aaaaaaaaaaaa",
+            b"/cfg/aaaaaaaaaaaa\0",
+            b"/cfg/b\0\0\0\0\0\0\0\0",
+            b"/cfg/b\0\0\0\0\0\0\0\0\x01",
+            b"/cfg/c",
+            b"/cfg/d",
+            b"/cfh",
+            b"/cfa/zzz",
+            b"\xff",
+        ];
+        for q in probes {
+            let want = raw.binary_search(&q);
+            assert_eq!(p.search(q), want, "probe {q:?}");
+        }
+        let keys: Vec<Vec<u8>> = raw[1..].iter().map(|k| k.to_vec()).collect();
+        let ch = |a| ChildInfo {
+            ptr: Ptr { addr: a, len: 10 },
+            count: 1,
+            bytes: 1,
+        };
+        let children: Vec<_> = (0..raw.len() as u64).map(|i| ch(8 * (i + 1))).collect();
+        encode_branch(1, &keys, &children, &mut buf);
+        let b = Page::decode(Ptr { addr: 8, len: 0 }, Kind::Branch, &buf).unwrap();
+        for q in [
+            &b"/cfg/a"[..],
+            b"/cfg/a/",
+            b"/cfg/a/w",
+            b"/cfg/b\0",
+            b"/a",
+            b"/z",
+            b"/cfg/c",
+        ] {
+            let want = keys.partition_point(|k| k.as_slice() <= q);
+            assert_eq!(b.child_index(q), want, "probe {q:?}");
+        }
+    }
+
+    #[test]
+    fn probe_finds_level_and_first_key() {
+        let entries: Vec<(Vec<u8>, Val)> = vec![
+            (b"first".to_vec(), Val::Inline(b"v".to_vec())),
+            (b"second".to_vec(), Val::Inline(vec![])),
+        ];
+        let mut buf = Vec::new();
+        encode_leaf(&entries, &mut buf);
+        assert_eq!(
+            probe(&buf, Kind::Leaf, 0).unwrap(),
+            (0, Some(&b"first"[..]))
+        );
+        let keys = vec![b"m".to_vec()];
+        let ch = ChildInfo {
+            ptr: Ptr { addr: 8, len: 10 },
+            count: 1,
+            bytes: 1,
+        };
+        encode_branch(3, &keys, &[ch, ch], &mut buf);
+        assert_eq!(probe(&buf, Kind::Branch, 0).unwrap(), (3, Some(&b"m"[..])));
+        assert!(probe(&buf[..9], Kind::Branch, 0).is_err());
     }
 
     #[test]

@@ -12,10 +12,15 @@ use crate::record::Ptr;
 const HEIGHT_MAX: usize = 64;
 
 pub fn lookup(src: &dyn Source, root: Ptr, key: &[u8]) -> Result<Option<Val>> {
+    Ok(find(src, root, key)?.map(|(page, i)| page.value(i).to_val()))
+}
+
+/// The leaf holding `key` and its index there, if the key exists.
+pub fn find(src: &dyn Source, root: Ptr, key: &[u8]) -> Result<Option<(Arc<Page>, usize)>> {
     let mut page = src.page(root)?;
     for _ in 0..HEIGHT_MAX {
         if page.is_leaf() {
-            return Ok(page.search(key).ok().map(|i| page.value(i).to_val()));
+            return Ok(page.search(key).ok().map(|i| (page, i)));
         }
         let next = page.child(page.child_index(key)).ptr;
         let child = src.page(next)?;

@@ -11,9 +11,8 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::page::{
-    branch_entry_size, encode_branch, encode_leaf, leaf_entry_size, leaf_size, ChildInfo, Page, Val,
-};
+use super::leaf::DirtyLeaf;
+use super::page::{branch_entry_size, cmp_keys, encode_branch, ChildInfo, Page, Val};
 use crate::error::Result;
 use crate::record::{align_up, Kind, Ptr};
 
@@ -52,8 +51,6 @@ impl Child {
     }
 }
 
-type Entries = Vec<(Vec<u8>, Val)>;
-
 #[derive(Debug)]
 pub struct BranchNode {
     level: u8,
@@ -63,20 +60,16 @@ pub struct BranchNode {
 
 #[derive(Debug)]
 enum Node {
-    Leaf(Entries),
+    Leaf(DirtyLeaf),
     Branch(BranchNode),
     /// A slot whose node was written out or merged away.
     Gone,
 }
 
 impl Node {
-    fn from_page(p: &Page) -> Node {
+    fn from_page(p: &Arc<Page>) -> Node {
         if p.is_leaf() {
-            Node::Leaf(
-                (0..p.len())
-                    .map(|i| (p.key(i).to_vec(), p.value(i).to_val()))
-                    .collect(),
-            )
+            Node::Leaf(DirtyLeaf::from_page(p))
         } else {
             Node::Branch(BranchNode {
                 level: p.level,
@@ -88,7 +81,7 @@ impl Node {
 
     fn size(&self) -> usize {
         match self {
-            Node::Leaf(e) => leaf_size(e),
+            Node::Leaf(e) => e.size(),
             Node::Branch(b) => {
                 8 + super::page::CHILD_LEN
                     + b.keys.iter().map(|k| branch_entry_size(k)).sum::<usize>()
@@ -132,7 +125,7 @@ impl Node {
 }
 
 fn branch_index(keys: &[Vec<u8>], key: &[u8]) -> usize {
-    keys.partition_point(|k| k.as_slice() <= key)
+    keys.partition_point(|k| cmp_keys(k, key) != std::cmp::Ordering::Greater)
 }
 
 pub fn in_range(k: &[u8], lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> bool {
@@ -168,6 +161,8 @@ fn covers(lo: Bound<&[u8]>, hi: Bound<&[u8]>, clo: Option<&[u8]>, chi: Option<&[
 pub struct Tree {
     pub root: Option<Child>,
     arena: Vec<Node>,
+    /// Arena slots that no longer hold a node.
+    gone: usize,
     node_size: usize,
     scratch: Vec<u8>,
 }
@@ -177,6 +172,7 @@ impl Tree {
         Tree {
             root: root.map(Child::clean),
             arena: Vec::new(),
+            gone: 0,
             node_size,
             scratch: Vec::new(),
         }
@@ -188,7 +184,12 @@ impl Tree {
 
     /// A rough measure of memory held by dirty nodes.
     pub fn dirty_bytes(&self) -> usize {
-        self.arena.len() * self.node_size
+        (self.arena.len() - self.gone) * self.node_size
+    }
+
+    fn retire(&mut self, idx: usize) -> Node {
+        self.gone += 1;
+        std::mem::replace(&mut self.arena[idx], Node::Gone)
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -255,12 +256,7 @@ impl Tree {
                 NodeRef::Clean(ptr) => return super::read::lookup(src, ptr, key),
                 NodeRef::Dirty(idx) => match &self.arena[idx] {
                     Node::Branch(b) => r = b.children[branch_index(&b.keys, key)].r,
-                    Node::Leaf(e) => {
-                        return Ok(e
-                            .binary_search_by(|(k, _)| k.as_slice().cmp(key))
-                            .ok()
-                            .map(|p| e[p].1.clone()))
-                    }
+                    Node::Leaf(e) => return Ok(e.search(key).ok().map(|p| e.val(p).to_val())),
                     Node::Gone => unreachable!("gone node reachable"),
                 },
             }
@@ -283,7 +279,7 @@ impl Tree {
     /// Insert or replace; returns the old value.
     pub fn put(&mut self, src: &dyn Source, key: &[u8], val: Val) -> Result<Option<Val>> {
         if self.root.is_none() {
-            let idx = self.push(Node::Leaf(Vec::new()));
+            let idx = self.push(Node::Leaf(DirtyLeaf::new()));
             self.root = Some(Child {
                 r: NodeRef::Dirty(idx),
                 count: 0,
@@ -294,10 +290,10 @@ impl Tree {
         let Node::Leaf(entries) = &mut self.arena[leaf] else {
             unreachable!()
         };
-        let (old, pos) = match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-            Ok(p) => (Some(std::mem::replace(&mut entries[p].1, val)), p),
+        let (old, pos) = match entries.search(key) {
+            Ok(p) => (Some(entries.replace(p, val)), p),
             Err(p) => {
-                entries.insert(p, (key.to_vec(), val));
+                entries.insert(p, key, val);
                 (None, p)
             }
         };
@@ -324,15 +320,16 @@ impl Tree {
             unreachable!()
         };
         let p = entries
-            .binary_search_by(|(k, _)| k.as_slice().cmp(key))
+            .search(key)
             .expect("key found by get must be in its leaf");
-        let (_, old) = entries.remove(p);
+        let old = entries.remove(p);
         for &(b, i) in &path {
             self.branch_mut(b).children[i].count -= 1;
         }
         self.root.as_mut().unwrap().count -= 1;
-        for &(b, _) in path.iter().rev() {
-            self.fix_children(src, b)?;
+        // Only the child on the path changed at each level.
+        for &(b, i) in path.iter().rev() {
+            self.fix_child(src, b, i)?;
         }
         self.fix_root();
         self.debug_check("delete");
@@ -369,7 +366,7 @@ impl Tree {
     ) -> Result<u64> {
         if let Node::Leaf(entries) = &mut self.arena[idx] {
             let before = entries.len();
-            entries.retain(|(k, _)| !in_range(k, lo, hi));
+            entries.retain(|k| !in_range(k, lo, hi));
             return Ok((before - entries.len()) as u64);
         }
         let b = self.branch(idx);
@@ -437,7 +434,7 @@ impl Tree {
             let NodeRef::Dirty(ci) = b.children[i].r else {
                 unreachable!()
             };
-            self.arena[ci] = Node::Gone;
+            self.retire(ci);
             let b = self.branch_mut(p);
             b.children.remove(i);
             if !b.keys.is_empty() {
@@ -468,6 +465,28 @@ impl Tree {
         Ok(())
     }
 
+    /// Restore the invariants for child `i` of branch `p` alone: remove it if
+    /// empty, merge it into a neighbour if it is a one-child branch or under
+    /// a quarter of a node.
+    fn fix_child(&mut self, src: &dyn Source, p: usize, i: usize) -> Result<()> {
+        let NodeRef::Dirty(ci) = self.branch(p).children[i].r else {
+            return Ok(());
+        };
+        if self.arena[ci].is_empty() {
+            self.retire(ci);
+            let b = self.branch_mut(p);
+            b.children.remove(i);
+            if !b.keys.is_empty() {
+                b.keys.remove(i.saturating_sub(1));
+            }
+        } else if self.branch(p).children.len() >= 2
+            && (self.arena[ci].is_invalid() || self.arena[ci].size() < self.node_size / 4)
+        {
+            self.merge_child(src, p, i)?;
+        }
+        Ok(())
+    }
+
     /// Merge child `i` of `p` with a neighbour; split the result again if it
     /// is too large.
     fn merge_child(&mut self, src: &dyn Source, p: usize, i: usize) -> Result<()> {
@@ -476,13 +495,13 @@ impl Tree {
         let (l, r) = if i + 1 < n { (i, i + 1) } else { (i - 1, i) };
         let li = self.dirty_child(src, p, l)?;
         let ri = self.dirty_child(src, p, r)?;
-        let right = std::mem::replace(&mut self.arena[ri], Node::Gone);
+        let right = self.retire(ri);
         let b = self.branch_mut(p);
         let sep = b.keys.remove(l);
         let rc = b.children.remove(r);
         b.children[l].count += rc.count;
         match (&mut self.arena[li], right) {
-            (Node::Leaf(a), Node::Leaf(bn)) => a.extend(bn),
+            (Node::Leaf(a), Node::Leaf(bn)) => a.append(bn),
             (Node::Branch(a), Node::Branch(bn)) => {
                 a.keys.push(sep);
                 a.keys.extend(bn.keys);
@@ -543,17 +562,20 @@ impl Tree {
                 let m = if at_end {
                     n - 1
                 } else {
-                    let total: usize = e.iter().map(|(k, v)| leaf_entry_size(k, v)).sum();
+                    let half = (e.size() - 8) / 2;
                     let mut acc = 0;
                     let mut m = 0;
-                    while m < n && acc < total / 2 {
-                        acc += leaf_entry_size(&e[m].0, &e[m].1);
+                    while m < n && acc < half {
+                        acc += 4
+                            + super::page::LEAF_ENTRY_HEADER
+                            + e.key(m).len()
+                            + e.val(m).encoded_len();
                         m += 1;
                     }
                     m.clamp(1, n - 1)
                 };
                 let right = e.split_off(m);
-                let sep = right[0].0.clone();
+                let sep = right.key(0).to_vec();
                 Some((sep, Node::Leaf(right)))
             }
             Node::Branch(b) => {
@@ -663,11 +685,13 @@ impl Tree {
     pub fn flush(&mut self, sink: &mut dyn Sink) -> Result<Option<ChildInfo>> {
         let Some(mut root) = self.root else {
             self.arena.clear();
+            self.gone = 0;
             return Ok(None);
         };
         self.write(sink, &mut root)?;
         self.root = Some(root);
         self.arena.clear();
+        self.gone = 0;
         let NodeRef::Clean(ptr) = root.r else {
             unreachable!()
         };
@@ -685,18 +709,11 @@ impl Tree {
         let node = std::mem::replace(&mut self.arena[idx], Node::Gone);
         let mut buf = std::mem::take(&mut self.scratch);
         let (ptr, bytes) = match node {
-            Node::Leaf(entries) => {
-                assert_eq!(entries.len() as u64, c.count, "leaf count drifted");
-                encode_leaf(&entries, &mut buf);
+            Node::Leaf(leaf) => {
+                assert_eq!(leaf.len() as u64, c.count, "leaf count drifted");
+                leaf.encode(&mut buf);
                 let ptr = sink.append(Kind::Leaf, &buf)?;
-                let values: u64 = entries
-                    .iter()
-                    .map(|(_, v)| match v {
-                        Val::Ext { ptr, .. } => align_up(ptr.len as u64),
-                        Val::Inline(_) => 0,
-                    })
-                    .sum();
-                (ptr, align_up(ptr.len as u64) + values)
+                (ptr, align_up(ptr.len as u64) + leaf.ext_bytes())
             }
             Node::Branch(mut b) => {
                 let mut infos = Vec::with_capacity(b.children.len());

@@ -1,0 +1,247 @@
+//! `nacre-bench store`: runs the same workloads on nacre-store, redb, fjall
+//! and (when the system library is there) RocksDB, each with durable
+//! commits, and compares them.
+//!
+//! ```text
+//! cargo run --release -p nacre-bench -- store [--quick] [--json]
+//!     [--engines nacre,redb,fjall,rocksdb] [--sets a,b] [--dir DIR]
+//!     [--cache-mb 64] [--writers 4] [--seed N]
+//! ```
+//!
+//! Each engine runs each workload set in a fresh temporary directory, which
+//! is removed afterwards. Progress goes to stderr; results to stdout, as
+//! tables or (with `--json`) one JSON object per line. The exit status is
+//! non-zero if any read missed or returned a wrong value, or an engine
+//! failed or panicked.
+
+mod data;
+mod engine;
+mod engines;
+mod report;
+mod workloads;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::engine::{BenchResult, EngineConfig, Opener};
+use crate::report::{Failure, Measurement};
+use crate::workloads::{Datasets, Run, Sizes};
+
+/// Seed of every key, value and choice, so that runs repeat exactly.
+const DEFAULT_SEED: u64 = 0x6e61_6372_6500_0001;
+
+#[derive(Parser)]
+#[command(name = "nacre-bench", about = "Benchmarks for Nacre")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compare storage engines on the same workloads, all with durable
+    /// commits.
+    Store(StoreArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Set {
+    /// redb's benchmark shape: 24-byte keys, 150-byte values.
+    A,
+    /// kivaloo's benchmarks: 2^20 pairs of 40-byte keys and values.
+    B,
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// Scale the workloads down about 16 times (well under a minute in all).
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object per line instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Engines to run, comma-separated [default: all built in].
+    #[arg(long, value_delimiter = ',')]
+    engines: Option<Vec<String>>,
+    /// Directory under which each engine gets a fresh temporary directory
+    /// [default: the system's temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Workload sets to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["a", "b"])]
+    sets: Vec<Set>,
+    /// Cache size given to every engine, in MiB (nacre's default is 64).
+    #[arg(long, default_value_t = 64)]
+    cache_mb: usize,
+    /// Writer threads in the concurrent workloads of set B.
+    #[arg(long, default_value_t = 4)]
+    writers: usize,
+    /// Seed for keys, values and choices.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Store(args) => match store(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("nacre-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_string()
+    }
+}
+
+/// Runs the benchmarks; returns whether every engine ran without errors.
+fn store(args: &StoreArgs) -> BenchResult<bool> {
+    let selected: Vec<(&str, Opener)> = match &args.engines {
+        None => engines::ALL.to_vec(),
+        Some(names) => {
+            let mut picked = Vec::new();
+            for name in names {
+                let name = name.trim().to_ascii_lowercase();
+                match engines::ALL.iter().find(|(n, _)| *n == name) {
+                    Some(e) => picked.push(*e),
+                    None => {
+                        let why = engines::MISSING
+                            .iter()
+                            .find(|(n, _)| *n == name)
+                            .map(|(_, why)| why.to_string())
+                            .unwrap_or_else(|| "no such engine".to_string());
+                        let known: Vec<&str> = engines::ALL.iter().map(|(n, _)| *n).collect();
+                        return Err(format!(
+                            "engine {name:?} is not available: {why} (available: {})",
+                            known.join(",")
+                        )
+                        .into());
+                    }
+                }
+            }
+            picked
+        }
+    };
+    for (name, why) in engines::MISSING {
+        eprintln!("note: engine {name} is not in this build: {why}");
+    }
+
+    let sizes = if args.quick {
+        Sizes::quick(args.writers)
+    } else {
+        Sizes::full(args.writers)
+    };
+    let cfg = EngineConfig {
+        cache_bytes: args.cache_mb << 20,
+    };
+    let base_dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => std::env::temp_dir(),
+    };
+
+    eprintln!("generating data (seed {:#x}) ...", args.seed);
+    let data = Datasets::generate(args.seed, &sizes);
+
+    let mut results: Vec<Measurement> = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
+    let json = args.json;
+    let mut sink = |m: Measurement| {
+        if json {
+            let line = serde_json::to_string(&m).expect("a measurement serializes");
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        results.push(m);
+    };
+
+    for &(name, open) in &selected {
+        for &set in &args.sets {
+            let set_name = format!("{set:?}");
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                run_one(
+                    name, open, set, &base_dir, &cfg, &sizes, &data, args.seed, &mut sink,
+                )
+            }));
+            let message = match outcome {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => format!("error: {e}"),
+                Err(panic) => panic_message(&*panic),
+            };
+            eprintln!("[{name}] set {set_name} FAILED: {message}");
+            failures.push(Failure {
+                engine: name.to_string(),
+                set: set_name,
+                message,
+            });
+        }
+    }
+
+    let errors: u64 = results.iter().map(|m| m.errors).sum();
+    if !json {
+        let names: Vec<&str> = selected.iter().map(|(n, _)| *n).collect();
+        let descriptions: BTreeMap<String, String> = sizes.descriptions();
+        println!(
+            "nacre-bench store{}: durable commits everywhere, cache {} MiB per engine",
+            if args.quick { " --quick" } else { "" },
+            args.cache_mb
+        );
+        report::print_tables(&results, &failures, &names, &descriptions);
+        if errors > 0 {
+            println!();
+            println!("{errors} read ERRORS (missing or wrong values) — see the rows marked ERRORS");
+        }
+    }
+    Ok(errors == 0 && failures.is_empty())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    name: &str,
+    open: Opener,
+    set: Set,
+    base_dir: &Path,
+    cfg: &EngineConfig,
+    sizes: &Sizes,
+    data: &Datasets,
+    seed: u64,
+    sink: &mut dyn FnMut(Measurement),
+) -> BenchResult<()> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("nacre-bench-{name}-{set:?}-"))
+        .tempdir_in(base_dir)?;
+    eprintln!("[{name}] set {set:?} in {}", dir.path().display());
+    let mut engine = open(dir.path(), cfg)?;
+    let mut run = Run {
+        engine: name,
+        dir: dir.path(),
+        seed,
+        sink,
+    };
+    match set {
+        Set::A => workloads::run_set_a(&mut engine, &mut run, sizes, &data.a)?,
+        Set::B => workloads::run_set_b(&mut engine, &mut run, sizes, data)?,
+    }
+    engine.close()?;
+    dir.close()?;
+    Ok(())
+}

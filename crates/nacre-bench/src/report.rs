@@ -1,0 +1,196 @@
+//! Results: streamed as JSON lines, or gathered into one table per workload.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// One engine's result on one workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub engine: String,
+    pub workload: String,
+    /// Operations per second; `None` for a workload that is not a stream of
+    /// operations (compaction).
+    pub ops_per_s: Option<f64>,
+    /// Sum of the sizes of the files in the engine's directory, measured
+    /// right after the workload.
+    pub bytes_on_disk: u64,
+    /// Blocks allocated to those files, in bytes (as `du` counts).
+    pub bytes_allocated: u64,
+    pub ops: u64,
+    pub secs: f64,
+    /// Reads that missed an existing key, returned a wrong value, or ranges
+    /// out of order. Any non-zero count fails the run.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Space taken by the files under a directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Sum of the file sizes (what `ls -l` shows).
+    pub apparent: u64,
+    /// Sum of the blocks allocated to them (what `du` shows). Lower than
+    /// `apparent` for sparse files, such as a preallocated journal made with
+    /// `set_len`.
+    pub allocated: u64,
+}
+
+/// Adds up the sizes of all files under `dir`.
+pub fn dir_size(dir: &Path) -> DiskUsage {
+    use std::os::unix::fs::MetadataExt;
+
+    let mut total = DiskUsage::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return total;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else {
+            // A file removed by a background compaction while we looked.
+            continue;
+        };
+        if meta.is_dir() {
+            let sub = dir_size(&entry.path());
+            total.apparent += sub.apparent;
+            total.allocated += sub.allocated;
+        } else {
+            total.apparent += meta.len();
+            total.allocated += meta.blocks() * 512;
+        }
+    }
+    total
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `1234567.8` as `1,234,568`.
+pub fn human_rate(r: f64) -> String {
+    let whole = r.round() as u64;
+    let digits = whole.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// An engine whose run stopped on an error or panic.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub engine: String,
+    pub set: String,
+    pub message: String,
+}
+
+/// Prints one block per workload, in the order the workloads first ran:
+/// each engine's rate, time and footprint (file sizes, and blocks allocated),
+/// and nacre's figures divided by the engine's (a rate ratio above 1 means
+/// nacre was faster, a size ratio below 1 means nacre used less disk).
+pub fn print_tables(
+    results: &[Measurement],
+    failures: &[Failure],
+    engines: &[&str],
+    descriptions: &BTreeMap<String, String>,
+) {
+    println!(
+        "÷x columns: nacre's figure divided by that engine's \
+         (ops/s above 1: nacre faster; disk below 1: nacre smaller)"
+    );
+    let mut order: Vec<&str> = Vec::new();
+    for m in results {
+        if !order.contains(&m.workload.as_str()) {
+            order.push(&m.workload);
+        }
+    }
+    for workload in order {
+        let desc = descriptions.get(workload).map(String::as_str).unwrap_or("");
+        println!();
+        println!("{workload}  {desc}");
+        println!(
+            "  {:<8} {:>12} {:>9} {:>11} {:>11} {:>9} {:>9} {:>9}",
+            "engine", "ops/s", "secs", "on disk", "allocated", "÷x ops/s", "÷x disk", "÷x alloc"
+        );
+        let find = |e: &str| {
+            results
+                .iter()
+                .find(|m| m.engine == e && m.workload == workload)
+        };
+        let nacre = find("nacre");
+        for &engine in engines {
+            let Some(m) = find(engine) else {
+                let why = if failures.iter().any(|f| f.engine == engine) {
+                    "FAILED (see below)"
+                } else {
+                    "not run"
+                };
+                println!("  {engine:<9} {why}");
+                continue;
+            };
+            let rate = m.ops_per_s.map(human_rate).unwrap_or_else(|| "-".into());
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.2}", a / b)
+                } else {
+                    "-".into()
+                }
+            };
+            let (rate_ratio, disk_ratio, alloc_ratio) = match nacre {
+                Some(n) if engine != "nacre" => (
+                    match (n.ops_per_s, m.ops_per_s) {
+                        (Some(a), Some(b)) => ratio(a, b),
+                        _ => "-".into(),
+                    },
+                    ratio(n.bytes_on_disk as f64, m.bytes_on_disk as f64),
+                    ratio(n.bytes_allocated as f64, m.bytes_allocated as f64),
+                ),
+                _ => ("-".into(), "-".into(), "-".into()),
+            };
+            let errors = if m.errors > 0 {
+                format!("  ERRORS: {}", m.errors)
+            } else {
+                String::new()
+            };
+            println!(
+                "  {:<8} {:>12} {:>9.3} {:>11} {:>11} {:>9} {:>9} {:>9}{errors}",
+                engine,
+                rate,
+                m.secs,
+                human_bytes(m.bytes_on_disk),
+                human_bytes(m.bytes_allocated),
+                rate_ratio,
+                disk_ratio,
+                alloc_ratio
+            );
+        }
+    }
+    if !failures.is_empty() {
+        println!();
+        println!("FAILURES");
+        for f in failures {
+            println!("  {} (set {}): {}", f.engine, f.set, f.message);
+        }
+    }
+}

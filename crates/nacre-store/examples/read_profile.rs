@@ -1,0 +1,36 @@
+//! Loads keys, then does random point reads: a target for `perf record`.
+//! `cargo run --release -p nacre-store --example read_profile [keys] [reads]`
+
+use nacre_store::{Options, Store};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<usize>().expect("a number"));
+    let keys = args.next().unwrap_or(62_500);
+    let reads = args.next().unwrap_or(2_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    let ks: Vec<[u8; 24]> = (0..keys).map(|_| rng.random()).collect();
+    let mut w = store.begin_write().unwrap();
+    for k in &ks {
+        w.put(k, &[7u8; 150]).unwrap();
+    }
+    w.commit().unwrap();
+    let r = store.begin_read();
+    let mut out = Vec::new();
+    let t = std::time::Instant::now();
+    for _ in 0..reads {
+        let k = &ks[rng.random_range(0..ks.len())];
+        let found = r.get_with(k, |v| {
+            out.clear();
+            out.extend_from_slice(v)
+        });
+        assert!(found.unwrap().is_some());
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!("{reads} reads in {s:.3}s: {:.0} reads/s", reads as f64 / s);
+}

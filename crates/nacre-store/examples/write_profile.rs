@@ -1,0 +1,44 @@
+//! Durable commits of 1,000 random puts each: a target for `perf record`.
+//! `cargo run --release -p nacre-store --example write_profile [keys] [commits]`
+
+use nacre_store::{Options, Store};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<usize>().expect("a number"));
+    let keys = args.next().unwrap_or(65_536);
+    let commits = args.next().unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    let ks: Vec<[u8; 40]> = (0..keys).map(|_| rng.random()).collect();
+    let mut w = store.begin_write().unwrap();
+    for k in &ks {
+        w.put(k, &[7u8; 40]).unwrap();
+    }
+    w.commit().unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..commits {
+        let mut w = store.begin_write().unwrap();
+        for _ in 0..1000 {
+            w.put(
+                &ks[rng.random_range(0..ks.len())],
+                &rng.random::<[u8; 40]>(),
+            )
+            .unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let s = t.elapsed().as_secs_f64();
+    let st = store.stats();
+    println!(
+        "{commits} commits of 1000 puts in {s:.3}s: {:.0} puts/s; {} MiB on disk, {} MiB live, {} segments cleaned",
+        commits as f64 * 1000.0 / s,
+        st.bytes_on_disk >> 20,
+        st.live_bytes >> 20,
+        st.cleaned_segments
+    );
+}
