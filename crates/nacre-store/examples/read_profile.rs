@@ -33,4 +33,29 @@ fn main() {
     }
     let s = t.elapsed().as_secs_f64();
     println!("{reads} reads in {s:.3}s: {:.0} reads/s", reads as f64 / s);
+    let ranges = reads / 4;
+    let t = std::time::Instant::now();
+    let mut total = 0u64;
+    for _ in 0..ranges {
+        let k = &ks[rng.random_range(0..ks.len())];
+        let mut n = 0;
+        total += r
+            .scan(
+                std::ops::Bound::Included(&k[..]),
+                std::ops::Bound::Unbounded,
+                false,
+                |_, v| {
+                    out.clear();
+                    out.extend_from_slice(v);
+                    n += 1;
+                    n < 10
+                },
+            )
+            .unwrap();
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "{ranges} ranges of 10 ({total} entries) in {s:.3}s: {:.0} ranges/s",
+        ranges as f64 / s
+    );
 }

@@ -67,10 +67,14 @@ pub fn clean_all(inner: &Inner) -> Result<CleanStats> {
     Ok(stats)
 }
 
-/// One step of background cleaning: if the files hold more than
-/// `space_ratio_max` times the live data, clean the oldest segment.
+/// One step of background cleaning: if the files hold more than `ratio`
+/// times the live data, clean the oldest segment.
 /// Returns the bytes it reclaimed (`None` if it had nothing to do).
-pub fn clean_step(inner: &Inner, shutdown: &Arc<(Mutex<bool>, Condvar)>) -> Result<Option<u64>> {
+pub fn clean_step(
+    inner: &Inner,
+    shutdown: &Arc<(Mutex<bool>, Condvar)>,
+    ratio: f64,
+) -> Result<Option<u64>> {
     let v = inner.current.load_full();
     // Snapshots hold data the current root does not; counting all of their
     // bytes overestimates (pages are shared), which errs on the side of
@@ -82,7 +86,7 @@ pub fn clean_step(inner: &Inner, shutdown: &Arc<(Mutex<bool>, Condvar)>) -> Resu
             .map(|s| s.live_bytes)
             .sum::<u64>();
     let on_disk = inner.log.bytes_on_disk();
-    if (on_disk as f64) <= inner.opts.cleaner.space_ratio_max * live.max(1) as f64 {
+    if (on_disk as f64) <= ratio * live.max(1) as f64 {
         return Ok(None);
     }
     let head = inner.log.head_id();
@@ -99,7 +103,9 @@ pub fn clean_step(inner: &Inner, shutdown: &Arc<(Mutex<bool>, Condvar)>) -> Resu
         let _guard = inner.begin_write_guard()?;
         inner.log.force_roll()?;
     }
-    clean_segment(inner, oldest, Some(shutdown))?;
+    // Catching up is paced; being past the busy ceiling is not.
+    let urgent = on_disk as f64 > inner.opts.cleaner.space_ratio_busy_max * live.max(1) as f64;
+    clean_segment(inner, oldest, (!urgent).then_some(shutdown))?;
     Ok(Some(on_disk.saturating_sub(inner.log.bytes_on_disk())))
 }
 
@@ -120,35 +126,54 @@ fn clean_segment(
         .segment_end(&segs, id)
         .ok_or_else(|| Error::corrupt(id * inner.log.seg_size, "cannot clean the head segment"))?;
     let base = id * inner.log.seg_size;
-    let start = header_end();
-    let mut bytes = vec![0u8; end.saturating_sub(start) as usize];
-    seg.file
-        .read_exact_at(&mut bytes, start)
-        .map_err(Error::io("read segment for cleaning"))?;
-    // Every record of a completed segment must be intact: a bad one could be
-    // hiding live data, so cleaning stops rather than deleting it.
-    let records = parse_records(&bytes, base, start)?;
-
     let rate = inner.opts.cleaner.rate_bytes_per_s_max;
     let batch_max = inner.opts.cleaner.batch_bytes_max;
     let (mut moved_records, mut moved_bytes) = (0u64, 0u64);
     let started = Instant::now();
-    let mut i = 0;
-    while i < records.len() {
-        let mut j = i;
-        let mut batch_bytes = 0u64;
-        while j < records.len() && (j == i || batch_bytes + records[j].ptr.len as u64 <= batch_max)
-        {
-            batch_bytes += align_up(records[j].ptr.len as u64);
-            j += 1;
-        }
-        let (r, b) = relocate_batch(inner, &bytes, &records[i..j])?;
-        moved_records += r;
-        moved_bytes += b;
-        i = j;
+    // Read, verify and relocate one batch at a time, so that pacing covers
+    // all of the work and memory stays at one batch.
+    let mut pos = header_end();
+    let mut buf = Vec::new();
+    while pos < end {
+        let want = (end - pos).min(batch_max);
+        buf.resize(want as usize, 0);
+        seg.file
+            .read_exact_at(&mut buf, pos)
+            .map_err(Error::io("read segment for cleaning"))?;
+        // Every record of a completed segment must be intact: a bad one
+        // could be hiding live data, so cleaning stops rather than deleting.
+        let (records, used) = parse_records(&buf, base, pos)?;
+        let used = if records.is_empty() {
+            // One record larger than a batch: read exactly that record.
+            let (_, len) = crate::record::peek_header(&buf).ok_or_else(|| {
+                Error::corrupt(base + pos, "bad record header in a completed segment")
+            })?;
+            let rec = align_up((HEADER_LEN + len as usize) as u64);
+            if pos + rec > end {
+                return Err(Error::corrupt(
+                    base + pos,
+                    "record runs past the segment's end",
+                ));
+            }
+            buf.resize(rec as usize, 0);
+            seg.file
+                .read_exact_at(&mut buf, pos)
+                .map_err(Error::io("read segment for cleaning"))?;
+            let (records, used) = parse_records(&buf, base, pos)?;
+            let (r, b) = relocate_batch(inner, &buf, &records)?;
+            moved_records += r;
+            moved_bytes += b;
+            used
+        } else {
+            let (r, b) = relocate_batch(inner, &buf, &records)?;
+            moved_records += r;
+            moved_bytes += b;
+            used
+        };
+        pos += used;
         if let (Some(shutdown), true) = (pace, rate > 0) {
             // Keep to the configured rate; wake early on shutdown.
-            let due = Duration::from_secs_f64(moved_bytes as f64 / rate as f64);
+            let due = Duration::from_secs_f64((pos - header_end()) as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 let (m, cv) = &**shutdown;
                 let mut stop = m.lock();
@@ -387,7 +412,7 @@ impl Relocator<'_, '_> {
             }
             let mut buf = std::mem::take(&mut self.buf);
             leaf.encode(&mut buf);
-            let p = self.inner.log.append(Kind::Leaf, &buf)?;
+            let p = self.append(Kind::Leaf, &buf)?;
             self.buf = buf;
             p
         } else {
@@ -402,13 +427,23 @@ impl Relocator<'_, '_> {
             let keys: Vec<Vec<u8>> = (0..page.len() - 1).map(|i| page.sep(i).to_vec()).collect();
             let mut buf = std::mem::take(&mut self.buf);
             encode_branch(page.level, &keys, &children, &mut buf);
-            let p = self.inner.log.append(Kind::Branch, &buf)?;
+            let p = self.append(Kind::Branch, &buf)?;
             self.buf = buf;
             p
         };
         assert_eq!(new.len, ptr.len, "a relocated node changed size");
         self.memo.insert(ptr.addr, new);
         Ok(new)
+    }
+
+    /// Write a relocated node and put it in the cache: it is the current
+    /// tree's page from now on, and readers should not find it cold.
+    fn append(&self, kind: Kind, payload: &[u8]) -> Result<Ptr> {
+        let p = self.inner.log.append(kind, payload)?;
+        self.inner
+            .cache
+            .insert(Arc::new(Page::decode(p, kind, payload)?));
+        Ok(p)
     }
 
     fn value(&mut self, ptr: Ptr) -> Result<Ptr> {

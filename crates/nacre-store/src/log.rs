@@ -828,21 +828,20 @@ pub struct ScannedRecord {
     pub payload: std::ops::Range<usize>,
 }
 
-/// Parse every record of `bytes` (a slice of segment `base` starting at
-/// offset `from`); every record must be valid.
-pub fn parse_records(bytes: &[u8], base: u64, from: u64) -> Result<Vec<ScannedRecord>> {
+/// Parse the whole records at the start of `bytes` (a slice of segment
+/// `base` starting at offset `from`). Every record must be valid; a record
+/// cut off by the end of the slice ends the parse. Returns the records and
+/// the bytes they (with padding) take.
+pub fn parse_records(bytes: &[u8], base: u64, from: u64) -> Result<(Vec<ScannedRecord>, u64)> {
     let mut out = Vec::new();
     let mut pos = 0usize;
-    while pos < bytes.len() {
+    while pos + HEADER_LEN <= bytes.len() {
         let position = base + from + pos as u64;
         let (_, len) = record::peek_header(&bytes[pos..])
             .ok_or_else(|| Error::corrupt(position, "bad record header in a completed segment"))?;
         let end = pos + HEADER_LEN + len as usize;
         if end > bytes.len() {
-            return Err(Error::corrupt(
-                position,
-                "record runs past the segment's end",
-            ));
+            break;
         }
         let (kind, _) = record::open(&bytes[pos..end], position)?;
         out.push(ScannedRecord {
@@ -855,5 +854,7 @@ pub fn parse_records(bytes: &[u8], base: u64, from: u64) -> Result<Vec<ScannedRe
         });
         pos = align_up(end as u64) as usize;
     }
-    Ok(out)
+    // `pos` may pass the slice's end by the last record's padding: the next
+    // record starts there all the same.
+    Ok((out, pos as u64))
 }

@@ -25,16 +25,24 @@ pub struct CleanerOptions {
     /// reclaimed by explicit [`crate::Store::clean`] calls.
     pub background: bool,
     /// Clean while the segment files take more than this many times the live
-    /// data (the pages and values reachable from the current root).
+    /// data (the pages and values reachable from the current root). This is
+    /// the goal once writes pause.
     pub space_ratio_max: f64,
+    /// While commits keep arriving, clean only past this ratio: cleaning
+    /// competes with writers for the disk, the CPU and the writer lock, so
+    /// during a burst it lets garbage build up to here and catches up when
+    /// the burst ends.
+    pub space_ratio_busy_max: f64,
     /// How often the background cleaner wakes to check the ratio.
     pub interval_ms: u64,
     /// Bytes of old segment scanned per cleaning commit: the writer lock is
     /// held for one such batch at a time, so this bounds the stall a writer
     /// can see.
     pub batch_bytes_max: u64,
-    /// Upper bound on bytes relocated per second by the background cleaner;
-    /// 0 means as fast as it can.
+    /// Bytes of old segments the background cleaner scans per second while
+    /// it catches up (the files are under `space_ratio_busy_max` times the
+    /// live data), so that it does not crowd out readers and writers; past
+    /// that ratio it runs as fast as it can. 0: never throttled.
     pub rate_bytes_per_s_max: u64,
 }
 
@@ -43,9 +51,10 @@ impl Default for CleanerOptions {
         CleanerOptions {
             background: true,
             space_ratio_max: 1.5,
+            space_ratio_busy_max: 3.0,
             interval_ms: 100,
             batch_bytes_max: 4 << 20,
-            rate_bytes_per_s_max: 0,
+            rate_bytes_per_s_max: 64 << 20,
         }
     }
 }
@@ -158,6 +167,13 @@ impl Options {
         }
         if self.cleaner.space_ratio_max.is_nan() || self.cleaner.space_ratio_max < 1.05 {
             return bad("cleaner.space_ratio_max must be at least 1.05".into());
+        }
+        if self.cleaner.space_ratio_busy_max.is_nan()
+            || self.cleaner.space_ratio_busy_max < self.cleaner.space_ratio_max
+        {
+            return bad(
+                "cleaner.space_ratio_busy_max must be at least cleaner.space_ratio_max".into(),
+            );
         }
         if self.cleaner.batch_bytes_max == 0 || self.txn_dirty_max_bytes == 0 {
             return bad("cleaner.batch_bytes_max and txn_dirty_max_bytes must be positive".into());

@@ -124,6 +124,8 @@ impl Version {
 #[derive(Default)]
 pub(crate) struct Counters {
     pub commits: AtomicU64,
+    /// Commits of write transactions (not of the cleaner or snapshots).
+    pub user_commits: AtomicU64,
     pub cleaned_segments: AtomicU64,
     pub relocated_bytes: AtomicU64,
     pub relocated_records: AtomicU64,
@@ -578,6 +580,7 @@ fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, inte
     // something new is committed, another step would only move the same
     // live data in circles.
     let mut idle_at = None;
+    let mut user_commits_seen = 0;
     loop {
         {
             let (m, cv) = &*shutdown;
@@ -594,7 +597,18 @@ fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, inte
             continue;
         }
         loop {
-            match crate::cleaner::clean_step(&inner, &shutdown) {
+            // Writers active since we last looked: only clean past the
+            // higher ratio, and leave them the disk and the lock otherwise.
+            let user_commits = inner.counters.user_commits.load(Ordering::Relaxed);
+            let busy = user_commits != user_commits_seen;
+            user_commits_seen = user_commits;
+            let c = &inner.opts.cleaner;
+            let ratio = if busy {
+                c.space_ratio_busy_max
+            } else {
+                c.space_ratio_max
+            };
+            match crate::cleaner::clean_step(&inner, &shutdown, ratio) {
                 Ok(Some(0)) => {
                     idle_at = Some(inner.current.load().seq);
                     break;

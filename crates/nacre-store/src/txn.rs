@@ -127,6 +127,42 @@ impl ReadTxn {
         self.iter_inner(Bound::Unbounded, Bound::Unbounded, false)
     }
 
+    /// Visit the entries in `[start, end]` in key order (descending with
+    /// `reverse`) without copying them out; `visit` returns `false` to stop.
+    /// Returns how many entries were visited. The fastest way to scan.
+    pub fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        reverse: bool,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64> {
+        let (seek, stop) = if reverse { (end, start) } else { (start, end) };
+        let ctx = self.ctx();
+        let mut cursor = Cursor::seek(&ctx, self.root.map(|r| r.ptr), seek, reverse)?;
+        let mut seen = 0;
+        while let Some((page, i)) = cursor.next(&ctx)? {
+            let key = page.key(i);
+            let inside = if reverse {
+                in_range(key, stop, Bound::Unbounded)
+            } else {
+                in_range(key, Bound::Unbounded, stop)
+            };
+            if !inside {
+                break;
+            }
+            seen += 1;
+            let go_on = match page.value(i) {
+                ValRef::Inline(v) => visit(key, v),
+                ValRef::Ext { vlen, ptr } => visit(key, &ctx.value(ptr, vlen, key)?),
+            };
+            if !go_on {
+                break;
+            }
+        }
+        Ok(seen)
+    }
+
     fn iter_inner(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, reverse: bool) -> Iter {
         let (seek, stop) = if reverse { (end, start) } else { (start, end) };
         let ctx = self.ctx();
@@ -417,6 +453,10 @@ impl<'a> WriteTxn<'a> {
         let guard = self.guard.take().expect("transaction already finished");
         let inner = self.inner();
         let seq = inner.commit_root(guard, root, self.base.catalog.clone(), durability)?;
+        inner
+            .counters
+            .user_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(CommitInfo { seq })
     }
 

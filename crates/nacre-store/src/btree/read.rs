@@ -92,25 +92,34 @@ impl Cursor {
     }
 
     /// The next entry, as (leaf page, index), or `None` at the end.
-    pub fn next(&mut self, src: &dyn Source) -> Result<Option<(Arc<Page>, usize)>> {
+    pub fn next(&mut self, src: &dyn Source) -> Result<Option<(&Page, usize)>> {
+        if !self.advance(src)? {
+            return Ok(None);
+        }
+        let (leaf, pos) = self.stack.last().expect("advance left a leaf");
+        Ok(Some((leaf, if self.reverse { *pos } else { *pos - 1 })))
+    }
+
+    /// Step past the next entry; `false` at the end.
+    fn advance(&mut self, src: &dyn Source) -> Result<bool> {
         loop {
             let Some((leaf, pos)) = self.stack.last_mut() else {
-                return Ok(None);
+                return Ok(false);
             };
             if !self.reverse && *pos < leaf.len() {
                 *pos += 1;
-                return Ok(Some((leaf.clone(), *pos - 1)));
+                return Ok(true);
             }
             if self.reverse && *pos > 0 {
                 *pos -= 1;
-                return Ok(Some((leaf.clone(), *pos)));
+                return Ok(true);
             }
             // Leaf exhausted: climb to the nearest branch with a sibling
             // left in our direction, then descend to its edge.
             self.stack.pop();
             loop {
                 let Some((branch, i)) = self.stack.last_mut() else {
-                    return Ok(None);
+                    return Ok(false);
                 };
                 let next = if self.reverse {
                     (*i > 0).then(|| *i - 1)

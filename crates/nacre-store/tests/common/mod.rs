@@ -109,6 +109,30 @@ pub fn check_reads(txn: &ReadTxn, model: &Model, rng: &mut StdRng, space: u32) {
             .map(Result::unwrap)
             .collect();
         assert_eq!(got, want, "range_rev {lo:?}..{hi:?} limit {limit}");
+        // The visitor API, stopped after `limit` entries (at least one is
+        // always offered).
+        for reverse in [false, true] {
+            let mut want: Vec<_> = model
+                .range((lo.clone(), hi.clone()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if reverse {
+                want.reverse();
+            }
+            want.truncate(limit.max(1));
+            let mut got = Vec::new();
+            let seen = txn
+                .scan(as_ref(&lo), as_ref(&hi), reverse, |k, v| {
+                    got.push((k.to_vec(), v.to_vec()));
+                    got.len() < limit
+                })
+                .unwrap();
+            assert_eq!(
+                got, want,
+                "scan {lo:?}..{hi:?} reverse {reverse} limit {limit}"
+            );
+            assert_eq!(seen as usize, got.len());
+        }
     }
     let p = format!("k{:03}", rng.random_range(0..space / 100 + 1)).into_bytes();
     let want: Vec<_> = model
