@@ -67,6 +67,26 @@ pub fn clean_all(inner: &Inner) -> Result<CleanStats> {
     Ok(stats)
 }
 
+/// Bytes the store needs: what the current root reaches plus what every
+/// snapshot reaches. Counting all of a snapshot's bytes overestimates (pages
+/// are shared), which errs on the side of cleaning less rather than moving
+/// the same live data in circles.
+fn live_estimate(inner: &Inner) -> u64 {
+    let v = inner.current.load();
+    v.root.map_or(0, |r| r.bytes)
+        + v.catalog
+            .snapshots
+            .iter()
+            .map(|s| s.live_bytes)
+            .sum::<u64>()
+}
+
+/// Past `space_ratio_busy_max` the cleaner neither yields nor paces.
+fn urgent(inner: &Inner) -> bool {
+    inner.log.bytes_on_disk() as f64
+        > inner.opts.cleaner.space_ratio_busy_max * live_estimate(inner).max(1) as f64
+}
+
 /// One step of background cleaning: if the files hold more than `ratio`
 /// times the live data, clean the oldest segment.
 /// Returns the bytes it reclaimed (`None` if it had nothing to do).
@@ -75,16 +95,7 @@ pub fn clean_step(
     shutdown: &Arc<(Mutex<bool>, Condvar)>,
     ratio: f64,
 ) -> Result<Option<u64>> {
-    let v = inner.current.load_full();
-    // Snapshots hold data the current root does not; counting all of their
-    // bytes overestimates (pages are shared), which errs on the side of
-    // cleaning less rather than moving the same live data in circles.
-    let live = v.root.map_or(0, |r| r.bytes)
-        + v.catalog
-            .snapshots
-            .iter()
-            .map(|s| s.live_bytes)
-            .sum::<u64>();
+    let live = live_estimate(inner);
     let on_disk = inner.log.bytes_on_disk();
     if (on_disk as f64) <= ratio * live.max(1) as f64 {
         return Ok(None);
@@ -103,14 +114,15 @@ pub fn clean_step(
         let _guard = inner.begin_write_guard()?;
         inner.log.force_roll()?;
     }
-    // Catching up is paced; being past the busy ceiling is not.
-    let urgent = on_disk as f64 > inner.opts.cleaner.space_ratio_busy_max * live.max(1) as f64;
-    clean_segment(inner, oldest, (!urgent).then_some(shutdown))?;
+    clean_segment(inner, oldest, Some(shutdown))?;
     Ok(Some(on_disk.saturating_sub(inner.log.bytes_on_disk())))
 }
 
 /// Relocate the live records of segment `id` and delete it. Returns
-/// (records relocated, bytes relocated).
+/// (records relocated, bytes relocated). In the background (`pace` set),
+/// unless the store is past `space_ratio_busy_max` (checked at every batch),
+/// it keeps to `rate_bytes_per_s_max` and stops early, keeping the segment,
+/// as soon as a write transaction commits.
 fn clean_segment(
     inner: &Inner,
     id: u64,
@@ -130,6 +142,7 @@ fn clean_segment(
     let batch_max = inner.opts.cleaner.batch_bytes_max;
     let (mut moved_records, mut moved_bytes) = (0u64, 0u64);
     let started = Instant::now();
+    let commits_at_start = inner.counters.user_commits.load(Ordering::Relaxed);
     // Read, verify and relocate one batch at a time, so that pacing covers
     // all of the work and memory stays at one batch.
     let mut pos = header_end();
@@ -171,7 +184,15 @@ fn clean_segment(
             used
         };
         pos += used;
-        if let (Some(shutdown), true) = (pace, rate > 0) {
+        let gentle = pace.is_some() && !urgent(inner);
+        if gentle && inner.counters.user_commits.load(Ordering::Relaxed) != commits_at_start {
+            // Catching up, and a writer has come: leave it the disk (our
+            // writes would ride on its fsync) and finish this segment later.
+            // What was relocated so far is committed; those records will be
+            // dead when the segment is scanned again.
+            return Ok((moved_records, moved_bytes));
+        }
+        if let (Some(shutdown), true) = (pace, gentle && rate > 0) {
             // Keep to the configured rate; wake early on shutdown.
             let due = Duration::from_secs_f64((pos - header_end()) as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {

@@ -632,8 +632,18 @@ impl Log {
         }
     }
 
-    /// Read the whole record at `ptr` and verify it.
+    /// Read the whole record at `ptr` and verify it; returns its kind and
+    /// payload.
     pub fn read_record(&self, segs: &SegTable, ptr: Ptr) -> Result<(Kind, Vec<u8>)> {
+        let (kind, buf) = self.read_record_raw(segs, ptr)?;
+        let mut buf = buf.into_vec();
+        buf.drain(..HEADER_LEN);
+        Ok((kind, buf))
+    }
+
+    /// Read and verify the record at `ptr`, returning it whole (header
+    /// included), so that a caller can keep the buffer without a copy.
+    pub fn read_record_raw(&self, segs: &SegTable, ptr: Ptr) -> Result<(Kind, Box<[u8]>)> {
         let seg = segs.get(&(ptr.addr / self.seg_size)).ok_or_else(|| {
             Error::corrupt(ptr.addr, "record points into a segment that does not exist")
         })?;
@@ -641,7 +651,7 @@ impl Log {
         if (ptr.len as usize) < HEADER_LEN || off + ptr.len as u64 > self.seg_size {
             return Err(Error::corrupt(ptr.addr, "record pointer out of bounds"));
         }
-        let mut buf = vec![0u8; ptr.len as usize];
+        let mut buf = vec![0u8; ptr.len as usize].into_boxed_slice();
         seg.file.read_exact_at(&mut buf, off).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::corrupt(ptr.addr, "record lies past the end of its segment")
@@ -659,7 +669,6 @@ impl Log {
                 "record length differs from its pointer",
             ));
         }
-        buf.drain(..HEADER_LEN);
         Ok((kind, buf))
     }
 

@@ -171,8 +171,13 @@ impl Source for Ctx<'_> {
         if self.writer {
             self.inner.log.ensure_readable(ptr)?;
         }
-        let (kind, payload) = self.inner.log.read_record(self.segs, ptr)?;
-        let page = Arc::new(Page::decode(ptr, kind, &payload)?);
+        let (kind, record) = self.inner.log.read_record_raw(self.segs, ptr)?;
+        let page = Arc::new(Page::decode_owned(
+            ptr,
+            kind,
+            record,
+            crate::record::HEADER_LEN,
+        )?);
         self.inner.cache.insert(page.clone());
         Ok(page)
     }

@@ -81,7 +81,11 @@ pub struct Page {
     pub ptr: Ptr,
     pub level: u8,
     n: usize,
-    data: Box<[u8]>,
+    /// The buffer the node was read into; its payload starts at `start`
+    /// (after the record header, for nodes read from disk, so that a read
+    /// needs no copy).
+    buf: Box<[u8]>,
+    start: usize,
     /// The prefix every key (leaf) or separator (branch) shares.
     shared: Box<[u8]>,
     /// The eight bytes after `common` of each key or separator, big-endian
@@ -135,6 +139,14 @@ impl Page {
     /// Validate every offset and length once, so the accessors below can
     /// index without further checks.
     pub fn decode(ptr: Ptr, kind: Kind, payload: &[u8]) -> Result<Page> {
+        Page::decode_owned(ptr, kind, payload.into(), 0)
+    }
+
+    /// Decode the payload at `buf[start..]`, keeping `buf`.
+    pub fn decode_owned(ptr: Ptr, kind: Kind, buf: Box<[u8]>, start: usize) -> Result<Page> {
+        let payload = buf
+            .get(start..)
+            .ok_or_else(|| Error::corrupt(ptr.addr, "record shorter than its header"))?;
         let bad = |what: &str| Error::corrupt(ptr.addr, format!("malformed node: {what}"));
         let mut r = Reader::new(payload, ptr.addr);
         let level = r.u8()?;
@@ -201,7 +213,8 @@ impl Page {
             ptr,
             level,
             n,
-            data: payload.into(),
+            buf,
+            start,
             shared: Box::new([]),
             prefixes: Box::new([]),
         };
@@ -278,43 +291,48 @@ impl Page {
         self.n
     }
 
+    #[inline]
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
     /// Size of the encoded payload.
     pub fn payload_len(&self) -> usize {
-        self.data.len()
+        self.buf.len() - self.start
     }
 
     pub fn weight(&self) -> u64 {
-        (self.data.len() + self.shared.len() + 8 * self.prefixes.len()) as u64 + 96
+        (self.buf.len() + self.shared.len() + 8 * self.prefixes.len()) as u64 + 96
     }
 
     // ---- leaf ----
 
     fn entry_at(&self, i: usize) -> usize {
-        rd_u32(&self.data, 8 + 4 * i) as usize
+        rd_u32(self.data(), 8 + 4 * i) as usize
     }
 
     pub fn key(&self, i: usize) -> &[u8] {
         debug_assert!(self.is_leaf() && i < self.n);
         let off = self.entry_at(i);
-        let klen = rd_u32(&self.data, off) as usize;
-        &self.data[off + LEAF_ENTRY_HEADER..off + LEAF_ENTRY_HEADER + klen]
+        let klen = rd_u32(self.data(), off) as usize;
+        &self.data()[off + LEAF_ENTRY_HEADER..off + LEAF_ENTRY_HEADER + klen]
     }
 
     pub fn value(&self, i: usize) -> ValRef<'_> {
         debug_assert!(self.is_leaf() && i < self.n);
         let off = self.entry_at(i);
-        let klen = rd_u32(&self.data, off) as usize;
-        let vtag = self.data[off + 4];
-        let vlen = rd_u32(&self.data, off + 5);
+        let klen = rd_u32(self.data(), off) as usize;
+        let vtag = self.data()[off + 4];
+        let vlen = rd_u32(self.data(), off + 5);
         let at = off + LEAF_ENTRY_HEADER + klen;
         if vtag == 0 {
-            ValRef::Inline(&self.data[at..at + vlen as usize])
+            ValRef::Inline(&self.data()[at..at + vlen as usize])
         } else {
             ValRef::Ext {
                 vlen,
                 ptr: Ptr {
-                    addr: rd_u64(&self.data, at),
-                    len: rd_u32(&self.data, at + 8),
+                    addr: rd_u64(self.data(), at),
+                    len: rd_u32(self.data(), at + 8),
                 },
             }
         }
@@ -333,20 +351,20 @@ impl Page {
         let at = 8 + CHILD_LEN * i;
         ChildInfo {
             ptr: Ptr {
-                addr: rd_u64(&self.data, at),
-                len: rd_u32(&self.data, at + 8),
+                addr: rd_u64(self.data(), at),
+                len: rd_u32(self.data(), at + 8),
             },
-            count: rd_u64(&self.data, at + 12),
-            bytes: rd_u64(&self.data, at + 20),
+            count: rd_u64(self.data(), at + 12),
+            bytes: rd_u64(self.data(), at + 20),
         }
     }
 
     /// Separator `i` (0 ..= len-2).
     pub fn sep(&self, i: usize) -> &[u8] {
         debug_assert!(!self.is_leaf() && i + 1 < self.n);
-        let off = rd_u32(&self.data, 8 + CHILD_LEN * self.n + 4 * i) as usize;
-        let klen = rd_u32(&self.data, off) as usize;
-        &self.data[off + 4..off + 4 + klen]
+        let off = rd_u32(self.data(), 8 + CHILD_LEN * self.n + 4 * i) as usize;
+        let klen = rd_u32(self.data(), off) as usize;
+        &self.data()[off + 4..off + 4 + klen]
     }
 
     /// Index of the child whose range holds `key`: the number of
