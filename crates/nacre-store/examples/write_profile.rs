@@ -41,4 +41,23 @@ fn main() {
         st.live_bytes >> 20,
         st.cleaned_segments
     );
+    // Then let the background cleaner catch up, and report where the space
+    // ratio settles.
+    let t = std::time::Instant::now();
+    let mut last = store.stats().bytes_on_disk;
+    let mut still = 0;
+    while t.elapsed().as_secs() < 120 && still < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = store.stats().bytes_on_disk;
+        still = if now < last { 0 } else { still + 1 };
+        last = now;
+    }
+    let st = store.stats();
+    println!(
+        "settled after {:.1}s idle: {:.1} MiB on disk for {:.1} MiB live: ratio {:.2}",
+        t.elapsed().as_secs_f64(),
+        st.bytes_on_disk as f64 / 1048576.0,
+        st.live_bytes as f64 / 1048576.0,
+        st.bytes_on_disk as f64 / st.live_bytes as f64
+    );
 }

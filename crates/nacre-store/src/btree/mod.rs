@@ -4,4 +4,5 @@
 pub mod leaf;
 pub mod page;
 pub mod read;
+pub mod seps;
 pub mod write;

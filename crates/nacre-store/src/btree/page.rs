@@ -459,8 +459,19 @@ pub fn encode_leaf_with<'a>(
 }
 
 pub fn encode_branch(level: u8, keys: &[Vec<u8>], children: &[ChildInfo], out: &mut Vec<u8>) {
+    encode_branch_with(level, keys.len(), |i| keys[i].as_slice(), children, out);
+}
+
+/// Encode a branch whose separator `i` is `key(i)`.
+pub fn encode_branch_with<'a>(
+    level: u8,
+    nkeys: usize,
+    key: impl Fn(usize) -> &'a [u8],
+    children: &[ChildInfo],
+    out: &mut Vec<u8>,
+) {
     debug_assert!(level > 0);
-    debug_assert_eq!(keys.len() + 1, children.len());
+    debug_assert_eq!(nkeys + 1, children.len());
     out.clear();
     out.extend_from_slice(&[level, 0, 0, 0]);
     put_u32(out, children.len() as u32);
@@ -469,12 +480,13 @@ pub fn encode_branch(level: u8, keys: &[Vec<u8>], children: &[ChildInfo], out: &
         put_u64(out, c.count);
         put_u64(out, c.bytes);
     }
-    let mut off = 8 + CHILD_LEN * children.len() + 4 * keys.len();
-    for k in keys {
+    let mut off = 8 + CHILD_LEN * children.len() + 4 * nkeys;
+    for i in 0..nkeys {
         put_u32(out, off as u32);
-        off += 4 + k.len();
+        off += 4 + key(i).len();
     }
-    for k in keys {
+    for i in 0..nkeys {
+        let k = key(i);
         put_u32(out, k.len() as u32);
         out.extend_from_slice(k);
     }

@@ -12,7 +12,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::leaf::DirtyLeaf;
-use super::page::{branch_entry_size, cmp_keys, encode_branch, ChildInfo, Page, Val};
+use super::page::{encode_branch_with, ChildInfo, Page, Val, CHILD_LEN};
+use super::seps::SepKeys;
 use crate::error::Result;
 use crate::record::{align_up, Kind, Ptr};
 
@@ -54,7 +55,7 @@ impl Child {
 #[derive(Debug)]
 pub struct BranchNode {
     level: u8,
-    keys: Vec<Vec<u8>>,
+    keys: SepKeys,
     children: Vec<Child>,
 }
 
@@ -73,7 +74,7 @@ impl Node {
         } else {
             Node::Branch(BranchNode {
                 level: p.level,
-                keys: (0..p.len() - 1).map(|i| p.sep(i).to_vec()).collect(),
+                keys: SepKeys::from_page(p),
                 children: (0..p.len()).map(|i| Child::clean(p.child(i))).collect(),
             })
         }
@@ -82,10 +83,7 @@ impl Node {
     fn size(&self) -> usize {
         match self {
             Node::Leaf(e) => e.size(),
-            Node::Branch(b) => {
-                8 + super::page::CHILD_LEN
-                    + b.keys.iter().map(|k| branch_entry_size(k)).sum::<usize>()
-            }
+            Node::Branch(b) => 8 + CHILD_LEN + b.keys.bytes(),
             Node::Gone => 0,
         }
     }
@@ -124,8 +122,8 @@ impl Node {
     }
 }
 
-fn branch_index(keys: &[Vec<u8>], key: &[u8]) -> usize {
-    keys.partition_point(|k| cmp_keys(k, key) != std::cmp::Ordering::Greater)
+fn branch_index(keys: &SepKeys, key: &[u8]) -> usize {
+    keys.index(key)
 }
 
 pub fn in_range(k: &[u8], lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> bool {
@@ -386,12 +384,12 @@ impl Tree {
             let clo = if i == 0 {
                 node_lo.map(<[u8]>::to_vec)
             } else {
-                Some(b.keys[i - 1].clone())
+                Some(b.keys.get(i - 1).to_vec())
             };
             let chi = if i == n - 1 {
                 node_hi.map(<[u8]>::to_vec)
             } else {
-                Some(b.keys[i].clone())
+                Some(b.keys.get(i).to_vec())
             };
             if covers(lo, hi, clo.as_deref(), chi.as_deref()) {
                 removed += b.children[i].count;
@@ -504,7 +502,7 @@ impl Tree {
             (Node::Leaf(a), Node::Leaf(bn)) => a.append(bn),
             (Node::Branch(a), Node::Branch(bn)) => {
                 a.keys.push(sep);
-                a.keys.extend(bn.keys);
+                a.keys.append(bn.keys);
                 a.children.extend(bn.children);
             }
             _ => unreachable!("siblings at different levels"),
@@ -586,11 +584,11 @@ impl Tree {
                 let m = if at_end {
                     n - 2
                 } else {
-                    let total: usize = b.keys.iter().map(|k| branch_entry_size(k)).sum();
+                    let total = b.keys.bytes();
                     let mut acc = 0;
                     let mut m = 0;
                     while m < b.keys.len() && acc < total / 2 {
-                        acc += branch_entry_size(&b.keys[m]);
+                        acc += super::page::branch_entry_size(b.keys.get(m));
                         m += 1;
                     }
                     m.clamp(2, n - 2)
@@ -637,7 +635,7 @@ impl Tree {
                     };
                     let root = self.push(Node::Branch(BranchNode {
                         level,
-                        keys: vec![sep],
+                        keys: SepKeys::one(sep),
                         children: vec![left_child, right_child],
                     }));
                     self.root = Some(Child {
@@ -673,8 +671,11 @@ impl Tree {
                         "after {op}: branch {i} keys/children mismatch"
                     );
                 }
-                for w in b.keys.windows(2) {
-                    assert!(w[0] < w[1], "after {op}: separators out of order in {i}");
+                for j in 1..b.keys.len() {
+                    assert!(
+                        b.keys.get(j - 1) < b.keys.get(j),
+                        "after {op}: separators out of order in {i}"
+                    );
                 }
             }
         }
@@ -733,7 +734,7 @@ impl Tree {
                     c.count,
                     "branch count drifted"
                 );
-                encode_branch(b.level, &b.keys, &infos, &mut buf);
+                encode_branch_with(b.level, b.keys.len(), |i| b.keys.get(i), &infos, &mut buf);
                 let ptr = sink.append(Kind::Branch, &buf)?;
                 (
                     ptr,

@@ -1,0 +1,145 @@
+//! The separator keys of a branch being changed by a write transaction.
+//!
+//! As with leaves (`leaf.rs`), separators the transaction has not touched
+//! stay in the clean page they came from, so copying a branch on write
+//! costs one small vector instead of an allocation per separator.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::page::{branch_entry_size, cmp_keys, Page};
+
+#[derive(Debug)]
+enum Sep {
+    Base(u32),
+    Own(Box<[u8]>),
+}
+
+#[derive(Debug, Default)]
+pub struct SepKeys {
+    base: Option<Arc<Page>>,
+    keys: Vec<Sep>,
+    /// Sum of `branch_entry_size` over the separators.
+    bytes: usize,
+}
+
+impl SepKeys {
+    pub fn from_page(page: &Arc<Page>) -> SepKeys {
+        debug_assert!(!page.is_leaf());
+        let n = page.len() - 1;
+        let mut s = SepKeys {
+            base: Some(page.clone()),
+            keys: (0..n as u32).map(Sep::Base).collect(),
+            bytes: 0,
+        };
+        s.bytes = (0..n).map(|i| branch_entry_size(s.get(i))).sum();
+        s
+    }
+
+    pub fn one(key: Vec<u8>) -> SepKeys {
+        let mut s = SepKeys::default();
+        s.push(key);
+        s
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Sum of the separators' contributions to the branch's encoding.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn get(&self, i: usize) -> &[u8] {
+        match &self.keys[i] {
+            Sep::Base(j) => self
+                .base
+                .as_deref()
+                .expect("base separator without base page")
+                .sep(*j as usize),
+            Sep::Own(k) => k,
+        }
+    }
+
+    /// The child index for `key`: how many separators are <= key.
+    pub fn index(&self, key: &[u8]) -> usize {
+        let (mut lo, mut hi) = (0usize, self.keys.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if cmp_keys(self.get(mid), key) != std::cmp::Ordering::Greater {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    pub fn insert(&mut self, i: usize, key: Vec<u8>) {
+        self.bytes += branch_entry_size(&key);
+        self.keys.insert(i, Sep::Own(key.into_boxed_slice()));
+    }
+
+    pub fn push(&mut self, key: Vec<u8>) {
+        let n = self.keys.len();
+        self.insert(n, key);
+    }
+
+    pub fn remove(&mut self, i: usize) -> Vec<u8> {
+        let k = self.get(i).to_vec();
+        self.bytes -= branch_entry_size(&k);
+        self.keys.remove(i);
+        k
+    }
+
+    pub fn pop(&mut self) -> Option<Vec<u8>> {
+        let n = self.keys.len();
+        (n > 0).then(|| self.remove(n - 1))
+    }
+
+    pub fn drain(&mut self, r: Range<usize>) {
+        let gone: usize = r.clone().map(|i| branch_entry_size(self.get(i))).sum();
+        self.bytes -= gone;
+        self.keys.drain(r);
+    }
+
+    pub fn split_off(&mut self, m: usize) -> SepKeys {
+        let keys = self.keys.split_off(m);
+        let mut right = SepKeys {
+            base: self.base.clone(),
+            keys,
+            bytes: 0,
+        };
+        right.bytes = (0..right.len())
+            .map(|i| branch_entry_size(right.get(i)))
+            .sum();
+        self.bytes -= right.bytes;
+        right
+    }
+
+    /// Append `other`'s separators (all greater than ours).
+    pub fn append(&mut self, other: SepKeys) {
+        let same_base = match (&self.base, &other.base) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, _) if self.keys.iter().all(|k| matches!(k, Sep::Own(_))) => {
+                self.base = other.base.clone();
+                true
+            }
+            (_, None) => true,
+            _ => false,
+        };
+        self.bytes += other.bytes;
+        if same_base {
+            self.keys.extend(other.keys);
+        } else {
+            for i in 0..other.len() {
+                self.keys.push(Sep::Own(other.get(i).into()));
+            }
+        }
+    }
+}
