@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::page::{cmp_keys, encode_leaf_with, Page, Val, ValRef, EXT_LEN, LEAF_ENTRY_HEADER};
+use super::page::{encode_leaf_with, search_sorted, Page, Val, ValRef, EXT_LEN, LEAF_ENTRY_HEADER};
 
 #[derive(Debug)]
 enum Entry {
@@ -97,16 +97,7 @@ impl DirtyLeaf {
     }
 
     pub fn search(&self, key: &[u8]) -> std::result::Result<usize, usize> {
-        let (mut lo, mut hi) = (0usize, self.entries.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match cmp_keys(self.key(mid), key) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Ok(mid),
-            }
-        }
-        Err(lo)
+        search_sorted(0..self.entries.len(), |i| self.key(i), key)
     }
 
     pub fn insert(&mut self, pos: usize, key: &[u8], val: Val) {

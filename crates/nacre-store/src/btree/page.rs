@@ -128,6 +128,26 @@ pub fn cmp_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.cmp(b)
 }
 
+/// Binary search for `key` among the sorted keys `key_at(i)`, `i` in
+/// `range`: `Ok(i)` where equal, else `Err(i)` where it would go.
+#[inline]
+pub fn search_sorted<'a>(
+    range: std::ops::Range<usize>,
+    key_at: impl Fn(usize) -> &'a [u8],
+    key: &[u8],
+) -> std::result::Result<usize, usize> {
+    let (mut lo, mut hi) = (range.start, range.end);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match cmp_keys(key_at(mid), key) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Ok(mid),
+        }
+    }
+    Err(lo)
+}
+
 fn rd_u32(d: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(d[at..at + 4].try_into().unwrap())
 }
@@ -270,16 +290,7 @@ impl Page {
         let kp = prefix_at(key, c);
         let lo = self.prefixes.partition_point(|&p| p < kp);
         let hi = lo + self.prefixes[lo..].partition_point(|&p| p == kp);
-        let (mut a, mut b) = (lo, hi);
-        while a < b {
-            let mid = (a + b) / 2;
-            match cmp_keys(self.search_key(mid), key) {
-                std::cmp::Ordering::Less => a = mid + 1,
-                std::cmp::Ordering::Greater => b = mid,
-                std::cmp::Ordering::Equal => return Ok(mid),
-            }
-        }
-        Err(a)
+        search_sorted(lo..hi, |i| self.search_key(i), key)
     }
 
     pub fn is_leaf(&self) -> bool {

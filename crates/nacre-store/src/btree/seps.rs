@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::page::{branch_entry_size, cmp_keys, Page};
+use super::page::{branch_entry_size, search_sorted, Page};
 
 #[derive(Debug)]
 enum Sep {
@@ -68,16 +68,10 @@ impl SepKeys {
 
     /// The child index for `key`: how many separators are <= key.
     pub fn index(&self, key: &[u8]) -> usize {
-        let (mut lo, mut hi) = (0usize, self.keys.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if cmp_keys(self.get(mid), key) != std::cmp::Ordering::Greater {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
+        match search_sorted(0..self.keys.len(), |i| self.get(i), key) {
+            Ok(i) => i + 1,
+            Err(i) => i,
         }
-        lo
     }
 
     pub fn insert(&mut self, i: usize, key: Vec<u8>) {

@@ -429,15 +429,7 @@ impl Tree {
                 NodeRef::Clean(_) => false,
             });
             let Some(i) = empty else { break };
-            let NodeRef::Dirty(ci) = b.children[i].r else {
-                unreachable!()
-            };
-            self.retire(ci);
-            let b = self.branch_mut(p);
-            b.children.remove(i);
-            if !b.keys.is_empty() {
-                b.keys.remove(i.saturating_sub(1));
-            }
+            self.remove_empty_child(p, i);
         }
         // Then one-child branches: merged into a neighbour, which is never
         // empty now and so gives the merge at least two children.
@@ -463,6 +455,20 @@ impl Tree {
         Ok(())
     }
 
+    /// Drop child `i` of `p`, which holds nothing, with the separator that
+    /// bounded it.
+    fn remove_empty_child(&mut self, p: usize, i: usize) {
+        let NodeRef::Dirty(ci) = self.branch(p).children[i].r else {
+            unreachable!("only a dirty child can have become empty")
+        };
+        self.retire(ci);
+        let b = self.branch_mut(p);
+        b.children.remove(i);
+        if !b.keys.is_empty() {
+            b.keys.remove(i.saturating_sub(1));
+        }
+    }
+
     /// Restore the invariants for child `i` of branch `p` alone: remove it if
     /// empty, merge it into a neighbour if it is a one-child branch or under
     /// a quarter of a node.
@@ -471,12 +477,7 @@ impl Tree {
             return Ok(());
         };
         if self.arena[ci].is_empty() {
-            self.retire(ci);
-            let b = self.branch_mut(p);
-            b.children.remove(i);
-            if !b.keys.is_empty() {
-                b.keys.remove(i.saturating_sub(1));
-            }
+            self.remove_empty_child(p, i);
         } else if self.branch(p).children.len() >= 2
             && (self.arena[ci].is_invalid() || self.arena[ci].size() < self.node_size / 4)
         {
