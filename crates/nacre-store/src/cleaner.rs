@@ -36,7 +36,8 @@ use crate::record::{align_up, Kind, Ptr, Reader, HEADER_LEN};
 use crate::store::{CleanStats, Ctx, Inner, SnapshotInfo};
 
 /// The background cleaner starts a new head segment to clean the old one
-/// only once the head holds at least this much.
+/// only once the head holds at least this much (or a quarter of a segment,
+/// if less), and at least half the live data.
 const HEAD_ROLL_MIN_BYTES: u64 = 1 << 20;
 
 /// Clean every segment older than the head, after starting a fresh head so
@@ -57,7 +58,7 @@ pub fn clean_all(inner: &Inner) -> Result<CleanStats> {
         .collect();
     let mut stats = CleanStats::default();
     for id in victims {
-        let s = clean_segment(inner, id, None)?;
+        let s = clean_segment(inner, id, None)?.expect("foreground cleaning never stops early");
         stats.segments_cleaned += 1;
         stats.records_relocated += s.0;
         stats.bytes_relocated += s.1;
@@ -108,18 +109,25 @@ pub fn clean_step(
         // All the garbage is in the head, which is never cleaned while it is
         // written. Start a new head so that it can be, unless the head is
         // too small for that to be worth a segment.
-        if inner.log.head_len() < HEAD_ROLL_MIN_BYTES.max(live / 2) {
+        let roll_min = HEAD_ROLL_MIN_BYTES
+            .min(inner.log.seg_size / 4)
+            .max(live / 2);
+        if inner.log.head_len() < roll_min {
             return Ok(None);
         }
         let _guard = inner.begin_write_guard()?;
         inner.log.force_roll()?;
     }
-    clean_segment(inner, oldest, Some(shutdown))?;
+    if clean_segment(inner, oldest, Some(shutdown))?.is_none() {
+        // Stopped early for a writer or for shutdown: not a sign that
+        // cleaning is futile, just that it is not the time.
+        return Ok(None);
+    }
     Ok(Some(on_disk.saturating_sub(inner.log.bytes_on_disk())))
 }
 
 /// Relocate the live records of segment `id` and delete it. Returns
-/// (records relocated, bytes relocated). In the background (`pace` set),
+/// (records relocated, bytes relocated), or `None` if it stopped early. In the background (`pace` set),
 /// unless the store is past `space_ratio_busy_max` (checked at every batch),
 /// it keeps to `rate_bytes_per_s_max` and stops early, keeping the segment,
 /// as soon as a write transaction commits.
@@ -127,7 +135,7 @@ fn clean_segment(
     inner: &Inner,
     id: u64,
     pace: Option<&Arc<(Mutex<bool>, Condvar)>>,
-) -> Result<(u64, u64)> {
+) -> Result<Option<(u64, u64)>> {
     let segs = inner.log.segments();
     let seg = segs
         .get(&id)
@@ -190,7 +198,7 @@ fn clean_segment(
             // writes would ride on its fsync) and finish this segment later.
             // What was relocated so far is committed; those records will be
             // dead when the segment is scanned again.
-            return Ok((moved_records, moved_bytes));
+            return Ok(None);
         }
         if let (Some(shutdown), true) = (pace, gentle && rate > 0) {
             // Keep to the configured rate; wake early on shutdown.
@@ -202,7 +210,7 @@ fn clean_segment(
                     cv.wait_for(&mut stop, wait);
                 }
                 if *stop {
-                    return Ok((moved_records, moved_bytes));
+                    return Ok(None);
                 }
             }
         }
@@ -242,7 +250,7 @@ fn clean_segment(
         .relocated_bytes
         .fetch_add(moved_bytes, Ordering::Relaxed);
     tracing::debug!(segment = id, moved_records, moved_bytes, "segment cleaned");
-    Ok((moved_records, moved_bytes))
+    Ok(Some((moved_records, moved_bytes)))
 }
 
 fn header_end() -> u64 {
@@ -349,8 +357,8 @@ fn mark_node(
         }
         let Some(key) = key else { continue };
         if let Some(path) = path_to(ctx, root, key, level)? {
-            if path.last().map(|p| p.ptr.addr) == Some(rec.ptr.addr) {
-                plan.nodes.extend(path.iter().map(|p| p.ptr.addr));
+            if path.last() == Some(&rec.ptr.addr) {
+                plan.nodes.extend(path);
                 live = true;
             }
         }
@@ -373,7 +381,7 @@ fn mark_value(
         if let Some(Val::Ext { ptr, .. }) = lookup(ctx, root, key)? {
             if ptr.addr == rec.ptr.addr {
                 let path = path_to(ctx, root, key, 0)?.expect("a leaf exists at level 0");
-                plan.nodes.extend(path.iter().map(|p| p.ptr.addr));
+                plan.nodes.extend(path);
                 plan.values.insert(rec.ptr.addr);
                 live = true;
             }
@@ -382,25 +390,32 @@ fn mark_value(
     Ok(live)
 }
 
-/// Pages from `root` down to the node at `level` covering `key`.
-fn path_to(ctx: &Ctx<'_>, root: Ptr, key: &[u8], level: u8) -> Result<Option<Vec<Arc<Page>>>> {
-    let mut path = vec![ctx.page(root)?];
+/// Positions of the nodes from `root` down to the node at `level` covering
+/// `key`, if the tree is that tall. The node at `level` itself is not read:
+/// its parent's pointer names it, and leaves are what misses the cache.
+fn path_to(ctx: &Ctx<'_>, root: Ptr, key: &[u8], level: u8) -> Result<Option<Vec<u64>>> {
+    let mut path = vec![root.addr];
+    let mut page = ctx.page(root)?;
     loop {
-        let top = path.last().unwrap().clone();
-        if top.level == level {
+        if page.level == level {
             return Ok(Some(path));
         }
-        if top.level < level || path.len() > 64 {
+        if page.level < level || path.len() > 64 {
             return Ok(None);
         }
-        let child = ctx.page(top.child(top.child_index(key)).ptr)?;
-        if child.level + 1 != top.level {
+        let child = page.child(page.child_index(key)).ptr;
+        path.push(child.addr);
+        if page.level == level + 1 {
+            return Ok(Some(path));
+        }
+        let next = ctx.page(child)?;
+        if next.level + 1 != page.level {
             return Err(Error::corrupt(
-                child.ptr.addr,
+                next.ptr.addr,
                 "child level does not match its parent",
             ));
         }
-        path.push(child);
+        page = next;
     }
 }
 

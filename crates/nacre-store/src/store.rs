@@ -581,9 +581,9 @@ impl Store {
 }
 
 fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, interval: Duration) {
-    // The commit after which a cleaning step reclaimed nothing: until
-    // something new is committed, another step would only move the same
-    // live data in circles.
+    // The commit after which a whole lap of cleaning reclaimed nothing:
+    // until something new is committed, more cleaning would only move the
+    // same live data in circles.
     let mut idle_at = None;
     let mut user_commits_seen = 0;
     loop {
@@ -601,6 +601,9 @@ fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, inte
         if inner.log.check().is_err() || idle_at == Some(inner.current.load().seq) {
             continue;
         }
+        // Segments at or past this id were written after cleaning stopped
+        // making progress; reaching them means a full lap was in vain.
+        let mut lap_end: Option<u64> = None;
         loop {
             // Writers active since we last looked: only clean past the
             // higher ratio, and leave them the disk and the lock otherwise.
@@ -614,13 +617,25 @@ fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, inte
                 c.space_ratio_max
             };
             match crate::cleaner::clean_step(&inner, &shutdown, ratio) {
-                Ok(Some(0)) => {
-                    idle_at = Some(inner.current.load().seq);
-                    break;
+                Ok(Some(reclaimed)) => {
+                    // A segment that was nearly all live is no proof that the
+                    // next one is: only a whole lap without progress is.
+                    if reclaimed >= inner.log.seg_size / 8 {
+                        lap_end = None;
+                    } else {
+                        let lap = *lap_end.get_or_insert_with(|| inner.log.head_id());
+                        let oldest = inner.log.segments().keys().next().copied().unwrap_or(lap);
+                        if oldest >= lap {
+                            idle_at = Some(inner.current.load().seq);
+                            break;
+                        }
+                    }
+                    if *shutdown.0.lock() {
+                        break;
+                    }
                 }
-                // Reclaimed something: go on while the ratio is exceeded.
-                Ok(Some(_)) if !*shutdown.0.lock() => continue,
-                Ok(_) => break,
+                // The ratio is met, or cleaning stopped early for a writer.
+                Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "background cleaning failed");
                     *inner.cleaner_error.lock() = Some(e.to_string());

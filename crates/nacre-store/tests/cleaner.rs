@@ -26,6 +26,10 @@ fn cleaner_keeps_up_with_writers_and_spares_old_readers() {
             background: true,
             interval_ms: 2,
             batch_bytes_max: 32 << 10,
+            // Slow enough that the cleaner is usually mid-segment, and
+            // yielding to the writer, when the writes stop: it must still
+            // finish afterwards.
+            rate_bytes_per_s_max: 2 << 20,
             ..CleanerOptions::default()
         },
         ..small_options()
@@ -196,4 +200,59 @@ fn data_set_ten_times_the_cache() {
         "cache grew past its bound: {st:?}"
     );
     assert!(st.cache_misses > 1000, "reads did not go to disk: {st:?}");
+}
+
+#[test]
+fn cleaner_finishes_after_the_last_write() {
+    // Paced slowly, so that the cleaner is mid-segment, yielding to the
+    // writer, when the last commit lands. Nothing is committed afterwards:
+    // the cleaner must still catch up on its own.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        cleaner: CleanerOptions {
+            background: true,
+            interval_ms: 2,
+            // A batch rewrites the path above what it moves; batches much
+            // smaller than this would make cleaning reclaim nothing.
+            batch_bytes_max: 64 << 10,
+            rate_bytes_per_s_max: 1 << 20,
+            ..CleanerOptions::default()
+        },
+        ..small_options()
+    };
+    let seg = opts.segment_size_bytes;
+    let store = Store::open(dir.path(), opts).unwrap();
+    let keys: Vec<Vec<u8>> = (0..2000)
+        .map(|i| format!("key{i:05}").into_bytes())
+        .collect();
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut model = Model::new();
+    for round in 0..120u64 {
+        let mut w = store.begin_write().unwrap();
+        for _ in 0..50 {
+            let k = &keys[rng.random_range(0..keys.len())];
+            w.put(k, &val_for(k, round)).unwrap();
+            model.insert(k.clone(), val_for(k, round));
+        }
+        w.commit().unwrap();
+        // Pauses long enough for the cleaner to see the writers idle and
+        // start catching up gently, so that the next commit makes it yield.
+        let pause = if round >= 80 { 15 } else { 1 };
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = store.stats();
+        if st.bytes_on_disk as f64 <= 1.5 * st.live_bytes as f64 + seg as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cleaner stopped short after the last write: {} bytes on disk for {} live; {st:?}",
+            st.bytes_on_disk,
+            st.live_bytes
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check_all(&store.begin_read(), &model);
 }
