@@ -72,7 +72,7 @@ pub fn clean_all(inner: &Inner) -> Result<CleanStats> {
 /// snapshot reaches. Counting all of a snapshot's bytes overestimates (pages
 /// are shared), which errs on the side of cleaning less rather than moving
 /// the same live data in circles.
-fn live_estimate(inner: &Inner) -> u64 {
+pub fn live_estimate(inner: &Inner) -> u64 {
     let v = inner.current.load();
     v.root.map_or(0, |r| r.bytes)
         + v.catalog

@@ -33,6 +33,15 @@ pub struct CleanerOptions {
     /// during a burst it lets garbage build up to here and catches up when
     /// the burst ends.
     pub space_ratio_busy_max: f64,
+    /// Past this ratio (and once the files exceed four segments), a new
+    /// write transaction waits for the background cleaner to bring the
+    /// files back under it: space stays bounded even when writers produce
+    /// garbage faster than it can be cleaned.
+    pub space_ratio_stall: f64,
+    /// The longest a write transaction waits in such a stall; after that it
+    /// goes ahead (and the stall is logged), so a cleaner that cannot
+    /// reclaim anything never stops writes for good.
+    pub stall_ms_max: u64,
     /// How often the background cleaner wakes to check the ratio.
     pub interval_ms: u64,
     /// Bytes of old segment scanned per cleaning commit: the writer lock is
@@ -52,6 +61,8 @@ impl Default for CleanerOptions {
             background: true,
             space_ratio_max: 1.5,
             space_ratio_busy_max: 3.0,
+            space_ratio_stall: 8.0,
+            stall_ms_max: 10_000,
             interval_ms: 100,
             batch_bytes_max: 4 << 20,
             rate_bytes_per_s_max: 64 << 20,

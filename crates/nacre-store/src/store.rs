@@ -129,6 +129,12 @@ pub(crate) struct Counters {
     pub cleaned_segments: AtomicU64,
     pub relocated_bytes: AtomicU64,
     pub relocated_records: AtomicU64,
+    pub stalls: AtomicU64,
+    pub stalled_ms: AtomicU64,
+    /// The commit at which the background cleaner found a whole lap futile
+    /// (`u64::MAX`: it is not idle). Writers do not stall for an idle
+    /// cleaner.
+    pub cleaner_idle_at: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -265,6 +271,9 @@ pub struct Stats {
     pub cache_bytes: u64,
     pub cleaned_segments: u64,
     pub relocated_bytes: u64,
+    /// Write transactions that waited for the cleaner, and for how long.
+    pub stalls: u64,
+    pub stalled_ms: u64,
     /// The last error the background cleaner met, if any.
     pub cleaner_error: Option<String>,
     /// Set when an I/O failure stopped all writes until reopen.
@@ -349,6 +358,40 @@ impl Inner {
         Ok(g)
     }
 
+    fn over_stall_ratio(&self) -> bool {
+        let c = &self.opts.cleaner;
+        let on_disk = self.log.bytes_on_disk();
+        on_disk > 4 * self.log.seg_size
+            && on_disk as f64
+                > c.space_ratio_stall * crate::cleaner::live_estimate(self).max(1) as f64
+    }
+
+    /// Wait (outside the writer lock, which the cleaner needs) while the
+    /// files are past the stall ratio and the background cleaner works.
+    fn stall_for_cleaner(&self) {
+        let idle = self.counters.cleaner_idle_at.load(Ordering::Relaxed) == self.current.load().seq;
+        if !self.opts.cleaner.background || idle || !self.over_stall_ratio() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let limit = Duration::from_millis(self.opts.cleaner.stall_ms_max);
+        while self.over_stall_ratio() && self.log.check().is_ok() {
+            if started.elapsed() >= limit {
+                tracing::warn!(
+                    waited_ms = limit.as_millis() as u64,
+                    "the cleaner cannot bring the files under cleaner.space_ratio_stall; writing anyway"
+                );
+                break;
+            }
+            self.shutdown.1.notify_all();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.counters.stalls.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .stalled_ms
+            .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
     fn sync_all(&self) -> Result<()> {
         self.log.flush()?;
         self.log.sync_to(self.log.written_upto())
@@ -423,7 +466,10 @@ impl Store {
             )),
             log,
             writer: Mutex::new(()),
-            counters: Counters::default(),
+            counters: Counters {
+                cleaner_idle_at: AtomicU64::new(u64::MAX),
+                ..Counters::default()
+            },
             cleaner_error: Mutex::new(None),
             shutdown: Arc::new((Mutex::new(false), Condvar::new())),
             cleaner: Mutex::new(None),
@@ -449,8 +495,10 @@ impl Store {
         ReadTxn::new(self.inner.clone(), self.inner.current.load_full(), None)
     }
 
-    /// The write transaction. Blocks until the single writer slot is free.
+    /// The write transaction. Blocks until the single writer slot is free,
+    /// and while the files are past `cleaner.space_ratio_stall` (see there).
     pub fn begin_write(&self) -> Result<WriteTxn<'_>> {
+        self.inner.stall_for_cleaner();
         let guard = self.inner.begin_write_guard()?;
         Ok(WriteTxn::new(self, guard))
     }
@@ -547,6 +595,8 @@ impl Store {
             cache_bytes: i.cache.weight(),
             cleaned_segments: i.counters.cleaned_segments.load(Ordering::Relaxed),
             relocated_bytes: i.counters.relocated_bytes.load(Ordering::Relaxed),
+            stalls: i.counters.stalls.load(Ordering::Relaxed),
+            stalled_ms: i.counters.stalled_ms.load(Ordering::Relaxed),
             cleaner_error: i.cleaner_error.lock().clone(),
             poisoned: i.log.check().err().map(|e| e.to_string()),
         }
@@ -626,7 +676,9 @@ fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, inte
                         let lap = *lap_end.get_or_insert_with(|| inner.log.head_id());
                         let oldest = inner.log.segments().keys().next().copied().unwrap_or(lap);
                         if oldest >= lap {
-                            idle_at = Some(inner.current.load().seq);
+                            let seq = inner.current.load().seq;
+                            idle_at = Some(seq);
+                            inner.counters.cleaner_idle_at.store(seq, Ordering::Relaxed);
                             break;
                         }
                     }

@@ -256,3 +256,58 @@ fn cleaner_finishes_after_the_last_write() {
     }
     check_all(&store.begin_read(), &model);
 }
+
+/// Heavy random overwrites; returns the peak of (bytes on disk - bound)
+/// seen after any commit, and the store's stats. With `stall`, writers stall
+/// past 2x the live data; without, the stall (and the cleaner's urgency) is
+/// out of reach.
+fn peak_over_bound(stall: bool) -> (i64, nacre_store::Stats) {
+    let dir = tempfile::tempdir().unwrap();
+    let ratio = if stall { 2.0 } else { 1000.0 };
+    let opts = Options {
+        cleaner: CleanerOptions {
+            background: true,
+            interval_ms: 5,
+            space_ratio_max: 1.5,
+            space_ratio_busy_max: ratio,
+            space_ratio_stall: ratio,
+            ..CleanerOptions::default()
+        },
+        ..small_options()
+    };
+    let seg = opts.segment_size_bytes as i64;
+    let store = Store::open(dir.path(), opts).unwrap();
+    let keys: Vec<Vec<u8>> = (0..8000)
+        .map(|i| format!("key{i:05}").into_bytes())
+        .collect();
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut peak = i64::MIN;
+    for round in 0..150u64 {
+        let mut w = store.begin_write().unwrap();
+        for _ in 0..200 {
+            let k = &keys[rng.random_range(0..keys.len())];
+            w.put(k, &val_for(k, round)).unwrap();
+        }
+        w.commit().unwrap();
+        let st = store.stats();
+        // The documented bound: past 2x live, once over four segments; plus
+        // what one commit and the head segment can add on top.
+        let bound = ((2.0 * st.live_bytes as f64) as i64).max(4 * seg) + 2 * seg;
+        peak = peak.max(st.bytes_on_disk as i64 - bound);
+    }
+    (peak, store.stats())
+}
+
+#[test]
+fn writers_stall_to_keep_space_bounded() {
+    let (peak, st) = peak_over_bound(true);
+    assert!(
+        peak <= 0,
+        "files exceeded the stall bound by {peak} bytes: {st:?}"
+    );
+    assert!(st.stalls > 0, "no writer ever stalled: {st:?}");
+    // Without the stall the same writes run past the bound: the assertion
+    // above measures something.
+    let (peak, st) = peak_over_bound(false);
+    assert!(peak > 0, "the workload never pressed the cleaner: {st:?}");
+}
