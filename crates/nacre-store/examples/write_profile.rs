@@ -15,31 +15,50 @@ fn main() {
     let store = Store::open(dir.path(), Options::default()).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
     let ks: Vec<[u8; 40]> = (0..keys).map(|_| rng.random()).collect();
-    let mut w = store.begin_write().unwrap();
-    for k in &ks {
-        w.put(k, &[7u8; 40]).unwrap();
-    }
-    w.commit().unwrap();
-    let t = std::time::Instant::now();
-    for _ in 0..commits {
+    // NACRE_INSERT=1: start empty and insert the keys 1,000 per commit
+    // (kivaloo's bulk insert) instead of loading them first.
+    let insert = std::env::var_os("NACRE_INSERT").is_some();
+    if !insert {
         let mut w = store.begin_write().unwrap();
-        for _ in 0..1000 {
-            w.put(
-                &ks[rng.random_range(0..ks.len())],
-                &rng.random::<[u8; 40]>(),
-            )
-            .unwrap();
+        for k in &ks {
+            w.put(k, &[7u8; 40]).unwrap();
         }
         w.commit().unwrap();
     }
+    let mut next = 0;
+    let t = std::time::Instant::now();
+    let mut peak_ratio = 0f64;
+    for _ in 0..commits {
+        let mut w = store.begin_write().unwrap();
+        for _ in 0..1000 {
+            let k = if insert {
+                next += 1;
+                &ks[(next - 1) % ks.len()]
+            } else {
+                &ks[rng.random_range(0..ks.len())]
+            };
+            w.put(k, &rng.random::<[u8; 40]>()).unwrap();
+        }
+        w.commit().unwrap();
+        let st = store.stats();
+        peak_ratio = peak_ratio.max(st.bytes_on_disk as f64 / st.live_bytes.max(1) as f64);
+    }
     let s = t.elapsed().as_secs_f64();
     let st = store.stats();
+    let files: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    println!("file sizes in the directory: {} MiB", files >> 20);
     println!(
-        "{commits} commits of 1000 puts in {s:.3}s: {:.0} puts/s; {} MiB on disk, {} MiB live, {} segments cleaned",
+        "{commits} commits of 1000 puts in {s:.3}s: {:.0} puts/s; {} MiB on disk, {} MiB live, \
+         {} segments cleaned; peak ratio {peak_ratio:.2}; {} stalls, {} ms stalled",
         commits as f64 * 1000.0 / s,
         st.bytes_on_disk >> 20,
         st.live_bytes >> 20,
-        st.cleaned_segments
+        st.cleaned_segments,
+        st.stalls,
+        st.stalled_ms
     );
     // Then let the background cleaner catch up, and report where the space
     // ratio settles.

@@ -153,7 +153,7 @@ fn check_recovery(sim: &SimVfs, h: &History, what: &str) {
 
 #[test]
 fn crash_at_every_write_and_sync_point() {
-    for seed in 0..5u64 {
+    for seed in 0..8u64 {
         let total = {
             let sim = SimVfs::new(seed);
             let mut h = History::default();

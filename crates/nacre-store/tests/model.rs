@@ -135,7 +135,7 @@ fn model_seeds() {
     let seeds: u64 = std::env::var("NACRE_MODEL_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(16);
+        .unwrap_or(40);
     for seed in 0..seeds {
         run(seed, 300);
     }
