@@ -439,6 +439,8 @@ impl<'a> WriteTxn<'a> {
         self.commit_with(d)
     }
 
+    /// Commit with the given durability. A transaction that changed nothing
+    /// writes nothing and returns the sequence number it started from.
     pub fn commit_with(mut self, durability: Durability) -> Result<CommitInfo> {
         let unchanged = !self.tree.is_dirty()
             && self.tree.root.map(|c| c.r)
@@ -447,6 +449,13 @@ impl<'a> WriteTxn<'a> {
                     .root
                     .map(|r| crate::btree::write::NodeRef::Clean(r.ptr));
         if unchanged {
+            // Nothing to write, but an immediate commit still promises that
+            // the state it returns (which may hold earlier lazy commits) is
+            // durable. Free when nothing is pending.
+            drop(self.guard.take());
+            if durability == Durability::Immediate {
+                self.store.sync()?;
+            }
             return Ok(CommitInfo { seq: self.base.seq });
         }
         let root = self.spill()?;
