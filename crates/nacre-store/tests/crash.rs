@@ -160,7 +160,15 @@ fn check_recovery(sim: &SimVfs, h: &History, what: &str) {
 
 #[test]
 fn crash_at_every_write_and_sync_point() {
-    for seed in 0..8u64 {
+    let seeds: u64 = std::env::var("NACRE_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let start: u64 = std::env::var("NACRE_CRASH_START")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    for seed in start..start + seeds {
         let total = {
             let sim = SimVfs::new(seed);
             let mut h = History::default();
