@@ -436,6 +436,16 @@ impl Store {
         })?;
         let rec = Log::open(dir, vfs, opts.segment_size_bytes)?;
         let log = rec.log;
+        // An existing store keeps the segment size it was created with: the
+        // largest record must fit in that one, not in the requested one.
+        let record_max = opts.value_size_max_bytes as u64 + opts.key_size_max_bytes as u64 + 4096;
+        if record_max > log.seg_size {
+            return Err(Error::InvalidOptions(format!(
+                "value_size_max_bytes ({}) does not fit the store's segments of {} bytes \
+                 (fixed when the store was created)",
+                opts.value_size_max_bytes, log.seg_size
+            )));
+        }
         let segs = log.segments();
         let catalog = if rec.root.catalog.is_null() {
             Catalog::default()

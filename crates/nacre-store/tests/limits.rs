@@ -225,3 +225,32 @@ fn empty_and_inverted_ranges() {
     assert_eq!(r.prefix(b"").count(), 3);
     assert_eq!(r.prefix(&[0xff]).count(), 0);
 }
+
+#[test]
+fn reopening_keeps_the_segment_size_and_checks_limits_against_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Created with small segments...
+    Store::open(dir.path(), small_options())
+        .unwrap()
+        .close()
+        .unwrap();
+    // ...and reopened asking for large ones and 16 MiB values: the store's
+    // own segments cannot hold such values, which is an error, not a crash.
+    let err = Store::open(dir.path(), Options::default())
+        .err()
+        .expect("accepted values larger than a segment");
+    assert!(matches!(err, Error::InvalidOptions(_)), "got {err}");
+    // With limits that fit, it opens and keeps its small segments.
+    let opts = Options {
+        value_size_max_bytes: 64 << 10,
+        ..Options::default()
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    let mut w = store.begin_write().unwrap();
+    w.put(b"v", &vec![1u8; 64 << 10]).unwrap();
+    w.commit().unwrap();
+    assert_eq!(
+        store.begin_read().get(b"v").unwrap().map(|v| v.len()),
+        Some(64 << 10)
+    );
+}
