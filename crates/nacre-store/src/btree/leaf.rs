@@ -21,6 +21,9 @@ pub struct DirtyLeaf {
     entries: Vec<Entry>,
     /// Encoded payload size, kept up to date by every change.
     size: usize,
+    /// Still exactly the base page's entries: searches can use the page's
+    /// own (prefix-accelerated) search.
+    pristine: bool,
 }
 
 /// Bytes one entry adds to a leaf's encoding (offset slot included).
@@ -48,6 +51,7 @@ impl DirtyLeaf {
             base: None,
             entries: Vec::new(),
             size: 8,
+            pristine: false,
         }
     }
 
@@ -57,6 +61,7 @@ impl DirtyLeaf {
             base: Some(page.clone()),
             entries: (0..page.len() as u32).map(Entry::Base).collect(),
             size: page.payload_len(),
+            pristine: true,
         }
     }
 
@@ -97,16 +102,21 @@ impl DirtyLeaf {
     }
 
     pub fn search(&self, key: &[u8]) -> std::result::Result<usize, usize> {
+        if let (true, Some(base)) = (self.pristine, &self.base) {
+            return base.search(key);
+        }
         search_sorted(0..self.entries.len(), |i| self.key(i), key)
     }
 
     pub fn insert(&mut self, pos: usize, key: &[u8], val: Val) {
+        self.pristine = false;
         self.size += entry_size(key, val_ref(&val));
         self.entries.insert(pos, Entry::Own(key.into(), val));
     }
 
     /// Replace the value at `pos`; returns the old one.
     pub fn replace(&mut self, pos: usize, val: Val) -> Val {
+        self.pristine = false;
         let old_size = self.size_of(pos);
         let old = self.val(pos).to_val();
         let key: Box<[u8]> = self.key(pos).into();
@@ -116,6 +126,7 @@ impl DirtyLeaf {
     }
 
     pub fn remove(&mut self, pos: usize) -> Val {
+        self.pristine = false;
         self.size -= self.size_of(pos);
         let old = self.val(pos).to_val();
         self.entries.remove(pos);
@@ -124,6 +135,7 @@ impl DirtyLeaf {
 
     /// Keep only the entries whose key passes `keep`.
     pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
+        self.pristine = false;
         let mut out = Vec::with_capacity(self.entries.len());
         let mut size = 8;
         for e in std::mem::take(&mut self.entries) {
@@ -145,11 +157,13 @@ impl DirtyLeaf {
 
     /// Move entries `m..` into a new leaf.
     pub fn split_off(&mut self, m: usize) -> DirtyLeaf {
+        self.pristine = false;
         let entries = self.entries.split_off(m);
         let mut right = DirtyLeaf {
             base: self.base.clone(),
             entries,
             size: 8,
+            pristine: false,
         };
         right.size = 8 + (0..right.len()).map(|i| right.size_of(i)).sum::<usize>();
         self.size -= right.size - 8;
@@ -158,6 +172,7 @@ impl DirtyLeaf {
 
     /// Append all of `other`, whose keys are all greater.
     pub fn append(&mut self, other: DirtyLeaf) {
+        self.pristine = false;
         let same_base = match (&self.base, &other.base) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             // Without a base all our entries are owned: adopt `other`'s.

@@ -21,6 +21,9 @@ pub struct SepKeys {
     keys: Vec<Sep>,
     /// Sum of `branch_entry_size` over the separators.
     bytes: usize,
+    /// Still exactly the base page's separators: searches can use the
+    /// page's own (prefix-accelerated) search.
+    pristine: bool,
 }
 
 impl SepKeys {
@@ -31,6 +34,7 @@ impl SepKeys {
             base: Some(page.clone()),
             keys: (0..n as u32).map(Sep::Base).collect(),
             bytes: 0,
+            pristine: true,
         };
         s.bytes = (0..n).map(|i| branch_entry_size(s.get(i))).sum();
         s
@@ -68,6 +72,9 @@ impl SepKeys {
 
     /// The child index for `key`: how many separators are <= key.
     pub fn index(&self, key: &[u8]) -> usize {
+        if let (true, Some(base)) = (self.pristine, &self.base) {
+            return base.child_index(key);
+        }
         match search_sorted(0..self.keys.len(), |i| self.get(i), key) {
             Ok(i) => i + 1,
             Err(i) => i,
@@ -75,6 +82,7 @@ impl SepKeys {
     }
 
     pub fn insert(&mut self, i: usize, key: Vec<u8>) {
+        self.pristine = false;
         self.bytes += branch_entry_size(&key);
         self.keys.insert(i, Sep::Own(key.into_boxed_slice()));
     }
@@ -85,6 +93,7 @@ impl SepKeys {
     }
 
     pub fn remove(&mut self, i: usize) -> Vec<u8> {
+        self.pristine = false;
         let k = self.get(i).to_vec();
         self.bytes -= branch_entry_size(&k);
         self.keys.remove(i);
@@ -97,17 +106,20 @@ impl SepKeys {
     }
 
     pub fn drain(&mut self, r: Range<usize>) {
+        self.pristine = false;
         let gone: usize = r.clone().map(|i| branch_entry_size(self.get(i))).sum();
         self.bytes -= gone;
         self.keys.drain(r);
     }
 
     pub fn split_off(&mut self, m: usize) -> SepKeys {
+        self.pristine = false;
         let keys = self.keys.split_off(m);
         let mut right = SepKeys {
             base: self.base.clone(),
             keys,
             bytes: 0,
+            pristine: false,
         };
         right.bytes = (0..right.len())
             .map(|i| branch_entry_size(right.get(i)))
@@ -118,6 +130,7 @@ impl SepKeys {
 
     /// Append `other`'s separators (all greater than ours).
     pub fn append(&mut self, other: SepKeys) {
+        self.pristine = false;
         let same_base = match (&self.base, &other.base) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, _) if self.keys.iter().all(|k| matches!(k, Sep::Own(_))) => {
