@@ -192,6 +192,10 @@ fn clean_segment(
             used
         };
         pos += used;
+        if pace.is_some_and(|p| *p.0.lock()) {
+            // Shutting down: the rest of this segment waits for next time.
+            return Ok(None);
+        }
         let gentle = pace.is_some() && !urgent(inner);
         if gentle && inner.counters.user_commits.load(Ordering::Relaxed) != commits_at_start {
             // Catching up, and a writer has come: leave it the disk (our

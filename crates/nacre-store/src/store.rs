@@ -284,6 +284,21 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
+    /// Shared by the clones of this handle: when the last one goes, the
+    /// background cleaner is stopped and joined, so that the store is
+    /// released (once its read transactions are gone too) without waiting
+    /// for the cleaner's next wake.
+    _handles: Arc<Handles>,
+}
+
+struct Handles {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.inner.stop_cleaner();
+    }
 }
 
 fn now_ms() -> u64 {
@@ -356,6 +371,17 @@ impl Inner {
         let g = self.writer.lock();
         self.log.check()?;
         Ok(g)
+    }
+
+    fn stop_cleaner(&self) {
+        {
+            let (m, cv) = &*self.shutdown;
+            *m.lock() = true;
+            cv.notify_all();
+        }
+        if let Some(h) = self.cleaner.lock().take() {
+            let _ = h.join();
+        }
     }
 
     fn over_stall_ratio(&self) -> bool {
@@ -496,7 +522,12 @@ impl Store {
                 .map_err(Error::io("spawn cleaner thread"))?;
             *inner.cleaner.lock() = Some(handle);
         }
-        Ok(Store { inner })
+        Ok(Store {
+            _handles: Arc::new(Handles {
+                inner: inner.clone(),
+            }),
+            inner,
+        })
     }
 
     /// A read transaction on the latest committed state. Never blocks on,
@@ -615,7 +646,7 @@ impl Store {
     /// Stop the cleaner and make everything durable. Other clones of this
     /// handle and open read transactions stay usable.
     pub fn close(self) -> Result<()> {
-        self.stop_cleaner();
+        self.inner.stop_cleaner();
         self.inner.log.check()?;
         // A last root record vouches (through `synced_upto`) for everything
         // before it, so recovery can tell later damage to the tail from a
@@ -626,17 +657,6 @@ impl Store {
         self.inner
             .commit_root(guard, v.root, v.catalog.clone(), Durability::Immediate)?;
         Ok(())
-    }
-
-    fn stop_cleaner(&self) {
-        {
-            let (m, cv) = &*self.inner.shutdown;
-            *m.lock() = true;
-            cv.notify_all();
-        }
-        if let Some(h) = self.inner.cleaner.lock().take() {
-            let _ = h.join();
-        }
     }
 }
 

@@ -311,3 +311,35 @@ fn writers_stall_to_keep_space_bounded() {
     let (peak, st) = peak_over_bound(false);
     assert!(peak > 0, "the workload never pressed the cleaner: {st:?}");
 }
+
+#[test]
+fn dropping_the_last_handle_releases_the_store() {
+    // With the background cleaner busy, the last handle going away must stop
+    // it, so that the directory can be opened again at once.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        cleaner: CleanerOptions {
+            background: true,
+            interval_ms: 1,
+            ..CleanerOptions::default()
+        },
+        ..small_options()
+    };
+    for round in 0..20u64 {
+        let store = Store::open(dir.path(), opts.clone()).unwrap();
+        let copy = store.clone();
+        let mut w = copy.begin_write().unwrap();
+        for i in 0..500u32 {
+            let k = format!("k{i:04}").into_bytes();
+            w.put(&k, &val_for(&k, round)).unwrap();
+        }
+        w.commit().unwrap();
+        drop(store);
+        drop(copy);
+    }
+    let store = Store::open(dir.path(), small_options()).unwrap();
+    assert_eq!(
+        store.begin_read().get(b"k0001").unwrap(),
+        Some(val_for(b"k0001", 19))
+    );
+}
