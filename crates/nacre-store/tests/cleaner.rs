@@ -18,6 +18,26 @@ fn val_for(key: &[u8], version: u64) -> Vec<u8> {
     v
 }
 
+/// Wait (a minute at most) for the background cleaner to bring the files
+/// within 1.5x the live data, plus the head segment, which is never cleaned
+/// while it is written.
+fn wait_for_cleaner(store: &Store, seg: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = store.stats();
+        if st.bytes_on_disk as f64 <= 1.5 * st.live_bytes as f64 + seg as f64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "background cleaner did not catch up: {} bytes on disk for {} live; {st:?}",
+            st.bytes_on_disk,
+            st.live_bytes
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn cleaner_keeps_up_with_writers_and_spares_old_readers() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,20 +118,7 @@ fn cleaner_keeps_up_with_writers_and_spares_old_readers() {
     // Without the snapshot, cleaning must get within the ratio (plus the
     // head segment, which is never cleaned while being written).
     store.drop_snapshot("start").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = store.stats();
-        if st.bytes_on_disk as f64 <= 1.5 * st.live_bytes as f64 + seg as f64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "background cleaner did not catch up: {} bytes on disk for {} live",
-            st.bytes_on_disk,
-            st.live_bytes
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_cleaner(&store, seg);
     assert!(store.stats().cleaner_error.is_none());
     check_all(&store.begin_read(), &model);
     store.close().unwrap();
@@ -240,20 +247,7 @@ fn cleaner_finishes_after_the_last_write() {
         let pause = if round >= 80 { 15 } else { 1 };
         std::thread::sleep(Duration::from_millis(pause));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = store.stats();
-        if st.bytes_on_disk as f64 <= 1.5 * st.live_bytes as f64 + seg as f64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cleaner stopped short after the last write: {} bytes on disk for {} live; {st:?}",
-            st.bytes_on_disk,
-            st.live_bytes
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_cleaner(&store, seg);
     check_all(&store.begin_read(), &model);
 }
 
