@@ -189,6 +189,8 @@ pub struct Log {
     synced_cv: Condvar,
     written_upto: AtomicU64,
     synced_upto: AtomicU64,
+    /// Bytes in the files of every segment but the head.
+    sealed_bytes: AtomicU64,
     poison: Mutex<Option<String>>,
     pub fsyncs: AtomicU64,
 }
@@ -233,17 +235,9 @@ impl Log {
 
     /// Bytes in all segment files.
     pub fn bytes_on_disk(&self) -> u64 {
-        let segs = self.segs.load();
-        let head = self.app.lock();
-        segs.values()
-            .map(|s| {
-                if s.id == head.head.id {
-                    head.off
-                } else {
-                    s.file.len().unwrap_or(0)
-                }
-            })
-            .sum()
+        // Kept as a counter: this is asked on every write transaction, and
+        // a stat of every segment file each time would not be cheap.
+        self.sealed_bytes.load(Ordering::Acquire) + self.app.lock().off
     }
 
     /// Open the log in `dir`, creating a new store if it holds no segments.
@@ -412,6 +406,11 @@ impl Log {
         head: Arc<Segment>,
         off: u64,
     ) -> Log {
+        let sealed: u64 = table
+            .values()
+            .filter(|seg| seg.id != head.id)
+            .map(|seg| seg.file.len().unwrap_or(0))
+            .sum();
         let written = head.id * seg_size + off;
         Log {
             dir: dir.to_path_buf(),
@@ -433,6 +432,7 @@ impl Log {
             synced_cv: Condvar::new(),
             written_upto: AtomicU64::new(written),
             synced_upto: AtomicU64::new(0),
+            sealed_bytes: AtomicU64::new(sealed),
             poison: Mutex::new(None),
             fsyncs: AtomicU64::new(0),
         }
@@ -554,6 +554,12 @@ impl Log {
             })
         })?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let sealed = app.head.file.len().map_err(|e| {
+            fail(Error::Io {
+                op: "stat segment",
+                source: e,
+            })
+        })?;
         let id = app.head.id + 1;
         let file = create_segment_file(
             &*self.vfs,
@@ -573,6 +579,7 @@ impl Log {
         table.insert(id, seg.clone());
         self.segs.store(Arc::new(table));
         app.head = seg;
+        self.sealed_bytes.fetch_add(sealed, Ordering::AcqRel);
         app.off = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64);
         app.flushed_off = app.off;
         app.zeroed_off = app.off;
@@ -682,7 +689,10 @@ impl Log {
     pub fn remove_segments(&self, ids: &[u64]) -> Result<()> {
         let mut table = (**self.segs.load()).clone();
         for id in ids {
-            table.remove(id);
+            if let Some(seg) = table.remove(id) {
+                let len = seg.file.len().map_err(Error::io("stat segment"))?;
+                self.sealed_bytes.fetch_sub(len, Ordering::AcqRel);
+            }
         }
         self.segs.store(Arc::new(table));
         for id in ids {

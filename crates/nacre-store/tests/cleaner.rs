@@ -158,6 +158,18 @@ fn snapshot_holds_space_until_dropped() {
     store.drop_snapshot("v0").unwrap();
     store.clean().unwrap();
     let freed = store.stats();
+    // The store's byte count is the files' (but for the zero fill ahead of
+    // the head segment, at most a segment here).
+    let files: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let seg = small_options().segment_size_bytes;
+    assert!(
+        files >= freed.bytes_on_disk && files - freed.bytes_on_disk <= seg,
+        "stats say {} bytes on disk, the files hold {files}",
+        freed.bytes_on_disk
+    );
     assert!(
         (freed.bytes_on_disk as f64) < 1.5 * freed.live_bytes as f64,
         "space not released after drop: {freed:?}"
@@ -284,9 +296,12 @@ fn peak_over_bound(stall: bool) -> (i64, nacre_store::Stats) {
         }
         w.commit().unwrap();
         let st = store.stats();
-        // The documented bound: past 2x live, once over four segments; plus
-        // what one commit and the head segment can add on top.
-        let bound = ((2.0 * st.live_bytes as f64) as i64).max(4 * seg) + 2 * seg;
+        // The documented bound: past 2x live, once over four segments. On
+        // top of it, what lands between a stall check and the end of a
+        // commit: the commit itself, a segment's worth of relocation in
+        // flight, and the head segment. Four segments cover them; without
+        // the stall the same run ends up some 30 MB past (measured).
+        let bound = ((2.0 * st.live_bytes as f64) as i64).max(4 * seg) + 4 * seg;
         peak = peak.max(st.bytes_on_disk as i64 - bound);
     }
     (peak, store.stats())
