@@ -245,3 +245,62 @@ fn run_one(
     dir.close()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Sizes {
+        Sizes {
+            a_load: 3_000,
+            a_single_commits: 5,
+            a_batch_commits: 3,
+            a_batch_len: 100,
+            a_reads: 2_000,
+            a_ranges: 300,
+            b_pairs: 4_096,
+            b_batch_len: 256,
+            b_concurrent_ops: 64,
+            b_writers: 2,
+        }
+    }
+
+    /// Every engine in this build runs both sets end to end, and every read
+    /// the workloads check (values, range order, spot checks after removal
+    /// and compaction) comes back right.
+    #[test]
+    fn every_engine_runs_both_sets_without_a_wrong_read() {
+        let sizes = tiny();
+        let data = Datasets::generate(7, &sizes);
+        let cfg = EngineConfig {
+            cache_bytes: 8 << 20,
+        };
+        let base = tempfile::tempdir().unwrap();
+        for &(name, open) in engines::ALL {
+            for set in [Set::A, Set::B] {
+                let mut results = Vec::new();
+                let mut sink = |m: Measurement| results.push(m);
+                run_one(
+                    name,
+                    open,
+                    set,
+                    base.path(),
+                    &cfg,
+                    &sizes,
+                    &data,
+                    7,
+                    &mut sink,
+                )
+                .unwrap_or_else(|e| panic!("{name} set {set:?}: {e}"));
+                assert!(!results.is_empty(), "{name} set {set:?} measured nothing");
+                for m in &results {
+                    assert_eq!(
+                        m.errors, 0,
+                        "{name} {}: {} wrong reads",
+                        m.workload, m.errors
+                    );
+                }
+            }
+        }
+    }
+}
