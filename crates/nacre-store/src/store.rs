@@ -142,6 +142,9 @@ pub(crate) struct Inner {
     pub log: Log,
     pub cache: PageCache,
     pub writer: Mutex<()>,
+    /// One cleaning pass at a time: foreground `clean()` and the background
+    /// cleaner would otherwise work on, and delete, the same segments.
+    pub cleaning: Mutex<()>,
     pub current: ArcSwap<Version>,
     pub counters: Counters,
     pub cleaner_error: Mutex<Option<String>>,
@@ -502,6 +505,7 @@ impl Store {
             )),
             log,
             writer: Mutex::new(()),
+            cleaning: Mutex::new(()),
             counters: Counters {
                 cleaner_idle_at: AtomicU64::new(u64::MAX),
                 ..Counters::default()

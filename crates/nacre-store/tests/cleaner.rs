@@ -352,3 +352,43 @@ fn dropping_the_last_handle_releases_the_store() {
         Some(val_for(b"k0001", 19))
     );
 }
+
+#[test]
+fn foreground_and_background_cleaning_together() {
+    // `clean()` while the background cleaner works on the same segments:
+    // neither may fail, and the data must be intact.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        cleaner: CleanerOptions {
+            background: true,
+            interval_ms: 1,
+            space_ratio_max: 1.05,
+            space_ratio_busy_max: 1.05,
+            rate_bytes_per_s_max: 0,
+            ..CleanerOptions::default()
+        },
+        ..small_options()
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    let keys: Vec<Vec<u8>> = (0..3000)
+        .map(|i| format!("key{i:05}").into_bytes())
+        .collect();
+    let mut rng = StdRng::seed_from_u64(21);
+    let mut model = Model::new();
+    for round in 0..60u64 {
+        let mut w = store.begin_write().unwrap();
+        for _ in 0..150 {
+            let k = &keys[rng.random_range(0..keys.len())];
+            w.put(k, &val_for(k, round)).unwrap();
+            model.insert(k.clone(), val_for(k, round));
+        }
+        w.commit().unwrap();
+        if round % 3 == 0 {
+            store
+                .clean()
+                .unwrap_or_else(|e| panic!("clean() beside the background cleaner: {e}"));
+        }
+    }
+    assert!(store.stats().cleaner_error.is_none(), "{:?}", store.stats());
+    check_all(&store.begin_read(), &model);
+}
