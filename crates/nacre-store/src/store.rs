@@ -554,6 +554,9 @@ impl Store {
     }
 
     /// Create a named snapshot of the latest committed state, in O(1).
+    ///
+    /// Takes the writer slot: do not call it while this thread holds a
+    /// [`WriteTxn`] (it would wait for itself).
     pub fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
         validate_snapshot_name(name)?;
         let guard = self.inner.begin_write_guard()?;
@@ -583,6 +586,9 @@ impl Store {
     }
 
     /// Drop a snapshot; the cleaner releases the space only it held.
+    ///
+    /// Takes the writer slot: do not call it while this thread holds a
+    /// [`WriteTxn`] (it would wait for itself).
     pub fn drop_snapshot(&self, name: &str) -> Result<()> {
         let guard = self.inner.begin_write_guard()?;
         let base = self.inner.current.load_full();
@@ -619,6 +625,9 @@ impl Store {
     /// Clean every segment that exists now (except the one being written),
     /// in the foreground: a full compaction. The background cleaner instead
     /// works only while the space ratio is exceeded.
+    ///
+    /// Takes the writer slot: do not call it while this thread holds a
+    /// [`WriteTxn`] (it would wait for itself).
     pub fn clean(&self) -> Result<CleanStats> {
         crate::cleaner::clean_all(&self.inner)
     }
@@ -649,6 +658,9 @@ impl Store {
 
     /// Stop the cleaner and make everything durable. Other clones of this
     /// handle and open read transactions stay usable.
+    ///
+    /// Takes the writer slot: do not call it while this thread holds a
+    /// [`WriteTxn`] (it would wait for itself).
     pub fn close(self) -> Result<()> {
         self.inner.stop_cleaner();
         self.inner.log.check()?;
