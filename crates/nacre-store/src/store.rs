@@ -102,6 +102,9 @@ pub(crate) struct Version {
     pub segs: Arc<SegTable>,
     /// The root page, kept once read: every lookup starts there.
     pub root_page: OnceLock<Arc<Page>>,
+    /// The root's children, each kept once read (slots made with the root
+    /// page): every lookup passes one of them. Bounded by one node's fanout.
+    pub root_children: OnceLock<Box<[OnceLock<Arc<Page>>]>>,
 }
 
 impl Version {
@@ -117,6 +120,7 @@ impl Version {
             catalog,
             segs,
             root_page: OnceLock::new(),
+            root_children: OnceLock::new(),
         }
     }
 }
@@ -159,8 +163,10 @@ pub(crate) struct Ctx<'a> {
     pub inner: &'a Inner,
     pub segs: &'a SegTable,
     pub writer: bool,
-    /// A page to serve without a cache lookup (a version's root).
+    /// A page to serve without a cache lookup (a version's root)...
     pub pinned: Option<&'a Arc<Page>>,
+    /// ...and slots for its children.
+    pub pinned_children: Option<&'a [OnceLock<Arc<Page>>]>,
 }
 
 impl Source for Ctx<'_> {
@@ -189,6 +195,23 @@ impl Source for Ctx<'_> {
         )?);
         self.inner.cache.insert(page.clone());
         Ok(page)
+    }
+
+    fn child(&self, parent: &Page, i: usize) -> Result<Arc<Page>> {
+        let ptr = parent.child(i).ptr;
+        let slot = match (self.pinned, self.pinned_children) {
+            (Some(root), Some(slots)) if root.ptr == parent.ptr => slots.get(i),
+            _ => None,
+        };
+        let Some(slot) = slot else {
+            return self.page(ptr);
+        };
+        if let Some(p) = slot.get() {
+            return Ok(p.clone());
+        }
+        let p = self.page(ptr)?;
+        let _ = slot.set(p.clone());
+        Ok(p)
     }
 }
 
@@ -318,6 +341,7 @@ impl Inner {
             segs,
             writer,
             pinned: None,
+            pinned_children: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Read and write transactions.
 
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::MutexGuard;
 
@@ -56,6 +56,13 @@ impl ReadTxn {
                     }
                 }
                 ctx.pinned = self.version.root_page.get();
+                if let Some(root) = ctx.pinned.filter(|p| !p.is_leaf()) {
+                    let slots = self
+                        .version
+                        .root_children
+                        .get_or_init(|| (0..root.len()).map(|_| OnceLock::new()).collect());
+                    ctx.pinned_children = Some(slots);
+                }
             }
         }
         ctx

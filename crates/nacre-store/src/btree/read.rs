@@ -22,8 +22,7 @@ pub fn find(src: &dyn Source, root: Ptr, key: &[u8]) -> Result<Option<(Arc<Page>
         if page.is_leaf() {
             return Ok(page.search(key).ok().map(|i| (page, i)));
         }
-        let next = page.child(page.child_index(key)).ptr;
-        let child = src.page(next)?;
+        let child = src.child(&page, page.child_index(key))?;
         check_level(&page, &child)?;
         page = child;
     }

@@ -20,6 +20,12 @@ use crate::record::{align_up, Kind, Ptr};
 /// Where the write side gets clean pages from.
 pub trait Source {
     fn page(&self, ptr: Ptr) -> Result<Arc<Page>>;
+
+    /// Child `i` of `parent`; a source may serve the root's children from
+    /// somewhere cheaper than the cache.
+    fn child(&self, parent: &Page, i: usize) -> Result<Arc<Page>> {
+        self.page(parent.child(i).ptr)
+    }
 }
 
 /// Where it writes nodes to.
