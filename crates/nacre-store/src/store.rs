@@ -421,14 +421,20 @@ impl Inner {
 
     /// Wait (outside the writer lock, which the cleaner needs) while the
     /// files are past the stall ratio and the background cleaner works.
-    fn stall_for_cleaner(&self) {
+    /// Whether a background cleaner is there to wait for: enabled, not shut
+    /// down, and not idle after finding a whole lap futile.
+    fn cleaner_at_work(&self) -> bool {
         let idle = self.counters.cleaner_idle_at.load(Ordering::Relaxed) == self.current.load().seq;
-        if !self.opts.cleaner.background || idle || !self.over_stall_ratio() {
+        self.opts.cleaner.background && !idle && !*self.shutdown.0.lock()
+    }
+
+    fn stall_for_cleaner(&self) {
+        if !self.cleaner_at_work() || !self.over_stall_ratio() {
             return;
         }
         let started = std::time::Instant::now();
         let limit = Duration::from_millis(self.opts.cleaner.stall_ms_max);
-        while self.over_stall_ratio() && self.log.check().is_ok() {
+        while self.over_stall_ratio() && self.log.check().is_ok() && self.cleaner_at_work() {
             if started.elapsed() >= limit {
                 tracing::warn!(
                     waited_ms = limit.as_millis() as u64,

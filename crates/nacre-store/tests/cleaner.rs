@@ -392,3 +392,58 @@ fn foreground_and_background_cleaning_together() {
     assert!(store.stats().cleaner_error.is_none(), "{:?}", store.stats());
     check_all(&store.begin_read(), &model);
 }
+
+#[test]
+fn writers_never_wait_for_a_stopped_cleaner() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_size_bytes: 64 << 10,
+        value_size_max_bytes: 16 << 10,
+        cleaner: CleanerOptions {
+            background: true,
+            space_ratio_max: 1.5,
+            space_ratio_busy_max: 1.5,
+            space_ratio_stall: 1.5,
+            // Were a writer to wait for the stopped cleaner, it would wait
+            // for an hour.
+            stall_ms_max: 3_600_000,
+            ..CleanerOptions::default()
+        },
+        ..small_options()
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    // Closing one handle stops the cleaner for all of them.
+    store.clone().close().unwrap();
+    // All the writing happens in a thread that reports back, so that a
+    // writer waiting for the stopped cleaner fails the test, not hangs it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = store.clone();
+    std::thread::spawn(move || {
+        let keys: Vec<Vec<u8>> = (0..500)
+            .map(|i| format!("key{i:05}").into_bytes())
+            .collect();
+        for round in 0..40u64 {
+            let mut w = s.begin_write().unwrap();
+            for k in &keys {
+                w.put(k, &val_for(k, round)).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        // Past the stall ratio now, with nobody to clean.
+        let st = s.stats();
+        let over = st.bytes_on_disk as f64 > 1.5 * st.live_bytes as f64
+            && st.bytes_on_disk > 4 * (64 << 10);
+        let mut w = s.begin_write().unwrap();
+        w.put(b"late", b"write").unwrap();
+        w.commit().unwrap();
+        tx.send((over, st)).unwrap();
+    });
+    let (over, st) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a writer waited for a cleaner that was stopped");
+    assert!(over, "the files never passed the stall ratio: {st:?}");
+    assert_eq!(
+        store.begin_read().get(b"late").unwrap().as_deref(),
+        Some(&b"write"[..])
+    );
+}
