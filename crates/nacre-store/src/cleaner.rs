@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::btree::leaf::DirtyLeaf;
-use crate::btree::page::{encode_branch, ChildInfo, Page, Val, ValRef};
+use crate::btree::page::{encode_branch, ChildInfo, Val, ValRef};
 use crate::btree::read::lookup;
 use crate::btree::write::Source;
 use crate::error::{Error, Result};
@@ -454,7 +454,7 @@ impl Relocator<'_, '_> {
             }
             let mut buf = std::mem::take(&mut self.buf);
             leaf.encode(&mut buf);
-            let p = self.append(Kind::Leaf, &buf)?;
+            let p = self.inner.append_record(Kind::Leaf, &buf)?;
             self.buf = buf;
             p
         } else {
@@ -469,23 +469,13 @@ impl Relocator<'_, '_> {
             let keys: Vec<Vec<u8>> = (0..page.len() - 1).map(|i| page.sep(i).to_vec()).collect();
             let mut buf = std::mem::take(&mut self.buf);
             encode_branch(page.level, &keys, &children, &mut buf);
-            let p = self.append(Kind::Branch, &buf)?;
+            let p = self.inner.append_record(Kind::Branch, &buf)?;
             self.buf = buf;
             p
         };
         assert_eq!(new.len, ptr.len, "a relocated node changed size");
         self.memo.insert(ptr.addr, new);
         Ok(new)
-    }
-
-    /// Write a relocated node and put it in the cache: it is the current
-    /// tree's page from now on, and readers should not find it cold.
-    fn append(&self, kind: Kind, payload: &[u8]) -> Result<Ptr> {
-        let p = self.inner.log.append(kind, payload)?;
-        self.inner
-            .cache
-            .insert(Arc::new(Page::decode(p, kind, payload)?));
-        Ok(p)
     }
 
     fn value(&mut self, ptr: Ptr) -> Result<Ptr> {

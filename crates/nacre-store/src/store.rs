@@ -242,22 +242,16 @@ impl Ctx<'_> {
     }
 }
 
-/// Appends through the log, counts what a transaction wrote, and puts the
-/// nodes it writes into the page cache: the next reader of a freshly written
-/// page should not have to read it back from the file.
+/// Appends a transaction's records and counts what it wrote.
 pub(crate) struct LogSink<'a> {
-    pub log: &'a Log,
-    pub cache: &'a PageCache,
+    pub inner: &'a Inner,
     pub written: u64,
 }
 
 impl Sink for LogSink<'_> {
     fn append(&mut self, kind: Kind, payload: &[u8]) -> Result<Ptr> {
-        let p = self.log.append(kind, payload)?;
+        let p = self.inner.append_record(kind, payload)?;
         self.written += crate::record::align_up(p.len as u64);
-        if matches!(kind, Kind::Leaf | Kind::Branch) {
-            self.cache.insert(Arc::new(Page::decode(p, kind, payload)?));
-        }
         Ok(p)
     }
 }
@@ -379,6 +373,17 @@ impl Inner {
             self.log.sync_to(upto)?;
         }
         Ok(seq)
+    }
+
+    /// Append a record; a node also goes into the page cache, so that the
+    /// next reader of a page just written (by a commit or by the cleaner)
+    /// does not read it back from the file.
+    pub fn append_record(&self, kind: Kind, payload: &[u8]) -> Result<Ptr> {
+        let p = self.log.append(kind, payload)?;
+        if matches!(kind, Kind::Leaf | Kind::Branch) {
+            self.cache.insert(Arc::new(Page::decode(p, kind, payload)?));
+        }
+        Ok(p)
     }
 
     pub fn write_catalog(&self, snapshots: Vec<SnapshotInfo>) -> Result<Arc<Catalog>> {

@@ -429,11 +429,7 @@ impl<'a> WriteTxn<'a> {
     /// this transaction's commit, or garbage if it aborts.
     fn spill(&mut self) -> Result<Option<ChildInfo>> {
         let inner = self.inner();
-        let mut sink = LogSink {
-            log: &inner.log,
-            cache: &inner.cache,
-            written: 0,
-        };
+        let mut sink = LogSink { inner, written: 0 };
         let root = self.tree.flush(&mut sink)?;
         let w = sink.written;
         self.charge(w)?;
