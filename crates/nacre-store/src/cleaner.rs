@@ -249,10 +249,6 @@ fn clean_segment(
         .fetch_add(1, Ordering::Relaxed);
     inner
         .counters
-        .relocated_records
-        .fetch_add(moved_records, Ordering::Relaxed);
-    inner
-        .counters
         .relocated_bytes
         .fetch_add(moved_bytes, Ordering::Relaxed);
     tracing::debug!(segment = id, moved_records, moved_bytes, "segment cleaned");

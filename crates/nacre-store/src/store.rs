@@ -132,7 +132,6 @@ pub(crate) struct Counters {
     pub user_commits: AtomicU64,
     pub cleaned_segments: AtomicU64,
     pub relocated_bytes: AtomicU64,
-    pub relocated_records: AtomicU64,
     pub stalls: AtomicU64,
     pub stalled_ms: AtomicU64,
     /// The commit at which the background cleaner found a whole lap futile
@@ -429,8 +428,13 @@ impl Inner {
     /// Whether a background cleaner is there to wait for: enabled, not shut
     /// down, and not idle after finding a whole lap futile.
     fn cleaner_at_work(&self) -> bool {
-        let idle = self.counters.cleaner_idle_at.load(Ordering::Relaxed) == self.current.load().seq;
-        self.opts.cleaner.background && !idle && !*self.shutdown.0.lock()
+        self.opts.cleaner.background && !self.cleaner_idle() && !*self.shutdown.0.lock()
+    }
+
+    /// The cleaner found a whole lap futile and nothing was committed since:
+    /// more cleaning would only move the same live data in circles.
+    fn cleaner_idle(&self) -> bool {
+        self.counters.cleaner_idle_at.load(Ordering::Relaxed) == self.current.load().seq
     }
 
     fn stall_for_cleaner(&self) {
@@ -712,10 +716,6 @@ impl Store {
 }
 
 fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, interval: Duration) {
-    // The commit after which a whole lap of cleaning reclaimed nothing:
-    // until something new is committed, more cleaning would only move the
-    // same live data in circles.
-    let mut idle_at = None;
     let mut user_commits_seen = 0;
     loop {
         {
@@ -729,7 +729,7 @@ fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, inte
             }
         }
         let Some(inner) = weak.upgrade() else { return };
-        if inner.log.check().is_err() || idle_at == Some(inner.current.load().seq) {
+        if inner.log.check().is_err() || inner.cleaner_idle() {
             continue;
         }
         // Segments at or past this id were written after cleaning stopped
@@ -758,7 +758,6 @@ fn cleaner_thread(weak: Weak<Inner>, shutdown: Arc<(Mutex<bool>, Condvar)>, inte
                         let oldest = inner.log.segments().keys().next().copied().unwrap_or(lap);
                         if oldest >= lap {
                             let seq = inner.current.load().seq;
-                            idle_at = Some(seq);
                             inner.counters.cleaner_idle_at.store(seq, Ordering::Relaxed);
                             break;
                         }
