@@ -100,8 +100,7 @@ impl ReadTxn {
         let Some(root) = self.root else {
             return Ok(false);
         };
-        let ctx = self.ctx();
-        Ok(lookup(&ctx, root.ptr, key)?.is_some())
+        Ok(crate::btree::read::find(&self.ctx(), root.ptr, key)?.is_some())
     }
 
     /// Number of keys, in O(1).
