@@ -717,17 +717,27 @@ fn has_valid_records(file: &dyn VFile, id: u64, seg_size: u64) -> Result<bool> {
     file.read_exact_at(&mut bytes, 0)
         .map_err(Error::io("read segment"))?;
     let base = id.saturating_mul(seg_size);
-    let mut p = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64) as usize;
-    while p + HEADER_LEN <= bytes.len() {
-        if let Some((_, len)) = record::peek_header(&bytes[p..]) {
+    let after_header = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64) as usize;
+    let found = intact_records(&bytes, base, after_header).next().is_some();
+    Ok(found)
+}
+
+/// Every intact record at an aligned offset from `from` on, found by
+/// trying each boundary (so records past a damaged one are found too):
+/// (offset, kind, payload).
+fn intact_records(
+    bytes: &[u8],
+    base: u64,
+    from: usize,
+) -> impl Iterator<Item = (usize, Kind, &[u8])> {
+    (from..bytes.len().saturating_sub(HEADER_LEN - 1))
+        .step_by(ALIGN as usize)
+        .filter_map(move |p| {
+            let (_, len) = record::peek_header(&bytes[p..])?;
             let end = p + HEADER_LEN + len as usize;
-            if end <= bytes.len() && record::open(&bytes[p..end], base + p as u64).is_ok() {
-                return Ok(true);
-            }
-        }
-        p += ALIGN as usize;
-    }
-    Ok(false)
+            let (kind, payload) = record::open(bytes.get(p..end)?, base + p as u64).ok()?;
+            Some((p, kind, payload))
+        })
 }
 
 fn read_header_any_size(file: &dyn VFile, id: u64) -> Result<SegHeader> {
@@ -817,21 +827,11 @@ pub fn scan_segment(bytes: &[u8], base: u64) -> Result<Scan> {
         }
     }
     let valid_end = pos as u64;
-    let mut late = None;
-    let mut p = pos + 8;
-    while p + HEADER_LEN <= bytes.len() {
-        if let Some((Kind::Root, len)) = record::peek_header(&bytes[p..]) {
-            let end = p + HEADER_LEN + len as usize;
-            if end <= bytes.len() {
-                if let Ok((_, payload)) = record::open(&bytes[p..end], base + p as u64) {
-                    if let Ok(r) = RootRec::decode(payload, base + p as u64) {
-                        late = Some(late.unwrap_or(0).max(r.synced_upto));
-                    }
-                }
-            }
-        }
-        p += 8;
-    }
+    let late = intact_records(bytes, base, pos + ALIGN as usize)
+        .filter(|(_, kind, _)| *kind == Kind::Root)
+        .filter_map(|(p, _, payload)| RootRec::decode(payload, base + p as u64).ok())
+        .map(|r| r.synced_upto)
+        .max();
     Ok(Scan {
         valid_end,
         last_root,
