@@ -1,0 +1,131 @@
+//! What can go wrong in a client call.
+
+use bytes::Bytes;
+use nacre_proto::{DecodeError, ErrorCode, ErrorReply};
+
+/// Every failure a [`crate::Client`] call reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error (not found, assertion failed, ...).
+    #[error("{}", describe_reply(.0))]
+    Server(ErrorReply),
+    /// A socket error before the request was sent, or while reading a reply
+    /// of a read request that could not be retried.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The connection broke after a write was sent: it may or may not have
+    /// been applied, so it is not retried (exactly-once retries need the
+    /// client sessions that come with replication).
+    #[error("connection to {endpoint} lost after the write was sent ({reason}); it may or may not have been applied")]
+    ConnectionLost { endpoint: String, reason: String },
+    /// The peer sent bytes that do not decode; the connection is closed.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] DecodeError),
+    /// No reply within the request timeout. A write may or may not have
+    /// been applied.
+    #[error("request timed out after {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    /// Every node said it is not the leader and none knew who is.
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    /// No endpoint accepted a connection.
+    #[error("all endpoints failed: {}", .errors.join("; "))]
+    AllEndpointsFailed { errors: Vec<String> },
+    /// The server refused the handshake (wrong cluster, unsupported version).
+    #[error("{endpoint} (node {node:?}, cluster {cluster_id:?}) refused the connection: {code}: {message}")]
+    Refused {
+        endpoint: String,
+        code: ErrorCode,
+        node: String,
+        cluster_id: String,
+        message: String,
+    },
+    /// The request breaks a limit; caught locally, nothing was sent.
+    #[error("{}", describe_reply(.0))]
+    Limit(ErrorReply),
+    /// The server answered with a reply that does not fit the request.
+    #[error("unexpected response to {request}: {response}")]
+    UnexpectedResponse {
+        request: &'static str,
+        response: String,
+    },
+}
+
+fn describe_reply(e: &ErrorReply) -> String {
+    let mut s = format!("{}: {}", e.code, e.message);
+    if let Some(k) = &e.key {
+        s.push_str(&format!(" (key {:?})", String::from_utf8_lossy(k)));
+    }
+    if let Some(l) = &e.leader {
+        s.push_str(&format!(" (leader {l})"));
+    }
+    s
+}
+
+impl ClientError {
+    /// The protocol error code, for errors that carry one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(e) | ClientError::Limit(e) => Some(e.code),
+            ClientError::Refused { code, .. } => Some(*code),
+            ClientError::Timeout { .. } => Some(ErrorCode::Timeout),
+            _ => None,
+        }
+    }
+
+    /// The error reply, for server errors and local limit errors.
+    pub fn reply(&self) -> Option<&ErrorReply> {
+        match self {
+            ClientError::Server(e) | ClientError::Limit(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The key the error is about, when the server named one.
+    pub fn key(&self) -> Option<&Bytes> {
+        self.reply().and_then(|e| e.key.as_ref())
+    }
+
+    /// The leader hint of a `NotMaster` error.
+    pub fn leader(&self) -> Option<&str> {
+        self.reply().and_then(|e| e.leader.as_deref())
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(ErrorCode::NotFound)
+    }
+
+    pub fn is_assertion_failed(&self) -> bool {
+        self.code() == Some(ErrorCode::AssertionFailed)
+    }
+
+    pub fn is_not_master(&self) -> bool {
+        self.code() == Some(ErrorCode::NotMaster)
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        self.code() == Some(ErrorCode::Timeout)
+    }
+
+    /// The cluster could not be reached or could not serve: connection
+    /// errors, timeouts, no leader, no quorum, a node going down.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ClientError::Io(_)
+            | ClientError::ConnectionLost { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::NoLeader(_)
+            | ClientError::AllEndpointsFailed { .. } => true,
+            ClientError::Server(e) => matches!(
+                e.code,
+                ErrorCode::NotMaster
+                    | ErrorCode::Unavailable
+                    | ErrorCode::GoingDown
+                    | ErrorCode::Busy
+                    | ErrorCode::Timeout
+                    | ErrorCode::InconsistentRead
+            ),
+            _ => false,
+        }
+    }
+}

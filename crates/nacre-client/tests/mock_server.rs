@@ -1,0 +1,494 @@
+//! The client against a tiny in-test server built on nacre-proto: an
+//! in-memory map behind the real framing and handshake, with switches for
+//! the misbehaviours the client must cope with.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use nacre_client::{
+    BlockingClient, Bytes, Client, ClientError, ClientOptions, Consistency, ErrorCode, Sequence,
+};
+use nacre_proto::{
+    decode_request, encode_response, split_frame, ClientHello, ErrorReply, Guard, Limits, Op,
+    Request, Response, ServerHello,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Default)]
+struct Behaviour {
+    cluster_id: String,
+    /// Answer every data request with NotMaster and this hint.
+    not_master: Option<Option<String>>,
+    /// Gather this many requests, then answer them newest first.
+    reverse_batch: usize,
+    /// Never answer a get of this key.
+    hang_key: Option<Bytes>,
+    /// Drop the connection when any request arrives.
+    drop_on_request: bool,
+}
+
+#[derive(Default)]
+struct State {
+    map: Mutex<BTreeMap<Bytes, Bytes>>,
+    index: AtomicUsize,
+    requests: AtomicUsize,
+    connections: AtomicUsize,
+}
+
+struct Mock {
+    addr: String,
+    state: Arc<State>,
+}
+
+async fn start(b: Behaviour) -> Mock {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let state = Arc::new(State::default());
+    let st = state.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            st.connections.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_conn(sock, b.clone(), st.clone()));
+        }
+    });
+    Mock { addr, state }
+}
+
+async fn serve_conn(mut sock: TcpStream, b: Behaviour, st: Arc<State>) {
+    let mut buf = BytesMut::new();
+    let (hello, used) = loop {
+        if let Some(h) = ClientHello::decode(&buf).unwrap() {
+            break h;
+        }
+        if sock.read_buf(&mut buf).await.unwrap() == 0 {
+            return;
+        }
+    };
+    let _ = buf.split_to(used);
+    let mut out = Vec::new();
+    if !hello.cluster_id.is_empty() && hello.cluster_id != b.cluster_id {
+        ServerHello::refuse(
+            ErrorCode::WrongCluster,
+            &b.cluster_id,
+            "mock",
+            "this is another cluster",
+        )
+        .encode(&mut out);
+        let _ = sock.write_all(&out).await;
+        return;
+    }
+    ServerHello::ok(&b.cluster_id, "mock").encode(&mut out);
+    sock.write_all(&out).await.unwrap();
+
+    let mut held: Vec<(u64, Request)> = Vec::new();
+    loop {
+        while let Some((id, body)) =
+            split_frame(&mut buf, Limits::default().frame_size_max_bytes).unwrap()
+        {
+            let req = decode_request(body).unwrap();
+            st.requests.fetch_add(1, Ordering::SeqCst);
+            if b.drop_on_request {
+                return;
+            }
+            if let (Some(k), Request::Get { key, .. }) = (&b.hang_key, &req) {
+                if k == key {
+                    continue;
+                }
+            }
+            held.push((id, req));
+        }
+        if held.len() >= b.reverse_batch.max(1) {
+            let mut out = Vec::new();
+            for (id, req) in held.drain(..).rev() {
+                encode_response(id, &answer(&b, &st, req), &mut out);
+            }
+            if sock.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        match sock.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn written(st: &State, prev: Option<Bytes>, count: u64) -> Response {
+    Response::Written {
+        index: st.index.fetch_add(1, Ordering::SeqCst) as u64 + 1,
+        prev,
+        count,
+    }
+}
+
+fn answer(b: &Behaviour, st: &State, req: Request) -> Response {
+    if let Some(hint) = &b.not_master {
+        if !matches!(req, Request::Ping | Request::WhoMaster) {
+            return Response::Error(
+                ErrorReply::new(ErrorCode::NotMaster, "not the master").with_leader(hint.clone()),
+            );
+        }
+    }
+    let mut map = st.map.lock().unwrap();
+    let missing = |k: &Bytes| {
+        Response::Error(ErrorReply::new(ErrorCode::NotFound, "not found").with_key(k.clone()))
+    };
+    match req {
+        Request::Ping => Response::Text("mock 0.1".into()),
+        Request::WhoMaster => Response::Master(Some("self".into())),
+        Request::Get { key, .. } => match map.get(&key) {
+            Some(v) => Response::Value(Some(v.clone())),
+            None => missing(&key),
+        },
+        Request::Exists { key, .. } => Response::Bool(map.contains_key(&key)),
+        Request::MultiGet { keys, .. } => match keys.iter().find(|k| !map.contains_key(*k)) {
+            Some(k) => missing(k),
+            None => Response::Values(keys.iter().map(|k| map[k].clone()).collect()),
+        },
+        Request::KeyCount { .. } => Response::U64(map.len() as u64),
+        Request::Set { key, value } => {
+            map.insert(key, value);
+            written(st, None, 0)
+        }
+        Request::Delete { key } => match map.remove(&key) {
+            Some(_) => written(st, None, 0),
+            None => missing(&key),
+        },
+        Request::Batch(batch) => {
+            let mut copy = map.clone();
+            for op in batch.ops {
+                match op {
+                    Op::Set(k, v) => {
+                        copy.insert(k, v);
+                    }
+                    Op::Remove(k) => {
+                        copy.remove(&k);
+                    }
+                    Op::Check(Guard::Absent(k)) if !copy.contains_key(&k) => {}
+                    Op::Check(Guard::ValueEquals(k, v)) if copy.get(&k) == Some(&v) => {}
+                    Op::Check(g) => {
+                        return Response::Error(
+                            ErrorReply::new(ErrorCode::AssertionFailed, "assertion failed")
+                                .with_key(g.key().clone()),
+                        )
+                    }
+                    other => {
+                        return Response::Error(ErrorReply::new(
+                            ErrorCode::BadInput,
+                            format!("{other:?}"),
+                        ))
+                    }
+                }
+            }
+            *map = copy;
+            written(st, None, 0)
+        }
+        other => Response::Error(ErrorReply::new(
+            ErrorCode::BadInput,
+            format!("mock does not do {other:?}"),
+        )),
+    }
+}
+
+fn opts(endpoints: &[&str]) -> ClientOptions {
+    ClientOptions {
+        request_timeout_ms: 5_000,
+        connect_timeout_ms: 1_000,
+        ..ClientOptions::new(endpoints.iter().copied())
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::from(s.to_string())
+}
+
+/// An address where nothing listens.
+async fn dead_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn pipelined_replies_in_reverse_order_reach_their_callers() {
+    let n = 16;
+    let m = start(Behaviour {
+        reverse_batch: n,
+        ..Behaviour::default()
+    })
+    .await;
+    for i in 0..n {
+        m.state
+            .map
+            .lock()
+            .unwrap()
+            .insert(b(&format!("k{i}")), b(&format!("v{i}")));
+    }
+    let c = Client::connect(opts(&[&m.addr])).await.unwrap();
+    // The mock answers only once all n requests are in: this completes only
+    // if the client has them all in flight on its one connection.
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { (i, c.get(b(&format!("k{i}"))).await.unwrap()) })
+        })
+        .collect();
+    for t in tasks {
+        let (i, v) = t.await.unwrap();
+        assert_eq!(v, b(&format!("v{i}")));
+    }
+    assert_eq!(m.state.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_requests_from_many_tasks() {
+    let m = start(Behaviour::default()).await;
+    let c = Client::connect(opts(&[&m.addr])).await.unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let index = c
+                    .set(b(&format!("key{i}")), b(&format!("value{i}")))
+                    .await
+                    .unwrap();
+                assert!(index > 0);
+                let v = c
+                    .with_consistency(Consistency::AtLeast(index))
+                    .get(b(&format!("key{i}")))
+                    .await
+                    .unwrap();
+                assert_eq!(v, b(&format!("value{i}")));
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(m.state.map.lock().unwrap().len(), 100);
+    assert_eq!(m.state.requests.load(Ordering::SeqCst), 200);
+    assert_eq!(m.state.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(c.key_count().await.unwrap(), 100);
+}
+
+#[tokio::test]
+async fn not_master_redirects_to_the_hinted_leader() {
+    let leader = start(Behaviour::default()).await;
+    let follower = start(Behaviour {
+        not_master: Some(Some(leader.addr.clone())),
+        ..Behaviour::default()
+    })
+    .await;
+    let c = Client::connect(opts(&[&follower.addr])).await.unwrap();
+    c.set(b("a"), b("1")).await.unwrap();
+    assert_eq!(leader.state.map.lock().unwrap().get(&b("a")), Some(&b("1")));
+    assert_eq!(follower.state.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(c.connected_to().unwrap().0, leader.addr);
+    // Later requests go straight to the leader.
+    assert_eq!(c.get(b("a")).await.unwrap(), b("1"));
+    assert_eq!(follower.state.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn not_master_without_hint_tries_the_next_endpoint() {
+    let follower = start(Behaviour {
+        not_master: Some(None),
+        ..Behaviour::default()
+    })
+    .await;
+    let leader = start(Behaviour::default()).await;
+    let c = Client::connect(opts(&[&follower.addr, &leader.addr]))
+        .await
+        .unwrap();
+    c.set(b("a"), b("1")).await.unwrap();
+    assert_eq!(leader.state.map.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn no_leader_anywhere_gives_up() {
+    let follower = start(Behaviour {
+        not_master: Some(None),
+        ..Behaviour::default()
+    })
+    .await;
+    let o = ClientOptions {
+        retries_max: 2,
+        ..opts(&[&follower.addr])
+    };
+    let c = Client::connect(o).await.unwrap();
+    let e = c.set(b("a"), b("1")).await.unwrap_err();
+    assert!(matches!(e, ClientError::NoLeader(_)), "{e:?}");
+    assert_eq!(follower.state.requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn fails_over_to_the_next_endpoint_when_one_is_down() {
+    let dead = dead_addr().await;
+    let m = start(Behaviour::default()).await;
+    m.state.map.lock().unwrap().insert(b("x"), b("y"));
+    let c = Client::connect(opts(&[&dead, &m.addr])).await.unwrap();
+    assert_eq!(c.get(b("x")).await.unwrap(), b("y"));
+    assert_eq!(c.connected_to().unwrap().0, m.addr);
+}
+
+#[tokio::test]
+async fn all_endpoints_down_is_an_error() {
+    let o = ClientOptions {
+        retries_max: 1,
+        ..opts(&[&dead_addr().await, &dead_addr().await])
+    };
+    let e = Client::connect(o).await.unwrap_err();
+    match &e {
+        ClientError::AllEndpointsFailed { errors } => assert_eq!(errors.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert!(e.is_unavailable());
+}
+
+#[tokio::test]
+async fn lost_connection_retries_reads_but_not_writes() {
+    let flaky = start(Behaviour {
+        drop_on_request: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let good = start(Behaviour::default()).await;
+    good.state.map.lock().unwrap().insert(b("r"), b("1"));
+
+    let c = Client::connect(opts(&[&flaky.addr, &good.addr]))
+        .await
+        .unwrap();
+    assert_eq!(c.get(b("r")).await.unwrap(), b("1"));
+    assert_eq!(flaky.state.requests.load(Ordering::SeqCst), 1);
+
+    let c = Client::connect(opts(&[&flaky.addr, &good.addr]))
+        .await
+        .unwrap();
+    let e = c.set(b("w"), b("1")).await.unwrap_err();
+    assert!(matches!(e, ClientError::ConnectionLost { .. }), "{e:?}");
+    assert!(
+        !good.state.map.lock().unwrap().contains_key(&b("w")),
+        "a possibly applied write was re-sent"
+    );
+}
+
+#[tokio::test]
+async fn request_timeout() {
+    let m = start(Behaviour {
+        hang_key: Some(b("slow")),
+        ..Behaviour::default()
+    })
+    .await;
+    let o = ClientOptions {
+        request_timeout_ms: 200,
+        ..opts(&[&m.addr])
+    };
+    let c = Client::connect(o).await.unwrap();
+    let started = std::time::Instant::now();
+    let e = c.get(b("slow")).await.unwrap_err();
+    assert!(matches!(e, ClientError::Timeout { after_ms: 200 }), "{e:?}");
+    assert!(e.is_timeout());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The connection stays usable.
+    assert!(!c.exists(b("other")).await.unwrap());
+}
+
+#[tokio::test]
+async fn wrong_cluster_is_refused_with_the_servers_message() {
+    let m = start(Behaviour {
+        cluster_id: "alpha".into(),
+        ..Behaviour::default()
+    })
+    .await;
+    let e = Client::connect(ClientOptions {
+        cluster_id: "beta".into(),
+        ..opts(&[&m.addr])
+    })
+    .await
+    .unwrap_err();
+    match e {
+        ClientError::Refused { code, message, .. } => {
+            assert_eq!(code, ErrorCode::WrongCluster);
+            assert_eq!(message, "this is another cluster");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The right id (or none) is welcome.
+    for id in ["alpha", ""] {
+        Client::connect(ClientOptions {
+            cluster_id: id.into(),
+            ..opts(&[&m.addr])
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn limits_are_checked_before_sending() {
+    let m = start(Behaviour::default()).await;
+    let o = ClientOptions {
+        limits: Limits {
+            key_size_max_bytes: 8,
+            value_size_max_bytes: 16,
+            batch_ops_max: 2,
+            ..Limits::default()
+        },
+        ..opts(&[&m.addr])
+    };
+    let c = Client::connect(o).await.unwrap();
+    let e = c.set(b("a-key-too-long"), b("v")).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Limit(r) if r.code == ErrorCode::TooLarge),
+        "{e:?}"
+    );
+    let e = c.set(b("k"), Bytes::from(vec![0u8; 17])).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Limit(_)), "{e:?}");
+    let e = c.get(b("a-key-too-long")).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::TooLarge));
+    let mut s = Sequence::new();
+    s.set(b("a"), b("1"))
+        .set(b("b"), b("2"))
+        .set(b("c"), b("3"));
+    let e = c.sequence(s).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Limit(_)), "{e:?}");
+    assert_eq!(m.state.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn not_found_and_assertion_errors_are_typed() {
+    let m = start(Behaviour::default()).await;
+    let c = Client::connect(opts(&[&m.addr])).await.unwrap();
+    let e = c.get(b("nope")).await.unwrap_err();
+    assert!(e.is_not_found());
+    assert_eq!(e.key(), Some(&b("nope")));
+    assert_eq!(c.get_option(b("nope")).await.unwrap(), None);
+    c.set(b("a"), b("1")).await.unwrap();
+    let e = c.multi_get(vec![b("a"), b("zz")]).await.unwrap_err();
+    assert!(e.is_not_found());
+    assert_eq!(e.key(), Some(&b("zz")));
+    assert_eq!(c.multi_get(vec![b("a")]).await.unwrap(), vec![b("1")]);
+    let mut s = Sequence::new();
+    s.test_and_set(b("a"), Some(b("wrong")), Some(b("2")));
+    let e = c.sequence(s).await.unwrap_err();
+    assert!(e.is_assertion_failed());
+    assert_eq!(e.key(), Some(&b("a")));
+    assert!(c.delete(b("nope")).await.unwrap_err().is_not_found());
+}
+
+#[test]
+fn blocking_client_works_without_a_runtime() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = rt.block_on(start(Behaviour::default()));
+    let c = BlockingClient::connect(opts(&[&m.addr])).unwrap();
+    assert_eq!(c.ping().unwrap(), "mock 0.1");
+    let index = c.set(b("k"), b("v")).unwrap();
+    assert_eq!(index, 1);
+    assert_eq!(c.get(b("k")).unwrap(), b("v"));
+    assert!(c.exists(b("k")).unwrap());
+    assert!(c.delete(b("nope")).unwrap_err().is_not_found());
+    assert_eq!(c.who_master().unwrap(), Some("self".into()));
+}

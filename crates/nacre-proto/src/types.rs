@@ -1,0 +1,421 @@
+//! The data types shared by requests, replies and the replicated log:
+//! consistency levels, versioned entries and the guarded batch.
+
+use bytes::Bytes;
+
+use crate::wire::{bytes_len, Reader, Writer};
+use crate::DecodeError;
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Linearizable: served by the leader while its lease (or a read-index
+    /// round) proves it is still the leader.
+    #[default]
+    Consistent,
+    /// Dirty: whatever the node that answers has applied.
+    Any,
+    /// Any node that has applied at least this log index, else an
+    /// `InconsistentRead` error. Gives read-your-writes on followers.
+    AtLeast(u64),
+}
+
+impl Consistency {
+    pub(crate) fn encoded_len(&self) -> usize {
+        match self {
+            Consistency::AtLeast(_) => 9,
+            _ => 1,
+        }
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        match *self {
+            Consistency::Consistent => w.u8(0),
+            Consistency::Any => w.u8(1),
+            Consistency::AtLeast(i) => {
+                w.u8(2);
+                w.u64(i);
+            }
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Consistency, DecodeError> {
+        match r.u8("consistency")? {
+            0 => Ok(Consistency::Consistent),
+            1 => Ok(Consistency::Any),
+            2 => Ok(Consistency::AtLeast(r.u64("consistency index")?)),
+            t => Err(DecodeError::BadTag {
+                what: "consistency",
+                tag: t as u32,
+            }),
+        }
+    }
+}
+
+/// Per-key revision data, as etcd keeps it. `mod_rev` and `create_rev` are
+/// log indexes; `version` counts modifications since the key was created
+/// (it restarts at 1 after a delete and re-create).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Revision {
+    pub create_rev: u64,
+    pub mod_rev: u64,
+    pub version: u64,
+}
+
+impl Revision {
+    pub const ENCODED_BYTES: usize = 24;
+
+    pub fn encode_into(&self, out: &mut [u8; 24]) {
+        out[0..8].copy_from_slice(&self.create_rev.to_le_bytes());
+        out[8..16].copy_from_slice(&self.mod_rev.to_le_bytes());
+        out[16..24].copy_from_slice(&self.version.to_le_bytes());
+    }
+
+    pub fn decode_from(b: &[u8]) -> Option<Revision> {
+        if b.len() < 24 {
+            return None;
+        }
+        let u = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Some(Revision {
+            create_rev: u(0),
+            mod_rev: u(8),
+            version: u(16),
+        })
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.create_rev);
+        w.u64(self.mod_rev);
+        w.u64(self.version);
+    }
+
+    fn decode(r: &mut Reader) -> Result<Revision, DecodeError> {
+        Ok(Revision {
+            create_rev: r.u64("create_rev")?,
+            mod_rev: r.u64("mod_rev")?,
+            version: r.u64("version")?,
+        })
+    }
+}
+
+/// A key with its value and revisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub rev: Revision,
+}
+
+impl KeyEntry {
+    pub(crate) const ENCODED_MIN_BYTES: usize = 4 + 4 + Revision::ENCODED_BYTES;
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        bytes_len(&self.key) + bytes_len(&self.value) + Revision::ENCODED_BYTES
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.bytes(&self.key);
+        w.bytes(&self.value);
+        self.rev.encode(w);
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<KeyEntry, DecodeError> {
+        Ok(KeyEntry {
+            key: r.bytes("key")?,
+            value: r.bytes("value")?,
+            rev: Revision::decode(r)?,
+        })
+    }
+}
+
+/// A condition a batch checks before (guards) or while (`Op::Check`) it
+/// applies. A failed condition aborts the whole batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// The key does not exist.
+    Absent(Bytes),
+    /// The key exists (any value).
+    Present(Bytes),
+    /// The key exists and holds exactly this value.
+    ValueEquals(Bytes, Bytes),
+    /// The key's version equals this one; 0 means the key is absent. With
+    /// the version from a read, this is optimistic concurrency control.
+    VersionEquals(Bytes, u64),
+    /// The keys that start with `prefix` are exactly `keys`, in order
+    /// (Arakoon's `assert_range ... ContainsExactly`).
+    PrefixKeysEqual { prefix: Bytes, keys: Vec<Bytes> },
+}
+
+impl Guard {
+    /// The key a failure of this guard is reported against.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Guard::Absent(k)
+            | Guard::Present(k)
+            | Guard::ValueEquals(k, _)
+            | Guard::VersionEquals(k, _) => k,
+            Guard::PrefixKeysEqual { prefix, .. } => prefix,
+        }
+    }
+
+    /// Bytes of keys and values this guard carries, for size limits.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Guard::Absent(k) | Guard::Present(k) | Guard::VersionEquals(k, _) => k.len(),
+            Guard::ValueEquals(k, v) => k.len() + v.len(),
+            Guard::PrefixKeysEqual { prefix, keys } => {
+                prefix.len() + keys.iter().map(Bytes::len).sum::<usize>()
+            }
+        }
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        1 + match self {
+            Guard::Absent(k) | Guard::Present(k) => bytes_len(k),
+            Guard::ValueEquals(k, v) => bytes_len(k) + bytes_len(v),
+            Guard::VersionEquals(k, _) => bytes_len(k) + 8,
+            Guard::PrefixKeysEqual { prefix, keys } => {
+                bytes_len(prefix) + 4 + keys.iter().map(|k| bytes_len(k)).sum::<usize>()
+            }
+        }
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        match self {
+            Guard::Absent(k) => {
+                w.u8(1);
+                w.bytes(k);
+            }
+            Guard::Present(k) => {
+                w.u8(2);
+                w.bytes(k);
+            }
+            Guard::ValueEquals(k, v) => {
+                w.u8(3);
+                w.bytes(k);
+                w.bytes(v);
+            }
+            Guard::VersionEquals(k, ver) => {
+                w.u8(4);
+                w.bytes(k);
+                w.u64(*ver);
+            }
+            Guard::PrefixKeysEqual { prefix, keys } => {
+                w.u8(5);
+                w.bytes(prefix);
+                w.u32(keys.len() as u32);
+                for k in keys {
+                    w.bytes(k);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Guard, DecodeError> {
+        Ok(match r.u8("guard")? {
+            1 => Guard::Absent(r.bytes("key")?),
+            2 => Guard::Present(r.bytes("key")?),
+            3 => Guard::ValueEquals(r.bytes("key")?, r.bytes("value")?),
+            4 => Guard::VersionEquals(r.bytes("key")?, r.u64("version")?),
+            5 => {
+                let prefix = r.bytes("prefix")?;
+                let n = r.count("keys", 4)?;
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    keys.push(r.bytes("key")?);
+                }
+                Guard::PrefixKeysEqual { prefix, keys }
+            }
+            t => {
+                return Err(DecodeError::BadTag {
+                    what: "guard",
+                    tag: t as u32,
+                })
+            }
+        })
+    }
+}
+
+/// One step of a batch, applied in order; later steps see earlier ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Set(Bytes, Bytes),
+    /// Deletes the key; a missing key fails the batch with `NotFound`
+    /// (Arakoon's meaning).
+    Delete(Bytes),
+    /// Deletes every key with this prefix; reports how many.
+    DeletePrefix(Bytes),
+    /// An assertion at this point of the sequence.
+    Check(Guard),
+    /// Deletes the key if it exists; never fails.
+    Remove(Bytes),
+}
+
+impl Op {
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Op::Set(k, v) => k.len() + v.len(),
+            Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) => k.len(),
+            Op::Check(g) => g.payload_bytes(),
+        }
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        1 + match self {
+            Op::Set(k, v) => bytes_len(k) + bytes_len(v),
+            Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) => bytes_len(k),
+            Op::Check(g) => g.encoded_len(),
+        }
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        match self {
+            Op::Set(k, v) => {
+                w.u8(1);
+                w.bytes(k);
+                w.bytes(v);
+            }
+            Op::Delete(k) => {
+                w.u8(2);
+                w.bytes(k);
+            }
+            Op::DeletePrefix(p) => {
+                w.u8(3);
+                w.bytes(p);
+            }
+            Op::Check(g) => {
+                w.u8(4);
+                g.encode(w);
+            }
+            Op::Remove(k) => {
+                w.u8(5);
+                w.bytes(k);
+            }
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Op, DecodeError> {
+        Ok(match r.u8("op")? {
+            1 => Op::Set(r.bytes("key")?, r.bytes("value")?),
+            2 => Op::Delete(r.bytes("key")?),
+            3 => Op::DeletePrefix(r.bytes("prefix")?),
+            4 => Op::Check(Guard::decode(r)?),
+            5 => Op::Remove(r.bytes("key")?),
+            t => {
+                return Err(DecodeError::BadTag {
+                    what: "op",
+                    tag: t as u32,
+                })
+            }
+        })
+    }
+}
+
+/// The one replicated write: all guards hold and every op applies, or
+/// nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Batch {
+    pub guards: Vec<Guard>,
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn payload_bytes(&self) -> usize {
+        self.guards.iter().map(Guard::payload_bytes).sum::<usize>()
+            + self.ops.iter().map(Op::payload_bytes).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.guards.is_empty() && self.ops.is_empty()
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        4 + self.guards.iter().map(Guard::encoded_len).sum::<usize>()
+            + 4
+            + self.ops.iter().map(Op::encoded_len).sum::<usize>()
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.u32(self.guards.len() as u32);
+        for g in &self.guards {
+            g.encode(w);
+        }
+        w.u32(self.ops.len() as u32);
+        for o in &self.ops {
+            o.encode(w);
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Batch, DecodeError> {
+        // Smallest guard/op: a tag and an empty key.
+        let n = r.count("guards", 5)?;
+        let mut guards = Vec::with_capacity(n);
+        for _ in 0..n {
+            guards.push(Guard::decode(r)?);
+        }
+        let n = r.count("ops", 5)?;
+        let mut ops = Vec::with_capacity(n);
+        for _ in 0..n {
+            ops.push(Op::decode(r)?);
+        }
+        Ok(Batch { guards, ops })
+    }
+}
+
+/// A client session stamp: the state machine remembers the highest `seq`
+/// applied per `client_id` so a write retried after a failover applies
+/// once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub client_id: u64,
+    pub seq: u64,
+}
+
+/// What a Raft log entry carries: the guarded batch and its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub session: Option<Session>,
+    pub batch: Batch,
+}
+
+impl Command {
+    const FORMAT_V1: u8 = 1;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let len = 2 + if self.session.is_some() { 16 } else { 0 } + self.batch.encoded_len();
+        let mut w = Writer::with_buf(Vec::with_capacity(len));
+        w.u8(Self::FORMAT_V1);
+        match self.session {
+            None => w.u8(0),
+            Some(s) => {
+                w.u8(1);
+                w.u64(s.client_id);
+                w.u64(s.seq);
+            }
+        }
+        self.batch.encode(&mut w);
+        w.into_inner()
+    }
+
+    pub fn decode(buf: Bytes) -> Result<Command, DecodeError> {
+        let mut r = Reader::new(buf);
+        let v = r.u8("command format")?;
+        if v != Self::FORMAT_V1 {
+            return Err(DecodeError::BadTag {
+                what: "command format",
+                tag: v as u32,
+            });
+        }
+        let session = if r.bool("session")? {
+            Some(Session {
+                client_id: r.u64("client_id")?,
+                seq: r.u64("seq")?,
+            })
+        } else {
+            None
+        };
+        let batch = Batch::decode(&mut r)?;
+        r.finish("command")?;
+        Ok(Command { session, batch })
+    }
+}

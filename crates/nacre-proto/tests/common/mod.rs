@@ -1,0 +1,237 @@
+//! Proptest strategies for every protocol value, shared by the test files.
+#![allow(dead_code)]
+
+use nacre_proto::{
+    Batch, Bytes, ClientHello, Command, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Op,
+    RangeQuery, Request, Response, Revision, ServerHello, Session, VersionInfo,
+    NAME_SIZE_MAX_BYTES,
+};
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+
+pub fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    vec(any::<u8>(), 0..=max).prop_map(Bytes::from)
+}
+
+pub fn key() -> impl Strategy<Value = Bytes> {
+    bytes(24)
+}
+
+pub fn value() -> impl Strategy<Value = Bytes> {
+    bytes(64)
+}
+
+pub fn keys() -> impl Strategy<Value = Vec<Bytes>> {
+    vec(key(), 0..6)
+}
+
+/// Any UTF-8 text, multi-byte characters included.
+pub fn text(max_chars: usize) -> impl Strategy<Value = String> {
+    vec(any::<char>(), 0..=max_chars).prop_map(|cs| cs.into_iter().collect())
+}
+
+/// A handshake name: valid UTF-8 of at most `NAME_SIZE_MAX_BYTES` bytes.
+pub fn name() -> impl Strategy<Value = String> {
+    text(80).prop_filter("name over the handshake limit", |s| {
+        s.len() <= NAME_SIZE_MAX_BYTES
+    })
+}
+
+pub fn consistency() -> impl Strategy<Value = Consistency> {
+    prop_oneof![
+        Just(Consistency::Consistent),
+        Just(Consistency::Any),
+        any::<u64>().prop_map(Consistency::AtLeast),
+    ]
+}
+
+pub fn revision() -> impl Strategy<Value = Revision> {
+    (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(create_rev, mod_rev, version)| Revision {
+        create_rev,
+        mod_rev,
+        version,
+    })
+}
+
+pub fn entry() -> impl Strategy<Value = KeyEntry> {
+    (key(), value(), revision()).prop_map(|(key, value, rev)| KeyEntry { key, value, rev })
+}
+
+pub fn guard() -> impl Strategy<Value = Guard> {
+    prop_oneof![
+        key().prop_map(Guard::Absent),
+        key().prop_map(Guard::Present),
+        (key(), value()).prop_map(|(k, v)| Guard::ValueEquals(k, v)),
+        (key(), any::<u64>()).prop_map(|(k, v)| Guard::VersionEquals(k, v)),
+        (key(), keys()).prop_map(|(prefix, keys)| Guard::PrefixKeysEqual { prefix, keys }),
+    ]
+}
+
+pub fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (key(), value()).prop_map(|(k, v)| Op::Set(k, v)),
+        key().prop_map(Op::Delete),
+        key().prop_map(Op::DeletePrefix),
+        guard().prop_map(Op::Check),
+        key().prop_map(Op::Remove),
+    ]
+}
+
+pub fn batch() -> impl Strategy<Value = Batch> {
+    (vec(guard(), 0..4), vec(op(), 0..6)).prop_map(|(guards, ops)| Batch { guards, ops })
+}
+
+pub fn command() -> impl Strategy<Value = Command> {
+    (
+        option::of(
+            (any::<u64>(), any::<u64>()).prop_map(|(client_id, seq)| Session { client_id, seq }),
+        ),
+        batch(),
+    )
+        .prop_map(|(session, batch)| Command { session, batch })
+}
+
+pub fn range_query() -> impl Strategy<Value = RangeQuery> {
+    (
+        option::of(key()),
+        any::<bool>(),
+        option::of(key()),
+        any::<bool>(),
+        any::<u32>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(first, first_inclusive, last, last_inclusive, max, reverse)| RangeQuery {
+                first,
+                first_inclusive,
+                last,
+                last_inclusive,
+                max,
+                reverse,
+            },
+        )
+}
+
+pub fn request() -> impl Strategy<Value = Request> {
+    let c = consistency;
+    prop_oneof![
+        Just(Request::Ping),
+        Just(Request::Version),
+        Just(Request::WhoMaster),
+        Just(Request::Statistics),
+        Just(Request::GetTxid),
+        (c(), key()).prop_map(|(consistency, key)| Request::Get { consistency, key }),
+        (c(), key()).prop_map(|(consistency, key)| Request::GetEntry { consistency, key }),
+        (c(), key()).prop_map(|(consistency, key)| Request::Exists { consistency, key }),
+        (c(), keys()).prop_map(|(consistency, keys)| Request::MultiGet { consistency, keys }),
+        (c(), keys()).prop_map(|(consistency, keys)| Request::MultiGetOption { consistency, keys }),
+        (c(), range_query()).prop_map(|(consistency, query)| Request::Range { consistency, query }),
+        (c(), range_query())
+            .prop_map(|(consistency, query)| Request::RangeEntries { consistency, query }),
+        (c(), key(), any::<u32>()).prop_map(|(consistency, prefix, max)| Request::PrefixKeys {
+            consistency,
+            prefix,
+            max
+        }),
+        c().prop_map(|consistency| Request::KeyCount { consistency }),
+        (key(), value()).prop_map(|(key, value)| Request::Set { key, value }),
+        key().prop_map(|key| Request::Delete { key }),
+        (key(), value()).prop_map(|(key, value)| Request::Confirm { key, value }),
+        (key(), option::of(value()), option::of(value())).prop_map(|(key, expected, wanted)| {
+            Request::TestAndSet {
+                key,
+                expected,
+                wanted,
+            }
+        }),
+        (key(), option::of(value())).prop_map(|(key, wanted)| Request::Replace { key, wanted }),
+        key().prop_map(|prefix| Request::DeletePrefix { prefix }),
+        batch().prop_map(Request::Batch),
+        Just(Request::Nop),
+    ]
+}
+
+/// Known codes, and unknown ones outside the known range (an `Unknown(c)`
+/// with a known `c` cannot survive the wire: it decodes as the known code).
+pub fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        (1u16..=14).prop_map(ErrorCode::from_u16),
+        prop_oneof![Just(0u16), 15u16..].prop_map(ErrorCode::Unknown),
+    ]
+}
+
+pub fn error_reply() -> impl Strategy<Value = ErrorReply> {
+    (
+        error_code(),
+        text(30),
+        option::of(key()),
+        option::of(text(20)),
+    )
+        .prop_map(|(code, message, key, leader)| ErrorReply {
+            code,
+            message,
+            key,
+            leader,
+        })
+}
+
+pub fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        Just(Response::Unit),
+        any::<bool>().prop_map(Response::Bool),
+        any::<u64>().prop_map(Response::U64),
+        option::of(value()).prop_map(Response::Value),
+        option::of(entry()).prop_map(Response::Entry),
+        vec(value(), 0..6).prop_map(Response::Values),
+        vec(option::of(value()), 0..6).prop_map(Response::OptValues),
+        keys().prop_map(Response::Keys),
+        vec(entry(), 0..6).prop_map(Response::Entries),
+        text(40).prop_map(Response::Text),
+        option::of(text(20)).prop_map(Response::Master),
+        (any::<u32>(), any::<u32>(), any::<u32>(), text(20)).prop_map(
+            |(major, minor, patch, info)| {
+                Response::Version(VersionInfo {
+                    major,
+                    minor,
+                    patch,
+                    info,
+                })
+            }
+        ),
+        vec((text(10), text(10)), 0..6).prop_map(Response::Stats),
+        (any::<u64>(), option::of(value()), any::<u64>())
+            .prop_map(|(index, prev, count)| Response::Written { index, prev, count }),
+        error_reply().prop_map(Response::Error),
+    ]
+}
+
+pub fn client_hello() -> impl Strategy<Value = ClientHello> {
+    (any::<u16>(), name()).prop_map(|(version, cluster_id)| ClientHello {
+        version,
+        cluster_id,
+    })
+}
+
+pub fn server_hello() -> impl Strategy<Value = ServerHello> {
+    (any::<u16>(), any::<u16>(), name(), name(), name()).prop_map(
+        |(version, status, cluster_id, node, message)| ServerHello {
+            version,
+            status,
+            cluster_id,
+            node,
+            message,
+        },
+    )
+}
+
+/// A request or a response, to mix both in one stream of frames.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Req(Request),
+    Resp(Response),
+}
+
+pub fn msg() -> impl Strategy<Value = Msg> {
+    prop_oneof![request().prop_map(Msg::Req), response().prop_map(Msg::Resp)]
+}

@@ -1,0 +1,131 @@
+//! Node configuration: every knob has a default, so an empty TOML file (or
+//! none) gives a working single-node cluster.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Everything a node needs to run. Loaded from TOML by the `nacre` binary;
+/// unknown keys are refused so a typo does not silently keep a default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's name, unique in the cluster.
+    pub node_name: String,
+    /// Clients and peers of another cluster are refused at the handshake.
+    pub cluster_id: String,
+    pub data_dir: PathBuf,
+    /// Address for clients.
+    pub listen: String,
+    /// Address for peers (used once clustered).
+    pub peer_listen: String,
+    pub connections_max: usize,
+    /// Requests one connection may have in flight before the server stops
+    /// reading from it (back-pressure, not an error).
+    pub inflight_per_connection_max: usize,
+    pub frame_size_max_bytes: usize,
+    pub key_size_max_bytes: usize,
+    pub value_size_max_bytes: usize,
+    pub batch_ops_max: usize,
+    pub batch_size_max_bytes: usize,
+    pub multi_get_keys_max: usize,
+    pub range_results_max: u32,
+    /// Raft tick; election and heartbeat timeouts are counted in ticks.
+    pub tick_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Writes proposed but not yet applied, across all clients.
+    pub proposals_pending_max: usize,
+    /// How long a client request may wait for the log before `Timeout`.
+    pub request_timeout_ms: u64,
+    pub store_cache_bytes: u64,
+    /// The store is checkpointed (synced, and the tlog compacted up to it)
+    /// after this many applied entries.
+    pub checkpoint_entries: u64,
+    pub tlog_segment_size_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        let limits = nacre_proto::Limits::default();
+        ServerConfig {
+            node_name: "nacre0".to_string(),
+            cluster_id: "nacre".to_string(),
+            data_dir: PathBuf::from("nacre-data"),
+            listen: "127.0.0.1:7379".to_string(),
+            peer_listen: "127.0.0.1:7380".to_string(),
+            connections_max: 1024,
+            inflight_per_connection_max: 1024,
+            frame_size_max_bytes: limits.frame_size_max_bytes,
+            key_size_max_bytes: limits.key_size_max_bytes,
+            value_size_max_bytes: limits.value_size_max_bytes,
+            batch_ops_max: limits.batch_ops_max,
+            batch_size_max_bytes: limits.batch_size_max_bytes,
+            multi_get_keys_max: limits.multi_get_keys_max,
+            range_results_max: limits.range_results_max,
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            proposals_pending_max: 65_536,
+            request_timeout_ms: 10_000,
+            store_cache_bytes: 64 << 20,
+            checkpoint_entries: 100_000,
+            tlog_segment_size_bytes: 64 << 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn limits(&self) -> nacre_proto::Limits {
+        nacre_proto::Limits {
+            frame_size_max_bytes: self.frame_size_max_bytes,
+            key_size_max_bytes: self.key_size_max_bytes,
+            value_size_max_bytes: self.value_size_max_bytes,
+            batch_ops_max: self.batch_ops_max,
+            batch_size_max_bytes: self.batch_size_max_bytes,
+            multi_get_keys_max: self.multi_get_keys_max,
+            range_results_max: self.range_results_max,
+        }
+    }
+
+    /// Parses a TOML document; missing keys keep their defaults.
+    pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Refuses settings that cannot work, with the setting's name.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("connections_max", self.connections_max as u64),
+            (
+                "inflight_per_connection_max",
+                self.inflight_per_connection_max as u64,
+            ),
+            ("tick_ms", self.tick_ms),
+            ("election_ticks", self.election_ticks as u64),
+            ("heartbeat_ticks", self.heartbeat_ticks as u64),
+            ("proposals_pending_max", self.proposals_pending_max as u64),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("checkpoint_entries", self.checkpoint_entries),
+            ("range_results_max", self.range_results_max as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return Err("election_ticks must be greater than heartbeat_ticks".into());
+        }
+        if self.node_name.is_empty() || self.node_name.len() > nacre_proto::NAME_SIZE_MAX_BYTES {
+            return Err("node_name must be 1 to 255 bytes".into());
+        }
+        if self.cluster_id.len() > nacre_proto::NAME_SIZE_MAX_BYTES {
+            return Err("cluster_id must be at most 255 bytes".into());
+        }
+        if self.frame_size_max_bytes < self.value_size_max_bytes + self.key_size_max_bytes + 1024 {
+            return Err("frame_size_max_bytes must hold one maximal key and value".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! The Nacre node: the state machine over `nacre-store`, the Raft driver
+//! over the tlog, and the client listener.
+//!
+//! A single node is a one-member Raft group: every write is proposed,
+//! appended to the tlog, fsynced (shared by all writes that arrived
+//! meanwhile), committed and applied by the same code that replication
+//! uses.
+
+mod config;
+mod node;
+mod server;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use config::ServerConfig;
+use nacre_store::vfs::{OsVfs, Vfs};
+use tokio::sync::{watch, Semaphore};
+
+/// Why a node stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] nacre_store::Error),
+    #[error("tlog: {0}")]
+    Tlog(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A node that is up: its client address, and the way to stop it.
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    node: node::NodeHandle,
+    accept: tokio::task::JoinHandle<std::io::Result<()>>,
+    raft: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, closes connections, stops the raft loop (which
+    /// checkpoints the store) and waits for it.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        let _ = self.accept.await;
+        self.node.shutdown();
+        let raft = self.raft.take().expect("raft thread joined once");
+        tokio::task::spawn_blocking(move || raft.join())
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?
+            .map_err(|_| ServerError::Raft("raft thread panicked".into()))?
+    }
+}
+
+/// Opens the data directory, starts the raft loop and listens for clients.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    start_with_vfs(config, Arc::new(OsVfs)).await
+}
+
+/// [`start`] with the store's and the tlog's files behind `vfs`: the
+/// fault-injecting simulator in crash tests, the real file system
+/// otherwise.
+pub async fn start_with_vfs(
+    config: ServerConfig,
+    vfs: Arc<dyn Vfs>,
+) -> Result<RunningServer, ServerError> {
+    config.validate().map_err(ServerError::Config)?;
+    vfs.create_dir_all(&config.data_dir)?;
+    let limits = config.limits();
+    let store_opts = nacre_store::Options {
+        cache_size_bytes: config.store_cache_bytes as usize,
+        // Stored keys carry a namespace byte, values a 24-byte revision.
+        key_size_max_bytes: limits.key_size_max_bytes + 1,
+        value_size_max_bytes: limits.value_size_max_bytes + nacre_proto::Revision::ENCODED_BYTES,
+        durability: nacre_store::Durability::Lazy,
+        vfs: vfs.clone(),
+        ..Default::default()
+    };
+    let store = nacre_store::Store::open(config.data_dir.join("store"), store_opts)?;
+    let tlog_opts = nacre_raft::TlogOptions {
+        segment_size_bytes: config.tlog_segment_size_bytes,
+        ..Default::default()
+    };
+    let tlog = nacre_raft::Tlog::open(vfs, &config.data_dir.join("tlog"), tlog_opts)
+        .map_err(|e| ServerError::Tlog(e.to_string()))?;
+    let sm = state::StateMachine::open(store.clone())?;
+    let (node, raft) = node::Node::start(
+        nacre_raft::TlogStorage::new(tlog),
+        sm,
+        node::NodeOptions {
+            id: 1,
+            tick_ms: config.tick_ms,
+            election_ticks: config.election_ticks,
+            heartbeat_ticks: config.heartbeat_ticks,
+            proposals_pending_max: config.proposals_pending_max,
+            checkpoint_entries: config.checkpoint_entries,
+            tlog_tail_entries: 0,
+        },
+    )?;
+    // A single-member group elects itself at once; serving only after that
+    // spares the first clients a spurious NotMaster.
+    let deadline = Instant::now()
+        + std::time::Duration::from_millis(config.tick_ms * config.election_ticks as u64 * 3);
+    while !node
+        .status
+        .is_leader
+        .load(std::sync::atomic::Ordering::Acquire)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+        Ok(l) => l,
+        Err(source) => {
+            node.shutdown();
+            let _ = tokio::task::spawn_blocking(move || raft.join()).await;
+            return Err(ServerError::Listen {
+                addr: config.listen.clone(),
+                source,
+            });
+        }
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, node = %config.node_name, data_dir = %config.data_dir.display(), "nacre node serving");
+    let (stop, stop_rx) = watch::channel(false);
+    let shared = Arc::new(server::Shared {
+        limits,
+        node: node.clone(),
+        store,
+        started: Instant::now(),
+        counters: Default::default(),
+        connections: Arc::new(Semaphore::new(config.connections_max)),
+        config,
+    });
+    let accept = tokio::spawn(server::accept_loop(shared, listener, stop_rx));
+    Ok(RunningServer {
+        addr,
+        stop,
+        node,
+        accept,
+        raft: Some(raft),
+    })
+}
+
+/// Runs a node until `shutdown` completes, then stops it cleanly.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let running = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}

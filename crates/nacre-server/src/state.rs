@@ -1,0 +1,701 @@
+//! The state machine: applies committed guarded batches to the store.
+//!
+//! Deterministic and free of I/O of its own beyond the store: every node
+//! that applies the same entries reaches the same bytes. Keys live in the
+//! store under one-byte namespaces so that service data (the applied
+//! index, later scripts and sessions) never mixes with user keys:
+//!
+//! | store key       | value                                          |
+//! |-----------------|------------------------------------------------|
+//! | `u` + user key  | revision (24 bytes: create, mod, version) + value |
+//! | `m/applied`     | applied index u64 LE + its term u64 LE         |
+//!
+//! Entries of one raft `Ready` are applied in one store transaction (one
+//! commit instead of one per entry). A batch whose guard or check fails
+//! part-way is undone inside that transaction from an undo log of the
+//! stored values it replaced, so it leaves nothing behind.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use nacre_proto::{Batch, Command, ErrorCode, Guard, KeyEntry, Op, RangeQuery, Revision};
+use nacre_store::{Durability, ReadTxn, Store, WriteTxn};
+
+/// Namespace byte of user keys.
+pub const USER_NS: u8 = b'u';
+/// Namespace byte of service metadata.
+pub const META_NS: u8 = b'm';
+const APPLIED_KEY: &[u8] = b"m/applied";
+const REV_BYTES: usize = Revision::ENCODED_BYTES;
+
+/// What applying one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// All guards held and every op applied. `prev` is the value the last
+    /// set / delete / remove replaced; `count` sums delete_prefix counts.
+    Applied { prev: Option<Bytes>, count: u64 },
+    /// Nothing changed: `code` is `NotFound` (a delete of a missing key) or
+    /// `AssertionFailed` (a guard or check), about `key`, whose value at
+    /// that point is `current`.
+    Failed {
+        code: ErrorCode,
+        key: Bytes,
+        current: Option<Bytes>,
+        message: String,
+    },
+}
+
+/// One committed log entry to apply; `data` empty is a no-op (a leader's
+/// first entry of its term).
+pub struct Committed<'a> {
+    pub index: u64,
+    pub term: u64,
+    pub data: &'a [u8],
+}
+
+pub struct StateMachine {
+    store: Store,
+    applied: u64,
+    applied_term: u64,
+}
+
+pub fn user_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(USER_NS);
+    k.extend_from_slice(key);
+    k
+}
+
+fn encode_stored(rev: Revision, value: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; REV_BYTES + value.len()];
+    let head: &mut [u8; REV_BYTES] = (&mut v[..REV_BYTES]).try_into().expect("24 bytes");
+    rev.encode_into(head);
+    v[REV_BYTES..].copy_from_slice(value);
+    v
+}
+
+fn stored_rev(raw: &[u8]) -> Revision {
+    // Every user value was written by `encode_stored`; a shorter one means
+    // the store returned bytes we never wrote, which its checksums exclude.
+    Revision::decode_from(raw).expect("stored value carries its revision")
+}
+
+fn stored_value(raw: &[u8]) -> &[u8] {
+    &raw[REV_BYTES..]
+}
+
+/// The exclusive end of the keys that start with `prefix`, or none when
+/// every such key is at the end of the key space.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl StateMachine {
+    pub fn open(store: Store) -> nacre_store::Result<StateMachine> {
+        let (applied, applied_term) = match store.begin_read().get(APPLIED_KEY)? {
+            Some(v) if v.len() == 16 => (
+                u64::from_le_bytes(v[0..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(v[8..16].try_into().expect("8 bytes")),
+            ),
+            Some(_) => {
+                return Err(nacre_store::Error::Corruption {
+                    position: 0,
+                    what: "applied index record has the wrong size".into(),
+                })
+            }
+            None => (0, 0),
+        };
+        Ok(StateMachine {
+            store,
+            applied,
+            applied_term,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The last applied index and its term.
+    pub fn applied(&self) -> (u64, u64) {
+        (self.applied, self.applied_term)
+    }
+
+    /// Applies committed entries in order, in one store transaction,
+    /// committed lazily: the tlog already made them durable, and a
+    /// checkpoint ([`StateMachine::checkpoint`]) makes the store durable up
+    /// to the applied index so the tlog can be compacted.
+    pub fn apply(&mut self, entries: &[Committed<'_>]) -> nacre_store::Result<Vec<Outcome>> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let Some(last) = entries.last() else {
+            return Ok(outcomes);
+        };
+        let mut txn = self.store.begin_write()?;
+        let mut index_prev = self.applied;
+        for e in entries {
+            // Raft hands entries over once, in order; anything else means
+            // the driver is broken and applying would corrupt the state.
+            assert!(e.index > index_prev, "entries applied out of order");
+            index_prev = e.index;
+            if e.data.is_empty() {
+                outcomes.push(Outcome::Applied {
+                    prev: None,
+                    count: 0,
+                });
+                continue;
+            }
+            let outcome = match Command::decode(Bytes::copy_from_slice(e.data)) {
+                Ok(cmd) => apply_batch(&mut txn, e.index, &cmd.batch)?,
+                // Every node decodes the same bytes the same way, so this
+                // fails identically everywhere and stays deterministic.
+                Err(err) => Outcome::Failed {
+                    code: ErrorCode::BadInput,
+                    key: Bytes::new(),
+                    current: None,
+                    message: format!("undecodable command: {err}"),
+                },
+            };
+            outcomes.push(outcome);
+        }
+        let mut applied = [0u8; 16];
+        applied[..8].copy_from_slice(&last.index.to_le_bytes());
+        applied[8..].copy_from_slice(&last.term.to_le_bytes());
+        txn.put(APPLIED_KEY, &applied)?;
+        txn.commit_with(Durability::Lazy)?;
+        self.applied = last.index;
+        self.applied_term = last.term;
+        Ok(outcomes)
+    }
+
+    /// Makes everything applied so far durable in the store; returns the
+    /// applied index it covers.
+    pub fn checkpoint(&self) -> nacre_store::Result<u64> {
+        self.store.sync()?;
+        Ok(self.applied)
+    }
+}
+
+/// Stored values a failed batch must restore, newest last.
+type Undo = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+fn rollback(txn: &mut WriteTxn<'_>, undo: Undo) -> nacre_store::Result<()> {
+    for (key, old) in undo.into_iter().rev() {
+        match old {
+            Some(v) => txn.put(&key, &v)?,
+            None => {
+                txn.delete(&key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn current_value(txn: &WriteTxn<'_>, key: &[u8]) -> nacre_store::Result<Option<Bytes>> {
+    Ok(txn
+        .get(&user_key(key))?
+        .map(|raw| Bytes::copy_from_slice(stored_value(&raw))))
+}
+
+/// Checks one guard against the transaction's current state; `Some`
+/// describes the failure.
+fn check(txn: &mut WriteTxn<'_>, guard: &Guard) -> nacre_store::Result<Option<String>> {
+    let failure = match guard {
+        Guard::Absent(k) => txn.exists(&user_key(k))?.then(|| "key exists".to_string()),
+        Guard::Present(k) => (!txn.exists(&user_key(k))?).then(|| "key does not exist".to_string()),
+        Guard::ValueEquals(k, v) => match txn.get(&user_key(k))? {
+            Some(raw) if stored_value(&raw) == &v[..] => None,
+            Some(_) => Some("value differs".to_string()),
+            None => Some("key does not exist".to_string()),
+        },
+        Guard::VersionEquals(k, want) => {
+            let have = txn
+                .get(&user_key(k))?
+                .map_or(0, |raw| stored_rev(&raw).version);
+            (have != *want).then(|| format!("version is {have}, expected {want}"))
+        }
+        Guard::PrefixKeysEqual { prefix, keys } => {
+            let start = user_key(prefix);
+            let end = prefix_end(&start);
+            let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let found = txn.range(Bound::Included(&start[..]), end_bound)?;
+            let same = found.len() == keys.len()
+                && found
+                    .iter()
+                    .zip(keys)
+                    .all(|((k, _), want)| k[1..] == want[..]);
+            (!same).then(|| {
+                format!(
+                    "{} keys under the prefix, not the {} expected",
+                    found.len(),
+                    keys.len()
+                )
+            })
+        }
+    };
+    Ok(failure)
+}
+
+fn apply_batch(txn: &mut WriteTxn<'_>, index: u64, batch: &Batch) -> nacre_store::Result<Outcome> {
+    for g in &batch.guards {
+        if let Some(why) = check(txn, g)? {
+            let key = g.key().clone();
+            let current = current_value(txn, &key)?;
+            return Ok(Outcome::Failed {
+                code: ErrorCode::AssertionFailed,
+                key,
+                current,
+                message: why,
+            });
+        }
+    }
+    let mut undo: Undo = Vec::new();
+    let mut prev = None;
+    let mut count = 0;
+    for op in &batch.ops {
+        match op {
+            Op::Set(k, v) => {
+                let uk = user_key(k);
+                let old = txn.get(&uk)?;
+                let rev = match &old {
+                    Some(raw) => {
+                        let r = stored_rev(raw);
+                        Revision {
+                            create_rev: r.create_rev,
+                            mod_rev: index,
+                            version: r.version + 1,
+                        }
+                    }
+                    None => Revision {
+                        create_rev: index,
+                        mod_rev: index,
+                        version: 1,
+                    },
+                };
+                txn.put(&uk, &encode_stored(rev, v))?;
+                prev = old
+                    .as_deref()
+                    .map(|raw| Bytes::copy_from_slice(stored_value(raw)));
+                undo.push((uk, old));
+            }
+            Op::Delete(k) | Op::Remove(k) => {
+                let uk = user_key(k);
+                let old = txn.get(&uk)?;
+                match old {
+                    Some(raw) => {
+                        txn.delete(&uk)?;
+                        prev = Some(Bytes::copy_from_slice(stored_value(&raw)));
+                        undo.push((uk, Some(raw)));
+                    }
+                    None if matches!(op, Op::Delete(_)) => {
+                        rollback(txn, undo)?;
+                        return Ok(Outcome::Failed {
+                            code: ErrorCode::NotFound,
+                            key: k.clone(),
+                            current: None,
+                            message: "delete of a key that does not exist".into(),
+                        });
+                    }
+                    None => prev = None,
+                }
+            }
+            Op::DeletePrefix(p) => {
+                let start = user_key(p);
+                let end = prefix_end(&start);
+                let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                let doomed = txn.range(Bound::Included(&start[..]), end_bound)?;
+                count += txn.delete_prefix(&start)?;
+                undo.extend(doomed.into_iter().map(|(k, v)| (k, Some(v))));
+            }
+            Op::Check(g) => {
+                if let Some(why) = check(txn, g)? {
+                    let key = g.key().clone();
+                    let current = current_value(txn, &key)?;
+                    rollback(txn, undo)?;
+                    return Ok(Outcome::Failed {
+                        code: ErrorCode::AssertionFailed,
+                        key,
+                        current,
+                        message: why,
+                    });
+                }
+            }
+        }
+    }
+    Ok(Outcome::Applied { prev, count })
+}
+
+/// Reads against one consistent snapshot of the store.
+pub struct Reader {
+    txn: ReadTxn,
+}
+
+impl Reader {
+    pub fn new(store: &Store) -> Reader {
+        Reader {
+            txn: store.begin_read(),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> nacre_store::Result<Option<Bytes>> {
+        self.txn.get_with(&user_key(key), |raw| {
+            Bytes::copy_from_slice(stored_value(raw))
+        })
+    }
+
+    pub fn get_entry(&self, key: &[u8]) -> nacre_store::Result<Option<KeyEntry>> {
+        self.txn.get_with(&user_key(key), |raw| KeyEntry {
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(stored_value(raw)),
+            rev: stored_rev(raw),
+        })
+    }
+
+    pub fn exists(&self, key: &[u8]) -> nacre_store::Result<bool> {
+        self.txn.exists(&user_key(key))
+    }
+
+    /// User keys: all keys minus the (few) service keys.
+    pub fn key_count(&self) -> nacre_store::Result<u64> {
+        let meta = [META_NS];
+        let end = prefix_end(&meta).expect("namespace byte below 0xff");
+        let service = self.txn.scan(
+            Bound::Included(&meta[..]),
+            Bound::Excluded(&end[..]),
+            false,
+            |_, _| true,
+        )?;
+        Ok(self.txn.count() - service)
+    }
+
+    /// Visits the user entries of a range query, at most `max_results`.
+    fn scan_range(
+        &self,
+        q: &RangeQuery,
+        max_results: u32,
+        mut visit: impl FnMut(&[u8], &[u8]),
+    ) -> nacre_store::Result<()> {
+        let first = q.first.as_deref().map(user_key);
+        let last = q.last.as_deref().map(user_key);
+        let ns = [USER_NS];
+        let ns_end = [USER_NS + 1];
+        let start = match &first {
+            Some(k) if q.first_inclusive => Bound::Included(&k[..]),
+            Some(k) => Bound::Excluded(&k[..]),
+            None => Bound::Included(&ns[..]),
+        };
+        let end = match &last {
+            Some(k) if q.last_inclusive => Bound::Included(&k[..]),
+            Some(k) => Bound::Excluded(&k[..]),
+            None => Bound::Excluded(&ns_end[..]),
+        };
+        let max = q.max.min(max_results) as u64;
+        if max == 0 {
+            return Ok(());
+        }
+        let mut seen = 0u64;
+        self.txn.scan(start, end, q.reverse, |k, v| {
+            visit(&k[1..], v);
+            seen += 1;
+            seen < max
+        })?;
+        Ok(())
+    }
+
+    pub fn range_keys(&self, q: &RangeQuery, max_results: u32) -> nacre_store::Result<Vec<Bytes>> {
+        let mut keys = Vec::new();
+        self.scan_range(q, max_results, |k, _| keys.push(Bytes::copy_from_slice(k)))?;
+        Ok(keys)
+    }
+
+    pub fn range_entries(
+        &self,
+        q: &RangeQuery,
+        max_results: u32,
+    ) -> nacre_store::Result<Vec<KeyEntry>> {
+        let mut entries = Vec::new();
+        self.scan_range(q, max_results, |k, raw| {
+            entries.push(KeyEntry {
+                key: Bytes::copy_from_slice(k),
+                value: Bytes::copy_from_slice(stored_value(raw)),
+                rev: stored_rev(raw),
+            })
+        })?;
+        Ok(entries)
+    }
+
+    pub fn prefix_keys(&self, prefix: &[u8], max: u32) -> nacre_store::Result<Vec<Bytes>> {
+        let start = user_key(prefix);
+        let end = prefix_end(&start);
+        let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut keys = Vec::new();
+        if max == 0 {
+            return Ok(keys);
+        }
+        self.txn
+            .scan(Bound::Included(&start[..]), end_bound, false, |k, _| {
+                keys.push(Bytes::copy_from_slice(&k[1..]));
+                keys.len() < max as usize
+            })?;
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nacre_proto::Batch;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn open() -> (tempfile::TempDir, StateMachine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s"), nacre_store::Options::default()).unwrap();
+        (dir, StateMachine::open(store).unwrap())
+    }
+
+    fn apply(sm: &mut StateMachine, index: u64, batch: Batch) -> Outcome {
+        let data = Command {
+            session: None,
+            batch,
+        }
+        .encode();
+        let mut out = sm
+            .apply(&[Committed {
+                index,
+                term: 1,
+                data: &data,
+            }])
+            .unwrap();
+        out.pop().unwrap()
+    }
+
+    fn ops(ops: Vec<Op>) -> Batch {
+        Batch {
+            guards: vec![],
+            ops,
+        }
+    }
+
+    #[test]
+    fn revisions_follow_etcd() {
+        let (_d, mut sm) = open();
+        apply(&mut sm, 1, ops(vec![Op::Set(b("a"), b("1"))]));
+        apply(&mut sm, 2, ops(vec![Op::Set(b("a"), b("2"))]));
+        let e = Reader::new(sm.store()).get_entry(b"a").unwrap().unwrap();
+        assert_eq!(e.value, b("2"));
+        assert_eq!(
+            e.rev,
+            Revision {
+                create_rev: 1,
+                mod_rev: 2,
+                version: 2
+            }
+        );
+        apply(&mut sm, 3, ops(vec![Op::Delete(b("a"))]));
+        apply(&mut sm, 4, ops(vec![Op::Set(b("a"), b("3"))]));
+        let e = Reader::new(sm.store()).get_entry(b"a").unwrap().unwrap();
+        assert_eq!(
+            e.rev,
+            Revision {
+                create_rev: 4,
+                mod_rev: 4,
+                version: 1
+            }
+        );
+        assert_eq!(sm.applied(), (4, 1));
+    }
+
+    #[test]
+    fn failed_batch_leaves_nothing_behind() {
+        let (_d, mut sm) = open();
+        apply(
+            &mut sm,
+            1,
+            ops(vec![
+                Op::Set(b("p/1"), b("x")),
+                Op::Set(b("p/2"), b("y")),
+                Op::Set(b("k"), b("v")),
+            ]),
+        );
+        let out = apply(
+            &mut sm,
+            2,
+            ops(vec![
+                Op::Set(b("k"), b("changed")),
+                Op::Set(b("new"), b("n")),
+                Op::DeletePrefix(b("p/")),
+                Op::Check(Guard::Present(b("p/1"))),
+            ]),
+        );
+        match out {
+            Outcome::Failed { code, key, .. } => {
+                assert_eq!(code, ErrorCode::AssertionFailed);
+                assert_eq!(key, b("p/1"));
+            }
+            o => panic!("expected a failure, got {o:?}"),
+        }
+        let r = Reader::new(sm.store());
+        assert_eq!(r.get(b"k").unwrap(), Some(b("v")));
+        assert_eq!(r.get(b"new").unwrap(), None);
+        assert_eq!(r.get(b"p/1").unwrap(), Some(b("x")));
+        assert_eq!(r.get(b"p/2").unwrap(), Some(b("y")));
+        assert_eq!(r.key_count().unwrap(), 3);
+        // The revision of a restored key is the old one, not a new version.
+        assert_eq!(r.get_entry(b"k").unwrap().unwrap().rev.version, 1);
+        // The failed entry still advances the applied index.
+        assert_eq!(sm.applied().0, 2);
+    }
+
+    #[test]
+    fn delete_of_missing_key_is_not_found_and_remove_is_not() {
+        let (_d, mut sm) = open();
+        let out = apply(
+            &mut sm,
+            1,
+            ops(vec![Op::Set(b("a"), b("1")), Op::Delete(b("zz"))]),
+        );
+        assert!(matches!(
+            out,
+            Outcome::Failed {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ));
+        assert_eq!(Reader::new(sm.store()).get(b"a").unwrap(), None);
+        let out = apply(&mut sm, 2, ops(vec![Op::Remove(b("zz"))]));
+        assert_eq!(
+            out,
+            Outcome::Applied {
+                prev: None,
+                count: 0
+            }
+        );
+    }
+
+    #[test]
+    fn guards_check_values_versions_and_prefixes() {
+        let (_d, mut sm) = open();
+        apply(
+            &mut sm,
+            1,
+            ops(vec![
+                Op::Set(b("a"), b("1")),
+                Op::Set(b("a/x"), b("")),
+                Op::Set(b("a/y"), b("")),
+            ]),
+        );
+        let guarded = |g: Guard| Batch {
+            guards: vec![g],
+            ops: vec![Op::Set(b("out"), b("1"))],
+        };
+        let cases = [
+            (Guard::Absent(b("a")), false),
+            (Guard::Absent(b("b")), true),
+            (Guard::Present(b("a")), true),
+            (Guard::ValueEquals(b("a"), b("1")), true),
+            (Guard::ValueEquals(b("a"), b("2")), false),
+            (Guard::VersionEquals(b("a"), 1), true),
+            (Guard::VersionEquals(b("a"), 2), false),
+            (Guard::VersionEquals(b("b"), 0), true),
+            (
+                Guard::PrefixKeysEqual {
+                    prefix: b("a/"),
+                    keys: vec![b("a/x"), b("a/y")],
+                },
+                true,
+            ),
+            (
+                Guard::PrefixKeysEqual {
+                    prefix: b("a/"),
+                    keys: vec![b("a/x")],
+                },
+                false,
+            ),
+        ];
+        for (i, (g, ok)) in cases.into_iter().enumerate() {
+            let index = 2 + 2 * i as u64;
+            let out = apply(&mut sm, index, guarded(g.clone()));
+            assert_eq!(matches!(out, Outcome::Applied { .. }), ok, "guard {g:?}");
+            apply(&mut sm, index + 1, ops(vec![Op::Remove(b("out"))]));
+        }
+    }
+
+    #[test]
+    fn delete_prefix_counts_and_ranges_clamp() {
+        let (_d, mut sm) = open();
+        let sets = (0..20)
+            .map(|i| Op::Set(b(&format!("k{i:02}")), b("v")))
+            .collect();
+        apply(&mut sm, 1, ops(sets));
+        let r = Reader::new(sm.store());
+        let q = RangeQuery {
+            first: Some(b("k05")),
+            first_inclusive: false,
+            last: Some(b("k10")),
+            last_inclusive: true,
+            max: 100,
+            reverse: false,
+        };
+        let keys = r.range_keys(&q, 1000).unwrap();
+        assert_eq!(
+            keys,
+            (6..=10).map(|i| b(&format!("k{i:02}"))).collect::<Vec<_>>()
+        );
+        assert_eq!(r.range_keys(&q, 2).unwrap().len(), 2);
+        let rev = r
+            .range_entries(
+                &RangeQuery {
+                    reverse: true,
+                    ..q.clone()
+                },
+                1000,
+            )
+            .unwrap();
+        assert_eq!(rev.first().unwrap().key, b("k10"));
+        assert_eq!(
+            r.prefix_keys(b"k1", 3).unwrap(),
+            vec![b("k10"), b("k11"), b("k12")]
+        );
+        drop(r);
+        let out = apply(&mut sm, 2, ops(vec![Op::DeletePrefix(b("k1"))]));
+        assert_eq!(
+            out,
+            Outcome::Applied {
+                prev: None,
+                count: 10
+            }
+        );
+        assert_eq!(Reader::new(sm.store()).key_count().unwrap(), 10);
+    }
+
+    #[test]
+    fn applied_index_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path().join("s"), nacre_store::Options::default()).unwrap();
+            let mut sm = StateMachine::open(store).unwrap();
+            apply(&mut sm, 7, ops(vec![Op::Set(b("a"), b("1"))]));
+            assert_eq!(sm.checkpoint().unwrap(), 7);
+        }
+        let store = Store::open(dir.path().join("s"), nacre_store::Options::default()).unwrap();
+        let sm = StateMachine::open(store).unwrap();
+        assert_eq!(sm.applied(), (7, 1));
+        assert_eq!(Reader::new(sm.store()).key_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn prefix_end_handles_ff() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+}

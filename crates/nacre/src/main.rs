@@ -1,0 +1,77 @@
+//! The `nacre` binary: `nacre serve` runs a node; every other command is
+//! a client call. Exit codes and output formats are in docs/cli.md.
+
+mod cli;
+mod output;
+mod seqfile;
+
+mod serve;
+
+use std::io::Write;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use output::exit;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap's own exit code for usage errors is 2, which here means
+            // "not found"; usage errors get 64 (EX_USAGE) instead.
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    std::process::exit(run(&cli));
+}
+
+fn run(cli: &Cli) -> i32 {
+    if let Command::Serve(args) = &cli.command {
+        return match serve::run(args, cli.cluster_id.as_deref()) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("nacre serve: {e}");
+                exit::GENERIC
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nacre: cannot start the runtime: {e}");
+            return exit::GENERIC;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match rt.block_on(cli::run_client(cli)) {
+        Ok(out) => {
+            let bytes = output::render(&out, cli.json);
+            if let Err(e) = stdout.write_all(&bytes).and_then(|_| stdout.flush()) {
+                // A closed pipe (`| head`) is not worth a message.
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    eprintln!("nacre: cannot write output: {e}");
+                }
+                return exit::GENERIC;
+            }
+            exit::OK
+        }
+        Err(f) => {
+            eprintln!("{}", f.text());
+            if cli.json {
+                let _ = writeln!(stdout, "{}", f.json());
+                let _ = stdout.flush();
+            }
+            f.exit_code
+        }
+    }
+}

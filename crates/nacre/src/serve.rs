@@ -1,0 +1,132 @@
+//! `nacre serve`: configuration from file and flags, logging, signals.
+
+use nacre_server::ServerConfig;
+
+use crate::cli::ServeArgs;
+
+/// The config file (if any) with the flags on top, validated.
+pub fn load_config(args: &ServeArgs, cluster_id: Option<&str>) -> Result<ServerConfig, String> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+            ServerConfig::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))?
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(l) = &args.listen {
+        cfg.listen = l.clone();
+    }
+    if let Some(n) = &args.node_name {
+        cfg.node_name = n.clone();
+    }
+    if let Some(c) = cluster_id {
+        cfg.cluster_id = c.to_string();
+    }
+    cfg.validate()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    Ok(cfg)
+}
+
+/// Completes on Ctrl-C or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested");
+}
+
+pub fn run(args: &ServeArgs, cluster_id: Option<&str>) -> Result<(), String> {
+    let cfg = load_config(args, cluster_id)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    tracing::info!(node = %cfg.node_name, cluster = %cfg.cluster_id, listen = %cfg.listen,
+        data_dir = %cfg.data_dir.display(), "starting nacre");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(nacre_server::serve(cfg, shutdown_signal()))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            config: None,
+            data_dir: None,
+            listen: None,
+            node_name: None,
+        }
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = load_config(&args(), None).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7379");
+        assert_eq!(c.data_dir, PathBuf::from("nacre-data"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9\"\nnode_name = \"a\"\ntick_ms = 50\n",
+        )
+        .unwrap();
+        let a = ServeArgs {
+            config: Some(path.clone()),
+            node_name: Some("b".into()),
+            ..args()
+        };
+        let c = load_config(&a, Some("cl")).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9");
+        assert_eq!(c.node_name, "b");
+        assert_eq!(c.cluster_id, "cl");
+        assert_eq!(c.tick_ms, 50);
+
+        std::fs::write(&path, "tick_ms = 0\n").unwrap();
+        let e = load_config(&a, None).unwrap_err();
+        assert!(e.contains("tick_ms"), "{e}");
+        std::fs::write(&path, "tick_msec = 5\n").unwrap();
+        assert!(load_config(&a, None).is_err());
+        let missing = ServeArgs {
+            config: Some(dir.path().join("none.toml")),
+            ..args()
+        };
+        assert!(load_config(&missing, None)
+            .unwrap_err()
+            .contains("cannot read config"));
+    }
+}
