@@ -2,68 +2,29 @@
 //! driven by the `nacre` client commands, checking outputs and exit codes.
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-const NACRE: &str = env!("CARGO_BIN_EXE_nacre");
+mod common;
 
-/// A running `nacre serve`; killed when dropped, so a failing test never
-/// leaves it behind.
+use common::{ServerProc, NACRE};
+
+/// A running `nacre serve` in its own temporary directory.
 struct Server {
-    child: Child,
+    proc_: ServerProc,
     addr: String,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(NACRE)
-            .args(["serve", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen", &addr])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut s = Server { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if s.run(&["ping"]).code == 0 {
-                return s;
-            }
-            if let Some(status) = s.child.try_wait().unwrap() {
-                panic!("server exited with {status}:\n{}", s.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not answer ping:\n{}",
-                s.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        let proc_ = ServerProc::start(dir.path());
+        let addr = proc_.addr.clone();
+        let s = Server { proc_, addr, dir };
+        assert_eq!(s.run(&["ping"]).code, 0, "ping failed:\n{}", s.proc_.log());
+        s
     }
 
     fn run(&self, args: &[&str]) -> Out {
@@ -394,7 +355,7 @@ fn admin_commands() {
 
 #[test]
 fn errors_without_a_server() {
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", common::free_port());
     let o = run_with(&addr, &["get", "a"], None);
     assert_eq!(o.code, 4, "{}", o.stderr);
     assert!(o.stderr.contains(&addr), "{}", o.stderr);
