@@ -33,6 +33,7 @@ fn small() -> TlogOptions {
         segment_size_bytes: 512,
         entry_size_max_bytes: 1024,
         cache_bytes_max: 200,
+        zero_fill_ahead_bytes: 0,
     }
 }
 
@@ -366,8 +367,10 @@ fn damage_in_an_older_segment_is_corruption() {
     t.sync().unwrap();
     drop(t);
     let first = dir().join(segment_name(1));
-    let len = vfs.file_len(&first).unwrap();
-    vfs.flip_bit(&first, len - 20, 3);
+    // Past the records the file is zero-filled; damage the last record.
+    let bytes = vfs.contents(&first).unwrap();
+    let records_end = bytes.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
+    vfs.flip_bit(&first, records_end - 4, 3);
     let err = Tlog::open(Arc::new(vfs.clone()), &dir(), small())
         .err()
         .unwrap();
@@ -644,4 +647,34 @@ fn storage_can_be_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<TlogStorage>();
     assert_send_sync::<Tlog>();
+}
+
+#[test]
+fn zero_fill_ahead_reads_as_the_clean_end() {
+    let vfs = SimVfs::new(12);
+    let opts = TlogOptions {
+        zero_fill_ahead_bytes: 4096,
+        ..TlogOptions::default()
+    };
+    let mut t = sim_open(&vfs, opts.clone());
+    t.append(&ents(1, 10, 1)).unwrap();
+    t.sync().unwrap();
+    drop(t);
+    let path = dir().join(segment_name(1));
+    let image = vfs.contents(&path).unwrap();
+    let records_end = image.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(
+        image.len() >= records_end + 3000,
+        "{} bytes of file for {records_end} bytes of records",
+        image.len()
+    );
+    // The zeros are the end of the log, not a torn tail: nothing is lost,
+    // nothing rewritten, and appends go on over them.
+    let mut t = sim_open(&vfs, opts.clone());
+    assert_eq!(all(&t), ents(1, 10, 1));
+    t.append(&ents(10, 20, 1)).unwrap();
+    t.sync().unwrap();
+    drop(t);
+    let t = sim_open(&vfs, opts);
+    assert_eq!(all(&t), ents(1, 20, 1));
 }
