@@ -157,6 +157,7 @@ impl Limits {
                 wanted.as_deref().map_or(Ok(()), |v| self.value(v))
             }
             Request::Batch(b) => self.check_batch(b),
+            Request::Session { request, .. } => self.check_request(request),
             _ => Ok(()),
         }
     }

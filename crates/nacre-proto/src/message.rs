@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::types::{Batch, Consistency, Guard, KeyEntry, Op};
+use crate::types::{Batch, Consistency, Guard, KeyEntry, Op, Session};
 use crate::wire::{bytes_len, opt_bytes_len, Reader, Writer};
 use crate::DecodeError;
 
@@ -119,6 +119,33 @@ pub enum Request {
     /// A sequence or any guarded batch; all or nothing.
     Batch(Batch),
     Nop,
+    /// A write stamped with the client's session: retried with the same
+    /// stamp after a failover, it applies at most once. `request` must be
+    /// a write and not itself a `Session`.
+    Session {
+        session: Session,
+        request: Box<Request>,
+    },
+    /// Membership and replication progress, as the leader sees it.
+    ClusterStatus,
+    /// Adds a non-voting member that receives the log (a learner).
+    AddLearner {
+        name: String,
+        client: String,
+        peer: String,
+    },
+    /// Makes a learner a voter.
+    Promote {
+        name: String,
+    },
+    /// Removes a member (voter or learner).
+    RemoveNode {
+        name: String,
+    },
+    /// Asks the leader to hand leadership to this member.
+    TransferLeader {
+        name: String,
+    },
 }
 
 impl Request {
@@ -146,12 +173,19 @@ impl Request {
             Request::DeletePrefix { .. } => 35,
             Request::Batch(_) => 36,
             Request::Nop => 37,
+            Request::Session { .. } => 38,
+            Request::ClusterStatus => 40,
+            Request::AddLearner { .. } => 41,
+            Request::Promote { .. } => 42,
+            Request::RemoveNode { .. } => 43,
+            Request::TransferLeader { .. } => 44,
         }
     }
 
-    /// Writes go through the replicated log; everything else is a read.
+    /// Writes of user data through the replicated log (membership changes
+    /// also go through the log but are administrative requests).
     pub fn is_write(&self) -> bool {
-        self.opcode() >= 30
+        matches!(self.opcode(), 30..=38)
     }
 
     /// The consistency a read asks for (writes and admin requests: none).
@@ -210,6 +244,7 @@ impl Request {
             },
             Request::Batch(b) => b.clone(),
             Request::Nop => Batch::default(),
+            Request::Session { request, .. } => return request.to_batch(),
             _ => return None,
         };
         Some(b)
@@ -257,6 +292,16 @@ impl Request {
             Request::Replace { key, wanted } => bytes_len(key) + opt_bytes_len(wanted.as_deref()),
             Request::DeletePrefix { prefix } => bytes_len(prefix),
             Request::Batch(b) => b.encoded_len(),
+            Request::Session { request, .. } => 16 + request.encoded_len(),
+            Request::ClusterStatus => 0,
+            Request::AddLearner { name, client, peer } => {
+                bytes_len(name.as_bytes())
+                    + bytes_len(client.as_bytes())
+                    + bytes_len(peer.as_bytes())
+            }
+            Request::Promote { name }
+            | Request::RemoveNode { name }
+            | Request::TransferLeader { name } => bytes_len(name.as_bytes()),
         }
     }
 
@@ -318,6 +363,20 @@ impl Request {
             }
             Request::DeletePrefix { prefix } => w.bytes(prefix),
             Request::Batch(b) => b.encode(w),
+            Request::Session { session, request } => {
+                w.u64(session.client_id);
+                w.u64(session.seq);
+                request.encode(w);
+            }
+            Request::ClusterStatus => {}
+            Request::AddLearner { name, client, peer } => {
+                w.str(name);
+                w.str(client);
+                w.str(peer);
+            }
+            Request::Promote { name }
+            | Request::RemoveNode { name }
+            | Request::TransferLeader { name } => w.str(name),
         }
     }
 
@@ -393,6 +452,39 @@ impl Request {
             },
             36 => Request::Batch(Batch::decode(r)?),
             37 => Request::Nop,
+            38 => {
+                let session = Session {
+                    client_id: r.u64("client_id")?,
+                    seq: r.u64("seq")?,
+                };
+                let request = Request::decode(r)?;
+                // One level only: this also bounds the decoder's recursion.
+                if !request.is_write() || matches!(request, Request::Session { .. }) {
+                    return Err(DecodeError::BadTag {
+                        what: "session request",
+                        tag: request.opcode() as u32,
+                    });
+                }
+                Request::Session {
+                    session,
+                    request: Box::new(request),
+                }
+            }
+            40 => Request::ClusterStatus,
+            41 => Request::AddLearner {
+                name: r.string("name")?,
+                client: r.string("client address")?,
+                peer: r.string("peer address")?,
+            },
+            42 => Request::Promote {
+                name: r.string("name")?,
+            },
+            43 => Request::RemoveNode {
+                name: r.string("name")?,
+            },
+            44 => Request::TransferLeader {
+                name: r.string("name")?,
+            },
             t => {
                 return Err(DecodeError::BadTag {
                     what: "opcode",
@@ -548,6 +640,55 @@ impl std::fmt::Display for ErrorReply {
     }
 }
 
+/// One member of the cluster, as the leader knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Raft id, unique for the cluster's lifetime.
+    pub id: u64,
+    pub name: String,
+    /// Address for clients.
+    pub client: String,
+    /// Address for peers.
+    pub peer: String,
+    /// A voter (else a learner).
+    pub voter: bool,
+    pub leader: bool,
+    /// Highest log index known replicated to it (0: unknown).
+    pub match_index: u64,
+}
+
+impl Member {
+    fn encoded_len(&self) -> usize {
+        8 + bytes_len(self.name.as_bytes())
+            + bytes_len(self.client.as_bytes())
+            + bytes_len(self.peer.as_bytes())
+            + 2
+            + 8
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.id);
+        w.str(&self.name);
+        w.str(&self.client);
+        w.str(&self.peer);
+        w.bool(self.voter);
+        w.bool(self.leader);
+        w.u64(self.match_index);
+    }
+
+    fn decode(r: &mut Reader) -> Result<Member, DecodeError> {
+        Ok(Member {
+            id: r.u64("member id")?,
+            name: r.string("member name")?,
+            client: r.string("client address")?,
+            peer: r.string("peer address")?,
+            voter: r.bool("voter")?,
+            leader: r.bool("leader")?,
+            match_index: r.u64("match index")?,
+        })
+    }
+}
+
 /// The leader and server version, as `who_master` and `version` report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionInfo {
@@ -576,6 +717,8 @@ pub enum Response {
     Stats(Vec<(String, String)>),
     /// A write's result: the log index it applied at, the previous value
     /// (test_and_set, replace) and a count (delete_prefix).
+    /// Cluster members (`ClusterStatus`).
+    Members(Vec<Member>),
     Written {
         index: u64,
         prev: Option<Bytes>,
@@ -601,6 +744,7 @@ impl Response {
             Response::Version(_) => 11,
             Response::Stats(_) => 12,
             Response::Written { .. } => 13,
+            Response::Members(_) => 14,
             Response::Error(_) => 255,
         }
     }
@@ -634,6 +778,7 @@ impl Response {
                     .sum::<usize>()
             }
             Response::Written { prev, .. } => 8 + opt_bytes_len(prev.as_deref()) + 8,
+            Response::Members(ms) => 4 + ms.iter().map(Member::encoded_len).sum::<usize>(),
             Response::Error(e) => {
                 2 + bytes_len(e.message.as_bytes())
                     + opt_bytes_len(e.key.as_deref())
@@ -687,6 +832,12 @@ impl Response {
                 for (k, v) in kv {
                     w.str(k);
                     w.str(v);
+                }
+            }
+            Response::Members(ms) => {
+                w.u32(ms.len() as u32);
+                for m in ms {
+                    m.encode(w);
                 }
             }
             Response::Written { index, prev, count } => {
@@ -757,6 +908,15 @@ impl Response {
                     kv.push((r.string("stat name")?, r.string("stat value")?));
                 }
                 Response::Stats(kv)
+            }
+            14 => {
+                // Smallest member: id, three empty strings, flags, index.
+                let n = r.count("members", 8 + 12 + 2 + 8)?;
+                let mut ms = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ms.push(Member::decode(r)?);
+                }
+                Response::Members(ms)
             }
             13 => Response::Written {
                 index: r.u64("index")?,

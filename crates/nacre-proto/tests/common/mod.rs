@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use nacre_proto::{
-    Batch, Bytes, ClientHello, Command, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Op,
-    RangeQuery, Request, Response, Revision, ServerHello, Session, VersionInfo,
+    Batch, Bytes, ClientHello, Command, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry,
+    Member, Op, RangeQuery, Request, Response, Revision, ServerHello, Session, VersionInfo,
     NAME_SIZE_MAX_BYTES,
 };
 use proptest::collection::vec;
@@ -149,6 +149,25 @@ pub fn request() -> impl Strategy<Value = Request> {
         key().prop_map(|prefix| Request::DeletePrefix { prefix }),
         batch().prop_map(Request::Batch),
         Just(Request::Nop),
+        (any::<u64>(), any::<u64>(), key(), value()).prop_map(|(client_id, seq, key, value)| {
+            Request::Session {
+                session: Session { client_id, seq },
+                request: Box::new(Request::Set { key, value }),
+            }
+        }),
+        (any::<u64>(), any::<u64>(), batch()).prop_map(|(client_id, seq, b)| Request::Session {
+            session: Session { client_id, seq },
+            request: Box::new(Request::Batch(b)),
+        }),
+        Just(Request::ClusterStatus),
+        (text(10), text(20), text(20)).prop_map(|(name, client, peer)| Request::AddLearner {
+            name,
+            client,
+            peer
+        }),
+        text(10).prop_map(|name| Request::Promote { name }),
+        text(10).prop_map(|name| Request::RemoveNode { name }),
+        text(10).prop_map(|name| Request::TransferLeader { name }),
     ]
 }
 
@@ -203,6 +222,33 @@ pub fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), option::of(value()), any::<u64>())
             .prop_map(|(index, prev, count)| Response::Written { index, prev, count }),
         error_reply().prop_map(Response::Error),
+        vec(
+            (
+                any::<u64>(),
+                text(10),
+                text(20),
+                text(20),
+                any::<bool>(),
+                any::<bool>(),
+                any::<u64>()
+            ),
+            0..4
+        )
+        .prop_map(|ms| Response::Members(
+            ms.into_iter()
+                .map(
+                    |(id, name, client, peer, voter, leader, match_index)| Member {
+                        id,
+                        name,
+                        client,
+                        peer,
+                        voter,
+                        leader,
+                        match_index,
+                    }
+                )
+                .collect()
+        )),
     ]
 }
 
