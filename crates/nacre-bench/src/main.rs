@@ -1,3 +1,6 @@
+//! `nacre-bench etcd`: client workloads against etcd and Nacre clusters
+//! (src/compare.rs).
+//!
 //! `nacre-bench store`: runs the same workloads on nacre-store, redb, fjall
 //! and (when the system library is there) RocksDB, each with durable
 //! commits, and compares them.
@@ -14,6 +17,7 @@
 //! non-zero if any read missed or returned a wrong value, or an engine
 //! failed or panicked.
 
+mod compare;
 mod data;
 mod engine;
 mod engines;
@@ -47,6 +51,9 @@ enum Command {
     /// Compare storage engines on the same workloads, all with durable
     /// commits.
     Store(StoreArgs),
+    /// Run the same client workloads against etcd and Nacre clusters
+    /// (see src/compare.rs).
+    Etcd(compare::EtcdArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -94,6 +101,13 @@ fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("nacre-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Etcd(args) => match compare::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nacre-bench etcd: {e}");
                 ExitCode::FAILURE
             }
         },

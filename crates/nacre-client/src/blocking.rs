@@ -2,10 +2,13 @@
 //! runtime of its own.
 
 use bytes::Bytes;
-use nacre_proto::{Batch, Consistency, KeyEntry, RangeQuery, Request, Response, VersionInfo};
+use nacre_proto::{
+    Batch, Consistency, KeyEntry, RangeQuery, Request, Response, ScriptSource, ScriptSummary,
+    ScriptVersionInfo, VersionInfo,
+};
 use tokio::runtime::Runtime;
 
-use crate::{Client, ClientError, ClientOptions, Written};
+use crate::{Called, Client, ClientError, ClientOptions, Written};
 
 /// The [`Client`] API, blocking. Owns a current-thread tokio runtime; the
 /// connection's tasks run only while a call blocks, which is all they need.
@@ -84,5 +87,12 @@ impl BlockingClient {
         fn sequence(&self, seq: impl Into<Batch>) -> u64;
         fn batch(&self, batch: Batch) -> Written;
         fn nop(&self) -> u64;
+        fn call(&self, script: &str, function: &str, args: Vec<Bytes>, version: Option<u64>) -> Called;
+        fn script_put(&self, name: &str, source: impl Into<Bytes>) -> u64;
+        fn script_list(&self) -> Vec<ScriptSummary>;
+        fn script_show(&self, name: &str, version: Option<u64>) -> ScriptSource;
+        fn script_history(&self, name: &str) -> Vec<ScriptVersionInfo>;
+        fn script_rollback(&self, name: &str, version: u64) -> u64;
+        fn script_delete(&self, name: &str) -> u64;
     }
 }

@@ -9,12 +9,16 @@
 //! Retries: a request that gets `NotMaster` is re-sent to the hinted leader
 //! (or the next endpoint): the server did not apply it. A request that was
 //! certainly not sent (the connection could not be made) is retried too.
-//! After a connection breaks with a request on the wire, reads are retried
-//! on another endpoint but writes are not, since they may have been
-//! applied: exactly-once retries of writes need the client sessions
-//! (`nacre_proto::Session`) that come with replication.
+//! Every write carries this client's session (`nacre_proto::Session`: a
+//! random client id and a sequence number), and the cluster remembers the
+//! outcome of each stamped write for `session_retention_entries` log
+//! entries. So a write whose connection broke, or whose leader lost
+//! leadership before it committed (`Timeout`), is re-sent with the same
+//! stamp and applies at most once; a retry answers with the first outcome.
+//! Reads are retried on another endpoint after a broken connection.
 
 mod blocking;
+mod cluster;
 mod conn;
 mod error;
 mod sequence;
@@ -29,7 +33,7 @@ pub use blocking::BlockingClient;
 pub use error::ClientError;
 pub use nacre_proto::{
     Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, RangeQuery,
-    Request, Response, Revision, VersionInfo,
+    Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo, VersionInfo,
 };
 pub use sequence::Sequence;
 
@@ -102,6 +106,24 @@ struct Shared {
     /// The endpoint to try first when no leader is known.
     cursor: AtomicUsize,
     leader_hint: Mutex<Option<String>>,
+    /// This client's session: every write carries (client_id, seq), so
+    /// the cluster applies a write retried after a failover at most once.
+    client_id: u64,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+/// A session id unlikely to collide with another client's: the process,
+/// the time and a per-process random hasher key, mixed.
+fn new_client_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish().max(1)
 }
 
 /// An async, pipelined, cloneable client. See the crate docs for retries.
@@ -150,6 +172,8 @@ impl Client {
                 connecting: tokio::sync::Mutex::new(()),
                 cursor: AtomicUsize::new(0),
                 leader_hint: Mutex::new(None),
+                client_id: new_client_id(),
+                seq: std::sync::atomic::AtomicU64::new(1),
             }),
             consistency,
         };
@@ -263,7 +287,19 @@ impl Client {
         let timed_out = || ClientError::Timeout {
             after_ms: timeout_ms,
         };
-        let is_write = req.is_write();
+        // Stamp writes with the session so that re-sending one after a
+        // lost connection or a leader change cannot apply it twice.
+        let req = match req {
+            r @ Request::Session { .. } => r,
+            r if r.is_write() => Request::Session {
+                session: nacre_proto::Session {
+                    client_id: self.shared.client_id,
+                    seq: self.shared.seq.fetch_add(1, Ordering::Relaxed),
+                },
+                request: Box::new(r),
+            },
+            r => r,
+        };
         let retries_max = self.shared.opts.retries_max;
         let mut retries = 0u32;
         loop {
@@ -300,6 +336,17 @@ impl Client {
                         None => self.backoff(retries, deadline).await,
                     }
                 }
+                // The leader changed under a stamped write: its outcome is
+                // unknown, and the session makes asking again safe.
+                Outcome::Reply(Response::Error(e))
+                    if e.code == ErrorCode::Timeout
+                        && matches!(req, Request::Session { .. })
+                        && retries < retries_max =>
+                {
+                    retries += 1;
+                    self.drop_conn(&conn, true);
+                    self.backoff(retries, deadline).await;
+                }
                 Outcome::Reply(Response::Error(e)) => return Err(ClientError::Server(e)),
                 Outcome::Reply(r) => return Ok(r),
                 Outcome::TimedOut => return Err(timed_out()),
@@ -315,7 +362,7 @@ impl Client {
                 }
                 Outcome::Lost(reason) => {
                     self.drop_conn(&conn, true);
-                    if is_write {
+                    if req.may_write() && !matches!(req, Request::Session { .. }) {
                         return Err(ClientError::ConnectionLost {
                             endpoint: conn.endpoint.clone(),
                             reason,
@@ -680,6 +727,117 @@ impl Client {
     pub async fn nop(&self) -> Result<u64, ClientError> {
         Ok(self.write(Request::Nop).await?.index)
     }
+
+    // ---- scripts (docs/scripts.md) ----
+
+    /// Calls `function` of the live version of `script` (or of `version`)
+    /// with `args`, at the client's consistency (it matters for functions
+    /// that only read). Not re-sent after a lost connection: a function
+    /// may write.
+    pub async fn call(
+        &self,
+        script: &str,
+        function: &str,
+        args: Vec<Bytes>,
+        version: Option<u64>,
+    ) -> Result<Called, ClientError> {
+        let req = Request::Call {
+            script: script.to_string(),
+            function: function.to_string(),
+            args,
+            version,
+            consistency: self.consistency,
+        };
+        match self.execute(req).await? {
+            Response::Called {
+                version,
+                index,
+                value,
+            } => Ok(Called {
+                version,
+                index,
+                value,
+            }),
+            r => Err(unexpected("call", r)),
+        }
+    }
+
+    /// Installs `source` as the next version of `name` and makes it live;
+    /// returns the version. A syntax error is refused and the live version
+    /// stays.
+    pub async fn script_put(
+        &self,
+        name: &str,
+        source: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
+        let req = Request::ScriptPut {
+            name: name.to_string(),
+            source: source.into(),
+        };
+        Ok(self.write(req).await?.count)
+    }
+
+    pub async fn script_list(&self) -> Result<Vec<ScriptSummary>, ClientError> {
+        match self.execute(Request::ScriptList).await? {
+            Response::Scripts(s) => Ok(s),
+            r => Err(unexpected("script_list", r)),
+        }
+    }
+
+    /// A version's source (default: the live one).
+    pub async fn script_show(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<ScriptSource, ClientError> {
+        let req = Request::ScriptShow {
+            name: name.to_string(),
+            version,
+        };
+        match self.execute(req).await? {
+            Response::Script(s) => Ok(s),
+            r => Err(unexpected("script_show", r)),
+        }
+    }
+
+    pub async fn script_history(&self, name: &str) -> Result<Vec<ScriptVersionInfo>, ClientError> {
+        let req = Request::ScriptHistory {
+            name: name.to_string(),
+        };
+        match self.execute(req).await? {
+            Response::ScriptVersions(v) => Ok(v),
+            r => Err(unexpected("script_history", r)),
+        }
+    }
+
+    /// Makes `version` the live one again; returns it.
+    pub async fn script_rollback(&self, name: &str, version: u64) -> Result<u64, ClientError> {
+        let req = Request::ScriptRollback {
+            name: name.to_string(),
+            version,
+        };
+        Ok(self.write(req).await?.count)
+    }
+
+    /// Makes the script uncallable (its history stays); returns the
+    /// version that was live.
+    pub async fn script_delete(&self, name: &str) -> Result<u64, ClientError> {
+        let req = Request::ScriptDelete {
+            name: name.to_string(),
+        };
+        Ok(self.write(req).await?.count)
+    }
+}
+
+/// A script call's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Called {
+    /// The version that ran.
+    pub version: u64,
+    /// The log index its effects applied at; for a function that only
+    /// read, the index it read at.
+    pub index: u64,
+    pub value: Option<Bytes>,
 }
 
 fn write_name(req: &Request) -> &'static str {
@@ -692,6 +850,9 @@ fn write_name(req: &Request) -> &'static str {
         Request::DeletePrefix { .. } => "delete_prefix",
         Request::Batch(_) => "sequence",
         Request::Nop => "nop",
+        Request::ScriptPut { .. } => "script_put",
+        Request::ScriptRollback { .. } => "script_rollback",
+        Request::ScriptDelete { .. } => "script_delete",
         _ => "request",
     }
 }

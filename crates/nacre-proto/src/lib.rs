@@ -16,7 +16,10 @@ pub use frame::{
     ServerHello, FRAME_HEADER_BYTES, MAGIC, NAME_SIZE_MAX_BYTES, PROTOCOL_VERSION,
 };
 pub use limits::Limits;
-pub use message::{ErrorCode, ErrorReply, Member, RangeQuery, Request, Response, VersionInfo};
+pub use message::{
+    ErrorCode, ErrorReply, Member, RangeQuery, Request, Response, ScriptSource, ScriptSummary,
+    ScriptVersionInfo, VersionInfo,
+};
 pub use types::{Batch, Command, Consistency, Guard, KeyEntry, Op, Revision, Session};
 
 pub use bytes::{Bytes, BytesMut};

@@ -4,6 +4,7 @@
 
 use crate::message::{ErrorCode, ErrorReply, Request};
 use crate::types::{Batch, Guard, Op};
+use bytes::Bytes;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -109,6 +110,13 @@ impl Limits {
             }
             Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) => self.key(k),
             Op::Check(g) => self.guard(g),
+            Op::ScriptPut { name, source } => {
+                self.key(name)?;
+                self.value(source)
+            }
+            Op::ScriptActivate { name, .. }
+            | Op::ScriptDelete(name)
+            | Op::ScriptLive { name, .. } => self.key(name),
         })
     }
 
@@ -158,6 +166,34 @@ impl Limits {
             }
             Request::Batch(b) => self.check_batch(b),
             Request::Session { request, .. } => self.check_request(request),
+            Request::Call {
+                script,
+                function,
+                args,
+                ..
+            } => {
+                self.key(script.as_bytes())?;
+                self.key(function.as_bytes())?;
+                let size: usize = args.iter().map(Bytes::len).sum();
+                if size > self.value_size_max_bytes {
+                    return Err(ErrorReply::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "call arguments of {size} bytes are over value_size_max_bytes {}",
+                            self.value_size_max_bytes
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Request::ScriptPut { name, source } => {
+                self.key(name.as_bytes())?;
+                self.value(source)
+            }
+            Request::ScriptShow { name, .. }
+            | Request::ScriptHistory { name }
+            | Request::ScriptRollback { name, .. }
+            | Request::ScriptDelete { name } => self.key(name.as_bytes()),
             _ => Ok(()),
         }
     }

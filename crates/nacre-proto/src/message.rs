@@ -146,6 +146,39 @@ pub enum Request {
     TransferLeader {
         name: String,
     },
+    /// Calls a function of a Lua script (docs/scripts.md). `version`
+    /// pins a version, else the live one runs. A function that writes
+    /// is proposed by the leader as a guarded batch; one that only reads
+    /// answers at `consistency`.
+    Call {
+        script: String,
+        function: String,
+        args: Vec<Bytes>,
+        version: Option<u64>,
+        consistency: Consistency,
+    },
+    /// Installs a new version of a script and makes it live.
+    ScriptPut {
+        name: String,
+        source: Bytes,
+    },
+    ScriptList,
+    /// The source of a version (default: the live one).
+    ScriptShow {
+        name: String,
+        version: Option<u64>,
+    },
+    ScriptHistory {
+        name: String,
+    },
+    /// Makes an earlier (or later) installed version live again.
+    ScriptRollback {
+        name: String,
+        version: u64,
+    },
+    ScriptDelete {
+        name: String,
+    },
 }
 
 impl Request {
@@ -179,6 +212,13 @@ impl Request {
             Request::Promote { .. } => 42,
             Request::RemoveNode { .. } => 43,
             Request::TransferLeader { .. } => 44,
+            Request::Call { .. } => 50,
+            Request::ScriptPut { .. } => 51,
+            Request::ScriptList => 52,
+            Request::ScriptShow { .. } => 53,
+            Request::ScriptHistory { .. } => 54,
+            Request::ScriptRollback { .. } => 55,
+            Request::ScriptDelete { .. } => 56,
         }
     }
 
@@ -186,6 +226,13 @@ impl Request {
     /// also go through the log but are administrative requests).
     pub fn is_write(&self) -> bool {
         matches!(self.opcode(), 30..=38)
+    }
+
+    /// Requests that may change state and so must not be re-sent blindly
+    /// after a lost connection: writes, calls (a function may write) and
+    /// script installs.
+    pub fn may_write(&self) -> bool {
+        self.is_write() || matches!(self.opcode(), 50 | 51 | 55 | 56)
     }
 
     /// The consistency a read asks for (writes and admin requests: none).
@@ -199,7 +246,8 @@ impl Request {
             | Request::Range { consistency, .. }
             | Request::RangeEntries { consistency, .. }
             | Request::PrefixKeys { consistency, .. }
-            | Request::KeyCount { consistency } => Some(*consistency),
+            | Request::KeyCount { consistency }
+            | Request::Call { consistency, .. } => Some(*consistency),
             _ => None,
         }
     }
@@ -302,6 +350,30 @@ impl Request {
             Request::Promote { name }
             | Request::RemoveNode { name }
             | Request::TransferLeader { name } => bytes_len(name.as_bytes()),
+            Request::Call {
+                script,
+                function,
+                args,
+                version,
+                consistency,
+            } => {
+                bytes_len(script.as_bytes())
+                    + bytes_len(function.as_bytes())
+                    + 4
+                    + args.iter().map(|a| bytes_len(a)).sum::<usize>()
+                    + 1
+                    + version.map_or(0, |_| 8)
+                    + consistency.encoded_len()
+            }
+            Request::ScriptPut { name, source } => bytes_len(name.as_bytes()) + bytes_len(source),
+            Request::ScriptList => 0,
+            Request::ScriptShow { name, version } => {
+                bytes_len(name.as_bytes()) + 1 + version.map_or(0, |_| 8)
+            }
+            Request::ScriptHistory { name } | Request::ScriptDelete { name } => {
+                bytes_len(name.as_bytes())
+            }
+            Request::ScriptRollback { name, .. } => bytes_len(name.as_bytes()) + 8,
         }
     }
 
@@ -377,6 +449,36 @@ impl Request {
             Request::Promote { name }
             | Request::RemoveNode { name }
             | Request::TransferLeader { name } => w.str(name),
+            Request::Call {
+                script,
+                function,
+                args,
+                version,
+                consistency,
+            } => {
+                w.str(script);
+                w.str(function);
+                w.u32(args.len() as u32);
+                for a in args {
+                    w.bytes(a);
+                }
+                opt_u64(w, *version);
+                consistency.encode(w);
+            }
+            Request::ScriptPut { name, source } => {
+                w.str(name);
+                w.bytes(source);
+            }
+            Request::ScriptList => {}
+            Request::ScriptShow { name, version } => {
+                w.str(name);
+                opt_u64(w, *version);
+            }
+            Request::ScriptHistory { name } | Request::ScriptDelete { name } => w.str(name),
+            Request::ScriptRollback { name, version } => {
+                w.str(name);
+                w.u64(*version);
+            }
         }
     }
 
@@ -485,6 +587,41 @@ impl Request {
             44 => Request::TransferLeader {
                 name: r.string("name")?,
             },
+            50 => {
+                let script = r.string("script")?;
+                let function = r.string("function")?;
+                let n = r.count("args", 4)?;
+                let mut args = Vec::with_capacity(n);
+                for _ in 0..n {
+                    args.push(r.bytes("arg")?);
+                }
+                Request::Call {
+                    script,
+                    function,
+                    args,
+                    version: read_opt_u64(r, "script version")?,
+                    consistency: Consistency::decode(r)?,
+                }
+            }
+            51 => Request::ScriptPut {
+                name: r.string("script name")?,
+                source: r.bytes("script source")?,
+            },
+            52 => Request::ScriptList,
+            53 => Request::ScriptShow {
+                name: r.string("script name")?,
+                version: read_opt_u64(r, "script version")?,
+            },
+            54 => Request::ScriptHistory {
+                name: r.string("script name")?,
+            },
+            55 => Request::ScriptRollback {
+                name: r.string("script name")?,
+                version: r.u64("script version")?,
+            },
+            56 => Request::ScriptDelete {
+                name: r.string("script name")?,
+            },
             t => {
                 return Err(DecodeError::BadTag {
                     what: "opcode",
@@ -494,6 +631,25 @@ impl Request {
         };
         Ok(req)
     }
+}
+
+/// An optional u64: a presence byte, then the value if present.
+fn opt_u64(w: &mut Writer, v: Option<u64>) {
+    match v {
+        None => w.u8(0),
+        Some(v) => {
+            w.u8(1);
+            w.u64(v);
+        }
+    }
+}
+
+fn read_opt_u64(r: &mut Reader, what: &'static str) -> Result<Option<u64>, DecodeError> {
+    Ok(if r.bool(what)? {
+        Some(r.u64(what)?)
+    } else {
+        None
+    })
 }
 
 /// Typed error codes. Unknown codes from a newer peer decode as `Unknown`.
@@ -527,6 +683,14 @@ pub enum ErrorCode {
     Corruption,
     /// Anything else that went wrong inside the node.
     Internal,
+    /// A script call kept losing to concurrent writes: its reads changed
+    /// before its effects applied, on every retry.
+    Conflict,
+    /// A script failed: syntax error at install, runtime error (the
+    /// message names the line), or a bad return value.
+    ScriptError,
+    /// A script call ran over its instruction or memory budget.
+    BudgetExceeded,
     Unknown(u16),
 }
 
@@ -547,6 +711,9 @@ impl ErrorCode {
             ErrorCode::Timeout => 12,
             ErrorCode::Corruption => 13,
             ErrorCode::Internal => 14,
+            ErrorCode::Conflict => 15,
+            ErrorCode::ScriptError => 16,
+            ErrorCode::BudgetExceeded => 17,
             ErrorCode::Unknown(c) => c,
         }
     }
@@ -567,6 +734,9 @@ impl ErrorCode {
             12 => ErrorCode::Timeout,
             13 => ErrorCode::Corruption,
             14 => ErrorCode::Internal,
+            15 => ErrorCode::Conflict,
+            16 => ErrorCode::ScriptError,
+            17 => ErrorCode::BudgetExceeded,
             c => ErrorCode::Unknown(c),
         }
     }
@@ -588,6 +758,9 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Corruption => "corruption",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::ScriptError => "script_error",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::Unknown(_) => "unknown",
         }
     }
@@ -698,6 +871,36 @@ pub struct VersionInfo {
     pub info: String,
 }
 
+/// One installed script, as `ScriptList` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptSummary {
+    pub name: String,
+    /// The live version; 0 once deleted.
+    pub live: u64,
+    /// The highest version ever installed.
+    pub latest: u64,
+}
+
+/// One installed version, as `ScriptHistory` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptVersionInfo {
+    pub version: u64,
+    /// The log index that installed it.
+    pub index: u64,
+    pub size_bytes: u64,
+    pub live: bool,
+}
+
+/// A version's source, as `ScriptShow` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptSource {
+    pub name: String,
+    pub version: u64,
+    pub index: u64,
+    pub live: bool,
+    pub source: Bytes,
+}
+
 /// Every reply. Which variant answers which request is in docs/protocol.md.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -724,6 +927,17 @@ pub enum Response {
         prev: Option<Bytes>,
         count: u64,
     },
+    /// A script call's result: the version that ran, the log index its
+    /// effects applied at (a read-only call: the index it read at), and
+    /// what the function returned (nil: none).
+    Called {
+        version: u64,
+        index: u64,
+        value: Option<Bytes>,
+    },
+    Scripts(Vec<ScriptSummary>),
+    Script(ScriptSource),
+    ScriptVersions(Vec<ScriptVersionInfo>),
     Error(ErrorReply),
 }
 
@@ -745,6 +959,10 @@ impl Response {
             Response::Stats(_) => 12,
             Response::Written { .. } => 13,
             Response::Members(_) => 14,
+            Response::Called { .. } => 15,
+            Response::Scripts(_) => 16,
+            Response::Script(_) => 17,
+            Response::ScriptVersions(_) => 18,
             Response::Error(_) => 255,
         }
     }
@@ -779,6 +997,15 @@ impl Response {
             }
             Response::Written { prev, .. } => 8 + opt_bytes_len(prev.as_deref()) + 8,
             Response::Members(ms) => 4 + ms.iter().map(Member::encoded_len).sum::<usize>(),
+            Response::Called { value, .. } => 16 + opt_bytes_len(value.as_deref()),
+            Response::Scripts(ss) => {
+                4 + ss
+                    .iter()
+                    .map(|s| bytes_len(s.name.as_bytes()) + 16)
+                    .sum::<usize>()
+            }
+            Response::Script(s) => bytes_len(s.name.as_bytes()) + 17 + bytes_len(&s.source),
+            Response::ScriptVersions(vs) => 4 + vs.len() * 25,
             Response::Error(e) => {
                 2 + bytes_len(e.message.as_bytes())
                     + opt_bytes_len(e.key.as_deref())
@@ -844,6 +1071,39 @@ impl Response {
                 w.u64(*index);
                 w.opt_bytes(prev.as_deref());
                 w.u64(*count);
+            }
+            Response::Called {
+                version,
+                index,
+                value,
+            } => {
+                w.u64(*version);
+                w.u64(*index);
+                w.opt_bytes(value.as_deref());
+            }
+            Response::Scripts(ss) => {
+                w.u32(ss.len() as u32);
+                for s in ss {
+                    w.str(&s.name);
+                    w.u64(s.live);
+                    w.u64(s.latest);
+                }
+            }
+            Response::Script(s) => {
+                w.str(&s.name);
+                w.u64(s.version);
+                w.u64(s.index);
+                w.bool(s.live);
+                w.bytes(&s.source);
+            }
+            Response::ScriptVersions(vs) => {
+                w.u32(vs.len() as u32);
+                for v in vs {
+                    w.u64(v.version);
+                    w.u64(v.index);
+                    w.u64(v.size_bytes);
+                    w.bool(v.live);
+                }
             }
             Response::Error(e) => {
                 w.u16(e.code.to_u16());
@@ -923,6 +1183,43 @@ impl Response {
                 prev: r.opt_bytes("prev")?,
                 count: r.u64("count")?,
             },
+            15 => Response::Called {
+                version: r.u64("version")?,
+                index: r.u64("index")?,
+                value: r.opt_bytes("value")?,
+            },
+            16 => {
+                let n = r.count("scripts", 4 + 16)?;
+                let mut ss = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ss.push(ScriptSummary {
+                        name: r.string("script name")?,
+                        live: r.u64("live version")?,
+                        latest: r.u64("latest version")?,
+                    });
+                }
+                Response::Scripts(ss)
+            }
+            17 => Response::Script(ScriptSource {
+                name: r.string("script name")?,
+                version: r.u64("version")?,
+                index: r.u64("index")?,
+                live: r.bool("live")?,
+                source: r.bytes("script source")?,
+            }),
+            18 => {
+                let n = r.count("script versions", 25)?;
+                let mut vs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    vs.push(ScriptVersionInfo {
+                        version: r.u64("version")?,
+                        index: r.u64("index")?,
+                        size_bytes: r.u64("size")?,
+                        live: r.bool("live")?,
+                    });
+                }
+                Response::ScriptVersions(vs)
+            }
             255 => Response::Error(ErrorReply {
                 code: ErrorCode::from_u16(r.u16("error code")?),
                 message: r.string("message")?,

@@ -249,6 +249,29 @@ pub enum Op {
     Check(Guard),
     /// Deletes the key if it exists; never fails.
     Remove(Bytes),
+    /// Service metadata (Lua scripts, see docs/scripts.md): installs
+    /// `source` as the next version of script `name` and makes it live.
+    /// The state machine numbers versions so that concurrent installs
+    /// cannot pick the same one. Only the server proposes these four; a
+    /// client's batch that carries one is refused.
+    ScriptPut {
+        name: Bytes,
+        source: Bytes,
+    },
+    /// Makes an existing version of a script the live one (rollback).
+    ScriptActivate {
+        name: Bytes,
+        version: u64,
+    },
+    /// Makes a script uncallable; its history stays, so version numbers
+    /// are never reused.
+    ScriptDelete(Bytes),
+    /// Fails the batch unless `version` is the script's live version: a
+    /// call's effects never land after another version went live.
+    ScriptLive {
+        name: Bytes,
+        version: u64,
+    },
 }
 
 impl Op {
@@ -257,7 +280,21 @@ impl Op {
             Op::Set(k, v) => k.len() + v.len(),
             Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) => k.len(),
             Op::Check(g) => g.payload_bytes(),
+            Op::ScriptPut { name, source } => name.len() + source.len(),
+            Op::ScriptActivate { name, .. } | Op::ScriptLive { name, .. } => name.len(),
+            Op::ScriptDelete(name) => name.len(),
         }
+    }
+
+    /// Service metadata ops, which only the server may propose.
+    pub fn is_service(&self) -> bool {
+        matches!(
+            self,
+            Op::ScriptPut { .. }
+                | Op::ScriptActivate { .. }
+                | Op::ScriptDelete(_)
+                | Op::ScriptLive { .. }
+        )
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
@@ -265,6 +302,9 @@ impl Op {
             Op::Set(k, v) => bytes_len(k) + bytes_len(v),
             Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) => bytes_len(k),
             Op::Check(g) => g.encoded_len(),
+            Op::ScriptPut { name, source } => bytes_len(name) + bytes_len(source),
+            Op::ScriptActivate { name, .. } | Op::ScriptLive { name, .. } => bytes_len(name) + 8,
+            Op::ScriptDelete(name) => bytes_len(name),
         }
     }
 
@@ -291,6 +331,25 @@ impl Op {
                 w.u8(5);
                 w.bytes(k);
             }
+            Op::ScriptPut { name, source } => {
+                w.u8(6);
+                w.bytes(name);
+                w.bytes(source);
+            }
+            Op::ScriptActivate { name, version } => {
+                w.u8(7);
+                w.bytes(name);
+                w.u64(*version);
+            }
+            Op::ScriptDelete(name) => {
+                w.u8(8);
+                w.bytes(name);
+            }
+            Op::ScriptLive { name, version } => {
+                w.u8(9);
+                w.bytes(name);
+                w.u64(*version);
+            }
         }
     }
 
@@ -301,6 +360,19 @@ impl Op {
             3 => Op::DeletePrefix(r.bytes("prefix")?),
             4 => Op::Check(Guard::decode(r)?),
             5 => Op::Remove(r.bytes("key")?),
+            6 => Op::ScriptPut {
+                name: r.bytes("script name")?,
+                source: r.bytes("script source")?,
+            },
+            7 => Op::ScriptActivate {
+                name: r.bytes("script name")?,
+                version: r.u64("script version")?,
+            },
+            8 => Op::ScriptDelete(r.bytes("script name")?),
+            9 => Op::ScriptLive {
+                name: r.bytes("script name")?,
+                version: r.u64("script version")?,
+            },
             t => {
                 return Err(DecodeError::BadTag {
                     what: "op",

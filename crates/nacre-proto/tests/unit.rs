@@ -172,7 +172,8 @@ fn bad_tag(r: Result<impl std::fmt::Debug, DecodeError>, what: &str, tag: u32) {
 #[test]
 fn unknown_request_opcodes_are_rejected() {
     let known: Vec<u8> = vec![
-        1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 16, 17, 18, 30, 31, 32, 33, 34, 35, 36, 37,
+        1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 16, 17, 18, 30, 31, 32, 33, 34, 35, 36, 37, 38, 40,
+        41, 42, 43, 44, 50, 51, 52, 53, 54, 55, 56,
     ];
     for op in 0..=255u8 {
         if !known.contains(&op) {
@@ -183,7 +184,7 @@ fn unknown_request_opcodes_are_rejected() {
 
 #[test]
 fn unknown_response_tags_are_rejected() {
-    for tag in 14..=254u8 {
+    for tag in 19..=254u8 {
         bad_tag(
             decode_response(Bytes::from(vec![tag])),
             "response",
@@ -200,7 +201,7 @@ fn unknown_inner_tags_are_rejected() {
     bad_tag(decode_response(Bytes::from(vec![1, 2])), "bool", 2);
     // An option flag of 7 in a Value reply.
     bad_tag(decode_response(Bytes::from(vec![3, 7])), "value", 7);
-    // Guard tag 0 and 6, op tag 0 and 6, inside a Batch request.
+    // Guard tag 0 and 6, op tag 0 and 10, inside a Batch request.
     let batch = |guards: &[u8], ops: &[u8]| {
         let mut v = vec![36];
         v.extend_from_slice(&(!guards.is_empty() as u32).to_le_bytes());
@@ -213,7 +214,7 @@ fn unknown_inner_tags_are_rejected() {
     bad_tag(decode_request(batch(&[0], &[])), "guard", 0);
     bad_tag(decode_request(batch(&[6], &[])), "guard", 6);
     bad_tag(decode_request(batch(&[], &[0])), "op", 0);
-    bad_tag(decode_request(batch(&[], &[6])), "op", 6);
+    bad_tag(decode_request(batch(&[], &[10])), "op", 10);
     bad_tag(decode_request(batch(&[], &[4, 9])), "guard", 9);
     // Command format 2.
     bad_tag(
@@ -550,6 +551,9 @@ fn error_codes_round_trip() {
         (ErrorCode::Timeout, 12, "timeout"),
         (ErrorCode::Corruption, 13, "corruption"),
         (ErrorCode::Internal, 14, "internal"),
+        (ErrorCode::Conflict, 15, "conflict"),
+        (ErrorCode::ScriptError, 16, "script_error"),
+        (ErrorCode::BudgetExceeded, 17, "budget_exceeded"),
     ];
     for (code, n, name) in known {
         assert_eq!(code.to_u16(), n);
@@ -557,7 +561,7 @@ fn error_codes_round_trip() {
         assert_eq!(code.name(), name);
         assert_eq!(code.to_string(), name);
     }
-    for n in [0u16, 15, 1000, u16::MAX] {
+    for n in [0u16, 18, 1000, u16::MAX] {
         assert_eq!(ErrorCode::from_u16(n), ErrorCode::Unknown(n));
         assert_eq!(ErrorCode::Unknown(n).to_u16(), n);
         assert_eq!(ErrorCode::Unknown(n).name(), "unknown");

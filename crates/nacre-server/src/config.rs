@@ -5,6 +5,23 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// One member of a cluster, as listed in the config's `[[nodes]]` tables.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Raft id; by default a hash of the name (so a node added later gets
+    /// the same id on every member without coordination). Must never be
+    /// reused for another node in the cluster's lifetime.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Address for clients.
+    pub client: String,
+    /// Address for peers.
+    pub peer: String,
+    pub data_dir: PathBuf,
+}
+
 /// Everything a node needs to run. Loaded from TOML by the `nacre` binary;
 /// unknown keys are refused so a typo does not silently keep a default.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -43,6 +60,23 @@ pub struct ServerConfig {
     /// after this many applied entries.
     pub checkpoint_entries: u64,
     pub tlog_segment_size_bytes: u64,
+    /// The cluster's initial members. Empty: a single-node cluster made of
+    /// this node (`node_name`, `listen`, `peer_listen`, `data_dir`). Only a
+    /// brand-new data directory reads this list; afterwards membership is
+    /// what the replicated log says (learners added, nodes removed).
+    pub nodes: Vec<NodeConfig>,
+    /// A voter that takes leadership back whenever it is healthy.
+    pub preferred_leader: Option<String>,
+    /// Start with an empty data directory and wait to be added to a
+    /// running cluster (`nacre cluster add-learner`), instead of
+    /// bootstrapping a new cluster from `[[nodes]]`.
+    pub join: bool,
+    /// Entries kept in the tlog behind a checkpoint so a briefly lagging
+    /// follower catches up from the log instead of a snapshot.
+    pub tlog_tail_entries: u64,
+    /// Writes remembered per client session for deduplicating retries,
+    /// counted in log entries: a retry later than this is applied again.
+    pub session_retention_entries: u64,
 }
 
 impl Default for ServerConfig {
@@ -63,7 +97,7 @@ impl Default for ServerConfig {
             batch_size_max_bytes: limits.batch_size_max_bytes,
             multi_get_keys_max: limits.multi_get_keys_max,
             range_results_max: limits.range_results_max,
-            tick_ms: 100,
+            tick_ms: 50,
             election_ticks: 10,
             heartbeat_ticks: 1,
             proposals_pending_max: 65_536,
@@ -71,6 +105,11 @@ impl Default for ServerConfig {
             store_cache_bytes: 64 << 20,
             checkpoint_entries: 100_000,
             tlog_segment_size_bytes: 64 << 20,
+            nodes: Vec::new(),
+            preferred_leader: None,
+            join: false,
+            tlog_tail_entries: 10_000,
+            session_retention_entries: 100_000,
         }
     }
 }
@@ -91,6 +130,49 @@ impl ServerConfig {
     /// Parses a TOML document; missing keys keep their defaults.
     pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Makes this config about the member `name` of `[[nodes]]`: its name,
+    /// addresses and data directory become this node's.
+    pub fn select_node(&mut self, name: &str) -> Result<(), String> {
+        let Some(n) = self.nodes.iter().find(|n| n.name == name) else {
+            let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(format!(
+                "no node named {name:?} in [[nodes]] (have: {})",
+                names.join(", ")
+            ));
+        };
+        self.node_name = n.name.clone();
+        self.listen = n.client.clone();
+        self.peer_listen = n.peer.clone();
+        self.data_dir = n.data_dir.clone();
+        Ok(())
+    }
+
+    /// The initial members with their raft ids; a config without
+    /// `[[nodes]]` is a cluster of this node alone.
+    pub fn initial_members(&self) -> Vec<(u64, NodeConfig)> {
+        if self.nodes.is_empty() {
+            return vec![(
+                crate::node::name_id(&self.node_name),
+                NodeConfig {
+                    name: self.node_name.clone(),
+                    id: None,
+                    client: self.listen.clone(),
+                    peer: self.peer_listen.clone(),
+                    data_dir: self.data_dir.clone(),
+                },
+            )];
+        }
+        self.nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.id.unwrap_or_else(|| crate::node::name_id(&n.name)),
+                    n.clone(),
+                )
+            })
+            .collect()
     }
 
     /// Refuses settings that cannot work, with the setting's name.
@@ -122,6 +204,33 @@ impl ServerConfig {
         }
         if self.cluster_id.len() > nacre_proto::NAME_SIZE_MAX_BYTES {
             return Err("cluster_id must be at most 255 bytes".into());
+        }
+        if !self.nodes.is_empty() {
+            let members = self.initial_members();
+            let mut ids = std::collections::BTreeSet::new();
+            let mut names = std::collections::BTreeSet::new();
+            for (id, n) in &members {
+                if *id == 0 {
+                    return Err(format!("node {:?}: id 0 is reserved", n.name));
+                }
+                if !ids.insert(*id) {
+                    return Err(format!("node id {id} is used twice in [[nodes]]"));
+                }
+                if !names.insert(n.name.clone()) {
+                    return Err(format!("node name {:?} is used twice in [[nodes]]", n.name));
+                }
+            }
+            if !names.contains(&self.node_name) {
+                return Err(format!(
+                    "this node ({:?}) is not in [[nodes]]: pass --node NAME",
+                    self.node_name
+                ));
+            }
+            if let Some(p) = &self.preferred_leader {
+                if !names.contains(p) {
+                    return Err(format!("preferred_leader {p:?} is not in [[nodes]]"));
+                }
+            }
         }
         if self.frame_size_max_bytes < self.value_size_max_bytes + self.key_size_max_bytes + 1024 {
             return Err("frame_size_max_bytes must hold one maximal key and value".into());

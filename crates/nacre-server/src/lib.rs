@@ -8,15 +8,18 @@
 
 mod config;
 mod node;
+mod scripts;
 mod server;
 pub mod state;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use config::ServerConfig;
+pub use config::{NodeConfig, ServerConfig};
 use nacre_store::vfs::{OsVfs, Vfs};
+pub use node::name_id;
 use tokio::sync::{watch, Semaphore};
 
 /// Why a node stopped or could not start.
@@ -98,28 +101,60 @@ pub async fn start_with_vfs(
     };
     let tlog = nacre_raft::Tlog::open(vfs, &config.data_dir.join("tlog"), tlog_opts)
         .map_err(|e| ServerError::Tlog(e.to_string()))?;
-    let sm = state::StateMachine::open(store.clone())?;
+    let sm = state::StateMachine::open_with(store.clone(), config.session_retention_entries)?;
+    let members = config.initial_members();
+    let id = members
+        .iter()
+        .find(|(_, n)| n.name == config.node_name)
+        .map_or_else(|| name_id(&config.node_name), |(id, _)| *id);
+    let preferred_leader = config
+        .preferred_leader
+        .as_ref()
+        .and_then(|p| members.iter().find(|(_, n)| &n.name == p))
+        .map(|(id, _)| *id);
+    let initial_members = members
+        .into_iter()
+        .map(|(id, n)| {
+            (
+                id,
+                state::MemberRecord {
+                    name: n.name,
+                    client: n.client,
+                    peer: n.peer,
+                },
+            )
+        })
+        .collect();
     let (node, raft) = node::Node::start(
         nacre_raft::TlogStorage::new(tlog),
         sm,
         node::NodeOptions {
-            id: 1,
+            id,
+            initial_members,
+            join: config.join,
+            preferred_leader,
+            cluster_id: config.cluster_id.clone(),
+            peer_listen: config.peer_listen.clone(),
+            data_dir: config.data_dir.clone(),
             tick_ms: config.tick_ms,
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,
             proposals_pending_max: config.proposals_pending_max,
             checkpoint_entries: config.checkpoint_entries,
-            tlog_tail_entries: 0,
+            tlog_tail_entries: config.tlog_tail_entries,
         },
+        tokio::runtime::Handle::current(),
     )?;
     // A single-member group elects itself at once; serving only after that
     // spares the first clients a spurious NotMaster.
     let deadline = Instant::now()
         + std::time::Duration::from_millis(config.tick_ms * config.election_ticks as u64 * 3);
-    while !node
-        .status
-        .is_leader
-        .load(std::sync::atomic::Ordering::Acquire)
+    let single = config.nodes.len() <= 1 && !config.join;
+    while single
+        && !node
+            .status
+            .is_leader
+            .load(std::sync::atomic::Ordering::Acquire)
         && Instant::now() < deadline
     {
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;

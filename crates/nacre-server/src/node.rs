@@ -9,19 +9,48 @@
 //! by one fsync.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nacre_proto::{ErrorCode, ErrorReply};
+use nacre_proto::{ErrorCode, ErrorReply, Member};
 use nacre_raft::TlogStorage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, HardState};
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+    Entry, EntryType, HardState, Snapshot, SnapshotMetadata,
+};
 use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
-use crate::state::{Committed, Outcome, StateMachine};
+use crate::state::{Committed, MemberRecord, Outcome, StateMachine};
+use crate::transport::{Inbound, Transport};
 use crate::ServerError;
+
+/// A membership request for the raft loop.
+#[derive(Debug, Clone)]
+pub enum Membership {
+    AddLearner(u64, MemberRecord),
+    Promote(u64),
+    Remove(u64),
+    TransferLeader(u64),
+}
+
+/// A stable raft id from a node name (FNV-1a, never 0): every node, and
+/// the leader adding a learner, computes the same id with no coordination.
+pub fn name_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// Names of the store snapshots that back raft snapshots.
+const SNAPSHOT_NAME_PREFIX: &str = "raft-";
 
 /// What a write's proposal comes back with: its log index and outcome.
 pub type WriteReply = Result<(u64, Outcome), ErrorReply>;
@@ -36,6 +65,11 @@ pub(crate) enum Msg {
     Read {
         reply: oneshot::Sender<ReadReply>,
     },
+    Membership {
+        change: Membership,
+        reply: oneshot::Sender<Result<u64, ErrorReply>>,
+    },
+    Peer(Inbound),
     Shutdown,
 }
 
@@ -53,6 +87,32 @@ pub struct Status {
     pub proposals: AtomicU64,
     pub fsyncs: AtomicU64,
     pub stopped: AtomicBool,
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_installed: AtomicU64,
+    /// This node's raft id.
+    pub id: AtomicU64,
+    /// Who is who: names and addresses of every member.
+    pub members: RwLock<BTreeMap<u64, MemberRecord>>,
+    /// Voters, learners and (on the leader) replication progress.
+    pub progress: Mutex<Vec<Member>>,
+}
+
+impl Status {
+    /// A NotMaster error carrying the leader's client address, if known.
+    pub fn not_master(&self) -> ErrorReply {
+        let leader = self.leader_id.load(Ordering::Acquire);
+        let hint = self.members.read().get(&leader).map(|m| m.client.clone());
+        let msg = match self.members.read().get(&leader) {
+            Some(m) => format!("this node is not the leader; {} is", m.name),
+            None => "this node is not the leader, and no leader is known".to_string(),
+        };
+        ErrorReply::new(ErrorCode::NotMaster, msg).with_leader(hint)
+    }
+
+    pub fn leader_name(&self) -> Option<String> {
+        let leader = self.leader_id.load(Ordering::Acquire);
+        self.members.read().get(&leader).map(|m| m.name.clone())
+    }
 }
 
 /// The client side's handle on the loop.
@@ -94,6 +154,13 @@ impl NodeHandle {
         rx.await.unwrap_or_else(|_| Err(going_down()))
     }
 
+    /// Proposes a membership change; answers once it is applied.
+    pub async fn membership(&self, change: Membership) -> Result<u64, ErrorReply> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Membership { change, reply })?;
+        rx.await.unwrap_or_else(|_| Err(going_down()))
+    }
+
     pub fn shutdown(&self) {
         // A full queue still sees the disconnect once the loop drains it;
         // the loop also stops when every handle is gone.
@@ -103,6 +170,15 @@ impl NodeHandle {
 
 pub struct NodeOptions {
     pub id: u64,
+    /// Members to bootstrap a brand-new cluster with (ignored once the
+    /// data directory holds a log); empty with `join`.
+    pub initial_members: Vec<(u64, MemberRecord)>,
+    /// Start empty and wait to be added by the cluster's leader.
+    pub join: bool,
+    pub preferred_leader: Option<u64>,
+    pub cluster_id: String,
+    pub peer_listen: String,
+    pub data_dir: PathBuf,
     pub tick_ms: u64,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
@@ -117,8 +193,24 @@ struct Pending {
     reply: oneshot::Sender<WriteReply>,
 }
 
+/// What a raft snapshot taken by this node describes.
+#[derive(Default)]
+struct SnapState {
+    applied: u64,
+    term: u64,
+    conf: ConfState,
+}
+
 pub(crate) struct Node {
     raw: RawNode<TlogStorage>,
+    rt: tokio::runtime::Handle,
+    transport: Option<Transport>,
+    inbound_tx: SyncSender<Inbound>,
+    snap_state: Arc<Mutex<SnapState>>,
+    /// Snapshots received, by index, waiting for raft to accept them.
+    snapshots_in: HashMap<u64, PathBuf>,
+    membership_pending: BTreeMap<u64, (u64, oneshot::Sender<Result<u64, ErrorReply>>)>,
+    was_leader: bool,
     tlog: TlogStorage,
     sm: StateMachine,
     rx: Receiver<Msg>,
@@ -139,6 +231,37 @@ pub(crate) struct Node {
     shutting_down: bool,
 }
 
+/// Takes (or reuses) a store snapshot of the applied state for raft to
+/// ship to a lagging or new follower; its data names the store snapshot.
+fn take_snapshot(store: &nacre_store::Store, state: &Mutex<SnapState>) -> Result<Snapshot, String> {
+    let st = state.lock();
+    let name = format!("{SNAPSHOT_NAME_PREFIX}{:020}", st.applied);
+    let existing = store.list_snapshots();
+    if !existing.iter().any(|s| s.name == name) {
+        store.create_snapshot(&name).map_err(|e| e.to_string())?;
+        // Keep the newest two: one may still be streaming.
+        let mut ours: Vec<String> = existing
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| n.starts_with(SNAPSHOT_NAME_PREFIX))
+            .collect();
+        ours.sort();
+        while ours.len() > 1 {
+            let old = ours.remove(0);
+            let _ = store.drop_snapshot(&old);
+        }
+    }
+    let mut snap = Snapshot {
+        data: name.into_bytes().into(),
+        ..Default::default()
+    };
+    let meta = snap.mut_metadata();
+    meta.index = st.applied;
+    meta.term = st.term;
+    meta.set_conf_state(st.conf.clone());
+    Ok(snap)
+}
+
 fn err(e: impl std::fmt::Display) -> ServerError {
     ServerError::Raft(e.to_string())
 }
@@ -147,22 +270,49 @@ impl Node {
     /// Opens the raft node over a recovered tlog and state machine.
     pub(crate) fn start(
         tlog: TlogStorage,
-        sm: StateMachine,
+        mut sm: StateMachine,
         opts: NodeOptions,
+        rt: tokio::runtime::Handle,
     ) -> Result<(NodeHandle, std::thread::JoinHandle<Result<(), ServerError>>), ServerError> {
-        let (applied, _) = sm.applied();
         {
             let mut log = tlog.write();
-            // A brand-new node bootstraps a one-member group. (Joining an
-            // existing cluster comes with replication.)
-            if log.conf_state().voters.is_empty() && log.last_index() == 0 {
-                let cs = raft::eraftpb::ConfState {
-                    voters: vec![opts.id],
+            let fresh =
+                log.conf_state().voters.is_empty() && log.last_index() == 0 && sm.applied().0 == 0;
+            if fresh && !opts.join {
+                // A brand-new cluster starts from a snapshot at index 1
+                // holding the initial members, the same on every member.
+                // Its conf state is then part of snapshot metadata, so a
+                // node that joins later receives it with its first snapshot.
+                let voters: Vec<u64> = opts.initial_members.iter().map(|(id, _)| *id).collect();
+                let changes: Vec<(u64, Option<MemberRecord>)> = opts
+                    .initial_members
+                    .iter()
+                    .map(|(id, m)| (*id, Some(m.clone())))
+                    .collect();
+                sm.apply_members(1, 1, &changes)?;
+                sm.checkpoint()?;
+                let mut meta = SnapshotMetadata {
+                    index: 1,
+                    term: 1,
                     ..Default::default()
                 };
-                log.set_conf_state(&cs).map_err(err)?;
+                meta.set_conf_state(ConfState {
+                    voters,
+                    ..Default::default()
+                });
+                log.apply_snapshot(&meta).map_err(err)?;
+                let hs = HardState {
+                    term: 1,
+                    commit: 1,
+                    ..Default::default()
+                };
+                log.set_hard_state(&hs).map_err(err)?;
                 log.sync().map_err(err)?;
             }
+        }
+        let (applied, applied_term) = sm.applied();
+        {
+            let mut log = tlog.write();
             if applied > log.last_index() {
                 return Err(ServerError::Raft(format!(
                     "the store has applied index {applied} but the tlog ends at {}: \
@@ -193,12 +343,59 @@ impl Node {
         };
         cfg.validate().map_err(err)?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
+
+        let snap_state = Arc::new(Mutex::new(SnapState {
+            applied,
+            term: applied_term,
+            conf: tlog.read().conf_state(),
+        }));
+        {
+            let store = sm.store().clone();
+            let snap_state = snap_state.clone();
+            tlog.set_snapshot_provider(Box::new(move |_request_index| {
+                take_snapshot(&store, &snap_state)
+                    .map_err(|e| raft::Error::Store(raft::StorageError::Other(e.into())))
+            }));
+        }
         let raw = RawNode::new(&cfg, tlog.clone(), &logger).map_err(err)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(opts.proposals_pending_max);
+
+        // Peer traffic arrives on its own channel (the transport's type);
+        // a small thread forwards it into the loop's queue.
+        let (inbound_tx, inbound_rx) =
+            std::sync::mpsc::sync_channel::<Inbound>(opts.proposals_pending_max);
+        {
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("nacre-peer-in".into())
+                .spawn(move || {
+                    while let Ok(m) = inbound_rx.recv() {
+                        if tx.send(Msg::Peer(m)).is_err() {
+                            return;
+                        }
+                    }
+                })?;
+        }
+
         let status = Arc::new(Status::default());
         status.applied.store(applied, Ordering::Relaxed);
+        status.id.store(opts.id, Ordering::Relaxed);
+        let mut members = sm.members()?;
+        if members.is_empty() {
+            // A joining node knows the initial members from its config
+            // until the leader's snapshot tells it the truth.
+            members = opts.initial_members.iter().cloned().collect();
+        }
+        *status.members.write() = members;
         let mut node = Node {
             raw,
+            rt,
+            transport: None,
+            inbound_tx,
+            snap_state,
+            snapshots_in: HashMap::new(),
+            membership_pending: BTreeMap::new(),
+            was_leader: false,
             tlog,
             sm,
             rx,
@@ -214,7 +411,8 @@ impl Node {
             shutting_down: false,
         };
         // A single voter need not wait an election timeout to lead.
-        if node.raw.raft.prs().conf().voters().ids().len() == 1 {
+        let voters = node.raw.raft.prs().conf().voters().ids();
+        if voters.len() == 1 && voters.contains(node.opts.id) {
             node.raw.campaign().map_err(err)?;
         }
         let thread = std::thread::Builder::new()
@@ -223,8 +421,57 @@ impl Node {
         Ok((NodeHandle { tx, status }, thread))
     }
 
+    /// Starts the peer transport once there is anyone to talk to, and
+    /// points it at every member's current address.
+    fn sync_transport(&mut self) -> Result<(), ServerError> {
+        let members = self.status.members.read().clone();
+        let others: Vec<(u64, String)> = members
+            .iter()
+            .filter(|(id, _)| **id != self.opts.id)
+            .map(|(id, m)| (*id, m.peer.clone()))
+            .collect();
+        if self.transport.is_none() && (others.is_empty() && !self.opts.join) {
+            return Ok(());
+        }
+        if self.transport.is_none() {
+            let store = self.sm.store().clone();
+            let source: crate::transport::SnapshotSource = Arc::new(move |snap: &Snapshot| {
+                let name = String::from_utf8(snap.data.to_vec()).map_err(|e| e.to_string())?;
+                let txn = store.snapshot(&name).map_err(|e| e.to_string())?;
+                let iter = txn.iter().map(|kv| kv.map_err(|e| e.to_string()));
+                Ok(Box::new(iter)
+                    as Box<
+                        dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), String>> + Send,
+                    >)
+            });
+            let cfg = crate::transport::TransportConfig::new(
+                self.opts.cluster_id.clone(),
+                self.opts.id,
+                self.opts.peer_listen.clone(),
+                self.opts.data_dir.join("snapshots-in"),
+            );
+            std::fs::create_dir_all(&cfg.snapshot_dir)?;
+            let t = self
+                .rt
+                .block_on(Transport::start(cfg, self.inbound_tx.clone(), source))
+                .map_err(|source| ServerError::Listen {
+                    addr: self.opts.peer_listen.clone(),
+                    source,
+                })?;
+            tracing::info!(addr = %t.local_addr(), "peer transport listening");
+            self.transport = Some(t);
+        }
+        let t = self.transport.as_ref().expect("started above");
+        for (id, addr) in others {
+            t.set_peer(id, addr);
+        }
+        Ok(())
+    }
+
     fn run(mut self) -> Result<(), ServerError> {
-        let result = self.run_loop();
+        // On this thread (not a runtime's) the transport's async start can
+        // be waited for.
+        let result = self.sync_transport().and_then(|()| self.run_loop());
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft loop stopped");
         }
@@ -262,6 +509,9 @@ impl Node {
                 self.raw.tick();
                 self.ticks += 1;
                 self.retry_stale_reads();
+                if self.ticks.is_multiple_of(self.opts.election_ticks as u64) {
+                    self.maybe_transfer_to_preferred();
+                }
                 next_tick += tick;
                 // After a long stall, do not replay every missed tick.
                 if next_tick < Instant::now() {
@@ -275,7 +525,7 @@ impl Node {
     }
 
     fn leader_hint(&self) -> ErrorReply {
-        ErrorReply::new(ErrorCode::NotMaster, "this node is not the leader")
+        self.status.not_master()
     }
 
     fn handle(&mut self, m: Msg) -> Result<(), ServerError> {
@@ -302,9 +552,150 @@ impl Node {
                 }
             }
             Msg::Read { reply } => self.reads_new.push(reply),
+            Msg::Membership { change, reply } => self.propose_membership(change, reply),
+            Msg::Peer(Inbound::Raft(mut m)) => {
+                use raft::eraftpb::MessageType;
+                let empty = self.raw.raft.prs().conf().voters().ids().is_empty()
+                    && self.raw.raft.prs().conf().learners().is_empty();
+                // A node that starts empty to (re)join has none of the log it
+                // may once have acknowledged: it must not help elect anyone
+                // until a snapshot has given it the cluster's state.
+                if empty
+                    && matches!(
+                        m.get_msg_type(),
+                        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                    )
+                {
+                    return Ok(());
+                }
+                // The leader may remember more of this node's log than it
+                // still has (it lost its data and rejoined): raft-rs would
+                // panic on a commit index past the log, so cap it; the
+                // leader then finds the gap and sends a snapshot.
+                if m.get_msg_type() == MessageType::MsgHeartbeat {
+                    m.commit = m.commit.min(self.raw.raft.raft_log.last_index());
+                }
+                // A message from an old term or an unknown peer is refused
+                // by raft itself; that is not our error.
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(error = %e, "raft refused a peer message");
+                }
+            }
+            Msg::Peer(Inbound::Unreachable(id)) => self.raw.report_unreachable(id),
+            Msg::Peer(Inbound::SnapshotStatus { to, ok }) => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                if ok {
+                    self.status.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                self.raw.report_snapshot(to, status);
+            }
+            Msg::Peer(Inbound::Snapshot { msg, path }) => {
+                let index = msg.get_snapshot().get_metadata().index;
+                self.snapshots_in.insert(index, path);
+                if let Err(e) = self.raw.step(msg) {
+                    tracing::debug!(error = %e, "raft refused a snapshot");
+                }
+            }
             Msg::Shutdown => self.shutting_down = true,
         }
         Ok(())
+    }
+
+    fn propose_membership(
+        &mut self,
+        change: Membership,
+        reply: oneshot::Sender<Result<u64, ErrorReply>>,
+    ) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.leader_hint()));
+            return;
+        }
+        let conf = self.raw.raft.prs().conf().clone();
+        let known = |id: u64| conf.voters().contains(id) || conf.learners().contains(&id);
+        let bad = |m: &str| ErrorReply::new(ErrorCode::BadInput, m.to_string());
+        let (single, context) = match change {
+            Membership::TransferLeader(id) => {
+                if !conf.voters().contains(id) {
+                    let _ = reply.send(Err(bad("only a voter can become the leader")));
+                    return;
+                }
+                self.raw.transfer_leader(id);
+                let _ = reply.send(Ok(self.sm.applied().0));
+                return;
+            }
+            Membership::AddLearner(id, m) => {
+                if known(id) {
+                    let _ = reply.send(Err(bad("a member with this name exists already")));
+                    return;
+                }
+                (
+                    ConfChangeSingle {
+                        change_type: ConfChangeType::AddLearnerNode,
+                        node_id: id,
+                        ..Default::default()
+                    },
+                    m.encode(),
+                )
+            }
+            Membership::Promote(id) => {
+                if !conf.learners().contains(&id) {
+                    let _ = reply.send(Err(bad("not a learner of this cluster")));
+                    return;
+                }
+                (
+                    ConfChangeSingle {
+                        change_type: ConfChangeType::AddNode,
+                        node_id: id,
+                        ..Default::default()
+                    },
+                    Vec::new(),
+                )
+            }
+            Membership::Remove(id) => {
+                if !known(id) {
+                    let _ = reply.send(Err(bad("not a member of this cluster")));
+                    return;
+                }
+                if conf.voters().ids().len() == 1 && conf.voters().contains(id) {
+                    let _ = reply.send(Err(bad("cannot remove the last voter")));
+                    return;
+                }
+                (
+                    ConfChangeSingle {
+                        change_type: ConfChangeType::RemoveNode,
+                        node_id: id,
+                        ..Default::default()
+                    },
+                    Vec::new(),
+                )
+            }
+        };
+        let cc = ConfChangeV2 {
+            // One change at a time is a simple change; several would go
+            // through joint consensus and leave it automatically.
+            transition: ConfChangeTransition::Auto,
+            changes: vec![single].into(),
+            context: context.into(),
+            ..Default::default()
+        };
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                self.membership_pending
+                    .insert(index, (self.raw.raft.term, reply));
+            }
+            Err(e) => {
+                // raft-rs allows one pending conf change at a time.
+                let _ = reply.send(Err(ErrorReply::new(
+                    ErrorCode::Busy,
+                    format!("membership change refused: {e}"),
+                )));
+            }
+        }
     }
 
     /// One read-index round serves every read that arrived since the last.
@@ -355,10 +746,11 @@ impl Node {
             return Ok(());
         }
         let mut rd = self.raw.ready();
+        // Messages of this Ready (a leader's appends and heartbeats) may go
+        // out before the entries are persisted.
+        self.send_messages(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            return Err(ServerError::Raft(
-                "snapshot install is not supported by a single node".into(),
-            ));
+            self.install_snapshot(rd.snapshot().clone())?;
         }
         // Committed entries in this Ready were persisted by an earlier one.
         let committed = rd.take_committed_entries();
@@ -385,7 +777,10 @@ impl Node {
             self.tlog.write().sync().map_err(err)?;
             self.status.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
+        // These (votes, append acknowledgements) promise persisted state.
+        self.send_messages(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
+        self.send_messages(light.take_messages());
         if let Some(commit) = light.commit_index() {
             let mut log = self.tlog.write();
             let mut hs = log.hard_state();
@@ -400,6 +795,47 @@ impl Node {
         self.release_reads();
         self.maybe_checkpoint()?;
         Ok(())
+    }
+
+    fn send_messages(&mut self, msgs: Vec<raft::eraftpb::Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        match &self.transport {
+            Some(t) => t.send(msgs),
+            None => tracing::debug!(n = msgs.len(), "no peer transport; messages dropped"),
+        }
+    }
+
+    /// Replaces the state with a snapshot that raft accepted: the store
+    /// from the streamed file, then the tlog starts after it.
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), ServerError> {
+        let meta = snap.get_metadata().clone();
+        let Some(path) = self.snapshots_in.remove(&meta.index) else {
+            return Err(ServerError::Raft(format!(
+                "raft accepted a snapshot at index {} whose data never arrived",
+                meta.index
+            )));
+        };
+        let pairs = crate::transport::read_snapshot_file(&path)?;
+        self.sm.install_snapshot(pairs, meta.index, meta.term)?;
+        let _ = std::fs::remove_file(&path);
+        self.tlog.write().apply_snapshot(&meta).map_err(err)?;
+        self.snapshots_in.retain(|i, _| *i > meta.index);
+        *self.status.members.write() = self.sm.members()?;
+        {
+            let mut st = self.snap_state.lock();
+            st.applied = meta.index;
+            st.term = meta.term;
+            st.conf = meta.get_conf_state().clone();
+        }
+        self.checkpointed = meta.index;
+        self.status.applied.store(meta.index, Ordering::Release);
+        self.status
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(index = meta.index, "installed a snapshot from the leader");
+        self.sync_transport()
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ServerError> {
@@ -441,12 +877,20 @@ impl Node {
                 let _ = p.reply.send(reply);
             }
         }
-        let (applied, _) = self.sm.applied();
-        self.status.applied.store(applied, Ordering::Release);
+        self.applied_moved();
         Ok(())
     }
 
+    fn applied_moved(&mut self) {
+        let (applied, term) = self.sm.applied();
+        self.status.applied.store(applied, Ordering::Release);
+        let mut st = self.snap_state.lock();
+        st.applied = applied;
+        st.term = term;
+    }
+
     fn apply_conf_change(&mut self, e: &Entry) -> Result<(), ServerError> {
+        let mut changes: Vec<(u64, Option<MemberRecord>)> = Vec::new();
         let cs = if e.get_entry_type() == EntryType::EntryConfChange {
             let mut cc = ConfChange::default();
             protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(err)?;
@@ -454,11 +898,59 @@ impl Node {
         } else {
             let mut cc = ConfChangeV2::default();
             protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(err)?;
+            for c in cc.changes.iter() {
+                match c.change_type {
+                    ConfChangeType::AddLearnerNode => {
+                        if let Some(m) = MemberRecord::decode(&cc.context) {
+                            changes.push((c.node_id, Some(m)));
+                        }
+                    }
+                    ConfChangeType::RemoveNode => changes.push((c.node_id, None)),
+                    ConfChangeType::AddNode => {}
+                }
+            }
             self.raw.apply_conf_change(&cc).map_err(err)?
         };
         self.tlog.write().set_conf_state(&cs).map_err(err)?;
-        // The conf change is in the log; the store's applied index moves
-        // past it with the next batch, and replaying it is harmless.
+        // The member table changes in the same step as the applied index,
+        // so a restart never sees one without the other.
+        self.sm.apply_members(e.index, e.term, &changes)?;
+        {
+            let mut members = self.status.members.write();
+            for (id, m) in &changes {
+                match m {
+                    Some(m) => {
+                        members.insert(*id, m.clone());
+                    }
+                    None => {
+                        members.remove(id);
+                    }
+                }
+            }
+        }
+        self.snap_state.lock().conf = cs.clone();
+        self.applied_moved();
+        for (id, m) in &changes {
+            if let (None, Some(t)) = (m, &self.transport) {
+                t.remove_peer(*id);
+            }
+        }
+        self.sync_transport()?;
+        if let Some((term, reply)) = self.membership_pending.remove(&e.index) {
+            let r = if term == e.term {
+                Ok(e.index)
+            } else {
+                Err(self.leader_hint())
+            };
+            let _ = reply.send(r);
+        }
+        if changes
+            .iter()
+            .any(|(id, m)| *id == self.opts.id && m.is_none())
+        {
+            tracing::warn!("this node was removed from the cluster; stopping");
+            self.shutting_down = true;
+        }
         Ok(())
     }
 
@@ -502,7 +994,26 @@ impl Node {
         Ok(())
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        let is_leader = self.raw.raft.state == StateRole::Leader;
+        if self.was_leader && !is_leader {
+            // Entries this node proposed may still commit under the next
+            // leader, or be dropped: the client cannot know which, so the
+            // answer is the one that says so (a session makes its retry
+            // safe).
+            let why = ErrorReply::new(
+                ErrorCode::Timeout,
+                "leadership moved before the write committed; it may or may not apply",
+            );
+            for (_, p) in std::mem::take(&mut self.pending) {
+                let _ = p.reply.send(Err(why.clone()));
+            }
+            for (_, (_, reply)) in std::mem::take(&mut self.membership_pending) {
+                let _ = reply.send(Err(why.clone()));
+            }
+        }
+        self.was_leader = is_leader;
+        self.publish_progress(is_leader);
         let s = &self.status;
         let log = self.tlog.read();
         s.first_index.store(log.first_index(), Ordering::Relaxed);
@@ -515,6 +1026,61 @@ impl Node {
             .store(self.raw.raft.leader_id, Ordering::Relaxed);
         s.is_leader
             .store(self.raw.raft.state == StateRole::Leader, Ordering::Release);
+    }
+
+    fn publish_progress(&self, is_leader: bool) {
+        let members = self.status.members.read();
+        let conf = self.raw.raft.prs().conf();
+        let mut ids: Vec<u64> = conf.voters().ids().iter().collect();
+        ids.extend(conf.learners().iter().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        let leader = self.raw.raft.leader_id;
+        let list = ids
+            .into_iter()
+            .map(|id| {
+                let m = members.get(&id);
+                let match_index = if is_leader {
+                    self.raw.raft.prs().get(id).map_or(0, |p| p.matched)
+                } else {
+                    0
+                };
+                Member {
+                    id,
+                    name: m.map_or_else(|| format!("#{id}"), |m| m.name.clone()),
+                    client: m.map(|m| m.client.clone()).unwrap_or_default(),
+                    peer: m.map(|m| m.peer.clone()).unwrap_or_default(),
+                    voter: conf.voters().contains(id),
+                    leader: id == leader,
+                    match_index,
+                }
+            })
+            .collect();
+        *self.status.progress.lock() = list;
+    }
+
+    /// The preferred leader takes leadership back once it has caught up.
+    fn maybe_transfer_to_preferred(&mut self) {
+        let Some(pref) = self.opts.preferred_leader else {
+            return;
+        };
+        if pref == self.opts.id || self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        if !self.raw.raft.prs().conf().voters().contains(pref) {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        if self
+            .raw
+            .raft
+            .prs()
+            .get(pref)
+            .is_some_and(|p| p.matched == last)
+        {
+            tracing::info!(to = pref, "handing leadership to the preferred leader");
+            self.raw.transfer_leader(pref);
+        }
     }
 
     fn fail_all(&mut self, why: ErrorReply) {

@@ -315,12 +315,7 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
     Ok(match req {
         Request::Ping => Response::Text(format!("nacre {}", env!("CARGO_PKG_VERSION"))),
         Request::Version => Response::Version(version_info()),
-        Request::WhoMaster => Response::Master(
-            status
-                .is_leader
-                .load(Ordering::Acquire)
-                .then(|| shared.config.node_name.clone()),
-        ),
+        Request::WhoMaster => Response::Master(status.leader_name()),
         Request::Statistics => Response::Stats(statistics(shared)),
         Request::GetTxid => Response::U64(status.applied.load(Ordering::Acquire)),
         Request::Get { key, .. } => {
@@ -375,35 +370,110 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
                 .key_count()
                 .map_err(store_error)?,
         ),
-        Request::Confirm { key, value } => {
-            // Write only if different: decided by a linearizable read, so a
-            // confirm that finds the value in place is itself linearizable.
-            wait_for(shared, Consistency::Consistent).await?;
-            let current = Reader::new(&shared.store).get(&key).map_err(store_error)?;
-            if current.as_deref() == Some(&value[..]) {
-                Response::Written {
-                    index: status.applied.load(Ordering::Acquire),
-                    prev: current,
-                    count: 0,
-                }
-            } else {
-                write(shared, &Request::Set { key, value }).await?
+        Request::ClusterStatus => Response::Members(status.progress.lock().clone()),
+        Request::AddLearner { name, client, peer } => {
+            if name.is_empty() || name.len() > nacre_proto::NAME_SIZE_MAX_BYTES {
+                return Err(ErrorReply::new(
+                    ErrorCode::BadInput,
+                    "a member name is 1 to 255 bytes",
+                ));
             }
+            let id = crate::node::name_id(&name);
+            let record = crate::state::MemberRecord { name, client, peer };
+            membership(shared, crate::node::Membership::AddLearner(id, record)).await?
         }
+        Request::Promote { name } => {
+            membership(
+                shared,
+                crate::node::Membership::Promote(member_id(shared, &name)?),
+            )
+            .await?
+        }
+        Request::RemoveNode { name } => {
+            membership(
+                shared,
+                crate::node::Membership::Remove(member_id(shared, &name)?),
+            )
+            .await?
+        }
+        Request::TransferLeader { name } => {
+            let id = member_id(shared, &name)?;
+            membership(shared, crate::node::Membership::TransferLeader(id)).await?
+        }
+        Request::Call { .. }
+        | Request::ScriptPut { .. }
+        | Request::ScriptList
+        | Request::ScriptShow { .. }
+        | Request::ScriptHistory { .. }
+        | Request::ScriptRollback { .. }
+        | Request::ScriptDelete { .. } => crate::scripts::execute(shared, req).await?,
         req if req.is_write() => write(shared, &req).await?,
         _ => return Err(ErrorReply::new(ErrorCode::BadInput, "unsupported request")),
     })
 }
 
+fn member_id(shared: &Shared, name: &str) -> Result<u64, ErrorReply> {
+    shared
+        .node
+        .status
+        .members
+        .read()
+        .iter()
+        .find(|(_, m)| m.name == name)
+        .map(|(id, _)| *id)
+        .ok_or_else(|| ErrorReply::new(ErrorCode::NotFound, format!("no member named {name:?}")))
+}
+
+async fn membership(
+    shared: &Shared,
+    change: crate::node::Membership,
+) -> Result<Response, ErrorReply> {
+    let timeout = Duration::from_millis(shared.config.request_timeout_ms);
+    match tokio::time::timeout(timeout, shared.node.membership(change)).await {
+        Ok(r) => Ok(Response::Written {
+            index: r?,
+            prev: None,
+            count: 0,
+        }),
+        Err(_) => Err(ErrorReply::new(
+            ErrorCode::Timeout,
+            "the membership change was not applied in time; it may or may not apply",
+        )),
+    }
+}
+
 async fn write(shared: &Shared, req: &Request) -> Result<Response, ErrorReply> {
+    let (session, req) = match req {
+        Request::Session { session, request } => (Some(*session), &**request),
+        r => (None, r),
+    };
+    let set;
+    let req = match req {
+        Request::Confirm { key, value } => {
+            // Write only if different: decided by a linearizable read, so a
+            // confirm that finds the value in place is itself linearizable.
+            wait_for(shared, Consistency::Consistent).await?;
+            let current = Reader::new(&shared.store).get(key).map_err(store_error)?;
+            if current.as_deref() == Some(&value[..]) {
+                return Ok(Response::Written {
+                    index: shared.node.status.applied.load(Ordering::Acquire),
+                    prev: current,
+                    count: 0,
+                });
+            }
+            set = Request::Set {
+                key: key.clone(),
+                value: value.clone(),
+            };
+            &set
+        }
+        r => r,
+    };
     let batch = req
         .to_batch()
         .ok_or_else(|| ErrorReply::new(ErrorCode::BadInput, "not a write"))?;
-    let data = Command {
-        session: None,
-        batch,
-    }
-    .encode();
+    crate::scripts::refuse_service_ops(&batch)?;
+    let data = Command { session, batch }.encode();
     let timeout = Duration::from_millis(shared.config.request_timeout_ms);
     let (index, outcome) = match tokio::time::timeout(timeout, shared.node.propose(data)).await {
         Ok(r) => r?,
@@ -436,7 +506,7 @@ async fn write(shared: &Shared, req: &Request) -> Result<Response, ErrorReply> {
 }
 
 /// Holds a read back until the node may serve it at this consistency.
-async fn wait_for(shared: &Shared, c: Consistency) -> Result<(), ErrorReply> {
+pub(crate) async fn wait_for(shared: &Shared, c: Consistency) -> Result<(), ErrorReply> {
     match c {
         Consistency::Any => Ok(()),
         Consistency::AtLeast(want) => {
@@ -486,6 +556,16 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
         ("node", shared.config.node_name.clone()),
         ("cluster_id", shared.config.cluster_id.clone()),
         ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ("node_id", s.id.load(Ordering::Relaxed).to_string()),
+        ("leader", s.leader_name().unwrap_or_default()),
+        (
+            "snapshots_sent",
+            s.snapshots_sent.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "snapshots_installed",
+            s.snapshots_installed.load(Ordering::Relaxed).to_string(),
+        ),
         (
             "role",
             if s.is_leader.load(Ordering::Acquire) {

@@ -9,13 +9,23 @@
 //! |-----------------|------------------------------------------------|
 //! | `u` + user key  | revision (24 bytes: create, mod, version) + value |
 //! | `m/applied`     | applied index u64 LE + its term u64 LE         |
+//! | `m/member/` + id (u64 BE) | a member's name, client and peer addresses |
+//! | `m/session/` + client id + seq (u64 BE each) | index u64 LE + the outcome, for deduplicating retries |
 //!
 //! Entries of one raft `Ready` are applied in one store transaction (one
 //! commit instead of one per entry). A batch whose guard or check fails
 //! part-way is undone inside that transaction from an undo log of the
 //! stored values it replaced, so it leaves nothing behind.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
+
+fn bad_meta(what: &str) -> nacre_store::Error {
+    nacre_store::Error::Corruption {
+        position: 0,
+        what: format!("undecodable {what} in the service keyspace"),
+    }
+}
 
 use bytes::Bytes;
 use nacre_proto::{Batch, Command, ErrorCode, Guard, KeyEntry, Op, RangeQuery, Revision};
@@ -26,6 +36,98 @@ pub const USER_NS: u8 = b'u';
 /// Namespace byte of service metadata.
 pub const META_NS: u8 = b'm';
 const APPLIED_KEY: &[u8] = b"m/applied";
+const MEMBER_PREFIX: &[u8] = b"m/member/";
+const SESSION_PREFIX: &[u8] = b"m/session/";
+/// Session records are pruned when an entry index is a multiple of this:
+/// a function of the index alone, so every replica prunes identically.
+const SESSION_PRUNE_EVERY_ENTRIES: u64 = 1024;
+
+/// A member's addresses, kept in the replicated state so that every node
+/// (and a node restored from a snapshot) knows how to reach the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub name: String,
+    pub client: String,
+    pub peer: String,
+}
+
+impl MemberRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = nacre_proto::wire::Writer::new();
+        w.str(&self.name);
+        w.str(&self.client);
+        w.str(&self.peer);
+        w.into_inner()
+    }
+
+    pub fn decode(b: &[u8]) -> Option<MemberRecord> {
+        let mut r = nacre_proto::wire::Reader::new(Bytes::copy_from_slice(b));
+        let m = MemberRecord {
+            name: r.string("name").ok()?,
+            client: r.string("client").ok()?,
+            peer: r.string("peer").ok()?,
+        };
+        r.finish("member").ok()?;
+        Some(m)
+    }
+}
+
+fn member_key(id: u64) -> Vec<u8> {
+    let mut k = MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn session_key(client_id: u64, seq: u64) -> Vec<u8> {
+    let mut k = SESSION_PREFIX.to_vec();
+    k.extend_from_slice(&client_id.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn encode_outcome(index: u64, o: &Outcome) -> Vec<u8> {
+    let mut w = nacre_proto::wire::Writer::new();
+    w.u64(index);
+    match o {
+        Outcome::Applied { prev, count } => {
+            w.u8(0);
+            w.opt_bytes(prev.as_deref());
+            w.u64(*count);
+        }
+        Outcome::Failed {
+            code,
+            key,
+            current,
+            message,
+        } => {
+            w.u8(1);
+            w.u16(code.to_u16());
+            w.bytes(key);
+            w.opt_bytes(current.as_deref());
+            w.str(message);
+        }
+    }
+    w.into_inner()
+}
+
+fn decode_outcome(b: &[u8]) -> Option<(u64, Outcome)> {
+    let mut r = nacre_proto::wire::Reader::new(Bytes::copy_from_slice(b));
+    let index = r.u64("index").ok()?;
+    let o = match r.u8("outcome").ok()? {
+        0 => Outcome::Applied {
+            prev: r.opt_bytes("prev").ok()?,
+            count: r.u64("count").ok()?,
+        },
+        1 => Outcome::Failed {
+            code: ErrorCode::from_u16(r.u16("code").ok()?),
+            key: r.bytes("key").ok()?,
+            current: r.opt_bytes("current").ok()?,
+            message: r.string("message").ok()?,
+        },
+        _ => return None,
+    };
+    Some((index, o))
+}
 const REV_BYTES: usize = Revision::ENCODED_BYTES;
 
 /// What applying one batch did.
@@ -57,6 +159,7 @@ pub struct StateMachine {
     store: Store,
     applied: u64,
     applied_term: u64,
+    session_retention_entries: u64,
 }
 
 pub fn user_key(key: &[u8]) -> Vec<u8> {
@@ -99,6 +202,15 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 impl StateMachine {
     pub fn open(store: Store) -> nacre_store::Result<StateMachine> {
+        Self::open_with(store, 100_000)
+    }
+
+    /// `session_retention_entries`: how long (in log entries) a session's
+    /// write outcome is remembered for deduplicating a retry.
+    pub fn open_with(
+        store: Store,
+        session_retention_entries: u64,
+    ) -> nacre_store::Result<StateMachine> {
         let (applied, applied_term) = match store.begin_read().get(APPLIED_KEY)? {
             Some(v) if v.len() == 16 => (
                 u64::from_le_bytes(v[0..8].try_into().expect("8 bytes")),
@@ -116,6 +228,7 @@ impl StateMachine {
             store,
             applied,
             applied_term,
+            session_retention_entries,
         })
     }
 
@@ -152,6 +265,22 @@ impl StateMachine {
                 continue;
             }
             let outcome = match Command::decode(Bytes::copy_from_slice(e.data)) {
+                Ok(Command {
+                    session: Some(session),
+                    batch,
+                }) => {
+                    let key = session_key(session.client_id, session.seq);
+                    match txn.get(&key)?.as_deref().and_then(decode_outcome) {
+                        // A retry of a write that already applied: answer as
+                        // the first time, change nothing.
+                        Some((_, first)) => first,
+                        None => {
+                            let o = apply_batch(&mut txn, e.index, &batch)?;
+                            txn.put(&key, &encode_outcome(e.index, &o))?;
+                            o
+                        }
+                    }
+                }
                 Ok(cmd) => apply_batch(&mut txn, e.index, &cmd.batch)?,
                 // Every node decodes the same bytes the same way, so this
                 // fails identically everywhere and stays deterministic.
@@ -163,6 +292,9 @@ impl StateMachine {
                 },
             };
             outcomes.push(outcome);
+            if e.index % SESSION_PRUNE_EVERY_ENTRIES == 0 {
+                self.prune_sessions(&mut txn, e.index)?;
+            }
         }
         let mut applied = [0u8; 16];
         applied[..8].copy_from_slice(&last.index.to_le_bytes());
@@ -172,6 +304,102 @@ impl StateMachine {
         self.applied = last.index;
         self.applied_term = last.term;
         Ok(outcomes)
+    }
+
+    /// Forgets session outcomes older than the retention window.
+    fn prune_sessions(&self, txn: &mut WriteTxn<'_>, index: u64) -> nacre_store::Result<()> {
+        let horizon = index.saturating_sub(self.session_retention_entries);
+        if horizon == 0 {
+            return Ok(());
+        }
+        let end = prefix_end(SESSION_PREFIX).expect("prefix below 0xff");
+        let old: Vec<Vec<u8>> = txn
+            .range(Bound::Included(SESSION_PREFIX), Bound::Excluded(&end[..]))?
+            .into_iter()
+            .filter(|(_, v)| {
+                v.len() >= 8 && u64::from_le_bytes(v[..8].try_into().expect("8 bytes")) < horizon
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in old {
+            txn.delete(&k)?;
+        }
+        Ok(())
+    }
+
+    /// The member table.
+    pub fn members(&self) -> nacre_store::Result<BTreeMap<u64, MemberRecord>> {
+        let end = prefix_end(MEMBER_PREFIX).expect("prefix below 0xff");
+        let mut out = BTreeMap::new();
+        let r = self.store.begin_read();
+        for kv in r.range(Bound::Included(MEMBER_PREFIX), Bound::Excluded(&end[..])) {
+            let (k, v) = kv?;
+            let id = u64::from_be_bytes(
+                k[MEMBER_PREFIX.len()..]
+                    .try_into()
+                    .map_err(|_| bad_meta("member key"))?,
+            );
+            out.insert(
+                id,
+                MemberRecord::decode(&v).ok_or_else(|| bad_meta("member record"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records membership changes (`None` removes) at `index`, which is a
+    /// conf-change entry: the applied index moves with them.
+    pub fn apply_members(
+        &mut self,
+        index: u64,
+        term: u64,
+        changes: &[(u64, Option<MemberRecord>)],
+    ) -> nacre_store::Result<()> {
+        assert!(index > self.applied, "entries applied out of order");
+        let mut txn = self.store.begin_write()?;
+        for (id, m) in changes {
+            match m {
+                Some(m) => txn.put(&member_key(*id), &m.encode())?,
+                None => {
+                    txn.delete(&member_key(*id))?;
+                }
+            }
+        }
+        let mut applied = [0u8; 16];
+        applied[..8].copy_from_slice(&index.to_le_bytes());
+        applied[8..].copy_from_slice(&term.to_le_bytes());
+        txn.put(APPLIED_KEY, &applied)?;
+        txn.commit_with(Durability::Lazy)?;
+        self.applied = index;
+        self.applied_term = term;
+        Ok(())
+    }
+
+    /// Replaces the whole state with a leader's snapshot (all namespaces),
+    /// durable when this returns.
+    pub fn install_snapshot(
+        &mut self,
+        pairs: impl Iterator<Item = std::io::Result<(Vec<u8>, Vec<u8>)>>,
+        index: u64,
+        term: u64,
+    ) -> nacre_store::Result<()> {
+        let mut txn = self.store.begin_write()?;
+        txn.delete_range(Bound::Unbounded, Bound::Unbounded)?;
+        for kv in pairs {
+            let (k, v) = kv.map_err(|source| nacre_store::Error::Io {
+                op: "read snapshot file",
+                source,
+            })?;
+            txn.put(&k, &v)?;
+        }
+        let mut applied = [0u8; 16];
+        applied[..8].copy_from_slice(&index.to_le_bytes());
+        applied[8..].copy_from_slice(&term.to_le_bytes());
+        txn.put(APPLIED_KEY, &applied)?;
+        txn.commit_with(Durability::Immediate)?;
+        self.applied = index;
+        self.applied_term = term;
+        Ok(())
     }
 
     /// Makes everything applied so far durable in the store; returns the
@@ -326,9 +554,157 @@ fn apply_batch(txn: &mut WriteTxn<'_>, index: u64, batch: &Batch) -> nacre_store
                     });
                 }
             }
+            op => match apply_script_op(txn, index, op, &mut undo)? {
+                Ok(version) => count = version,
+                Err((code, message)) => {
+                    rollback(txn, undo)?;
+                    return Ok(Outcome::Failed {
+                        code,
+                        key: Bytes::new(),
+                        current: None,
+                        message,
+                    });
+                }
+            },
         }
     }
     Ok(Outcome::Applied { prev, count })
+}
+
+/// Namespace byte of Lua scripts (docs/scripts.md). A script's head
+/// record `s` + name holds its live version (0: deleted) and the latest
+/// version number, u64 LE each; version records `s` + name + 0x00 +
+/// version (u64 BE, so they sort) hold the installing index (u64 LE) and
+/// the source. Names never hold 0x00 (the server checks), so the head of
+/// one name never sorts among the versions of another.
+pub const SCRIPT_NS: u8 = b's';
+
+pub fn script_head_key(name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(SCRIPT_NS);
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn script_version_key(name: &[u8], version: u64) -> Vec<u8> {
+    let mut k = script_head_key(name);
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// (live, latest) from a head record.
+pub fn decode_script_head(raw: &[u8]) -> Option<(u64, u64)> {
+    let live = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
+    let latest = u64::from_le_bytes(raw.get(8..16)?.try_into().ok()?);
+    Some((live, latest))
+}
+
+fn encode_script_head(live: u64, latest: u64) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&live.to_le_bytes());
+    h[8..].copy_from_slice(&latest.to_le_bytes());
+    h
+}
+
+fn put_undoable(
+    txn: &mut WriteTxn<'_>,
+    key: Vec<u8>,
+    value: &[u8],
+    undo: &mut Undo,
+) -> nacre_store::Result<()> {
+    let old = txn.get(&key)?;
+    txn.put(&key, value)?;
+    undo.push((key, old));
+    Ok(())
+}
+
+/// Applies one script op; `Ok(Ok(version))` is the version it installed
+/// or made live, `Ok(Err(..))` fails the batch.
+#[allow(clippy::type_complexity)]
+fn apply_script_op(
+    txn: &mut WriteTxn<'_>,
+    index: u64,
+    op: &Op,
+    undo: &mut Undo,
+) -> nacre_store::Result<Result<u64, (ErrorCode, String)>> {
+    let head = |txn: &WriteTxn<'_>, name: &[u8]| -> nacre_store::Result<Option<(u64, u64)>> {
+        match txn.get(&script_head_key(name))? {
+            None => Ok(None),
+            Some(raw) => decode_script_head(&raw)
+                .map(Some)
+                .ok_or_else(|| bad_script_meta(name)),
+        }
+    };
+    let shown = |name: &[u8]| String::from_utf8_lossy(name).into_owned();
+    Ok(match op {
+        Op::ScriptPut { name, source } => {
+            let (_, latest) = head(txn, name)?.unwrap_or((0, 0));
+            let v = latest + 1;
+            let mut rec = Vec::with_capacity(8 + source.len());
+            rec.extend_from_slice(&index.to_le_bytes());
+            rec.extend_from_slice(source);
+            put_undoable(txn, script_version_key(name, v), &rec, undo)?;
+            put_undoable(txn, script_head_key(name), &encode_script_head(v, v), undo)?;
+            Ok(v)
+        }
+        Op::ScriptActivate { name, version } => match head(txn, name)? {
+            Some((_, latest)) if *version >= 1 && *version <= latest => {
+                let h = encode_script_head(*version, latest);
+                put_undoable(txn, script_head_key(name), &h, undo)?;
+                Ok(*version)
+            }
+            _ => Err((
+                ErrorCode::NotFound,
+                format!("script {:?} has no version {version}", shown(name)),
+            )),
+        },
+        Op::ScriptDelete(name) => match head(txn, name)? {
+            Some((live, latest)) if live != 0 => {
+                let h = encode_script_head(0, latest);
+                put_undoable(txn, script_head_key(name), &h, undo)?;
+                Ok(live)
+            }
+            _ => Err((
+                ErrorCode::NotFound,
+                format!("script {:?} not found", shown(name)),
+            )),
+        },
+        Op::ScriptLive { name, version } => match head(txn, name)? {
+            Some((live, _)) if live == *version => Ok(live),
+            h => Err((
+                ErrorCode::AssertionFailed,
+                format!(
+                    "script {:?} version {version} is no longer live (live: {})",
+                    shown(name),
+                    h.map_or(0, |h| h.0)
+                ),
+            )),
+        },
+        op => unreachable!("not a script op: {op:?}"),
+    })
+}
+
+fn bad_script_meta(name: &[u8]) -> nacre_store::Error {
+    nacre_store::Error::Corruption {
+        position: 0,
+        what: format!(
+            "script head record of {:?} has the wrong size",
+            String::from_utf8_lossy(name)
+        ),
+    }
+}
+
+/// Keys of the script namespace, which `key_count` leaves out.
+fn script_key_count(txn: &ReadTxn) -> nacre_store::Result<u64> {
+    let ns = [SCRIPT_NS];
+    let end = [SCRIPT_NS + 1];
+    txn.scan(
+        Bound::Included(&ns[..]),
+        Bound::Excluded(&end[..]),
+        false,
+        |_, _| true,
+    )
 }
 
 /// Reads against one consistent snapshot of the store.
@@ -371,7 +747,7 @@ impl Reader {
             false,
             |_, _| true,
         )?;
-        Ok(self.txn.count() - service)
+        Ok(self.txn.count() - service - script_key_count(&self.txn)?)
     }
 
     /// Visits the user entries of a range query, at most `max_results`.

@@ -54,6 +54,17 @@ pub struct ServeArgs {
     pub listen: Option<String>,
     #[arg(long)]
     pub node_name: Option<String>,
+    /// Run the member NAME of the config's `[[nodes]]`.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Start empty and wait to be added to a running cluster
+    /// (`nacre cluster add-learner`).
+    #[arg(long)]
+    pub join: bool,
+    /// Listen for peers here instead of at the config's `peer` address
+    /// (behind a proxy or NAT, where others reach this node elsewhere).
+    #[arg(long)]
+    pub peer_listen: Option<String>,
 }
 
 #[derive(Debug, Args, Clone, PartialEq)]
@@ -98,6 +109,19 @@ pub struct RangeArgs {
 pub enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Load a running cluster and report throughput and latencies.
+    Bench(crate::bench::BenchArgs),
+    /// Cluster configuration, membership and status.
+    #[command(subcommand)]
+    Cluster(crate::cluster::ClusterCommand),
+    /// Run a whole local cluster in the foreground (Ctrl-C stops it).
+    LocalCluster {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Config, data and logs go here (reused if it exists).
+        #[arg(long, default_value = "nacre-local")]
+        dir: PathBuf,
+    },
     /// Print a key's value (NotFound: exit code 2).
     Get {
         key: String,
@@ -228,6 +252,90 @@ pub enum Command {
     GetTxid,
     /// An empty write through the log.
     Nop,
+    /// Call a function of a Lua script (docs/scripts.md).
+    Call {
+        script: String,
+        function: String,
+        args: Vec<String>,
+        /// Run this version instead of the live one.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Write the returned value's exact bytes, without a newline.
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Install, inspect and manage Lua scripts.
+    #[command(subcommand)]
+    Script(ScriptCommand),
+}
+
+#[derive(Debug, Subcommand, Clone, PartialEq)]
+pub enum ScriptCommand {
+    /// Install FILE ("-": stdin) as the next version of NAME, live at once.
+    Put { name: String, file: PathBuf },
+    /// Every script with its live and latest version.
+    List,
+    /// A version's source (default: the live one).
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Every installed version of a script.
+    History { name: String },
+    /// Make an installed version live again.
+    Rollback { name: String, version: u64 },
+    /// Make a script uncallable (its history stays).
+    Delete { name: String },
+}
+
+async fn script_command(client: &Client, sc: &ScriptCommand) -> Result<Output, Failure> {
+    let fail = |e: nacre_client::ClientError| Failure::from_client(&e);
+    let version = |n| Output::Number { name: "version", n };
+    Ok(match sc {
+        ScriptCommand::Put { name, file } => {
+            let source = read_source(file)?;
+            version(client.script_put(name, source).await.map_err(fail)?)
+        }
+        ScriptCommand::List => Output::Stats(
+            client
+                .script_list()
+                .await
+                .map_err(fail)?
+                .into_iter()
+                .map(|s| (s.name, format!("live {} latest {}", s.live, s.latest)))
+                .collect(),
+        ),
+        ScriptCommand::Show { name, version } => {
+            let s = client.script_show(name, *version).await.map_err(fail)?;
+            Output::Value {
+                key: key(name),
+                value: s.source,
+                raw: true,
+            }
+        }
+        ScriptCommand::History { name } => Output::Stats(
+            client
+                .script_history(name)
+                .await
+                .map_err(fail)?
+                .into_iter()
+                .map(|v| {
+                    let live = if v.live { " live" } else { "" };
+                    (
+                        format!("v{}", v.version),
+                        format!("index {} bytes {}{live}", v.index, v.size_bytes),
+                    )
+                })
+                .collect(),
+        ),
+        ScriptCommand::Rollback { name, version: v } => {
+            version(client.script_rollback(name, *v).await.map_err(fail)?)
+        }
+        ScriptCommand::Delete { name } => version(client.script_delete(name).await.map_err(fail)?),
+    })
 }
 
 pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
@@ -335,7 +443,9 @@ pub async fn run_client(cli: &Cli) -> Result<Output, Failure> {
     let fail = |e: nacre_client::ClientError| Failure::from_client(&e);
     let at = |r: &ReadArgs| client.with_consistency(r.consistency);
     let out = match &cli.command {
-        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Serve(_) | Command::LocalCluster { .. } => unreachable!("not a client command"),
+        Command::Bench(_) => unreachable!("bench is not a client command"),
+        Command::Cluster(c) => crate::cluster::run(cli, &client, c).await?,
         Command::Get { key: k, raw, read } => Output::Value {
             key: key(k),
             value: at(read).get(key(k)).await.map_err(fail)?,
@@ -482,6 +592,29 @@ pub async fn run_client(cli: &Cli) -> Result<Output, Failure> {
             n: client.get_txid().await.map_err(fail)?,
         },
         Command::Nop => Output::Index(client.nop().await.map_err(fail)?),
+        Command::Call {
+            script,
+            function,
+            args,
+            version,
+            raw,
+            read,
+        } => {
+            let args = args.iter().map(|a| key(a)).collect();
+            let r = at(read)
+                .call(script, function, args, *version)
+                .await
+                .map_err(fail)?;
+            match r.value {
+                Some(value) => Output::Value {
+                    key: key(&format!("{script}.{function}")),
+                    value,
+                    raw: *raw,
+                },
+                None => Output::Text("nil".into()),
+            }
+        }
+        Command::Script(sc) => script_command(&client, sc).await?,
     };
     Ok(out)
 }

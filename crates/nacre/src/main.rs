@@ -1,7 +1,9 @@
 //! The `nacre` binary: `nacre serve` runs a node; every other command is
 //! a client call. Exit codes and output formats are in docs/cli.md.
 
+mod bench;
 mod cli;
+mod cluster;
 mod output;
 mod seqfile;
 
@@ -33,6 +35,15 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> i32 {
+    if let Command::Bench(args) = &cli.command {
+        return match bench::run(cli, args) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("nacre bench: {e}");
+                exit::GENERIC
+            }
+        };
+    }
     if let Command::Serve(args) = &cli.command {
         return match serve::run(args, cli.cluster_id.as_deref()) {
             Ok(()) => exit::OK,
@@ -41,6 +52,30 @@ fn run(cli: &Cli) -> i32 {
                 exit::GENERIC
             }
         };
+    }
+    match &cli.command {
+        Command::LocalCluster { nodes, dir } => {
+            return match cluster::local_cluster(*nodes, dir) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("nacre local-cluster: {e}");
+                    exit::GENERIC
+                }
+            };
+        }
+        Command::Cluster(cluster::ClusterCommand::InitConfig { nodes, dir }) => {
+            return match cluster::init_config(*nodes, dir) {
+                Ok(text) => {
+                    print!("{text}");
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("nacre cluster init-config: {e}");
+                    exit::USAGE
+                }
+            };
+        }
+        _ => {}
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -14,6 +14,15 @@ pub fn load_config(args: &ServeArgs, cluster_id: Option<&str>) -> Result<ServerC
         }
         None => ServerConfig::default(),
     };
+    if let Some(n) = &args.node {
+        cfg.select_node(n)?;
+    }
+    if args.join {
+        cfg.join = true;
+    }
+    if let Some(p) = &args.peer_listen {
+        cfg.peer_listen = p.clone();
+    }
     if let Some(d) = &args.data_dir {
         cfg.data_dir = d.clone();
     }
@@ -86,7 +95,32 @@ mod tests {
             data_dir: None,
             listen: None,
             node_name: None,
+            node: None,
+            join: false,
+            peer_listen: None,
         }
+    }
+
+    #[test]
+    fn node_selects_a_member_of_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, crate::cluster::init_config(3, dir.path()).unwrap()).unwrap();
+        let a = ServeArgs {
+            config: Some(path.clone()),
+            node: Some("n2".into()),
+            ..args()
+        };
+        let c = load_config(&a, None).unwrap();
+        assert_eq!(c.node_name, "n2");
+        assert_eq!(c.listen, c.nodes[1].client);
+        assert_eq!(c.data_dir, c.nodes[1].data_dir);
+        let a = ServeArgs {
+            config: Some(path),
+            ..args()
+        };
+        // Without --node this process is none of the members.
+        assert!(load_config(&a, None).unwrap_err().contains("--node"));
     }
 
     #[test]

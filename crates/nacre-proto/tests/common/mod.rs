@@ -3,8 +3,8 @@
 
 use nacre_proto::{
     Batch, Bytes, ClientHello, Command, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry,
-    Member, Op, RangeQuery, Request, Response, Revision, ServerHello, Session, VersionInfo,
-    NAME_SIZE_MAX_BYTES,
+    Member, Op, RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary,
+    ScriptVersionInfo, ServerHello, Session, VersionInfo, NAME_SIZE_MAX_BYTES,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -75,6 +75,10 @@ pub fn op() -> impl Strategy<Value = Op> {
         key().prop_map(Op::DeletePrefix),
         guard().prop_map(Op::Check),
         key().prop_map(Op::Remove),
+        (key(), value()).prop_map(|(name, source)| Op::ScriptPut { name, source }),
+        (key(), any::<u64>()).prop_map(|(name, version)| Op::ScriptActivate { name, version }),
+        key().prop_map(Op::ScriptDelete),
+        (key(), any::<u64>()).prop_map(|(name, version)| Op::ScriptLive { name, version }),
     ]
 }
 
@@ -168,6 +172,30 @@ pub fn request() -> impl Strategy<Value = Request> {
         text(10).prop_map(|name| Request::Promote { name }),
         text(10).prop_map(|name| Request::RemoveNode { name }),
         text(10).prop_map(|name| Request::TransferLeader { name }),
+        (
+            text(10),
+            text(10),
+            vec(value(), 0..4),
+            option::of(any::<u64>()),
+            c()
+        )
+            .prop_map(|(script, function, args, version, consistency)| {
+                Request::Call {
+                    script,
+                    function,
+                    args,
+                    version,
+                    consistency,
+                }
+            }),
+        (text(10), value()).prop_map(|(name, source)| Request::ScriptPut { name, source }),
+        Just(Request::ScriptList),
+        (text(10), option::of(any::<u64>()))
+            .prop_map(|(name, version)| Request::ScriptShow { name, version }),
+        text(10).prop_map(|name| Request::ScriptHistory { name }),
+        (text(10), any::<u64>())
+            .prop_map(|(name, version)| Request::ScriptRollback { name, version }),
+        text(10).prop_map(|name| Request::ScriptDelete { name }),
     ]
 }
 
@@ -175,8 +203,8 @@ pub fn request() -> impl Strategy<Value = Request> {
 /// with a known `c` cannot survive the wire: it decodes as the known code).
 pub fn error_code() -> impl Strategy<Value = ErrorCode> {
     prop_oneof![
-        (1u16..=14).prop_map(ErrorCode::from_u16),
-        prop_oneof![Just(0u16), 15u16..].prop_map(ErrorCode::Unknown),
+        (1u16..=17).prop_map(ErrorCode::from_u16),
+        prop_oneof![Just(0u16), 18u16..].prop_map(ErrorCode::Unknown),
     ]
 }
 
@@ -222,6 +250,43 @@ pub fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), option::of(value()), any::<u64>())
             .prop_map(|(index, prev, count)| Response::Written { index, prev, count }),
         error_reply().prop_map(Response::Error),
+        (any::<u64>(), any::<u64>(), option::of(value())).prop_map(|(version, index, value)| {
+            Response::Called {
+                version,
+                index,
+                value,
+            }
+        }),
+        vec((text(10), any::<u64>(), any::<u64>()), 0..4).prop_map(|ss| Response::Scripts(
+            ss.into_iter()
+                .map(|(name, live, latest)| ScriptSummary { name, live, latest })
+                .collect()
+        )),
+        (text(10), any::<u64>(), any::<u64>(), any::<bool>(), value()).prop_map(
+            |(name, version, index, live, source)| Response::Script(ScriptSource {
+                name,
+                version,
+                index,
+                live,
+                source,
+            })
+        ),
+        vec(
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()),
+            0..4
+        )
+        .prop_map(|vs| {
+            Response::ScriptVersions(
+                vs.into_iter()
+                    .map(|(version, index, size_bytes, live)| ScriptVersionInfo {
+                        version,
+                        index,
+                        size_bytes,
+                        live,
+                    })
+                    .collect(),
+            )
+        }),
         vec(
             (
                 any::<u64>(),

@@ -38,17 +38,46 @@ impl ServerProc {
     }
 
     pub fn start_at(dir: &Path, addr: &str) -> ServerProc {
-        let data_dir = dir.join("data");
-        let log_path = dir.join("server.log");
+        let args = vec![
+            "serve".to_string(),
+            "--data-dir".to_string(),
+            dir.join("data").display().to_string(),
+            "--listen".to_string(),
+            addr.to_string(),
+        ];
+        Self::spawn(args, addr, dir.join("data"), dir.join("server.log"))
+    }
+
+    /// Member `name` of the cluster config at `config`; its log goes next
+    /// to the config as `NAME.log`. Extra flags (`--join`) follow.
+    pub fn start_member(config: &Path, name: &str, extra: &[&str]) -> ServerProc {
+        let text = std::fs::read_to_string(config).unwrap();
+        let cfg = nacre_server::ServerConfig::from_toml(&text).unwrap();
+        let node = cfg
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("member in config");
+        let mut args = vec![
+            "serve".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+            "--node".to_string(),
+            name.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = config.with_file_name(format!("{name}.log"));
+        Self::spawn(args, &node.client, node.data_dir.clone(), log)
+    }
+
+    fn spawn(args: Vec<String>, addr: &str, data_dir: PathBuf, log_path: PathBuf) -> ServerProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .unwrap();
         let child = Command::new(NACRE)
-            .args(["serve", "--data-dir"])
-            .arg(&data_dir)
-            .args(["--listen", addr])
+            .args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -62,8 +91,8 @@ impl ServerProc {
             log_path,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        // The node listens only once it leads its group, so a connection
-        // that opens means it is ready.
+        // A single node listens only once it leads its group; a cluster
+        // member listens at once (and redirects until there is a leader).
         while TcpStream::connect(&s.addr).is_err() {
             if let Some(status) = s.child.try_wait().unwrap() {
                 panic!("server exited with {status}:\n{}", s.log());

@@ -1,0 +1,48 @@
+//! A closed-loop load generator for key-value stores.
+//!
+//! The same [`Workload`] runs against any [`Target`]: Nacre (through
+//! [`NacreTarget`], used by `nacre bench`) and etcd (in `nacre-bench etcd`),
+//! so both systems see the same keys, value sizes, clients and mix.
+//!
+//! [`run`] drives N clients (tasks, each with one request in flight: a
+//! closed loop) over M connections (client `i` uses connection `i % M`),
+//! records every latency in an HDR histogram and returns a [`Report`].
+
+mod driver;
+mod histogram;
+mod nacre;
+mod report;
+mod workload;
+
+use std::future::Future;
+
+pub use driver::{preload, run, Progress, RunOptions, Stop};
+pub use histogram::{Latencies, Summary};
+pub use nacre::NacreTarget;
+pub use nacre_client::{Bytes, Consistency};
+pub use report::Report;
+pub use workload::{consistency_name, KeyGen, Kind, Op, OpGen, Workload};
+
+/// What a target returns for an operation that failed.
+pub type TargetError = String;
+
+/// One connection to a system under test. Cloned once per client task;
+/// clones share the connection.
+pub trait Target: Clone + Send + Sync + 'static {
+    /// A short name for reports ("nacre", "etcd").
+    fn name(&self) -> &'static str;
+    /// Writes one key durably.
+    fn put(&self, key: Bytes, value: Bytes)
+        -> impl Future<Output = Result<(), TargetError>> + Send;
+    /// Reads one key at this consistency; `Ok(false)` if it is missing.
+    fn get(
+        &self,
+        key: Bytes,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<bool, TargetError>> + Send;
+    /// Writes several keys in one atomic, durable transaction.
+    fn sequence(
+        &self,
+        pairs: Vec<(Bytes, Bytes)>,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+}

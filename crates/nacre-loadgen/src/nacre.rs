@@ -1,0 +1,89 @@
+//! The Nacre target, over the native protocol.
+
+use std::future::Future;
+
+use nacre_client::{Bytes, Client, ClientOptions, Consistency, Sequence};
+
+use crate::{Target, TargetError};
+
+/// One connection to a Nacre cluster (one [`Client`]).
+#[derive(Clone, Debug)]
+pub struct NacreTarget {
+    client: Client,
+}
+
+impl NacreTarget {
+    pub fn new(client: Client) -> NacreTarget {
+        NacreTarget { client }
+    }
+
+    /// Opens `connections` separate clients (one connection each).
+    pub async fn connect(
+        opts: &ClientOptions,
+        connections: usize,
+    ) -> Result<Vec<NacreTarget>, TargetError> {
+        let mut out = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            let c = Client::connect(opts.clone())
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            out.push(NacreTarget::new(c));
+        }
+        Ok(out)
+    }
+}
+
+impl Target for NacreTarget {
+    fn name(&self) -> &'static str {
+        "nacre"
+    }
+
+    fn put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send {
+        async move {
+            self.client
+                .set(key, value)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    fn get(
+        &self,
+        key: Bytes,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<bool, TargetError>> + Send {
+        async move {
+            let c = if self.client.consistency() == consistency {
+                self.client.clone()
+            } else {
+                self.client.with_consistency(consistency)
+            };
+            c.get_option(key)
+                .await
+                .map(|v| v.is_some())
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    fn sequence(
+        &self,
+        pairs: Vec<(Bytes, Bytes)>,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send {
+        async move {
+            let mut seq = Sequence::new();
+            for (k, v) in pairs {
+                seq.set(k, v);
+            }
+            self.client
+                .sequence(seq)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}

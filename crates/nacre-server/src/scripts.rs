@@ -1,0 +1,387 @@
+//! Lua user functions (docs/scripts.md): installing, listing and calling
+//! them. Scripts live in the replicated keyspace under namespace `s`
+//! (see `state.rs`), so an install is a replicated write and a version is
+//! live on a node as soon as that node applies it: every call reads the
+//! live version from the store.
+//!
+//! A call runs on this node through `nacre-script`'s recorder. If the
+//! function wrote nothing, the answer goes back at once. Otherwise its
+//! reads (as version guards) and writes (as ops) are proposed as one
+//! guarded batch, the way every write is; replicas apply that batch and
+//! never run the script. A guard that fails at apply time means a
+//! concurrent write got in between: the call runs again on the newer
+//! state, up to [`CALL_ATTEMPTS_MAX`] times, then answers `Conflict`.
+
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nacre_proto::{
+    Batch, Command, Consistency, ErrorCode, ErrorReply, KeyEntry, Op, RangeQuery, Request,
+    Response, ScriptSource, ScriptSummary, ScriptVersionInfo,
+};
+use nacre_script::{Budgets, KvView, ScriptCache, ScriptError, ScriptKey};
+
+use crate::server::{wait_for, Shared};
+use crate::state::{
+    decode_script_head, script_head_key, script_version_key, Outcome, Reader, SCRIPT_NS,
+};
+
+/// Runs of one call before it gives up with `Conflict`.
+pub const CALL_ATTEMPTS_MAX: u32 = 16;
+
+/// Compiled sandboxes, shared by every node in the process; keyed by the
+/// source itself, so nodes of different clusters never mix them up.
+static CACHE: LazyLock<ScriptCache> = LazyLock::new(|| ScriptCache::new(Budgets::default()));
+
+/// Refuses service ops in a batch a client sent: only this module may
+/// propose them.
+pub(crate) fn refuse_service_ops(batch: &Batch) -> Result<(), ErrorReply> {
+    if batch.ops.iter().any(Op::is_service) {
+        return Err(ErrorReply::new(
+            ErrorCode::BadInput,
+            "script operations cannot be part of a client batch; use the script requests",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn execute(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
+    match req {
+        Request::Call {
+            script,
+            function,
+            args,
+            version,
+            ..
+        } => call(shared, &script, &function, &args, version).await,
+        Request::ScriptPut { name, source } => {
+            check_name(&name)?;
+            // Compile before proposing: a syntax error is refused here and
+            // the live version stays as it was.
+            nacre_script::check_syntax(&name, &source).map_err(script_error)?;
+            let op = Op::ScriptPut {
+                name: Bytes::from(name.into_bytes()),
+                source,
+            };
+            propose_admin(shared, op).await
+        }
+        Request::ScriptRollback { name, version } => {
+            check_name(&name)?;
+            let op = Op::ScriptActivate {
+                name: Bytes::from(name.into_bytes()),
+                version,
+            };
+            propose_admin(shared, op).await
+        }
+        Request::ScriptDelete { name } => {
+            check_name(&name)?;
+            propose_admin(shared, Op::ScriptDelete(Bytes::from(name.into_bytes()))).await
+        }
+        Request::ScriptList => {
+            wait_for(shared, Consistency::Consistent).await?;
+            list(shared).map(Response::Scripts)
+        }
+        Request::ScriptShow { name, version } => {
+            check_name(&name)?;
+            wait_for(shared, Consistency::Consistent).await?;
+            let (live, _) = head(shared, &name)?.ok_or_else(|| script_not_found(&name))?;
+            let v = version.unwrap_or(live);
+            if v == 0 {
+                return Err(script_not_found(&name));
+            }
+            let (index, source) = version_record(shared, &name, v)?;
+            Ok(Response::Script(ScriptSource {
+                name,
+                version: v,
+                index,
+                live: v == live,
+                source,
+            }))
+        }
+        Request::ScriptHistory { name } => {
+            check_name(&name)?;
+            wait_for(shared, Consistency::Consistent).await?;
+            history(shared, &name).map(Response::ScriptVersions)
+        }
+        _ => Err(ErrorReply::new(ErrorCode::BadInput, "not a script request")),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ErrorReply> {
+    nacre_script::check_name(name).map_err(|m| ErrorReply::new(ErrorCode::BadInput, m))
+}
+
+fn script_not_found(name: &str) -> ErrorReply {
+    ErrorReply::new(ErrorCode::NotFound, format!("script {name:?} not found"))
+}
+
+fn script_error(e: ScriptError) -> ErrorReply {
+    let code = match e {
+        ScriptError::Syntax(_) | ScriptError::Runtime(_) | ScriptError::BadReturn(_) => {
+            ErrorCode::ScriptError
+        }
+        ScriptError::FunctionNotFound(_) => ErrorCode::NotFound,
+        ScriptError::Aborted(_) => ErrorCode::AssertionFailed,
+        ScriptError::Budget(_) => ErrorCode::BudgetExceeded,
+        ScriptError::View(_) => ErrorCode::Internal,
+    };
+    ErrorReply::new(code, e.to_string())
+}
+
+fn store_error(e: nacre_store::Error) -> ErrorReply {
+    let code = match e {
+        nacre_store::Error::Corruption { .. } => ErrorCode::Corruption,
+        _ => ErrorCode::Internal,
+    };
+    ErrorReply::new(code, e.to_string())
+}
+
+async fn propose(shared: &Shared, batch: Batch) -> Result<(u64, Outcome), ErrorReply> {
+    let data = Command {
+        session: None,
+        batch,
+    }
+    .encode();
+    let timeout = Duration::from_millis(shared.config.request_timeout_ms);
+    match tokio::time::timeout(timeout, shared.node.propose(data)).await {
+        Ok(r) => r,
+        Err(_) => Err(ErrorReply::new(
+            ErrorCode::Timeout,
+            "the write was not applied in time; it may or may not apply",
+        )),
+    }
+}
+
+/// Proposes one script admin op; the reply's `count` is the version it
+/// installed or made live.
+async fn propose_admin(shared: &Shared, op: Op) -> Result<Response, ErrorReply> {
+    let batch = Batch {
+        guards: vec![],
+        ops: vec![op],
+    };
+    shared.limits.check_batch(&batch)?;
+    match propose(shared, batch).await? {
+        (index, Outcome::Applied { count, .. }) => Ok(Response::Written {
+            index,
+            prev: None,
+            count,
+        }),
+        (_, Outcome::Failed { code, message, .. }) => Err(ErrorReply::new(code, message)),
+    }
+}
+
+fn head(shared: &Shared, name: &str) -> Result<Option<(u64, u64)>, ErrorReply> {
+    let raw = shared
+        .store
+        .begin_read()
+        .get(&script_head_key(name.as_bytes()))
+        .map_err(store_error)?;
+    match raw {
+        None => Ok(None),
+        Some(raw) => decode_script_head(&raw)
+            .map(Some)
+            .ok_or_else(|| ErrorReply::new(ErrorCode::Corruption, "bad script head record")),
+    }
+}
+
+/// The installing index and the source of one version.
+fn version_record(shared: &Shared, name: &str, v: u64) -> Result<(u64, Bytes), ErrorReply> {
+    let raw = shared
+        .store
+        .begin_read()
+        .get(&script_version_key(name.as_bytes(), v))
+        .map_err(store_error)?
+        .ok_or_else(|| {
+            ErrorReply::new(
+                ErrorCode::NotFound,
+                format!("script {name:?} has no version {v}"),
+            )
+        })?;
+    if raw.len() < 8 {
+        return Err(ErrorReply::new(
+            ErrorCode::Corruption,
+            "bad script version record",
+        ));
+    }
+    let index = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
+    Ok((index, Bytes::copy_from_slice(&raw[8..])))
+}
+
+fn list(shared: &Shared) -> Result<Vec<ScriptSummary>, ErrorReply> {
+    let txn = shared.store.begin_read();
+    let ns = [SCRIPT_NS];
+    let end = [SCRIPT_NS + 1];
+    let mut out = Vec::new();
+    let mut bad = false;
+    txn.scan(
+        Bound::Included(&ns[..]),
+        Bound::Excluded(&end[..]),
+        false,
+        |k, v| {
+            // Version records carry a 0x00 after the name; heads do not.
+            if !k[1..].contains(&0) {
+                match decode_script_head(v) {
+                    Some((live, latest)) => out.push(ScriptSummary {
+                        name: String::from_utf8_lossy(&k[1..]).into_owned(),
+                        live,
+                        latest,
+                    }),
+                    None => bad = true,
+                }
+            }
+            true
+        },
+    )
+    .map_err(store_error)?;
+    if bad {
+        return Err(ErrorReply::new(
+            ErrorCode::Corruption,
+            "bad script head record",
+        ));
+    }
+    Ok(out)
+}
+
+fn history(shared: &Shared, name: &str) -> Result<Vec<ScriptVersionInfo>, ErrorReply> {
+    let (live, _) = head(shared, name)?.ok_or_else(|| script_not_found(name))?;
+    let txn = shared.store.begin_read();
+    let mut start = script_head_key(name.as_bytes());
+    start.push(0);
+    let mut end = script_head_key(name.as_bytes());
+    end.push(1);
+    let mut out = Vec::new();
+    txn.scan(
+        Bound::Included(&start[..]),
+        Bound::Excluded(&end[..]),
+        false,
+        |k, v| {
+            if let (Ok(ver), Some(ix)) = (
+                <[u8; 8]>::try_from(&k[start.len()..]),
+                v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+            ) {
+                let version = u64::from_be_bytes(ver);
+                out.push(ScriptVersionInfo {
+                    version,
+                    index: u64::from_le_bytes(ix),
+                    size_bytes: (v.len() - 8) as u64,
+                    live: version == live,
+                });
+            }
+            true
+        },
+    )
+    .map_err(store_error)?;
+    Ok(out)
+}
+
+/// What a script reads: the node's applied user keyspace.
+struct View(Reader);
+
+impl KvView for View {
+    fn get(&self, key: &[u8]) -> Result<Option<KeyEntry>, String> {
+        self.0.get_entry(key).map_err(|e| e.to_string())
+    }
+
+    fn range(
+        &self,
+        first: Option<&[u8]>,
+        last: Option<&[u8]>,
+        max: u32,
+    ) -> Result<Vec<KeyEntry>, String> {
+        let q = RangeQuery {
+            first: first.map(Bytes::copy_from_slice),
+            first_inclusive: true,
+            last: last.map(Bytes::copy_from_slice),
+            last_inclusive: false,
+            max,
+            reverse: false,
+        };
+        self.0.range_entries(&q, max).map_err(|e| e.to_string())
+    }
+
+    fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, String> {
+        self.0.prefix_keys(prefix, max).map_err(|e| e.to_string())
+    }
+}
+
+async fn call(
+    shared: &Shared,
+    script: &str,
+    function: &str,
+    args: &[Bytes],
+    pinned: Option<u64>,
+) -> Result<Response, ErrorReply> {
+    check_name(script)?;
+    let mut last_conflict = String::new();
+    for _ in 0..CALL_ATTEMPTS_MAX {
+        // The version is resolved once per run: one run never mixes two.
+        let (live, _) = head(shared, script)?.ok_or_else(|| script_not_found(script))?;
+        if live == 0 {
+            return Err(script_not_found(script));
+        }
+        let version = pinned.unwrap_or(live);
+        let (_, source) = version_record(shared, script, version)?;
+        let key = ScriptKey {
+            name: script.to_string(),
+            version,
+            source,
+        };
+        let read_at = shared.node.status.applied.load(Ordering::Acquire);
+        let view = View(Reader::new(&shared.store));
+        let out = CACHE
+            .call(&key, &view, function, args)
+            .map_err(script_error)?;
+        if !out.wrote() {
+            // Read-only: the consistency the request asked for was
+            // established before the run (see `execute_inner`).
+            return Ok(Response::Called {
+                version,
+                index: read_at,
+                value: out.value,
+            });
+        }
+        let mut batch = out.batch;
+        if pinned.is_none() {
+            // The effects apply only while this version is still live, so
+            // no call of an old version lands after a new one went live.
+            batch.ops.insert(
+                0,
+                Op::ScriptLive {
+                    name: Bytes::copy_from_slice(script.as_bytes()),
+                    version,
+                },
+            );
+        }
+        shared.limits.check_batch(&batch)?;
+        match propose(shared, batch).await? {
+            (index, Outcome::Applied { .. }) => {
+                return Ok(Response::Called {
+                    version,
+                    index,
+                    value: out.value,
+                })
+            }
+            (
+                _,
+                Outcome::Failed {
+                    code: ErrorCode::AssertionFailed,
+                    message,
+                    ..
+                },
+            ) => last_conflict = message,
+            (_, Outcome::Failed { code, message, .. }) => {
+                return Err(ErrorReply::new(code, message))
+            }
+        }
+    }
+    Err(ErrorReply::new(
+        ErrorCode::Conflict,
+        format!(
+            "{script}.{function} lost to concurrent writes {CALL_ATTEMPTS_MAX} times \
+             (last: {last_conflict})"
+        ),
+    ))
+}

@@ -1,0 +1,225 @@
+//! A network partition between real `nacre serve` processes: the nodes
+//! reach each other only through an in-process proxy that can cut any
+//! pair. The leader cut off from the other two must stop serving
+//! consistent reads and writes, the majority goes on, and after healing
+//! all three converge to identical state.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{free_port, ServerProc, NACRE};
+use nacre_client::{Client, ClientOptions, Consistency};
+use parking_lot::Mutex;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Pairs (from, to) of raft ids whose traffic is dropped, and the live
+/// proxied connections so a new cut also breaks them.
+#[derive(Default)]
+struct Net {
+    blocked: Mutex<HashSet<(u64, u64)>>,
+    live: Mutex<Vec<(u64, u64, tokio::task::AbortHandle)>>,
+}
+
+impl Net {
+    fn cut(&self, a: u64, b: u64) {
+        self.blocked.lock().extend([(a, b), (b, a)]);
+        for (f, t, h) in self.live.lock().iter() {
+            if (*f == a && *t == b) || (*f == b && *t == a) {
+                h.abort();
+            }
+        }
+    }
+
+    fn heal(&self) {
+        self.blocked.lock().clear();
+    }
+}
+
+/// Reads the peer handshake far enough to learn the sender's raft id:
+/// magic (4), version (2), cluster id length (2) and bytes, node id (8).
+async fn sender_id(s: &mut TcpStream) -> std::io::Result<(u64, Vec<u8>)> {
+    let mut head = vec![0u8; 8];
+    s.read_exact(&mut head).await?;
+    let len = u16::from_le_bytes([head[6], head[7]]) as usize;
+    let mut rest = vec![0u8; len + 8];
+    s.read_exact(&mut rest).await?;
+    let id = u64::from_le_bytes(rest[len..].try_into().unwrap());
+    head.extend_from_slice(&rest);
+    Ok((id, head))
+}
+
+/// Listens at `listen` and forwards to `target` (node `to`'s real port).
+async fn proxy(net: Arc<Net>, listen: String, target: String, to: u64) {
+    let l = TcpListener::bind(&listen).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = l.accept().await else {
+                return;
+            };
+            let net = net.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok((from, head)) = sender_id(&mut inbound).await else {
+                    return;
+                };
+                if net.blocked.lock().contains(&(from, to)) {
+                    return;
+                }
+                let Ok(mut out) = TcpStream::connect(&target).await else {
+                    return;
+                };
+                let task = tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    if out.write_all(&head).await.is_err() {
+                        return;
+                    }
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                });
+                net.live.lock().push((from, to, task.abort_handle()));
+            });
+        }
+    });
+}
+
+async fn local(addr: &str, consistency: Consistency) -> Client {
+    let mut o = ClientOptions::new([addr.to_string()]);
+    o.retries_max = 0;
+    o.request_timeout_ms = 3_000;
+    Client::connect(o)
+        .await
+        .unwrap()
+        .with_consistency(consistency)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minority_refuses_majority_goes_on_and_all_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(NACRE)
+        .args(["cluster", "init-config", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = format!(
+        "request_timeout_ms = 3000\n{}",
+        String::from_utf8(out.stdout).unwrap()
+    );
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, &text).unwrap();
+    let cfg = nacre_server::ServerConfig::from_toml(&text).unwrap();
+    let net = Arc::new(Net::default());
+    let mut procs = BTreeMap::new();
+    let ids: BTreeMap<String, u64> = cfg
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), nacre_server::name_id(&n.name)))
+        .collect();
+    for n in &cfg.nodes {
+        // Peers dial the config's address (the proxy); the node listens
+        // on a port of its own behind it.
+        let real = format!("127.0.0.1:{}", free_port());
+        proxy(net.clone(), n.peer.clone(), real.clone(), ids[&n.name]).await;
+        procs.insert(
+            n.name.clone(),
+            ServerProc::start_member(&config, &n.name, &["--peer-listen", &real]),
+        );
+    }
+    let all: Vec<String> = cfg.nodes.iter().map(|n| n.client.clone()).collect();
+    let mut o = ClientOptions::new(all.clone());
+    o.request_timeout_ms = 20_000;
+    o.retries_max = 50;
+    let c = Client::connect(o).await.unwrap();
+    for i in 0..100 {
+        c.set(format!("before/{i}"), "x").await.unwrap();
+    }
+    let leader = c.who_master().await.unwrap().unwrap();
+    let old = cfg.nodes.iter().find(|n| n.name == leader).unwrap().clone();
+    for n in cfg.nodes.iter().filter(|n| n.name != leader) {
+        net.cut(ids[&leader], ids[&n.name]);
+    }
+
+    // The majority elects a leader among itself and takes writes.
+    let majority: Vec<String> = cfg
+        .nodes
+        .iter()
+        .filter(|n| n.name != leader)
+        .map(|n| n.client.clone())
+        .collect();
+    let mut o = ClientOptions::new(majority.clone());
+    o.request_timeout_ms = 20_000;
+    o.retries_max = 50;
+    let m = Client::connect(o).await.unwrap();
+    for i in 0..100 {
+        m.set(format!("during/{i}"), "y").await.unwrap();
+    }
+    let new_leader = m.who_master().await.unwrap().unwrap();
+    assert_ne!(new_leader, leader);
+
+    // The old leader, alone, has lost its lease: it refuses rather than
+    // answer from stale state, and its writes fail instead of hanging.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lonely = local(&old.client, Consistency::Consistent).await;
+    loop {
+        let r = lonely.get("during/0").await;
+        match r {
+            Err(e) => {
+                assert!(e.is_unavailable() || e.is_not_master(), "{e:?}");
+                break;
+            }
+            Ok(v) => panic!("the cut-off node served a consistent read: {v:?}"),
+        }
+    }
+    let started = Instant::now();
+    let w = lonely.set("minority-write", "z").await;
+    assert!(w.is_err(), "the cut-off node acknowledged a write");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a refused write took {:?}",
+        started.elapsed()
+    );
+    assert!(Instant::now() < deadline);
+    // Reads that ask for no freshness still work there.
+    let dirty = local(&old.client, Consistency::Any).await;
+    assert_eq!(dirty.get("before/0").await.unwrap(), Bytes::from("x"));
+
+    // Heal: the old leader catches up and everyone holds the same data.
+    net.heal();
+    let last = m.nop().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = local(&old.client, Consistency::Any).await;
+        if v.get_txid().await.unwrap_or(0) >= last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the healed node did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut dumps = Vec::new();
+    for a in &all {
+        let v = local(a, Consistency::AtLeast(last)).await;
+        dumps.push(
+            v.range_entries(None, true, None, true, 10_000)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        dumps[0].len(),
+        200,
+        "before + during, and no minority write"
+    );
+    assert!(
+        dumps.iter().all(|d| d == &dumps[0]),
+        "replicas differ after healing"
+    );
+    drop(procs);
+}
