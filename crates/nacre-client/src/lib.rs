@@ -291,7 +291,7 @@ impl Client {
         // lost connection or a leader change cannot apply it twice.
         let req = match req {
             r @ Request::Session { .. } => r,
-            r if r.is_write() => Request::Session {
+            r if r.may_write() => Request::Session {
                 session: nacre_proto::Session {
                     client_id: self.shared.client_id,
                     seq: self.shared.seq.fetch_add(1, Ordering::Relaxed),

@@ -238,6 +238,7 @@ impl Request {
     /// The consistency a read asks for (writes and admin requests: none).
     pub fn consistency(&self) -> Option<Consistency> {
         match self {
+            Request::Session { request, .. } => request.consistency(),
             Request::Get { consistency, .. }
             | Request::GetEntry { consistency, .. }
             | Request::Exists { consistency, .. }
@@ -561,7 +562,7 @@ impl Request {
                 };
                 let request = Request::decode(r)?;
                 // One level only: this also bounds the decoder's recursion.
-                if !request.is_write() || matches!(request, Request::Session { .. }) {
+                if !request.may_write() || matches!(request, Request::Session { .. }) {
                     return Err(DecodeError::BadTag {
                         what: "session request",
                         tag: request.opcode() as u32,

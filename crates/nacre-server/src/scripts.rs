@@ -11,6 +11,9 @@
 //! never run the script. A guard that fails at apply time means a
 //! concurrent write got in between: the call runs again on the newer
 //! state, up to [`CALL_ATTEMPTS_MAX`] times, then answers `Conflict`.
+//! Between runs it waits a random time that grows with each loss, so that
+//! many callers racing for one key spread out instead of colliding again
+//! in the next batch.
 
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
@@ -20,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use nacre_proto::{
     Batch, Command, Consistency, ErrorCode, ErrorReply, KeyEntry, Op, RangeQuery, Request,
-    Response, ScriptSource, ScriptSummary, ScriptVersionInfo,
+    Response, ScriptSource, ScriptSummary, ScriptVersionInfo, Session,
 };
 use nacre_script::{Budgets, KvView, ScriptCache, ScriptError, ScriptKey};
 
@@ -30,7 +33,24 @@ use crate::state::{
 };
 
 /// Runs of one call before it gives up with `Conflict`.
-pub const CALL_ATTEMPTS_MAX: u32 = 16;
+pub const CALL_ATTEMPTS_MAX: u32 = 64;
+/// Ceiling of the random pause between two runs of a call.
+const CALL_RETRY_PAUSE_MAX_MS: u64 = 20;
+/// Locks that serialise the re-runs of calls that lost on the same key.
+const HOT_KEY_STRIPES: usize = 256;
+
+/// A call that lost a race re-runs holding the stripe of the key it lost
+/// on, through its proposal and apply: re-runs on a hot key then follow
+/// one another instead of colliding again, while first runs stay
+/// unlocked (most calls never conflict). Bounded: a fixed set of stripes.
+fn hot_key_lock(key: &[u8]) -> &'static tokio::sync::Mutex<()> {
+    use std::hash::{Hash, Hasher};
+    static STRIPES: std::sync::OnceLock<Vec<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+    let stripes = STRIPES.get_or_init(|| (0..HOT_KEY_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    &stripes[(h.finish() % HOT_KEY_STRIPES as u64) as usize]
+}
 
 /// Compiled sandboxes, shared by every node in the process; keyed by the
 /// source itself, so nodes of different clusters never mix them up.
@@ -48,7 +68,11 @@ pub(crate) fn refuse_service_ops(batch: &Batch) -> Result<(), ErrorReply> {
     Ok(())
 }
 
-pub(crate) async fn execute(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
+pub(crate) async fn execute(
+    shared: &Shared,
+    req: Request,
+    session: Option<Session>,
+) -> Result<Response, ErrorReply> {
     match req {
         Request::Call {
             script,
@@ -56,7 +80,7 @@ pub(crate) async fn execute(shared: &Shared, req: Request) -> Result<Response, E
             args,
             version,
             ..
-        } => call(shared, &script, &function, &args, version).await,
+        } => call(shared, &script, &function, &args, version, session).await,
         Request::ScriptPut { name, source } => {
             check_name(&name)?;
             // Compile before proposing: a syntax error is refused here and
@@ -66,7 +90,7 @@ pub(crate) async fn execute(shared: &Shared, req: Request) -> Result<Response, E
                 name: Bytes::from(name.into_bytes()),
                 source,
             };
-            propose_admin(shared, op).await
+            propose_admin(shared, op, session).await
         }
         Request::ScriptRollback { name, version } => {
             check_name(&name)?;
@@ -74,11 +98,11 @@ pub(crate) async fn execute(shared: &Shared, req: Request) -> Result<Response, E
                 name: Bytes::from(name.into_bytes()),
                 version,
             };
-            propose_admin(shared, op).await
+            propose_admin(shared, op, session).await
         }
         Request::ScriptDelete { name } => {
             check_name(&name)?;
-            propose_admin(shared, Op::ScriptDelete(Bytes::from(name.into_bytes()))).await
+            propose_admin(shared, Op::ScriptDelete(Bytes::from(name.into_bytes())), session).await
         }
         Request::ScriptList => {
             wait_for(shared, Consistency::Consistent).await?;
@@ -139,12 +163,12 @@ fn store_error(e: nacre_store::Error) -> ErrorReply {
     ErrorReply::new(code, e.to_string())
 }
 
-async fn propose(shared: &Shared, batch: Batch) -> Result<(u64, Outcome), ErrorReply> {
-    let data = Command {
-        session: None,
-        batch,
-    }
-    .encode();
+async fn propose(
+    shared: &Shared,
+    batch: Batch,
+    session: Option<Session>,
+) -> Result<(u64, Outcome), ErrorReply> {
+    let data = Command { session, batch }.encode();
     let timeout = Duration::from_millis(shared.config.request_timeout_ms);
     match tokio::time::timeout(timeout, shared.node.propose(data)).await {
         Ok(r) => r,
@@ -157,13 +181,17 @@ async fn propose(shared: &Shared, batch: Batch) -> Result<(u64, Outcome), ErrorR
 
 /// Proposes one script admin op; the reply's `count` is the version it
 /// installed or made live.
-async fn propose_admin(shared: &Shared, op: Op) -> Result<Response, ErrorReply> {
+async fn propose_admin(
+    shared: &Shared,
+    op: Op,
+    session: Option<Session>,
+) -> Result<Response, ErrorReply> {
     let batch = Batch {
         guards: vec![],
         ops: vec![op],
     };
     shared.limits.check_batch(&batch)?;
-    match propose(shared, batch).await? {
+    match propose(shared, batch, session).await? {
         (index, Outcome::Applied { count, .. }) => Ok(Response::Written {
             index,
             prev: None,
@@ -313,10 +341,23 @@ async fn call(
     function: &str,
     args: &[Bytes],
     pinned: Option<u64>,
+    session: Option<Session>,
 ) -> Result<Response, ErrorReply> {
     check_name(script)?;
     let mut last_conflict = String::new();
-    for _ in 0..CALL_ATTEMPTS_MAX {
+    let mut hot_key: Option<Bytes> = None;
+    let mut _stripe = None;
+    for attempt in 0..CALL_ATTEMPTS_MAX {
+        if let Some(k) = &hot_key {
+            if _stripe.is_none() {
+                _stripe = Some(hot_key_lock(k).lock().await);
+            }
+        } else if attempt > 0 {
+            use rand::Rng;
+            let ceiling_ms = (1u64 << attempt.min(5)).min(CALL_RETRY_PAUSE_MAX_MS);
+            let pause_us = rand::rng().random_range(0..=ceiling_ms * 1000);
+            tokio::time::sleep(Duration::from_micros(pause_us)).await;
+        }
         // The version is resolved once per run: one run never mixes two.
         let (live, _) = head(shared, script)?.ok_or_else(|| script_not_found(script))?;
         if live == 0 {
@@ -356,7 +397,7 @@ async fn call(
             );
         }
         shared.limits.check_batch(&batch)?;
-        match propose(shared, batch).await? {
+        match propose(shared, batch, session).await? {
             (index, Outcome::Applied { .. }) => {
                 return Ok(Response::Called {
                     version,
@@ -369,9 +410,13 @@ async fn call(
                 Outcome::Failed {
                     code: ErrorCode::AssertionFailed,
                     message,
+                    key,
                     ..
                 },
-            ) => last_conflict = message,
+            ) => {
+                last_conflict = message;
+                hot_key = Some(key);
+            }
             (_, Outcome::Failed { code, message, .. }) => {
                 return Err(ErrorReply::new(code, message))
             }

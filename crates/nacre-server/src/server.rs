@@ -400,13 +400,18 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
             let id = member_id(shared, &name)?;
             membership(shared, crate::node::Membership::TransferLeader(id)).await?
         }
+        // A script call or change stamped with the client's session: its
+        // effects apply at most once however often it is retried.
+        Request::Session { session, request } if !request.is_write() => {
+            crate::scripts::execute(shared, *request, Some(session)).await?
+        }
         Request::Call { .. }
         | Request::ScriptPut { .. }
         | Request::ScriptList
         | Request::ScriptShow { .. }
         | Request::ScriptHistory { .. }
         | Request::ScriptRollback { .. }
-        | Request::ScriptDelete { .. } => crate::scripts::execute(shared, req).await?,
+        | Request::ScriptDelete { .. } => crate::scripts::execute(shared, req, None).await?,
         req if req.is_write() => write(shared, &req).await?,
         _ => return Err(ErrorReply::new(ErrorCode::BadInput, "unsupported request")),
     })

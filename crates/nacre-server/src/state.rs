@@ -276,7 +276,13 @@ impl StateMachine {
                         Some((_, first)) => first,
                         None => {
                             let o = apply_batch(&mut txn, e.index, &batch)?;
-                            txn.put(&key, &encode_outcome(e.index, &o))?;
+                            // Only effects need guarding against a second
+                            // apply; a failed batch changed nothing, and its
+                            // retry (a script re-run after a conflict, say)
+                            // must be evaluated afresh.
+                            if matches!(o, Outcome::Applied { .. }) {
+                                txn.put(&key, &encode_outcome(e.index, &o))?;
+                            }
                             o
                         }
                     }
