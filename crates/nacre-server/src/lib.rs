@@ -7,7 +7,7 @@
 //! uses.
 
 mod config;
-mod node;
+pub mod node;
 mod scripts;
 mod server;
 pub mod state;

@@ -29,6 +29,26 @@ use crate::state::{Committed, MemberRecord, Outcome, StateMachine};
 use crate::transport::{Inbound, Transport};
 use crate::ServerError;
 
+/// Where a node's outgoing raft messages go: the TCP transport in
+/// production, the simulated network in the simulator.
+pub trait PeerSink: Send {
+    fn send(&mut self, msgs: Vec<raft::eraftpb::Message>);
+    fn set_peer(&mut self, id: u64, addr: String);
+    fn remove_peer(&mut self, id: u64);
+}
+
+impl PeerSink for Transport {
+    fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
+        Transport::send(self, msgs)
+    }
+    fn set_peer(&mut self, id: u64, addr: String) {
+        Transport::set_peer(self, id, addr)
+    }
+    fn remove_peer(&mut self, id: u64) {
+        Transport::remove_peer(self, id)
+    }
+}
+
 /// A membership request for the raft loop.
 #[derive(Debug, Clone)]
 pub enum Membership {
@@ -57,7 +77,8 @@ pub type WriteReply = Result<(u64, Outcome), ErrorReply>;
 /// A consistent read may proceed once the node has applied this index.
 pub type ReadReply = Result<u64, ErrorReply>;
 
-pub(crate) enum Msg {
+/// What the raft loop is asked to do (from clients and peers).
+pub enum Msg {
     Propose {
         data: Vec<u8>,
         reply: oneshot::Sender<WriteReply>,
@@ -201,10 +222,15 @@ struct SnapState {
     conf: ConfState,
 }
 
-pub(crate) struct Node {
+/// One raft member: its log, state machine and loop state. Production runs
+/// it on its own thread ([`Node::start`]); the simulator drives the same
+/// methods ([`Node::step`], [`Node::tick`], [`Node::process`]) itself.
+pub struct Node {
     raw: RawNode<TlogStorage>,
-    rt: tokio::runtime::Handle,
-    transport: Option<Transport>,
+    /// The runtime that starts the TCP transport; none in the simulator,
+    /// whose sink is given up front.
+    rt: Option<tokio::runtime::Handle>,
+    transport: Option<Box<dyn PeerSink>>,
     inbound_tx: SyncSender<Inbound>,
     snap_state: Arc<Mutex<SnapState>>,
     /// Snapshots received, by index, waiting for raft to accept them.
@@ -267,13 +293,31 @@ fn err(e: impl std::fmt::Display) -> ServerError {
 }
 
 impl Node {
-    /// Opens the raft node over a recovered tlog and state machine.
+    /// Opens the raft node over a recovered tlog and state machine and runs
+    /// it on its own thread.
     pub(crate) fn start(
         tlog: TlogStorage,
-        mut sm: StateMachine,
+        sm: StateMachine,
         opts: NodeOptions,
         rt: tokio::runtime::Handle,
     ) -> Result<(NodeHandle, std::thread::JoinHandle<Result<(), ServerError>>), ServerError> {
+        let (node, handle) = Node::new(tlog, sm, opts, Some(rt), None)?;
+        let thread = std::thread::Builder::new()
+            .name("nacre-raft".into())
+            .spawn(move || node.run())?;
+        Ok((handle, thread))
+    }
+
+    /// Opens the raft node without running it. With `sink`, outgoing
+    /// messages go there (the simulator); without, a TCP transport is
+    /// started on `rt` when there are peers.
+    pub fn new(
+        tlog: TlogStorage,
+        mut sm: StateMachine,
+        opts: NodeOptions,
+        rt: Option<tokio::runtime::Handle>,
+        sink: Option<Box<dyn PeerSink>>,
+    ) -> Result<(Node, NodeHandle), ServerError> {
         {
             let mut log = tlog.write();
             let fresh =
@@ -390,7 +434,7 @@ impl Node {
         let mut node = Node {
             raw,
             rt,
-            transport: None,
+            transport: sink,
             inbound_tx,
             snap_state,
             snapshots_in: HashMap::new(),
@@ -415,10 +459,44 @@ impl Node {
         if voters.len() == 1 && voters.contains(node.opts.id) {
             node.raw.campaign().map_err(err)?;
         }
-        let thread = std::thread::Builder::new()
-            .name("nacre-raft".into())
-            .spawn(move || node.run())?;
-        Ok((NodeHandle { tx, status }, thread))
+        Ok((node, NodeHandle { tx, status }))
+    }
+
+    /// Hands one request or peer message to the node.
+    pub fn step(&mut self, m: Msg) -> Result<(), ServerError> {
+        self.handle(m)
+    }
+
+    /// One raft tick (`tick_ms` of time).
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.ticks += 1;
+        self.retry_stale_reads();
+        if self.ticks.is_multiple_of(self.opts.election_ticks as u64) {
+            self.maybe_transfer_to_preferred();
+        }
+    }
+
+    /// Does everything the inputs so far call for: read-index rounds,
+    /// persisting (one fsync), sending, applying, answering.
+    pub fn process(&mut self) -> Result<(), ServerError> {
+        self.ask_reads();
+        self.on_ready()?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Whether the node stopped itself (it was removed from the cluster).
+    pub fn is_stopping(&self) -> bool {
+        self.shutting_down
+    }
+
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    pub fn store(&self) -> &nacre_store::Store {
+        self.sm.store()
     }
 
     /// Starts the peer transport once there is anyone to talk to, and
@@ -434,6 +512,9 @@ impl Node {
             return Ok(());
         }
         if self.transport.is_none() {
+            let Some(rt) = self.rt.clone() else {
+                return Ok(());
+            };
             let store = self.sm.store().clone();
             let source: crate::transport::SnapshotSource = Arc::new(move |snap: &Snapshot| {
                 let name = String::from_utf8(snap.data.to_vec()).map_err(|e| e.to_string())?;
@@ -451,17 +532,16 @@ impl Node {
                 self.opts.data_dir.join("snapshots-in"),
             );
             std::fs::create_dir_all(&cfg.snapshot_dir)?;
-            let t = self
-                .rt
+            let t = rt
                 .block_on(Transport::start(cfg, self.inbound_tx.clone(), source))
                 .map_err(|source| ServerError::Listen {
                     addr: self.opts.peer_listen.clone(),
                     source,
                 })?;
             tracing::info!(addr = %t.local_addr(), "peer transport listening");
-            self.transport = Some(t);
+            self.transport = Some(Box::new(t));
         }
-        let t = self.transport.as_ref().expect("started above");
+        let t = self.transport.as_mut().expect("started above");
         for (id, addr) in others {
             t.set_peer(id, addr);
         }
@@ -506,21 +586,14 @@ impl Node {
                 return Ok(());
             }
             if Instant::now() >= next_tick {
-                self.raw.tick();
-                self.ticks += 1;
-                self.retry_stale_reads();
-                if self.ticks.is_multiple_of(self.opts.election_ticks as u64) {
-                    self.maybe_transfer_to_preferred();
-                }
+                self.tick();
                 next_tick += tick;
                 // After a long stall, do not replay every missed tick.
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + tick;
                 }
             }
-            self.ask_reads();
-            self.on_ready()?;
-            self.publish();
+            self.process()?;
         }
     }
 
@@ -801,7 +874,7 @@ impl Node {
         if msgs.is_empty() {
             return;
         }
-        match &self.transport {
+        match &mut self.transport {
             Some(t) => t.send(msgs),
             None => tracing::debug!(n = msgs.len(), "no peer transport; messages dropped"),
         }
@@ -931,7 +1004,7 @@ impl Node {
         self.snap_state.lock().conf = cs.clone();
         self.applied_moved();
         for (id, m) in &changes {
-            if let (None, Some(t)) = (m, &self.transport) {
+            if let (None, Some(t)) = (m, &mut self.transport) {
                 t.remove_peer(*id);
             }
         }

@@ -46,7 +46,11 @@ const HOT_KEY_STRIPES: usize = 256;
 fn hot_key_lock(key: &[u8]) -> &'static tokio::sync::Mutex<()> {
     use std::hash::{Hash, Hasher};
     static STRIPES: std::sync::OnceLock<Vec<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
-    let stripes = STRIPES.get_or_init(|| (0..HOT_KEY_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect());
+    let stripes = STRIPES.get_or_init(|| {
+        (0..HOT_KEY_STRIPES)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect()
+    });
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     &stripes[(h.finish() % HOT_KEY_STRIPES as u64) as usize]
@@ -102,7 +106,12 @@ pub(crate) async fn execute(
         }
         Request::ScriptDelete { name } => {
             check_name(&name)?;
-            propose_admin(shared, Op::ScriptDelete(Bytes::from(name.into_bytes())), session).await
+            propose_admin(
+                shared,
+                Op::ScriptDelete(Bytes::from(name.into_bytes())),
+                session,
+            )
+            .await
         }
         Request::ScriptList => {
             wait_for(shared, Consistency::Consistent).await?;
