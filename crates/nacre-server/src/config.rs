@@ -47,6 +47,12 @@ pub struct ServerConfig {
     pub batch_size_max_bytes: usize,
     pub multi_get_keys_max: usize,
     pub range_results_max: u32,
+    /// How a leader confirms it still leads before a consistent read:
+    /// `"lease"` (default: from the check-quorum lease, no network round;
+    /// safe while clock rates differ less than the election timeout's
+    /// random margin) or `"read-index"` (a heartbeat round to a quorum per
+    /// batch of reads; safe whatever the clocks do).
+    pub consistent_reads: String,
     /// Raft tick; election and heartbeat timeouts are counted in ticks.
     pub tick_ms: u64,
     pub election_ticks: usize,
@@ -97,6 +103,7 @@ impl Default for ServerConfig {
             batch_size_max_bytes: limits.batch_size_max_bytes,
             multi_get_keys_max: limits.multi_get_keys_max,
             range_results_max: limits.range_results_max,
+            consistent_reads: "lease".to_string(),
             tick_ms: 50,
             election_ticks: 10,
             heartbeat_ticks: 1,
@@ -195,6 +202,12 @@ impl ServerConfig {
             if v == 0 {
                 return Err(format!("{name} must be greater than 0"));
             }
+        }
+        if !matches!(self.consistent_reads.as_str(), "lease" | "read-index") {
+            return Err(format!(
+                "consistent_reads must be \"lease\" or \"read-index\", not {:?}",
+                self.consistent_reads
+            ));
         }
         if self.election_ticks <= self.heartbeat_ticks {
             return Err("election_ticks must be greater than heartbeat_ticks".into());

@@ -139,6 +139,7 @@ pub async fn start_with_vfs(
             tick_ms: config.tick_ms,
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,
+            reads_by_lease: config.consistent_reads == "lease",
             proposals_pending_max: config.proposals_pending_max,
             checkpoint_entries: config.checkpoint_entries,
             tlog_tail_entries: config.tlog_tail_entries,

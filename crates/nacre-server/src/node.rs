@@ -203,6 +203,9 @@ pub struct NodeOptions {
     pub tick_ms: u64,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    /// Confirm leadership for reads by lease (no round) or by a quorum
+    /// heartbeat round (`ReadOnlyOption::Safe`).
+    pub reads_by_lease: bool,
     pub proposals_pending_max: usize,
     pub checkpoint_entries: u64,
     /// Entries kept in the tlog behind a checkpoint, for lagging followers.
@@ -382,7 +385,11 @@ impl Node {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
-            read_only_option: raft::ReadOnlyOption::LeaseBased,
+            read_only_option: if opts.reads_by_lease {
+                raft::ReadOnlyOption::LeaseBased
+            } else {
+                raft::ReadOnlyOption::Safe
+            },
             ..Default::default()
         };
         cfg.validate().map_err(err)?;

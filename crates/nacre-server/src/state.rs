@@ -1075,6 +1075,106 @@ mod tests {
     }
 
     #[test]
+    fn a_session_retry_applies_once_and_answers_as_the_first_time() {
+        let (_d, mut sm) = open();
+        let session = Some(nacre_proto::Session {
+            client_id: 7,
+            seq: 1,
+        });
+        let set = |v: &str| {
+            Command {
+                session,
+                batch: ops(vec![Op::Set(b("k"), b(v))]),
+            }
+            .encode()
+        };
+        let first = sm
+            .apply(&[Committed {
+                index: 1,
+                term: 1,
+                data: &set("a"),
+            }])
+            .unwrap();
+        // The same stamp again (a retry after a failover), even with other
+        // contents: nothing applies, the first outcome comes back.
+        let again = sm
+            .apply(&[Committed {
+                index: 2,
+                term: 1,
+                data: &set("b"),
+            }])
+            .unwrap();
+        assert_eq!(first, again);
+        let e = Reader::new(sm.store()).get_entry(b"k").unwrap().unwrap();
+        assert_eq!((e.value, e.rev.version), (b("a"), 1));
+        // A failed stamped batch is not remembered: its retry runs afresh.
+        let guarded = |seq| {
+            Command {
+                session: Some(nacre_proto::Session { client_id: 7, seq }),
+                batch: Batch {
+                    guards: vec![Guard::ValueEquals(b("k"), b("b"))],
+                    ops: vec![Op::Set(b("k"), b("c"))],
+                },
+            }
+            .encode()
+        };
+        let failed = sm
+            .apply(&[Committed {
+                index: 3,
+                term: 1,
+                data: &guarded(2),
+            }])
+            .unwrap();
+        assert!(matches!(failed[0], Outcome::Failed { .. }));
+        apply(&mut sm, 4, ops(vec![Op::Set(b("k"), b("b"))]));
+        let retried = sm
+            .apply(&[Committed {
+                index: 5,
+                term: 1,
+                data: &guarded(2),
+            }])
+            .unwrap();
+        assert!(matches!(retried[0], Outcome::Applied { .. }), "{retried:?}");
+        assert_eq!(Reader::new(sm.store()).get(b"k").unwrap(), Some(b("c")));
+    }
+
+    #[test]
+    fn session_records_are_pruned_after_the_retention_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s"), nacre_store::Options::default()).unwrap();
+        let mut sm = StateMachine::open_with(store, 10).unwrap();
+        let stamped = Command {
+            session: Some(nacre_proto::Session {
+                client_id: 1,
+                seq: 1,
+            }),
+            batch: ops(vec![Op::Set(b("x"), b("1"))]),
+        }
+        .encode();
+        sm.apply(&[Committed {
+            index: 5,
+            term: 1,
+            data: &stamped,
+        }])
+        .unwrap();
+        let sessions = |sm: &StateMachine| {
+            let end = prefix_end(SESSION_PREFIX).unwrap();
+            sm.store()
+                .begin_read()
+                .range(Bound::Included(SESSION_PREFIX), Bound::Excluded(&end[..]))
+                .count()
+        };
+        assert_eq!(sessions(&sm), 1);
+        // Index 1024 is a pruning point; 5 is older than 1024 - 10.
+        apply(
+            &mut sm,
+            SESSION_PRUNE_EVERY_ENTRIES,
+            ops(vec![Op::Set(b("y"), b("1"))]),
+        );
+        assert_eq!(sessions(&sm), 0);
+    }
+
+    #[test]
     fn prefix_end_handles_ff() {
         assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));

@@ -768,3 +768,69 @@ async fn concurrent_test_and_set_never_loses_an_update() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_index_mode_backpressure_and_version_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Leadership confirmed by a quorum round per batch of reads.
+    cfg.consistent_reads = "read-index".into();
+    // Two requests in flight per connection: the rest wait unread.
+    cfg.inflight_per_connection_max = 2;
+    let server = nacre_server::start(cfg).await.unwrap();
+    let mut c = Conn::open(&server, "").await.unwrap();
+    let n = 200u64;
+    for i in 0..n {
+        c.send(&Request::Set {
+            key: b(&format!("k{i}")),
+            value: b("v"),
+        })
+        .await;
+    }
+    let mut got = std::collections::HashSet::new();
+    for _ in 0..n {
+        let (id, r) = c.recv().await.unwrap();
+        assert!(matches!(r, Response::Written { .. }), "{r:?}");
+        assert!(got.insert(id));
+    }
+    assert_eq!(
+        c.call(Request::Get {
+            consistency: C,
+            key: b("k7")
+        })
+        .await,
+        Response::Value(Some(b("v")))
+    );
+    assert_eq!(
+        c.call(Request::KeyCount { consistency: C }).await,
+        Response::U64(n)
+    );
+
+    // A client speaking another protocol version is refused at the hello.
+    let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut out = Vec::new();
+    ClientHello {
+        version: PROTOCOL_VERSION + 1,
+        cluster_id: String::new(),
+    }
+    .encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let (hello, _) = ServerHello::decode(&reply).unwrap().unwrap();
+    assert_eq!(hello.status, ErrorCode::UnsupportedVersion.to_u16());
+    assert!(hello.message.contains("version"), "{}", hello.message);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_is_refused_with_the_setting_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.consistent_reads = "sometimes".into();
+    let e = nacre_server::start(cfg).await.err().expect("refused");
+    assert!(e.to_string().contains("consistent_reads"), "{e}");
+}

@@ -1,0 +1,169 @@
+//! The cluster and script commands of the `nacre` CLI against real
+//! processes: `local-cluster` up and down, `cluster status`, leadership
+//! transfer and the preferred leader taking leadership back, and Lua
+//! scripts installed and called from the command line.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ServerProc, NACRE};
+use serde_json::Value;
+
+fn nacre(endpoints: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(NACRE)
+        .args(["--endpoints", endpoints, "--timeout-ms", "20000"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(endpoints: &str, args: &[&str]) -> String {
+    let (code, out, err) = nacre(endpoints, args);
+    assert_eq!(code, 0, "nacre {args:?}: {err}");
+    out
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn local_cluster_status_and_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(NACRE)
+        .args(["local-cluster", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let config = dir.path().join("cluster.toml");
+    wait_for("the config", || config.exists());
+    let cfg =
+        nacre_server::ServerConfig::from_toml(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let endpoints: Vec<String> = cfg.nodes.iter().map(|n| n.client.clone()).collect();
+    let eps = endpoints.join(",");
+    wait_for("a leader", || nacre(&eps, &["set", "k", "v"]).0 == 0);
+    let status: Value = serde_json::from_str(
+        ok(&eps, &["--json", "cluster", "status"])
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let roles: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| status[format!("{n}.role")].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|r| *r == "leader").count(),
+        1,
+        "{status}"
+    );
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(status[format!("{n}.voter")], "true", "{status}");
+        assert_eq!(status[format!("{n}.reachable")], "true", "{status}");
+    }
+    // Ctrl-C stops every node and the command itself, cleanly.
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "local-cluster ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
+    for e in &endpoints {
+        assert!(
+            std::net::TcpStream::connect(e).is_err(),
+            "{e} still listening"
+        );
+    }
+}
+
+#[test]
+fn leadership_transfer_and_the_preferred_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(NACRE)
+        .args(["cluster", "init-config", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let config = dir.path().join("cluster.toml");
+    let text = format!(
+        "preferred_leader = \"n3\"\n{}",
+        String::from_utf8(out.stdout).unwrap()
+    );
+    std::fs::write(&config, &text).unwrap();
+    let cfg = nacre_server::ServerConfig::from_toml(&text).unwrap();
+    let eps = cfg
+        .nodes
+        .iter()
+        .map(|n| n.client.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let _procs: Vec<ServerProc> = cfg
+        .nodes
+        .iter()
+        .map(|n| ServerProc::start_member(&config, &n.name, &[]))
+        .collect();
+    let master = || nacre(&eps, &["who-master"]).1.trim().to_string();
+    wait_for("n3 to lead", || master() == "n3");
+    ok(&eps, &["cluster", "transfer-leader", "n1"]);
+    wait_for("n1 to lead", || master() == "n1");
+    // n1 is healthy and caught up, so the preferred leader takes over again.
+    wait_for("n3 to take leadership back", || master() == "n3");
+    let (code, _, err) = nacre(&eps, &["cluster", "promote", "n2"]);
+    assert_ne!(code, 0, "promoting a voter must fail");
+    assert!(err.contains("learner"), "{err}");
+}
+
+#[test]
+fn scripts_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path());
+    let ep = server.addr.as_str();
+    let script = format!(
+        "{}/../../examples/scripts/arith64.lua",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    ok(ep, &["script", "put", "arith64", &script]);
+    assert_eq!(ok(ep, &["call", "arith64", "incr", "hits"]).trim(), "1");
+    assert_eq!(
+        ok(ep, &["call", "arith64", "incr", "hits", "10"]).trim(),
+        "11"
+    );
+    assert_eq!(ok(ep, &["call", "arith64", "get", "hits"]).trim(), "11");
+    assert!(ok(ep, &["script", "list"]).contains("arith64"));
+    assert!(ok(ep, &["script", "show", "arith64"]).contains("function incr"));
+    let broken = dir.path().join("broken.lua");
+    std::fs::write(&broken, "function incr(\n").unwrap();
+    let (code, _, err) = nacre(ep, &["script", "put", "arith64", broken.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("line") || err.contains("syntax"), "{err}");
+    // The old version is still live after the refused install.
+    assert_eq!(ok(ep, &["call", "arith64", "get", "hits"]).trim(), "11");
+    let (code, _, err) = nacre(ep, &["call", "nope", "f"]);
+    assert_eq!(code, 2, "{err}");
+    ok(ep, &["script", "delete", "arith64"]);
+    assert_eq!(nacre(ep, &["call", "arith64", "get", "hits"]).0, 2);
+    ok(ep, &["script", "rollback", "arith64", "1"]);
+    assert_eq!(ok(ep, &["call", "arith64", "get", "hits"]).trim(), "11");
+    assert!(ok(ep, &["script", "history", "arith64"]).contains('1'));
+}
