@@ -100,18 +100,7 @@ fn local_cluster_status_and_a_clean_stop() {
 #[test]
 fn leadership_transfer_and_the_preferred_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(NACRE)
-        .args(["cluster", "init-config", "--nodes", "3", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let config = dir.path().join("cluster.toml");
-    let text = format!(
-        "preferred_leader = \"n3\"\n{}",
-        String::from_utf8(out.stdout).unwrap()
-    );
-    std::fs::write(&config, &text).unwrap();
-    let cfg = nacre_server::ServerConfig::from_toml(&text).unwrap();
+    let (config, cfg) = common::init_cluster(dir.path(), 3, "preferred_leader = \"n3\"");
     let eps = cfg
         .nodes
         .iter()

@@ -6,35 +6,20 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{ServerProc, NACRE};
+use common::ServerProc;
 use nacre_client::{Client, ClientOptions, Consistency};
 
 /// A config for `n` nodes under `dir`, made by `nacre cluster init-config`,
 /// with small checkpoints so that the tlog gets compacted and lagging
 /// nodes need snapshots.
 fn make_config(dir: &Path, n: usize) -> PathBuf {
-    let out = Command::new(NACRE)
-        .args(["cluster", "init-config", "--nodes", &n.to_string(), "--dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut text = String::from_utf8(out.stdout).unwrap();
-    text.insert_str(
-        0,
-        "tick_ms = 50\ncheckpoint_entries = 200\ntlog_tail_entries = 50\nrequest_timeout_ms = 5000\n",
-    );
-    let path = dir.join("cluster.toml");
-    std::fs::write(&path, text).unwrap();
+    let settings =
+        "tick_ms = 50\ncheckpoint_entries = 200\ntlog_tail_entries = 50\nrequest_timeout_ms = 5000";
+    let (path, _) = common::init_cluster(dir, n, settings);
     LOG_DIR.with(|d| *d.borrow_mut() = Some(dir.to_path_buf()));
     path
 }

@@ -9,10 +9,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ServerProc, NACRE};
+use common::ServerProc;
 use nacre_client::{Client, ClientOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,16 +21,7 @@ async fn leader_fail_over_time() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(NACRE)
-        .args(["cluster", "init-config", "--nodes", "3", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(&config, &out.stdout).unwrap();
-    let cfg =
-        nacre_server::ServerConfig::from_toml(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let (config, cfg) = common::init_cluster(dir.path(), 3, "");
     let endpoints: Vec<String> = cfg.nodes.iter().map(|n| n.client.clone()).collect();
     let mut procs: BTreeMap<String, ServerProc> = cfg
         .nodes

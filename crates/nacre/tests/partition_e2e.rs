@@ -7,12 +7,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{free_port, ServerProc, NACRE};
+use common::{free_port, ServerProc};
 use nacre_client::{Client, ClientOptions, Consistency};
 use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
@@ -100,19 +99,7 @@ async fn local(addr: &str, consistency: Consistency) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_refuses_majority_goes_on_and_all_converge() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(NACRE)
-        .args(["cluster", "init-config", "--nodes", "3", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = format!(
-        "request_timeout_ms = 3000\n{}",
-        String::from_utf8(out.stdout).unwrap()
-    );
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(&config, &text).unwrap();
-    let cfg = nacre_server::ServerConfig::from_toml(&text).unwrap();
+    let (config, cfg) = common::init_cluster(dir.path(), 3, "request_timeout_ms = 3000");
     let net = Arc::new(Net::default());
     let mut procs = BTreeMap::new();
     let ids: BTreeMap<String, u64> = cfg

@@ -10,13 +10,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{ServerProc, NACRE};
+use common::ServerProc;
 use nacre_client::{Client, ClientOptions, Request, Response};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -43,17 +42,8 @@ struct Cluster {
 
 fn start_cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(NACRE)
-        .args(["cluster", "init-config", "--nodes", "3", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(&config, &out.stdout).unwrap();
-    let nodes = nacre_server::ServerConfig::from_toml(&String::from_utf8(out.stdout).unwrap())
-        .unwrap()
-        .nodes;
+    let (config, cfg) = common::init_cluster(dir.path(), 3, "");
+    let nodes = cfg.nodes;
     let procs = nodes
         .iter()
         .map(|n| {

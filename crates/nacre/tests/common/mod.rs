@@ -135,3 +135,23 @@ impl ServerProc {
         }
     }
 }
+
+/// A config for `n` local nodes under `dir`, made by `nacre cluster
+/// init-config`, with `settings` (TOML lines) put in front; written to
+/// `dir/cluster.toml`. Returns its path and its parsed form.
+pub fn init_cluster(dir: &Path, n: usize, settings: &str) -> (PathBuf, nacre_server::ServerConfig) {
+    let out = Command::new(NACRE)
+        .args(["cluster", "init-config", "--nodes", &n.to_string(), "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = format!("{settings}\n{}", String::from_utf8(out.stdout).unwrap());
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, &text).unwrap();
+    (path, nacre_server::ServerConfig::from_toml(&text).unwrap())
+}
