@@ -312,7 +312,6 @@ pub async fn run<T: Target>(
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use std::future::Future;
 
     use nacre_client::Bytes;
 
@@ -327,33 +326,22 @@ mod tests {
         fn name(&self) -> &'static str {
             "mem"
         }
-        fn put(&self, k: Bytes, v: Bytes) -> impl Future<Output = Result<(), TargetError>> + Send {
-            async move {
-                if self.fail {
-                    return Err("down".into());
-                }
-                self.map.lock().unwrap().insert(k, v);
-                Ok(())
+        async fn put(&self, k: Bytes, v: Bytes) -> Result<(), TargetError> {
+            if self.fail {
+                return Err("down".into());
             }
+            self.map.lock().unwrap().insert(k, v);
+            Ok(())
         }
-        fn get(
-            &self,
-            k: Bytes,
-            _: Consistency,
-        ) -> impl Future<Output = Result<bool, TargetError>> + Send {
-            async move { Ok(self.map.lock().unwrap().contains_key(&k)) }
+        async fn get(&self, k: Bytes, _: Consistency) -> Result<bool, TargetError> {
+            Ok(self.map.lock().unwrap().contains_key(&k))
         }
-        fn sequence(
-            &self,
-            pairs: Vec<(Bytes, Bytes)>,
-        ) -> impl Future<Output = Result<(), TargetError>> + Send {
-            async move {
-                let mut m = self.map.lock().unwrap();
-                for (k, v) in pairs {
-                    m.insert(k, v);
-                }
-                Ok(())
+        async fn sequence(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<(), TargetError> {
+            let mut m = self.map.lock().unwrap();
+            for (k, v) in pairs {
+                m.insert(k, v);
             }
+            Ok(())
         }
     }
 

@@ -1,7 +1,5 @@
 //! The Nacre target, over the native protocol.
 
-use std::future::Future;
-
 use nacre_client::{Bytes, Client, ClientOptions, Consistency, Sequence};
 
 use crate::{Target, TargetError};
@@ -38,52 +36,35 @@ impl Target for NacreTarget {
         "nacre"
     }
 
-    fn put(
-        &self,
-        key: Bytes,
-        value: Bytes,
-    ) -> impl Future<Output = Result<(), TargetError>> + Send {
-        async move {
-            self.client
-                .set(key, value)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
+    async fn put(&self, key: Bytes, value: Bytes) -> Result<(), TargetError> {
+        self.client
+            .set(key, value)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
-    fn get(
-        &self,
-        key: Bytes,
-        consistency: Consistency,
-    ) -> impl Future<Output = Result<bool, TargetError>> + Send {
-        async move {
-            let c = if self.client.consistency() == consistency {
-                self.client.clone()
-            } else {
-                self.client.with_consistency(consistency)
-            };
-            c.get_option(key)
-                .await
-                .map(|v| v.is_some())
-                .map_err(|e| e.to_string())
-        }
+    async fn get(&self, key: Bytes, consistency: Consistency) -> Result<bool, TargetError> {
+        let c = if self.client.consistency() == consistency {
+            self.client.clone()
+        } else {
+            self.client.with_consistency(consistency)
+        };
+        c.get_option(key)
+            .await
+            .map(|v| v.is_some())
+            .map_err(|e| e.to_string())
     }
 
-    fn sequence(
-        &self,
-        pairs: Vec<(Bytes, Bytes)>,
-    ) -> impl Future<Output = Result<(), TargetError>> + Send {
-        async move {
-            let mut seq = Sequence::new();
-            for (k, v) in pairs {
-                seq.set(k, v);
-            }
-            self.client
-                .sequence(seq)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+    async fn sequence(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<(), TargetError> {
+        let mut seq = Sequence::new();
+        for (k, v) in pairs {
+            seq.set(k, v);
         }
+        self.client
+            .sequence(seq)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }

@@ -210,6 +210,23 @@ pub struct NodeOptions {
     pub checkpoint_entries: u64,
     /// Entries kept in the tlog behind a checkpoint, for lagging followers.
     pub tlog_tail_entries: u64,
+    /// Deliberate bugs for the simulator to prove its checker catches them;
+    /// all off in production.
+    pub planted: Planted,
+}
+
+/// Bugs the simulator (crates/nacre-sim) can switch on in one node to show
+/// that its checks fail when the code is wrong. Per node rather than a
+/// global, so simulations of the correct build can run alongside in one
+/// test process. Everything is off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Planted {
+    /// A follower answers a consistent read at once with its own applied
+    /// index, skipping the leadership check.
+    pub follower_reads: bool,
+    /// The tlog is never fsynced after an append: writes are acknowledged
+    /// (and acknowledged to the leader) before they are durable.
+    pub ack_before_fsync: bool,
 }
 
 struct Pending {
@@ -491,6 +508,20 @@ impl Node {
         self.on_ready()?;
         self.publish();
         Ok(())
+    }
+
+    /// raft-rs draws each randomized election timeout from the thread's
+    /// RNG, which no seed reaches. The simulator calls this before every
+    /// tick with a draw from its own seed, so elections replay exactly.
+    /// `ticks` must lie in `election_ticks..2 * election_ticks`.
+    pub fn set_election_timeout_ticks(&mut self, ticks: usize) {
+        self.raw.raft.set_randomized_election_timeout(ticks);
+    }
+
+    /// The current term and role, for the simulator to notice when raft
+    /// would have drawn a new election timeout.
+    pub fn raft_role(&self) -> (u64, StateRole) {
+        (self.raw.raft.term, self.raw.raft.state)
     }
 
     /// Whether the node stopped itself (it was removed from the cluster).
@@ -784,8 +815,16 @@ impl Node {
             return;
         }
         if self.raw.raft.state != StateRole::Leader {
+            let planted_applied = self
+                .opts
+                .planted
+                .follower_reads
+                .then(|| self.sm.applied().0);
             for r in std::mem::take(&mut self.reads_new) {
-                let _ = r.send(Err(self.leader_hint()));
+                let _ = r.send(match planted_applied {
+                    Some(applied) => Ok(applied),
+                    None => Err(self.leader_hint()),
+                });
             }
             return;
         }
@@ -853,7 +892,7 @@ impl Node {
                     .extend(waiters.into_iter().map(|w| (rs.index, w)));
             }
         }
-        if wrote && rd.must_sync() {
+        if wrote && rd.must_sync() && !self.opts.planted.ack_before_fsync {
             self.tlog.write().sync().map_err(err)?;
             self.status.fsyncs.fetch_add(1, Ordering::Relaxed);
         }

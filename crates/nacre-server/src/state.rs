@@ -160,6 +160,9 @@ pub struct StateMachine {
     applied: u64,
     applied_term: u64,
     session_retention_entries: u64,
+    /// A planted bug for the simulator (crates/nacre-sim): batches apply
+    /// as if they had no guards. Off in production.
+    planted_skip_guards: bool,
 }
 
 pub fn user_key(key: &[u8]) -> Vec<u8> {
@@ -229,11 +232,17 @@ impl StateMachine {
             applied,
             applied_term,
             session_retention_entries,
+            planted_skip_guards: false,
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Plants a bug for the simulator: every batch's guards are skipped.
+    pub fn plant_skip_guards(&mut self, on: bool) {
+        self.planted_skip_guards = on;
     }
 
     /// The last applied index and its term.
@@ -264,7 +273,13 @@ impl StateMachine {
                 });
                 continue;
             }
-            let outcome = match Command::decode(Bytes::copy_from_slice(e.data)) {
+            let decoded = Command::decode(Bytes::copy_from_slice(e.data)).map(|mut c| {
+                if self.planted_skip_guards {
+                    c.batch.guards.clear();
+                }
+                c
+            });
+            let outcome = match decoded {
                 Ok(Command {
                     session: Some(session),
                     batch,

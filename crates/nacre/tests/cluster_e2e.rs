@@ -289,7 +289,7 @@ async fn restart_all_wipe_one_and_change_membership() {
         ServerProc::start_member(&three, &victim.name, &["--join"]),
     );
     let last = c.nop().await.unwrap();
-    converge(&[victim.client.clone()], last).await;
+    converge(std::slice::from_ref(&victim.client), last).await;
     assert_eq!(dump(&victim.client).await.len(), 1200);
 
     // A learner joins, catches up, is promoted; then a node is removed.
@@ -299,7 +299,7 @@ async fn restart_all_wipe_one_and_change_membership() {
     );
     c.add_learner(&n4.name, &n4.client, &n4.peer).await.unwrap();
     let last = c.nop().await.unwrap();
-    converge(&[n4.client.clone()], last).await;
+    converge(std::slice::from_ref(&n4.client), last).await;
     assert_eq!(dump(&n4.client).await.len(), 1200);
     c.promote(&n4.name).await.unwrap();
     let status = c.cluster_status().await.unwrap();
@@ -313,7 +313,7 @@ async fn restart_all_wipe_one_and_change_membership() {
     assert_eq!(status.iter().filter(|m| m.voter).count(), 3);
     // The cluster still takes writes, and the new member has them.
     let i = c.set("after-changes", "yes").await.unwrap();
-    converge(&[n4.client.clone()], i).await;
+    converge(std::slice::from_ref(&n4.client), i).await;
     assert_eq!(
         local_view(&n4.client)
             .await
