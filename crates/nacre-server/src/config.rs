@@ -197,6 +197,7 @@ impl ServerConfig {
             ("request_timeout_ms", self.request_timeout_ms),
             ("checkpoint_entries", self.checkpoint_entries),
             ("range_results_max", self.range_results_max as u64),
+            ("session_retention_entries", self.session_retention_entries),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -10,7 +10,7 @@
 //! | `u` + user key  | revision (24 bytes: create, mod, version) + value |
 //! | `m/applied`     | applied index u64 LE + its term u64 LE         |
 //! | `m/member/` + id (u64 BE) | a member's name, client and peer addresses |
-//! | `m/session/` + client id + seq (u64 BE each) | index u64 LE + the outcome, for deduplicating retries |
+//! | `m/session/` + epoch + client id + seq (u64 BE each) | index u64 LE + the outcome, for deduplicating retries |
 //!
 //! Entries of one raft `Ready` are applied in one store transaction (one
 //! commit instead of one per entry). A batch whose guard or check fails
@@ -38,9 +38,6 @@ pub const META_NS: u8 = b'm';
 const APPLIED_KEY: &[u8] = b"m/applied";
 const MEMBER_PREFIX: &[u8] = b"m/member/";
 const SESSION_PREFIX: &[u8] = b"m/session/";
-/// Session records are pruned when an entry index is a multiple of this:
-/// a function of the index alone, so every replica prunes identically.
-const SESSION_PRUNE_EVERY_ENTRIES: u64 = 1024;
 
 /// A member's addresses, kept in the replicated state so that every node
 /// (and a node restored from a snapshot) knows how to reach the others.
@@ -78,8 +75,19 @@ fn member_key(id: u64) -> Vec<u8> {
     k
 }
 
-fn session_key(client_id: u64, seq: u64) -> Vec<u8> {
+/// Session records live in epochs of `session_retention_entries` log
+/// entries: a lookup checks the current epoch and the one before, and
+/// forgetting old records is one range delete of whole epochs (dropped
+/// subtree by subtree, never read), not a scan. A record is kept for one
+/// to two windows.
+fn session_epoch_key(epoch: u64) -> Vec<u8> {
     let mut k = SESSION_PREFIX.to_vec();
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+fn session_key(epoch: u64, client_id: u64, seq: u64) -> Vec<u8> {
+    let mut k = session_epoch_key(epoch);
     k.extend_from_slice(&client_id.to_be_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -231,7 +239,9 @@ impl StateMachine {
             store,
             applied,
             applied_term,
-            session_retention_entries,
+            // An epoch of zero entries would divide by zero; the config
+            // refuses it, and one entry is the least that means anything.
+            session_retention_entries: session_retention_entries.max(1),
             planted_skip_guards: false,
         })
     }
@@ -284,8 +294,13 @@ impl StateMachine {
                     session: Some(session),
                     batch,
                 }) => {
-                    let key = session_key(session.client_id, session.seq);
-                    match txn.get(&key)?.as_deref().and_then(decode_outcome) {
+                    let epoch = e.index / self.session_retention_entries;
+                    let key = session_key(epoch, session.client_id, session.seq);
+                    let mut first = txn.get(&key)?;
+                    if first.is_none() && epoch > 0 {
+                        first = txn.get(&session_key(epoch - 1, session.client_id, session.seq))?;
+                    }
+                    match first.as_deref().and_then(decode_outcome) {
                         // A retry of a write that already applied: answer as
                         // the first time, change nothing.
                         Some((_, first)) => first,
@@ -313,7 +328,9 @@ impl StateMachine {
                 },
             };
             outcomes.push(outcome);
-            if e.index % SESSION_PRUNE_EVERY_ENTRIES == 0 {
+            // A rule of the index alone, so every replica (and every replica
+            // restored from a snapshot) forgets the same records.
+            if e.index % self.session_retention_entries == 0 {
                 self.prune_sessions(&mut txn, e.index)?;
             }
         }
@@ -327,24 +344,14 @@ impl StateMachine {
         Ok(outcomes)
     }
 
-    /// Forgets session outcomes older than the retention window.
+    /// Forgets the session epochs before the previous one.
     fn prune_sessions(&self, txn: &mut WriteTxn<'_>, index: u64) -> nacre_store::Result<()> {
-        let horizon = index.saturating_sub(self.session_retention_entries);
-        if horizon == 0 {
+        let epoch = index / self.session_retention_entries;
+        if epoch < 2 {
             return Ok(());
         }
-        let end = prefix_end(SESSION_PREFIX).expect("prefix below 0xff");
-        let old: Vec<Vec<u8>> = txn
-            .range(Bound::Included(SESSION_PREFIX), Bound::Excluded(&end[..]))?
-            .into_iter()
-            .filter(|(_, v)| {
-                v.len() >= 8 && u64::from_le_bytes(v[..8].try_into().expect("8 bytes")) < horizon
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for k in old {
-            txn.delete(&k)?;
-        }
+        let end = session_epoch_key(epoch - 1);
+        txn.delete_range(Bound::Included(SESSION_PREFIX), Bound::Excluded(&end[..]))?;
         Ok(())
     }
 
@@ -1180,12 +1187,29 @@ mod tests {
                 .count()
         };
         assert_eq!(sessions(&sm), 1);
-        // Index 1024 is a pruning point; 5 is older than 1024 - 10.
-        apply(
-            &mut sm,
-            SESSION_PRUNE_EVERY_ENTRIES,
-            ops(vec![Op::Set(b("y"), b("1"))]),
+        // Index 10 starts epoch 1: epoch 0 (index 5) is still kept, and a
+        // retry of it is still recognised.
+        apply(&mut sm, 10, ops(vec![Op::Set(b("y"), b("1"))]));
+        assert_eq!(sessions(&sm), 1);
+        let retry = sm
+            .apply(&[Committed {
+                index: 11,
+                term: 1,
+                data: &stamped,
+            }])
+            .unwrap();
+        assert!(matches!(retry[0], Outcome::Applied { .. }));
+        assert_eq!(
+            Reader::new(sm.store())
+                .get_entry(b"x")
+                .unwrap()
+                .unwrap()
+                .rev
+                .version,
+            1
         );
+        // Index 20 starts epoch 2: epoch 0 goes.
+        apply(&mut sm, 20, ops(vec![Op::Set(b("y"), b("2"))]));
         assert_eq!(sessions(&sm), 0);
     }
 
