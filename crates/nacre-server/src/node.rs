@@ -109,6 +109,9 @@ pub struct Status {
     pub fsyncs: AtomicU64,
     pub stopped: AtomicBool,
     pub snapshots_sent: AtomicU64,
+    /// Read rounds answered from the leader lease, and by a quorum round.
+    pub read_rounds_by_lease: AtomicU64,
+    pub read_rounds_by_quorum: AtomicU64,
     pub snapshots_installed: AtomicU64,
     /// This node's raft id.
     pub id: AtomicU64,
@@ -257,6 +260,8 @@ pub struct Node {
     snapshots_in: HashMap<u64, PathBuf>,
     membership_pending: BTreeMap<u64, (u64, oneshot::Sender<Result<u64, ErrorReply>>)>,
     was_leader: bool,
+    /// When (in ticks) each peer was last heard from: the leader lease.
+    last_heard: HashMap<u64, u64>,
     tlog: TlogStorage,
     sm: StateMachine,
     rx: Receiver<Msg>,
@@ -464,6 +469,7 @@ impl Node {
             snapshots_in: HashMap::new(),
             membership_pending: BTreeMap::new(),
             was_leader: false,
+            last_heard: HashMap::new(),
             tlog,
             sm,
             rx,
@@ -665,6 +671,7 @@ impl Node {
             Msg::Read { reply } => self.reads_new.push(reply),
             Msg::Membership { change, reply } => self.propose_membership(change, reply),
             Msg::Peer(Inbound::Raft(mut m)) => {
+                self.last_heard.insert(m.from, self.ticks);
                 use raft::eraftpb::MessageType;
                 let empty = self.raw.raft.prs().conf().voters().ids().is_empty()
                     && self.raw.raft.prs().conf().learners().is_empty();
@@ -837,8 +844,48 @@ impl Node {
         let reads = std::mem::take(&mut self.reads_new);
         let ctx = self.read_ctx_next;
         self.read_ctx_next += 1;
+        // The lease answers at once; without one (or when it lapsed) the
+        // round goes to a quorum, which a cut-off leader cannot get.
+        let by_lease = self.opts.reads_by_lease && self.lease_valid();
+        self.raw.raft.read_only.option = if by_lease {
+            raft::ReadOnlyOption::LeaseBased
+        } else {
+            raft::ReadOnlyOption::Safe
+        };
+        let counter = if by_lease {
+            &self.status.read_rounds_by_lease
+        } else {
+            &self.status.read_rounds_by_quorum
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.raw.read_index(ctx.to_le_bytes().to_vec());
         self.reads_asked.insert(ctx, (self.ticks, reads));
+    }
+
+    /// Whether this leader may answer reads from its lease: a quorum of
+    /// voters (itself included) was heard from within half an election
+    /// timeout. No follower starts an election before a full election
+    /// timeout without a heartbeat, so no other leader can exist yet, as
+    /// long as clocks run at rates that differ by less than 2x (and the
+    /// loopback or network round trip is small against the lease). raft-rs's
+    /// own lease trusts check-quorum, under which a cut-off leader can keep
+    /// leading for up to two election timeouts: longer than the followers
+    /// wait before electing another.
+    fn lease_valid(&self) -> bool {
+        let lease_ticks = (self.opts.election_ticks as u64 / 2).max(1);
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        let quorum = voters.len() / 2 + 1;
+        let fresh = voters
+            .iter()
+            .filter(|id| {
+                *id == self.opts.id
+                    || self
+                        .last_heard
+                        .get(id)
+                        .is_some_and(|t| self.ticks - t < lease_ticks)
+            })
+            .count();
+        fresh >= quorum
     }
 
     /// Reads whose round got no answer within an election timeout go back

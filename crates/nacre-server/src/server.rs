@@ -568,6 +568,14 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
             s.snapshots_sent.load(Ordering::Relaxed).to_string(),
         ),
         (
+            "read_rounds_by_lease",
+            s.read_rounds_by_lease.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "read_rounds_by_quorum",
+            s.read_rounds_by_quorum.load(Ordering::Relaxed).to_string(),
+        ),
+        (
             "snapshots_installed",
             s.snapshots_installed.load(Ordering::Relaxed).to_string(),
         ),
