@@ -1,0 +1,111 @@
+//! Soak runner: many seeds, and for each failure the command that replays
+//! it with a trace.
+
+use std::time::Instant;
+
+use clap::Parser;
+use nacre_sim::{run_seed, Bug, SimConfig};
+
+#[derive(Parser)]
+#[command(about = "Runs simulated Nacre clusters, one per seed, and checks them")]
+struct Args {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    start: u64,
+    /// Print each run's trace (use with one seed to replay a failure).
+    #[arg(long)]
+    trace: bool,
+    /// Simulated milliseconds of workload per seed.
+    #[arg(long, default_value_t = 10_000)]
+    workload_ms: u64,
+    /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard.
+    #[arg(long)]
+    planted: Option<Bug>,
+    /// Cluster size (default: 3 or 5, chosen by the seed).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Consistent reads by lease (true) or read index (false); default:
+    /// chosen by the seed.
+    #[arg(long)]
+    lease: Option<bool>,
+    /// Largest clock drift of a node, per mille.
+    #[arg(long, default_value_t = 20)]
+    drift_permille: u64,
+}
+
+fn main() {
+    let args = Args::parse();
+    let started = Instant::now();
+    let (mut failed, mut unknown, mut sim_ms) = (0u64, 0u64, 0u64);
+    let mut ops = 0u64;
+    for seed in args.start..args.start + args.seeds {
+        let cfg = SimConfig {
+            trace: args.trace,
+            workload_ms: args.workload_ms,
+            planted: args.planted,
+            nodes: args.nodes,
+            reads_by_lease: args.lease,
+            clock_drift_permille_max: args.drift_permille,
+            ..SimConfig::default()
+        };
+        let r = run_seed(seed, cfg);
+        sim_ms += r.sim_ms;
+        ops += r.history.len() as u64;
+        if args.trace {
+            for line in &r.trace {
+                println!("{line}");
+            }
+            println!("seed {seed}: {:?}", r.stats);
+        }
+        if !r.unknown.is_empty() {
+            unknown += 1;
+            println!("seed {seed}: undecided: {}", r.unknown.join("; "));
+        }
+        if !r.passed() {
+            failed += 1;
+            println!("seed {seed}: FAILED");
+            for f in &r.failures {
+                println!("  {f}");
+            }
+            let planted = args
+                .planted
+                .map(|_| {
+                    format!(
+                        " --planted {}",
+                        std::env::args()
+                            .skip_while(|a| a != "--planted")
+                            .nth(1)
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            let mut extra = args
+                .nodes
+                .map(|n| format!(" --nodes {n}"))
+                .unwrap_or_default();
+            if let Some(l) = args.lease {
+                extra.push_str(&format!(" --lease {l}"));
+            }
+            extra.push_str(&format!(" --drift-permille {}", args.drift_permille));
+            println!(
+                "  replay: cargo run --release -p nacre-sim -- --seeds 1 --start {seed} --workload-ms {}{planted}{extra} --trace",
+                args.workload_ms
+            );
+        }
+    }
+    println!(
+        "{} seeds ({}..{}), {failed} failed, {unknown} undecided; {ops} operations; \
+         {:.2} simulated hours in {:.1}s",
+        args.seeds,
+        args.start,
+        args.start + args.seeds,
+        sim_ms as f64 / 3_600_000.0,
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,1300 @@
+//! One simulated cluster run: real Nacre nodes (raft driver, tlog, state
+//! machine, store) driven from one thread by an event queue in simulated
+//! time, over a simulated network and one simulated disk per node, with
+//! every random choice drawn from the seed.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use nacre_proto::{Batch, Command, ErrorCode, Guard, Op, Request, Session};
+use nacre_raft::{Tlog, TlogOptions, TlogStorage};
+use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply};
+use nacre_server::state::{MemberRecord, Reader, StateMachine};
+use nacre_server::transport::Inbound;
+use nacre_store::vfs::sim::SimVfs;
+use nacre_store::vfs::Vfs;
+use parking_lot::Mutex;
+use raft::eraftpb::{EntryType, Message, MessageType};
+use raft::StateRole;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::oneshot;
+
+use crate::checker::{self, Call, OpKind, OpValue, Verdict};
+use crate::model::{self, KvState, WriteResult};
+
+/// A deliberate bug to switch on in every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// Followers answer consistent reads from their own state.
+    FollowerReads,
+    /// Writes are acknowledged (to clients and to the leader) before the
+    /// tlog is fsynced.
+    AckBeforeFsync,
+    /// The state machine ignores batch guards.
+    SkipGuard,
+}
+
+impl std::str::FromStr for Bug {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Bug, String> {
+        match s {
+            "follower-reads" => Ok(Bug::FollowerReads),
+            "ack-before-fsync" => Ok(Bug::AckBeforeFsync),
+            "skip-guard" => Ok(Bug::SkipGuard),
+            _ => Err(format!(
+                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Cluster size; `None`: 3 or 5, chosen by the seed.
+    pub nodes: Option<usize>,
+    pub clients: usize,
+    pub keys: usize,
+    /// Simulated time with clients and faults.
+    pub workload_ms: u64,
+    /// Quiet simulated time after the workload (network healed, nodes
+    /// restarted) before the final checks.
+    pub heal_ms: u64,
+    pub faults: bool,
+    pub planted: Option<Bug>,
+    /// Keep a human-readable trace of the run.
+    pub trace: bool,
+    /// Consistent reads by lease or by a read-index round; `None`: chosen
+    /// by the seed.
+    pub reads_by_lease: Option<bool>,
+    /// Each node's clock runs up to this many per mille fast or slow.
+    pub clock_drift_permille_max: u64,
+    /// Configurations the linearizability search may visit per group.
+    pub check_budget_states: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: None,
+            clients: 5,
+            keys: 6,
+            workload_ms: 10_000,
+            heal_ms: 4_000,
+            faults: true,
+            planted: None,
+            trace: false,
+            reads_by_lease: None,
+            clock_drift_permille_max: 20,
+            check_budget_states: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub nodes: usize,
+    pub reads_by_lease: bool,
+    pub writes_acked: u64,
+    pub writes_open: u64,
+    pub writes_refused: u64,
+    pub reads_consistent: u64,
+    pub reads_stale: u64,
+    pub reads_refused: u64,
+    pub crashes: u64,
+    pub power_losses: u64,
+    pub disk_errors: u64,
+    pub partitions: u64,
+    pub messages: u64,
+    pub messages_dropped: u64,
+    pub snapshots_dropped: u64,
+    pub final_index: u64,
+}
+
+/// Everything one run produced.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    /// Violated checks; empty means the run passed.
+    pub failures: Vec<String>,
+    /// Checks that could not decide (the linearizability search budget).
+    pub unknown: Vec<String>,
+    pub sim_ms: u64,
+    pub stats: Stats,
+    pub history: Vec<Call>,
+    pub trace: Vec<String>,
+    /// A hash of every event handled, for comparing runs cheaply.
+    pub fingerprint: u64,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Runs one seed, turning a panic anywhere (raft, store, checker) into a
+/// failure of the run.
+pub fn run_seed(seed: u64, cfg: SimConfig) -> Report {
+    let sim_ms = cfg.workload_ms + cfg.heal_ms;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Sim::new(seed, cfg).run())) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            Report {
+                seed,
+                failures: vec![format!("panic: {msg}")],
+                unknown: vec![],
+                sim_ms,
+                stats: Stats::default(),
+                history: vec![],
+                trace: vec![],
+                fingerprint: 0,
+            }
+        }
+    }
+}
+
+/// Outgoing raft messages of one node, collected for the simulator.
+struct Outbox(Arc<Mutex<Vec<Message>>>);
+
+impl PeerSink for Outbox {
+    fn send(&mut self, msgs: Vec<Message>) {
+        self.0.lock().extend(msgs);
+    }
+    fn set_peer(&mut self, _id: u64, _addr: String) {}
+    fn remove_peer(&mut self, _id: u64) {}
+}
+
+struct SimNode {
+    id: u64,
+    vfs: SimVfs,
+    outbox: Arc<Mutex<Vec<Message>>>,
+    node: Option<Node>,
+    /// A second handle on the node's tlog, to read the final log.
+    tlog: Option<TlogStorage>,
+    /// Bumped at every crash so ticks scheduled for a dead incarnation
+    /// are ignored.
+    incarnation: u64,
+    tick_us: u64,
+    timeout_ticks: usize,
+    role: Option<(u64, StateRole)>,
+    restart_pending: bool,
+}
+
+enum Ev {
+    Tick(usize, u64),
+    Deliver(usize, Box<Message>),
+    Client(usize),
+    Fault,
+    Heal,
+    Restart(usize),
+    EndWorkload,
+}
+
+struct Queued {
+    at_us: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at_us, self.seq) == (o.at_us, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at_us, self.seq).cmp(&(o.at_us, o.seq))
+    }
+}
+
+enum Waiting {
+    Write {
+        rx: oneshot::Receiver<WriteReply>,
+        data: Vec<u8>,
+    },
+    Read(oneshot::Receiver<ReadReply>),
+}
+
+struct Pending {
+    call: Call,
+    node: usize,
+    deadline_us: u64,
+    waiting: Waiting,
+}
+
+struct Client {
+    target: usize,
+    seq: u64,
+    pending: Option<Pending>,
+    /// Highest log index this client has seen (its writes, its reads).
+    seen_index: u64,
+    /// Values this client saw, per key, to aim test_and_set at.
+    seen: BTreeMap<Bytes, Option<Bytes>>,
+}
+
+/// A read served at a known applied index, for the log-replay check.
+struct ReadObs {
+    node: usize,
+    applied: u64,
+    at_least: Option<u64>,
+    kind: OpKind,
+    value: OpValue,
+}
+
+const TICK_US: u64 = 10_000;
+const ELECTION_TICKS: usize = 10;
+const HEARTBEAT_TICKS: usize = 2;
+const WRITE_TIMEOUT_US: u64 = 2_000_000;
+const READ_TIMEOUT_US: u64 = 1_000_000;
+
+pub struct Sim {
+    seed: u64,
+    cfg: SimConfig,
+    rng: StdRng,
+    now_us: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    nodes: Vec<SimNode>,
+    members: Vec<(u64, MemberRecord)>,
+    reads_by_lease: bool,
+    keys: Vec<Bytes>,
+    clients: Vec<Client>,
+    /// Links that drop everything, as (from, to) node positions.
+    cut: BTreeSet<(usize, usize)>,
+    loss_permille: u32,
+    dup_permille: u32,
+    delay_min_us: u64,
+    delay_jitter_us: u64,
+    workload: bool,
+    history: Vec<Call>,
+    /// Acknowledged writes: (history position, log index, command bytes).
+    acked: Vec<(usize, u64, Vec<u8>)>,
+    reads: Vec<ReadObs>,
+    failures: Vec<String>,
+    unknown: Vec<String>,
+    stats: Stats,
+    trace: Vec<String>,
+    fingerprint: u64,
+}
+
+fn fnv(h: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+impl Sim {
+    pub fn new(seed: u64, cfg: SimConfig) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = cfg
+            .nodes
+            .unwrap_or(if rng.random_bool(0.5) { 3 } else { 5 });
+        let reads_by_lease = cfg.reads_by_lease.unwrap_or_else(|| rng.random_bool(0.5));
+        let members: Vec<(u64, MemberRecord)> = (0..n)
+            .map(|i| {
+                let name = format!("n{i}");
+                (
+                    nacre_server::name_id(&name),
+                    MemberRecord {
+                        name: name.clone(),
+                        client: format!("{name}:client"),
+                        peer: format!("{name}:peer"),
+                    },
+                )
+            })
+            .collect();
+        let drift = cfg.clock_drift_permille_max as i64;
+        let nodes = members
+            .iter()
+            .map(|(id, _)| {
+                let d = if drift > 0 {
+                    rng.random_range(-drift..=drift)
+                } else {
+                    0
+                };
+                SimNode {
+                    id: *id,
+                    vfs: SimVfs::new(rng.random()),
+                    outbox: Arc::new(Mutex::new(Vec::new())),
+                    node: None,
+                    tlog: None,
+                    incarnation: 0,
+                    tick_us: (TICK_US as i64 * (1000 + d) / 1000) as u64,
+                    timeout_ticks: ELECTION_TICKS,
+                    role: None,
+                    restart_pending: false,
+                }
+            })
+            .collect();
+        let keys = (0..cfg.keys)
+            .map(|i| Bytes::from(format!("k{i}")))
+            .collect();
+        let clients = (0..cfg.clients)
+            .map(|_| Client {
+                target: rng.random_range(0..n),
+                seq: 0,
+                pending: None,
+                seen_index: 0,
+                seen: BTreeMap::new(),
+            })
+            .collect();
+        // Network character of this run: some seeds are clean, some lossy.
+        let loss_permille = if cfg.faults {
+            rng.random_range(0..50)
+        } else {
+            0
+        };
+        let dup_permille = if cfg.faults {
+            rng.random_range(0..30)
+        } else {
+            0
+        };
+        let delay_min_us = rng.random_range(100..3_000);
+        let delay_jitter_us = rng.random_range(100..15_000);
+        Sim {
+            seed,
+            rng,
+            now_us: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            members,
+            reads_by_lease,
+            keys,
+            clients,
+            cut: BTreeSet::new(),
+            loss_permille,
+            dup_permille,
+            delay_min_us,
+            delay_jitter_us,
+            workload: true,
+            history: Vec::new(),
+            acked: Vec::new(),
+            reads: Vec::new(),
+            failures: Vec::new(),
+            unknown: Vec::new(),
+            stats: Stats {
+                nodes: n,
+                reads_by_lease,
+                ..Stats::default()
+            },
+            trace: Vec::new(),
+            fingerprint: 0xcbf2_9ce4_8422_2325,
+            cfg,
+        }
+    }
+
+    fn at(&mut self, delay_us: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued {
+            at_us: self.now_us + delay_us,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn log(&mut self, f: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let line = format!("{:>10.3}ms {}", self.now_us as f64 / 1000.0, f());
+            self.trace.push(line);
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.log(|| format!("FAILURE {why}"));
+        self.failures.push(why);
+    }
+
+    pub fn run(mut self) -> Report {
+        for i in 0..self.nodes.len() {
+            if let Err(e) = self.open_node(i) {
+                self.fail(format!("n{i} failed to start: {e}"));
+                return self.report();
+            }
+        }
+        for c in 0..self.clients.len() {
+            let d = self.rng.random_range(0..20_000);
+            self.at(d, Ev::Client(c));
+        }
+        if self.cfg.faults {
+            let d = self.fault_gap_us();
+            self.at(d, Ev::Fault);
+        }
+        self.at(self.cfg.workload_ms * 1000, Ev::EndWorkload);
+        let end_us = (self.cfg.workload_ms + self.cfg.heal_ms) * 1000;
+        while let Some(Reverse(q)) = self.queue.pop() {
+            if q.at_us > end_us {
+                break;
+            }
+            self.now_us = q.at_us;
+            let mut h = self.fingerprint;
+            fnv(&mut h, &q.at_us.to_le_bytes());
+            self.fingerprint = h;
+            self.handle(q.ev);
+            self.poll_clients();
+        }
+        self.now_us = end_us;
+        self.final_checks();
+        match checker::check(&self.history, &self.keys, self.cfg.check_budget_states) {
+            Verdict::Linearizable => {}
+            Verdict::Violation(why) => self.fail(format!("not linearizable: {why}")),
+            Verdict::Unknown(why) => self.unknown.push(format!("linearizability: {why}")),
+        }
+        self.report()
+    }
+
+    fn report(self) -> Report {
+        Report {
+            seed: self.seed,
+            failures: self.failures,
+            unknown: self.unknown,
+            sim_ms: self.now_us / 1000,
+            stats: self.stats,
+            history: self.history,
+            trace: self.trace,
+            fingerprint: self.fingerprint,
+        }
+    }
+
+    fn fault_gap_us(&mut self) -> u64 {
+        self.rng.random_range(200_000..1_500_000)
+    }
+
+    fn open_node(&mut self, i: usize) -> Result<(), String> {
+        let sn = &self.nodes[i];
+        let vfs: Arc<dyn Vfs> = Arc::new(sn.vfs.clone());
+        let dir = PathBuf::from(format!("/n{i}"));
+        vfs.create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let store_opts = nacre_store::Options {
+            vfs: vfs.clone(),
+            durability: nacre_store::Durability::Lazy,
+            // The background cleaner is a thread on a wall clock; the
+            // simulation must not depend on when it runs.
+            cleaner: nacre_store::CleanerOptions {
+                background: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let store =
+            nacre_store::Store::open(dir.join("store"), store_opts).map_err(|e| e.to_string())?;
+        let tlog_opts = TlogOptions {
+            segment_size_bytes: 256 << 10,
+            zero_fill_ahead_bytes: 16 << 10,
+            ..Default::default()
+        };
+        let tlog = Tlog::open(vfs, &dir.join("tlog"), tlog_opts).map_err(|e| e.to_string())?;
+        let tlog = TlogStorage::new(tlog);
+        let mut sm = StateMachine::open_with(store, 100_000).map_err(|e| e.to_string())?;
+        sm.plant_skip_guards(self.cfg.planted == Some(Bug::SkipGuard));
+        let opts = NodeOptions {
+            id: sn.id,
+            initial_members: self.members.clone(),
+            join: false,
+            preferred_leader: None,
+            cluster_id: "sim".into(),
+            peer_listen: String::new(),
+            data_dir: dir,
+            tick_ms: TICK_US / 1000,
+            election_ticks: ELECTION_TICKS,
+            heartbeat_ticks: HEARTBEAT_TICKS,
+            reads_by_lease: self.reads_by_lease,
+            proposals_pending_max: 4096,
+            // Checkpoints (store fsync) happen, but the tlog is never
+            // compacted: no raft snapshot is ever needed (the simulated
+            // network does not carry snapshot files) and the whole log
+            // stays readable for the replay check.
+            checkpoint_entries: 64,
+            tlog_tail_entries: u64::MAX / 2,
+            planted: Planted {
+                follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
+                ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
+            },
+        };
+        let sink = Box::new(Outbox(sn.outbox.clone()));
+        let (node, _handle) =
+            Node::new(tlog.clone(), sm, opts, None, Some(sink)).map_err(|e| e.to_string())?;
+        let sn = &mut self.nodes[i];
+        sn.node = Some(node);
+        sn.tlog = Some(tlog);
+        sn.role = None;
+        sn.restart_pending = false;
+        let inc = sn.incarnation;
+        let first_tick = self.rng.random_range(0..self.nodes[i].tick_us);
+        self.at(first_tick, Ev::Tick(i, inc));
+        Ok(())
+    }
+
+    /// Power loss of one node: unsynced writes are lost or torn, and the
+    /// process with all its memory is gone.
+    fn crash(&mut self, i: usize, why: &str) {
+        if self.nodes[i].node.is_none() {
+            return;
+        }
+        let lose_all = self.rng.random_bool(0.5);
+        let sn = &mut self.nodes[i];
+        // The disk first: anything the dropped node still writes is lost.
+        if lose_all {
+            sn.vfs.crash_lose_all_unsynced();
+        } else {
+            sn.vfs.crash();
+        }
+        sn.node = None;
+        sn.tlog = None;
+        sn.incarnation += 1;
+        sn.outbox.lock().clear();
+        self.stats.crashes += 1;
+        self.log(|| format!("n{i} crashes ({why}; lose_all_unsynced={lose_all})"));
+    }
+
+    fn schedule_restart(&mut self, i: usize, delay_us: u64) {
+        if !self.nodes[i].restart_pending {
+            self.nodes[i].restart_pending = true;
+            self.at(delay_us, Ev::Restart(i));
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Tick(i, inc) => {
+                if self.nodes[i].incarnation != inc || self.nodes[i].node.is_none() {
+                    return;
+                }
+                let role = self.nodes[i].node.as_ref().expect("up").raft_role();
+                if self.nodes[i].role != Some(role) {
+                    let t = self.rng.random_range(ELECTION_TICKS..2 * ELECTION_TICKS);
+                    self.nodes[i].timeout_ticks = t;
+                    self.nodes[i].role = Some(role);
+                    self.log(|| format!("n{i} is {:?} in term {}", role.1, role.0));
+                }
+                let sn = &mut self.nodes[i];
+                let node = sn.node.as_mut().expect("up");
+                node.set_election_timeout_ticks(sn.timeout_ticks);
+                node.tick();
+                self.drive(i);
+                let d = self.nodes[i].tick_us;
+                self.at(d, Ev::Tick(i, inc));
+            }
+            Ev::Deliver(i, m) => {
+                let mut h = self.fingerprint;
+                fnv(&mut h, &[i as u8, m.get_msg_type() as u8]);
+                self.fingerprint = h;
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    let r = node.step(Msg::Peer(Inbound::Raft(*m)));
+                    if let Err(e) = r {
+                        self.node_error(i, e.to_string());
+                    } else {
+                        self.drive(i);
+                    }
+                }
+            }
+            Ev::Client(c) => self.client_wake(c),
+            Ev::Fault => {
+                if self.workload {
+                    self.inject_fault();
+                    let d = self.fault_gap_us();
+                    self.at(d, Ev::Fault);
+                }
+            }
+            Ev::Heal => {
+                if !self.cut.is_empty() {
+                    self.cut.clear();
+                    self.log(|| "network heals".into());
+                }
+            }
+            Ev::Restart(i) => {
+                if self.nodes[i].node.is_some() {
+                    return;
+                }
+                match self.open_node(i) {
+                    Ok(()) => self.log(|| format!("n{i} restarts")),
+                    // An injected disk error during recovery: the node
+                    // refuses to start, and is started again later.
+                    Err(e) if e.contains("simulated I/O error") => {
+                        self.log(|| format!("n{i} fails to restart: {e}"));
+                        self.nodes[i].vfs.crash();
+                        self.nodes[i].restart_pending = false;
+                        let d = self.rng.random_range(50_000..500_000);
+                        self.schedule_restart(i, d);
+                    }
+                    Err(e) => {
+                        self.nodes[i].restart_pending = false;
+                        self.fail(format!("n{i} failed to restart after a crash: {e}"));
+                    }
+                }
+            }
+            Ev::EndWorkload => {
+                self.workload = false;
+                self.cut.clear();
+                self.loss_permille = 0;
+                self.dup_permille = 0;
+                self.log(|| "workload ends; network heals; crashed nodes restart".into());
+                for i in 0..self.nodes.len() {
+                    self.nodes[i].vfs.inject_io_error_after(None);
+                    self.nodes[i].vfs.fail_next_sync(false);
+                    if self.nodes[i].node.is_none() {
+                        self.schedule_restart(i, 10_000);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A node's own call failed (an injected disk error, or a real bug):
+    /// it stops, as the production loop does, and comes back later.
+    fn node_error(&mut self, i: usize, e: String) {
+        self.stats.disk_errors += 1;
+        self.crash(i, &format!("node error: {e}"));
+        let d = self.rng.random_range(50_000..1_000_000);
+        self.schedule_restart(i, d);
+    }
+
+    /// Lets node `i` persist, apply, answer and send, then routes what it
+    /// sent.
+    fn drive(&mut self, i: usize) {
+        let r = match self.nodes[i].node.as_mut() {
+            Some(node) => node.process(),
+            None => return,
+        };
+        let msgs = std::mem::take(&mut *self.nodes[i].outbox.lock());
+        for m in msgs {
+            self.route(i, m);
+        }
+        if let Err(e) = r {
+            self.node_error(i, e.to_string());
+        }
+    }
+
+    fn route(&mut self, from: usize, m: Message) {
+        self.stats.messages += 1;
+        let Some(to) = self.nodes.iter().position(|n| n.id == m.to) else {
+            return;
+        };
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            // Never expected: the tlog is not compacted in the simulation.
+            self.stats.snapshots_dropped += 1;
+            return;
+        }
+        if self.cut.contains(&(from, to)) || self.rng.random_range(0..1000) < self.loss_permille {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        let copies = if self.rng.random_range(0..1000) < self.dup_permille {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let d = self.delay_min_us + self.rng.random_range(0..self.delay_jitter_us);
+            self.at(d, Ev::Deliver(to, Box::new(m.clone())));
+        }
+    }
+
+    fn inject_fault(&mut self) {
+        let n = self.nodes.len();
+        let roll = self.rng.random_range(0..100);
+        match roll {
+            0..=29 => {
+                self.stats.partitions += 1;
+                self.cut.clear();
+                let victim = self.rng.random_range(0..n);
+                let kind = self.rng.random_range(0..3);
+                let mut desc = String::new();
+                match kind {
+                    0 => {
+                        for j in (0..n).filter(|&j| j != victim) {
+                            self.cut.insert((victim, j));
+                            self.cut.insert((j, victim));
+                        }
+                        desc = format!("n{victim} isolated");
+                    }
+                    1 => {
+                        // Asymmetric: the victim hears the others but they
+                        // do not hear it (or the other way round).
+                        let outgoing = self.rng.random_bool(0.5);
+                        for j in (0..n).filter(|&j| j != victim) {
+                            self.cut
+                                .insert(if outgoing { (victim, j) } else { (j, victim) });
+                        }
+                        desc.push_str(&format!(
+                            "n{victim} {} (asymmetric)",
+                            if outgoing {
+                                "cannot send"
+                            } else {
+                                "cannot receive"
+                            }
+                        ));
+                    }
+                    _ => {
+                        let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
+                        for a in 0..n {
+                            for b in 0..n {
+                                if side[a] != side[b] {
+                                    self.cut.insert((a, b));
+                                }
+                            }
+                        }
+                        desc = format!("split {side:?}");
+                    }
+                }
+                self.log(|| format!("partition: {desc}"));
+                let d = self.rng.random_range(200_000..3_000_000);
+                self.at(d, Ev::Heal);
+            }
+            30..=39 => self.handle(Ev::Heal),
+            40..=69 => {
+                let i = self.rng.random_range(0..n);
+                if self.nodes[i].node.is_some() {
+                    self.crash(i, "power loss");
+                    let d = self.rng.random_range(20_000..2_000_000);
+                    self.schedule_restart(i, d);
+                }
+            }
+            70..=79 => {
+                // The whole cluster loses power at once: only what was
+                // fsynced may survive anywhere.
+                self.stats.power_losses += 1;
+                self.log(|| "power loss of the whole cluster".into());
+                for i in 0..n {
+                    self.crash(i, "cluster power loss");
+                    let d = self.rng.random_range(20_000..500_000);
+                    self.schedule_restart(i, d);
+                }
+            }
+            80..=89 => {
+                let i = self.rng.random_range(0..n);
+                let vfs = &self.nodes[i].vfs;
+                if self.rng.random_bool(0.5) {
+                    vfs.fail_next_sync(true);
+                    self.log(|| format!("n{i}: next fsync fails"));
+                } else {
+                    let after = vfs.ops() + self.rng.random_range(0..40);
+                    vfs.inject_io_error_after(Some(after));
+                    self.log(|| format!("n{i}: disk write {after} fails"));
+                }
+            }
+            _ => {
+                // Slow network for a while: longer and more varied delays.
+                self.delay_jitter_us = self.rng.random_range(100..60_000);
+                let j = self.delay_jitter_us;
+                self.log(|| format!("network jitter now {j}us"));
+            }
+        }
+    }
+
+    fn value(&mut self, c: usize) -> Bytes {
+        let s = self.clients[c].seq;
+        Bytes::from(format!("c{c}-{s}"))
+    }
+
+    fn key(&mut self) -> Bytes {
+        let i = self.rng.random_range(0..self.keys.len());
+        self.keys[i].clone()
+    }
+
+    fn up_node(&mut self) -> Option<usize> {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].node.is_some())
+            .collect();
+        (!up.is_empty()).then(|| up[self.rng.random_range(0..up.len())])
+    }
+
+    fn client_wake(&mut self, c: usize) {
+        if !self.workload || self.clients[c].pending.is_some() {
+            return;
+        }
+        self.clients[c].seq += 1;
+        let roll = self.rng.random_range(0..100);
+        let k = self.key();
+        let v = self.value(c);
+        let req = match roll {
+            0..=24 => Some(Request::Set {
+                key: k.clone(),
+                value: v,
+            }),
+            25..=32 => Some(Request::Delete { key: k.clone() }),
+            33..=44 => {
+                let expected = self.clients[c].seen.get(&k).cloned().flatten();
+                let wanted = self.rng.random_bool(0.85).then_some(v);
+                Some(Request::TestAndSet {
+                    key: k.clone(),
+                    expected,
+                    wanted,
+                })
+            }
+            45..=52 => {
+                let (k2, k3) = (self.key(), self.key());
+                let guard = match self.clients[c].seen.get(&k).cloned().flatten() {
+                    Some(seen) => Guard::ValueEquals(k.clone(), seen),
+                    None if self.rng.random_bool(0.5) => Guard::Absent(k.clone()),
+                    None => Guard::Present(k.clone()),
+                };
+                let (guards, mut ops) = if self.rng.random_bool(0.5) {
+                    (vec![guard], vec![])
+                } else {
+                    (vec![], vec![Op::Check(guard)])
+                };
+                ops.push(Op::Set(k2, v));
+                ops.push(Op::Remove(k3));
+                Some(Request::Batch(Batch { guards, ops }))
+            }
+            _ => None,
+        };
+        if let Some(req) = req {
+            let batch = req.to_batch().expect("a write");
+            let session = Session {
+                client_id: c as u64 + 1,
+                seq: self.clients[c].seq,
+            };
+            let data = Command {
+                session: Some(session),
+                batch: batch.clone(),
+            }
+            .encode();
+            let (reply, rx) = oneshot::channel();
+            let call = Call {
+                client: c,
+                invoke_us: self.now_us,
+                complete_us: None,
+                kind: OpKind::Write(batch),
+                value: None,
+            };
+            self.send(
+                c,
+                call,
+                Msg::Propose {
+                    data: data.clone(),
+                    reply,
+                },
+                Waiting::Write { rx, data },
+                WRITE_TIMEOUT_US,
+            );
+            return;
+        }
+        let kind = if self.rng.random_bool(0.7) {
+            OpKind::Get(k)
+        } else {
+            let (a, b) = (k, self.key());
+            let (first, last) = if a <= b { (a, b) } else { (b, a) };
+            OpKind::Range { first, last }
+        };
+        if roll < 80 {
+            let (reply, rx) = oneshot::channel();
+            let call = Call {
+                client: c,
+                invoke_us: self.now_us,
+                complete_us: None,
+                kind,
+                value: None,
+            };
+            self.send(
+                c,
+                call,
+                Msg::Read { reply },
+                Waiting::Read(rx),
+                READ_TIMEOUT_US,
+            );
+            return;
+        }
+        // at_least / any: served at once by whichever node the client
+        // reaches, from its own state.
+        let at_least = (roll < 92).then_some(self.clients[c].seen_index);
+        if let Some(i) = self.up_node() {
+            let node = self.nodes[i].node.as_ref().expect("up");
+            let applied = node
+                .status()
+                .applied
+                .load(std::sync::atomic::Ordering::Acquire);
+            if at_least.is_some_and(|want| applied < want) {
+                self.stats.reads_refused += 1;
+            } else {
+                let value = read(node.store(), &kind);
+                self.stats.reads_stale += 1;
+                self.log(|| format!("c{c} reads {kind:?} at n{i} (applied {applied}, at_least {at_least:?}) = {value:?}"));
+                self.note_read(c, applied, &value);
+                self.reads.push(ReadObs {
+                    node: i,
+                    applied,
+                    at_least,
+                    kind,
+                    value,
+                });
+            }
+        }
+        let d = self.rng.random_range(0..20_000);
+        self.at(d, Ev::Client(c));
+    }
+
+    fn send(&mut self, c: usize, call: Call, msg: Msg, waiting: Waiting, timeout_us: u64) {
+        let i = if self.rng.random_bool(0.1) {
+            self.rng.random_range(0..self.nodes.len())
+        } else {
+            self.clients[c].target
+        };
+        if self.nodes[i].node.is_none() {
+            // Connection refused: nothing was sent; try elsewhere soon.
+            self.clients[c].target = self.rng.random_range(0..self.nodes.len());
+            let d = self.rng.random_range(1_000..20_000);
+            self.at(d, Ev::Client(c));
+            return;
+        }
+        self.log(|| format!("c{c} -> n{i}: {:?}", call.kind));
+        let r = self.nodes[i].node.as_mut().expect("up").step(msg);
+        self.clients[c].pending = Some(Pending {
+            call,
+            node: i,
+            deadline_us: self.now_us + timeout_us,
+            waiting,
+        });
+        match r {
+            Ok(()) => self.drive(i),
+            Err(e) => self.node_error(i, e.to_string()),
+        }
+    }
+
+    fn note_read(&mut self, c: usize, applied: u64, value: &OpValue) {
+        let cl = &mut self.clients[c];
+        cl.seen_index = cl.seen_index.max(applied);
+        match value {
+            OpValue::Get(_) | OpValue::Write(_) => {}
+            OpValue::Range(kvs) => {
+                for (k, v) in kvs {
+                    cl.seen.insert(k.clone(), Some(v.clone()));
+                }
+            }
+        }
+    }
+
+    fn poll_clients(&mut self) {
+        for c in 0..self.clients.len() {
+            let Some(mut p) = self.clients[c].pending.take() else {
+                continue;
+            };
+            let done = match &mut p.waiting {
+                Waiting::Write { rx, data } => match rx.try_recv() {
+                    Ok(Ok((index, outcome))) => {
+                        let result = WriteResult::from(&outcome);
+                        self.log(|| format!("c{c} <- n{}: write at {index}: {result:?}", p.node));
+                        p.call.complete_us = Some(self.now_us);
+                        p.call.value = Some(OpValue::Write(result.clone()));
+                        let data = std::mem::take(data);
+                        self.acked.push((self.history.len(), index, data));
+                        self.history.push(p.call.clone());
+                        self.stats.writes_acked += 1;
+                        let cl = &mut self.clients[c];
+                        cl.seen_index = cl.seen_index.max(index);
+                        if let (OpKind::Write(b), WriteResult::Applied { .. }) =
+                            (&p.call.kind, &result)
+                        {
+                            for op in &b.ops {
+                                match op {
+                                    Op::Set(k, v) => {
+                                        cl.seen.insert(k.clone(), Some(v.clone()));
+                                    }
+                                    Op::Delete(k) | Op::Remove(k) => {
+                                        cl.seen.insert(k.clone(), None);
+                                    }
+                                    _ => {}
+                                }
+                            }
+                        }
+                        true
+                    }
+                    Ok(Err(e)) if e.code == ErrorCode::NotMaster => {
+                        // Refused before it entered the log (or its index
+                        // went to another leader's entry): it never applies.
+                        self.stats.writes_refused += 1;
+                        self.follow_hint(c, p.node);
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        self.log(|| {
+                            format!("c{c} <- n{}: write outcome unknown: {}", p.node, e.message)
+                        });
+                        self.open_write(p.call.clone());
+                        true
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        self.open_write(p.call.clone());
+                        true
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) if self.now_us >= p.deadline_us => {
+                        self.open_write(p.call.clone());
+                        true
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => false,
+                },
+                Waiting::Read(rx) => match rx.try_recv() {
+                    Ok(Ok(read_index)) => {
+                        if let Some(node) = self.nodes[p.node].node.as_ref() {
+                            let applied = node
+                                .status()
+                                .applied
+                                .load(std::sync::atomic::Ordering::Acquire);
+                            let value = read(node.store(), &p.call.kind);
+                            if applied < read_index {
+                                let why = format!(
+                                    "n{} released a read at index {read_index} having applied only {applied}",
+                                    p.node
+                                );
+                                self.fail(why);
+                            }
+                            self.log(|| format!("c{c} <- n{}: read (index {read_index}, applied {applied}) = {value:?}", p.node));
+                            p.call.complete_us = Some(self.now_us);
+                            p.call.value = Some(value.clone());
+                            self.history.push(p.call.clone());
+                            self.stats.reads_consistent += 1;
+                            self.note_read(c, applied, &value);
+                            if let (OpKind::Get(k), OpValue::Get(v)) = (&p.call.kind, &value) {
+                                self.clients[c].seen.insert(k.clone(), v.clone());
+                            }
+                            self.reads.push(ReadObs {
+                                node: p.node,
+                                applied,
+                                at_least: None,
+                                kind: p.call.kind.clone(),
+                                value,
+                            });
+                        }
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        self.stats.reads_refused += 1;
+                        if e.code == ErrorCode::NotMaster {
+                            self.follow_hint(c, p.node);
+                        }
+                        true
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => true,
+                    Err(oneshot::error::TryRecvError::Empty) => self.now_us >= p.deadline_us,
+                },
+            };
+            if done {
+                let d = self.rng.random_range(0..20_000);
+                self.at(d, Ev::Client(c));
+            } else {
+                self.clients[c].pending = Some(p);
+            }
+        }
+    }
+
+    fn open_write(&mut self, call: Call) {
+        self.stats.writes_open += 1;
+        self.history.push(call);
+    }
+
+    /// Goes to the leader the refusing node names, else anywhere.
+    fn follow_hint(&mut self, c: usize, asked: usize) {
+        let leader = self.nodes[asked].node.as_ref().map(|n| {
+            n.status()
+                .leader_id
+                .load(std::sync::atomic::Ordering::Acquire)
+        });
+        self.clients[c].target =
+            match leader.and_then(|l| self.nodes.iter().position(|n| n.id == l)) {
+                Some(i) => i,
+                None => self.rng.random_range(0..self.nodes.len()),
+            };
+    }
+
+    fn final_checks(&mut self) {
+        let down: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].node.is_none())
+            .collect();
+        if !down.is_empty() {
+            self.fail(format!("nodes {down:?} are still down after healing"));
+            return;
+        }
+        let applied: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|n| n.node.as_ref().expect("up").store_applied())
+            .collect();
+        if applied.iter().any(|a| *a != applied[0]) {
+            self.fail(format!(
+                "replicas did not converge after healing: applied {applied:?}"
+            ));
+        }
+        let digests: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|n| digest(n.node.as_ref().expect("up").store()))
+            .collect();
+        if applied.iter().all(|a| *a == applied[0]) && digests.iter().any(|d| *d != digests[0]) {
+            self.fail(format!(
+                "replicas differ at the same applied index: digests {digests:x?}"
+            ));
+        }
+        self.stats.final_index = applied[0];
+        self.replay_check(applied[0]);
+    }
+
+    /// Replays node 0's log through the model and holds every acknowledged
+    /// write and every read to it.
+    fn replay_check(&mut self, final_index: u64) {
+        let tlog = self.nodes[0].tlog.clone().expect("up");
+        let log = tlog.read();
+        let first = log.first_index();
+        if first > 2 {
+            self.fail(format!("the log was compacted to {first}; cannot replay"));
+            return;
+        }
+        let entries = match log.entries(first, final_index + 1, None) {
+            Ok(e) => e,
+            Err(e) => {
+                let why = format!("cannot read the final log: {e}");
+                drop(log);
+                self.fail(why);
+                return;
+            }
+        };
+        drop(log);
+        // states[i]: the user state after applying index i.
+        let mut states: Vec<KvState> = vec![KvState::new(); first as usize];
+        let mut results: BTreeMap<u64, (Vec<u8>, WriteResult)> = BTreeMap::new();
+        let mut sessions: BTreeMap<(u64, u64), WriteResult> = BTreeMap::new();
+        let mut state = KvState::new();
+        for e in &entries {
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                let cmd = Command::decode(Bytes::copy_from_slice(&e.data)).expect("own command");
+                let key = cmd.session.map(|s| (s.client_id, s.seq));
+                let r = match key.and_then(|k| sessions.get(&k)) {
+                    Some(first) => first.clone(),
+                    None => {
+                        let r = model::apply(&mut state, &cmd.batch);
+                        if let (Some(k), WriteResult::Applied { .. }) = (key, &r) {
+                            sessions.insert(k, r.clone());
+                        }
+                        r
+                    }
+                };
+                results.insert(e.index, (e.data.to_vec(), r));
+            }
+            states.push(state.clone());
+        }
+        let mut bad = Vec::new();
+        for (pos, index, data) in &self.acked {
+            let call = &self.history[*pos];
+            match results.get(index) {
+                None => bad.push(format!(
+                    "acknowledged write lost: {:?} acked at index {index}, final log ends at {final_index}",
+                    call.kind
+                )),
+                Some((d, _)) if d != data => bad.push(format!(
+                    "acknowledged write lost: index {index} holds another command than {:?}",
+                    call.kind
+                )),
+                Some((_, r)) if Some(&OpValue::Write(r.clone())) != call.value.as_ref() => bad.push(
+                    format!(
+                        "write at {index} answered {:?}, but replaying the log gives {r:?}",
+                        call.value
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        for r in &self.reads {
+            let Some(st) = states.get(r.applied as usize) else {
+                bad.push(format!(
+                    "n{} served a read at applied index {} beyond the final log ({final_index})",
+                    r.node, r.applied
+                ));
+                continue;
+            };
+            let want = checker::step(&mut st.clone(), &r.kind);
+            if want != r.value {
+                bad.push(format!(
+                    "n{} read {:?} at applied index {} (at_least {:?}) = {:?}, but the log says {want:?}",
+                    r.node, r.kind, r.applied, r.at_least, r.value
+                ));
+            }
+            if r.at_least.is_some_and(|w| r.applied < w) {
+                bad.push(format!(
+                    "an at_least({:?}) read went back to {}",
+                    r.at_least, r.applied
+                ));
+            }
+        }
+        let node = self.nodes[0].node.as_ref().expect("up");
+        let all = OpKind::Range {
+            first: Bytes::new(),
+            last: Bytes::from_static(b"\xff"),
+        };
+        let have = read(node.store(), &all);
+        let want = checker::step(&mut state.clone(), &all);
+        if have != want {
+            bad.push(format!(
+                "final state {have:?} differs from the replayed log {want:?}"
+            ));
+        }
+        for b in bad.into_iter().take(5) {
+            self.fail(b);
+        }
+    }
+}
+
+fn read(store: &nacre_store::Store, kind: &OpKind) -> OpValue {
+    let r = Reader::new(store);
+    match kind {
+        OpKind::Get(k) => OpValue::Get(r.get(k).expect("store read")),
+        OpKind::Range { first, last } => {
+            let q = nacre_proto::RangeQuery {
+                first: Some(first.clone()),
+                first_inclusive: true,
+                last: Some(last.clone()),
+                last_inclusive: true,
+                max: 1000,
+                reverse: false,
+            };
+            OpValue::Range(
+                r.range_entries(&q, 1000)
+                    .expect("store read")
+                    .into_iter()
+                    .map(|e| (e.key, e.value))
+                    .collect(),
+            )
+        }
+        OpKind::Write(_) => unreachable!("not a read"),
+    }
+}
+
+/// A hash of every record in the store, in key order.
+fn digest(store: &nacre_store::Store) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    for kv in store.begin_read().iter() {
+        let (k, v) = kv.expect("store read");
+        fnv(&mut h, &(k.len() as u64).to_le_bytes());
+        fnv(&mut h, &k);
+        fnv(&mut h, &(v.len() as u64).to_le_bytes());
+        fnv(&mut h, &v);
+    }
+    h
+}
+
+trait StoreApplied {
+    fn store_applied(&self) -> u64;
+}
+
+impl StoreApplied for Node {
+    fn store_applied(&self) -> u64 {
+        self.status()
+            .applied
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+}
