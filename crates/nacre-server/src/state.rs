@@ -198,18 +198,9 @@ fn stored_value(raw: &[u8]) -> &[u8] {
     &raw[REV_BYTES..]
 }
 
-/// The exclusive end of the keys that start with `prefix`, or none when
-/// every such key is at the end of the key space.
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
+/// The exclusive end of the keys that start with `prefix` (none at the
+/// end of the key space): the store's own rule, so ranges agree.
+pub use nacre_store::prefix_end;
 
 impl StateMachine {
     pub fn open(store: Store) -> nacre_store::Result<StateMachine> {

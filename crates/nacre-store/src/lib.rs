@@ -43,5 +43,5 @@ pub mod vfs;
 pub use error::{Error, Result};
 pub use options::{CleanerOptions, Durability, Options};
 pub use store::{CleanStats, CommitInfo, SnapshotInfo, Stats, Store};
-pub use txn::{Iter, ReadTxn, WriteTxn};
+pub use txn::{prefix_end, Iter, ReadTxn, WriteTxn};
 pub use vfs::{OsVfs, VFile, Vfs};

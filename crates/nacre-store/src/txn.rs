@@ -197,7 +197,7 @@ fn own(b: Bound<&[u8]>) -> Bound<Vec<u8>> {
 }
 
 /// The smallest key greater than every key with this prefix, if any.
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
