@@ -10,4 +10,4 @@ pub mod checker;
 pub mod model;
 mod sim;
 
-pub use sim::{run_seed, Bug, Report, Sim, SimConfig, Stats};
+pub use sim::{run_seed, Bug, Report, Scenario, Sim, SimConfig, Stats};

@@ -52,6 +52,24 @@ impl std::str::FromStr for Bug {
     }
 }
 
+/// A targeted fault schedule. It replaces the random scheduled faults
+/// (partitions, crashes, disk errors); network loss and duplication still
+/// follow `faults`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Once the cluster has a leader and some acknowledged writes (from
+    /// 0.8–1.2 simulated s into the workload), that leader's clock slows
+    /// down by this factor (per mille: 4000 means each of its ticks takes
+    /// 4x as long) and it is cut off from every other node, both ways, for
+    /// 0.6–1.2 s. Meanwhile the even-numbered clients send only consistent
+    /// reads, all to the old leader, and the others send the usual mix to
+    /// the rest of the cluster. Then the network heals and the clock runs
+    /// at its own rate again. The lease assumes clock rates within 2x of
+    /// each other (docs/replication.md): past that, the old leader answers
+    /// reads from a lease it no longer holds.
+    SlowLeaderCutOff { leader_clock_slowdown_permille: u64 },
+}
+
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// Cluster size; `None`: 3 or 5, chosen by the seed.
@@ -74,6 +92,8 @@ pub struct SimConfig {
     pub clock_drift_permille_max: u64,
     /// Configurations the linearizability search may visit per group.
     pub check_budget_states: u64,
+    /// A targeted schedule instead of the random faults.
+    pub scenario: Option<Scenario>,
 }
 
 impl Default for SimConfig {
@@ -90,6 +110,7 @@ impl Default for SimConfig {
             reads_by_lease: None,
             clock_drift_permille_max: 20,
             check_budget_states: 200_000,
+            scenario: None,
         }
     }
 }
@@ -112,6 +133,15 @@ pub struct Stats {
     pub messages_dropped: u64,
     pub snapshots_dropped: u64,
     pub final_index: u64,
+    /// [`Scenario::SlowLeaderCutOff`]: when the cut began (0: never).
+    pub cutoff_at_ms: u64,
+    /// Writes other nodes acknowledged during the cut.
+    pub cutoff_writes_acked: u64,
+    /// Consistent reads the cut-off leader answered during the cut.
+    pub cutoff_reads_answered: u64,
+    /// Of those, the ones answered after another node had acknowledged a
+    /// write during the cut: each misses that write.
+    pub cutoff_reads_after_new_write: u64,
 }
 
 /// Everything one run produced.
@@ -197,6 +227,8 @@ enum Ev {
     Heal,
     Restart(usize),
     EndWorkload,
+    ScenarioStart,
+    ScenarioEnd,
 }
 
 struct Queued {
@@ -245,6 +277,17 @@ struct Client {
     seen_index: u64,
     /// Values this client saw, per key, to aim test_and_set at.
     seen: BTreeMap<Bytes, Option<Bytes>>,
+    /// A scenario's reader: sends only consistent reads, all to this node.
+    pin: Option<usize>,
+}
+
+/// A [`Scenario::SlowLeaderCutOff`] in progress.
+struct CutOff {
+    leader: usize,
+    /// The leader's own tick period, restored when the cut ends.
+    tick_us: u64,
+    /// Another node acknowledged a write during the cut.
+    new_write: bool,
 }
 
 /// A read served at a known applied index, for the log-replay check.
@@ -281,6 +324,7 @@ pub struct Sim {
     delay_min_us: u64,
     delay_jitter_us: u64,
     workload: bool,
+    cutoff: Option<CutOff>,
     history: Vec<Call>,
     /// Acknowledged writes: (history position, log index, command bytes).
     acked: Vec<(usize, u64, Vec<u8>)>,
@@ -352,6 +396,7 @@ impl Sim {
                 pending: None,
                 seen_index: 0,
                 seen: BTreeMap::new(),
+                pin: None,
             })
             .collect();
         // Network character of this run: some seeds are clean, some lossy.
@@ -384,6 +429,7 @@ impl Sim {
             delay_min_us,
             delay_jitter_us,
             workload: true,
+            cutoff: None,
             history: Vec::new(),
             acked: Vec::new(),
             reads: Vec::new(),
@@ -432,7 +478,10 @@ impl Sim {
             let d = self.rng.random_range(0..20_000);
             self.at(d, Ev::Client(c));
         }
-        if self.cfg.faults {
+        if self.cfg.scenario.is_some() {
+            let d = self.rng.random_range(800_000..1_200_000);
+            self.at(d, Ev::ScenarioStart);
+        } else if self.cfg.faults {
             let d = self.fault_gap_us();
             self.at(d, Ev::Fault);
         }
@@ -639,6 +688,8 @@ impl Sim {
                     }
                 }
             }
+            Ev::ScenarioStart => self.scenario_start(),
+            Ev::ScenarioEnd => self.scenario_end(),
             Ev::EndWorkload => {
                 self.workload = false;
                 self.cut.clear();
@@ -653,6 +704,85 @@ impl Sim {
                     }
                 }
             }
+        }
+    }
+
+    /// Starts [`Scenario::SlowLeaderCutOff`] once there is a leader and
+    /// some writes were acknowledged; until then, looks again every 10 ms.
+    fn scenario_start(&mut self) {
+        let Some(Scenario::SlowLeaderCutOff {
+            leader_clock_slowdown_permille: slow,
+        }) = self.cfg.scenario
+        else {
+            return;
+        };
+        if !self.workload {
+            return;
+        }
+        let leader = (0..self.nodes.len())
+            .filter_map(|i| {
+                let (term, role) = self.nodes[i].node.as_ref()?.raft_role();
+                (role == StateRole::Leader).then_some((term, i))
+            })
+            .max()
+            .map(|(_, i)| i);
+        let Some(l) = leader.filter(|_| self.stats.writes_acked >= 10) else {
+            self.at(10_000, Ev::ScenarioStart);
+            return;
+        };
+        let n = self.nodes.len();
+        let tick_us = self.nodes[l].tick_us;
+        self.nodes[l].tick_us = tick_us * slow / 1000;
+        self.cut.clear();
+        for j in (0..n).filter(|&j| j != l) {
+            self.cut.insert((l, j));
+            self.cut.insert((j, l));
+        }
+        for c in 0..self.clients.len() {
+            if c % 2 == 0 {
+                self.clients[c].pin = Some(l);
+            } else {
+                let j = self.other_node(l);
+                self.clients[c].target = j;
+            }
+        }
+        self.cutoff = Some(CutOff {
+            leader: l,
+            tick_us,
+            new_write: false,
+        });
+        self.stats.partitions += 1;
+        self.stats.cutoff_at_ms = self.now_us / 1000;
+        let new_tick = self.nodes[l].tick_us;
+        self.log(|| format!("scenario: leader n{l} cut off, its tick {tick_us}us -> {new_tick}us"));
+        let d = self.rng.random_range(600_000..1_200_000);
+        self.at(d, Ev::ScenarioEnd);
+    }
+
+    fn scenario_end(&mut self) {
+        let Some(co) = self.cutoff.take() else {
+            return;
+        };
+        self.nodes[co.leader].tick_us = co.tick_us;
+        self.cut.clear();
+        for cl in &mut self.clients {
+            cl.pin = None;
+        }
+        self.log(|| {
+            format!(
+                "scenario: network heals; n{} clock back to its rate",
+                co.leader
+            )
+        });
+    }
+
+    /// A random node other than `not`.
+    fn other_node(&mut self, not: usize) -> usize {
+        let j = self.rng.random_range(0..self.nodes.len() - 1);
+        if j >= not {
+            j + 1
+        } else {
+            j
         }
     }
 
@@ -820,7 +950,12 @@ impl Sim {
             return;
         }
         self.clients[c].seq += 1;
-        let roll = self.rng.random_range(0..100);
+        // A scenario's reader only sends consistent reads.
+        let roll = if self.clients[c].pin.is_some() {
+            self.rng.random_range(53..80)
+        } else {
+            self.rng.random_range(0..100)
+        };
         let k = self.key();
         let v = self.value(c);
         let req = match roll {
@@ -942,11 +1077,21 @@ impl Sim {
     }
 
     fn send(&mut self, c: usize, call: Call, msg: Msg, waiting: Waiting, timeout_us: u64) {
-        let i = if self.rng.random_bool(0.1) {
+        let mut i = if let Some(p) = self.clients[c].pin {
+            p
+        } else if self.rng.random_bool(0.1) {
             self.rng.random_range(0..self.nodes.len())
         } else {
             self.clients[c].target
         };
+        // During a cut-off scenario the other clients stay with the
+        // majority (a hint may still name the old leader).
+        if let Some(l) = self.cutoff.as_ref().map(|co| co.leader) {
+            if i == l && self.clients[c].pin.is_none() {
+                i = self.other_node(l);
+                self.clients[c].target = i;
+            }
+        }
         if self.nodes[i].node.is_none() {
             // Connection refused: nothing was sent; try elsewhere soon.
             self.clients[c].target = self.rng.random_range(0..self.nodes.len());
@@ -997,6 +1142,10 @@ impl Sim {
                         self.acked.push((self.history.len(), index, data));
                         self.history.push(p.call.clone());
                         self.stats.writes_acked += 1;
+                        if let Some(co) = self.cutoff.as_mut().filter(|co| co.leader != p.node) {
+                            co.new_write = true;
+                            self.stats.cutoff_writes_acked += 1;
+                        }
                         let cl = &mut self.clients[c];
                         cl.seen_index = cl.seen_index.max(index);
                         if let (OpKind::Write(b), WriteResult::Applied { .. }) =
@@ -1060,6 +1209,13 @@ impl Sim {
                             p.call.value = Some(value.clone());
                             self.history.push(p.call.clone());
                             self.stats.reads_consistent += 1;
+                            if let Some(co) = self.cutoff.as_ref().filter(|co| co.leader == p.node)
+                            {
+                                self.stats.cutoff_reads_answered += 1;
+                                if co.new_write {
+                                    self.stats.cutoff_reads_after_new_write += 1;
+                                }
+                            }
                             self.note_read(c, applied, &value);
                             if let (OpKind::Get(k), OpValue::Get(v)) = (&p.call.kind, &value) {
                                 self.clients[c].seen.insert(k.clone(), v.clone());
