@@ -863,14 +863,14 @@ impl Node {
     }
 
     /// Whether this leader may answer reads from its lease: a quorum of
-    /// voters (itself included) was heard from within `election_ticks / 2
-    /// - 1` ticks. A follower campaigns only after `election_ticks - 1`
-    /// full ticks of its own without a heartbeat (the tick it heard one in
-    /// may be nearly over), so no other leader can exist yet as long as
-    /// clock rates differ by less than (E - 1) / (E / 2 - 1) — 2.25x with
-    /// the default E = 10 — and message delays are small against a tick.
-    /// (The lease counts from when a reply arrived, which is later than
-    /// when the follower heard the leader: the margin covers that too.) raft-rs's
+    /// voters (itself included) was heard from within E/2 - 1 ticks, where
+    /// E is `election_ticks`. A follower campaigns only after E - 1 full
+    /// ticks of its own without a heartbeat (the tick it heard one in may
+    /// be nearly over), so no other leader can exist yet as long as clock
+    /// rates differ by less than (E - 1) / (E/2 - 1), 2.25x with the
+    /// default E = 10, and message delays are small against a tick. (The
+    /// lease counts from when a reply arrived, which is later than when
+    /// the follower heard the leader: the margin covers that too.) raft-rs's
     /// own lease trusts check-quorum, under which a cut-off leader can keep
     /// leading for up to two election timeouts: longer than the followers
     /// wait before electing another.
