@@ -85,6 +85,7 @@ async fn exec<T: Target>(t: &T, op: Op, c: Consistency) -> Result<bool, TargetEr
         Op::Put(k, v) => t.put(k, v).await.map(|_| true),
         Op::Get(k) => t.get(k, c).await,
         Op::Sequence(pairs) => t.sequence(pairs).await.map(|_| true),
+        Op::Call(k) => t.call(k).await.map(|_| true),
     }
 }
 

@@ -18,7 +18,7 @@ use std::future::Future;
 
 pub use driver::{preload, run, Progress, RunOptions, Stop};
 pub use histogram::{Latencies, Summary};
-pub use nacre::NacreTarget;
+pub use nacre::{install_bench_script, NacreTarget, BENCH_SCRIPT_NAME};
 pub use nacre_client::{Bytes, Consistency};
 pub use report::Report;
 pub use workload::{consistency_name, KeyGen, Kind, Op, OpGen, Workload};
@@ -45,4 +45,10 @@ pub trait Target: Clone + Send + Sync + 'static {
         &self,
         pairs: Vec<(Bytes, Bytes)>,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
+    /// Increments `key` through a server-side function; targets without
+    /// user functions refuse.
+    fn call(&self, key: Bytes) -> impl Future<Output = Result<(), TargetError>> + Send {
+        let _ = key;
+        async { Err(format!("{} has no user functions", self.name())) }
+    }
 }

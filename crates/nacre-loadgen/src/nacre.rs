@@ -4,6 +4,22 @@ use nacre_client::{Bytes, Client, ClientOptions, Consistency, Sequence};
 
 use crate::{Target, TargetError};
 
+/// The script the `call` workload runs: the `arith64` example, installed
+/// under this name before the run.
+pub const BENCH_SCRIPT_NAME: &str = "nacre_bench_arith64";
+/// Prefix of the counters the `call` workload increments.
+pub const BENCH_COUNTER_PREFIX: &[u8] = b"counter/";
+pub const BENCH_SCRIPT_SOURCE: &str = include_str!("../../../examples/scripts/arith64.lua");
+
+/// Installs [`BENCH_SCRIPT_SOURCE`] as [`BENCH_SCRIPT_NAME`].
+pub async fn install_bench_script(client: &Client) -> Result<(), TargetError> {
+    client
+        .script_put(BENCH_SCRIPT_NAME, BENCH_SCRIPT_SOURCE.as_bytes().to_vec())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot install the bench script: {e}"))
+}
+
 /// One connection to a Nacre cluster (one [`Client`]).
 #[derive(Clone, Debug)]
 pub struct NacreTarget {
@@ -13,6 +29,10 @@ pub struct NacreTarget {
 impl NacreTarget {
     pub fn new(client: Client) -> NacreTarget {
         NacreTarget { client }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Opens `connections` separate clients (one connection each).
@@ -53,6 +73,17 @@ impl Target for NacreTarget {
         c.get_option(key)
             .await
             .map(|v| v.is_some())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn call(&self, key: Bytes) -> Result<(), TargetError> {
+        // Counters live apart from the keys other workloads write values
+        // of other sizes into.
+        let counter = Bytes::from([BENCH_COUNTER_PREFIX, &key[..]].concat());
+        self.client
+            .call(BENCH_SCRIPT_NAME, "incr", vec![counter], None)
+            .await
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 

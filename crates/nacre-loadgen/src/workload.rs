@@ -15,6 +15,9 @@ pub enum Kind {
     Mixed,
     /// Every operation writes `sequence_len` keys in one transaction.
     Sequence,
+    /// Every operation calls a Lua function that increments one key (the
+    /// `arith64` example; Nacre only).
+    Call,
 }
 
 impl Kind {
@@ -24,6 +27,7 @@ impl Kind {
             Kind::Get => "get",
             Kind::Mixed => "mixed",
             Kind::Sequence => "sequence",
+            Kind::Call => "call",
         }
     }
 
@@ -33,7 +37,8 @@ impl Kind {
             "get" => Ok(Kind::Get),
             "mixed" => Ok(Kind::Mixed),
             "sequence" => Ok(Kind::Sequence),
-            _ => Err(format!("{s:?} is not put, get, mixed or sequence")),
+            "call" => Ok(Kind::Call),
+            _ => Err(format!("{s:?} is not put, get, mixed, sequence or call")),
         }
     }
 
@@ -120,6 +125,7 @@ impl Workload {
                 consistency_name(self.consistency)
             ),
             Kind::Sequence => format!("sequence({})", self.sequence_len),
+            Kind::Call => "call(arith64.incr)".into(),
         }
     }
 }
@@ -159,6 +165,8 @@ pub enum Op {
     Put(Bytes, Bytes),
     Get(Bytes),
     Sequence(Vec<(Bytes, Bytes)>),
+    /// Increment this key through a script.
+    Call(Bytes),
 }
 
 /// splitmix64: small, fast, and the same everywhere.
@@ -249,6 +257,7 @@ impl OpGen {
                 }
                 Op::Sequence(pairs)
             }
+            Kind::Call => Op::Call(self.key()),
         }
     }
 }

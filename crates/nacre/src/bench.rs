@@ -103,6 +103,9 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<(), String> {
         opts.consistency = args.consistency;
         let targets =
             NacreTarget::connect(&opts, args.connections.clamp(1, args.clients.max(1))).await?;
+        if w.kind == Kind::Call {
+            nacre_loadgen::install_bench_script(targets[0].client()).await?;
+        }
         if w.kind.reads() && !args.no_preload {
             if !cli.json {
                 eprintln!("preloading {} keys ...", w.keys);

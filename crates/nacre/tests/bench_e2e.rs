@@ -34,6 +34,7 @@ fn bench_runs_each_workload_and_reports_in_json() {
         ("get", &["--consistency", "any"][..]),
         ("mixed", &["--read-percent", "70"][..]),
         ("sequence", &["--sequence-len", "5"][..]),
+        ("call", &[][..]),
     ] {
         let mut args = vec!["--workload", workload];
         args.extend_from_slice(&common);
@@ -81,4 +82,44 @@ fn bench_refuses_bad_sizes_before_connecting() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn call_workload_increments_through_the_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path());
+    let r = bench(
+        &server.addr,
+        &[
+            "--workload",
+            "call",
+            "--ops",
+            "100",
+            "--clients",
+            "2",
+            "--keys",
+            "1",
+            "--key-size",
+            "4",
+        ],
+    );
+    assert_eq!(r["errors"], 0, "{r}");
+    // One key, 100 increments: the counter says exactly 100.
+    let out = Command::new(NACRE)
+        .args([
+            "--endpoints",
+            &server.addr,
+            "call",
+            nacre_loadgen::BENCH_SCRIPT_NAME,
+            "get",
+        ])
+        .arg("counter/k000")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100");
 }
