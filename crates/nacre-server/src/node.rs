@@ -125,10 +125,15 @@ impl Status {
     /// A NotMaster error carrying the leader's client address, if known.
     pub fn not_master(&self) -> ErrorReply {
         let leader = self.leader_id.load(Ordering::Acquire);
-        let hint = self.members.read().get(&leader).map(|m| m.client.clone());
-        let msg = match self.members.read().get(&leader) {
-            Some(m) => format!("this node is not the leader; {} is", m.name),
-            None => "this node is not the leader, and no leader is known".to_string(),
+        let (msg, hint) = match self.members.read().get(&leader) {
+            Some(m) => (
+                format!("this node is not the leader; {} is", m.name),
+                Some(m.client.clone()),
+            ),
+            None => (
+                "this node is not the leader, and no leader is known".to_string(),
+                None,
+            ),
         };
         ErrorReply::new(ErrorCode::NotMaster, msg).with_leader(hint)
     }

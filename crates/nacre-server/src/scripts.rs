@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nacre_proto::{
-    Batch, Command, Consistency, ErrorCode, ErrorReply, KeyEntry, Op, RangeQuery, Request,
-    Response, ScriptSource, ScriptSummary, ScriptVersionInfo, Session,
+    Batch, Consistency, ErrorCode, ErrorReply, KeyEntry, Op, RangeQuery, Request, Response,
+    ScriptSource, ScriptSummary, ScriptVersionInfo, Session,
 };
 use nacre_script::{Budgets, KvView, ScriptCache, ScriptError, ScriptKey};
 
@@ -172,22 +172,6 @@ fn store_error(e: nacre_store::Error) -> ErrorReply {
     ErrorReply::new(code, e.to_string())
 }
 
-async fn propose(
-    shared: &Shared,
-    batch: Batch,
-    session: Option<Session>,
-) -> Result<(u64, Outcome), ErrorReply> {
-    let data = Command { session, batch }.encode();
-    let timeout = Duration::from_millis(shared.config.request_timeout_ms);
-    match tokio::time::timeout(timeout, shared.node.propose(data)).await {
-        Ok(r) => r,
-        Err(_) => Err(ErrorReply::new(
-            ErrorCode::Timeout,
-            "the write was not applied in time; it may or may not apply",
-        )),
-    }
-}
-
 /// Proposes one script admin op; the reply's `count` is the version it
 /// installed or made live.
 async fn propose_admin(
@@ -200,7 +184,7 @@ async fn propose_admin(
         ops: vec![op],
     };
     shared.limits.check_batch(&batch)?;
-    match propose(shared, batch, session).await? {
+    match crate::server::propose(shared, batch, session).await? {
         (index, Outcome::Applied { count, .. }) => Ok(Response::Written {
             index,
             prev: None,
@@ -406,7 +390,7 @@ async fn call(
             );
         }
         shared.limits.check_batch(&batch)?;
-        match propose(shared, batch, session).await? {
+        match crate::server::propose(shared, batch, session).await? {
             (index, Outcome::Applied { .. }) => {
                 return Ok(Response::Called {
                     version,

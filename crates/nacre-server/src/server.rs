@@ -447,6 +447,25 @@ async fn membership(
     }
 }
 
+/// Proposes one guarded batch and waits, at most `request_timeout_ms`,
+/// for its index and outcome. Every write path (requests, script calls and
+/// script changes) goes through here.
+pub(crate) async fn propose(
+    shared: &Shared,
+    batch: nacre_proto::Batch,
+    session: Option<nacre_proto::Session>,
+) -> Result<(u64, Outcome), ErrorReply> {
+    let data = Command { session, batch }.encode();
+    let timeout = Duration::from_millis(shared.config.request_timeout_ms);
+    match tokio::time::timeout(timeout, shared.node.propose(data)).await {
+        Ok(r) => r,
+        Err(_) => Err(ErrorReply::new(
+            ErrorCode::Timeout,
+            "the write was not applied in time; it may or may not apply",
+        )),
+    }
+}
+
 async fn write(shared: &Shared, req: &Request) -> Result<Response, ErrorReply> {
     let (session, req) = match req {
         Request::Session { session, request } => (Some(*session), &**request),
@@ -478,17 +497,7 @@ async fn write(shared: &Shared, req: &Request) -> Result<Response, ErrorReply> {
         .to_batch()
         .ok_or_else(|| ErrorReply::new(ErrorCode::BadInput, "not a write"))?;
     crate::scripts::refuse_service_ops(&batch)?;
-    let data = Command { session, batch }.encode();
-    let timeout = Duration::from_millis(shared.config.request_timeout_ms);
-    let (index, outcome) = match tokio::time::timeout(timeout, shared.node.propose(data)).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(ErrorReply::new(
-                ErrorCode::Timeout,
-                "the write was not applied in time; it may or may not apply",
-            ))
-        }
-    };
+    let (index, outcome) = propose(shared, batch, session).await?;
     Ok(match outcome {
         Outcome::Applied { prev, count } => Response::Written { index, prev, count },
         // test_and_set does not fail when the value differs: like Arakoon,
