@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::btree::leaf::DirtyLeaf;
-use crate::btree::page::{encode_branch, ChildInfo, Val, ValRef};
+use crate::btree::page::{branch_child_offset, ChildInfo, Val, ValRef};
 use crate::btree::read::lookup;
 use crate::btree::write::Source;
 use crate::error::{Error, Result};
 use crate::log::{parse_records, ScannedRecord};
 use crate::options::Durability;
-use crate::record::{align_up, Kind, Ptr, Reader, HEADER_LEN};
+use crate::record::{align_up, put_ptr, Kind, Ptr, Reader, HEADER_LEN};
 use crate::store::{CleanStats, Ctx, Inner, SnapshotInfo};
 
 /// The background cleaner starts a new head segment to clean the old one
@@ -312,7 +312,6 @@ fn relocate_batch(inner: &Inner, bytes: &[u8], batch: &[ScannedRecord]) -> Resul
         ctx: &ctx,
         plan: &plan,
         memo: &mut memo,
-        buf: Vec::new(),
     };
     let root = match v.root {
         Some(r) => Some(ChildInfo {
@@ -426,7 +425,6 @@ struct Relocator<'a, 'b> {
     ctx: &'a Ctx<'b>,
     plan: &'a Plan,
     memo: &'a mut HashMap<u64, Ptr>,
-    buf: Vec<u8>,
 }
 
 impl Relocator<'_, '_> {
@@ -438,37 +436,45 @@ impl Relocator<'_, '_> {
             return Ok(ptr);
         }
         let page = self.ctx.page(ptr)?;
-        let new = if page.is_leaf() {
-            let mut leaf = DirtyLeaf::from_page(&page);
-            for i in 0..page.len() {
-                if let ValRef::Ext { vlen, ptr: vp } = page.value(i) {
-                    if self.plan.values.contains(&vp.addr) {
-                        let ptr = self.value(vp)?;
-                        leaf.replace(i, Val::Ext { vlen, ptr });
+        // A relocated node is its old payload with some pointers changed:
+        // copy the bytes and patch them, rather than decode and re-encode.
+        let mut rec = crate::bufpool::take(HEADER_LEN + page.payload_len());
+        rec.resize(HEADER_LEN, 0);
+        let kind = if page.is_leaf() {
+            let moved = (0..page.len()).any(|i| {
+                matches!(page.value(i), ValRef::Ext { ptr: vp, .. }
+                    if self.plan.values.contains(&vp.addr))
+            });
+            if moved {
+                let mut leaf = DirtyLeaf::from_page(&page);
+                for i in 0..page.len() {
+                    if let ValRef::Ext { vlen, ptr: vp } = page.value(i) {
+                        if self.plan.values.contains(&vp.addr) {
+                            let ptr = self.value(vp)?;
+                            leaf.replace(i, Val::Ext { vlen, ptr });
+                        }
                     }
                 }
+                leaf.encode(&mut rec);
+            } else {
+                rec.extend_from_slice(page.payload());
             }
-            let mut buf = std::mem::take(&mut self.buf);
-            leaf.encode(&mut buf);
-            let p = self.inner.append_record(Kind::Leaf, &buf)?;
-            self.buf = buf;
-            p
+            Kind::Leaf
         } else {
-            let mut children = Vec::with_capacity(page.len());
+            rec.extend_from_slice(page.payload());
             for i in 0..page.len() {
                 let c = page.child(i);
-                children.push(ChildInfo {
-                    ptr: self.node(c.ptr)?,
-                    ..c
-                });
+                let moved = self.node(c.ptr)?;
+                if moved != c.ptr {
+                    let at = HEADER_LEN + branch_child_offset(i);
+                    let mut patch = Vec::with_capacity(12);
+                    put_ptr(&mut patch, moved);
+                    rec[at..at + patch.len()].copy_from_slice(&patch);
+                }
             }
-            let keys: Vec<Vec<u8>> = (0..page.len() - 1).map(|i| page.sep(i).to_vec()).collect();
-            let mut buf = std::mem::take(&mut self.buf);
-            encode_branch(page.level, &keys, &children, &mut buf);
-            let p = self.inner.append_record(Kind::Branch, &buf)?;
-            self.buf = buf;
-            p
+            Kind::Branch
         };
+        let new = self.inner.append_node(kind, rec)?;
         assert_eq!(new.len, ptr.len, "a relocated node changed size");
         self.memo.insert(ptr.addr, new);
         Ok(new)

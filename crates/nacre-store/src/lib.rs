@@ -30,6 +30,7 @@
 //! ```
 
 mod btree;
+mod bufpool;
 mod cache;
 mod cleaner;
 mod error;

@@ -10,12 +10,12 @@ use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::btree::page::{ChildInfo, Page};
-use crate::btree::write::{Sink, Source};
+use crate::btree::write::{Sink, Source, Spares};
 use crate::cache::PageCache;
 use crate::error::{Error, Result};
 use crate::log::{Log, RootRec, SegTable};
 use crate::options::{Durability, Options};
-use crate::record::{put_ptr, put_u16, put_u32, put_u64, Kind, Ptr, Reader};
+use crate::record::{put_ptr, put_u16, put_u32, put_u64, Kind, Ptr, Reader, HEADER_LEN};
 use crate::txn::{ReadTxn, WriteTxn};
 
 /// A named snapshot: the store as it was at commit `seq`.
@@ -145,6 +145,9 @@ pub(crate) struct Inner {
     pub log: Log,
     pub cache: PageCache,
     pub writer: Mutex<()>,
+    /// Vectors the last write transaction left for the next (taken and put
+    /// back under `writer`).
+    pub spares: Mutex<Spares>,
     /// One cleaning pass at a time: foreground `clean()` and the background
     /// cleaner would otherwise work on, and delete, the same segments.
     pub cleaning: Mutex<()>,
@@ -190,7 +193,7 @@ impl Source for Ctx<'_> {
             ptr,
             kind,
             record,
-            crate::record::HEADER_LEN,
+            HEADER_LEN,
         )?);
         self.inner.cache.insert(page.clone());
         Ok(page)
@@ -248,8 +251,8 @@ pub(crate) struct LogSink<'a> {
 }
 
 impl Sink for LogSink<'_> {
-    fn append(&mut self, kind: Kind, payload: &[u8]) -> Result<Ptr> {
-        let p = self.inner.append_record(kind, payload)?;
+    fn append_node(&mut self, kind: Kind, rec: Vec<u8>) -> Result<Ptr> {
+        let p = self.inner.append_node(kind, rec)?;
         self.written += crate::record::align_up(p.len as u64);
         Ok(p)
     }
@@ -377,11 +380,13 @@ impl Inner {
     /// Append a record; a node also goes into the page cache, so that the
     /// next reader of a page just written (by a commit or by the cleaner)
     /// does not read it back from the file.
-    pub fn append_record(&self, kind: Kind, payload: &[u8]) -> Result<Ptr> {
-        let p = self.log.append(kind, payload)?;
-        if matches!(kind, Kind::Leaf | Kind::Branch) {
-            self.cache.insert(Arc::new(Page::decode(p, kind, payload)?));
-        }
+    /// Append a node record whose payload follows `HEADER_LEN` spare bytes
+    /// in `rec`, and cache it as a page that keeps `rec` (no copy).
+    pub fn append_node(&self, kind: Kind, rec: Vec<u8>) -> Result<Ptr> {
+        debug_assert!(matches!(kind, Kind::Leaf | Kind::Branch));
+        let p = self.log.append(kind, &rec[HEADER_LEN..])?;
+        self.cache
+            .insert(Arc::new(Page::decode_owned(p, kind, rec, HEADER_LEN)?));
         Ok(p)
     }
 
@@ -544,6 +549,7 @@ impl Store {
             )),
             log,
             writer: Mutex::new(()),
+            spares: Mutex::new(Spares::default()),
             cleaning: Mutex::new(()),
             counters: Counters {
                 cleaner_idle_at: AtomicU64::new(u64::MAX),

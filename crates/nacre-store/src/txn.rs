@@ -271,7 +271,8 @@ pub struct WriteTxn<'a> {
 impl<'a> WriteTxn<'a> {
     pub(crate) fn new(store: &'a Store, guard: MutexGuard<'a, ()>) -> WriteTxn<'a> {
         let base = store.inner.current.load_full();
-        let tree = Tree::new(base.root, store.inner.opts.node_size_bytes);
+        let spares = std::mem::take(&mut *store.inner.spares.lock());
+        let tree = Tree::new(base.root, store.inner.opts.node_size_bytes, spares);
         WriteTxn {
             store,
             guard: Some(guard),
@@ -454,6 +455,7 @@ impl<'a> WriteTxn<'a> {
             // Nothing to write, but an immediate commit still promises that
             // the state it returns (which may hold earlier lazy commits) is
             // durable. Free when nothing is pending.
+            self.keep_spares();
             drop(self.guard.take());
             if durability == Durability::Immediate {
                 self.store.sync()?;
@@ -461,6 +463,7 @@ impl<'a> WriteTxn<'a> {
             return Ok(CommitInfo { seq: self.base.seq });
         }
         let root = self.spill()?;
+        self.keep_spares();
         let guard = self.guard.take().expect("transaction already finished");
         let inner = self.inner();
         let seq = inner.commit_root(guard, root, self.base.catalog.clone(), durability)?;
@@ -473,4 +476,16 @@ impl<'a> WriteTxn<'a> {
 
     /// Discard every change (the same as dropping the transaction).
     pub fn abort(self) {}
+
+    fn keep_spares(&mut self) {
+        *self.inner().spares.lock() = self.tree.take_spares();
+    }
+}
+
+impl Drop for WriteTxn<'_> {
+    fn drop(&mut self) {
+        if self.guard.is_some() {
+            self.keep_spares();
+        }
+    }
 }

@@ -1,24 +1,26 @@
 //! A leaf being changed by a write transaction.
 //!
 //! Copying a leaf on write used to mean two allocations per entry. Here the
-//! unchanged entries stay in the clean page they came from (`Entry::Base`
-//! names an index in it) and only new or replaced entries own their bytes,
-//! so copy-on-write of a leaf costs one small vector.
+//! unchanged entries stay in the clean page they came from and only new or
+//! replaced entries own their bytes. Each entry is one `u32`: an index into
+//! the base page, or (with `OWN` set) into `own`. Keeping the entry table
+//! that small matters: at 40 bytes an entry, a leaf's table no longer fit
+//! malloc's fast per-thread bins, and allocating it showed in profiles.
 
 use std::sync::Arc;
 
 use super::page::{encode_leaf_with, search_sorted, Page, Val, ValRef, EXT_LEN, LEAF_ENTRY_HEADER};
 
-#[derive(Debug)]
-enum Entry {
-    Base(u32),
-    Own(Box<[u8]>, Val),
-}
+/// Marks an entry that indexes `own` rather than the base page.
+const OWN: u32 = 1 << 31;
 
 #[derive(Debug, Default)]
 pub struct DirtyLeaf {
     base: Option<Arc<Page>>,
-    entries: Vec<Entry>,
+    entries: Vec<u32>,
+    /// Entries this transaction wrote. Slots of removed entries stay (empty)
+    /// until the leaf is written: the transaction's size limit bounds them.
+    own: Vec<(Box<[u8]>, Val)>,
     /// Encoded payload size, kept up to date by every change.
     size: usize,
     /// Still exactly the base page's entries: searches can use the page's
@@ -50,6 +52,7 @@ impl DirtyLeaf {
         DirtyLeaf {
             base: None,
             entries: Vec::new(),
+            own: Vec::new(),
             size: 8,
             pristine: false,
         }
@@ -57,9 +60,11 @@ impl DirtyLeaf {
 
     pub fn from_page(page: &Arc<Page>) -> DirtyLeaf {
         debug_assert!(page.is_leaf());
+        assert!((page.len() as u64) < OWN as u64, "leaf entry count");
         DirtyLeaf {
             base: Some(page.clone()),
-            entries: (0..page.len() as u32).map(Entry::Base).collect(),
+            entries: (0..page.len() as u32).collect(),
+            own: Vec::new(),
             size: page.payload_len(),
             pristine: true,
         }
@@ -84,21 +89,32 @@ impl DirtyLeaf {
     }
 
     pub fn key(&self, i: usize) -> &[u8] {
-        match &self.entries[i] {
-            Entry::Base(j) => self.base().key(*j as usize),
-            Entry::Own(k, _) => k,
+        let e = self.entries[i];
+        if e & OWN != 0 {
+            &self.own[(e & !OWN) as usize].0
+        } else {
+            self.base().key(e as usize)
         }
     }
 
     pub fn val(&self, i: usize) -> ValRef<'_> {
-        match &self.entries[i] {
-            Entry::Base(j) => self.base().value(*j as usize),
-            Entry::Own(_, v) => val_ref(v),
+        let e = self.entries[i];
+        if e & OWN != 0 {
+            val_ref(&self.own[(e & !OWN) as usize].1)
+        } else {
+            self.base().value(e as usize)
         }
     }
 
     fn size_of(&self, i: usize) -> usize {
         entry_size(self.key(i), self.val(i))
+    }
+
+    fn push_own(&mut self, key: Box<[u8]>, val: Val) -> u32 {
+        let i = self.own.len() as u32;
+        assert!(i < OWN, "too many entries written to one leaf");
+        self.own.push((key, val));
+        OWN | i
     }
 
     pub fn search(&self, key: &[u8]) -> std::result::Result<usize, usize> {
@@ -111,7 +127,8 @@ impl DirtyLeaf {
     pub fn insert(&mut self, pos: usize, key: &[u8], val: Val) {
         self.pristine = false;
         self.size += entry_size(key, val_ref(&val));
-        self.entries.insert(pos, Entry::Own(key.into(), val));
+        let e = self.push_own(key.into(), val);
+        self.entries.insert(pos, e);
     }
 
     /// Replace the value at `pos`; returns the old one.
@@ -119,18 +136,32 @@ impl DirtyLeaf {
         self.pristine = false;
         let old_size = self.size_of(pos);
         let old = self.val(pos).to_val();
-        let key: Box<[u8]> = self.key(pos).into();
-        self.size = self.size - old_size + entry_size(&key, val_ref(&val));
-        self.entries[pos] = Entry::Own(key, val);
+        let e = self.entries[pos];
+        if e & OWN != 0 {
+            // Replacing an entry this transaction wrote reuses its slot, so
+            // overwriting one key again and again does not grow `own`.
+            let slot = &mut self.own[(e & !OWN) as usize];
+            self.size = self.size - old_size + entry_size(&slot.0, val_ref(&val));
+            slot.1 = val;
+        } else {
+            let key: Box<[u8]> = self.key(pos).into();
+            self.size = self.size - old_size + entry_size(&key, val_ref(&val));
+            self.entries[pos] = self.push_own(key, val);
+        }
         old
     }
 
     pub fn remove(&mut self, pos: usize) -> Val {
         self.pristine = false;
         self.size -= self.size_of(pos);
-        let old = self.val(pos).to_val();
-        self.entries.remove(pos);
-        old
+        let e = self.entries.remove(pos);
+        if e & OWN != 0 {
+            let slot = &mut self.own[(e & !OWN) as usize];
+            let (_, v) = std::mem::replace(slot, (Box::default(), Val::Inline(Vec::new())));
+            v
+        } else {
+            self.base().value(e as usize).to_val()
+        }
     }
 
     /// Keep only the entries whose key passes `keep`.
@@ -138,17 +169,10 @@ impl DirtyLeaf {
         self.pristine = false;
         let mut out = Vec::with_capacity(self.entries.len());
         let mut size = 8;
-        for e in std::mem::take(&mut self.entries) {
-            let k = match &e {
-                Entry::Base(j) => self.base().key(*j as usize),
-                Entry::Own(k, _) => k,
-            };
-            if keep(k) {
-                size += match &e {
-                    Entry::Base(j) => entry_size(k, self.base().value(*j as usize)),
-                    Entry::Own(k, v) => entry_size(k, val_ref(v)),
-                };
-                out.push(e);
+        for i in 0..self.entries.len() {
+            if keep(self.key(i)) {
+                size += self.size_of(i);
+                out.push(self.entries[i]);
             }
         }
         self.entries = out;
@@ -158,20 +182,31 @@ impl DirtyLeaf {
     /// Move entries `m..` into a new leaf.
     pub fn split_off(&mut self, m: usize) -> DirtyLeaf {
         self.pristine = false;
-        let entries = self.entries.split_off(m);
+        let moved = self.entries.split_off(m);
         let mut right = DirtyLeaf {
             base: self.base.clone(),
-            entries,
+            entries: Vec::with_capacity(moved.len()),
+            own: Vec::new(),
             size: 8,
             pristine: false,
         };
+        for e in moved {
+            let e = if e & OWN != 0 {
+                let slot = &mut self.own[(e & !OWN) as usize];
+                let (k, v) = std::mem::replace(slot, (Box::default(), Val::Inline(Vec::new())));
+                right.push_own(k, v)
+            } else {
+                e
+            };
+            right.entries.push(e);
+        }
         right.size = 8 + (0..right.len()).map(|i| right.size_of(i)).sum::<usize>();
         self.size -= right.size - 8;
         right
     }
 
     /// Append all of `other`, whose keys are all greater.
-    pub fn append(&mut self, other: DirtyLeaf) {
+    pub fn append(&mut self, mut other: DirtyLeaf) {
         self.pristine = false;
         let same_base = match (&self.base, &other.base) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -183,18 +218,20 @@ impl DirtyLeaf {
             (Some(_), None) => true,
         };
         self.size += other.size - 8;
-        if same_base {
-            self.entries.extend(other.entries);
-        } else {
-            for e in other.entries {
-                self.entries.push(match e {
-                    Entry::Base(j) => {
-                        let b = other.base.as_deref().expect("base entry without base");
-                        Entry::Own(b.key(j as usize).into(), b.value(j as usize).to_val())
-                    }
-                    own => own,
-                });
-            }
+        for i in 0..other.entries.len() {
+            let e = other.entries[i];
+            let e = if e & OWN != 0 {
+                let slot = &mut other.own[(e & !OWN) as usize];
+                let (k, v) = std::mem::replace(slot, (Box::default(), Val::Inline(Vec::new())));
+                self.push_own(k, v)
+            } else if same_base {
+                e
+            } else {
+                let b = other.base.as_deref().expect("base entry without base");
+                let (k, v) = (b.key(e as usize).into(), b.value(e as usize).to_val());
+                self.push_own(k, v)
+            };
+            self.entries.push(e);
         }
     }
 
@@ -208,8 +245,10 @@ impl DirtyLeaf {
             .sum()
     }
 
+    /// Append the encoded leaf to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
         encode_leaf_with(self.len(), |i| (self.key(i), self.val(i)), out);
-        debug_assert_eq!(out.len(), self.size, "leaf size bookkeeping drifted");
+        debug_assert_eq!(out.len() - start, self.size, "leaf size bookkeeping drifted");
     }
 }

@@ -82,9 +82,9 @@ pub struct Page {
     pub level: u8,
     n: usize,
     /// The buffer the node was read into; its payload starts at `start`
-    /// (after the record header, for nodes read from disk, so that a read
-    /// needs no copy).
-    buf: Box<[u8]>,
+    /// (after the record header, so that neither a read nor a write needs
+    /// a copy). It returns to the buffer pool when the page is dropped.
+    buf: Vec<u8>,
     start: usize,
     /// The prefix every key (leaf) or separator (branch) shares.
     shared: Box<[u8]>,
@@ -92,6 +92,12 @@ pub struct Page {
     /// and zero-padded: searches compare these integers and touch the keys
     /// themselves only among equal prefixes.
     prefixes: Box<[u64]>,
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        crate::bufpool::give(std::mem::take(&mut self.buf));
+    }
 }
 
 /// Eight bytes of `key` from `from`, zero-padded, as a big-endian integer.
@@ -158,12 +164,15 @@ fn rd_u64(d: &[u8], at: usize) -> u64 {
 impl Page {
     /// Validate every offset and length once, so the accessors below can
     /// index without further checks.
+    #[cfg(test)]
     pub fn decode(ptr: Ptr, kind: Kind, payload: &[u8]) -> Result<Page> {
-        Page::decode_owned(ptr, kind, payload.into(), 0)
+        let mut buf = crate::bufpool::take(payload.len());
+        buf.extend_from_slice(payload);
+        Page::decode_owned(ptr, kind, buf, 0)
     }
 
     /// Decode the payload at `buf[start..]`, keeping `buf`.
-    pub fn decode_owned(ptr: Ptr, kind: Kind, buf: Box<[u8]>, start: usize) -> Result<Page> {
+    pub fn decode_owned(ptr: Ptr, kind: Kind, buf: Vec<u8>, start: usize) -> Result<Page> {
         let payload = buf
             .get(start..)
             .ok_or_else(|| Error::corrupt(ptr.addr, "record shorter than its header"))?;
@@ -312,8 +321,13 @@ impl Page {
         self.buf.len() - self.start
     }
 
+    /// The encoded payload, as written to the log.
+    pub fn payload(&self) -> &[u8] {
+        self.data()
+    }
+
     pub fn weight(&self) -> u64 {
-        (self.buf.len() + self.shared.len() + 8 * self.prefixes.len()) as u64 + 96
+        (self.buf.capacity() + self.shared.len() + 8 * self.prefixes.len()) as u64 + 96
     }
 
     // ---- leaf ----
@@ -413,12 +427,18 @@ pub fn probe(payload: &[u8], kind: Kind, position: u64) -> Result<(u8, Option<&[
 
 // ---- encoding (from the write side) ----
 
+/// Where child `i`'s pointer starts in a branch payload.
+pub fn branch_child_offset(i: usize) -> usize {
+    8 + CHILD_LEN * i
+}
+
 pub fn branch_entry_size(sep: &[u8]) -> usize {
     CHILD_LEN + 4 + 4 + sep.len()
 }
 
 #[cfg(test)]
 pub fn encode_leaf(entries: &[(Vec<u8>, Val)], out: &mut Vec<u8>) {
+    out.clear();
     encode_leaf_with(
         entries.len(),
         |i| {
@@ -436,19 +456,21 @@ pub fn encode_leaf(entries: &[(Vec<u8>, Val)], out: &mut Vec<u8>) {
     );
 }
 
-/// Encode `n` entries, entry `i` given by `entry(i)`, in key order.
+/// Encode `n` entries, entry `i` given by `entry(i)`, in key order. The
+/// payload is appended to `out`; its offsets count from where it starts (so
+/// a caller may put a record header in front).
 pub fn encode_leaf_with<'a>(
     n: usize,
     entry: impl Fn(usize) -> (&'a [u8], ValRef<'a>),
     out: &mut Vec<u8>,
 ) {
-    out.clear();
+    let base = out.len();
     out.extend_from_slice(&[0, 0, 0, 0]);
     put_u32(out, n as u32);
     let table = out.len();
     out.resize(table + 4 * n, 0);
     for i in 0..n {
-        let off = out.len() as u32;
+        let off = (out.len() - base) as u32;
         out[table + 4 * i..table + 4 * i + 4].copy_from_slice(&off.to_le_bytes());
         let (k, v) = entry(i);
         put_u32(out, k.len() as u32);
@@ -469,29 +491,39 @@ pub fn encode_leaf_with<'a>(
     }
 }
 
+#[cfg(test)]
 pub fn encode_branch(level: u8, keys: &[Vec<u8>], children: &[ChildInfo], out: &mut Vec<u8>) {
-    encode_branch_with(level, keys.len(), |i| keys[i].as_slice(), children, out);
+    out.clear();
+    encode_branch_with(
+        level,
+        keys.len(),
+        |i| keys[i].as_slice(),
+        |i| children[i],
+        out,
+    );
 }
 
-/// Encode a branch whose separator `i` is `key(i)`.
+/// Encode a branch whose separator `i` is `key(i)` and child `i` is
+/// `child(i)`, appended to `out` like `encode_leaf_with`.
 pub fn encode_branch_with<'a>(
     level: u8,
     nkeys: usize,
     key: impl Fn(usize) -> &'a [u8],
-    children: &[ChildInfo],
+    child: impl Fn(usize) -> ChildInfo,
     out: &mut Vec<u8>,
 ) {
     debug_assert!(level > 0);
-    debug_assert_eq!(nkeys + 1, children.len());
-    out.clear();
+    let base = out.len();
+    let nchildren = nkeys + 1;
     out.extend_from_slice(&[level, 0, 0, 0]);
-    put_u32(out, children.len() as u32);
-    for c in children {
+    put_u32(out, nchildren as u32);
+    for i in 0..nchildren {
+        let c = child(i);
         put_ptr(out, c.ptr);
         put_u64(out, c.count);
         put_u64(out, c.bytes);
     }
-    let mut off = 8 + CHILD_LEN * children.len() + 4 * nkeys;
+    let mut off = 8 + CHILD_LEN * nchildren + 4 * nkeys;
     for i in 0..nkeys {
         put_u32(out, off as u32);
         off += 4 + key(i).len();
@@ -501,7 +533,7 @@ pub fn encode_branch_with<'a>(
         put_u32(out, k.len() as u32);
         out.extend_from_slice(k);
     }
-    debug_assert_eq!(out.len(), off);
+    debug_assert_eq!(out.len() - base, off);
 }
 
 #[cfg(test)]

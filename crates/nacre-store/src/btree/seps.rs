@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::page::{branch_entry_size, search_sorted, Page};
 
 #[derive(Debug)]
-enum Sep {
+pub enum Sep {
     Base(u32),
     Own(Box<[u8]>),
 }
@@ -27,12 +27,15 @@ pub struct SepKeys {
 }
 
 impl SepKeys {
-    pub fn from_page(page: &Arc<Page>) -> SepKeys {
+    /// The page's separators, in `keys` (an empty vector to reuse).
+    pub fn from_page(page: &Arc<Page>, mut keys: Vec<Sep>) -> SepKeys {
         debug_assert!(!page.is_leaf());
+        debug_assert!(keys.is_empty());
         let n = page.len() - 1;
+        keys.extend((0..n as u32).map(Sep::Base));
         let mut s = SepKeys {
             base: Some(page.clone()),
-            keys: (0..n as u32).map(Sep::Base).collect(),
+            keys,
             bytes: 0,
             pristine: true,
         };
@@ -48,6 +51,12 @@ impl SepKeys {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The emptied vector, for reuse.
+    pub fn into_vec(mut self) -> Vec<Sep> {
+        self.keys.clear();
+        self.keys
     }
 
     pub fn is_empty(&self) -> bool {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use super::leaf::DirtyLeaf;
 use super::page::{encode_branch_with, ChildInfo, Page, Val, CHILD_LEN};
-use super::seps::SepKeys;
+use super::seps::{Sep, SepKeys};
 use crate::error::Result;
-use crate::record::{align_up, Kind, Ptr};
+use crate::record::{align_up, Kind, Ptr, HEADER_LEN};
 
 /// Where the write side gets clean pages from.
 pub trait Source {
@@ -30,7 +30,10 @@ pub trait Source {
 
 /// Where it writes nodes to.
 pub trait Sink {
-    fn append(&mut self, kind: Kind, payload: &[u8]) -> Result<Ptr>;
+    /// Append one node record. `rec` holds the payload after
+    /// `HEADER_LEN` bytes left for the record header, so that the sink can
+    /// keep the buffer (as the cached page) without copying it.
+    fn append_node(&mut self, kind: Kind, rec: Vec<u8>) -> Result<Ptr>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,18 +76,48 @@ enum Node {
     Gone,
 }
 
-impl Node {
-    fn from_page(p: &Arc<Page>) -> Node {
-        if p.is_leaf() {
-            Node::Leaf(DirtyLeaf::from_page(p))
-        } else {
-            Node::Branch(BranchNode {
-                level: p.level,
-                keys: SepKeys::from_page(p),
-                children: (0..p.len()).map(|i| Child::clean(p.child(i))).collect(),
-            })
+/// The vectors of branches already written, kept for the next branches a
+/// transaction copies: a branch's child and separator tables (2-3 KiB) are
+/// past malloc's fast per-thread bins, and a commit of 1,000 random puts
+/// copies some 600 branches. Kept by the store between transactions.
+#[derive(Debug, Default)]
+pub struct Spares {
+    /// The node arena, empty, with the capacity the last transaction grew.
+    arena: Vec<Node>,
+    children: Vec<Vec<Child>>,
+    seps: Vec<Vec<Sep>>,
+}
+
+/// Vectors kept at most, of each kind.
+const SPARES_MAX: usize = 1024;
+
+impl Spares {
+    fn keep(&mut self, b: BranchNode) {
+        if self.children.len() < SPARES_MAX {
+            let mut c = b.children;
+            c.clear();
+            self.children.push(c);
+        }
+        if self.seps.len() < SPARES_MAX {
+            self.seps.push(b.keys.into_vec());
         }
     }
+
+    fn node_from_page(&mut self, p: &Arc<Page>) -> Node {
+        if p.is_leaf() {
+            return Node::Leaf(DirtyLeaf::from_page(p));
+        }
+        let mut children = self.children.pop().unwrap_or_default();
+        children.extend((0..p.len()).map(|i| Child::clean(p.child(i))));
+        Node::Branch(BranchNode {
+            level: p.level,
+            keys: SepKeys::from_page(p, self.seps.pop().unwrap_or_default()),
+            children,
+        })
+    }
+}
+
+impl Node {
 
     fn size(&self) -> usize {
         match self {
@@ -168,22 +201,33 @@ pub struct Tree {
     /// Arena slots that no longer hold a node.
     gone: usize,
     node_size: usize,
-    scratch: Vec<u8>,
+    spares: Spares,
 }
 
 impl Tree {
-    pub fn new(root: Option<ChildInfo>, node_size: usize) -> Tree {
+    pub fn new(root: Option<ChildInfo>, node_size: usize, mut spares: Spares) -> Tree {
+        let arena = std::mem::take(&mut spares.arena);
+        debug_assert!(arena.is_empty());
         Tree {
             root: root.map(Child::clean),
-            arena: Vec::new(),
+            arena,
             gone: 0,
             node_size,
-            scratch: Vec::new(),
+            spares,
         }
     }
 
     pub fn count(&self) -> u64 {
         self.root.map_or(0, |c| c.count)
+    }
+
+    /// The reusable vectors, for the next transaction.
+    pub fn take_spares(&mut self) -> Spares {
+        let mut spares = std::mem::take(&mut self.spares);
+        let mut arena = std::mem::take(&mut self.arena);
+        arena.clear();
+        spares.arena = arena;
+        spares
     }
 
     /// A rough measure of memory held by dirty nodes.
@@ -231,7 +275,8 @@ impl Tree {
             NodeRef::Dirty(i) => Ok(i),
             NodeRef::Clean(ptr) => {
                 let page = src.page(ptr)?;
-                let idx = self.push(Node::from_page(&page));
+                let node = self.spares.node_from_page(&page);
+                let idx = self.push(node);
                 self.root.as_mut().unwrap().r = NodeRef::Dirty(idx);
                 Ok(idx)
             }
@@ -243,7 +288,8 @@ impl Tree {
             NodeRef::Dirty(c) => Ok(c),
             NodeRef::Clean(ptr) => {
                 let page = src.page(ptr)?;
-                let idx = self.push(Node::from_page(&page));
+                let node = self.spares.node_from_page(&page);
+                let idx = self.push(node);
                 self.branch_mut(parent).children[i].r = NodeRef::Dirty(idx);
                 Ok(idx)
             }
@@ -715,42 +761,47 @@ impl Tree {
             return Ok(());
         };
         let node = std::mem::replace(&mut self.arena[idx], Node::Gone);
-        let mut buf = std::mem::take(&mut self.scratch);
         let (ptr, bytes) = match node {
             Node::Leaf(leaf) => {
                 assert_eq!(leaf.len() as u64, c.count, "leaf count drifted");
+                let mut buf = crate::bufpool::take(HEADER_LEN + leaf.size());
+                buf.resize(HEADER_LEN, 0);
                 leaf.encode(&mut buf);
-                let ptr = sink.append(Kind::Leaf, &buf)?;
+                let ptr = sink.append_node(Kind::Leaf, buf)?;
                 (ptr, align_up(ptr.len as u64) + leaf.ext_bytes())
             }
             Node::Branch(mut b) => {
-                let mut infos = Vec::with_capacity(b.children.len());
                 for ch in b.children.iter_mut() {
                     self.write(sink, ch)?;
-                    let NodeRef::Clean(p) = ch.r else {
-                        unreachable!()
+                }
+                let info = |i: usize| {
+                    let ch: &Child = &b.children[i];
+                    let NodeRef::Clean(ptr) = ch.r else {
+                        unreachable!("child written above")
                     };
-                    infos.push(ChildInfo {
-                        ptr: p,
+                    ChildInfo {
+                        ptr,
                         count: ch.count,
                         bytes: ch.bytes,
-                    });
-                }
+                    }
+                };
                 assert_eq!(
-                    infos.iter().map(|i| i.count).sum::<u64>(),
+                    b.children.iter().map(|ch| ch.count).sum::<u64>(),
                     c.count,
                     "branch count drifted"
                 );
-                encode_branch_with(b.level, b.keys.len(), |i| b.keys.get(i), &infos, &mut buf);
-                let ptr = sink.append(Kind::Branch, &buf)?;
-                (
-                    ptr,
-                    align_up(ptr.len as u64) + infos.iter().map(|i| i.bytes).sum::<u64>(),
-                )
+                let size = 8 + CHILD_LEN + b.keys.bytes();
+                let mut buf = crate::bufpool::take(HEADER_LEN + size);
+                buf.resize(HEADER_LEN, 0);
+                encode_branch_with(b.level, b.keys.len(), |i| b.keys.get(i), info, &mut buf);
+                let ptr = sink.append_node(Kind::Branch, buf)?;
+                let bytes =
+                    align_up(ptr.len as u64) + b.children.iter().map(|ch| ch.bytes).sum::<u64>();
+                self.spares.keep(b);
+                (ptr, bytes)
             }
             Node::Gone => unreachable!("gone node reachable from the root"),
         };
-        self.scratch = buf;
         c.r = NodeRef::Clean(ptr);
         c.bytes = bytes;
         Ok(())
