@@ -107,7 +107,10 @@ mod tests {
         }
         let pool = POOL.lock();
         assert!(pool.bytes <= POOL_BYTES_MAX);
-        assert_eq!(pool.bytes, pool.bufs.iter().map(Vec::capacity).sum::<usize>());
+        assert_eq!(
+            pool.bytes,
+            pool.bufs.iter().map(Vec::capacity).sum::<usize>()
+        );
         drop(pool);
         assert!(!keeps(POOL_CAPACITY_MAX + 1));
         assert!(!keeps(16));

@@ -189,12 +189,7 @@ impl Source for Ctx<'_> {
             self.inner.log.ensure_readable(ptr)?;
         }
         let (kind, record) = self.inner.log.read_record_raw(self.segs, ptr)?;
-        let page = Arc::new(Page::decode_owned(
-            ptr,
-            kind,
-            record,
-            HEADER_LEN,
-        )?);
+        let page = Arc::new(Page::decode_owned(ptr, kind, record, HEADER_LEN)?);
         self.inner.cache.insert(page.clone());
         Ok(page)
     }
@@ -206,7 +201,12 @@ impl Source for Ctx<'_> {
             _ => None,
         };
         let Some(slot) = slot else {
-            return self.page(ptr);
+            if let Some(p) = parent.cached_child(i).filter(|p| p.ptr == ptr) {
+                return Ok(p);
+            }
+            let p = self.page(ptr)?;
+            parent.remember_child(i, &p);
+            return Ok(p);
         };
         if let Some(p) = slot.get() {
             return Ok(p.clone());

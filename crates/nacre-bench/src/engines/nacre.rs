@@ -75,32 +75,35 @@ impl Reader for NacreReader {
         Ok(found.is_some())
     }
 
+    // Ranges and scans use `ReadTxn::scan`, which hands out borrowed keys
+    // and values like redb's guards and fjall's slices do; the `range`
+    // iterator copies every entry into two vectors.
     fn range(
         &self,
         start: &[u8],
         n: usize,
         visit: &mut dyn FnMut(&[u8], &[u8]),
     ) -> BenchResult<usize> {
-        let mut seen = 0;
-        for item in self
-            .txn
-            .range(Bound::Included(start), Bound::Unbounded)
-            .take(n)
-        {
-            let (k, v) = item?;
-            visit(&k, &v);
-            seen += 1;
+        if n == 0 {
+            return Ok(0);
         }
+        let mut seen = 0;
+        self.txn
+            .scan(Bound::Included(start), Bound::Unbounded, false, |k, v| {
+                visit(k, v);
+                seen += 1;
+                seen < n
+            })?;
         Ok(seen)
     }
 
     fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> BenchResult<u64> {
-        let mut seen = 0;
-        for item in self.txn.range(Bound::Unbounded, Bound::Unbounded) {
-            let (k, v) = item?;
-            visit(&k, &v);
-            seen += 1;
-        }
+        let seen = self
+            .txn
+            .scan(Bound::Unbounded, Bound::Unbounded, false, |k, v| {
+                visit(k, v);
+                true
+            })?;
         Ok(seen)
     }
 }

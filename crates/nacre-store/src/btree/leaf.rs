@@ -249,6 +249,95 @@ impl DirtyLeaf {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         encode_leaf_with(self.len(), |i| (self.key(i), self.val(i)), out);
-        debug_assert_eq!(out.len() - start, self.size, "leaf size bookkeeping drifted");
+        debug_assert_eq!(
+            out.len() - start,
+            self.size,
+            "leaf size bookkeeping drifted"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btree::page::encode_leaf;
+    use crate::record::{Kind, Ptr};
+
+    fn base(keys: &[&str]) -> Arc<Page> {
+        let entries: Vec<(Vec<u8>, Val)> = keys
+            .iter()
+            .map(|k| (k.as_bytes().to_vec(), Val::Inline(k.as_bytes().to_vec())))
+            .collect();
+        let mut buf = Vec::new();
+        encode_leaf(&entries, &mut buf);
+        Arc::new(Page::decode(Ptr { addr: 8, len: 0 }, Kind::Leaf, &buf).unwrap())
+    }
+
+    fn contents(l: &DirtyLeaf) -> Vec<(String, String)> {
+        (0..l.len())
+            .map(|i| {
+                let ValRef::Inline(v) = l.val(i) else {
+                    panic!("inline values only")
+                };
+                (
+                    String::from_utf8(l.key(i).to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn encoded_size(l: &DirtyLeaf) -> usize {
+        let mut out = Vec::new();
+        l.encode(&mut out);
+        out.len()
+    }
+
+    #[test]
+    fn own_and_base_entries_survive_split_and_append() {
+        let mut l = DirtyLeaf::from_page(&base(&["b", "d", "f", "h"]));
+        l.insert(0, b"a", Val::Inline(b"A".to_vec()));
+        l.replace(3, Val::Inline(b"F".to_vec()));
+        l.insert(4, b"g", Val::Inline(b"G".to_vec()));
+        assert_eq!(l.remove(2), Val::Inline(b"d".to_vec()));
+        let want = [("a", "A"), ("b", "b"), ("f", "F"), ("g", "G"), ("h", "h")];
+        let as_strings = |w: &[(&str, &str)]| -> Vec<(String, String)> {
+            w.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(contents(&l), as_strings(&want));
+        assert_eq!(encoded_size(&l), l.size());
+
+        let right = l.split_off(2);
+        assert_eq!(contents(&l), as_strings(&want[..2]));
+        assert_eq!(contents(&right), as_strings(&want[2..]));
+        assert_eq!(encoded_size(&l), l.size());
+        assert_eq!(encoded_size(&right), right.size());
+
+        // Append a leaf built on another base: its base entries are copied.
+        let mut other = DirtyLeaf::from_page(&base(&["x", "y"]));
+        other.replace(1, Val::Inline(b"Y".to_vec()));
+        let mut joined = right;
+        joined.append(other);
+        let mut all = as_strings(&want[2..]);
+        all.extend(as_strings(&[("x", "x"), ("y", "Y")]));
+        assert_eq!(contents(&joined), all);
+        assert_eq!(encoded_size(&joined), joined.size());
+    }
+
+    #[test]
+    fn replacing_a_written_entry_reuses_its_slot() {
+        let mut l = DirtyLeaf::from_page(&base(&["k"]));
+        for i in 0..100u32 {
+            l.replace(0, Val::Inline(i.to_le_bytes().to_vec()));
+        }
+        assert_eq!(
+            l.own.len(),
+            1,
+            "one slot for one key however often it is set"
+        );
+        assert_eq!(l.val(0).to_val(), Val::Inline(99u32.to_le_bytes().to_vec()));
+        assert_eq!(encoded_size(&l), l.size());
     }
 }

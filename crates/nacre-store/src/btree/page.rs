@@ -26,6 +26,10 @@
 //! `bytes` the log footprint of its subtree (nodes and value records), which
 //! makes `count` O(1) and lets a range delete drop whole subtrees unread.
 
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwapWeak;
+
 use crate::error::{Error, Result};
 use crate::record::{put_ptr, put_u32, put_u64, Kind, Ptr, Reader};
 
@@ -92,6 +96,13 @@ pub struct Page {
     /// and zero-padded: searches compare these integers and touch the keys
     /// themselves only among equal prefixes.
     prefixes: Box<[u64]>,
+    /// Branches only: the child pages last read through this page, held
+    /// weakly. A lookup that finds its child here skips the page cache's
+    /// hash table and lock, which were a third of a cached lookup's time. A
+    /// weak pointer keeps no page alive (only its ~100-byte header until the
+    /// slot is overwritten), so the cache's bound still holds; a child that
+    /// was evicted and dropped is read through the cache again.
+    kids: Box<[ArcSwapWeak<Page>]>,
 }
 
 impl Drop for Page {
@@ -162,8 +173,6 @@ fn rd_u64(d: &[u8], at: usize) -> u64 {
 }
 
 impl Page {
-    /// Validate every offset and length once, so the accessors below can
-    /// index without further checks.
     #[cfg(test)]
     pub fn decode(ptr: Ptr, kind: Kind, payload: &[u8]) -> Result<Page> {
         let mut buf = crate::bufpool::take(payload.len());
@@ -171,7 +180,9 @@ impl Page {
         Page::decode_owned(ptr, kind, buf, 0)
     }
 
-    /// Decode the payload at `buf[start..]`, keeping `buf`.
+    /// Decode the payload at `buf[start..]`, keeping `buf`. Every offset and
+    /// length is validated once, here, so the accessors below can index
+    /// without further checks.
     pub fn decode_owned(ptr: Ptr, kind: Kind, buf: Vec<u8>, start: usize) -> Result<Page> {
         let payload = buf
             .get(start..)
@@ -246,6 +257,11 @@ impl Page {
             start,
             shared: Box::new([]),
             prefixes: Box::new([]),
+            kids: if kind == Kind::Branch {
+                (0..n).map(|_| ArcSwapWeak::new(Weak::new())).collect()
+            } else {
+                Box::new([])
+            },
         };
         let keys = page.search_keys();
         if keys > 0 {
@@ -327,7 +343,20 @@ impl Page {
     }
 
     pub fn weight(&self) -> u64 {
-        (self.buf.capacity() + self.shared.len() + 8 * self.prefixes.len()) as u64 + 96
+        let kids = self.kids.len() * std::mem::size_of::<ArcSwapWeak<Page>>();
+        (self.buf.capacity() + self.shared.len() + 8 * self.prefixes.len() + kids) as u64 + 112
+    }
+
+    /// Child `i`, if this branch read it before and it is still in memory.
+    pub fn cached_child(&self, i: usize) -> Option<Arc<Page>> {
+        self.kids.get(i)?.load().upgrade()
+    }
+
+    /// Remember `child` as child `i` of this branch.
+    pub fn remember_child(&self, i: usize, child: &Arc<Page>) {
+        if let Some(slot) = self.kids.get(i) {
+            slot.store(Arc::downgrade(child));
+        }
     }
 
     // ---- leaf ----
@@ -698,6 +727,36 @@ mod tests {
         assert_eq!(p.child_index(b"h"), 1);
         assert_eq!(p.child_index(b"p"), 2);
         assert_eq!(p.child_index(b"z"), 2);
+    }
+
+    #[test]
+    fn a_branch_remembers_its_children_without_keeping_them_alive() {
+        let keys = vec![b"m".to_vec()];
+        let ch = |a| ChildInfo {
+            ptr: Ptr { addr: a, len: 10 },
+            count: 1,
+            bytes: 16,
+        };
+        let mut buf = Vec::new();
+        encode_branch(1, &keys, &[ch(8), ch(16)], &mut buf);
+        let branch = Page::decode(Ptr { addr: 64, len: 0 }, Kind::Branch, &buf).unwrap();
+        let entries: Vec<(Vec<u8>, Val)> = vec![(b"a".to_vec(), Val::Inline(b"1".to_vec()))];
+        encode_leaf(&entries, &mut buf);
+        let leaf = Arc::new(Page::decode(ch(8).ptr, Kind::Leaf, &buf).unwrap());
+        assert!(branch.cached_child(0).is_none());
+        branch.remember_child(0, &leaf);
+        let got = branch.cached_child(0).expect("remembered");
+        assert!(Arc::ptr_eq(&got, &leaf));
+        assert!(branch.cached_child(1).is_none());
+        assert!(branch.cached_child(2).is_none(), "out of range is none");
+        drop(got);
+        drop(leaf);
+        // Once the cache and every reader let go, the slot is empty again.
+        assert!(branch.cached_child(0).is_none());
+        // Leaves have no slots: remembering is a no-op there.
+        let leaf = Arc::new(Page::decode(ch(8).ptr, Kind::Leaf, &buf).unwrap());
+        leaf.remember_child(0, &leaf);
+        assert!(leaf.cached_child(0).is_none());
     }
 
     #[test]

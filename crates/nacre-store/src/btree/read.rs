@@ -83,7 +83,7 @@ impl Cursor {
                 Bound::Unbounded => 0,
                 Bound::Included(k) | Bound::Excluded(k) => page.child_index(k),
             };
-            let child = src.page(page.child(i).ptr)?;
+            let child = src.child(&page, i)?;
             check_level(&page, &child)?;
             cur.stack.push((page, i));
             page = child;
@@ -128,9 +128,8 @@ impl Cursor {
                 match next {
                     Some(n) => {
                         *i = n;
-                        let ptr = branch.child(n).ptr;
                         let branch = branch.clone();
-                        self.descend_edge(src, branch, ptr)?;
+                        self.descend_edge(src, branch, n)?;
                         break;
                     }
                     None => {
@@ -141,8 +140,10 @@ impl Cursor {
         }
     }
 
-    fn descend_edge(&mut self, src: &dyn Source, mut parent: Arc<Page>, ptr: Ptr) -> Result<()> {
-        let mut page = src.page(ptr)?;
+    /// Go down from child `i` of `parent` to its first (or, in reverse, last)
+    /// leaf.
+    fn descend_edge(&mut self, src: &dyn Source, mut parent: Arc<Page>, i: usize) -> Result<()> {
+        let mut page = src.child(&parent, i)?;
         loop {
             check_level(&parent, &page)?;
             if page.is_leaf() {
@@ -151,7 +152,7 @@ impl Cursor {
                 return Ok(());
             }
             let i = if self.reverse { page.len() - 1 } else { 0 };
-            let child = src.page(page.child(i).ptr)?;
+            let child = src.child(&page, i)?;
             self.stack.push((page.clone(), i));
             parent = page;
             page = child;

@@ -118,7 +118,6 @@ impl Spares {
 }
 
 impl Node {
-
     fn size(&self) -> usize {
         match self {
             Node::Leaf(e) => e.size(),
