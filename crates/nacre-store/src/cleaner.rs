@@ -32,7 +32,7 @@ use crate::btree::write::Source;
 use crate::error::{Error, Result};
 use crate::log::{parse_records, ScannedRecord};
 use crate::options::Durability;
-use crate::record::{align_up, put_ptr, Kind, Ptr, Reader, HEADER_LEN};
+use crate::record::{align_up, Kind, Ptr, Reader, HEADER_LEN};
 use crate::store::{CleanStats, Ctx, Inner, SnapshotInfo};
 
 /// The background cleaner starts a new head segment to clean the old one
@@ -466,10 +466,10 @@ impl Relocator<'_, '_> {
                 let c = page.child(i);
                 let moved = self.node(c.ptr)?;
                 if moved != c.ptr {
+                    // The child entry starts with the pointer: addr u64 | len u32.
                     let at = HEADER_LEN + branch_child_offset(i);
-                    let mut patch = Vec::with_capacity(12);
-                    put_ptr(&mut patch, moved);
-                    rec[at..at + patch.len()].copy_from_slice(&patch);
+                    rec[at..at + 8].copy_from_slice(&moved.addr.to_le_bytes());
+                    rec[at + 8..at + 12].copy_from_slice(&moved.len.to_le_bytes());
                 }
             }
             Kind::Branch

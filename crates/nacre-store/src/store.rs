@@ -377,11 +377,10 @@ impl Inner {
         Ok(seq)
     }
 
-    /// Append a record; a node also goes into the page cache, so that the
-    /// next reader of a page just written (by a commit or by the cleaner)
-    /// does not read it back from the file.
     /// Append a node record whose payload follows `HEADER_LEN` spare bytes
-    /// in `rec`, and cache it as a page that keeps `rec` (no copy).
+    /// in `rec`. The node also goes into the page cache, as a page that keeps
+    /// `rec` (no copy), so that the next reader of a page just written (by a
+    /// commit or by the cleaner) does not read it back from the file.
     pub fn append_node(&self, kind: Kind, rec: Vec<u8>) -> Result<Ptr> {
         debug_assert!(matches!(kind, Kind::Leaf | Kind::Branch));
         let p = self.log.append(kind, &rec[HEADER_LEN..])?;
