@@ -21,8 +21,9 @@
 //!  .. u32 × (n-1)  offset of each separator key from the payload start
 //!  .. separators:  klen u32 | key
 //! ```
-//! Separator `i` is the lowest key of child `i + 1`: child `i` holds the keys
-//! in `[sep(i-1), sep(i))`. `count` is the number of keys under a child and
+//! Separator `i` bounds children `i` and `i + 1` (it need not be a key; see
+//! `shortest_separator` in write.rs): child `i` holds the keys in
+//! `[sep(i-1), sep(i))`. `count` is the number of keys under a child and
 //! `bytes` the log footprint of its subtree (nodes and value records), which
 //! makes `count` O(1) and lets a range delete drop whole subtrees unread.
 
