@@ -91,6 +91,13 @@ struct StoreArgs {
     /// Seed for keys, values and choices.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
+    /// Run everything this many times. Each round runs every set on every
+    /// engine, set by set, rotating the engines' order; the tables show each
+    /// engine's median round, and nacre's ratios are also printed round by
+    /// round. On a VM whose speed drifts by a third within minutes, one
+    /// round's ratios are not a verdict.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
 }
 
 fn main() -> ExitCode {
@@ -188,25 +195,33 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
         results.push(m);
     };
 
-    for &(name, open) in &selected {
+    // Set by set, all engines back to back, so that the figures compared
+    // are minutes apart rather than a whole run apart.
+    for round in 0..args.rounds {
         for &set in &args.sets {
-            let set_name = format!("{set:?}");
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                run_one(
-                    name, open, set, &base_dir, &cfg, &sizes, &data, args.seed, &mut sink,
-                )
-            }));
-            let message = match outcome {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => format!("error: {e}"),
-                Err(panic) => panic_message(&*panic),
-            };
-            eprintln!("[{name}] set {set_name} FAILED: {message}");
-            failures.push(Failure {
-                engine: name.to_string(),
-                set: set_name,
-                message,
-            });
+            let mut order = selected.clone();
+            let turn = round as usize % order.len().max(1);
+            order.rotate_left(turn);
+            for &(name, open) in &order {
+                let set_name = format!("{set:?}");
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    run_one(
+                        name, open, set, &base_dir, &cfg, &sizes, &data, args.seed, round,
+                        &mut sink,
+                    )
+                }));
+                let message = match outcome {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => format!("error: {e}"),
+                    Err(panic) => panic_message(&*panic),
+                };
+                eprintln!("[{name}] set {set_name} FAILED: {message}");
+                failures.push(Failure {
+                    engine: name.to_string(),
+                    set: set_name,
+                    message,
+                });
+            }
         }
     }
 
@@ -220,6 +235,9 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
             args.cache_mb
         );
         report::print_tables(&results, &failures, &names, &descriptions);
+        if args.rounds > 1 {
+            report::print_ratios_by_round(&results, &names, args.rounds);
+        }
         if errors > 0 {
             println!();
             println!("{errors} read ERRORS (missing or wrong values) — see the rows marked ERRORS");
@@ -238,6 +256,7 @@ fn run_one(
     sizes: &Sizes,
     data: &Datasets,
     seed: u64,
+    round: u32,
     sink: &mut dyn FnMut(Measurement),
 ) -> BenchResult<()> {
     let dir = tempfile::Builder::new()
@@ -249,6 +268,7 @@ fn run_one(
         engine: name,
         dir: dir.path(),
         seed,
+        round,
         sink,
     };
     match set {
@@ -303,6 +323,7 @@ mod tests {
                     &sizes,
                     &data,
                     7,
+                    0,
                     &mut sink,
                 )
                 .unwrap_or_else(|e| panic!("{name} set {set:?}: {e}"));

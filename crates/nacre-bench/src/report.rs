@@ -26,6 +26,8 @@ pub struct Measurement {
     pub errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The round of `--rounds` it came from, from 0.
+    pub round: u32,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -97,6 +99,123 @@ pub fn human_rate(r: f64) -> String {
     out
 }
 
+/// An engine's median round on a workload: the measurement with the median
+/// rate (the lower middle one for an even count), or the first one for a
+/// workload without a rate.
+fn median_round<'a>(
+    results: &'a [Measurement],
+    engine: &str,
+    workload: &str,
+) -> Option<&'a Measurement> {
+    let mut ms: Vec<&Measurement> = results
+        .iter()
+        .filter(|m| m.engine == engine && m.workload == workload)
+        .collect();
+    if ms.iter().any(|m| m.ops_per_s.is_none()) {
+        return ms.first().copied();
+    }
+    ms.sort_by(|a, b| {
+        a.ops_per_s
+            .partial_cmp(&b.ops_per_s)
+            .expect("rates are finite")
+    });
+    let n = ms.len();
+    (n > 0).then(|| ms[(n - 1) / 2])
+}
+
+/// The median of `xs` (mean of the middle two for an even count).
+fn median(xs: &mut [f64]) -> Option<f64> {
+    xs.sort_by(|a, b| a.partial_cmp(b).expect("ratios are finite"));
+    let n = xs.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(xs[n / 2]),
+        _ => Some((xs[n / 2 - 1] + xs[n / 2]) / 2.0),
+    }
+}
+
+/// Nacre's rate divided by each other engine's, round by round, with the
+/// median of those ratios: what to quote when the machine drifts.
+pub fn print_ratios_by_round(results: &[Measurement], engines: &[&str], rounds: u32) {
+    let mut order: Vec<&str> = Vec::new();
+    for m in results {
+        if m.ops_per_s.is_some() && !order.contains(&m.workload.as_str()) {
+            order.push(&m.workload);
+        }
+    }
+    let rate = |e: &str, w: &str, r: u32| {
+        results
+            .iter()
+            .find(|m| m.engine == e && m.workload == w && m.round == r)
+            .and_then(|m| m.ops_per_s)
+    };
+    let heads: String = (1..=rounds)
+        .map(|r| format!(" {:>8}", format!("round {r}")))
+        .collect();
+    for &other in engines.iter().filter(|&&e| e != "nacre") {
+        println!();
+        println!("nacre ÷ {other}, round by round, and the median of the rounds' ratios");
+        println!("  {:<20}{heads} {:>8}", "workload", "median");
+        for &w in &order {
+            let mut ratios = Vec::new();
+            let mut cells = String::new();
+            for r in 0..rounds {
+                match (rate("nacre", w, r), rate(other, w, r)) {
+                    (Some(a), Some(b)) if b > 0.0 => {
+                        ratios.push(a / b);
+                        cells.push_str(&format!(" {:>8.2}", a / b));
+                    }
+                    _ => cells.push_str(&format!(" {:>8}", "-")),
+                }
+            }
+            let med = median(&mut ratios).map_or_else(|| "-".to_string(), |m| format!("{m:.2}"));
+            println!("  {w:<20}{cells} {med:>8}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(engine: &str, round: u32, ops_per_s: Option<f64>) -> Measurement {
+        Measurement {
+            engine: engine.into(),
+            workload: "w".into(),
+            ops_per_s,
+            bytes_on_disk: 0,
+            bytes_allocated: 0,
+            ops: 1,
+            secs: 1.0,
+            errors: 0,
+            note: None,
+            round,
+        }
+    }
+
+    #[test]
+    fn the_median_round_is_picked_by_rate() {
+        let rs = vec![
+            m("nacre", 0, Some(30.0)),
+            m("nacre", 1, Some(10.0)),
+            m("nacre", 2, Some(20.0)),
+            m("redb", 0, Some(5.0)),
+        ];
+        assert_eq!(median_round(&rs, "nacre", "w").unwrap().round, 2);
+        assert_eq!(median_round(&rs, "redb", "w").unwrap().round, 0);
+        assert!(median_round(&rs, "fjall", "w").is_none());
+        let no_rate = vec![m("nacre", 0, None), m("nacre", 1, None)];
+        assert_eq!(median_round(&no_rate, "nacre", "w").unwrap().round, 0);
+    }
+
+    #[test]
+    fn medians_of_ratios() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+}
+
 /// An engine whose run stopped on an error or panic.
 #[derive(Clone, Debug)]
 pub struct Failure {
@@ -133,11 +252,7 @@ pub fn print_tables(
             "  {:<8} {:>12} {:>9} {:>11} {:>11} {:>9} {:>9} {:>9}",
             "engine", "ops/s", "secs", "on disk", "allocated", "÷x ops/s", "÷x disk", "÷x alloc"
         );
-        let find = |e: &str| {
-            results
-                .iter()
-                .find(|m| m.engine == e && m.workload == workload)
-        };
+        let find = |e: &str| median_round(results, e, workload);
         let nacre = find("nacre");
         for &engine in engines {
             let Some(m) = find(engine) else {

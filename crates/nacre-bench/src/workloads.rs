@@ -191,6 +191,8 @@ pub struct Run<'a> {
     pub engine: &'a str,
     pub dir: &'a Path,
     pub seed: u64,
+    /// Which round of `--rounds` this is (from 0).
+    pub round: u32,
     pub sink: &'a mut dyn FnMut(Measurement),
 }
 
@@ -243,6 +245,7 @@ impl Run<'_> {
             secs,
             errors,
             note,
+            round: self.round,
         });
         Ok(())
     }
