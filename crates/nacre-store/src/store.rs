@@ -201,12 +201,7 @@ impl Source for Ctx<'_> {
             _ => None,
         };
         let Some(slot) = slot else {
-            if let Some(p) = parent.cached_child(i).filter(|p| p.ptr == ptr) {
-                return Ok(p);
-            }
-            let p = self.page(ptr)?;
-            parent.remember_child(i, &p);
-            return Ok(p);
+            return self.page(ptr);
         };
         if let Some(p) = slot.get() {
             return Ok(p.clone());
