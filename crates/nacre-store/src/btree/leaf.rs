@@ -110,6 +110,13 @@ impl DirtyLeaf {
         entry_size(self.key(i), self.val(i))
     }
 
+    /// Move an owned entry out of its slot, leaving the slot empty.
+    fn take_own(&mut self, e: u32) -> (Box<[u8]>, Val) {
+        debug_assert!(e & OWN != 0);
+        let slot = &mut self.own[(e & !OWN) as usize];
+        std::mem::replace(slot, (Box::default(), Val::Inline(Vec::new())))
+    }
+
     fn push_own(&mut self, key: Box<[u8]>, val: Val) -> u32 {
         let i = self.own.len() as u32;
         assert!(i < OWN, "too many entries written to one leaf");
@@ -156,9 +163,7 @@ impl DirtyLeaf {
         self.size -= self.size_of(pos);
         let e = self.entries.remove(pos);
         if e & OWN != 0 {
-            let slot = &mut self.own[(e & !OWN) as usize];
-            let (_, v) = std::mem::replace(slot, (Box::default(), Val::Inline(Vec::new())));
-            v
+            self.take_own(e).1
         } else {
             self.base().value(e as usize).to_val()
         }
@@ -192,8 +197,7 @@ impl DirtyLeaf {
         };
         for e in moved {
             let e = if e & OWN != 0 {
-                let slot = &mut self.own[(e & !OWN) as usize];
-                let (k, v) = std::mem::replace(slot, (Box::default(), Val::Inline(Vec::new())));
+                let (k, v) = self.take_own(e);
                 right.push_own(k, v)
             } else {
                 e
@@ -221,8 +225,7 @@ impl DirtyLeaf {
         for i in 0..other.entries.len() {
             let e = other.entries[i];
             let e = if e & OWN != 0 {
-                let slot = &mut other.own[(e & !OWN) as usize];
-                let (k, v) = std::mem::replace(slot, (Box::default(), Val::Inline(Vec::new())));
+                let (k, v) = other.take_own(e);
                 self.push_own(k, v)
             } else if same_base {
                 e
