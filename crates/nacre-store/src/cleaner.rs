@@ -438,8 +438,7 @@ impl Relocator<'_, '_> {
         let page = self.ctx.page(ptr)?;
         // A relocated node is its old payload with some pointers changed:
         // copy the bytes and patch them, rather than decode and re-encode.
-        let mut rec = crate::bufpool::take(HEADER_LEN + page.payload_len());
-        rec.resize(HEADER_LEN, 0);
+        let mut rec = crate::record::record_buf(page.payload_len());
         let kind = if page.is_leaf() {
             let moved = (0..page.len()).any(|i| {
                 matches!(page.value(i), ValRef::Ext { ptr: vp, .. }

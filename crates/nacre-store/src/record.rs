@@ -59,6 +59,15 @@ impl Ptr {
     }
 }
 
+/// A pooled buffer for a record of `payload_len` bytes, holding
+/// `HEADER_LEN` zero bytes for the header; the payload is appended after
+/// them (see `Sink::append_node`).
+pub fn record_buf(payload_len: usize) -> Vec<u8> {
+    let mut buf = crate::bufpool::take(HEADER_LEN + payload_len);
+    buf.resize(HEADER_LEN, 0);
+    buf
+}
+
 pub fn align_up(n: u64) -> u64 {
     (n + ALIGN - 1) & !(ALIGN - 1)
 }

@@ -15,7 +15,7 @@ use super::leaf::DirtyLeaf;
 use super::page::{encode_branch_with, ChildInfo, Page, Val, CHILD_LEN};
 use super::seps::{Sep, SepKeys};
 use crate::error::Result;
-use crate::record::{align_up, Kind, Ptr, HEADER_LEN};
+use crate::record::{align_up, record_buf, Kind, Ptr};
 
 /// Where the write side gets clean pages from.
 pub trait Source {
@@ -776,8 +776,7 @@ impl Tree {
         let (ptr, bytes) = match node {
             Node::Leaf(leaf) => {
                 assert_eq!(leaf.len() as u64, c.count, "leaf count drifted");
-                let mut buf = crate::bufpool::take(HEADER_LEN + leaf.size());
-                buf.resize(HEADER_LEN, 0);
+                let mut buf = record_buf(leaf.size());
                 leaf.encode(&mut buf);
                 let ptr = sink.append_node(Kind::Leaf, buf)?;
                 (ptr, align_up(ptr.len as u64) + leaf.ext_bytes())
@@ -803,8 +802,7 @@ impl Tree {
                     "branch count drifted"
                 );
                 let size = 8 + CHILD_LEN + b.keys.bytes();
-                let mut buf = crate::bufpool::take(HEADER_LEN + size);
-                buf.resize(HEADER_LEN, 0);
+                let mut buf = record_buf(size);
                 encode_branch_with(b.level, b.keys.len(), |i| b.keys.get(i), info, &mut buf);
                 let ptr = sink.append_node(Kind::Branch, buf)?;
                 let bytes =
