@@ -25,9 +25,28 @@ impl Drop for ServerProc {
     }
 }
 
+/// A port that is free now, taken below Linux's ephemeral range (32768 and
+/// up by default). A port the kernel hands out for `bind(0)` is an ephemeral
+/// one, and an outgoing connection (a peer, a proxy, a client) could take it
+/// as its local port before the server binds it: a node then failed to start
+/// its peer listener and answered `going_down`. Ports from a per-process
+/// counter in 20000..32000 do not race with outgoing connections.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries run one after another but may overlap with a dying
+    // predecessor's processes: start each at a place given by its pid.
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (BASE + start.wrapping_add(n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {BASE}..{}", BASE + SPAN);
 }
 
 impl ServerProc {
