@@ -82,6 +82,67 @@ pub fn give(mut buf: Vec<u8>) {
     }
 }
 
+/// Idle bytes of search-slot vectors kept at most.
+pub const SLOTS_BYTES_MAX: usize = 2 << 20;
+/// Slot vectors come in power-of-two capacities from `SLOTS_CAPACITY_MIN`
+/// to `SLOTS_CAPACITY_MAX`, one free list per capacity: every decoded page
+/// has one, sized by its key count, and a single list of mixed sizes made
+/// a leaf's vector grow by realloc when a branch took it.
+pub const SLOTS_CAPACITY_MIN: usize = 64;
+pub const SLOTS_CAPACITY_MAX: usize = 4096;
+const SLOT_CLASSES: usize =
+    (SLOTS_CAPACITY_MAX.trailing_zeros() - SLOTS_CAPACITY_MIN.trailing_zeros()) as usize + 1;
+
+struct IdleSlots {
+    by_class: [Vec<Vec<u64>>; SLOT_CLASSES],
+    bytes: usize,
+}
+
+static SLOTS: Mutex<IdleSlots> = Mutex::new(IdleSlots {
+    by_class: [const { Vec::new() }; SLOT_CLASSES],
+    bytes: 0,
+});
+
+/// The size class of a vector that holds `len` slots, if pooled.
+fn slot_class(len: usize) -> Option<usize> {
+    let cap = len.max(SLOTS_CAPACITY_MIN).next_power_of_two();
+    (cap <= SLOTS_CAPACITY_MAX)
+        .then(|| (cap.trailing_zeros() - SLOTS_CAPACITY_MIN.trailing_zeros()) as usize)
+}
+
+/// An empty slot vector with room for at least `len` slots.
+pub fn take_slots(len: usize) -> Vec<u64> {
+    let Some(class) = slot_class(len) else {
+        return Vec::with_capacity(len);
+    };
+    let pooled = {
+        let mut pool = SLOTS.lock();
+        let v = pool.by_class[class].pop();
+        if let Some(v) = &v {
+            pool.bytes -= 8 * v.capacity();
+        }
+        v
+    };
+    let v = pooled.unwrap_or_else(|| Vec::with_capacity(SLOTS_CAPACITY_MIN << class));
+    debug_assert!(v.is_empty() && v.capacity() >= len);
+    v
+}
+
+/// Hand a slot vector back; kept if it is of a pooled capacity and the
+/// pool has room.
+pub fn give_slots(mut v: Vec<u64>) {
+    let cap = v.capacity();
+    let Some(class) = slot_class(cap).filter(|&c| SLOTS_CAPACITY_MIN << c == cap) else {
+        return;
+    };
+    v.clear();
+    let mut pool = SLOTS.lock();
+    if pool.bytes + 8 * cap <= SLOTS_BYTES_MAX {
+        pool.bytes += 8 * cap;
+        pool.by_class[class].push(v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +176,46 @@ mod tests {
         assert!(!keeps(POOL_CAPACITY_MAX + 1));
         assert!(!keeps(16));
         assert!(keeps(POOL_CAPACITY_MIN));
+    }
+
+    #[test]
+    fn slot_vectors_come_back_empty_and_the_pool_stays_bounded() {
+        let mut v = take_slots(10);
+        assert!(v.capacity() >= SLOTS_CAPACITY_MIN);
+        v.extend([1, 2, 3]);
+        give_slots(v);
+        let v = take_slots(500);
+        assert!(v.is_empty());
+        assert!(v.capacity() >= 500);
+        for _ in 0..SLOTS_BYTES_MAX / (8 * SLOTS_CAPACITY_MIN) * 2 {
+            give_slots(Vec::with_capacity(SLOTS_CAPACITY_MIN));
+        }
+        // Too large, or not of a pooled capacity: dropped, not counted.
+        give_slots(Vec::with_capacity(SLOTS_CAPACITY_MAX * 2));
+        give_slots(Vec::with_capacity(SLOTS_CAPACITY_MIN + 1));
+        let pool = SLOTS.lock();
+        assert!(pool.bytes <= SLOTS_BYTES_MAX);
+        let vecs = pool
+            .by_class
+            .iter()
+            .enumerate()
+            .flat_map(|(c, l)| l.iter().map(move |v| (c, v)));
+        let mut sum = 0;
+        for (c, v) in vecs {
+            assert_eq!(
+                v.capacity(),
+                SLOTS_CAPACITY_MIN << c,
+                "a vector in the wrong class"
+            );
+            sum += 8 * v.capacity();
+        }
+        assert_eq!(pool.bytes, sum);
+        drop(pool);
+        // A request is served from the class that holds it.
+        assert_eq!(
+            take_slots(SLOTS_CAPACITY_MIN + 1).capacity(),
+            2 * SLOTS_CAPACITY_MIN
+        );
+        assert!(take_slots(SLOTS_CAPACITY_MAX + 1).capacity() > SLOTS_CAPACITY_MAX);
     }
 }

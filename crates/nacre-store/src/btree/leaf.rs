@@ -138,11 +138,10 @@ impl DirtyLeaf {
         self.entries.insert(pos, e);
     }
 
-    /// Replace the value at `pos`; returns the old one.
-    pub fn replace(&mut self, pos: usize, val: Val) -> Val {
+    /// Replace the value at `pos`.
+    pub fn replace(&mut self, pos: usize, val: Val) {
         self.pristine = false;
         let old_size = self.size_of(pos);
-        let old = self.val(pos).to_val();
         let e = self.entries[pos];
         if e & OWN != 0 {
             // Replacing an entry this transaction wrote reuses its slot, so
@@ -155,7 +154,6 @@ impl DirtyLeaf {
             self.size = self.size - old_size + entry_size(&key, val_ref(&val));
             self.entries[pos] = self.push_own(key, val);
         }
-        old
     }
 
     pub fn remove(&mut self, pos: usize) -> Val {

@@ -87,8 +87,11 @@ pub struct Page {
     /// a copy). It returns to the buffer pool when the page is dropped.
     buf: Vec<u8>,
     start: usize,
-    /// The prefix every key (leaf) or separator (branch) shares.
-    shared: Box<[u8]>,
+    /// The prefix every key (leaf) or separator (branch) shares, as where
+    /// it starts in the payload (it is the head of the first key) and its
+    /// length: a range, not a copy, so that decoding allocates nothing for it.
+    shared_at: u32,
+    shared_len: u32,
     /// One slot per key (leaf) or separator (branch): in the high half the
     /// four bytes after `shared`, big-endian and zero-padded; in the low
     /// half the offset of its entry (or separator) in the payload. Searches
@@ -96,12 +99,14 @@ pub struct Page {
     /// find those keys without the offset table: one cache miss fewer per
     /// level than reading the table, which profiles of cached lookups
     /// showed to be memory-bound.
-    slots: Box<[u64]>,
+    /// A pooled vector, like `buf`: every page read from the log makes one.
+    slots: Vec<u64>,
 }
 
 impl Drop for Page {
     fn drop(&mut self) {
         crate::bufpool::give(std::mem::take(&mut self.buf));
+        crate::bufpool::give_slots(std::mem::take(&mut self.slots));
     }
 }
 
@@ -249,23 +254,35 @@ impl Page {
             n,
             buf,
             start,
-            shared: Box::new([]),
-            slots: Box::new([]),
+            shared_at: 0,
+            shared_len: 0,
+            slots: Vec::new(),
         };
         let keys = page.search_keys();
         if keys > 0 {
             let common = common_len(page.search_key(0), page.search_key(keys - 1));
-            let slots: Box<[u64]> = (0..keys)
-                .map(|i| {
-                    let off = page.search_offset(i) as u64;
-                    ((prefix_at(page.search_key(i), common) as u64) << 32) | off
-                })
-                .collect();
-            let shared: Box<[u8]> = page.search_key(0)[..common].into();
+            let mut slots = crate::bufpool::take_slots(keys);
+            slots.extend((0..keys).map(|i| {
+                let off = page.search_offset(i) as u64;
+                ((prefix_at(page.search_key(i), common) as u64) << 32) | off
+            }));
+            // The first key's bytes follow its length (and, in a leaf, the
+            // rest of the entry header); a payload is under 4 GiB, as a
+            // record's length is a u32.
+            let at = page.search_offset(0) + page.key_header_len();
             page.slots = slots;
-            page.shared = shared;
+            page.shared_at = at as u32;
+            page.shared_len = common as u32;
+            debug_assert_eq!(page.shared(), &page.search_key(0)[..common]);
         }
         Ok(page)
+    }
+
+    /// The prefix every searched key shares.
+    #[inline]
+    fn shared(&self) -> &[u8] {
+        let at = self.shared_at as usize;
+        &self.data()[at..at + self.shared_len as usize]
     }
 
     /// Number of keys searched: entries of a leaf, separators of a branch.
@@ -299,8 +316,18 @@ impl Page {
     fn slot_key(&self, i: usize) -> &[u8] {
         let off = self.slots[i] as u32 as usize;
         let klen = rd_u32(self.data(), off) as usize;
-        let at = off + if self.is_leaf() { LEAF_ENTRY_HEADER } else { 4 };
+        let at = off + self.key_header_len();
         &self.data()[at..at + klen]
+    }
+
+    /// Bytes before a searched key's own bytes in its entry or separator.
+    #[inline]
+    fn key_header_len(&self) -> usize {
+        if self.is_leaf() {
+            LEAF_ENTRY_HEADER
+        } else {
+            4
+        }
     }
 
     /// Where `key` falls among the searched keys: `Ok(i)` if equal to key
@@ -310,12 +337,12 @@ impl Page {
         if m == 0 {
             return Err(0);
         }
-        let c = self.shared.len();
+        let c = self.shared_len as usize;
         if c > 0 {
             // Every key starts with the same `c` bytes; a key that differs
             // there is before or after all of them.
             let head = &key[..c.min(key.len())];
-            match head.cmp(&self.shared[..head.len()]) {
+            match head.cmp(&self.shared()[..head.len()]) {
                 std::cmp::Ordering::Less => return Err(0),
                 std::cmp::Ordering::Greater => return Err(m),
                 std::cmp::Ordering::Equal if key.len() < c => return Err(0),
@@ -353,7 +380,7 @@ impl Page {
     }
 
     pub fn weight(&self) -> u64 {
-        (self.buf.capacity() + self.shared.len() + 8 * self.slots.len()) as u64 + 96
+        (self.buf.capacity() + 8 * self.slots.capacity()) as u64 + 96
     }
 
     // ---- leaf ----
@@ -636,7 +663,7 @@ mod tests {
         let mut buf = Vec::new();
         encode_leaf(&entries, &mut buf);
         let p = Page::decode(Ptr { addr: 8, len: 0 }, Kind::Leaf, &buf).unwrap();
-        assert_eq!(&*p.shared, b"/cfg/");
+        assert_eq!(p.shared(), b"/cfg/");
         let probes: Vec<&[u8]> = vec![
             b"",
             b"/",
