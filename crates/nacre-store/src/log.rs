@@ -38,6 +38,8 @@ const APPEND_BUF_MAX: usize = 1 << 20;
 /// zeros: an fdatasync that need not record a new file size (no journal
 /// commit on ext4) is markedly cheaper, and only the fsync path pays for it.
 const ZERO_AHEAD: u64 = 1 << 20;
+/// The page size that early writeback rounds down to.
+const WRITEBACK_PAGE: u64 = 4096;
 
 pub fn segment_name(id: u64) -> String {
     format!("seg-{id:016x}.nacre")
@@ -484,7 +486,18 @@ impl Log {
         record::seal(rec, addr, kind);
         app.off += footprint;
         if app.buf.len() >= APPEND_BUF_MAX {
+            let from = app.flushed_off;
             self.flush_locked(&mut app)?;
+            // A large commit is written a megabyte at a time while it is
+            // still being built: have the device start on each megabyte now,
+            // so that the commit's fsync waits only for the last one. Only
+            // whole pages are handed over; the last, partly filled one is
+            // written again by the next append.
+            let to = app.off / WRITEBACK_PAGE * WRITEBACK_PAGE;
+            if to > from {
+                // Only a hint: a failure leaves the work to the fsync.
+                let _ = app.head.file.start_writeback(from, to - from);
+            }
         }
         Ok(Ptr {
             addr,

@@ -380,7 +380,7 @@ impl Inner {
         debug_assert!(matches!(kind, Kind::Leaf | Kind::Branch));
         let p = self.log.append(kind, &rec[HEADER_LEN..])?;
         self.cache
-            .insert(Arc::new(Page::decode_owned(p, kind, rec, HEADER_LEN)?));
+            .insert(Arc::new(Page::from_written(p, kind, rec, HEADER_LEN)));
         Ok(p)
     }
 

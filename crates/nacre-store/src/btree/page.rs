@@ -27,6 +27,8 @@
 //! `bytes` the log footprint of its subtree (nodes and value records), which
 //! makes `count` O(1) and lets a range delete drop whole subtrees unread.
 
+use std::sync::OnceLock;
+
 use crate::error::{Error, Result};
 use crate::record::{put_ptr, put_u32, put_u64, Kind, Ptr, Reader};
 
@@ -87,9 +89,18 @@ pub struct Page {
     /// a copy). It returns to the buffer pool when the page is dropped.
     buf: Vec<u8>,
     start: usize,
+    /// What searches use, built on the first search: a page written by a
+    /// commit goes into the cache, and most such pages are evicted again
+    /// before anyone searches them.
+    search: OnceLock<Search>,
+}
+
+/// A page's search aids.
+#[derive(Debug)]
+struct Search {
     /// The prefix every key (leaf) or separator (branch) shares, as where
     /// it starts in the payload (it is the head of the first key) and its
-    /// length: a range, not a copy, so that decoding allocates nothing for it.
+    /// length: a range, not a copy, so that it costs no allocation.
     shared_at: u32,
     shared_len: u32,
     /// One slot per key (leaf) or separator (branch): in the high half the
@@ -99,14 +110,16 @@ pub struct Page {
     /// find those keys without the offset table: one cache miss fewer per
     /// level than reading the table, which profiles of cached lookups
     /// showed to be memory-bound.
-    /// A pooled vector, like `buf`: every page read from the log makes one.
+    /// A pooled vector, like `buf`: every page searched makes one.
     slots: Vec<u64>,
 }
 
 impl Drop for Page {
     fn drop(&mut self) {
         crate::bufpool::give(std::mem::take(&mut self.buf));
-        crate::bufpool::give_slots(std::mem::take(&mut self.slots));
+        if let Some(s) = self.search.take() {
+            crate::bufpool::give_slots(s.slots);
+        }
     }
 }
 
@@ -171,6 +184,74 @@ fn rd_u64(d: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(d[at..at + 8].try_into().unwrap())
 }
 
+/// Check a node's payload: every offset and length in it lies inside it.
+/// Returns the node's level and its entry (leaf) or child (branch) count.
+fn validate(ptr: Ptr, kind: Kind, payload: &[u8]) -> Result<(u8, usize)> {
+    let bad = |what: &str| Error::corrupt(ptr.addr, format!("malformed node: {what}"));
+    let mut r = Reader::new(payload, ptr.addr);
+    let level = r.u8()?;
+    r.u8()?;
+    r.u16()?;
+    let n = r.u32()? as usize;
+    match kind {
+        Kind::Leaf => {
+            if level != 0 {
+                return Err(bad("leaf with nonzero level"));
+            }
+            let table_end = 8usize
+                .checked_add(n.checked_mul(4).ok_or_else(|| bad("entry count"))?)
+                .filter(|&e| e <= payload.len())
+                .ok_or_else(|| bad("entry table past end"))?;
+            for i in 0..n {
+                let off = rd_u32(payload, 8 + 4 * i) as usize;
+                if off < table_end {
+                    return Err(bad("entry offset inside header"));
+                }
+                let mut e = Reader::new(
+                    payload.get(off..).ok_or_else(|| bad("entry offset"))?,
+                    ptr.addr,
+                );
+                let klen = e.u32()? as usize;
+                let vtag = e.u8()?;
+                let vlen = e.u32()? as usize;
+                e.bytes(klen)?;
+                match vtag {
+                    0 => {
+                        e.bytes(vlen)?;
+                    }
+                    1 => {
+                        e.bytes(EXT_LEN)?;
+                    }
+                    _ => return Err(bad("value tag")),
+                }
+            }
+        }
+        Kind::Branch => {
+            if level == 0 || n == 0 {
+                return Err(bad("branch with level 0 or no children"));
+            }
+            let table_end = n
+                .checked_mul(CHILD_LEN + 4)
+                .and_then(|t| t.checked_add(8 - 4))
+                .filter(|&e| e <= payload.len())
+                .ok_or_else(|| bad("child table past end"))?;
+            let _ = table_end;
+            let offs_at = 8 + n * CHILD_LEN;
+            for i in 0..n - 1 {
+                let off = rd_u32(payload, offs_at + 4 * i) as usize;
+                let mut e = Reader::new(
+                    payload.get(off..).ok_or_else(|| bad("separator offset"))?,
+                    ptr.addr,
+                );
+                let klen = e.u32()? as usize;
+                e.bytes(klen)?;
+            }
+        }
+        _ => return Err(bad("record is not a node")),
+    }
+    Ok((level, n))
+}
+
 impl Page {
     #[cfg(test)]
     pub fn decode(ptr: Ptr, kind: Kind, payload: &[u8]) -> Result<Page> {
@@ -186,103 +267,76 @@ impl Page {
         let payload = buf
             .get(start..)
             .ok_or_else(|| Error::corrupt(ptr.addr, "record shorter than its header"))?;
-        let bad = |what: &str| Error::corrupt(ptr.addr, format!("malformed node: {what}"));
-        let mut r = Reader::new(payload, ptr.addr);
-        let level = r.u8()?;
-        r.u8()?;
-        r.u16()?;
-        let n = r.u32()? as usize;
-        match kind {
-            Kind::Leaf => {
-                if level != 0 {
-                    return Err(bad("leaf with nonzero level"));
-                }
-                let table_end = 8usize
-                    .checked_add(n.checked_mul(4).ok_or_else(|| bad("entry count"))?)
-                    .filter(|&e| e <= payload.len())
-                    .ok_or_else(|| bad("entry table past end"))?;
-                for i in 0..n {
-                    let off = rd_u32(payload, 8 + 4 * i) as usize;
-                    if off < table_end {
-                        return Err(bad("entry offset inside header"));
-                    }
-                    let mut e = Reader::new(
-                        payload.get(off..).ok_or_else(|| bad("entry offset"))?,
-                        ptr.addr,
-                    );
-                    let klen = e.u32()? as usize;
-                    let vtag = e.u8()?;
-                    let vlen = e.u32()? as usize;
-                    e.bytes(klen)?;
-                    match vtag {
-                        0 => {
-                            e.bytes(vlen)?;
-                        }
-                        1 => {
-                            e.bytes(EXT_LEN)?;
-                        }
-                        _ => return Err(bad("value tag")),
-                    }
-                }
-            }
-            Kind::Branch => {
-                if level == 0 || n == 0 {
-                    return Err(bad("branch with level 0 or no children"));
-                }
-                let table_end = n
-                    .checked_mul(CHILD_LEN + 4)
-                    .and_then(|t| t.checked_add(8 - 4))
-                    .filter(|&e| e <= payload.len())
-                    .ok_or_else(|| bad("child table past end"))?;
-                let _ = table_end;
-                let offs_at = 8 + n * CHILD_LEN;
-                for i in 0..n - 1 {
-                    let off = rd_u32(payload, offs_at + 4 * i) as usize;
-                    let mut e = Reader::new(
-                        payload.get(off..).ok_or_else(|| bad("separator offset"))?,
-                        ptr.addr,
-                    );
-                    let klen = e.u32()? as usize;
-                    e.bytes(klen)?;
-                }
-            }
-            _ => return Err(bad("record is not a node")),
-        }
-        let mut page = Page {
+        let (level, n) = validate(ptr, kind, payload)?;
+        let page = Page {
             ptr,
             level,
             n,
             buf,
             start,
-            shared_at: 0,
-            shared_len: 0,
-            slots: Vec::new(),
+            search: OnceLock::new(),
         };
-        let keys = page.search_keys();
-        if keys > 0 {
-            let common = common_len(page.search_key(0), page.search_key(keys - 1));
+        // A page is read from the log because someone is about to search it.
+        page.search_aids();
+        Ok(page)
+    }
+
+    /// A page this process just encoded (a commit's node, or one the
+    /// cleaner relocated from a page that was validated when read), kept as
+    /// it is: validated only in debug builds, and its search aids left
+    /// until a search needs them.
+    pub fn from_written(ptr: Ptr, kind: Kind, buf: Vec<u8>, start: usize) -> Page {
+        debug_assert!(
+            validate(ptr, kind, &buf[start..]).is_ok(),
+            "a written node does not decode"
+        );
+        let d = &buf[start..];
+        let (level, n) = (d[0], rd_u32(d, 4) as usize);
+        Page {
+            ptr,
+            level,
+            n,
+            buf,
+            start,
+            search: OnceLock::new(),
+        }
+    }
+
+    fn search_aids(&self) -> &Search {
+        self.search.get_or_init(|| {
+            let keys = self.search_keys();
+            if keys == 0 {
+                return Search {
+                    shared_at: 0,
+                    shared_len: 0,
+                    slots: Vec::new(),
+                };
+            }
+            let common = common_len(self.search_key(0), self.search_key(keys - 1));
             let mut slots = crate::bufpool::take_slots(keys);
             slots.extend((0..keys).map(|i| {
-                let off = page.search_offset(i) as u64;
-                ((prefix_at(page.search_key(i), common) as u64) << 32) | off
+                let off = self.search_offset(i) as u64;
+                ((prefix_at(self.search_key(i), common) as u64) << 32) | off
             }));
             // The first key's bytes follow its length (and, in a leaf, the
             // rest of the entry header); a payload is under 4 GiB, as a
             // record's length is a u32.
-            let at = page.search_offset(0) + page.key_header_len();
-            page.slots = slots;
-            page.shared_at = at as u32;
-            page.shared_len = common as u32;
-            debug_assert_eq!(page.shared(), &page.search_key(0)[..common]);
-        }
-        Ok(page)
+            let at = self.search_offset(0) + self.key_header_len();
+            debug_assert_eq!(&self.data()[at..at + common], &self.search_key(0)[..common]);
+            Search {
+                shared_at: at as u32,
+                shared_len: common as u32,
+                slots,
+            }
+        })
     }
 
     /// The prefix every searched key shares.
-    #[inline]
+    #[cfg(test)]
     fn shared(&self) -> &[u8] {
-        let at = self.shared_at as usize;
-        &self.data()[at..at + self.shared_len as usize]
+        let s = self.search_aids();
+        let at = s.shared_at as usize;
+        &self.data()[at..at + s.shared_len as usize]
     }
 
     /// Number of keys searched: entries of a leaf, separators of a branch.
@@ -313,8 +367,8 @@ impl Page {
 
     /// Searched key `i`, found through its slot.
     #[inline]
-    fn slot_key(&self, i: usize) -> &[u8] {
-        let off = self.slots[i] as u32 as usize;
+    fn slot_key<'a>(&'a self, slots: &[u64], i: usize) -> &'a [u8] {
+        let off = slots[i] as u32 as usize;
         let klen = rd_u32(self.data(), off) as usize;
         let at = off + self.key_header_len();
         &self.data()[at..at + klen]
@@ -337,12 +391,14 @@ impl Page {
         if m == 0 {
             return Err(0);
         }
-        let c = self.shared_len as usize;
+        let search = self.search_aids();
+        let c = search.shared_len as usize;
         if c > 0 {
             // Every key starts with the same `c` bytes; a key that differs
             // there is before or after all of them.
             let head = &key[..c.min(key.len())];
-            match head.cmp(&self.shared()[..head.len()]) {
+            let at = search.shared_at as usize;
+            match head.cmp(&self.data()[at..at + head.len()]) {
                 std::cmp::Ordering::Less => return Err(0),
                 std::cmp::Ordering::Greater => return Err(m),
                 std::cmp::Ordering::Equal if key.len() < c => return Err(0),
@@ -350,9 +406,10 @@ impl Page {
             }
         }
         let kp = prefix_at(key, c) as u64;
-        let lo = self.slots.partition_point(|&s| s >> 32 < kp);
-        let hi = lo + self.slots[lo..].partition_point(|&s| s >> 32 == kp);
-        search_sorted(lo..hi, |i| self.slot_key(i), key)
+        let slots = &search.slots[..];
+        let lo = slots.partition_point(|&s| s >> 32 < kp);
+        let hi = lo + slots[lo..].partition_point(|&s| s >> 32 == kp);
+        search_sorted(lo..hi, |i| self.slot_key(slots, i), key)
     }
 
     pub fn is_leaf(&self) -> bool {
@@ -380,7 +437,8 @@ impl Page {
     }
 
     pub fn weight(&self) -> u64 {
-        (self.buf.capacity() + 8 * self.slots.capacity()) as u64 + 96
+        // The search slots are counted whether or not they were built yet.
+        (self.buf.capacity() + 8 * self.search_keys()) as u64 + 96
     }
 
     // ---- leaf ----

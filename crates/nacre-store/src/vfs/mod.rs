@@ -26,6 +26,12 @@ pub trait VFile: Send + Sync {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make every completed write to this file durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// A hint: start writing `len` bytes from `offset` to the device now,
+    /// without waiting, so that a later `sync_data` has less left to do.
+    /// It promises nothing about durability; the default does nothing.
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
 }
@@ -66,6 +72,29 @@ impl VFile for OsFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(());
+        };
+        // SAFETY: sync_file_range reads no memory of ours; the descriptor is
+        // owned by `self.file` and open for as long as `self` lives.
+        let r = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     fn len(&self) -> io::Result<u64> {
