@@ -480,10 +480,13 @@ impl Log {
         );
         let addr = app.head.id * self.seg_size + app.off;
         let at = app.buf.len();
+        // Header room, payload, then zeros only for the alignment padding:
+        // setting the whole footprint to zero first cost a memset of every
+        // byte the log writes.
+        app.buf.extend_from_slice(&[0u8; HEADER_LEN]);
+        app.buf.extend_from_slice(payload);
         app.buf.resize(at + footprint as usize, 0);
-        let rec = &mut app.buf[at..at + rec_len];
-        rec[HEADER_LEN..].copy_from_slice(payload);
-        record::seal(rec, addr, kind);
+        record::seal(&mut app.buf[at..at + rec_len], addr, kind);
         app.off += footprint;
         if app.buf.len() >= APPEND_BUF_MAX {
             let from = app.flushed_off;
@@ -680,7 +683,7 @@ impl Log {
         if (ptr.len as usize) < HEADER_LEN || off + ptr.len as u64 > self.seg_size {
             return Err(Error::corrupt(ptr.addr, "record pointer out of bounds"));
         }
-        let mut buf = crate::bufpool::take_zeroed(ptr.len as usize);
+        let mut buf = crate::bufpool::take_for_read(ptr.len as usize);
         seg.file.read_exact_at(&mut buf, off).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::corrupt(ptr.addr, "record lies past the end of its segment")

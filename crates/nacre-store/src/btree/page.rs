@@ -47,6 +47,18 @@ pub enum Val {
     },
 }
 
+impl Val {
+    pub fn as_ref(&self) -> ValRef<'_> {
+        match self {
+            Val::Inline(b) => ValRef::Inline(b),
+            Val::Ext { vlen, ptr } => ValRef::Ext {
+                vlen: *vlen,
+                ptr: *ptr,
+            },
+        }
+    }
+}
+
 /// Borrowed view of a value in a clean leaf.
 #[derive(Debug, Clone, Copy)]
 pub enum ValRef<'a> {
@@ -474,6 +486,21 @@ impl Page {
         }
     }
 
+    /// Entry `i` as it is encoded (header, key, value or value pointer), so
+    /// that a leaf copied on write can take it over without decoding it.
+    pub fn entry_bytes(&self, i: usize) -> &[u8] {
+        debug_assert!(self.is_leaf() && i < self.n);
+        let d = self.data();
+        let off = self.entry_at(i);
+        let klen = rd_u32(d, off) as usize;
+        let vlen = if d[off + 4] == 0 {
+            rd_u32(d, off + 5) as usize
+        } else {
+            EXT_LEN
+        };
+        &d[off..off + LEAF_ENTRY_HEADER + klen + vlen]
+    }
+
     /// Binary search for `key` among the leaf's entries.
     pub fn search(&self, key: &[u8]) -> std::result::Result<usize, usize> {
         debug_assert!(self.is_leaf());
@@ -550,31 +577,16 @@ pub fn branch_entry_size(sep: &[u8]) -> usize {
 #[cfg(test)]
 pub fn encode_leaf(entries: &[(Vec<u8>, Val)], out: &mut Vec<u8>) {
     out.clear();
-    encode_leaf_with(
+    encode_leaf_raw(
         entries.len(),
-        |i| {
-            let (k, v) = &entries[i];
-            let v = match v {
-                Val::Inline(b) => ValRef::Inline(b),
-                Val::Ext { vlen, ptr } => ValRef::Ext {
-                    vlen: *vlen,
-                    ptr: *ptr,
-                },
-            };
-            (k.as_slice(), v)
-        },
+        |i, out| encode_entry(&entries[i].0, entries[i].1.as_ref(), out),
         out,
     );
 }
 
-/// Encode `n` entries, entry `i` given by `entry(i)`, in key order. The
-/// payload is appended to `out`; its offsets count from where it starts (so
-/// a caller may put a record header in front).
-pub fn encode_leaf_with<'a>(
-    n: usize,
-    entry: impl Fn(usize) -> (&'a [u8], ValRef<'a>),
-    out: &mut Vec<u8>,
-) {
+/// Encode a leaf of `n` entries where `put_entry(i, out)` appends entry `i`
+/// as it is encoded (see `encode_entry`, `Page::entry_bytes`).
+pub fn encode_leaf_raw(n: usize, put_entry: impl Fn(usize, &mut Vec<u8>), out: &mut Vec<u8>) {
     let base = out.len();
     out.extend_from_slice(&[0, 0, 0, 0]);
     put_u32(out, n as u32);
@@ -583,21 +595,26 @@ pub fn encode_leaf_with<'a>(
     for i in 0..n {
         let off = (out.len() - base) as u32;
         out[table + 4 * i..table + 4 * i + 4].copy_from_slice(&off.to_le_bytes());
-        let (k, v) = entry(i);
-        put_u32(out, k.len() as u32);
-        match v {
-            ValRef::Inline(b) => {
-                out.push(0);
-                put_u32(out, b.len() as u32);
-                out.extend_from_slice(k);
-                out.extend_from_slice(b);
-            }
-            ValRef::Ext { vlen, ptr } => {
-                out.push(1);
-                put_u32(out, vlen);
-                out.extend_from_slice(k);
-                put_ptr(out, ptr);
-            }
+        put_entry(i, out);
+    }
+}
+
+/// Append one leaf entry: key length, value tag, value length, key, then
+/// the value or the pointer to its record.
+pub fn encode_entry(k: &[u8], v: ValRef<'_>, out: &mut Vec<u8>) {
+    put_u32(out, k.len() as u32);
+    match v {
+        ValRef::Inline(b) => {
+            out.push(0);
+            put_u32(out, b.len() as u32);
+            out.extend_from_slice(k);
+            out.extend_from_slice(b);
+        }
+        ValRef::Ext { vlen, ptr } => {
+            out.push(1);
+            put_u32(out, vlen);
+            out.extend_from_slice(k);
+            put_ptr(out, ptr);
         }
     }
 }
@@ -615,7 +632,7 @@ pub fn encode_branch(level: u8, keys: &[Vec<u8>], children: &[ChildInfo], out: &
 }
 
 /// Encode a branch whose separator `i` is `key(i)` and child `i` is
-/// `child(i)`, appended to `out` like `encode_leaf_with`.
+/// `child(i)`, appended to `out` like `encode_leaf_raw`.
 pub fn encode_branch_with<'a>(
     level: u8,
     nkeys: usize,
