@@ -30,6 +30,13 @@ pub struct DirtyLeaf {
     pristine: bool,
 }
 
+/// A leaf's vectors without their contents.
+#[derive(Debug, Default)]
+pub struct LeafVecs {
+    entries: Vec<u32>,
+    own: Vec<(Box<[u8]>, Val)>,
+}
+
 /// Bytes one entry adds to a leaf's encoding (offset slot included).
 fn entry_size(key: &[u8], val: ValRef<'_>) -> usize {
     let v = match val {
@@ -51,15 +58,38 @@ impl DirtyLeaf {
     }
 
     pub fn from_page(page: &Arc<Page>) -> DirtyLeaf {
+        DirtyLeaf::from_page_reusing(page, LeafVecs::default())
+    }
+
+    /// `from_page`, in vectors a written leaf left behind (see `into_vecs`).
+    pub fn from_page_reusing(page: &Arc<Page>, vecs: LeafVecs) -> DirtyLeaf {
         debug_assert!(page.is_leaf());
         assert!((page.len() as u64) < OWN as u64, "leaf entry count");
+        let LeafVecs { mut entries, own } = vecs;
+        debug_assert!(entries.is_empty() && own.is_empty());
+        entries.extend(0..page.len() as u32);
         DirtyLeaf {
             base: Some(page.clone()),
-            entries: (0..page.len() as u32).collect(),
-            own: Vec::new(),
+            entries,
+            own,
             size: page.payload_len(),
             pristine: true,
         }
+    }
+
+    /// The leaf's vectors, emptied, for the next leaf a transaction copies:
+    /// a commit of random puts copies about a thousand leaves, and making
+    /// these vectors afresh for each showed in profiles as malloc's slow
+    /// path.
+    pub fn into_vecs(self) -> LeafVecs {
+        let DirtyLeaf {
+            mut entries,
+            mut own,
+            ..
+        } = self;
+        entries.clear();
+        own.clear();
+        LeafVecs { entries, own }
     }
 
     pub fn len(&self) -> usize {

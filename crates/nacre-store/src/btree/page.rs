@@ -27,6 +27,7 @@
 //! `bytes` the log footprint of its subtree (nodes and value records), which
 //! makes `count` O(1) and lets a range delete drop whole subtrees unread.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
@@ -101,10 +102,14 @@ pub struct Page {
     /// a copy). It returns to the buffer pool when the page is dropped.
     buf: Vec<u8>,
     start: usize,
-    /// What searches use, built on the first search: a page written by a
-    /// commit goes into the cache, and most such pages are evicted again
-    /// before anyone searches them.
+    /// What searches use, built on the second search. Building it costs
+    /// about as much as a few plain binary searches, and many pages are
+    /// searched once or never: a page a commit writes goes into the cache
+    /// and is mostly evicted unsearched; a leaf a writer reads to copy it,
+    /// or a reader reads on a cache miss, is mostly searched once.
     search: OnceLock<Search>,
+    /// Whether a search without the aids was made already.
+    searched: AtomicBool,
 }
 
 /// A page's search aids.
@@ -287,9 +292,8 @@ impl Page {
             buf,
             start,
             search: OnceLock::new(),
+            searched: AtomicBool::new(false),
         };
-        // A page is read from the log because someone is about to search it.
-        page.search_aids();
         Ok(page)
     }
 
@@ -311,6 +315,7 @@ impl Page {
             buf,
             start,
             search: OnceLock::new(),
+            searched: AtomicBool::new(false),
         }
     }
 
@@ -403,7 +408,14 @@ impl Page {
         if m == 0 {
             return Err(0);
         }
-        let search = self.search_aids();
+        let search = match self.search.get() {
+            Some(s) => s,
+            // A race between two first searches only builds the aids early.
+            None if !self.searched.swap(true, Ordering::Relaxed) => {
+                return search_sorted(0..m, |i| self.search_key(i), key);
+            }
+            None => self.search_aids(),
+        };
         let c = search.shared_len as usize;
         if c > 0 {
             // Every key starts with the same `c` bytes; a key that differs
@@ -760,6 +772,13 @@ mod tests {
         for q in probes {
             let want = raw.binary_search(&q);
             assert_eq!(p.search(q), want, "probe {q:?}");
+            // A fresh page's first search goes without the aids, its second
+            // builds and uses them.
+            let fresh = Page::decode(Ptr { addr: 8, len: 0 }, Kind::Leaf, &buf).unwrap();
+            assert_eq!(fresh.search(q), want, "first search, probe {q:?}");
+            assert!(fresh.search.get().is_none());
+            assert_eq!(fresh.search(q), want, "second search, probe {q:?}");
+            assert!(fresh.search.get().is_some());
         }
         let keys: Vec<Vec<u8>> = raw[1..].iter().map(|k| k.to_vec()).collect();
         let ch = |a| ChildInfo {

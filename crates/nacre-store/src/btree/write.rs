@@ -11,7 +11,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::leaf::DirtyLeaf;
+use super::leaf::{DirtyLeaf, LeafVecs};
 use super::page::{encode_branch_with, ChildInfo, Page, Val, CHILD_LEN};
 use super::seps::{Sep, SepKeys};
 use crate::error::Result;
@@ -86,6 +86,7 @@ pub struct Spares {
     arena: Vec<Node>,
     children: Vec<Vec<Child>>,
     seps: Vec<Vec<Sep>>,
+    leaves: Vec<LeafVecs>,
 }
 
 /// Vectors kept at most, of each kind.
@@ -103,9 +104,16 @@ impl Spares {
         }
     }
 
+    fn keep_leaf(&mut self, l: DirtyLeaf) {
+        if self.leaves.len() < SPARES_MAX {
+            self.leaves.push(l.into_vecs());
+        }
+    }
+
     fn node_from_page(&mut self, p: &Arc<Page>) -> Node {
         if p.is_leaf() {
-            return Node::Leaf(DirtyLeaf::from_page(p));
+            let vecs = self.leaves.pop().unwrap_or_default();
+            return Node::Leaf(DirtyLeaf::from_page_reusing(p, vecs));
         }
         let mut children = self.children.pop().unwrap_or_default();
         children.extend((0..p.len()).map(|i| Child::clean(p.child(i))));
@@ -784,7 +792,9 @@ impl Tree {
                 let mut buf = record_buf(leaf.size());
                 leaf.encode(&mut buf);
                 let ptr = sink.append_node(Kind::Leaf, buf)?;
-                (ptr, align_up(ptr.len as u64) + leaf.ext_bytes())
+                let bytes = align_up(ptr.len as u64) + leaf.ext_bytes();
+                self.spares.keep_leaf(leaf);
+                (ptr, bytes)
             }
             Node::Branch(mut b) => {
                 for ch in b.children.iter_mut() {
