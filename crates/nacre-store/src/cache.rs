@@ -91,6 +91,15 @@ impl PageCache {
         self.cache.insert(page.ptr.addr, page);
     }
 
+    /// Drop the pages at `addrs`, superseded by a commit: they would only
+    /// push out current pages before they aged out. A reader of an older
+    /// version that still wants one reads it again.
+    pub fn forget(&self, addrs: &[u64]) {
+        for a in addrs {
+            self.cache.remove(a);
+        }
+    }
+
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }

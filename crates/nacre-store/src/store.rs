@@ -171,8 +171,10 @@ pub(crate) struct Ctx<'a> {
     pub pinned_children: Option<&'a [OnceLock<Arc<Page>>]>,
 }
 
-impl Source for Ctx<'_> {
-    fn page(&self, ptr: Ptr) -> Result<Arc<Page>> {
+impl Ctx<'_> {
+    /// The page at `ptr`, from the cache or else from the log; a page read
+    /// from the log goes into the cache if `keep`.
+    fn fetch(&self, ptr: Ptr, keep: bool) -> Result<Arc<Page>> {
         if let Some(p) = self.pinned.filter(|p| p.ptr == ptr) {
             return Ok(p.clone());
         }
@@ -190,8 +192,24 @@ impl Source for Ctx<'_> {
         }
         let (kind, record) = self.inner.log.read_record_raw(self.segs, ptr)?;
         let page = Arc::new(Page::decode_owned(ptr, kind, record, HEADER_LEN)?);
-        self.inner.cache.insert(page.clone());
+        if keep {
+            self.inner.cache.insert(page.clone());
+        }
         Ok(page)
+    }
+}
+
+impl Source for Ctx<'_> {
+    fn page(&self, ptr: Ptr) -> Result<Arc<Page>> {
+        self.fetch(ptr, true)
+    }
+
+    /// Not cached when read from the log: the commit writes (and caches)
+    /// the page's successor, and a superseded page in the cache would only
+    /// push out pages that are still current. Random writes into a store
+    /// larger than the cache read most of the leaves they copy.
+    fn page_to_copy(&self, ptr: Ptr) -> Result<Arc<Page>> {
+        self.fetch(ptr, false)
     }
 
     fn child(&self, parent: &Page, i: usize) -> Result<Arc<Page>> {

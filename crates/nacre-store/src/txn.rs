@@ -463,10 +463,12 @@ impl<'a> WriteTxn<'a> {
             return Ok(CommitInfo { seq: self.base.seq });
         }
         let root = self.spill()?;
+        let superseded = self.tree.take_superseded();
         self.keep_spares();
         let guard = self.guard.take().expect("transaction already finished");
         let inner = self.inner();
         let seq = inner.commit_root(guard, root, self.base.catalog.clone(), durability)?;
+        inner.cache.forget(&superseded);
         inner
             .counters
             .user_commits

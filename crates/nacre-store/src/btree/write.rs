@@ -26,6 +26,12 @@ pub trait Source {
     fn child(&self, parent: &Page, i: usize) -> Result<Arc<Page>> {
         self.page(parent.child(i).ptr)
     }
+
+    /// A page a write transaction is about to copy on write. The commit
+    /// supersedes it, so a source need not keep it (in a cache) for later.
+    fn page_to_copy(&self, ptr: Ptr) -> Result<Arc<Page>> {
+        self.page(ptr)
+    }
 }
 
 /// Where it writes nodes to.
@@ -222,6 +228,9 @@ pub struct Tree {
     gone: usize,
     node_size: usize,
     spares: Spares,
+    /// Positions of the clean nodes this transaction copied on write: once
+    /// it commits, they are superseded.
+    superseded: Vec<u64>,
 }
 
 impl Tree {
@@ -234,7 +243,13 @@ impl Tree {
             gone: 0,
             node_size,
             spares,
+            superseded: Vec::new(),
         }
+    }
+
+    /// The positions of the nodes this transaction copied on write so far.
+    pub fn take_superseded(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.superseded)
     }
 
     pub fn count(&self) -> u64 {
@@ -294,8 +309,9 @@ impl Tree {
         match root.r {
             NodeRef::Dirty(i) => Ok(i),
             NodeRef::Clean(ptr) => {
-                let page = src.page(ptr)?;
+                let page = src.page_to_copy(ptr)?;
                 let node = self.spares.node_from_page(&page);
+                self.superseded.push(ptr.addr);
                 let idx = self.push(node);
                 self.root.as_mut().unwrap().r = NodeRef::Dirty(idx);
                 Ok(idx)
@@ -307,8 +323,9 @@ impl Tree {
         match self.branch(parent).children[i].r {
             NodeRef::Dirty(c) => Ok(c),
             NodeRef::Clean(ptr) => {
-                let page = src.page(ptr)?;
+                let page = src.page_to_copy(ptr)?;
                 let node = self.spares.node_from_page(&page);
+                self.superseded.push(ptr.addr);
                 let idx = self.push(node);
                 self.branch_mut(parent).children[i].r = NodeRef::Dirty(idx);
                 Ok(idx)

@@ -1,0 +1,66 @@
+//! What the page cache keeps: a commit drops the pages it superseded, an
+//! aborted transaction drops nothing, and old versions still read right.
+
+use nacre_store::{Options, Store};
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key-{i:08}").into_bytes()
+}
+
+/// Reads `k` through `r` and returns how many cache misses that took.
+fn misses_of(store: &Store, r: &nacre_store::ReadTxn, k: &[u8], want: &[u8]) -> u64 {
+    let before = store.stats().cache_misses;
+    assert_eq!(r.get(k).unwrap().as_deref(), Some(want));
+    store.stats().cache_misses - before
+}
+
+#[test]
+fn a_commit_drops_the_pages_it_superseded_and_an_abort_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = Options::default();
+    // Small nodes make a tree four levels deep from a few thousand keys, so
+    // that leaves are reached through the cache (a version pins its root
+    // and the root's children).
+    opts.node_size_bytes = 512;
+    opts.value_inline_max_bytes = 128;
+    opts.cleaner.background = false;
+    let store = Store::open(dir.path(), opts).unwrap();
+    let mut w = store.begin_write().unwrap();
+    for i in 0..5000 {
+        w.put(&key(i), b"old").unwrap();
+    }
+    w.commit().unwrap();
+
+    let k = key(2500);
+    let old = store.begin_read();
+    misses_of(&store, &old, &k, b"old");
+    assert_eq!(misses_of(&store, &old, &k, b"old"), 0, "path not cached");
+
+    // Copied on write, then aborted: the pages are still current and stay.
+    let mut w = store.begin_write().unwrap();
+    w.put(&k, b"new").unwrap();
+    w.abort();
+    assert_eq!(
+        misses_of(&store, &old, &k, b"old"),
+        0,
+        "abort evicted pages"
+    );
+
+    // Committed: the old path is superseded and leaves the cache, but the
+    // old version still reads it, from the log.
+    let mut w = store.begin_write().unwrap();
+    w.put(&k, b"new").unwrap();
+    w.commit().unwrap();
+    assert!(
+        misses_of(&store, &old, &k, b"old") >= 2,
+        "superseded leaf and branch still cached"
+    );
+    assert_eq!(misses_of(&store, &old, &k, b"old"), 0, "read back, cached");
+    // The new path was cached as it was written.
+    let new = store.begin_read();
+    assert_eq!(
+        misses_of(&store, &new, &k, b"new"),
+        0,
+        "written path not cached"
+    );
+}
