@@ -17,12 +17,14 @@ fn misses_of(store: &Store, r: &nacre_store::ReadTxn, k: &[u8], want: &[u8]) -> 
 #[test]
 fn a_commit_drops_the_pages_it_superseded_and_an_abort_does_not() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = Options::default();
     // Small nodes make a tree four levels deep from a few thousand keys, so
     // that leaves are reached through the cache (a version pins its root
     // and the root's children).
-    opts.node_size_bytes = 512;
-    opts.value_inline_max_bytes = 128;
+    let mut opts = Options {
+        node_size_bytes: 512,
+        value_inline_max_bytes: 128,
+        ..Options::default()
+    };
     opts.cleaner.background = false;
     let store = Store::open(dir.path(), opts).unwrap();
     let mut w = store.begin_write().unwrap();
