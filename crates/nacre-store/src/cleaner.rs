@@ -435,7 +435,15 @@ impl Relocator<'_, '_> {
         if !self.plan.nodes.contains(&ptr.addr) {
             return Ok(ptr);
         }
-        let page = self.ctx.page(ptr)?;
+        // A relocated node takes its old copy's place in the cache if that
+        // copy was there, and stays out of it if not: most of what the
+        // cleaner moves is cold, and caching it pushed readers' pages out.
+        let cached = self.inner.cache.get(ptr.addr).filter(|p| p.ptr == ptr);
+        let was_cached = cached.is_some();
+        let page = match cached {
+            Some(p) => p,
+            None => self.ctx.page_to_copy(ptr)?,
+        };
         // A relocated node is its old payload with some pointers changed:
         // copy the bytes and patch them, rather than decode and re-encode.
         let mut rec = crate::record::record_buf(page.payload_len());
@@ -473,7 +481,10 @@ impl Relocator<'_, '_> {
             }
             Kind::Branch
         };
-        let new = self.inner.append_node(kind, rec)?;
+        let new = self.inner.append_node(kind, rec, was_cached)?;
+        if was_cached {
+            self.inner.cache.forget(&[ptr.addr]);
+        }
         assert_eq!(new.len, ptr.len, "a relocated node changed size");
         self.memo.insert(ptr.addr, new);
         Ok(new)

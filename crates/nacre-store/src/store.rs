@@ -265,7 +265,7 @@ pub(crate) struct LogSink<'a> {
 
 impl Sink for LogSink<'_> {
     fn append_node(&mut self, kind: Kind, rec: Vec<u8>) -> Result<Ptr> {
-        let p = self.inner.append_node(kind, rec)?;
+        let p = self.inner.append_node(kind, rec, true)?;
         self.written += crate::record::align_up(p.len as u64);
         Ok(p)
     }
@@ -391,14 +391,18 @@ impl Inner {
     }
 
     /// Append a node record whose payload follows `HEADER_LEN` spare bytes
-    /// in `rec`. The node also goes into the page cache, as a page that keeps
-    /// `rec` (no copy), so that the next reader of a page just written (by a
-    /// commit or by the cleaner) does not read it back from the file.
-    pub fn append_node(&self, kind: Kind, rec: Vec<u8>) -> Result<Ptr> {
+    /// in `rec`. With `cache`, the node also goes into the page cache, as a
+    /// page that keeps `rec` (no copy), so that the next reader of a page
+    /// just written does not read it back from the file.
+    pub fn append_node(&self, kind: Kind, rec: Vec<u8>, cache: bool) -> Result<Ptr> {
         debug_assert!(matches!(kind, Kind::Leaf | Kind::Branch));
         let p = self.log.append(kind, &rec[HEADER_LEN..])?;
-        self.cache
-            .insert(Arc::new(Page::from_written(p, kind, rec, HEADER_LEN)));
+        if cache {
+            self.cache
+                .insert(Arc::new(Page::from_written(p, kind, rec, HEADER_LEN)));
+        } else {
+            crate::bufpool::give(rec);
+        }
         Ok(p)
     }
 
