@@ -14,18 +14,23 @@ fn misses_of(store: &Store, r: &nacre_store::ReadTxn, k: &[u8], want: &[u8]) -> 
     store.stats().cache_misses - before
 }
 
-#[test]
-fn a_commit_drops_the_pages_it_superseded_and_an_abort_does_not() {
-    let dir = tempfile::tempdir().unwrap();
-    // Small nodes make a tree four levels deep from a few thousand keys, so
-    // that leaves are reached through the cache (a version pins its root
-    // and the root's children).
+/// Small nodes make a tree four levels deep from a few thousand keys, so
+/// that leaves are reached through the cache (a version pins its root and
+/// the root's children). No background cleaner: these tests count misses.
+fn small_nodes() -> Options {
     let mut opts = Options {
         node_size_bytes: 512,
         value_inline_max_bytes: 128,
         ..Options::default()
     };
     opts.cleaner.background = false;
+    opts
+}
+
+#[test]
+fn a_commit_drops_the_pages_it_superseded_and_an_abort_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_nodes();
     let store = Store::open(dir.path(), opts).unwrap();
     let mut w = store.begin_write().unwrap();
     for i in 0..5000 {
@@ -70,12 +75,7 @@ fn a_commit_drops_the_pages_it_superseded_and_an_abort_does_not() {
 #[test]
 fn the_cleaner_caches_what_it_moves_only_where_the_old_copy_was_cached() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = Options {
-        node_size_bytes: 512,
-        value_inline_max_bytes: 128,
-        ..Options::default()
-    };
-    opts.cleaner.background = false;
+    let opts = small_nodes();
     {
         let store = Store::open(dir.path(), opts.clone()).unwrap();
         let mut w = store.begin_write().unwrap();

@@ -285,16 +285,7 @@ impl Page {
             .get(start..)
             .ok_or_else(|| Error::corrupt(ptr.addr, "record shorter than its header"))?;
         let (level, n) = validate(ptr, kind, payload)?;
-        let page = Page {
-            ptr,
-            level,
-            n,
-            buf,
-            start,
-            search: OnceLock::new(),
-            searched: AtomicBool::new(false),
-        };
-        Ok(page)
+        Ok(Page::unsearched(ptr, level, n, buf, start))
     }
 
     /// A page this process just encoded (a commit's node, or one the
@@ -308,6 +299,11 @@ impl Page {
         );
         let d = &buf[start..];
         let (level, n) = (d[0], rd_u32(d, 4) as usize);
+        Page::unsearched(ptr, level, n, buf, start)
+    }
+
+    /// A page no search has used yet.
+    fn unsearched(ptr: Ptr, level: u8, n: usize, buf: Vec<u8>, start: usize) -> Page {
         Page {
             ptr,
             level,
