@@ -156,7 +156,8 @@ fn prefix_at(key: &[u8], from: usize) -> u32 {
     }
 }
 
-fn common_len(a: &[u8], b: &[u8]) -> usize {
+/// Bytes at the start of `a` and `b` that are the same.
+pub fn common_len(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 

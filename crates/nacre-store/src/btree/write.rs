@@ -12,7 +12,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::leaf::{DirtyLeaf, LeafVecs};
-use super::page::{encode_branch_with, ChildInfo, Page, Val, CHILD_LEN};
+use super::page::{common_len, encode_branch_with, ChildInfo, Page, Val, CHILD_LEN};
 use super::seps::{Sep, SepKeys};
 use crate::error::Result;
 use crate::record::{align_up, record_buf, Kind, Ptr};
@@ -185,7 +185,7 @@ fn branch_index(keys: &SepKeys, key: &[u8]) -> usize {
 /// branch, fewer branches to copy on write, a shallower tree.
 fn shortest_separator(left: &[u8], right: &[u8]) -> Vec<u8> {
     debug_assert!(left < right);
-    let common = left.iter().zip(right).take_while(|(a, b)| a == b).count();
+    let common = common_len(left, right);
     let sep = right[..(common + 1).min(right.len())].to_vec();
     debug_assert!(left < sep.as_slice() && sep.as_slice() <= right);
     sep
