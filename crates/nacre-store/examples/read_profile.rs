@@ -1,5 +1,8 @@
-//! Loads keys, then does random point reads: a target for `perf record`.
+//! Loads keys (1,000 per durable commit, as the benchmark's bulk inserts
+//! do), then does random point reads: a target for `perf record`.
 //! `cargo run --release -p nacre-store --example read_profile [keys] [reads]`
+//! Knobs, all environment variables: `NACRE_KEY_LEN`, `NACRE_VALUE_LEN`,
+//! `NACRE_NO_CLEANER`, `NACRE_OVERWRITE`, `NACRE_HOT` (see below).
 
 use nacre_store::{Options, Store};
 use rand::rngs::StdRng;
@@ -12,14 +15,33 @@ fn main() {
     let keys = args.next().unwrap_or(62_500);
     let reads = args.next().unwrap_or(2_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Options::default()).unwrap();
-    let mut rng = StdRng::seed_from_u64(1);
-    let ks: Vec<[u8; 24]> = (0..keys).map(|_| rng.random()).collect();
-    let mut w = store.begin_write().unwrap();
-    for k in &ks {
-        w.put(k, &[7u8; 150]).unwrap();
+    let mut opts = Options::default();
+    // NACRE_NO_CLEANER=1: no background cleaner, to see what its work
+    // during the reads costs them.
+    if std::env::var_os("NACRE_NO_CLEANER").is_some() {
+        opts.cleaner.background = false;
     }
-    w.commit().unwrap();
+    let store = Store::open(dir.path(), opts).unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    // NACRE_KEY_LEN / NACRE_VALUE_LEN: 40 and 40 give the benchmark's set B
+    // (kivaloo's pairs); the defaults are set A's.
+    let env_len = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .map_or(default, |n| n.parse().expect("a length in bytes"))
+    };
+    let key_len = env_len("NACRE_KEY_LEN", 24);
+    let value_len = env_len("NACRE_VALUE_LEN", 150);
+    let ks: Vec<Vec<u8>> = (0..keys)
+        .map(|_| (0..key_len).map(|_| rng.random()).collect())
+        .collect();
+    for chunk in ks.chunks(1000) {
+        let mut w = store.begin_write().unwrap();
+        for k in chunk {
+            w.put(k, &vec![7u8; value_len]).unwrap();
+        }
+        w.commit().unwrap();
+    }
     // NACRE_OVERWRITE=N: then N commits of 1,000 random overwrites, so that
     // the background cleaner has garbage to collect while the reads run (as
     // in the benchmark's read phases).
@@ -29,12 +51,18 @@ fn main() {
     for _ in 0..overwrites {
         let mut w = store.begin_write().unwrap();
         for _ in 0..1000 {
-            w.put(&ks[rng.random_range(0..ks.len())], &[8u8; 150])
+            w.put(&ks[rng.random_range(0..ks.len())], &vec![8u8; value_len])
                 .unwrap();
         }
         w.commit().unwrap();
     }
     let before = store.stats();
+    println!(
+        "loaded: {} keys, {} MiB live, {} MiB on disk",
+        before.key_count,
+        before.live_bytes >> 20,
+        before.bytes_on_disk >> 20
+    );
     let r = store.begin_read();
     let mut out = Vec::new();
     // NACRE_HOT=1: read only the first 1% of the keys (the benchmark's

@@ -95,7 +95,7 @@ pub const SLOTS_BYTES_MAX: usize = 2 << 20;
 /// to `SLOTS_CAPACITY_MAX`, one free list per capacity: every decoded page
 /// has one, sized by its key count, and a single list of mixed sizes made
 /// a leaf's vector grow by realloc when a branch took it.
-pub const SLOTS_CAPACITY_MIN: usize = 64;
+pub const SLOTS_CAPACITY_MIN: usize = 16;
 pub const SLOTS_CAPACITY_MAX: usize = 4096;
 const SLOT_CLASSES: usize =
     (SLOTS_CAPACITY_MAX.trailing_zeros() - SLOTS_CAPACITY_MIN.trailing_zeros()) as usize + 1;
@@ -115,6 +115,16 @@ fn slot_class(len: usize) -> Option<usize> {
     let cap = len.max(SLOTS_CAPACITY_MIN).next_power_of_two();
     (cap <= SLOTS_CAPACITY_MAX)
         .then(|| (cap.trailing_zeros() - SLOTS_CAPACITY_MIN.trailing_zeros()) as usize)
+}
+
+/// Bytes of the slot vector that `take_slots(len)` hands out, so that the
+/// page cache can weigh a page's slots before they are built.
+pub fn slots_bytes(len: usize) -> usize {
+    let cap = match slot_class(len) {
+        Some(class) => SLOTS_CAPACITY_MIN << class,
+        None => len,
+    };
+    8 * cap
 }
 
 /// An empty slot vector with room for at least `len` slots.
@@ -230,5 +240,16 @@ mod tests {
             2 * SLOTS_CAPACITY_MIN
         );
         assert!(take_slots(SLOTS_CAPACITY_MAX + 1).capacity() > SLOTS_CAPACITY_MAX);
+    }
+
+    /// The cache weighs a page's slots before they exist by `slots_bytes`,
+    /// so it must match what `take_slots` hands out.
+    #[test]
+    fn slots_bytes_is_what_take_slots_hands_out() {
+        for len in [0, 1, 15, 16, 17, 35, 64, 65, 1000, 4096, 4097, 10_000] {
+            let v = take_slots(len);
+            assert_eq!(slots_bytes(len), 8 * v.capacity(), "{len} slots");
+            give_slots(v);
+        }
     }
 }

@@ -112,6 +112,11 @@ pub struct Page {
     searched: AtomicBool,
 }
 
+/// What a cached page costs beyond its buffer and slots: the page in its
+/// `Arc` (two counters), the cache's entry for it (key, pointer, links) and
+/// index slot, and the allocator's headers of the page and its buffer.
+pub const PAGE_OVERHEAD_BYTES: usize = std::mem::size_of::<Page>() + 16 + 48 + 2 * 16;
+
 /// A page's search aids.
 #[derive(Debug)]
 struct Search {
@@ -457,9 +462,12 @@ impl Page {
         self.data()
     }
 
+    /// Bytes this page holds in memory: its buffer, its search slots
+    /// (counted whether or not they were built yet, at the capacity they
+    /// will have) and `PAGE_OVERHEAD_BYTES`.
     pub fn weight(&self) -> u64 {
-        // The search slots are counted whether or not they were built yet.
-        (self.buf.capacity() + 8 * self.search_keys()) as u64 + 96
+        let slots = crate::bufpool::slots_bytes(self.search_keys());
+        (self.buf.capacity() + slots + PAGE_OVERHEAD_BYTES) as u64
     }
 
     // ---- leaf ----
@@ -696,6 +704,37 @@ mod tests {
             for b in &keys {
                 assert_eq!(cmp_keys(a, b), a.cmp(b), "{a:?} vs {b:?}");
             }
+        }
+    }
+
+    /// The cache's budget is bytes of memory, so a page's weight must cover
+    /// what it holds once searched: its buffer, its built slots (a pooled
+    /// vector larger than its key count) and the page struct itself.
+    #[test]
+    fn a_page_weighs_at_least_what_it_holds() {
+        for n in [1usize, 17, 35, 100] {
+            let entries: Vec<(Vec<u8>, Val)> = (0..n)
+                .map(|i| (format!("key-{i:04}").into_bytes(), Val::Inline(vec![7; 8])))
+                .collect();
+            let mut buf = Vec::new();
+            encode_leaf(&entries, &mut buf);
+            let p = Page::decode(Ptr { addr: 8, len: 0 }, Kind::Leaf, &buf).unwrap();
+            let before = p.weight();
+            for _ in 0..2 {
+                assert_eq!(p.search(b"key-0000"), Ok(0));
+            }
+            let slots = p.search.get().expect("slots built on the second search");
+            let held = p.buf.capacity() + 8 * slots.slots.capacity() + std::mem::size_of::<Page>();
+            assert!(
+                p.weight() as usize >= held,
+                "{n} keys: weight {} under the {held} bytes held",
+                p.weight()
+            );
+            assert_eq!(
+                p.weight(),
+                before,
+                "the weight changed when slots were built"
+            );
         }
     }
 
