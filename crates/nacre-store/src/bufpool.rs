@@ -117,14 +117,15 @@ fn slot_class(len: usize) -> Option<usize> {
         .then(|| (cap.trailing_zeros() - SLOTS_CAPACITY_MIN.trailing_zeros()) as usize)
 }
 
+/// The capacity of the slot vector `take_slots(len)` hands out.
+fn slots_capacity(len: usize) -> usize {
+    slot_class(len).map_or(len, |class| SLOTS_CAPACITY_MIN << class)
+}
+
 /// Bytes of the slot vector that `take_slots(len)` hands out, so that the
 /// page cache can weigh a page's slots before they are built.
 pub fn slots_bytes(len: usize) -> usize {
-    let cap = match slot_class(len) {
-        Some(class) => SLOTS_CAPACITY_MIN << class,
-        None => len,
-    };
-    8 * cap
+    8 * slots_capacity(len)
 }
 
 /// An empty slot vector with room for at least `len` slots.
@@ -140,7 +141,7 @@ pub fn take_slots(len: usize) -> Vec<u64> {
         }
         v
     };
-    let v = pooled.unwrap_or_else(|| Vec::with_capacity(SLOTS_CAPACITY_MIN << class));
+    let v = pooled.unwrap_or_else(|| Vec::with_capacity(slots_capacity(len)));
     debug_assert!(v.is_empty() && v.capacity() >= len);
     v
 }
