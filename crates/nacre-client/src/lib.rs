@@ -329,11 +329,17 @@ impl Client {
                     }
                     retries += 1;
                     self.drop_conn(&conn, hinted.is_none());
-                    match hinted {
-                        Some(l) => *self.shared.leader_hint.lock().expect("client lock") = Some(l),
-                        // Election in progress or unknown leader: pause
-                        // before asking the next node.
-                        None => self.backoff(retries, deadline).await,
+                    let follow_at_once = hinted.is_some() && retries == 1;
+                    if let Some(l) = hinted {
+                        *self.shared.leader_hint.lock().expect("client lock") = Some(l);
+                    }
+                    // The first hint is followed at once. Otherwise (an
+                    // unknown leader, or hints that keep missing while an
+                    // election settles: a follower may still name a leader
+                    // that just died) pause, so that the retries outlast
+                    // the election instead of being spent in a moment.
+                    if !follow_at_once {
+                        self.backoff(retries, deadline).await;
                     }
                 }
                 // The leader changed under a stamped write: its outcome is
@@ -359,6 +365,7 @@ impl Client {
                         )));
                     }
                     retries += 1;
+                    self.backoff(retries, deadline).await;
                 }
                 Outcome::Lost(reason) => {
                     self.drop_conn(&conn, true);
