@@ -66,7 +66,7 @@ fn segment_files(vfs: &SimVfs) -> Vec<PathBuf> {
 fn append_read_back_and_reopen_on_real_files() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("tlog");
-    let vfs: Arc<dyn Vfs> = Arc::new(OsVfs);
+    let vfs: Arc<dyn Vfs> = Arc::new(OsVfs::default());
     {
         let mut t = Tlog::open(vfs.clone(), &path, TlogOptions::default()).unwrap();
         assert_eq!((t.first_index(), t.last_index()), (1, 0));

@@ -24,7 +24,7 @@ fn config() -> Config {
 }
 
 fn open(dir: &Path) -> TlogStorage {
-    let vfs: Arc<dyn Vfs> = Arc::new(OsVfs);
+    let vfs: Arc<dyn Vfs> = Arc::new(OsVfs::default());
     let opts = TlogOptions {
         segment_size_bytes: 4096,
         ..TlogOptions::default()

@@ -72,7 +72,7 @@ impl RunningServer {
 
 /// Opens the data directory, starts the raft loop and listens for clients.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
-    start_with_vfs(config, Arc::new(OsVfs)).await
+    start_with_vfs(config, Arc::new(OsVfs::default())).await
 }
 
 /// [`start`] with the store's and the tlog's files behind `vfs`: the

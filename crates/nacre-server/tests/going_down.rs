@@ -43,7 +43,7 @@ async fn a_stopped_node_answers_going_down() {
     let store = nacre_store::Store::open(dir.path().join("store"), nacre_store::Options::default())
         .unwrap();
     let tlog = nacre_raft::Tlog::open(
-        Arc::new(OsVfs),
+        Arc::new(OsVfs::default()),
         &dir.path().join("tlog"),
         Default::default(),
     )

@@ -2,7 +2,8 @@
 //! do), then does random point reads: a target for `perf record`.
 //! `cargo run --release -p nacre-store --example read_profile [keys] [reads]`
 //! Knobs, all environment variables: `NACRE_KEY_LEN`, `NACRE_VALUE_LEN`,
-//! `NACRE_NO_CLEANER`, `NACRE_OVERWRITE`, `NACRE_HOT` (see below).
+//! `NACRE_NO_CLEANER`, `NACRE_OVERWRITE`, `NACRE_HOT`, `NACRE_PREAD` (see
+//! below).
 
 use nacre_store::{Options, Store};
 use rand::rngs::StdRng;
@@ -20,6 +21,11 @@ fn main() {
     // during the reads costs them.
     if std::env::var_os("NACRE_NO_CLEANER").is_some() {
         opts.cleaner.background = false;
+    }
+    // NACRE_PREAD=1: every read a pread, none through the file mapping, to
+    // measure what the mapping gains.
+    if std::env::var_os("NACRE_PREAD").is_some() {
+        opts.vfs = std::sync::Arc::new(nacre_store::OsVfs::pread_only());
     }
     let store = Store::open(dir.path(), opts).unwrap();
     let mut rng = StdRng::seed_from_u64(1);

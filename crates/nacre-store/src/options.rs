@@ -102,7 +102,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            vfs: Arc::new(OsVfs),
+            vfs: Arc::new(OsVfs::default()),
             cache_size_bytes: 64 << 20,
             segment_size_bytes: 64 << 20,
             durability: Durability::Immediate,

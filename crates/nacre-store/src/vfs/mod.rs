@@ -1,6 +1,7 @@
 //! The file layer the engine does all of its I/O through.
 //!
-//! Production uses [`OsVfs`] (positional reads and writes on real files).
+//! Production uses [`OsVfs`] (positional writes on real files; reads from
+//! a mapping of each file, or positional reads).
 //! Tests use [`sim::SimVfs`], which keeps files in memory, separates what was
 //! written from what was made durable by a sync, and can crash, tear writes,
 //! lose unsynced data and flip bits — all driven by a seed.
@@ -12,7 +13,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use memmap2::{Mmap, MmapOptions};
+use parking_lot::Mutex;
 
 pub mod sim;
 
@@ -52,22 +58,204 @@ pub trait Vfs: Send + Sync {
 }
 
 /// The real file system.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct OsVfs;
+///
+/// Reads are copied out of a shared read-only mapping of the file where
+/// they can be, and made with `pread` otherwise. A read through the map
+/// makes no system call and no lookup in the kernel's page cache, which
+/// profiles of random gets on a store larger than its cache showed to be
+/// most of the cost of a cache miss (see `docs/benchmarks.md`).
+#[derive(Debug, Clone, Copy)]
+pub struct OsVfs {
+    mapped_reads: bool,
+}
+
+impl Default for OsVfs {
+    fn default() -> OsVfs {
+        OsVfs { mapped_reads: true }
+    }
+}
+
+impl OsVfs {
+    /// Reads through a mapping where they can (the default).
+    pub fn new() -> OsVfs {
+        OsVfs::default()
+    }
+
+    /// Every read a `pread`: for file systems where mapping files is not
+    /// wanted, and for measuring what the mapping gains.
+    pub fn pread_only() -> OsVfs {
+        OsVfs {
+            mapped_reads: false,
+        }
+    }
+}
 
 struct OsFile {
     file: File,
+    /// `None` when every read is a `pread`.
+    mapped: Option<Mapped>,
+}
+
+impl OsVfs {
+    fn open_file(&self, path: &Path, create: bool) -> io::Result<OsFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        let mapped = if self.mapped_reads {
+            Some(Mapped::new(file.metadata()?.len()))
+        } else {
+            None
+        };
+        Ok(OsFile { file, mapped })
+    }
+
+    /// Bytes of `file`'s read map, 0 if it has none.
+    #[cfg(test)]
+    fn mapped_len(file: &OsFile) -> usize {
+        let map = file.mapped.as_ref().map(|m| m.map.load_full());
+        map.flatten().map_or(0, |m| m.len())
+    }
+}
+
+/// The read mapping of one file, kept from growing stale as the file grows.
+struct Mapped {
+    /// Bytes known to exist in the file: its length at open, raised by this
+    /// handle's writes and by reads that found more. Only bytes below it
+    /// are read through the map, because touching a mapped page past the
+    /// end of the file raises SIGBUS. Files only grow (the layer has no
+    /// truncate), so what was known to exist stays.
+    len_known: AtomicU64,
+    /// Maps at least `len_known` bytes once a read has needed them; it may
+    /// reach past the end of the file, which costs only address space.
+    map: ArcSwapOption<Mmap>,
+    /// Held while a new map is made, so that racing readers make one.
+    remap: Mutex<()>,
+    /// Set when mapping failed; the file is then read with `pread` only.
+    failed: AtomicBool,
+}
+
+/// The smallest map made, and the unit it grows by: a segment at the
+/// default size is mapped once.
+const MAP_LEN_MIN: u64 = 64 << 20;
+/// Beyond this a file is read with `pread` past the map: 1 TiB of address
+/// space per file is far more than any segment.
+const MAP_LEN_MAX: u64 = 1 << 40;
+
+impl Mapped {
+    fn new(len_known: u64) -> Mapped {
+        Mapped {
+            len_known: AtomicU64::new(len_known),
+            map: ArcSwapOption::empty(),
+            remap: Mutex::new(()),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Copy `buf.len()` bytes from `offset` out of the map; `false` if the
+    /// map does not hold them (yet).
+    fn read(&self, buf: &mut [u8], offset: u64) -> bool {
+        let Some(end) = offset.checked_add(buf.len() as u64) else {
+            return false;
+        };
+        if end > self.len_known.load(Ordering::Acquire) {
+            return false;
+        }
+        let guard = self.map.load();
+        let Some(map) = guard.as_deref() else {
+            return false;
+        };
+        if end > map.len() as u64 {
+            return false;
+        }
+        // SAFETY: `offset..end` lies within the map (checked just above)
+        // and below the file's known length, so every byte of it is backed
+        // by the file and the read cannot fault. Bytes are copied through
+        // raw pointers and no reference to the mapping is made, because
+        // other parts of the file (past the log's head) are written while
+        // this runs; the bytes read here belong to records already written,
+        // which nothing rewrites: the store appends only, holds its
+        // directory's lock, and this layer never truncates. `buf` is
+        // ours and does not overlap the map.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                map.as_ptr().add(offset as usize),
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
+        }
+        true
+    }
+
+    /// The file holds at least `end` bytes: let later reads of them use the
+    /// map, mapping more of the file if the map is too short.
+    fn known(&self, file: &File, end: u64) {
+        self.len_known.fetch_max(end, Ordering::AcqRel);
+        if self.failed.load(Ordering::Relaxed) || end > MAP_LEN_MAX {
+            return;
+        }
+        if self
+            .map
+            .load()
+            .as_deref()
+            .is_some_and(|m| m.len() as u64 >= end)
+        {
+            return;
+        }
+        let _held = self.remap.lock();
+        if self
+            .map
+            .load()
+            .as_deref()
+            .is_some_and(|m| m.len() as u64 >= end)
+        {
+            return;
+        }
+        let len = end.next_power_of_two().clamp(MAP_LEN_MIN, MAP_LEN_MAX);
+        let Ok(len) = usize::try_from(len) else {
+            self.failed.store(true, Ordering::Relaxed);
+            return;
+        };
+        // SAFETY: a shared read-only map of a file this process has open.
+        // It may reach past the end of the file; `read` only touches bytes
+        // below `len_known`, which exist. The file's written records are
+        // not changed while mapped (see `read`). The old map, if any, is
+        // unmapped only when the last reader's guard of it is gone.
+        match unsafe { MmapOptions::new().len(len).map(file) } {
+            Ok(m) => self.map.store(Some(Arc::new(m))),
+            Err(e) => {
+                tracing::debug!(error = %e, "mapping a file failed; reading it with pread");
+                self.failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl VFile for OsFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.file.read_exact_at(buf, offset)
+        if let Some(m) = &self.mapped {
+            if m.read(buf, offset) {
+                return Ok(());
+            }
+        }
+        self.file.read_exact_at(buf, offset)?;
+        if let Some(m) = &self.mapped {
+            m.known(&self.file, offset + buf.len() as u64);
+        }
+        Ok(())
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.file.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)?;
+        if let Some(m) = &self.mapped {
+            m.len_known
+                .fetch_max(offset + buf.len() as u64, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -123,13 +311,7 @@ impl Vfs for OsVfs {
     }
 
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
-        Ok(Arc::new(OsFile { file }))
+        Ok(Arc::new(self.open_file(path, create)?))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -155,5 +337,100 @@ impl Vfs for OsVfs {
             )),
             Err(fs::TryLockError::Error(e)) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn mapped_reads_return_what_was_written_as_the_file_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let vfs = OsVfs::new();
+        let writer = vfs.open_file(&path, true).unwrap();
+        // A second handle, as a reader that did not make the writes: it
+        // learns of the growth only by reading.
+        let other = vfs.open_file(&path, false).unwrap();
+        let plain = OsVfs::pread_only().open_file(&path, false).unwrap();
+        let mut model: Vec<u8> = Vec::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        for step in 0..2_000 {
+            if rng.random_bool(0.3) || model.is_empty() {
+                let len = rng.random_range(1..20_000);
+                let at = rng.random_range(0..=model.len());
+                let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                writer.write_all_at(&bytes, at as u64).unwrap();
+                if model.len() < at + len {
+                    model.resize(at + len, 0);
+                }
+                model[at..at + len].copy_from_slice(&bytes);
+                continue;
+            }
+            let at = rng.random_range(0..model.len());
+            let len = rng.random_range(1..=(model.len() - at).min(9_000));
+            for (name, f) in [("writer", &writer), ("other", &other), ("plain", &plain)] {
+                let mut buf = vec![0u8; len];
+                f.read_exact_at(&mut buf, at as u64).unwrap();
+                assert!(
+                    buf == model[at..at + len],
+                    "step {step}: {name} read {len} bytes at {at} that differ from those written"
+                );
+            }
+        }
+        assert!(
+            OsVfs::mapped_len(&writer) >= model.len(),
+            "reads went through a map"
+        );
+        assert!(OsVfs::mapped_len(&other) > 0);
+        assert_eq!(OsVfs::mapped_len(&plain), 0, "pread_only maps nothing");
+    }
+
+    #[test]
+    fn a_read_past_the_end_is_an_error_not_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = OsVfs::new().open_file(&path, true).unwrap();
+        f.write_all_at(&[1u8; 5000], 0).unwrap();
+        let mut buf = [0u8; 100];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert!(
+            OsVfs::mapped_len(&f) >= 5000,
+            "the first read maps the file"
+        );
+        // Within the map (it is at least MAP_LEN_MIN long) but past the end
+        // of the file: touching the map there would raise SIGBUS.
+        let e = f.read_exact_at(&mut buf, 4950).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let e = f.read_exact_at(&mut buf, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let e = f.read_exact_at(&mut buf, u64::MAX - 10).unwrap_err();
+        assert!(matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput
+        ));
+    }
+
+    #[test]
+    fn a_file_longer_than_its_map_is_mapped_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = OsVfs::new().open_file(&path, true).unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        let mut buf = [0u8; 4];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(OsVfs::mapped_len(&f) as u64, MAP_LEN_MIN);
+        // A sparse write past the first map: the file grows without using
+        // the disk.
+        let far = 3 * MAP_LEN_MIN + 12_345;
+        f.write_all_at(b"tail", far).unwrap();
+        f.read_exact_at(&mut buf, far).unwrap();
+        assert_eq!(&buf, b"tail");
+        assert!(OsVfs::mapped_len(&f) as u64 >= far + 4, "mapped again");
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"head");
     }
 }
