@@ -82,21 +82,15 @@ impl OsVfs {
     }
 
     /// Every read a `pread`: for file systems where mapping files is not
-    /// wanted, and for measuring what the mapping gains.
+    /// wanted, and for measuring what the mapping gains. It also turns a
+    /// disk error during a read into an `io::Error`; through the map, the
+    /// kernel can only report one by killing the process (SIGBUS).
     pub fn pread_only() -> OsVfs {
         OsVfs {
             mapped_reads: false,
         }
     }
-}
 
-struct OsFile {
-    file: File,
-    /// `None` when every read is a `pread`.
-    mapped: Option<Mapped>,
-}
-
-impl OsVfs {
     fn open_file(&self, path: &Path, create: bool) -> io::Result<OsFile> {
         let file = OpenOptions::new()
             .read(true)
@@ -120,6 +114,12 @@ impl OsVfs {
     }
 }
 
+struct OsFile {
+    file: File,
+    /// `None` when every read is a `pread`.
+    mapped: Option<Mapped>,
+}
+
 /// The read mapping of one file, kept from growing stale as the file grows.
 struct Mapped {
     /// Bytes known to exist in the file: its length at open, raised by this
@@ -137,8 +137,8 @@ struct Mapped {
     failed: AtomicBool,
 }
 
-/// The smallest map made, and the unit it grows by: a segment at the
-/// default size is mapped once.
+/// The smallest map made, so that a segment of the default size is mapped
+/// once; a longer file gets the next power of two.
 const MAP_LEN_MIN: u64 = 64 << 20;
 /// Beyond this a file is read with `pread` past the map: 1 TiB of address
 /// space per file is far more than any segment.
@@ -189,6 +189,12 @@ impl Mapped {
         true
     }
 
+    /// Whether the current map reaches `end`.
+    fn maps(&self, end: u64) -> bool {
+        let map = self.map.load();
+        map.as_deref().is_some_and(|m| m.len() as u64 >= end)
+    }
+
     /// The file holds at least `end` bytes: let later reads of them use the
     /// map, mapping more of the file if the map is too short.
     fn known(&self, file: &File, end: u64) {
@@ -196,21 +202,11 @@ impl Mapped {
         if self.failed.load(Ordering::Relaxed) || end > MAP_LEN_MAX {
             return;
         }
-        if self
-            .map
-            .load()
-            .as_deref()
-            .is_some_and(|m| m.len() as u64 >= end)
-        {
+        if self.maps(end) {
             return;
         }
         let _held = self.remap.lock();
-        if self
-            .map
-            .load()
-            .as_deref()
-            .is_some_and(|m| m.len() as u64 >= end)
-        {
+        if self.maps(end) {
             return;
         }
         let len = end.next_power_of_two().clamp(MAP_LEN_MIN, MAP_LEN_MAX);
