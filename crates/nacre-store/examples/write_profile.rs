@@ -1,5 +1,7 @@
 //! Durable commits of 1,000 random puts each: a target for `perf record`.
 //! `cargo run --release -p nacre-store --example write_profile [keys] [commits]`
+//! Knobs, all environment variables: `NACRE_NO_CLEANER`, `NACRE_INSERT`,
+//! `NACRE_NODE_SIZE` (see below).
 
 use nacre_store::{Options, Store};
 use rand::rngs::StdRng;
@@ -17,6 +19,12 @@ fn main() {
     // commits write can be counted alone.
     if std::env::var_os("NACRE_NO_CLEANER").is_some() {
         opts.cleaner.background = false;
+    }
+    // NACRE_NODE_SIZE=N: split nodes past N bytes instead of the default,
+    // to see what node size does to the bytes and time per put.
+    if let Ok(n) = std::env::var("NACRE_NODE_SIZE") {
+        opts.node_size_bytes = n.parse().expect("NACRE_NODE_SIZE: a number of bytes");
+        opts.value_inline_max_bytes = opts.value_inline_max_bytes.min(opts.node_size_bytes / 2);
     }
     let store = Store::open(dir.path(), opts).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
