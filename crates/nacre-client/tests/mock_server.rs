@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use nacre_client::{
@@ -29,6 +29,9 @@ struct Behaviour {
     hang_key: Option<Bytes>,
     /// Drop the connection when any request arrives.
     drop_on_request: bool,
+    /// Until this moment, answer data requests with NotMaster and this
+    /// hint (a follower that still names a leader that died), then serve.
+    stale_hint_until: Option<(Instant, String)>,
 }
 
 #[derive(Default)]
@@ -126,7 +129,12 @@ fn written(st: &State, prev: Option<Bytes>, count: u64) -> Response {
 }
 
 fn answer(b: &Behaviour, st: &State, req: Request) -> Response {
-    if let Some(hint) = &b.not_master {
+    let stale = b
+        .stale_hint_until
+        .as_ref()
+        .filter(|(until, _)| Instant::now() < *until)
+        .map(|(_, hint)| Some(hint.clone()));
+    if let Some(hint) = stale.as_ref().or(b.not_master.as_ref()) {
         if !matches!(req, Request::Ping | Request::WhoMaster) {
             return Response::Error(
                 ErrorReply::new(ErrorCode::NotMaster, "not the master").with_leader(hint.clone()),
@@ -311,6 +319,29 @@ async fn not_master_without_hint_tries_the_next_endpoint() {
         .unwrap();
     c.set(b("a"), b("1")).await.unwrap();
     assert_eq!(leader.state.map.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_hint_during_an_election_does_not_use_up_the_retries() {
+    // The only live node names a dead leader for 300 ms, as a follower
+    // does until the election after a leader's death ends. Following that
+    // hint fails at once each time, so retries without a pause would all
+    // be spent long before the election is over.
+    let dead = dead_addr().await;
+    let node = start(Behaviour {
+        stale_hint_until: Some((Instant::now() + Duration::from_millis(300), dead)),
+        ..Behaviour::default()
+    })
+    .await;
+    let o = ClientOptions {
+        retries_max: 10,
+        ..opts(&[&node.addr])
+    };
+    let c = Client::connect(o).await.unwrap();
+    c.set(b("a"), b("1")).await.unwrap();
+    assert_eq!(node.state.map.lock().unwrap().get(&b("a")), Some(&b("1")));
+    let asked = node.state.requests.load(Ordering::SeqCst);
+    assert!((2..=10).contains(&asked), "asked {asked} times");
 }
 
 #[tokio::test]
