@@ -7,7 +7,10 @@
 //! [`BlockingClient`] wraps it for scripts and tests.
 //!
 //! Retries: a request that gets `NotMaster` is re-sent to the hinted leader
-//! (or the next endpoint): the server did not apply it. A request that was
+//! (or the next endpoint): the server did not apply it. Only the first hint
+//! is followed at once; later retries pause (growing from 20 ms to 1 s), so
+//! that they last through an election instead of chasing a dead leader's
+//! name. A request that was
 //! certainly not sent (the connection could not be made) is retried too.
 //! Every write carries this client's session (`nacre_proto::Session`: a
 //! random client id and a sequence number), and the cluster remembers the
