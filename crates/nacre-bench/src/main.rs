@@ -294,6 +294,8 @@ mod tests {
             a_ranges: 300,
             b_pairs: 4_096,
             b_batch_len: 256,
+            b_sorted_run: 512,
+            b_random_inserts: 1_024,
             b_concurrent_ops: 64,
             b_writers: 2,
         }

@@ -1,7 +1,7 @@
 //! Durable commits of 1,000 random puts each: a target for `perf record`.
 //! `cargo run --release -p nacre-store --example write_profile [keys] [commits]`
 //! Knobs, all environment variables: `NACRE_NO_CLEANER`, `NACRE_INSERT`,
-//! `NACRE_NODE_SIZE` (see below).
+//! `NACRE_NODE_SIZE`, `NACRE_SORTED_RUN` (see below).
 
 use nacre_store::{Options, Store};
 use rand::rngs::StdRng;
@@ -28,7 +28,15 @@ fn main() {
     }
     let store = Store::open(dir.path(), opts).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
-    let ks: Vec<[u8; 40]> = (0..keys).map(|_| rng.random()).collect();
+    let mut ks: Vec<[u8; 40]> = (0..keys).map(|_| rng.random()).collect();
+    // NACRE_SORTED_RUN=N: sort the keys in runs of N, as kivaloo's `mkpairs`
+    // does with N = 65,536, so that inserts arrive in sorted runs.
+    if let Ok(n) = std::env::var("NACRE_SORTED_RUN") {
+        let n: usize = n.parse().expect("NACRE_SORTED_RUN: a number of keys");
+        for run in ks.chunks_mut(n.max(1)) {
+            run.sort_unstable();
+        }
+    }
     // NACRE_INSERT=1: start empty and insert the keys 1,000 per commit
     // (kivaloo's bulk insert) instead of loading them first.
     let insert = std::env::var_os("NACRE_INSERT").is_some();
