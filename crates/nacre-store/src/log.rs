@@ -37,6 +37,8 @@ const APPEND_BUF_MAX: usize = 1 << 20;
 /// Durable commits keep this much of the head segment written ahead with
 /// zeros: an fdatasync that need not record a new file size (no journal
 /// commit on ext4) is markedly cheaper, and only the fsync path pays for it.
+/// Syncs that carry this much or more of new records skip it (see
+/// `sync_to`).
 const ZERO_AHEAD: u64 = 1 << 20;
 /// The page size that early writeback rounds down to.
 const WRITEBACK_PAGE: u64 = 4096;
@@ -636,12 +638,23 @@ impl Log {
                 continue;
             }
             s.syncing = true;
+            let synced_before = s.synced_upto;
             drop(s);
             let (file, target) = {
                 let mut app = self.app.lock();
-                let r = self
-                    .flush_locked(&mut app)
-                    .and_then(|_| self.zero_ahead(&mut app));
+                let r = self.flush_locked(&mut app).and_then(|_| {
+                    // Zeros ahead pay off for small commits only. After a
+                    // large one (a megabyte or more since the last sync) the
+                    // file size this sync records is a small part of its
+                    // cost, while the zeros would be written twice: once
+                    // now, by this very fsync, and again when records
+                    // replace them. The next small commit zeroes ahead.
+                    if self.written_upto().saturating_sub(synced_before) < ZERO_AHEAD {
+                        self.zero_ahead(&mut app)
+                    } else {
+                        Ok(())
+                    }
+                });
                 (r.map(|_| app.head.file.clone()), self.written_upto())
             };
             let result = file.and_then(|f| {
@@ -901,4 +914,44 @@ pub fn parse_records(bytes: &[u8], base: u64, from: u64) -> Result<(Vec<ScannedR
     // `pos` may pass the slice's end by the last record's padding: the next
     // record starts there all the same.
     Ok((out, pos as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::OsVfs;
+
+    /// Bytes of the head segment's file past its last record: the zero fill.
+    fn zero_fill(log: &Log) -> u64 {
+        let app = log.app.lock();
+        app.head.file.len().unwrap() - app.off
+    }
+
+    fn durable(log: &Log, records: usize, len: usize) {
+        for i in 0..records {
+            log.append(Kind::Value, &vec![i as u8; len]).unwrap();
+        }
+        log.sync_to(log.written_upto()).unwrap();
+    }
+
+    #[test]
+    fn only_syncs_after_small_writes_zero_fill_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), Arc::new(OsVfs::default()), 64 << 20)
+            .unwrap()
+            .log;
+        durable(&log, 1, 100);
+        assert!(
+            zero_fill(&log) >= ZERO_AHEAD * 3 / 4,
+            "a small durable write leaves zeros ahead: {}",
+            zero_fill(&log)
+        );
+        // Four megabytes in one sync: zeros now would be synced by this
+        // fsync and then written over.
+        durable(&log, 64, 64 << 10);
+        assert_eq!(zero_fill(&log), 0, "zeros written after a large sync");
+        // Small writes again: the fill comes back.
+        durable(&log, 1, 100);
+        assert!(zero_fill(&log) >= ZERO_AHEAD * 3 / 4);
+    }
 }
