@@ -924,14 +924,24 @@ mod tests {
     /// Bytes of the head segment's file past its last record: the zero fill.
     fn zero_fill(log: &Log) -> u64 {
         let app = log.app.lock();
-        app.head.file.len().unwrap() - app.off
+        let len = app.head.file.len().unwrap();
+        assert!(
+            len >= app.off,
+            "records missing from the file: {len} < {}",
+            app.off
+        );
+        len - app.off
     }
 
+    /// Append `records` records of `len` bytes and make them durable, as a
+    /// commit does: hand them to the OS, then sync.
     fn durable(log: &Log, records: usize, len: usize) {
         for i in 0..records {
             log.append(Kind::Value, &vec![i as u8; len]).unwrap();
         }
+        log.flush().unwrap();
         log.sync_to(log.written_upto()).unwrap();
+        assert_eq!(log.synced_upto(), log.written_upto());
     }
 
     #[test]
