@@ -678,3 +678,41 @@ fn zero_fill_ahead_reads_as_the_clean_end() {
     let t = sim_open(&vfs, opts);
     assert_eq!(all(&t), ents(1, 20, 1));
 }
+
+#[test]
+fn only_syncs_of_small_appends_zero_fill_ahead() {
+    let vfs = SimVfs::new(13);
+    let opts = TlogOptions {
+        zero_fill_ahead_bytes: 4096,
+        ..TlogOptions::default()
+    };
+    let path = dir().join(segment_name(1));
+    // Bytes of the segment file past its last nonzero byte.
+    let zeros_past_records = || {
+        let image = vfs.contents(&path).unwrap();
+        image.len() - (image.iter().rposition(|&b| b != 0).unwrap() + 1)
+    };
+    let mut t = sim_open(&vfs, opts.clone());
+    t.append(&ents(1, 5, 1)).unwrap();
+    t.sync().unwrap();
+    assert!(zeros_past_records() >= 3000, "{}", zeros_past_records());
+    // About 8 KiB of entries in one sync: no zeros after them (a record
+    // may end in a few zero bytes of its own).
+    let mut big = ents(5, 9, 1);
+    for e in &mut big {
+        e.data = vec![0xab; 2048].into();
+    }
+    t.append(&big).unwrap();
+    t.sync().unwrap();
+    assert!(zeros_past_records() < 64, "{}", zeros_past_records());
+    // Small syncs zero-fill again, and the log reads back whole.
+    t.append(&ents(9, 12, 1)).unwrap();
+    t.sync().unwrap();
+    assert!(zeros_past_records() >= 3000, "{}", zeros_past_records());
+    drop(t);
+    let t = sim_open(&vfs, opts);
+    let mut want = ents(1, 5, 1);
+    want.extend(big);
+    want.extend(ents(9, 12, 1));
+    assert_eq!(all(&t), want);
+}

@@ -47,7 +47,8 @@ pub struct TlogOptions {
     /// The current segment is kept written with zeros this far past its
     /// last record, so appends overwrite the file in place and their
     /// fdatasync does not also commit a file-size change (on ext4 that
-    /// halves the cost of a small sync). 0 turns it off.
+    /// halves the cost of a small sync). Syncs that carry this much or more
+    /// of new records skip it. 0 turns it off.
     pub zero_fill_ahead_bytes: u64,
 }
 
@@ -649,18 +650,28 @@ impl Tlog {
         }
         self.zeroed_bytes = self.zeroed_bytes.max(self.flushed_bytes);
         let ahead = self.opts.zero_fill_ahead_bytes;
-        if ahead > 0 && self.zeroed_bytes < self.flushed_bytes + ahead / 4 {
+        // Only a sync of new records, less than `ahead` of them, zero
+        // fills: the zeros are dirty pages of this file, so the fdatasync
+        // below writes them too (without one they would sit unsynced), and
+        // after a large append the file size it records is a small part of
+        // its cost.
+        let fresh = self.flushed_bytes.saturating_sub(self.synced_bytes);
+        if ahead > 0
+            && (1..ahead).contains(&fresh)
+            && self.zeroed_bytes < self.flushed_bytes + ahead / 4
+        {
             // Zeros read as the end of the log at recovery, so this never
             // changes what the log holds; it only keeps later fdatasyncs
             // from growing the file.
+            static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
             let to = self.flushed_bytes + ahead;
-            seg.file
-                .write_all_at(
-                    &vec![0u8; (to - self.zeroed_bytes) as usize],
-                    self.zeroed_bytes,
-                )
-                .map_err(TlogError::io("zero-fill segment", &seg.path))?;
-            self.zeroed_bytes = to;
+            while self.zeroed_bytes < to {
+                let n = (to - self.zeroed_bytes).min(ZEROS.len() as u64);
+                seg.file
+                    .write_all_at(&ZEROS[..n as usize], self.zeroed_bytes)
+                    .map_err(TlogError::io("zero-fill segment", &seg.path))?;
+                self.zeroed_bytes += n;
+            }
         }
         if self.synced_bytes < self.flushed_bytes {
             seg.file
