@@ -663,15 +663,11 @@ impl Tlog {
             // Zeros read as the end of the log at recovery, so this never
             // changes what the log holds; it only keeps later fdatasyncs
             // from growing the file.
-            static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
             let to = self.flushed_bytes + ahead;
-            while self.zeroed_bytes < to {
-                let n = (to - self.zeroed_bytes).min(ZEROS.len() as u64);
-                seg.file
-                    .write_all_at(&ZEROS[..n as usize], self.zeroed_bytes)
-                    .map_err(TlogError::io("zero-fill segment", &seg.path))?;
-                self.zeroed_bytes += n;
-            }
+            seg.file
+                .write_zeros(self.zeroed_bytes, to - self.zeroed_bytes)
+                .map_err(TlogError::io("zero-fill segment", &seg.path))?;
+            self.zeroed_bytes = to;
         }
         if self.synced_bytes < self.flushed_bytes {
             seg.file

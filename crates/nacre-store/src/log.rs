@@ -533,32 +533,32 @@ impl Log {
         Ok(())
     }
 
-    /// Keep `ZERO_AHEAD` bytes past the head written, for cheap fdatasyncs.
-    fn zero_ahead(&self, app: &mut Appender) -> Result<()> {
-        if app.zeroed_off >= app.off + ZERO_AHEAD / 4 {
+    /// Keep `ZERO_AHEAD` bytes past the head written, for cheap fdatasyncs,
+    /// when the sync about to run carries `fresh` bytes of new records.
+    fn zero_ahead(&self, app: &mut Appender, fresh: u64) -> Result<()> {
+        // Zeros ahead pay off for small commits only. After a large one (a
+        // megabyte or more since the last sync) the file size the sync
+        // records is a small part of its cost, while the zeros would be
+        // written twice: now, by this very fsync, and again when records
+        // replace them. The next small commit zeroes ahead.
+        if fresh >= ZERO_AHEAD || app.zeroed_off >= app.off + ZERO_AHEAD / 4 {
             return Ok(());
         }
         let end = (app.off + ZERO_AHEAD).min(self.seg_size);
         if end <= app.zeroed_off {
             return Ok(());
         }
-        // Written from one static block: a fresh megabyte of zeros per fill
-        // cost an mmap, page faults and an munmap every time.
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        while app.zeroed_off < end {
-            let n = (end - app.zeroed_off).min(ZEROS.len() as u64);
-            if let Err(e) = app
-                .head
-                .file
-                .write_all_at(&ZEROS[..n as usize], app.zeroed_off)
-            {
-                return Err(self.poison_with(Error::Io {
-                    op: "zero-fill segment",
-                    source: e,
-                }));
-            }
-            app.zeroed_off += n;
+        if let Err(e) = app
+            .head
+            .file
+            .write_zeros(app.zeroed_off, end - app.zeroed_off)
+        {
+            return Err(self.poison_with(Error::Io {
+                op: "zero-fill segment",
+                source: e,
+            }));
         }
+        app.zeroed_off = end;
         Ok(())
     }
 
@@ -643,17 +643,8 @@ impl Log {
             let (file, target) = {
                 let mut app = self.app.lock();
                 let r = self.flush_locked(&mut app).and_then(|_| {
-                    // Zeros ahead pay off for small commits only. After a
-                    // large one (a megabyte or more since the last sync) the
-                    // file size this sync records is a small part of its
-                    // cost, while the zeros would be written twice: once
-                    // now, by this very fsync, and again when records
-                    // replace them. The next small commit zeroes ahead.
-                    if self.written_upto().saturating_sub(synced_before) < ZERO_AHEAD {
-                        self.zero_ahead(&mut app)
-                    } else {
-                        Ok(())
-                    }
+                    let fresh = self.written_upto().saturating_sub(synced_before);
+                    self.zero_ahead(&mut app, fresh)
                 });
                 (r.map(|_| app.head.file.clone()), self.written_upto())
             };
