@@ -242,10 +242,13 @@ fn validate(ptr: Ptr, kind: Kind, payload: &[u8]) -> Result<(u8, usize)> {
                 .checked_add(n.checked_mul(4).ok_or_else(|| bad("entry count"))?)
                 .filter(|&e| e <= payload.len())
                 .ok_or_else(|| bad("entry table past end"))?;
+            // Entries lie packed, in order, right after the table: a copy
+            // on write takes runs of them over with one copy each.
+            let mut next = table_end;
             for i in 0..n {
                 let off = rd_u32(payload, 8 + 4 * i) as usize;
-                if off < table_end {
-                    return Err(bad("entry offset inside header"));
+                if off != next {
+                    return Err(bad("entries not packed in order"));
                 }
                 let mut e = Reader::new(
                     payload.get(off..).ok_or_else(|| bad("entry offset"))?,
@@ -255,15 +258,13 @@ fn validate(ptr: Ptr, kind: Kind, payload: &[u8]) -> Result<(u8, usize)> {
                 let vtag = e.u8()?;
                 let vlen = e.u32()? as usize;
                 e.bytes(klen)?;
-                match vtag {
-                    0 => {
-                        e.bytes(vlen)?;
-                    }
-                    1 => {
-                        e.bytes(EXT_LEN)?;
-                    }
+                let vbytes = match vtag {
+                    0 => vlen,
+                    1 => EXT_LEN,
                     _ => return Err(bad("value tag")),
-                }
+                };
+                e.bytes(vbytes)?;
+                next = off + LEAF_ENTRY_HEADER + klen + vbytes;
             }
         }
         Kind::Branch => {
@@ -530,6 +531,24 @@ impl Page {
         }
     }
 
+    /// Entries `a..b` as they are encoded, back to back (validation made
+    /// sure they are packed in order), and where the first starts in the
+    /// payload: a leaf copied on write takes a run of unchanged entries
+    /// over with one copy, shifting their offsets by one amount.
+    pub fn entries_bytes(&self, a: usize, b: usize) -> (usize, &[u8]) {
+        debug_assert!(self.is_leaf() && a < b && b <= self.n);
+        let from = self.entry_at(a);
+        let last = self.entry_bytes(b - 1);
+        let to = self.entry_at(b - 1) + last.len();
+        (from, &self.data()[from..to])
+    }
+
+    /// Where entry `i` starts in the payload.
+    pub fn entry_offset(&self, i: usize) -> usize {
+        debug_assert!(self.is_leaf() && i < self.n);
+        self.entry_at(i)
+    }
+
     /// Entry `i` as it is encoded (header, key, value or value pointer), so
     /// that a leaf copied on write can take it over without decoding it.
     pub fn entry_bytes(&self, i: usize) -> &[u8] {
@@ -621,26 +640,32 @@ pub fn branch_entry_size(sep: &[u8]) -> usize {
 #[cfg(test)]
 pub fn encode_leaf(entries: &[(Vec<u8>, Val)], out: &mut Vec<u8>) {
     out.clear();
-    encode_leaf_raw(
-        entries.len(),
-        |i, out| encode_entry(&entries[i].0, entries[i].1.as_ref(), out),
-        out,
-    );
+    let table = begin_leaf(entries.len(), out);
+    for (i, (k, v)) in entries.iter().enumerate() {
+        let at = out.len();
+        set_entry_offset(out, table, i, at);
+        encode_entry(k, v.as_ref(), out);
+    }
 }
 
-/// Encode a leaf of `n` entries where `put_entry(i, out)` appends entry `i`
-/// as it is encoded (see `encode_entry`, `Page::entry_bytes`).
-pub fn encode_leaf_raw(n: usize, put_entry: impl Fn(usize, &mut Vec<u8>), out: &mut Vec<u8>) {
-    let base = out.len();
+/// Start a leaf of `n` entries at the end of `out` (which then holds its
+/// payload from there on): the header and a table of offsets to fill with
+/// `set_entry_offset` as the entries are appended, packed and in order.
+/// Returns where the table starts in `out`.
+pub fn begin_leaf(n: usize, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(&[0, 0, 0, 0]);
     put_u32(out, n as u32);
     let table = out.len();
     out.resize(table + 4 * n, 0);
-    for i in 0..n {
-        let off = (out.len() - base) as u32;
-        out[table + 4 * i..table + 4 * i + 4].copy_from_slice(&off.to_le_bytes());
-        put_entry(i, out);
-    }
+    table
+}
+
+/// Record that entry `i` of the leaf whose table is at `table` in `out`
+/// starts at `at` in `out`. Offsets in the page count from the payload
+/// start, 8 bytes before the table.
+pub fn set_entry_offset(out: &mut [u8], table: usize, i: usize, at: usize) {
+    let off = (at - (table - 8)) as u32;
+    out[table + 4 * i..table + 4 * i + 4].copy_from_slice(&off.to_le_bytes());
 }
 
 /// Append one leaf entry: key length, value tag, value length, key, then
@@ -676,7 +701,7 @@ pub fn encode_branch(level: u8, keys: &[Vec<u8>], children: &[ChildInfo], out: &
 }
 
 /// Encode a branch whose separator `i` is `key(i)` and child `i` is
-/// `child(i)`, appended to `out` like `encode_leaf_raw`.
+/// `child(i)`, appended to `out` like `begin_leaf` and its entries.
 pub fn encode_branch_with<'a>(
     level: u8,
     nkeys: usize,
@@ -959,6 +984,27 @@ mod tests {
         assert_eq!(p.child_index(b"h"), 1);
         assert_eq!(p.child_index(b"p"), 2);
         assert_eq!(p.child_index(b"z"), 2);
+    }
+
+    #[test]
+    fn entries_out_of_place_are_corrupt() {
+        let entries: Vec<(Vec<u8>, Val)> = ["a", "b", "c"]
+            .iter()
+            .map(|k| (k.as_bytes().to_vec(), Val::Inline(b"v".to_vec())))
+            .collect();
+        let mut buf = Vec::new();
+        encode_leaf(&entries, &mut buf);
+        assert!(Page::decode(Ptr::NULL, Kind::Leaf, &buf).is_ok());
+        // Each offset still leads to a whole entry, but the entries no
+        // longer lie packed in table order.
+        let mut swapped = buf.clone();
+        let (a, b) = (rd_u32(&buf, 8), rd_u32(&buf, 12));
+        swapped[8..12].copy_from_slice(&b.to_le_bytes());
+        swapped[12..16].copy_from_slice(&a.to_le_bytes());
+        assert!(matches!(
+            Page::decode(Ptr::NULL, Kind::Leaf, &swapped),
+            Err(Error::Corruption { .. })
+        ));
     }
 
     #[test]
