@@ -41,10 +41,48 @@ pub enum ClusterCommand {
     TransferLeader { name: String },
 }
 
-fn free_loopback_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+/// Ports tried for each address before giving up on the range below.
+const PORT_TRIES: usize = 200;
+
+/// Where listening ports are picked: just below the kernel's range for the
+/// source ports of outgoing connections. A port from `bind(0)` comes from
+/// that range, so any process's next outgoing connection could take it
+/// between this command and the node's start, which then fails with
+/// "Address already in use" (seen in the end-to-end tests, where many
+/// nodes connect to each other while further clusters are configured).
+fn listen_port_range() -> std::ops::Range<u16> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .max(4_096);
+    ephemeral_start.saturating_sub(12_000).max(1_024)..ephemeral_start
+}
+
+/// A loopback port that is free now, from `listen_port_range`, not in
+/// `taken`; the search starts at a random place in the range so that
+/// configs made at the same time rarely try the same ports.
+fn free_loopback_port(taken: &mut Vec<u16>) -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let range = listen_port_range();
+    let span = u64::from(range.end - range.start);
+    let start = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % span;
+    for i in 0..PORT_TRIES as u64 {
+        let port = range.start + ((start + i) % span) as u16;
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return Ok(port);
+        }
+    }
+    // The whole stretch busy: fall back on what the kernel hands out.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
-        .port())
+        .port();
+    taken.push(port);
+    Ok(port)
 }
 
 /// A config for `nodes` local nodes named n1..nN.
@@ -54,8 +92,11 @@ pub fn init_config(nodes: usize, dir: &Path) -> Result<String, String> {
     }
     let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut cfg = ServerConfig::default();
+    let mut taken = Vec::new();
     for i in 1..=nodes {
-        let port = |what| free_loopback_port().map_err(|e| format!("no free port for {what}: {e}"));
+        let mut port = |what| {
+            free_loopback_port(&mut taken).map_err(|e| format!("no free port for {what}: {e}"))
+        };
         cfg.nodes.push(NodeConfig {
             name: format!("n{i}"),
             id: None,
@@ -250,5 +291,26 @@ mod tests {
         }
         assert!(cfg.select_node("n9").unwrap_err().contains("n9"));
         assert!(init_config(0, dir.path()).is_err());
+    }
+
+    #[test]
+    fn init_config_ports_are_distinct_and_below_the_outgoing_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServerConfig::from_toml(&init_config(9, dir.path()).unwrap()).unwrap();
+        let ports: Vec<u16> = cfg
+            .nodes
+            .iter()
+            .flat_map(|n| [&n.client, &n.peer])
+            .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
+            .collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 18, "{ports:?}");
+        let range = listen_port_range();
+        assert!(
+            ports.iter().all(|p| range.contains(p)),
+            "{ports:?} not in {range:?}"
+        );
     }
 }
