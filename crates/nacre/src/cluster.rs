@@ -77,7 +77,7 @@ fn free_loopback_port(taken: &mut Vec<u16>) -> std::io::Result<u16> {
             return Ok(port);
         }
     }
-    // The whole stretch busy: fall back on what the kernel hands out.
+    // No free port in as many tries: fall back on what the kernel hands out.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
