@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nacre_store::vfs::{VFile, Vfs};
+use nacre_store::vfs::{zero_fill_range, VFile, Vfs};
 use protobuf::Message;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
@@ -649,25 +649,21 @@ impl Tlog {
             self.buf.clear();
         }
         self.zeroed_bytes = self.zeroed_bytes.max(self.flushed_bytes);
-        let ahead = self.opts.zero_fill_ahead_bytes;
-        // Only a sync of new records, less than `ahead` of them, zero
-        // fills: the zeros are dirty pages of this file, so the fdatasync
-        // below writes them too (without one they would sit unsynced), and
-        // after a large append the file size it records is a small part of
-        // its cost.
+        // Zeros read as the end of the log at recovery, so the fill never
+        // changes what the log holds; it only keeps later fdatasyncs from
+        // growing the file.
         let fresh = self.flushed_bytes.saturating_sub(self.synced_bytes);
-        if ahead > 0
-            && (1..ahead).contains(&fresh)
-            && self.zeroed_bytes < self.flushed_bytes + ahead / 4
-        {
-            // Zeros read as the end of the log at recovery, so this never
-            // changes what the log holds; it only keeps later fdatasyncs
-            // from growing the file.
-            let to = self.flushed_bytes + ahead;
+        if let Some(fill) = zero_fill_range(
+            fresh,
+            self.flushed_bytes,
+            self.zeroed_bytes,
+            self.opts.zero_fill_ahead_bytes,
+            u64::MAX,
+        ) {
             seg.file
-                .write_zeros(self.zeroed_bytes, to - self.zeroed_bytes)
+                .write_zeros(fill.start, fill.end - fill.start)
                 .map_err(TlogError::io("zero-fill segment", &seg.path))?;
-            self.zeroed_bytes = to;
+            self.zeroed_bytes = fill.end;
         }
         if self.synced_bytes < self.flushed_bytes {
             seg.file

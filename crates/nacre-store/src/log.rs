@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::record::{
     self, align_up, put_ptr, put_u32, put_u64, Kind, Ptr, Reader, ALIGN, HEADER_LEN,
 };
-use crate::vfs::{VFile, Vfs};
+use crate::vfs::{zero_fill_range, VFile, Vfs};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const SEG_HEADER_PAYLOAD: usize = 4 + 8 + 8 + 8 + 8;
@@ -38,7 +38,7 @@ const APPEND_BUF_MAX: usize = 1 << 20;
 /// zeros: an fdatasync that need not record a new file size (no journal
 /// commit on ext4) is markedly cheaper, and only the fsync path pays for it.
 /// Syncs that carry this much or more of new records skip it (see
-/// `sync_to`).
+/// `vfs::zero_fill_range`).
 const ZERO_AHEAD: u64 = 1 << 20;
 /// The page size that early writeback rounds down to.
 const WRITEBACK_PAGE: u64 = 4096;
@@ -534,31 +534,20 @@ impl Log {
     }
 
     /// Keep `ZERO_AHEAD` bytes past the head written, for cheap fdatasyncs,
-    /// when the sync about to run carries `fresh` bytes of new records.
+    /// when the sync about to run carries `fresh` bytes of new records (see
+    /// `vfs::zero_fill_range` for when it is due).
     fn zero_ahead(&self, app: &mut Appender, fresh: u64) -> Result<()> {
-        // Zeros ahead pay off for small commits only. After a large one (a
-        // megabyte or more since the last sync) the file size the sync
-        // records is a small part of its cost, while the zeros would be
-        // written twice: now, by this very fsync, and again when records
-        // replace them. The next small commit zeroes ahead.
-        if fresh >= ZERO_AHEAD || app.zeroed_off >= app.off + ZERO_AHEAD / 4 {
+        let Some(fill) = zero_fill_range(fresh, app.off, app.zeroed_off, ZERO_AHEAD, self.seg_size)
+        else {
             return Ok(());
-        }
-        let end = (app.off + ZERO_AHEAD).min(self.seg_size);
-        if end <= app.zeroed_off {
-            return Ok(());
-        }
-        if let Err(e) = app
-            .head
-            .file
-            .write_zeros(app.zeroed_off, end - app.zeroed_off)
-        {
+        };
+        if let Err(e) = app.head.file.write_zeros(fill.start, fill.end - fill.start) {
             return Err(self.poison_with(Error::Io {
                 op: "zero-fill segment",
                 source: e,
             }));
         }
-        app.zeroed_off = end;
+        app.zeroed_off = fill.end;
         Ok(())
     }
 

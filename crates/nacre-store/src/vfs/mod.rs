@@ -55,6 +55,32 @@ pub trait VFile: Send + Sync {
     fn len(&self) -> io::Result<u64>;
 }
 
+/// The zero fill both logs keep ahead of their head, so that appends
+/// overwrite the file in place and a small sync's fdatasync does not also
+/// record a new file size: the range to write with zeros before a sync
+/// that carries `fresh` bytes of new records, when records end at `end`,
+/// zeros already reach `zeroed`, the fill is `ahead` bytes and the file may
+/// not grow past `limit`. `None` when no fill is due: none is wanted
+/// (`ahead` 0), nothing is to be synced (zeros would sit unsynced), enough
+/// is left (a quarter of `ahead`), or the sync is large (`ahead` or more):
+/// the zeros are dirty pages of the same file, so that fsync would write
+/// them too and records would write over them again, while for a large
+/// sync the file size it records is a small part of its cost.
+pub fn zero_fill_range(
+    fresh: u64,
+    end: u64,
+    zeroed: u64,
+    ahead: u64,
+    limit: u64,
+) -> Option<std::ops::Range<u64>> {
+    let zeroed = zeroed.max(end);
+    if ahead == 0 || fresh == 0 || fresh >= ahead || zeroed >= end + ahead / 4 {
+        return None;
+    }
+    let to = (end + ahead).min(limit);
+    (to > zeroed).then_some(zeroed..to)
+}
+
 /// A directory of files.
 pub trait Vfs: Send + Sync {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
@@ -354,6 +380,32 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn zero_fill_is_due_only_for_small_syncs_short_of_zeros() {
+        // A small sync with no zeros ahead: fill to `ahead` past the end.
+        assert_eq!(
+            zero_fill_range(100, 1000, 1000, 4096, u64::MAX),
+            Some(1000..5096)
+        );
+        // Zeros already reaching part way: only the rest.
+        assert_eq!(
+            zero_fill_range(100, 1000, 1500, 4096, u64::MAX),
+            Some(1500..5096)
+        );
+        // Enough zeros left (a quarter of `ahead` or more): none.
+        assert_eq!(zero_fill_range(100, 1000, 2024, 4096, u64::MAX), None);
+        // A large sync, nothing to sync, or no fill wanted: none.
+        assert_eq!(zero_fill_range(4096, 1000, 1000, 4096, u64::MAX), None);
+        assert_eq!(zero_fill_range(0, 1000, 1000, 4096, u64::MAX), None);
+        assert_eq!(zero_fill_range(100, 1000, 1000, 0, u64::MAX), None);
+        // Never past the limit, and nothing when the limit is reached.
+        assert_eq!(
+            zero_fill_range(100, 1000, 1000, 4096, 3000),
+            Some(1000..3000)
+        );
+        assert_eq!(zero_fill_range(100, 3000, 3000, 4096, 3000), None);
+    }
 
     #[test]
     fn write_zeros_zeroes_exactly_the_range_asked() {
