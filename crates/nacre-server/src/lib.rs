@@ -194,13 +194,23 @@ pub async fn start_with_vfs(
     })
 }
 
-/// Runs a node until `shutdown` completes, then stops it cleanly.
+/// Runs a node until `shutdown` completes, then stops it cleanly. It also
+/// returns if the raft loop ends on its own: with that loop's error if it
+/// failed (a disk error, a peer port it cannot listen on), so that the
+/// process exits non-zero and a supervisor sees it, instead of living on
+/// answering every request with `GoingDown`; with `Ok` if the node was
+/// removed from the cluster.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let running = start(config).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
+    let status = running.node.status.clone();
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        () = status.wait_stopped() => {
+            tracing::warn!("the raft loop has stopped; shutting the node down");
+        }
+    }
     running.shutdown().await
 }

@@ -107,7 +107,10 @@ pub struct Status {
     pub checkpoints: AtomicU64,
     pub proposals: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Set once the raft loop has ended, for good; `stop_notify` wakes
+    /// whoever waits for that (see [`Status::wait_stopped`]).
     pub stopped: AtomicBool,
+    stop_notify: tokio::sync::Notify,
     pub snapshots_sent: AtomicU64,
     /// Read rounds answered from the leader lease, and by a quorum round.
     pub read_rounds_by_lease: AtomicU64,
@@ -141,6 +144,25 @@ impl Status {
     pub fn leader_name(&self) -> Option<String> {
         let leader = self.leader_id.load(Ordering::Acquire);
         self.members.read().get(&leader).map(|m| m.name.clone())
+    }
+
+    /// Completes once the raft loop has ended, whether it was asked to, it
+    /// failed, or the node was removed from the cluster.
+    pub async fn wait_stopped(&self) {
+        loop {
+            // Registered before the check, so a stop between the check and
+            // the await still wakes it.
+            let woken = self.stop_notify.notified();
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stop_notify.notify_waiters();
     }
 }
 
@@ -604,7 +626,7 @@ impl Node {
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft loop stopped");
         }
-        self.status.stopped.store(true, Ordering::SeqCst);
+        self.status.mark_stopped();
         self.fail_all(going_down());
         // Leave the store durable up to what was applied, so the next start
         // replays less of the tlog.
