@@ -2,7 +2,8 @@
 //! do), then does random point reads: a target for `perf record`.
 //! `cargo run --release -p nacre-store --example read_profile [keys] [reads]`
 //! Knobs, all environment variables: `NACRE_KEY_LEN`, `NACRE_VALUE_LEN`,
-//! `NACRE_NO_CLEANER`, `NACRE_OVERWRITE`, `NACRE_HOT`, `NACRE_PREAD` (see
+//! `NACRE_NO_CLEANER`, `NACRE_OVERWRITE`, `NACRE_HOT`, `NACRE_PREAD`,
+//! `NACRE_THREADS` (see
 //! below).
 
 use nacre_store::{Options, Store};
@@ -78,15 +79,31 @@ fn main() {
     } else {
         ks.len()
     };
+    // NACRE_THREADS=N: the reads split over N threads, each with its own
+    // read transaction of the same version, as a server's connections are.
+    let threads: usize = std::env::var("NACRE_THREADS")
+        .ok()
+        .map_or(1, |n| n.parse().expect("NACRE_THREADS: a number"));
+    assert!(threads >= 1, "NACRE_THREADS: at least 1");
     let t = std::time::Instant::now();
-    for _ in 0..reads {
-        let k = &ks[rng.random_range(0..hot)];
-        let found = r.get_with(k, |v| {
-            out.clear();
-            out.extend_from_slice(v)
-        });
-        assert!(found.unwrap().is_some());
-    }
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let (store, ks) = (&store, &ks);
+            scope.spawn(move || {
+                let r = store.begin_read();
+                let mut rng = StdRng::seed_from_u64(100 + thread as u64);
+                let mut out = Vec::new();
+                for _ in 0..reads / threads {
+                    let k = &ks[rng.random_range(0..hot)];
+                    let found = r.get_with(k, |v| {
+                        out.clear();
+                        out.extend_from_slice(v)
+                    });
+                    assert!(found.unwrap().is_some());
+                }
+            });
+        }
+    });
     let s = t.elapsed().as_secs_f64();
     let after = store.stats();
     println!(

@@ -212,12 +212,17 @@ impl Source for Ctx<'_> {
         self.fetch(ptr, false)
     }
 
+    fn pinned(&self, ptr: Ptr) -> Option<&Page> {
+        self.pinned.filter(|p| p.ptr == ptr).map(|p| &**p)
+    }
+
+    fn pinned_child(&self, parent: &Page, i: usize) -> Option<&Page> {
+        self.pinned_slot(parent, i)?.get().map(|p| &**p)
+    }
+
     fn child(&self, parent: &Page, i: usize) -> Result<Arc<Page>> {
         let ptr = parent.child(i).ptr;
-        let slot = match (self.pinned, self.pinned_children) {
-            (Some(root), Some(slots)) if root.ptr == parent.ptr => slots.get(i),
-            _ => None,
-        };
+        let slot = self.pinned_slot(parent, i);
         let Some(slot) = slot else {
             return self.page(ptr);
         };
@@ -231,6 +236,15 @@ impl Source for Ctx<'_> {
 }
 
 impl Ctx<'_> {
+    /// The slot that keeps child `i` of `parent`, if `parent` is the
+    /// pinned root.
+    fn pinned_slot(&self, parent: &Page, i: usize) -> Option<&OnceLock<Arc<Page>>> {
+        match (self.pinned, self.pinned_children) {
+            (Some(root), Some(slots)) if root.ptr == parent.ptr => slots.get(i),
+            _ => None,
+        }
+    }
+
     /// Read a value record and check that it belongs to `key`.
     pub fn value(&self, ptr: Ptr, vlen: u32, key: &[u8]) -> Result<Vec<u8>> {
         if self.writer {

@@ -15,14 +15,45 @@ pub fn lookup(src: &dyn Source, root: Ptr, key: &[u8]) -> Result<Option<Val>> {
     Ok(find(src, root, key)?.map(|(page, i)| page.value(i).to_val()))
 }
 
+/// A page a lookup holds: borrowed when its source keeps it for as long as
+/// itself (a version's root and the root's children), else a counted
+/// reference from the cache. Every lookup passes the pinned pages, so
+/// cloning their `Arc`s would have every reader thread write the same
+/// reference counts, twice per page per lookup.
+pub enum PageRef<'a> {
+    Pinned(&'a Page),
+    Shared(Arc<Page>),
+}
+
+impl std::ops::Deref for PageRef<'_> {
+    type Target = Page;
+    fn deref(&self) -> &Page {
+        match self {
+            PageRef::Pinned(p) => p,
+            PageRef::Shared(p) => p,
+        }
+    }
+}
+
 /// The leaf holding `key` and its index there, if the key exists.
-pub fn find(src: &dyn Source, root: Ptr, key: &[u8]) -> Result<Option<(Arc<Page>, usize)>> {
-    let mut page = src.page(root)?;
+pub fn find<'s>(
+    src: &'s dyn Source,
+    root: Ptr,
+    key: &[u8],
+) -> Result<Option<(PageRef<'s>, usize)>> {
+    let mut page = match src.pinned(root) {
+        Some(p) => PageRef::Pinned(p),
+        None => PageRef::Shared(src.page(root)?),
+    };
     for _ in 0..HEIGHT_MAX {
         if page.is_leaf() {
             return Ok(page.search(key).ok().map(|i| (page, i)));
         }
-        let child = src.child(&page, page.child_index(key))?;
+        let i = page.child_index(key);
+        let child = match src.pinned_child(&page, i) {
+            Some(c) => PageRef::Pinned(c),
+            None => PageRef::Shared(src.child(&page, i)?),
+        };
         check_level(&page, &child)?;
         page = child;
     }
@@ -156,6 +187,110 @@ impl Cursor {
             self.stack.push((page.clone(), i));
             parent = page;
             page = child;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::btree::page::{encode_branch, encode_leaf, ChildInfo};
+    use crate::record::Kind;
+
+    /// Three levels in memory: a root over two branches over four leaves.
+    /// It counts what lookups ask of it, and pins the root and the root's
+    /// children when `pin` is set, as a read transaction's view does.
+    struct Tree {
+        pages: HashMap<u64, Arc<Page>>,
+        root: Arc<Page>,
+        root_children: Vec<Arc<Page>>,
+        pin: bool,
+        counted: Cell<usize>,
+    }
+
+    impl Source for Tree {
+        fn page(&self, ptr: Ptr) -> Result<Arc<Page>> {
+            self.counted.set(self.counted.get() + 1);
+            Ok(self.pages[&ptr.addr].clone())
+        }
+        fn pinned(&self, ptr: Ptr) -> Option<&Page> {
+            (self.pin && ptr == self.root.ptr).then_some(&*self.root)
+        }
+        fn pinned_child(&self, parent: &Page, i: usize) -> Option<&Page> {
+            (self.pin && parent.ptr == self.root.ptr).then(|| &*self.root_children[i])
+        }
+    }
+
+    fn key(i: usize) -> Vec<u8> {
+        format!("key{i:04}").into_bytes()
+    }
+
+    fn tree(pin: bool) -> Tree {
+        let mut pages = HashMap::new();
+        let mut addr = 0u64;
+        let mut add = |kind: Kind, payload: &[u8], pages: &mut HashMap<u64, Arc<Page>>| {
+            addr += 4096;
+            let ptr = Ptr {
+                addr,
+                len: payload.len() as u32,
+            };
+            let page = Arc::new(Page::decode(ptr, kind, payload).unwrap());
+            pages.insert(addr, page.clone());
+            page
+        };
+        let mut out = Vec::new();
+        let mut leaves = Vec::new();
+        for l in 0..4 {
+            let entries: Vec<(Vec<u8>, Val)> = (l * 10..l * 10 + 10)
+                .map(|i| (key(i), Val::Inline(vec![i as u8; 3])))
+                .collect();
+            encode_leaf(&entries, &mut out);
+            leaves.push(add(Kind::Leaf, &out, &mut pages));
+        }
+        let info = |p: &Arc<Page>| ChildInfo {
+            ptr: p.ptr,
+            count: 10,
+            bytes: 100,
+        };
+        let mut mids = Vec::new();
+        for m in 0..2 {
+            let kids = [info(&leaves[2 * m]), info(&leaves[2 * m + 1])];
+            encode_branch(1, &[key(20 * m + 10)], &kids, &mut out);
+            mids.push(add(Kind::Branch, &out, &mut pages));
+        }
+        encode_branch(2, &[key(20)], &[info(&mids[0]), info(&mids[1])], &mut out);
+        let root = add(Kind::Branch, &out, &mut pages);
+        Tree {
+            pages,
+            root,
+            root_children: mids,
+            pin,
+            counted: Cell::new(0),
+        }
+    }
+
+    #[test]
+    fn lookups_borrow_pinned_pages_and_read_only_the_rest() {
+        for pin in [false, true] {
+            let t = tree(pin);
+            for i in 0..40 {
+                t.counted.set(0);
+                let (leaf, at) = find(&t, t.root.ptr, &key(i)).unwrap().expect("present");
+                assert_eq!(leaf.key(at), key(i).as_slice());
+                assert!(matches!(leaf, PageRef::Shared(_)), "a leaf is not pinned");
+                // Unpinned: root, branch and leaf come from `page`. Pinned:
+                // only the leaf does.
+                assert_eq!(t.counted.get(), if pin { 1 } else { 3 }, "key {i}");
+                assert_eq!(
+                    lookup(&t, t.root.ptr, &key(i)).unwrap(),
+                    Some(Val::Inline(vec![i as u8; 3]))
+                );
+            }
+            assert!(find(&t, t.root.ptr, b"key0005x").unwrap().is_none());
+            assert!(find(&t, t.root.ptr, b"zz").unwrap().is_none());
         }
     }
 }

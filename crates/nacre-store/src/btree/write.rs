@@ -32,6 +32,18 @@ pub trait Source {
     fn page_to_copy(&self, ptr: Ptr) -> Result<Arc<Page>> {
         self.page(ptr)
     }
+
+    /// The page at `ptr` if the source holds it for as long as itself, so
+    /// that a lookup may borrow it instead of counting a reference.
+    fn pinned(&self, _ptr: Ptr) -> Option<&Page> {
+        None
+    }
+
+    /// Child `i` of `parent`, if the source holds it likewise (and has it
+    /// already: `child` is what reads it).
+    fn pinned_child(&self, _parent: &Page, _i: usize) -> Option<&Page> {
+        None
+    }
 }
 
 /// Where it writes nodes to.
