@@ -829,7 +829,8 @@ mod tests {
             let shared: Vec<u8> = (0..rng.random_range(0..=20))
                 .map(|_| rng.random_range(0..3))
                 .collect();
-            let mut raw: Vec<Vec<u8>> = (0..rng.random_range(1..40))
+            // Up to 300 keys: pages of many keys, as well as few.
+            let mut raw: Vec<Vec<u8>> = (0..rng.random_range(1..300))
                 .map(|_| {
                     let mut k = shared.clone();
                     k.extend((0..rng.random_range(0..12)).map(|_| rng.random_range(0..3u8)));
