@@ -247,7 +247,26 @@ pub fn local_cluster(nodes: usize, dir: &Path) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
+        // A node exits on its own when its raft loop fails: say so once,
+        // and where its log is, while the others run on.
+        let mut reported = vec![false; children.len()];
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => break,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            for ((name, c), done) in children.iter_mut().zip(reported.iter_mut()) {
+                if let (false, Ok(Some(status))) = (*done, c.try_wait()) {
+                    eprintln!(
+                        "{name} has exited ({status}); see {}/{name}.log",
+                        dir.display()
+                    );
+                    *done = true;
+                }
+            }
+        }
     });
     for (_, c) in &children {
         let _ = Command::new("kill")

@@ -156,3 +156,85 @@ fn scripts_from_the_command_line() {
     assert_eq!(ok(ep, &["call", "arith64", "get", "hits"]).trim(), "11");
     assert!(ok(ep, &["script", "history", "arith64"]).contains('1'));
 }
+
+/// Waits up to 30 s for `child` to exit; its exit code.
+fn exit_code(child: &mut std::process::Child, what: &str) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        assert!(Instant::now() < deadline, "{what} kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, cfg) = common::init_cluster(dir.path(), 3, "");
+    // n2's peer port is taken, as when an outgoing connection got it
+    // first: its raft loop cannot listen there and stops.
+    let n2 = &cfg.nodes[1];
+    let _taken = std::net::TcpListener::bind(&n2.peer).unwrap();
+
+    // Alone, `nacre serve` exits with 1 and the reason, instead of staying
+    // up answering every request with going_down.
+    let mut serve = Command::new(NACRE)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--node", &n2.name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(exit_code(&mut serve, "nacre serve"), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains(&format!("nacre serve: cannot listen on {}", n2.peer)),
+        "{err}"
+    );
+
+    // Under `local-cluster` the others run on, and it names the one that
+    // exited and its log.
+    let mut child = Command::new(NACRE)
+        .args(["local-cluster", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let want = format!(
+        "n2 has exited (exit status: 1); see {}/n2.log",
+        dir.path().display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l == &want) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("local-cluster did not report n2's exit; it said: {seen:?}"),
+        }
+    }
+    let eps = format!("{},{}", cfg.nodes[0].client, cfg.nodes[2].client);
+    wait_for("a leader of the two left", || {
+        nacre(&eps, &["set", "k", "v"]).0 == 0
+    });
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(exit_code(&mut child, "local-cluster"), Some(0));
+}
