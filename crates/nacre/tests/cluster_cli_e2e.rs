@@ -80,15 +80,7 @@ fn local_cluster_status_and_a_clean_stop() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(Instant::now() < deadline, "local-cluster ignored Ctrl-C");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    assert_eq!(exit_code(&mut child, "local-cluster after Ctrl-C"), Some(0));
     for e in &endpoints {
         assert!(
             std::net::TcpStream::connect(e).is_err(),
