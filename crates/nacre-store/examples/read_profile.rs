@@ -85,6 +85,7 @@ fn main() {
         .ok()
         .map_or(1, |n| n.parse().expect("NACRE_THREADS: a number"));
     assert!(threads >= 1, "NACRE_THREADS: at least 1");
+    let reads = reads / threads * threads;
     let t = std::time::Instant::now();
     std::thread::scope(|scope| {
         for thread in 0..threads {

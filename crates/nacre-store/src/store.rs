@@ -175,7 +175,7 @@ impl Ctx<'_> {
     /// The page at `ptr`, from the cache or else from the log; a page read
     /// from the log goes into the cache if `keep`.
     fn fetch(&self, ptr: Ptr, keep: bool) -> Result<Arc<Page>> {
-        if let Some(p) = self.pinned.filter(|p| p.ptr == ptr) {
+        if let Some(p) = self.pinned_root(ptr) {
             return Ok(p.clone());
         }
         if let Some(p) = self.inner.cache.get(ptr.addr) {
@@ -213,7 +213,7 @@ impl Source for Ctx<'_> {
     }
 
     fn pinned(&self, ptr: Ptr) -> Option<&Page> {
-        self.pinned.filter(|p| p.ptr == ptr).map(|p| &**p)
+        self.pinned_root(ptr).map(|p| &**p)
     }
 
     fn pinned_child(&self, parent: &Page, i: usize) -> Option<&Page> {
@@ -235,7 +235,12 @@ impl Source for Ctx<'_> {
     }
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The pinned root, if it is the page at `ptr`.
+    fn pinned_root(&self, ptr: Ptr) -> Option<&'a Arc<Page>> {
+        self.pinned.filter(|p| p.ptr == ptr)
+    }
+
     /// The slot that keeps child `i` of `parent`, if `parent` is the
     /// pinned root.
     fn pinned_slot(&self, parent: &Page, i: usize) -> Option<&OnceLock<Arc<Page>>> {
