@@ -4,7 +4,7 @@
 //! describe anything but the record it was read from; entries of deleted
 //! segments simply age out.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use std::hash::{BuildHasher, Hasher};
@@ -56,8 +56,28 @@ type Inner = Cache<u64, Arc<Page>, PageWeight, PositionHash, DefaultLifecycle<u6
 
 pub struct PageCache {
     cache: Inner,
+    counts: Box<[Counts; STRIPES]>,
+}
+
+/// Hits and misses are counted on one of `STRIPES` cache lines picked per
+/// thread: every lookup counts, and with one shared pair of counters every
+/// reader thread would write the same line on every lookup (two per get).
+const STRIPES: usize = 16;
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Counts {
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+/// This thread's stripe: threads take stripes in turn as they first count.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
 }
 
 impl PageCache {
@@ -71,17 +91,17 @@ impl PageCache {
                 PositionHash,
                 DefaultLifecycle::default(),
             ),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            counts: Box::default(),
         }
     }
 
     pub fn get(&self, addr: u64) -> Option<Arc<Page>> {
         let p = self.cache.get(&addr);
+        let counts = &self.counts[stripe()];
         let counter = if p.is_some() {
-            &self.hits
+            &counts.hits
         } else {
-            &self.misses
+            &counts.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
         p
@@ -101,14 +121,55 @@ impl PageCache {
     }
 
     pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
+        self.counts
+            .iter()
+            .map(|c| c.hits.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn misses(&self) -> u64 {
-        self.misses.load(Ordering::Relaxed)
+        self.counts
+            .iter()
+            .map(|c| c.misses.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn weight(&self) -> u64 {
         self.cache.weight()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btree::page::{encode_leaf, Page, Val};
+    use crate::record::{Kind, Ptr};
+
+    #[test]
+    fn lookups_from_many_threads_are_all_counted() {
+        let cache = PageCache::new(1 << 20);
+        let mut payload = Vec::new();
+        encode_leaf(&[(b"k".to_vec(), Val::Inline(b"v".to_vec()))], &mut payload);
+        let ptr = Ptr {
+            addr: 4096,
+            len: payload.len() as u32,
+        };
+        cache.insert(Arc::new(Page::decode(ptr, Kind::Leaf, &payload).unwrap()));
+        // More threads than stripes, so that some share one.
+        let threads = STRIPES + 5;
+        let per_thread = 2_000u64;
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for i in 0..per_thread {
+                        // Every other lookup misses (an address never cached).
+                        let addr = if i % 2 == 0 { 4096 } else { 8192 + i };
+                        assert_eq!(cache.get(addr).is_some(), i % 2 == 0);
+                    }
+                });
+            }
+        });
+        assert_eq!(cache.hits(), threads as u64 * per_thread / 2);
+        assert_eq!(cache.misses(), threads as u64 * per_thread / 2);
     }
 }
