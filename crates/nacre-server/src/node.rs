@@ -409,6 +409,39 @@ impl Node {
         let (applied, applied_term) = sm.applied();
         {
             let mut log = tlog.write();
+            let installed = sm.installed_snapshot()?;
+            // A fresh tlog next to a store that has applied entries is a
+            // lost tlog, whatever the store says: the votes it held are
+            // gone, and the node must not run (below).
+            let fresh = log.last_index() == 0 && log.hard_state().term == 0;
+            if let Some((index, term, conf)) = installed.filter(|s| s.0 == applied && !fresh) {
+                if applied > log.last_index() {
+                    // A snapshot went into the store, but the node stopped
+                    // (a crash, a disk error) before its tlog recorded it:
+                    // record it now, as the install would have.
+                    tracing::warn!(
+                        index,
+                        tlog_last = log.last_index(),
+                        "finishing a snapshot install that a crash interrupted"
+                    );
+                    let mut meta = SnapshotMetadata {
+                        index,
+                        term,
+                        ..Default::default()
+                    };
+                    meta.set_conf_state(conf);
+                    log.apply_snapshot(&meta).map_err(err)?;
+                    let mut hs: HardState = log.hard_state();
+                    if hs.term < term {
+                        // As if it had heard of the term: no vote in it.
+                        hs.term = term;
+                        hs.vote = 0;
+                    }
+                    hs.commit = hs.commit.max(index);
+                    log.set_hard_state(&hs).map_err(err)?;
+                    log.sync().map_err(err)?;
+                }
+            }
             if applied > log.last_index() {
                 return Err(ServerError::Raft(format!(
                     "the store has applied index {applied} but the tlog ends at {}: \
@@ -590,7 +623,13 @@ impl Node {
             let source: crate::transport::SnapshotSource = Arc::new(move |snap: &Snapshot| {
                 let name = String::from_utf8(snap.data.to_vec()).map_err(|e| e.to_string())?;
                 let txn = store.snapshot(&name).map_err(|e| e.to_string())?;
-                let iter = txn.iter().map(|kv| kv.map_err(|e| e.to_string()));
+                let iter = txn
+                    .iter()
+                    .filter(|kv| {
+                        !kv.as_ref()
+                            .is_ok_and(|(k, _)| crate::state::is_local_key(k))
+                    })
+                    .map(|kv| kv.map_err(|e| e.to_string()));
                 Ok(Box::new(iter)
                     as Box<
                         dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), String>> + Send,
@@ -1016,7 +1055,8 @@ impl Node {
             )));
         };
         let pairs = crate::transport::read_snapshot_file(&path)?;
-        self.sm.install_snapshot(pairs, meta.index, meta.term)?;
+        self.sm
+            .install_snapshot(pairs, meta.index, meta.term, meta.get_conf_state())?;
         let _ = std::fs::remove_file(&path);
         self.tlog.write().apply_snapshot(&meta).map_err(err)?;
         self.snapshots_in.retain(|i, _| *i > meta.index);

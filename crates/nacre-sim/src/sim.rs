@@ -6,6 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use nacre_server::transport::Inbound;
 use nacre_store::vfs::sim::SimVfs;
 use nacre_store::vfs::Vfs;
 use parking_lot::Mutex;
-use raft::eraftpb::{EntryType, Message, MessageType};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::StateRole;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -131,7 +132,8 @@ pub struct Stats {
     pub partitions: u64,
     pub messages: u64,
     pub messages_dropped: u64,
-    pub snapshots_dropped: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
     pub final_index: u64,
     /// [`Scenario::SlowLeaderCutOff`]: when the cut began (0: never).
     pub cutoff_at_ms: u64,
@@ -222,6 +224,11 @@ struct SimNode {
 enum Ev {
     Tick(usize, u64),
     Deliver(usize, Box<Message>),
+    /// A MsgSnapshot and the file holding the leader's store contents.
+    DeliverSnapshot(usize, Box<Message>, PathBuf),
+    /// Tells the sender (a position) how sending a snapshot to `to` (a
+    /// raft id) ended.
+    SnapshotStatus(usize, u64, bool),
     Client(usize),
     Fault,
     Heal,
@@ -334,6 +341,34 @@ pub struct Sim {
     stats: Stats,
     trace: Vec<String>,
     fingerprint: u64,
+    /// Where snapshot files in flight are written (real files: nodes read
+    /// them with std::fs, as production reads what the transport wrote).
+    snap_dir: SnapDir,
+    snap_files: u64,
+    /// Every committed entry from index `COMMITTED_FIRST` on, taken from
+    /// the nodes' tlogs as they commit, before compaction drops them: the
+    /// replay check's log.
+    committed: Vec<Entry>,
+}
+
+/// Tells apart the snapshot directories of simulations run at once.
+static SIM_DIRS: AtomicU64 = AtomicU64::new(0);
+
+/// The first index of a fresh cluster's log (index 1 is its initial
+/// snapshot).
+const COMMITTED_FIRST: u64 = 2;
+
+/// Entries of the tlog kept behind a checkpoint. Small, so that the log is
+/// compacted and a lagging node is brought up to date by a snapshot.
+const TLOG_TAIL_ENTRIES: u64 = 48;
+
+/// A directory removed, with what is left in it, when the run ends.
+struct SnapDir(PathBuf);
+
+impl Drop for SnapDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn fnv(h: &mut u64, bytes: &[u8]) {
@@ -442,6 +477,13 @@ impl Sim {
             },
             trace: Vec::new(),
             fingerprint: 0xcbf2_9ce4_8422_2325,
+            snap_dir: SnapDir(std::env::temp_dir().join(format!(
+                "nacre-sim-{}-{seed}-{}",
+                std::process::id(),
+                SIM_DIRS.fetch_add(1, Ordering::Relaxed)
+            ))),
+            snap_files: 0,
+            committed: Vec::new(),
             cfg,
         }
     }
@@ -565,12 +607,11 @@ impl Sim {
             heartbeat_ticks: HEARTBEAT_TICKS,
             reads_by_lease: self.reads_by_lease,
             proposals_pending_max: 4096,
-            // Checkpoints (store fsync) happen, but the tlog is never
-            // compacted: no raft snapshot is ever needed (the simulated
-            // network does not carry snapshot files) and the whole log
-            // stays readable for the replay check.
+            // Checkpoints (store fsync) every 64 entries, each compacting
+            // the tlog to a short tail: a node that falls further behind is
+            // sent a snapshot.
             checkpoint_entries: 64,
-            tlog_tail_entries: u64::MAX / 2,
+            tlog_tail_entries: TLOG_TAIL_ENTRIES,
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
@@ -646,6 +687,38 @@ impl Sim {
                 self.fingerprint = h;
                 if let Some(node) = self.nodes[i].node.as_mut() {
                     let r = node.step(Msg::Peer(Inbound::Raft(*m)));
+                    if let Err(e) = r {
+                        self.node_error(i, e.to_string());
+                    } else {
+                        self.drive(i);
+                    }
+                }
+            }
+            Ev::DeliverSnapshot(i, m, path) => {
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    let installed =
+                        |n: &Node| n.status().snapshots_installed.load(Ordering::Relaxed);
+                    let before = installed(node);
+                    let r = node.step(Msg::Peer(Inbound::Snapshot { msg: *m, path }));
+                    if let Err(e) = r {
+                        self.node_error(i, e.to_string());
+                    } else {
+                        self.drive(i);
+                    }
+                    if let Some(node) = self.nodes[i].node.as_ref() {
+                        if installed(node) > before {
+                            self.stats.snapshots_installed += 1;
+                            let applied = node.status().applied.load(Ordering::Relaxed);
+                            self.log(|| format!("n{i} installed a snapshot, applied {applied}"));
+                        }
+                    }
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            Ev::SnapshotStatus(i, to, ok) => {
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    let r = node.step(Msg::Peer(Inbound::SnapshotStatus { to, ok }));
                     if let Err(e) = r {
                         self.node_error(i, e.to_string());
                     } else {
@@ -802,6 +875,7 @@ impl Sim {
             Some(node) => node.process(),
             None => return,
         };
+        self.capture(i);
         let msgs = std::mem::take(&mut *self.nodes[i].outbox.lock());
         for m in msgs {
             self.route(i, m);
@@ -811,14 +885,101 @@ impl Sim {
         }
     }
 
+    /// Takes the entries node `i` has committed past those taken so far,
+    /// while its tlog still holds them.
+    fn capture(&mut self, i: usize) {
+        let sn = &self.nodes[i];
+        let (Some(node), Some(tlog)) = (sn.node.as_ref(), sn.tlog.as_ref()) else {
+            return;
+        };
+        let commit = node.status().commit.load(Ordering::Relaxed);
+        let next = COMMITTED_FIRST + self.committed.len() as u64;
+        if commit < next {
+            return;
+        }
+        let log = tlog.read();
+        if log.first_index() > next {
+            // It came up to date by a snapshot: the others have them.
+            return;
+        }
+        match log.entries(next, commit + 1, None) {
+            Ok(entries) => {
+                drop(log);
+                self.committed.extend(entries);
+            }
+            Err(e) => {
+                let why = format!("n{i}: cannot read committed entries {next}..={commit}: {e}");
+                drop(log);
+                self.fail(why);
+            }
+        }
+    }
+
+    /// Ships a snapshot from node `from` as the transport would: the store
+    /// contents the snapshot names, streamed into a file for the receiver.
+    /// Lost or cut, the sender hears that sending failed.
+    fn route_snapshot(&mut self, from: usize, to: usize, m: Message) {
+        self.stats.snapshots_sent += 1;
+        let d = self.delay_min_us + self.rng.random_range(0..self.delay_jitter_us);
+        let lost =
+            self.cut.contains(&(from, to)) || self.rng.random_range(0..1000) < self.loss_permille;
+        let file = if lost {
+            None
+        } else {
+            self.write_snapshot_file(from, &m)
+        };
+        self.log(|| {
+            format!(
+                "n{from} sends n{to} a snapshot at {}{}",
+                m.get_snapshot().get_metadata().index,
+                if file.is_some() { "" } else { " (lost)" }
+            )
+        });
+        let ok = file.is_some();
+        if let Some(path) = file {
+            self.at(d, Ev::DeliverSnapshot(to, Box::new(m.clone()), path));
+        }
+        self.at(d, Ev::SnapshotStatus(from, m.to, ok));
+    }
+
+    fn write_snapshot_file(&mut self, from: usize, m: &Message) -> Option<PathBuf> {
+        use std::io::Write;
+        let node = self.nodes[from].node.as_ref()?;
+        let name = String::from_utf8(m.get_snapshot().data.to_vec()).ok()?;
+        let txn = match node.store().snapshot(&name) {
+            Ok(t) => t,
+            Err(e) => {
+                // The leader dropped it for a newer one: as a failed send.
+                self.log(|| format!("snapshot {name} gone: {e}"));
+                return None;
+            }
+        };
+        std::fs::create_dir_all(&self.snap_dir.0).expect("snapshot dir");
+        self.snap_files += 1;
+        let path = self.snap_dir.0.join(format!("{}.snap", self.snap_files));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("snapshot file"));
+        for kv in txn.iter() {
+            let (k, v) = kv.expect("a store snapshot reads back");
+            if nacre_server::state::is_local_key(&k) {
+                continue;
+            }
+            for field in [&k, &v] {
+                out.write_all(&(field.len() as u32).to_le_bytes())
+                    .expect("write");
+                out.write_all(field).expect("write");
+            }
+        }
+        out.flush().expect("write");
+        Some(path)
+    }
+
     fn route(&mut self, from: usize, m: Message) {
         self.stats.messages += 1;
         let Some(to) = self.nodes.iter().position(|n| n.id == m.to) else {
             return;
         };
         if m.get_msg_type() == MessageType::MsgSnapshot {
-            // Never expected: the tlog is not compacted in the simulation.
-            self.stats.snapshots_dropped += 1;
+            self.route_snapshot(from, to, m);
             return;
         }
         if self.cut.contains(&(from, to)) || self.rng.random_range(0..1000) < self.loss_permille {
@@ -1304,23 +1465,32 @@ impl Sim {
     /// Replays node 0's log through the model and holds every acknowledged
     /// write and every read to it.
     fn replay_check(&mut self, final_index: u64) {
-        let tlog = self.nodes[0].tlog.clone().expect("up");
-        let log = tlog.read();
-        let first = log.first_index();
-        if first > 2 {
-            self.fail(format!("the log was compacted to {first}; cannot replay"));
+        for i in 0..self.nodes.len() {
+            self.capture(i);
+        }
+        let first = COMMITTED_FIRST;
+        let taken = first + self.committed.len() as u64;
+        if taken <= final_index {
+            self.fail(format!(
+                "the simulator took committed entries up to {} only, of {final_index}",
+                taken - 1
+            ));
             return;
         }
-        let entries = match log.entries(first, final_index + 1, None) {
-            Ok(e) => e,
-            Err(e) => {
-                let why = format!("cannot read the final log: {e}");
-                drop(log);
-                self.fail(why);
-                return;
-            }
-        };
-        drop(log);
+        let entries: Vec<Entry> = self
+            .committed
+            .iter()
+            .take_while(|e| e.index <= final_index)
+            .cloned()
+            .collect();
+        if let Some((pos, e)) = entries
+            .iter()
+            .enumerate()
+            .find(|(pos, e)| e.index != first + *pos as u64)
+        {
+            self.fail(format!("entry {} taken at position {pos}", e.index));
+            return;
+        }
         // states[i]: the user state after applying index i.
         let mut states: Vec<KvState> = vec![KvState::new(); first as usize];
         let mut results: BTreeMap<u64, (Vec<u8>, WriteResult)> = BTreeMap::new();
@@ -1435,6 +1605,9 @@ fn digest(store: &nacre_store::Store) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325;
     for kv in store.begin_read().iter() {
         let (k, v) = kv.expect("store read");
+        if nacre_server::state::is_local_key(&k) {
+            continue;
+        }
         fnv(&mut h, &(k.len() as u64).to_le_bytes());
         fnv(&mut h, &k);
         fnv(&mut h, &(v.len() as u64).to_le_bytes());

@@ -27,6 +27,7 @@ fn describe(r: &Report) -> String {
 #[test]
 fn correct_build_passes_fixed_seeds() {
     let (mut crashes, mut partitions, mut acked, mut open) = (0, 0, 0, 0);
+    let mut snapshots = 0;
     for seed in 1..=8 {
         let r = run_seed(seed, short());
         assert!(r.passed(), "{}", describe(&r));
@@ -34,6 +35,7 @@ fn correct_build_passes_fixed_seeds() {
         partitions += r.stats.partitions;
         acked += r.stats.writes_acked;
         open += r.stats.writes_open;
+        snapshots += r.stats.snapshots_installed;
     }
     // The seeds must actually exercise faults and produce a real history,
     // or passing them would mean nothing.
@@ -41,6 +43,9 @@ fn correct_build_passes_fixed_seeds() {
     assert!(partitions > 3, "only {partitions} partitions");
     assert!(acked > 1000, "only {acked} acknowledged writes");
     assert!(open > 0, "no write with an unknown outcome");
+    // The tlog is compacted, so nodes that fall behind catch up by
+    // snapshot: that path must be exercised too.
+    assert!(snapshots > 0, "no snapshot was installed");
 }
 
 /// Runs seeds until `bug` is caught (at most `seeds_max`), then checks the
