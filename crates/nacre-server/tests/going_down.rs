@@ -6,36 +6,11 @@
 use std::sync::Arc;
 
 use nacre_proto::ErrorCode;
-use nacre_server::node::{Node, NodeOptions};
-use nacre_server::state::{MemberRecord, StateMachine};
-use nacre_store::vfs::OsVfs;
+mod common;
 
-fn options(dir: &std::path::Path) -> NodeOptions {
-    NodeOptions {
-        id: 1,
-        initial_members: vec![(
-            1,
-            MemberRecord {
-                name: "n1".into(),
-                client: "127.0.0.1:1".into(),
-                peer: "127.0.0.1:2".into(),
-            },
-        )],
-        join: false,
-        preferred_leader: None,
-        cluster_id: "c".into(),
-        peer_listen: "127.0.0.1:0".into(),
-        data_dir: dir.to_path_buf(),
-        tick_ms: 10,
-        election_ticks: 10,
-        heartbeat_ticks: 1,
-        reads_by_lease: true,
-        proposals_pending_max: 16,
-        checkpoint_entries: 100,
-        tlog_tail_entries: 0,
-        planted: Default::default(),
-    }
-}
+use nacre_server::node::Node;
+use nacre_server::state::StateMachine;
+use nacre_store::vfs::OsVfs;
 
 #[tokio::test]
 async fn a_stopped_node_answers_going_down() {
@@ -52,7 +27,7 @@ async fn a_stopped_node_answers_going_down() {
     let (mut node, handle) = Node::new(
         nacre_raft::TlogStorage::new(tlog),
         sm,
-        options(dir.path()),
+        common::node_options(dir.path()),
         None,
         None,
     )

@@ -3,41 +3,16 @@
 //! two (a crash, a disk error) finishes the install when it restarts; a
 //! node whose tlog is simply gone is still refused.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use nacre_raft::{Tlog, TlogStorage};
-use nacre_server::node::{Node, NodeOptions};
-use nacre_server::state::{MemberRecord, StateMachine};
+use nacre_server::node::Node;
+use nacre_server::state::StateMachine;
 use nacre_store::vfs::OsVfs;
 use raft::eraftpb::ConfState;
-
-fn options(dir: &Path) -> NodeOptions {
-    NodeOptions {
-        id: 1,
-        initial_members: vec![(
-            1,
-            MemberRecord {
-                name: "n1".into(),
-                client: "127.0.0.1:1".into(),
-                peer: "127.0.0.1:2".into(),
-            },
-        )],
-        join: false,
-        preferred_leader: None,
-        cluster_id: "c".into(),
-        peer_listen: "127.0.0.1:0".into(),
-        data_dir: dir.to_path_buf(),
-        tick_ms: 10,
-        election_ticks: 10,
-        heartbeat_ticks: 1,
-        reads_by_lease: true,
-        proposals_pending_max: 16,
-        checkpoint_entries: 100,
-        tlog_tail_entries: 0,
-        planted: Default::default(),
-    }
-}
 
 fn open(dir: &Path) -> (TlogStorage, StateMachine) {
     let store =
@@ -57,7 +32,7 @@ fn open(dir: &Path) -> (TlogStorage, StateMachine) {
 fn interrupted_install(dir: &Path) {
     {
         let (tlog, sm) = open(dir);
-        let (node, _handle) = Node::new(tlog, sm, options(dir), None, None).unwrap();
+        let (node, _handle) = Node::new(tlog, sm, common::node_options(dir), None, None).unwrap();
         drop(node);
     }
     let (_tlog, mut sm) = open(dir);
@@ -76,8 +51,14 @@ fn a_restart_finishes_an_interrupted_snapshot_install() {
     let dir = tempfile::tempdir().unwrap();
     interrupted_install(dir.path());
     let (tlog, sm) = open(dir.path());
-    let (node, _handle) = Node::new(tlog.clone(), sm, options(dir.path()), None, None)
-        .expect("the restart finishes the install");
+    let (node, _handle) = Node::new(
+        tlog.clone(),
+        sm,
+        common::node_options(dir.path()),
+        None,
+        None,
+    )
+    .expect("the restart finishes the install");
     {
         let log = tlog.read();
         assert_eq!(log.last_index(), 50);
@@ -94,7 +75,14 @@ fn a_restart_finishes_an_interrupted_snapshot_install() {
     drop((node, tlog));
     // And it stays finished: the next start is an ordinary one.
     let (tlog, sm) = open(dir.path());
-    Node::new(tlog.clone(), sm, options(dir.path()), None, None).expect("a second restart");
+    Node::new(
+        tlog.clone(),
+        sm,
+        common::node_options(dir.path()),
+        None,
+        None,
+    )
+    .expect("a second restart");
     assert_eq!(tlog.read().last_index(), 50);
 }
 
@@ -104,7 +92,7 @@ fn a_lost_tlog_is_still_refused_after_an_install() {
     interrupted_install(dir.path());
     std::fs::remove_dir_all(dir.path().join("tlog")).unwrap();
     let (tlog, sm) = open(dir.path());
-    let err = Node::new(tlog, sm, options(dir.path()), None, None)
+    let err = Node::new(tlog, sm, common::node_options(dir.path()), None, None)
         .err()
         .expect("a store with applied entries beside an empty tlog is refused");
     assert!(err.to_string().contains("the tlog was lost"), "{err}");

@@ -1,0 +1,33 @@
+//! What the tests of a node driven by hand share.
+
+use nacre_server::node::NodeOptions;
+use nacre_server::state::MemberRecord;
+
+/// A one-member cluster (id 1) in `dir`, with fast ticks; nothing listens
+/// (the tests drive the node themselves).
+pub fn node_options(dir: &std::path::Path) -> NodeOptions {
+    NodeOptions {
+        id: 1,
+        initial_members: vec![(
+            1,
+            MemberRecord {
+                name: "n1".into(),
+                client: "127.0.0.1:1".into(),
+                peer: "127.0.0.1:2".into(),
+            },
+        )],
+        join: false,
+        preferred_leader: None,
+        cluster_id: "c".into(),
+        peer_listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        tick_ms: 10,
+        election_ticks: 10,
+        heartbeat_ticks: 1,
+        reads_by_lease: true,
+        proposals_pending_max: 16,
+        checkpoint_entries: 100,
+        tlog_tail_entries: 0,
+        planted: Default::default(),
+    }
+}
