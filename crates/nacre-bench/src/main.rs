@@ -7,12 +7,13 @@
 //!
 //! ```text
 //! cargo run --release -p nacre-bench -- store [--quick] [--json]
-//!     [--engines nacre,redb,fjall,rocksdb] [--sets a,b] [--dir DIR]
-//!     [--cache-mb 64] [--writers 4] [--seed N]
+//!     [--engines nacre,redb,fjall,rocksdb] [--sets a,b,c] [--dir DIR]
+//!     [--cache-mb 64] [--writers 4] [--seed N] [--rounds N]
 //! ```
 //!
 //! Each engine runs each workload set in a fresh temporary directory, which
-//! is removed afterwards. Progress goes to stderr; results to stdout, as
+//! is removed afterwards. Sets A and B run one engine after the other; set C
+//! loads every engine at once and has them read in turns. Progress goes to stderr; results to stdout, as
 //! tables or (with `--json`) one JSON object per line. The exit status is
 //! non-zero if any read missed or returned a wrong value, or an engine
 //! failed or panicked.
@@ -22,6 +23,7 @@ mod data;
 mod engine;
 mod engines;
 mod report;
+mod side_by_side;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -62,6 +64,11 @@ enum Set {
     A,
     /// kivaloo's benchmarks: 2^20 pairs of 40-byte keys and values.
     B,
+    /// Every engine loaded with set B at once, then point reads (random
+    /// and hotspot) and durable commits (single puts and batches) in turns
+    /// of a few milliseconds, so that the host's drift falls on all engines
+    /// alike (src/side_by_side.rs).
+    C,
 }
 
 #[derive(Args)]
@@ -80,7 +87,7 @@ struct StoreArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Workload sets to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values = ["a", "b"])]
+    #[arg(long, value_delimiter = ',', default_values = ["a", "b", "c"])]
     sets: Vec<Set>,
     /// Cache size given to every engine, in MiB (nacre's default is 64).
     #[arg(long, default_value_t = 64)]
@@ -202,6 +209,28 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
             let mut order = selected.clone();
             let turn = round as usize % order.len().max(1);
             order.rotate_left(turn);
+            if set == Set::C {
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    side_by_side::run_set_c(
+                        &order, &base_dir, &cfg, &sizes, &data, args.seed, round, &mut sink,
+                    )
+                }));
+                let message = match outcome {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => format!("error: {e}"),
+                    Err(panic) => panic_message(&*panic),
+                };
+                eprintln!("set C (all engines at once) FAILED: {message}");
+                // Every engine took part, so every engine's column says so.
+                for &(name, _) in &order {
+                    failures.push(Failure {
+                        engine: name.to_string(),
+                        set: "C".to_string(),
+                        message: message.clone(),
+                    });
+                }
+                continue;
+            }
             for &(name, open) in &order {
                 let set_name = format!("{set:?}");
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -274,6 +303,7 @@ fn run_one(
     match set {
         Set::A => workloads::run_set_a(&mut engine, &mut run, sizes, &data.a)?,
         Set::B => workloads::run_set_b(&mut engine, &mut run, sizes, data)?,
+        Set::C => unreachable!("set C runs every engine at once (run_set_c)"),
     }
     engine.close()?;
     dir.close()?;
@@ -339,5 +369,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Set C works on every engine at once: each takes every turn, every
+    /// read (and every committed put, read back) is right, and nacre's
+    /// measurements carry its ratio to each other engine over all the
+    /// slices.
+    #[test]
+    fn set_c_reads_on_every_engine_in_turns() {
+        let sizes = tiny();
+        let data = Datasets::generate(11, &sizes);
+        let cfg = EngineConfig {
+            cache_bytes: 8 << 20,
+        };
+        let base = tempfile::tempdir().unwrap();
+        let mut results = Vec::new();
+        let mut sink = |m: Measurement| results.push(m);
+        side_by_side::run_set_c(
+            engines::ALL,
+            base.path(),
+            &cfg,
+            &sizes,
+            &data,
+            11,
+            0,
+            &mut sink,
+        )
+        .unwrap();
+        let per_slice = sizes.b_pairs / side_by_side::SLICES;
+        // tiny(): 5 single commits spread over 64 slices is one a slice;
+        // batches take what fresh keys are left, 15 a slice.
+        let slices = side_by_side::SLICES;
+        let left = sizes.b_random_inserts - slices;
+        let expected_ops = [
+            ("C.random_read", per_slice * slices),
+            ("C.hotspot_read", per_slice * slices),
+            ("C.single_commits", slices),
+            ("C.batch_commits", left / slices * slices),
+        ];
+        for (workload, ops) in expected_ops {
+            for &(name, _) in engines::ALL {
+                let m = results
+                    .iter()
+                    .find(|m| m.engine == name && m.workload == workload)
+                    .unwrap_or_else(|| panic!("{name} has no {workload}"));
+                assert_eq!(m.errors, 0, "{name} {workload}: wrong reads");
+                assert_eq!(m.ops, ops as u64, "{name} {workload}");
+                assert!(m.ops_per_s.unwrap() > 0.0);
+                let others: Vec<&str> = m.by_slice.iter().map(|r| r.other.as_str()).collect();
+                if name == "nacre" {
+                    let expected: Vec<&str> = engines::ALL
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .filter(|&n| n != "nacre")
+                        .collect();
+                    assert_eq!(others, expected, "{workload}");
+                    for r in &m.by_slice {
+                        assert_eq!(r.slices, side_by_side::SLICES);
+                        assert!(r.q1 <= r.median && r.median <= r.q3 && r.q1 > 0.0);
+                    }
+                } else {
+                    assert!(others.is_empty(), "only nacre's rows carry ratios");
+                }
+            }
+        }
+        // Nothing left behind in the base directory.
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
     }
 }

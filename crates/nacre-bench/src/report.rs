@@ -28,6 +28,58 @@ pub struct Measurement {
     pub note: Option<String>,
     /// The round of `--rounds` it came from, from 0.
     pub round: u32,
+    /// Set C, on nacre's measurements: nacre's rate divided by each other
+    /// engine's, slice by slice.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_slice: Vec<SliceRatios>,
+}
+
+/// Nacre's rate divided by another engine's over slices of the same work
+/// done in turns: the median and the middle half of the slices' ratios.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SliceRatios {
+    pub other: String,
+    pub slices: usize,
+    pub median: f64,
+    pub q1: f64,
+    pub q3: f64,
+}
+
+impl SliceRatios {
+    /// From the seconds each slice took nacre and the other engine (the
+    /// same work in both, so a rate ratio is the other's time over nacre's).
+    pub fn of(other: &str, nacre_secs: &[f64], other_secs: &[f64]) -> SliceRatios {
+        assert_eq!(nacre_secs.len(), other_secs.len(), "slices pair up");
+        assert!(!nacre_secs.is_empty(), "at least one slice");
+        let mut ratios: Vec<f64> = nacre_secs
+            .iter()
+            .zip(other_secs)
+            .map(|(&n, &o)| o / n.max(1e-9))
+            .collect();
+        // `median` sorts them, for the quartiles too.
+        let mid = median(&mut ratios).expect("not empty");
+        // Nearest-rank quartiles: plain, and enough for a summary.
+        let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+        let r = SliceRatios {
+            other: other.to_string(),
+            slices: ratios.len(),
+            median: mid,
+            q1: at(0.25),
+            q3: at(0.75),
+        };
+        debug_assert!(r.q1 <= r.median && r.median <= r.q3);
+        r
+    }
+}
+
+impl std::fmt::Display for SliceRatios {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "nacre ÷ {} slice by slice: median {:.2}, middle half {:.2}–{:.2} ({} slices)",
+            self.other, self.median, self.q1, self.q3, self.slices
+        )
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -190,6 +242,7 @@ mod tests {
             errors: 0,
             note: None,
             round,
+            by_slice: Vec::new(),
         }
     }
 
@@ -206,6 +259,25 @@ mod tests {
         assert!(median_round(&rs, "fjall", "w").is_none());
         let no_rate = vec![m("nacre", 0, None), m("nacre", 1, None)];
         assert_eq!(median_round(&no_rate, "nacre", "w").unwrap().round, 0);
+    }
+
+    #[test]
+    fn slice_ratios_pair_the_slices_up() {
+        // nacre took 1 s per slice; the other took 1, 2, 3, 4, 5 s: rate
+        // ratios 1..=5, whatever order the slices came in.
+        let nacre = [1.0; 5];
+        let other = [3.0, 1.0, 5.0, 2.0, 4.0];
+        let r = SliceRatios::of("redb", &nacre, &other);
+        assert_eq!(r.slices, 5);
+        assert_eq!((r.q1, r.median, r.q3), (2.0, 3.0, 4.0));
+        assert_eq!(r.other, "redb");
+        // A ratio is per slice, not of the totals: nacre fast where the
+        // other is slow and slow where it is fast.
+        let r = SliceRatios::of("x", &[1.0, 4.0], &[2.0, 2.0]);
+        assert_eq!(r.median, (2.0 + 0.5) / 2.0);
+        assert!(r
+            .to_string()
+            .contains("nacre ÷ x slice by slice: median 1.25"));
     }
 
     #[test]
@@ -299,6 +371,11 @@ pub fn print_tables(
                 disk_ratio,
                 alloc_ratio
             );
+        }
+        if let Some(n) = nacre {
+            for r in &n.by_slice {
+                println!("  {r}");
+            }
         }
     }
     if !failures.is_empty() {

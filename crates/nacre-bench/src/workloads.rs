@@ -24,6 +24,7 @@ use rand::Rng;
 use crate::data::{chooser, sorted_runs, Pairs, Records};
 use crate::engine::{BenchError, BenchResult, Engine, Op, Reader};
 use crate::report::{dir_size, human_bytes, human_rate, Measurement};
+use crate::side_by_side::SLICES;
 
 pub const KEY_LEN_A: usize = 24;
 pub const VALUE_LEN_A: usize = 150;
@@ -179,6 +180,31 @@ impl Sizes {
                 format!("{} gets within the hottest 1% of keys", n(self.b_pairs)),
             ),
             (
+                "C.random_read",
+                format!(
+                    "{} gets, every engine loaded with set B, in turns",
+                    n(self.b_pairs)
+                ),
+            ),
+            (
+                "C.hotspot_read",
+                format!(
+                    "{} gets within the hottest 1% of keys, in turns",
+                    n(self.b_pairs)
+                ),
+            ),
+            (
+                "C.single_commits",
+                format!(
+                    "{} durable txns of 1 new put, in turns",
+                    n((self.a_single_commits / SLICES).max(1) * SLICES)
+                ),
+            ),
+            (
+                "C.batch_commits",
+                format!("{SLICES} durable txns of up to {bb} new puts, in turns"),
+            ),
+            (
                 "B.random_insert",
                 format!(
                     "{} new keys in random order, {bb} per durable txn",
@@ -281,6 +307,7 @@ impl Run<'_> {
             errors,
             note,
             round: self.round,
+            by_slice: Vec::new(),
         });
         Ok(())
     }
@@ -466,6 +493,42 @@ fn share(total: usize, threads: usize, t: usize) -> std::ops::Range<usize> {
     start..start + per + usize::from(t < extra)
 }
 
+/// Commits `ops` in durable transactions of `batch_len` (the last one
+/// shorter); returns how many operations were committed.
+fn commit_in_batches(
+    engine: &dyn Engine,
+    batch_len: usize,
+    ops: &mut dyn Iterator<Item = Op<'_>>,
+) -> BenchResult<u64> {
+    assert!(batch_len > 0, "a batch holds at least one operation");
+    let mut batch = Vec::with_capacity(batch_len);
+    let mut done = 0u64;
+    for op in ops {
+        batch.push(op);
+        if batch.len() == batch_len {
+            engine.commit(&batch)?;
+            done += batch.len() as u64;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        engine.commit(&batch)?;
+        done += batch.len() as u64;
+    }
+    Ok(done)
+}
+
+/// Set B's bulk insert: every base pair, in kivaloo's order, in durable
+/// transactions of `b_batch_len` puts. Returns the puts made.
+pub fn load_b(engine: &dyn Engine, sizes: &Sizes, data: &Datasets) -> BenchResult<u64> {
+    let base = &data.b;
+    let mut ops = data
+        .b_order
+        .iter()
+        .map(|&i| Op::Put(base.key(i as usize), base.value(i as usize)));
+    commit_in_batches(engine, sizes.b_batch_len, &mut ops)
+}
+
 pub fn run_set_b(
     engine: &mut Box<dyn Engine>,
     run: &mut Run<'_>,
@@ -483,28 +546,11 @@ pub fn run_set_b(
     let valid = |i: usize, v: &[u8]| v == base.value(i) || v == data.b_updates.get(i);
 
     let batched = |ops: &mut dyn Iterator<Item = Op<'_>>| -> BenchResult<u64> {
-        let mut batch = Vec::with_capacity(sizes.b_batch_len);
-        let mut done = 0u64;
-        for op in ops {
-            batch.push(op);
-            if batch.len() == sizes.b_batch_len {
-                engine.commit(&batch)?;
-                done += batch.len() as u64;
-                batch.clear();
-            }
-        }
-        if !batch.is_empty() {
-            engine.commit(&batch)?;
-            done += batch.len() as u64;
-        }
-        Ok(done)
+        commit_in_batches(&**engine, sizes.b_batch_len, ops)
     };
 
     let order = || data.b_order.iter().map(|&i| i as usize);
-    run.measure("B.bulk_insert", || {
-        let ops = batched(&mut order().map(|i| Op::Put(base.key(i), base.value(i))))?;
-        Ok((ops, 0))
-    })?;
+    run.measure("B.bulk_insert", || Ok((load_b(&**engine, sizes, data)?, 0)))?;
 
     let eng: &dyn Engine = &**engine;
     run.measure("B.insert_concurrent", || {
