@@ -29,14 +29,14 @@ mod workloads;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::{BenchResult, EngineConfig, Opener};
 use crate::report::{Failure, Measurement};
-use crate::workloads::{Datasets, Run, Sizes};
+use crate::workloads::{Datasets, Run, Setup, Sizes};
 
 /// Seed of every key, value and choice, so that runs repeat exactly.
 const DEFAULT_SEED: u64 = 0x6e61_6372_6500_0001;
@@ -188,6 +188,13 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
 
     eprintln!("generating data (seed {:#x}) ...", args.seed);
     let data = Datasets::generate(args.seed, &sizes);
+    let setup = Setup {
+        base_dir: &base_dir,
+        cfg: &cfg,
+        sizes: &sizes,
+        data: &data,
+        seed: args.seed,
+    };
 
     let mut results: Vec<Measurement> = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
@@ -211,9 +218,7 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
             order.rotate_left(turn);
             if set == Set::C {
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    side_by_side::run_set_c(
-                        &order, &base_dir, &cfg, &sizes, &data, args.seed, round, &mut sink,
-                    )
+                    side_by_side::run_set_c(&order, &setup, round, &mut sink)
                 }));
                 let message = match outcome {
                     Ok(Ok(())) => continue,
@@ -234,10 +239,7 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
             for &(name, open) in &order {
                 let set_name = format!("{set:?}");
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    run_one(
-                        name, open, set, &base_dir, &cfg, &sizes, &data, args.seed, round,
-                        &mut sink,
-                    )
+                    run_one(name, open, set, &setup, round, &mut sink)
                 }));
                 let message = match outcome {
                     Ok(Ok(())) => continue,
@@ -275,34 +277,29 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
     Ok(errors == 0 && failures.is_empty())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_one(
     name: &str,
     open: Opener,
     set: Set,
-    base_dir: &Path,
-    cfg: &EngineConfig,
-    sizes: &Sizes,
-    data: &Datasets,
-    seed: u64,
+    setup: &Setup<'_>,
     round: u32,
     sink: &mut dyn FnMut(Measurement),
 ) -> BenchResult<()> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("nacre-bench-{name}-{set:?}-"))
-        .tempdir_in(base_dir)?;
+        .tempdir_in(setup.base_dir)?;
     eprintln!("[{name}] set {set:?} in {}", dir.path().display());
-    let mut engine = open(dir.path(), cfg)?;
+    let mut engine = open(dir.path(), setup.cfg)?;
     let mut run = Run {
         engine: name,
         dir: dir.path(),
-        seed,
+        seed: setup.seed,
         round,
         sink,
     };
     match set {
-        Set::A => workloads::run_set_a(&mut engine, &mut run, sizes, &data.a)?,
-        Set::B => workloads::run_set_b(&mut engine, &mut run, sizes, data)?,
+        Set::A => workloads::run_set_a(&mut engine, &mut run, setup.sizes, &setup.data.a)?,
+        Set::B => workloads::run_set_b(&mut engine, &mut run, setup.sizes, setup.data)?,
         Set::C => unreachable!("set C runs every engine at once (run_set_c)"),
     }
     engine.close()?;
@@ -331,34 +328,52 @@ mod tests {
         }
     }
 
+    /// Tiny sizes, their data, small caches and a base directory.
+    struct Fixture {
+        sizes: Sizes,
+        data: Datasets,
+        cfg: EngineConfig,
+        base: tempfile::TempDir,
+        seed: u64,
+    }
+
+    impl Fixture {
+        fn new(seed: u64) -> Fixture {
+            let sizes = tiny();
+            Fixture {
+                data: Datasets::generate(seed, &sizes),
+                sizes,
+                cfg: EngineConfig {
+                    cache_bytes: 8 << 20,
+                },
+                base: tempfile::tempdir().unwrap(),
+                seed,
+            }
+        }
+
+        fn setup(&self) -> Setup<'_> {
+            Setup {
+                base_dir: self.base.path(),
+                cfg: &self.cfg,
+                sizes: &self.sizes,
+                data: &self.data,
+                seed: self.seed,
+            }
+        }
+    }
+
     /// Every engine in this build runs both sets end to end, and every read
     /// the workloads check (values, range order, spot checks after removal
     /// and compaction) comes back right.
     #[test]
     fn every_engine_runs_both_sets_without_a_wrong_read() {
-        let sizes = tiny();
-        let data = Datasets::generate(7, &sizes);
-        let cfg = EngineConfig {
-            cache_bytes: 8 << 20,
-        };
-        let base = tempfile::tempdir().unwrap();
+        let f = Fixture::new(7);
         for &(name, open) in engines::ALL {
             for set in [Set::A, Set::B] {
                 let mut results = Vec::new();
                 let mut sink = |m: Measurement| results.push(m);
-                run_one(
-                    name,
-                    open,
-                    set,
-                    base.path(),
-                    &cfg,
-                    &sizes,
-                    &data,
-                    7,
-                    0,
-                    &mut sink,
-                )
-                .unwrap_or_else(|e| panic!("{name} set {set:?}: {e}"));
+                run_one(name, open, set, &f.setup(), 0, &mut sink)
+                    .unwrap_or_else(|e| panic!("{name} set {set:?}: {e}"));
                 assert!(!results.is_empty(), "{name} set {set:?} measured nothing");
                 for m in &results {
                     assert_eq!(
@@ -377,25 +392,11 @@ mod tests {
     /// slices.
     #[test]
     fn set_c_reads_on_every_engine_in_turns() {
-        let sizes = tiny();
-        let data = Datasets::generate(11, &sizes);
-        let cfg = EngineConfig {
-            cache_bytes: 8 << 20,
-        };
-        let base = tempfile::tempdir().unwrap();
+        let f = Fixture::new(11);
+        let sizes = &f.sizes;
         let mut results = Vec::new();
         let mut sink = |m: Measurement| results.push(m);
-        side_by_side::run_set_c(
-            engines::ALL,
-            base.path(),
-            &cfg,
-            &sizes,
-            &data,
-            11,
-            0,
-            &mut sink,
-        )
-        .unwrap();
+        side_by_side::run_set_c(engines::ALL, &f.setup(), 0, &mut sink).unwrap();
         let per_slice = sizes.b_pairs / side_by_side::SLICES;
         // tiny(): 5 single commits spread over 64 slices is one a slice;
         // batches take what fresh keys are left, 15 a slice.
@@ -434,6 +435,6 @@ mod tests {
             }
         }
         // Nothing left behind in the base directory.
-        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(f.base.path()).unwrap().count(), 0);
     }
 }

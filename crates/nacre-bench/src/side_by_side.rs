@@ -20,15 +20,14 @@
 //! hottest 1%, durable commits of one fresh put each, and durable commits
 //! of a batch of fresh puts (one per slice).
 
-use std::path::Path;
 use std::time::Instant;
 
 use rand::Rng;
 
 use crate::data::chooser;
-use crate::engine::{BenchResult, Engine, EngineConfig, Op, Opener, Reader};
+use crate::engine::{BenchResult, Engine, Op, Opener, Reader};
 use crate::report::{dir_size, human_rate, Measurement, SliceRatios};
-use crate::workloads::{load_b, Datasets, Sizes, VALUE_LEN_B};
+use crate::workloads::{load_b, Datasets, Setup, Sizes, VALUE_LEN_B};
 
 /// Turns each engine takes per workload.
 pub const SLICES: usize = 64;
@@ -45,27 +44,23 @@ struct Loaded<'a> {
 
 /// Runs set C on `engines` (all of them at once) and hands one measurement
 /// per engine and workload to `sink`.
-#[allow(clippy::too_many_arguments)]
 pub fn run_set_c(
     engines: &[(&str, Opener)],
-    base_dir: &Path,
-    cfg: &EngineConfig,
-    sizes: &Sizes,
-    data: &Datasets,
-    seed: u64,
+    setup: &Setup<'_>,
     round: u32,
     sink: &mut dyn FnMut(Measurement),
 ) -> BenchResult<()> {
+    let (sizes, data, seed) = (setup.sizes, setup.data, setup.seed);
     let mut loaded = Vec::with_capacity(engines.len());
     for &(name, open) in engines {
         let dir = tempfile::Builder::new()
             .prefix(&format!("nacre-bench-{name}-C-"))
-            .tempdir_in(base_dir)?;
+            .tempdir_in(setup.base_dir)?;
         eprintln!(
             "[{name}] set C in {}: loading set B's pairs",
             dir.path().display()
         );
-        let mut engine = open(dir.path(), cfg)?;
+        let mut engine = open(dir.path(), setup.cfg)?;
         let puts = load_b(&*engine, sizes, data)?;
         assert_eq!(puts, data.b.len() as u64, "every pair loaded");
         engine.compact()?;

@@ -22,7 +22,7 @@ use std::time::Instant;
 use rand::Rng;
 
 use crate::data::{chooser, sorted_runs, Pairs, Records};
-use crate::engine::{BenchError, BenchResult, Engine, Op, Reader};
+use crate::engine::{BenchError, BenchResult, Engine, EngineConfig, Op, Reader};
 use crate::report::{dir_size, human_bytes, human_rate, Measurement};
 use crate::side_by_side::SLICES;
 
@@ -245,6 +245,16 @@ impl Datasets {
             b_random: Pairs::random(seed + 4, sizes.b_random_inserts, KEY_LEN_B, VALUE_LEN_B),
         }
     }
+}
+
+/// What every set's run shares: where engines get their directories, their
+/// settings, the sizes, the data and the seed of every choice.
+pub struct Setup<'a> {
+    pub base_dir: &'a Path,
+    pub cfg: &'a EngineConfig,
+    pub sizes: &'a Sizes,
+    pub data: &'a Datasets,
+    pub seed: u64,
 }
 
 /// Hands each finished measurement to the caller and reports progress.
