@@ -221,8 +221,8 @@ pub fn search_sorted<'a>(
 /// rather than by binary search. Both read the slots (8 bytes a key, so 8
 /// lines at most here) and a cached lookup is bound by memory latency:
 /// `nacre-bench store --sets c` (reads in turns with redb) measured hotspot
-/// reads 1.16–1.22× redb with counting against 1.06–1.11× without
-/// (docs/benchmarks.md). A page of 4 KiB holds up to ~45 entries of set B's
+/// reads at 1.16–1.22× redb with counting against 1.06–1.16× without, four
+/// and five runs (docs/benchmarks.md). A page of 4 KiB holds up to ~45 entries of set B's
 /// 40-byte keys and values; pages of small keys hold hundreds and keep the
 /// binary search.
 const LINEAR_SLOTS_MAX: usize = 64;
