@@ -13,8 +13,9 @@
 //!
 //! Each engine runs each workload set in a fresh temporary directory, which
 //! is removed afterwards. Sets A and B run one engine after the other; set C
-//! loads every engine at once and has them read in turns. Progress goes to stderr; results to stdout, as
-//! tables or (with `--json`) one JSON object per line. The exit status is
+//! loads every engine at once and has them read and commit in turns.
+//! Progress goes to stderr; results to stdout, as tables or (with `--json`)
+//! one JSON object per line. The exit status is
 //! non-zero if any read missed or returned a wrong value, or an engine
 //! failed or panicked.
 
@@ -138,6 +139,15 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// What went wrong in a set's run, if anything: its error or its panic.
+fn failure_of(outcome: std::thread::Result<BenchResult<()>>) -> Option<String> {
+    match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("error: {e}")),
+        Err(panic) => Some(panic_message(&*panic)),
+    }
+}
+
 /// Runs the benchmarks; returns whether every engine ran without errors.
 fn store(args: &StoreArgs) -> BenchResult<bool> {
     let selected: Vec<(&str, Opener)> = match &args.engines {
@@ -217,13 +227,10 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
             let turn = round as usize % order.len().max(1);
             order.rotate_left(turn);
             if set == Set::C {
-                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let Some(message) = failure_of(catch_unwind(AssertUnwindSafe(|| {
                     side_by_side::run_set_c(&order, &setup, round, &mut sink)
-                }));
-                let message = match outcome {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => format!("error: {e}"),
-                    Err(panic) => panic_message(&*panic),
+                }))) else {
+                    continue;
                 };
                 eprintln!("set C (all engines at once) FAILED: {message}");
                 // Every engine took part, so every engine's column says so.
@@ -238,13 +245,10 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
             }
             for &(name, open) in &order {
                 let set_name = format!("{set:?}");
-                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let Some(message) = failure_of(catch_unwind(AssertUnwindSafe(|| {
                     run_one(name, open, set, &setup, round, &mut sink)
-                }));
-                let message = match outcome {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => format!("error: {e}"),
-                    Err(panic) => panic_message(&*panic),
+                }))) else {
+                    continue;
                 };
                 eprintln!("[{name}] set {set_name} FAILED: {message}");
                 failures.push(Failure {

@@ -26,8 +26,8 @@ use rand::Rng;
 
 use crate::data::chooser;
 use crate::engine::{BenchResult, Engine, Op, Opener, Reader};
-use crate::report::{dir_size, human_rate, Measurement, SliceRatios};
-use crate::workloads::{load_b, Datasets, Setup, Sizes, VALUE_LEN_B};
+use crate::report::{Measurement, SliceRatios};
+use crate::workloads::{load_b, Datasets, Run, Setup, Sizes, VALUE_LEN_B};
 
 /// Turns each engine takes per workload.
 pub const SLICES: usize = 64;
@@ -70,7 +70,7 @@ pub fn run_set_c(
         eprintln!("[side by side] {workload} ...");
         let keys = (data.b.len() / divisor).max(1);
         let turns = read_in_turns(&loaded, data, keys, seed, workload)?;
-        record(&loaded, workload, &turns, round, sink);
+        record(&loaded, workload, &turns, setup, round, sink)?;
     }
     // Then durable commits of fresh keys, in turns as well: the disk's
     // rate drifts as much as the CPU's.
@@ -110,7 +110,7 @@ pub fn run_set_c(
                 }
             }
         }
-        record(&loaded, workload, &turns, round, sink);
+        record(&loaded, workload, &turns, setup, round, sink)?;
     }
     for l in loaded {
         l.engine.close()?;
@@ -219,21 +219,21 @@ fn read_in_turns(
     Ok(turns)
 }
 
-/// Hands one measurement per engine to `sink`; nacre's carries its ratio
-/// to every other engine slice by slice.
+/// Hands one measurement per engine to `sink` (through [`Run::record`], as
+/// sets A and B do); nacre's carries its ratio to every other engine slice
+/// by slice.
 fn record(
     loaded: &[Loaded<'_>],
     workload: &str,
     turns: &[Turns],
+    setup: &Setup<'_>,
     round: u32,
     sink: &mut dyn FnMut(Measurement),
-) {
+) -> BenchResult<()> {
     let nacre = loaded.iter().position(|l| l.name == "nacre");
     for (i, l) in loaded.iter().enumerate() {
         let t = &turns[i];
-        let secs: f64 = t.secs.iter().sum();
-        let rate = t.ops as f64 / secs.max(1e-9);
-        let by_slice: Vec<SliceRatios> = match nacre {
+        let mut by_slice: Vec<SliceRatios> = match nacre {
             Some(me) if me == i => loaded
                 .iter()
                 .enumerate()
@@ -242,33 +242,21 @@ fn record(
                 .collect(),
             _ => Vec::new(),
         };
-        let disk = dir_size(l.dir.path());
-        eprintln!(
-            "[{}] {workload}: {} ops in {secs:.3} s ({} ops/s){}",
-            l.name,
-            t.ops,
-            human_rate(rate),
-            if t.errors > 0 {
-                format!(", {} ERRORS", t.errors)
-            } else {
-                String::new()
-            }
-        );
         for r in &by_slice {
             eprintln!("[nacre] {workload}: {r}");
         }
-        sink(Measurement {
-            engine: l.name.to_string(),
-            workload: workload.to_string(),
-            ops_per_s: Some(rate),
-            bytes_on_disk: disk.apparent,
-            bytes_allocated: disk.allocated,
-            ops: t.ops,
-            secs,
-            errors: t.errors,
-            note: None,
+        let mut attach = |mut m: Measurement| {
+            m.by_slice = std::mem::take(&mut by_slice);
+            sink(m)
+        };
+        let mut run = Run {
+            engine: l.name,
+            dir: l.dir.path(),
+            seed: setup.seed,
             round,
-            by_slice,
-        });
+            sink: &mut attach,
+        };
+        run.record(workload, t.ops, t.secs.iter().sum(), t.errors, None, true)?;
     }
+    Ok(())
 }

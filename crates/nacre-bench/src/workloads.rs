@@ -281,7 +281,9 @@ impl Run<'_> {
         self.record(workload, ops, secs, errors, None, true)
     }
 
-    fn record(
+    /// Reports `ops` done in `secs` (a rate when `is_rate`), with the
+    /// directory's footprint now.
+    pub fn record(
         &mut self,
         workload: &str,
         ops: u64,
