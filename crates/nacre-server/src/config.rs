@@ -48,10 +48,11 @@ pub struct ServerConfig {
     pub multi_get_keys_max: usize,
     pub range_results_max: u32,
     /// How a leader confirms it still leads before a consistent read:
-    /// `"lease"` (default: from the check-quorum lease, no network round;
-    /// safe while clock rates differ less than the election timeout's
-    /// random margin) or `"read-index"` (a heartbeat round to a quorum per
-    /// batch of reads; safe whatever the clocks do).
+    /// `"lease"` (default: from the leader lease, no network round; safe
+    /// while no node's clock runs more than twice as fast as another's,
+    /// whatever pauses and delays: docs/replication.md) or `"read-index"`
+    /// (a heartbeat round to a quorum per batch of reads; safe whatever
+    /// the clocks do).
     pub consistent_reads: String,
     /// Raft tick; election and heartbeat timeouts are counted in ticks.
     pub tick_ms: u64,

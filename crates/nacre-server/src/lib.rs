@@ -6,7 +6,9 @@
 //! meanwhile), committed and applied by the same code that replication
 //! uses.
 
+pub mod clock;
 mod config;
+pub mod lease;
 pub mod node;
 mod scripts;
 mod server;
@@ -140,6 +142,7 @@ pub async fn start_with_vfs(
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,
             reads_by_lease: config.consistent_reads == "lease",
+            clock: clock::HostClock::shared(),
             proposals_pending_max: config.proposals_pending_max,
             checkpoint_entries: config.checkpoint_entries,
             tlog_tail_entries: config.tlog_tail_entries,

@@ -25,6 +25,8 @@ use raft::eraftpb::{
 use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
+use crate::clock::Clock;
+use crate::lease::Lease;
 use crate::state::{Committed, MemberRecord, Outcome, StateMachine};
 use crate::transport::{Inbound, Transport};
 use crate::ServerError;
@@ -236,6 +238,8 @@ pub struct NodeOptions {
     /// Confirm leadership for reads by lease (no round) or by a quorum
     /// heartbeat round (`ReadOnlyOption::Safe`).
     pub reads_by_lease: bool,
+    /// The monotonic clock leases are measured on ([`crate::clock`]).
+    pub clock: Arc<dyn Clock>,
     pub proposals_pending_max: usize,
     pub checkpoint_entries: u64,
     /// Entries kept in the tlog behind a checkpoint, for lagging followers.
@@ -257,6 +261,24 @@ pub struct Planted {
     /// The tlog is never fsynced after an append: writes are acknowledged
     /// (and acknowledged to the leader) before they are durable.
     pub ack_before_fsync: bool,
+    /// The lease as it was before it had a clock: counted in ticks from
+    /// when a quorum's replies arrived. Ticks stop while the process is
+    /// stopped, so a leader resumed after a pause still believes it.
+    pub tick_lease: bool,
+}
+
+/// A read-index round in flight: raft answers it with a read state once a
+/// quorum acknowledged the heartbeats carrying its context.
+struct ReadRound {
+    /// The tick count when asked (raft drops a round silently on a leader
+    /// change, so an old one is asked again).
+    asked_tick: u64,
+    /// The clock when asked, before its heartbeats left: where a lease
+    /// confirmed by this round starts.
+    sent_us: u64,
+    term: u64,
+    /// Empty for a round that only renews the lease.
+    waiters: Vec<oneshot::Sender<ReadReply>>,
 }
 
 struct Pending {
@@ -287,8 +309,12 @@ pub struct Node {
     snapshots_in: HashMap<u64, PathBuf>,
     membership_pending: BTreeMap<u64, (u64, oneshot::Sender<Result<u64, ErrorReply>>)>,
     was_leader: bool,
-    /// When (in ticks) each peer was last heard from: the leader lease.
+    /// When (in ticks) each peer was last heard from: only the planted
+    /// tick-counted lease reads it.
     last_heard: HashMap<u64, u64>,
+    lease: Lease,
+    /// The context of the lease-renewing round in flight, if any.
+    renewal: Option<u64>,
     tlog: TlogStorage,
     sm: StateMachine,
     rx: Receiver<Msg>,
@@ -296,10 +322,8 @@ pub struct Node {
     opts: NodeOptions,
     /// Writes proposed by this node as leader, by log index.
     pending: BTreeMap<u64, Pending>,
-    /// Reads waiting for their read-index round, by context id, with the
-    /// tick count when asked (raft drops a round silently on a leader
-    /// change, so an old one is asked again).
-    reads_asked: HashMap<u64, (u64, Vec<oneshot::Sender<ReadReply>>)>,
+    /// Read-index rounds in flight, by context id.
+    reads_asked: HashMap<u64, ReadRound>,
     ticks: u64,
     /// Reads whose read index is known, waiting for apply to reach it.
     reads_ready: Vec<(u64, oneshot::Sender<ReadReply>)>,
@@ -467,11 +491,9 @@ impl Node {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
-            read_only_option: if opts.reads_by_lease {
-                raft::ReadOnlyOption::LeaseBased
-            } else {
-                raft::ReadOnlyOption::Safe
-            },
+            // Always quorum rounds inside raft: the lease is ours, on a
+            // clock (lease.rs); raft-rs's own trusts a tick count.
+            read_only_option: raft::ReadOnlyOption::Safe,
             ..Default::default()
         };
         cfg.validate().map_err(err)?;
@@ -530,6 +552,8 @@ impl Node {
             membership_pending: BTreeMap::new(),
             was_leader: false,
             last_heard: HashMap::new(),
+            lease: Lease::new(Lease::duration_us(opts.election_ticks, opts.tick_ms)),
+            renewal: None,
             tlog,
             sm,
             rx,
@@ -562,6 +586,7 @@ impl Node {
         self.raw.tick();
         self.ticks += 1;
         self.retry_stale_reads();
+        self.renew_lease();
         if self.ticks.is_multiple_of(self.opts.election_ticks as u64) {
             self.maybe_transfer_to_preferred();
         }
@@ -739,17 +764,7 @@ impl Node {
             Msg::Peer(Inbound::Raft(mut m)) => {
                 self.last_heard.insert(m.from, self.ticks);
                 use raft::eraftpb::MessageType;
-                let empty = self.raw.raft.prs().conf().voters().ids().is_empty()
-                    && self.raw.raft.prs().conf().learners().is_empty();
-                // A node that starts empty to (re)join has none of the log it
-                // may once have acknowledged: it must not help elect anyone
-                // until a snapshot has given it the cluster's state.
-                if empty
-                    && matches!(
-                        m.get_msg_type(),
-                        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-                    )
-                {
+                if self.must_ignore_vote(&m) {
                     return Ok(());
                 }
                 // The leader may remember more of this node's log than it
@@ -789,6 +804,38 @@ impl Node {
         Ok(())
     }
 
+    /// Vote requests this node must not answer. A node that starts empty
+    /// to (re)join has none of the log it may once have acknowledged: it
+    /// must not help elect anyone until a snapshot has given it the
+    /// cluster's state. And a node in its first election timeout after a
+    /// start may have heard a leader just before it stopped, and promised
+    /// (by acknowledging a lease round) not to vote for another before its
+    /// timer ran out; the restart forgot that leader, so it waits one full
+    /// timeout before it votes. A transfer the leader asked for is exempt:
+    /// that leader gave up its lease when it began it.
+    fn must_ignore_vote(&self, m: &raft::eraftpb::Message) -> bool {
+        use raft::eraftpb::MessageType;
+        if !matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) {
+            return false;
+        }
+        let conf = self.raw.raft.prs().conf();
+        let empty = conf.voters().ids().is_empty() && conf.learners().is_empty();
+        let transfer = &m.context[..] == b"CampaignTransfer";
+        let young = self.ticks < self.opts.election_ticks as u64;
+        empty || (young && !transfer && m.term > self.raw.raft.term)
+    }
+
+    /// Starts handing leadership to `to`: from now on this term serves no
+    /// read by lease (the transferee's campaign overrides the promise the
+    /// followers made).
+    fn transfer_leader(&mut self, to: u64) {
+        self.lease.transfer_started(self.raw.raft.term);
+        self.raw.transfer_leader(to);
+    }
+
     fn propose_membership(
         &mut self,
         change: Membership,
@@ -807,7 +854,7 @@ impl Node {
                     let _ = reply.send(Err(bad("only a voter can become the leader")));
                     return;
                 }
-                self.raw.transfer_leader(id);
+                self.transfer_leader(id);
                 let _ = reply.send(Ok(self.sm.applied().0));
                 return;
             }
@@ -882,7 +929,8 @@ impl Node {
         }
     }
 
-    /// One read-index round serves every read that arrived since the last.
+    /// Every read that arrived since the last call is served by the lease
+    /// at once, or shares one read-index round.
     fn ask_reads(&mut self) {
         if self.reads_new.is_empty() {
             return;
@@ -908,39 +956,72 @@ impl Node {
             return;
         }
         let reads = std::mem::take(&mut self.reads_new);
-        let ctx = self.read_ctx_next;
-        self.read_ctx_next += 1;
-        // The lease answers at once; without one (or when it lapsed) the
-        // round goes to a quorum, which a cut-off leader cannot get.
-        let by_lease = self.opts.reads_by_lease && self.lease_valid();
-        self.raw.raft.read_only.option = if by_lease {
-            raft::ReadOnlyOption::LeaseBased
-        } else {
-            raft::ReadOnlyOption::Safe
-        };
-        let counter = if by_lease {
-            &self.status.read_rounds_by_lease
-        } else {
-            &self.status.read_rounds_by_quorum
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.raw.read_index(ctx.to_le_bytes().to_vec());
-        self.reads_asked.insert(ctx, (self.ticks, reads));
+        // The clock is read now, after these reads were taken off the
+        // queue: a lease that held then held when each of them began.
+        if self.opts.reads_by_lease && self.lease_valid() {
+            self.status
+                .read_rounds_by_lease
+                .fetch_add(1, Ordering::Relaxed);
+            let index = self.raw.raft.raft_log.committed;
+            self.reads_ready
+                .extend(reads.into_iter().map(|r| (index, r)));
+            return;
+        }
+        // Without a lease the round goes to a quorum, which a deposed or
+        // cut-off leader cannot get; its answer also renews the lease.
+        self.status
+            .read_rounds_by_quorum
+            .fetch_add(1, Ordering::Relaxed);
+        self.ask_round(reads);
     }
 
-    /// Whether this leader may answer reads from its lease: a quorum of
-    /// voters (itself included) was heard from within E/2 - 1 ticks, where
-    /// E is `election_ticks`. A follower campaigns only after E - 1 full
-    /// ticks of its own without a heartbeat (the tick it heard one in may
-    /// be nearly over), so no other leader can exist yet as long as clock
-    /// rates differ by less than (E - 1) / (E/2 - 1), 2.25x with the
-    /// default E = 10, and message delays are small against a tick. (The
-    /// lease counts from when a reply arrived, which is later than when
-    /// the follower heard the leader: the margin covers that too.) raft-rs's
-    /// own lease trusts check-quorum, under which a cut-off leader can keep
-    /// leading for up to two election timeouts: longer than the followers
-    /// wait before electing another.
+    /// Sends a read-index round (heartbeats carrying a fresh context).
+    fn ask_round(&mut self, waiters: Vec<oneshot::Sender<ReadReply>>) -> u64 {
+        let ctx = self.read_ctx_next;
+        self.read_ctx_next += 1;
+        let round = ReadRound {
+            asked_tick: self.ticks,
+            sent_us: self.opts.clock.now_us(),
+            term: self.raw.raft.term,
+            waiters,
+        };
+        self.reads_asked.insert(ctx, round);
+        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        ctx
+    }
+
+    /// Whether this leader may answer reads from its lease now.
     fn lease_valid(&self) -> bool {
+        if self.opts.planted.tick_lease {
+            return self.tick_lease_valid();
+        }
+        let term = self.raw.raft.term;
+        self.lease.valid(term, self.opts.clock.now_us())
+    }
+
+    /// Keeps the lease from running out while this node leads: once less
+    /// than half of it is left, one round (at most one in flight) renews
+    /// it. A round costs a heartbeat to each peer, every half lease.
+    fn renew_lease(&mut self) {
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if !self.opts.reads_by_lease || !leader || self.renewal.is_some() {
+            return;
+        }
+        if !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        let left_us = self
+            .lease
+            .remaining_us(self.raw.raft.term, self.opts.clock.now_us());
+        if left_us < self.lease.length_us() / 2 {
+            self.renewal = Some(self.ask_round(Vec::new()));
+        }
+    }
+
+    /// The planted bug (`Planted::tick_lease`): the lease as it was, a
+    /// quorum of voters heard from within E/2 - 1 ticks, counted from when
+    /// their replies arrived.
+    fn tick_lease_valid(&self) -> bool {
         let lease_ticks = (self.opts.election_ticks as u64 / 2)
             .saturating_sub(1)
             .max(1);
@@ -959,20 +1040,40 @@ impl Node {
         fresh >= quorum
     }
 
-    /// Reads whose round got no answer within an election timeout go back
-    /// in the queue (and fail there if this node is no longer the leader).
+    /// A read state came back: the round's reads may proceed at `index`,
+    /// and a quorum heard this leader after the round was sent.
+    fn round_answered(&mut self, ctx: u64, index: u64) {
+        let Some(round) = self.reads_asked.remove(&ctx) else {
+            return;
+        };
+        if self.renewal == Some(ctx) {
+            self.renewal = None;
+        }
+        if self.raw.raft.state == StateRole::Leader && round.term == self.raw.raft.term {
+            self.lease.confirmed(round.term, round.sent_us);
+        }
+        self.reads_ready
+            .extend(round.waiters.into_iter().map(|w| (index, w)));
+    }
+
+    /// Rounds that got no answer within an election timeout are given up:
+    /// their reads go back in the queue (and fail there if this node is no
+    /// longer the leader), a renewal is asked again.
     fn retry_stale_reads(&mut self) {
         let limit = self.opts.election_ticks as u64;
         let ticks = self.ticks;
         let stale: Vec<u64> = self
             .reads_asked
             .iter()
-            .filter(|(_, (asked, _))| ticks - asked > limit)
+            .filter(|(_, r)| ticks - r.asked_tick > limit)
             .map(|(ctx, _)| *ctx)
             .collect();
         for ctx in stale {
-            if let Some((_, waiters)) = self.reads_asked.remove(&ctx) {
-                self.reads_new.extend(waiters);
+            if self.renewal == Some(ctx) {
+                self.renewal = None;
+            }
+            if let Some(round) = self.reads_asked.remove(&ctx) {
+                self.reads_new.extend(round.waiters);
             }
         }
     }
@@ -1002,12 +1103,8 @@ impl Node {
             wrote = true;
         }
         for rs in rd.take_read_states() {
-            let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) else {
-                continue;
-            };
-            if let Some((_, waiters)) = self.reads_asked.remove(&u64::from_le_bytes(ctx)) {
-                self.reads_ready
-                    .extend(waiters.into_iter().map(|w| (rs.index, w)));
+            if let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) {
+                self.round_answered(u64::from_le_bytes(ctx), rs.index);
             }
         }
         if wrote && rd.must_sync() && !self.opts.planted.ack_before_fsync {
@@ -1150,6 +1247,9 @@ impl Node {
             self.raw.apply_conf_change(&cc).map_err(err)?
         };
         self.tlog.write().set_conf_state(&cs).map_err(err)?;
+        // Rounds acknowledged under the old voters prove nothing about
+        // the new ones' quorums.
+        self.lease.revoke();
         // The member table changes in the same step as the applied index,
         // so a restart never sees one without the other.
         self.sm.apply_members(e.index, e.term, &changes)?;
@@ -1249,6 +1349,13 @@ impl Node {
             for (_, (_, reply)) in std::mem::take(&mut self.membership_pending) {
                 let _ = reply.send(Err(why.clone()));
             }
+            // raft forgot its rounds on stepping down; their reads are
+            // answered (NotMaster) by the next ask_reads, not a timeout.
+            self.lease.revoke();
+            self.renewal = None;
+            for (_, round) in std::mem::take(&mut self.reads_asked) {
+                self.reads_new.extend(round.waiters);
+            }
         }
         self.was_leader = is_leader;
         self.publish_progress(is_leader);
@@ -1317,7 +1424,7 @@ impl Node {
             .is_some_and(|p| p.matched == last)
         {
             tracing::info!(to = pref, "handing leadership to the preferred leader");
-            self.raw.transfer_leader(pref);
+            self.transfer_leader(pref);
         }
     }
 
@@ -1325,8 +1432,8 @@ impl Node {
         for (_, p) in std::mem::take(&mut self.pending) {
             let _ = p.reply.send(Err(why.clone()));
         }
-        for (_, (_, waiters)) in std::mem::take(&mut self.reads_asked) {
-            for w in waiters {
+        for (_, round) in std::mem::take(&mut self.reads_asked) {
+            for w in round.waiters {
                 let _ = w.send(Err(why.clone()));
             }
         }

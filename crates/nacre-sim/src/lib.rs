@@ -7,6 +7,7 @@
 //! docs/testing.md.
 
 pub mod checker;
+mod clock;
 pub mod model;
 mod sim;
 

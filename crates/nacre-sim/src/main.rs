@@ -21,7 +21,8 @@ struct Args {
     /// Simulated milliseconds of workload per seed.
     #[arg(long, default_value_t = 10_000)]
     workload_ms: u64,
-    /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard.
+    /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
+    /// tick-lease.
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -36,8 +37,13 @@ struct Args {
     drift_permille: u64,
     /// Run the slow-leader cut-off scenario instead of random faults: the
     /// leader's clock slows by this factor, per mille (4000: 4x slow).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "leader_pause")]
     slow_leader_cutoff: Option<u64>,
+    /// Run the leader-pause scenario instead of random faults: the leader
+    /// is paused again and again while reads of what the others wrote
+    /// queue up at it.
+    #[arg(long)]
+    leader_pause: bool,
 }
 
 fn main() {
@@ -48,6 +54,9 @@ fn main() {
     // Slow-leader cut-off: seeds with a cut, reads the cut-off leader
     // answered, those after a newer write, and seeds with any.
     let (mut cuts, mut cut_reads, mut late_reads, mut late_seeds) = (0u64, 0u64, 0u64, 0u64);
+    // Pauses: in all, with a write acknowledged elsewhere meanwhile, and
+    // reads sent to the paused leader after it, answered.
+    let (mut pauses, mut pauses_new, mut pause_reads, mut pause_answered) = (0u64, 0, 0, 0);
     for seed in args.start..args.start + args.seeds {
         let cfg = SimConfig {
             trace: args.trace,
@@ -56,9 +65,12 @@ fn main() {
             nodes: args.nodes,
             reads_by_lease: args.lease,
             clock_drift_permille_max: args.drift_permille,
-            scenario: args.slow_leader_cutoff.map(|p| Scenario::SlowLeaderCutOff {
-                leader_clock_slowdown_permille: p,
-            }),
+            scenario: match args.slow_leader_cutoff {
+                Some(p) => Some(Scenario::SlowLeaderCutOff {
+                    leader_clock_slowdown_permille: p,
+                }),
+                None => args.leader_pause.then_some(Scenario::LeaderPause),
+            },
             ..SimConfig::default()
         };
         let r = run_seed(seed, cfg);
@@ -67,6 +79,10 @@ fn main() {
         cut_reads += r.stats.cutoff_reads_answered;
         late_reads += r.stats.cutoff_reads_after_new_write;
         late_seeds += u64::from(r.stats.cutoff_reads_after_new_write > 0);
+        pauses += r.stats.pauses;
+        pauses_new += r.stats.pauses_with_new_write;
+        pause_reads += r.stats.pause_reads_sent;
+        pause_answered += r.stats.pause_reads_answered;
         ops += r.history.len() as u64;
         if args.trace {
             for line in &r.trace {
@@ -107,6 +123,9 @@ fn main() {
             if let Some(p) = args.slow_leader_cutoff {
                 extra.push_str(&format!(" --slow-leader-cutoff {p}"));
             }
+            if args.leader_pause {
+                extra.push_str(" --leader-pause");
+            }
             println!(
                 "  replay: cargo run --release -p nacre-sim -- --seeds 1 --start {seed} --workload-ms {}{planted}{extra} --trace",
                 args.workload_ms
@@ -127,6 +146,13 @@ fn main() {
             "slow-leader cut-off: {cuts} cuts; the cut-off leader answered {cut_reads} \
              consistent reads during them, {late_reads} of them after another node \
              acknowledged a write (in {late_seeds} seeds)"
+        );
+    }
+    println!("pauses: {pauses}");
+    if args.leader_pause {
+        println!(
+            "leader pause: {pauses_new} pauses with a write acknowledged elsewhere; \
+             {pause_reads} reads of it sent to the paused leader, {pause_answered} answered"
         );
     }
     if failed > 0 {

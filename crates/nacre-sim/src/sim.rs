@@ -25,6 +25,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
 use crate::checker::{self, Call, OpKind, OpValue, Verdict};
+use crate::clock::{SimClock, SimNow};
 use crate::model::{self, KvState, WriteResult};
 
 /// A deliberate bug to switch on in every node.
@@ -37,6 +38,9 @@ pub enum Bug {
     AckBeforeFsync,
     /// The state machine ignores batch guards.
     SkipGuard,
+    /// The leader lease is counted in ticks, which stop while a process
+    /// is paused (`Planted::tick_lease`).
+    TickLease,
 }
 
 impl std::str::FromStr for Bug {
@@ -46,8 +50,9 @@ impl std::str::FromStr for Bug {
             "follower-reads" => Ok(Bug::FollowerReads),
             "ack-before-fsync" => Ok(Bug::AckBeforeFsync),
             "skip-guard" => Ok(Bug::SkipGuard),
+            "tick-lease" => Ok(Bug::TickLease),
             _ => Err(format!(
-                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard)"
+                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, tick-lease)"
             )),
         }
     }
@@ -69,6 +74,16 @@ pub enum Scenario {
     /// each other (docs/replication.md): past that, the old leader answers
     /// reads from a lease it no longer holds.
     SlowLeaderCutOff { leader_clock_slowdown_permille: u64 },
+    /// Again and again while the workload runs (first after 0.8–1.2 s,
+    /// then 0.3–0.8 s after each resume): the leader's process is paused
+    /// (SIGSTOP, a VM stall) for 0.5–3 election timeouts while the others
+    /// go on. Once another node has acknowledged a write during the pause,
+    /// the even-numbered clients send consistent reads of the keys it
+    /// wrote to the paused leader, where they queue with its peer messages
+    /// until it resumes; the others keep writing to the rest of the
+    /// cluster. A lease that did not see the time pass answers those reads
+    /// with what it had before the pause.
+    LeaderPause,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +159,15 @@ pub struct Stats {
     /// Of those, the ones answered after another node had acknowledged a
     /// write during the cut: each misses that write.
     pub cutoff_reads_after_new_write: u64,
+    /// Process pauses (random faults and [`Scenario::LeaderPause`]).
+    pub pauses: u64,
+    /// [`Scenario::LeaderPause`]: pauses during which another node
+    /// acknowledged a write.
+    pub pauses_with_new_write: u64,
+    /// Consistent reads sent to a paused leader after such a write, and
+    /// of those the ones it answered (rather than refused) on resuming.
+    pub pause_reads_sent: u64,
+    pub pause_reads_answered: u64,
 }
 
 /// Everything one run produced.
@@ -208,6 +232,10 @@ impl PeerSink for Outbox {
 struct SimNode {
     id: u64,
     vfs: SimVfs,
+    /// The node's own clock; its rate also sets its tick period.
+    clock: Arc<SimClock>,
+    /// Set while the process is paused: what arrived for it meanwhile.
+    paused: Option<Paused>,
     outbox: Arc<Mutex<Vec<Message>>>,
     node: Option<Node>,
     /// A second handle on the node's tlog, to read the final log.
@@ -215,14 +243,23 @@ struct SimNode {
     /// Bumped at every crash so ticks scheduled for a dead incarnation
     /// are ignored.
     incarnation: u64,
-    tick_us: u64,
     timeout_ticks: usize,
     role: Option<(u64, StateRole)>,
     restart_pending: bool,
 }
 
+/// A paused process: its timers do not fire and its inbound messages and
+/// client requests wait, in arrival order.
+struct Paused {
+    backlog: Vec<Msg>,
+    /// A tick fell due during the pause (the loop runs one on resuming).
+    tick_due: bool,
+}
+
 enum Ev {
     Tick(usize, u64),
+    /// The paused node (of this incarnation) resumes.
+    Resume(usize, u64),
     Deliver(usize, Box<Message>),
     /// A MsgSnapshot and the file holding the leader's store contents.
     DeliverSnapshot(usize, Box<Message>, PathBuf),
@@ -274,6 +311,9 @@ struct Pending {
     node: usize,
     deadline_us: u64,
     waiting: Waiting,
+    /// A consistent read sent to a paused leader after another node
+    /// acknowledged a write ([`Scenario::LeaderPause`]).
+    pause_read: bool,
 }
 
 struct Client {
@@ -286,15 +326,20 @@ struct Client {
     seen: BTreeMap<Bytes, Option<Bytes>>,
     /// A scenario's reader: sends only consistent reads, all to this node.
     pin: Option<usize>,
+    /// A pause's reader, until another node acknowledges a write: it waits.
+    hold: bool,
 }
 
-/// A [`Scenario::SlowLeaderCutOff`] in progress.
+/// A [`Scenario`] in progress: a leader cut off, or paused.
 struct CutOff {
     leader: usize,
-    /// The leader's own tick period, restored when the cut ends.
-    tick_us: u64,
+    /// The leader's own clock period, restored when the cut ends (`None`:
+    /// a pause, which leaves the clock alone).
+    period_permille: Option<u64>,
     /// Another node acknowledged a write during the cut.
     new_write: bool,
+    /// Keys such writes wrote (for the pause's readers to read).
+    written: Vec<Bytes>,
 }
 
 /// A read served at a known applied index, for the log-replay check.
@@ -317,6 +362,8 @@ pub struct Sim {
     cfg: SimConfig,
     rng: StdRng,
     now_us: u64,
+    /// `now_us`, shared with the nodes' clocks.
+    sim_now: SimNow,
     seq: u64,
     queue: BinaryHeap<Reverse<Queued>>,
     nodes: Vec<SimNode>,
@@ -399,6 +446,7 @@ impl Sim {
             })
             .collect();
         let drift = cfg.clock_drift_permille_max as i64;
+        let sim_now: SimNow = Arc::new(AtomicU64::new(0));
         let nodes = members
             .iter()
             .map(|(id, _)| {
@@ -407,14 +455,20 @@ impl Sim {
                 } else {
                     0
                 };
+                let period_permille = (1000 + d) as u64;
                 SimNode {
                     id: *id,
                     vfs: SimVfs::new(rng.random()),
+                    clock: SimClock::new(
+                        sim_now.clone(),
+                        period_permille,
+                        rng.random_range(0..1 << 40),
+                    ),
+                    paused: None,
                     outbox: Arc::new(Mutex::new(Vec::new())),
                     node: None,
                     tlog: None,
                     incarnation: 0,
-                    tick_us: (TICK_US as i64 * (1000 + d) / 1000) as u64,
                     timeout_ticks: ELECTION_TICKS,
                     role: None,
                     restart_pending: false,
@@ -432,6 +486,7 @@ impl Sim {
                 seen_index: 0,
                 seen: BTreeMap::new(),
                 pin: None,
+                hold: false,
             })
             .collect();
         // Network character of this run: some seeds are clean, some lossy.
@@ -451,6 +506,7 @@ impl Sim {
             seed,
             rng,
             now_us: 0,
+            sim_now,
             seq: 0,
             queue: BinaryHeap::new(),
             nodes,
@@ -486,6 +542,16 @@ impl Sim {
             committed: Vec::new(),
             cfg,
         }
+    }
+
+    fn set_now(&mut self, now_us: u64) {
+        self.now_us = now_us;
+        self.sim_now.store(now_us, Ordering::Relaxed);
+    }
+
+    /// A node's tick period in simulated microseconds, at its clock's rate.
+    fn tick_us(&self, i: usize) -> u64 {
+        self.nodes[i].clock.sim_us_for(TICK_US)
     }
 
     fn at(&mut self, delay_us: u64, ev: Ev) {
@@ -533,14 +599,14 @@ impl Sim {
             if q.at_us > end_us {
                 break;
             }
-            self.now_us = q.at_us;
+            self.set_now(q.at_us);
             let mut h = self.fingerprint;
             fnv(&mut h, &q.at_us.to_le_bytes());
             self.fingerprint = h;
             self.handle(q.ev);
             self.poll_clients();
         }
-        self.now_us = end_us;
+        self.set_now(end_us);
         self.final_checks();
         match checker::check(&self.history, &self.keys, self.cfg.check_budget_states) {
             Verdict::Linearizable => {}
@@ -606,6 +672,7 @@ impl Sim {
             election_ticks: ELECTION_TICKS,
             heartbeat_ticks: HEARTBEAT_TICKS,
             reads_by_lease: self.reads_by_lease,
+            clock: sn.clock.clone(),
             proposals_pending_max: 4096,
             // Checkpoints (store fsync) every 64 entries, each compacting
             // the tlog to a short tail: a node that falls further behind is
@@ -615,6 +682,7 @@ impl Sim {
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
+                tick_lease: self.cfg.planted == Some(Bug::TickLease),
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
@@ -626,7 +694,7 @@ impl Sim {
         sn.role = None;
         sn.restart_pending = false;
         let inc = sn.incarnation;
-        let first_tick = self.rng.random_range(0..self.nodes[i].tick_us);
+        let first_tick = self.rng.random_range(0..self.tick_us(i));
         self.at(first_tick, Ev::Tick(i, inc));
         Ok(())
     }
@@ -647,6 +715,8 @@ impl Sim {
         }
         sn.node = None;
         sn.tlog = None;
+        // kill -9 ends a stopped process too; what waited for it is lost.
+        sn.paused = None;
         sn.incarnation += 1;
         sn.outbox.lock().clear();
         self.stats.crashes += 1;
@@ -666,65 +736,34 @@ impl Sim {
                 if self.nodes[i].incarnation != inc || self.nodes[i].node.is_none() {
                     return;
                 }
-                let role = self.nodes[i].node.as_ref().expect("up").raft_role();
-                if self.nodes[i].role != Some(role) {
-                    let t = self.rng.random_range(ELECTION_TICKS..2 * ELECTION_TICKS);
-                    self.nodes[i].timeout_ticks = t;
-                    self.nodes[i].role = Some(role);
-                    self.log(|| format!("n{i} is {:?} in term {}", role.1, role.0));
+                if let Some(p) = self.nodes[i].paused.as_mut() {
+                    // No timer fires in a stopped process; the tick chain
+                    // picks up again when it resumes.
+                    p.tick_due = true;
+                    return;
                 }
-                let sn = &mut self.nodes[i];
-                let node = sn.node.as_mut().expect("up");
-                node.set_election_timeout_ticks(sn.timeout_ticks);
-                node.tick();
-                self.drive(i);
-                let d = self.nodes[i].tick_us;
-                self.at(d, Ev::Tick(i, inc));
+                self.tick(i, inc);
+            }
+            Ev::Resume(i, inc) => {
+                if self.nodes[i].incarnation == inc {
+                    self.resume(i);
+                }
             }
             Ev::Deliver(i, m) => {
                 let mut h = self.fingerprint;
                 fnv(&mut h, &[i as u8, m.get_msg_type() as u8]);
                 self.fingerprint = h;
-                if let Some(node) = self.nodes[i].node.as_mut() {
-                    let r = node.step(Msg::Peer(Inbound::Raft(*m)));
-                    if let Err(e) = r {
-                        self.node_error(i, e.to_string());
-                    } else {
-                        self.drive(i);
-                    }
-                }
+                self.deliver(i, Msg::Peer(Inbound::Raft(*m)));
             }
             Ev::DeliverSnapshot(i, m, path) => {
-                if let Some(node) = self.nodes[i].node.as_mut() {
-                    let installed =
-                        |n: &Node| n.status().snapshots_installed.load(Ordering::Relaxed);
-                    let before = installed(node);
-                    let r = node.step(Msg::Peer(Inbound::Snapshot { msg: *m, path }));
-                    if let Err(e) = r {
-                        self.node_error(i, e.to_string());
-                    } else {
-                        self.drive(i);
-                    }
-                    if let Some(node) = self.nodes[i].node.as_ref() {
-                        if installed(node) > before {
-                            self.stats.snapshots_installed += 1;
-                            let applied = node.status().applied.load(Ordering::Relaxed);
-                            self.log(|| format!("n{i} installed a snapshot, applied {applied}"));
-                        }
-                    }
-                } else {
+                if self.nodes[i].node.is_none() {
                     let _ = std::fs::remove_file(&path);
+                    return;
                 }
+                self.deliver(i, Msg::Peer(Inbound::Snapshot { msg: *m, path }));
             }
             Ev::SnapshotStatus(i, to, ok) => {
-                if let Some(node) = self.nodes[i].node.as_mut() {
-                    let r = node.step(Msg::Peer(Inbound::SnapshotStatus { to, ok }));
-                    if let Err(e) = r {
-                        self.node_error(i, e.to_string());
-                    } else {
-                        self.drive(i);
-                    }
-                }
+                self.deliver(i, Msg::Peer(Inbound::SnapshotStatus { to, ok }));
             }
             Ev::Client(c) => self.client_wake(c),
             Ev::Fault => {
@@ -775,78 +814,253 @@ impl Sim {
                     if self.nodes[i].node.is_none() {
                         self.schedule_restart(i, 10_000);
                     }
+                    self.resume(i);
                 }
             }
         }
     }
 
-    /// Starts [`Scenario::SlowLeaderCutOff`] once there is a leader and
-    /// some writes were acknowledged; until then, looks again every 10 ms.
-    fn scenario_start(&mut self) {
-        let Some(Scenario::SlowLeaderCutOff {
-            leader_clock_slowdown_permille: slow,
-        }) = self.cfg.scenario
-        else {
-            return;
-        };
-        if !self.workload {
+    /// One tick of node `i` (up, not paused), and the next one scheduled.
+    fn tick(&mut self, i: usize, inc: u64) {
+        let role = self.nodes[i].node.as_ref().expect("up").raft_role();
+        if self.nodes[i].role != Some(role) {
+            let t = self.rng.random_range(ELECTION_TICKS..2 * ELECTION_TICKS);
+            self.nodes[i].timeout_ticks = t;
+            self.nodes[i].role = Some(role);
+            self.log(|| format!("n{i} is {:?} in term {}", role.1, role.0));
+        }
+        let sn = &mut self.nodes[i];
+        let node = sn.node.as_mut().expect("up");
+        node.set_election_timeout_ticks(sn.timeout_ticks);
+        node.tick();
+        self.drive(i);
+        let d = self.tick_us(i);
+        self.at(d, Ev::Tick(i, inc));
+    }
+
+    /// Hands `msg` to node `i`: at once, or into its backlog while it is
+    /// paused; dropped when the node is down.
+    fn deliver(&mut self, i: usize, msg: Msg) {
+        let sn = &mut self.nodes[i];
+        if sn.node.is_none() {
             return;
         }
-        let leader = (0..self.nodes.len())
+        if let Some(p) = sn.paused.as_mut() {
+            p.backlog.push(msg);
+            return;
+        }
+        self.step(i, vec![msg]);
+    }
+
+    /// Node `i` takes `msgs` off its queue, then processes them together,
+    /// as one turn of the production loop does.
+    fn step(&mut self, i: usize, msgs: Vec<Msg>) {
+        let installed = |n: &Node| n.status().snapshots_installed.load(Ordering::Relaxed);
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return;
+        };
+        let before = installed(node);
+        for m in msgs {
+            if let Err(e) = node.step(m) {
+                self.node_error(i, e.to_string());
+                return;
+            }
+        }
+        self.drive(i);
+        if let Some(node) = self.nodes[i].node.as_ref() {
+            if installed(node) > before {
+                self.stats.snapshots_installed += 1;
+                let applied = node.status().applied.load(Ordering::Relaxed);
+                self.log(|| format!("n{i} installed a snapshot, applied {applied}"));
+            }
+        }
+    }
+
+    /// Stops node `i`'s process for `pause_us`: it keeps its memory, its
+    /// clock runs on, and everything sent to it waits.
+    fn pause(&mut self, i: usize, pause_us: u64) {
+        if self.nodes[i].node.is_none() || self.nodes[i].paused.is_some() {
+            return;
+        }
+        self.nodes[i].paused = Some(Paused {
+            backlog: Vec::new(),
+            tick_due: false,
+        });
+        self.stats.pauses += 1;
+        self.log(|| format!("n{i} pauses for {pause_us}us"));
+        let inc = self.nodes[i].incarnation;
+        self.at(pause_us, Ev::Resume(i, inc));
+    }
+
+    /// The paused node `i` goes on: it takes what queued up in batches (in
+    /// an order no one controls: peer and client connections race), each
+    /// batch processed as one loop turn, and only then runs its timer.
+    /// Half the time the client requests come first, in a turn of their
+    /// own: in production peer messages pass through one more thread on
+    /// their way in, so the loop often sees the clients' alone.
+    fn resume(&mut self, i: usize) {
+        let Some(p) = self.nodes[i].paused.take() else {
+            return;
+        };
+        let n = p.backlog.len();
+        self.log(|| format!("n{i} resumes with {n} waiting"));
+        for batch in self.resume_batches(p.backlog) {
+            if self.nodes[i].node.is_none() {
+                break;
+            }
+            self.step(i, batch);
+        }
+        if self.scenario_leader() == Some(i) {
+            self.scenario_end();
+        }
+        if p.tick_due && self.nodes[i].node.is_some() {
+            let inc = self.nodes[i].incarnation;
+            self.tick(i, inc);
+        }
+    }
+
+    /// Splits a resumed node's backlog into the turns its loop takes it in.
+    fn resume_batches(&mut self, mut backlog: Vec<Msg>) -> Vec<Vec<Msg>> {
+        let n = backlog.len();
+        for k in (1..n).rev() {
+            let j = self.rng.random_range(0..=k);
+            backlog.swap(k, j);
+        }
+        let mut batches = Vec::new();
+        if self.rng.random_bool(0.5) {
+            let (clients, peers): (Vec<Msg>, Vec<Msg>) = backlog
+                .into_iter()
+                .partition(|m| !matches!(m, Msg::Peer(_)));
+            batches.push(clients);
+            backlog = peers;
+        }
+        let mut rest = backlog.into_iter().peekable();
+        while rest.peek().is_some() {
+            let take = self.rng.random_range(1..=n);
+            batches.push(rest.by_ref().take(take).collect());
+        }
+        batches.retain(|b| !b.is_empty());
+        batches
+    }
+
+    /// The node a running scenario is about.
+    fn scenario_leader(&self) -> Option<usize> {
+        self.cutoff.as_ref().map(|co| co.leader)
+    }
+
+    /// The leader of the highest term, if any node is one.
+    fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len())
             .filter_map(|i| {
                 let (term, role) = self.nodes[i].node.as_ref()?.raft_role();
                 (role == StateRole::Leader).then_some((term, i))
             })
             .max()
-            .map(|(_, i)| i);
-        let Some(l) = leader.filter(|_| self.stats.writes_acked >= 10) else {
+            .map(|(_, i)| i)
+    }
+
+    /// One election timeout, in simulated microseconds.
+    fn election_timeout_us() -> u64 {
+        ELECTION_TICKS as u64 * TICK_US
+    }
+
+    /// Starts the configured [`Scenario`] once there is a leader and some
+    /// writes were acknowledged; until then, looks again every 10 ms.
+    fn scenario_start(&mut self) {
+        let Some(scenario) = self.cfg.scenario else {
+            return;
+        };
+        if !self.workload || self.cutoff.is_some() {
+            return;
+        }
+        let Some(l) = self.leader().filter(|_| self.stats.writes_acked >= 10) else {
             self.at(10_000, Ev::ScenarioStart);
             return;
         };
-        let n = self.nodes.len();
-        let tick_us = self.nodes[l].tick_us;
-        self.nodes[l].tick_us = tick_us * slow / 1000;
-        self.cut.clear();
-        for j in (0..n).filter(|&j| j != l) {
-            self.cut.insert((l, j));
-            self.cut.insert((j, l));
-        }
+        let pause = scenario == Scenario::LeaderPause;
         for c in 0..self.clients.len() {
             if c % 2 == 0 {
                 self.clients[c].pin = Some(l);
+                self.clients[c].hold = pause;
             } else {
                 let j = self.other_node(l);
                 self.clients[c].target = j;
+                // A request waiting on the leader times out now (a client
+                // may give up whenever), so this client goes on elsewhere.
+                if let Some(p) = self.clients[c].pending.as_mut().filter(|p| p.node == l) {
+                    p.deadline_us = self.now_us;
+                }
             }
         }
-        self.cutoff = Some(CutOff {
+        let mut co = CutOff {
             leader: l,
-            tick_us,
+            period_permille: None,
             new_write: false,
-        });
+            written: Vec::new(),
+        };
+        match scenario {
+            Scenario::SlowLeaderCutOff {
+                leader_clock_slowdown_permille: slow,
+            } => {
+                co.period_permille = Some(self.cut_off_slowly(l, slow));
+                let d = self.rng.random_range(600_000..1_200_000);
+                self.at(d, Ev::ScenarioEnd);
+            }
+            Scenario::LeaderPause => {
+                let e = Self::election_timeout_us();
+                let d = self.rng.random_range(e / 2..=3 * e);
+                self.pause(l, d);
+            }
+        }
+        self.cutoff = Some(co);
+        if self.stats.cutoff_at_ms == 0 {
+            self.stats.cutoff_at_ms = self.now_us / 1000;
+        }
+    }
+
+    /// Slows node `l`'s clock by `slow` per mille and cuts it off from
+    /// everyone, both ways; returns its clock period before.
+    fn cut_off_slowly(&mut self, l: usize, slow: u64) -> u64 {
+        let period = self.nodes[l].clock.period_permille();
+        self.nodes[l]
+            .clock
+            .set_period_permille(period * slow / 1000);
+        self.cut.clear();
+        for j in (0..self.nodes.len()).filter(|&j| j != l) {
+            self.cut.insert((l, j));
+            self.cut.insert((j, l));
+        }
         self.stats.partitions += 1;
-        self.stats.cutoff_at_ms = self.now_us / 1000;
-        let new_tick = self.nodes[l].tick_us;
-        self.log(|| format!("scenario: leader n{l} cut off, its tick {tick_us}us -> {new_tick}us"));
-        let d = self.rng.random_range(600_000..1_200_000);
-        self.at(d, Ev::ScenarioEnd);
+        let new_tick = self.tick_us(l);
+        self.log(|| format!("scenario: leader n{l} cut off, its tick {TICK_US}us -> {new_tick}us"));
+        period
     }
 
     fn scenario_end(&mut self) {
         let Some(co) = self.cutoff.take() else {
             return;
         };
-        self.nodes[co.leader].tick_us = co.tick_us;
-        self.cut.clear();
         for cl in &mut self.clients {
             cl.pin = None;
+            cl.hold = false;
         }
-        self.log(|| {
-            format!(
-                "scenario: network heals; n{} clock back to its rate",
-                co.leader
-            )
-        });
+        match co.period_permille {
+            Some(period) => {
+                self.nodes[co.leader].clock.set_period_permille(period);
+                self.cut.clear();
+                self.log(|| {
+                    format!(
+                        "scenario: network heals; n{} clock back to its rate",
+                        co.leader
+                    )
+                });
+            }
+            None => {
+                self.stats.pauses_with_new_write += u64::from(co.new_write);
+                let d = self.rng.random_range(300_000..800_000);
+                self.at(d, Ev::ScenarioStart);
+            }
+        }
     }
 
     /// A random node other than `not`.
@@ -999,7 +1213,7 @@ impl Sim {
 
     fn inject_fault(&mut self) {
         let n = self.nodes.len();
-        let roll = self.rng.random_range(0..100);
+        let roll = self.rng.random_range(0..110);
         match roll {
             0..=29 => {
                 self.stats.partitions += 1;
@@ -1080,6 +1294,15 @@ impl Sim {
                     self.log(|| format!("n{i}: disk write {after} fails"));
                 }
             }
+            100..=109 => {
+                // A process stops and resumes (SIGSTOP, a VM stall): the
+                // leader half of the time, since its pause is the risky one.
+                let leader = self.leader().filter(|_| self.rng.random_bool(0.5));
+                let i = leader.unwrap_or_else(|| self.rng.random_range(0..n));
+                let e = Self::election_timeout_us();
+                let d = self.rng.random_range(e / 2..=3 * e);
+                self.pause(i, d);
+            }
             _ => {
                 // Slow network for a while: longer and more varied delays.
                 self.delay_jitter_us = self.rng.random_range(100..60_000);
@@ -1099,15 +1322,21 @@ impl Sim {
         self.keys[i].clone()
     }
 
+    /// A node that answers at once: up and not paused.
     fn up_node(&mut self) -> Option<usize> {
         let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].node.is_some())
+            .filter(|&i| self.nodes[i].node.is_some() && self.nodes[i].paused.is_none())
             .collect();
         (!up.is_empty()).then(|| up[self.rng.random_range(0..up.len())])
     }
 
     fn client_wake(&mut self, c: usize) {
         if !self.workload || self.clients[c].pending.is_some() {
+            return;
+        }
+        if self.clients[c].hold {
+            let d = self.rng.random_range(1_000..5_000);
+            self.at(d, Ev::Client(c));
             return;
         }
         self.clients[c].seq += 1;
@@ -1183,7 +1412,16 @@ impl Sim {
             );
             return;
         }
-        let kind = if self.rng.random_bool(0.7) {
+        let written = match (&self.cutoff, self.clients[c].pin) {
+            (Some(co), Some(_)) if !co.written.is_empty() => {
+                Some(co.written[self.rng.random_range(0..co.written.len())].clone())
+            }
+            _ => None,
+        };
+        let kind = if let Some(w) = written {
+            // A pause's reader reads what the others just wrote.
+            OpKind::Get(w)
+        } else if self.rng.random_bool(0.7) {
             OpKind::Get(k)
         } else {
             let (a, b) = (k, self.key());
@@ -1261,17 +1499,18 @@ impl Sim {
             return;
         }
         self.log(|| format!("c{c} -> n{i}: {:?}", call.kind));
-        let r = self.nodes[i].node.as_mut().expect("up").step(msg);
+        let pause_read = self.nodes[i].paused.is_some()
+            && matches!(&self.cutoff, Some(co) if co.leader == i && co.new_write)
+            && matches!(waiting, Waiting::Read(_));
+        self.stats.pause_reads_sent += u64::from(pause_read);
         self.clients[c].pending = Some(Pending {
             call,
             node: i,
             deadline_us: self.now_us + timeout_us,
             waiting,
+            pause_read,
         });
-        match r {
-            Ok(()) => self.drive(i),
-            Err(e) => self.node_error(i, e.to_string()),
-        }
+        self.deliver(i, msg);
     }
 
     fn note_read(&mut self, c: usize, applied: u64, value: &OpValue) {
@@ -1306,6 +1545,12 @@ impl Sim {
                         if let Some(co) = self.cutoff.as_mut().filter(|co| co.leader != p.node) {
                             co.new_write = true;
                             self.stats.cutoff_writes_acked += 1;
+                            if let OpKind::Write(b) = &p.call.kind {
+                                co.written.extend(written_keys(b));
+                            }
+                            for cl in &mut self.clients {
+                                cl.hold = false;
+                            }
                         }
                         let cl = &mut self.clients[c];
                         cl.seen_index = cl.seen_index.max(index);
@@ -1370,6 +1615,7 @@ impl Sim {
                             p.call.value = Some(value.clone());
                             self.history.push(p.call.clone());
                             self.stats.reads_consistent += 1;
+                            self.stats.pause_reads_answered += u64::from(p.pause_read);
                             if let Some(co) = self.cutoff.as_ref().filter(|co| co.leader == p.node)
                             {
                                 self.stats.cutoff_reads_answered += 1;
@@ -1573,6 +1819,17 @@ impl Sim {
             self.fail(b);
         }
     }
+}
+
+/// The keys a batch sets or deletes.
+fn written_keys(b: &Batch) -> Vec<Bytes> {
+    b.ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Set(k, _) | Op::Delete(k) | Op::Remove(k) => Some(k.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn read(store: &nacre_store::Store, kind: &OpKind) -> OpValue {

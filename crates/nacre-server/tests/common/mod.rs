@@ -25,6 +25,7 @@ pub fn node_options(dir: &std::path::Path) -> NodeOptions {
         election_ticks: 10,
         heartbeat_ticks: 1,
         reads_by_lease: true,
+        clock: nacre_server::clock::HostClock::shared(),
         proposals_pending_max: 16,
         checkpoint_entries: 100,
         tlog_tail_entries: 0,
