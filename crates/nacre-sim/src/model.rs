@@ -24,6 +24,29 @@ pub enum WriteResult {
         key: Bytes,
         current: Option<Bytes>,
     },
+    /// A failure as a real client sees it: the wire reply names the code
+    /// and the key but not the value found there. Admits any `Failed`
+    /// with the same code and key ([`WriteResult::admits`]).
+    Refused {
+        code: ErrorCode,
+        key: Bytes,
+    },
+}
+
+impl WriteResult {
+    /// Whether a client that recorded `self` may have been answered
+    /// `model`, the model's result.
+    pub fn admits(&self, model: &WriteResult) -> bool {
+        match (self, model) {
+            (
+                WriteResult::Refused { code, key },
+                WriteResult::Failed {
+                    code: c, key: k, ..
+                },
+            ) => code == c && key == k,
+            _ => self == model,
+        }
+    }
 }
 
 impl From<&Outcome> for WriteResult {

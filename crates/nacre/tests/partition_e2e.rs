@@ -6,85 +6,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{free_port, ServerProc};
+use common::cluster::Cluster;
 use nacre_client::{Client, ClientOptions, Consistency};
-use parking_lot::Mutex;
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
-
-/// Pairs (from, to) of raft ids whose traffic is dropped, and the live
-/// proxied connections so a new cut also breaks them.
-#[derive(Default)]
-struct Net {
-    blocked: Mutex<HashSet<(u64, u64)>>,
-    live: Mutex<Vec<(u64, u64, tokio::task::AbortHandle)>>,
-}
-
-impl Net {
-    fn cut(&self, a: u64, b: u64) {
-        self.blocked.lock().extend([(a, b), (b, a)]);
-        for (f, t, h) in self.live.lock().iter() {
-            if (*f == a && *t == b) || (*f == b && *t == a) {
-                h.abort();
-            }
-        }
-    }
-
-    fn heal(&self) {
-        self.blocked.lock().clear();
-    }
-}
-
-/// Reads the peer handshake far enough to learn the sender's raft id:
-/// magic (4), version (2), cluster id length (2) and bytes, node id (8).
-async fn sender_id(s: &mut TcpStream) -> std::io::Result<(u64, Vec<u8>)> {
-    let mut head = vec![0u8; 8];
-    s.read_exact(&mut head).await?;
-    let len = u16::from_le_bytes([head[6], head[7]]) as usize;
-    let mut rest = vec![0u8; len + 8];
-    s.read_exact(&mut rest).await?;
-    let id = u64::from_le_bytes(rest[len..].try_into().unwrap());
-    head.extend_from_slice(&rest);
-    Ok((id, head))
-}
-
-/// Listens at `listen` and forwards to `target` (node `to`'s real port).
-async fn proxy(net: Arc<Net>, listen: String, target: String, to: u64) {
-    let l = TcpListener::bind(&listen).await.unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = l.accept().await else {
-                return;
-            };
-            let net = net.clone();
-            let target = target.clone();
-            tokio::spawn(async move {
-                let Ok((from, head)) = sender_id(&mut inbound).await else {
-                    return;
-                };
-                if net.blocked.lock().contains(&(from, to)) {
-                    return;
-                }
-                let Ok(mut out) = TcpStream::connect(&target).await else {
-                    return;
-                };
-                let task = tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
-                    if out.write_all(&head).await.is_err() {
-                        return;
-                    }
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                });
-                net.live.lock().push((from, to, task.abort_handle()));
-            });
-        }
-    });
-}
 
 async fn local(addr: &str, consistency: Consistency) -> Client {
     let mut o = ClientOptions::new([addr.to_string()]);
@@ -98,25 +24,8 @@ async fn local(addr: &str, consistency: Consistency) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_refuses_majority_goes_on_and_all_converge() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, cfg) = common::init_cluster(dir.path(), 3, "request_timeout_ms = 3000");
-    let net = Arc::new(Net::default());
-    let mut procs = BTreeMap::new();
-    let ids: BTreeMap<String, u64> = cfg
-        .nodes
-        .iter()
-        .map(|n| (n.name.clone(), nacre_server::name_id(&n.name)))
-        .collect();
-    for n in &cfg.nodes {
-        // Peers dial the config's address (the proxy); the node listens
-        // on a port of its own behind it.
-        let real = format!("127.0.0.1:{}", free_port());
-        proxy(net.clone(), n.peer.clone(), real.clone(), ids[&n.name]).await;
-        procs.insert(
-            n.name.clone(),
-            ServerProc::start_member(&config, &n.name, &["--peer-listen", &real]),
-        );
-    }
+    let cl = Cluster::start(3, "request_timeout_ms = 3000").await;
+    let (cfg, net, ids) = (cl.cfg.clone(), cl.net.clone(), cl.ids.clone());
     let all: Vec<String> = cfg.nodes.iter().map(|n| n.client.clone()).collect();
     let mut o = ClientOptions::new(all.clone());
     o.request_timeout_ms = 20_000;
@@ -230,5 +139,5 @@ async fn minority_refuses_majority_goes_on_and_all_converge() {
         dumps.iter().all(|d| d == &dumps[0]),
         "replicas differ after healing"
     );
-    drop(procs);
+    drop(cl);
 }

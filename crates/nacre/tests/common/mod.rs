@@ -4,12 +4,22 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod proxy;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const NACRE: &str = env!("CARGO_BIN_EXE_nacre");
+
+/// The `nacre` binary the servers run: this build's, or another build's
+/// named by `NACRE_SERVER_BIN` (to show that a test fails on an older
+/// build, for instance).
+pub fn server_bin() -> String {
+    std::env::var("NACRE_SERVER_BIN").unwrap_or_else(|_| NACRE.to_string())
+}
 
 pub struct ServerProc {
     child: Child,
@@ -95,7 +105,7 @@ impl ServerProc {
             .append(true)
             .open(&log_path)
             .unwrap();
-        let child = Command::new(NACRE)
+        let child = Command::new(server_bin())
             .args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -128,6 +138,17 @@ impl ServerProc {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid} failed");
     }
 
     /// `kill -9`: no shutdown path runs, nothing is flushed.
