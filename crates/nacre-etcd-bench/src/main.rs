@@ -38,8 +38,9 @@ use crate::etcd::EtcdTarget;
     about = "The same client workloads against etcd v3 and Nacre, interleaved"
 )]
 struct EtcdArgs {
-    /// etcd client endpoints (host:port), comma-separated; leave out to
-    /// run Nacre alone.
+    /// etcd client endpoints (host:port, or a URL), comma-separated;
+    /// connection i goes to endpoint i mod their number. Leave out to run
+    /// Nacre alone.
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
     /// Nacre client endpoints, comma-separated; leave out to run etcd alone.
