@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Nacre against etcd on this machine, in one run, with the same workloads
-# (nacre-bench etcd, built on nacre-loadgen), then tables and plots into
+# (nacre-etcd-bench, built on nacre-loadgen), then tables and plots into
 # docs/benchmarks.md and docs/img/.
 #
 #   bench/compare-etcd.sh [--nodes 1|3] [--duration S] [--warmup S]
@@ -8,12 +8,12 @@
 #       [--keys N] [--value-size B] [--no-doc]
 #
 # Installs what it needs (Debian: etcd-server, etcd-client,
-# protobuf-compiler, python3-matplotlib), builds nacre and nacre-bench in
-# release mode, starts an etcd cluster and a Nacre cluster of --nodes nodes
-# on loopback with their data in one directory on the repository's disk
-# (BENCH_DATA_DIR overrides the parent directory), and stops everything it
-# started on exit. Both systems fsync before they acknowledge a write:
-# etcd its WAL, Nacre its tlog.
+# python3-matplotlib), builds nacre and nacre-etcd-bench in release mode,
+# starts an etcd cluster and a Nacre cluster of --nodes nodes on loopback
+# with their data in one directory on the repository's disk (BENCH_DATA_DIR
+# overrides the parent directory), and stops everything it started on exit.
+# Both systems fsync before they acknowledge a write: etcd its WAL, Nacre
+# its tlog.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
         --keys) KEYS="$2"; shift 2 ;;
         --value-size) VALUE_SIZE="$2"; shift 2 ;;
         --no-doc) WRITE_DOC=0; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 64 ;;
     esac
 done
@@ -46,7 +46,6 @@ case "$NODES" in 1|3) ;; *) echo "--nodes must be 1 or 3" >&2; exit 64 ;; esac
 need_pkgs=()
 command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need_pkgs+=(etcd-client)
-command -v protoc >/dev/null 2>&1 || need_pkgs+=(protobuf-compiler)
 /usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1 || need_pkgs+=(python3-matplotlib)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "installing ${need_pkgs[*]} ..." >&2
@@ -57,7 +56,7 @@ fi
 PY=/usr/bin/python3
 
 echo "building ..." >&2
-cargo build --release -q -p nacre -p nacre-bench
+cargo build --release -q -p nacre -p nacre-etcd-bench
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 NACRE="$BIN/nacre"
 
@@ -163,7 +162,7 @@ RESULTS="$ROOT/bench/results"
 mkdir -p "$RESULTS"
 OUT="$RESULTS/compare-etcd-${NODES}node.jsonl"
 : >"$OUT"
-BENCH=("$BIN/nacre-bench" etcd --nacre "$nacre_eps" --keys "$KEYS" --value-size "$VALUE_SIZE")
+BENCH=("$BIN/nacre-etcd-bench" --nacre "$nacre_eps" --keys "$KEYS" --value-size "$VALUE_SIZE")
 echo "starting etcd ($etcd_eps) and nacre ($nacre_eps) ..." >&2
 start_all
 "${BENCH[@]}" --etcd "${etcd_leader:-$etcd_eps}" --workloads "${WORKLOADS%%,*}" --preload-only --json

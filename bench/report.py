@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tables and plots from `nacre-bench etcd --json` output.
+"""Tables and plots from `nacre-etcd-bench --json` output.
 
     report.py RESULTS.jsonl --nodes N [--doc docs/benchmarks.md] [--img docs/img] [--meta TEXT]
 

@@ -1,6 +1,3 @@
-//! `nacre-bench etcd`: client workloads against etcd and Nacre clusters
-//! (src/compare.rs).
-//!
 //! `nacre-bench store`: runs the same workloads on nacre-store, redb, fjall
 //! and (when the system library is there) RocksDB, each with durable
 //! commits, and compares them.
@@ -18,8 +15,10 @@
 //! one JSON object per line. The exit status is
 //! non-zero if any read missed or returned a wrong value, or an engine
 //! failed or panicked.
+//!
+//! Clusters (Nacre against etcd) are compared by nacre-etcd-bench, a crate
+//! of its own so that this one builds without gRPC.
 
-mod compare;
 mod data;
 mod engine;
 mod engines;
@@ -54,9 +53,6 @@ enum Command {
     /// Compare storage engines on the same workloads, all with durable
     /// commits.
     Store(StoreArgs),
-    /// Run the same client workloads against etcd and Nacre clusters
-    /// (see src/compare.rs).
-    Etcd(compare::EtcdArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -116,13 +112,6 @@ fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("nacre-bench: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Etcd(args) => match compare::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("nacre-bench etcd: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -1,7 +1,7 @@
 //! A closed-loop load generator for key-value stores.
 //!
 //! The same [`Workload`] runs against any [`Target`]: Nacre (through
-//! [`NacreTarget`], used by `nacre bench`) and etcd (in `nacre-bench etcd`),
+//! [`NacreTarget`], used by `nacre bench`) and etcd (in nacre-etcd-bench),
 //! so both systems see the same keys, value sizes, clients and mix.
 //!
 //! [`run`] drives N clients (tasks, each with one request in flight: a

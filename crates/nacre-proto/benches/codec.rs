@@ -1,4 +1,5 @@
-//! Codec micro-benchmarks (docs/benchmarks.md, "Protocol codec").
+//! Codec micro-benchmarks (current figure: docs/benchmarks.md; the runs:
+//! docs/benchmarks-history.md, "Protocol codec").
 //!
 //! `cargo bench -p nacre-proto --bench codec`
 //!

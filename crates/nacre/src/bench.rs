@@ -1,5 +1,5 @@
 //! `nacre bench`: a closed-loop load against a running cluster, through
-//! nacre-loadgen (the same driver `nacre-bench etcd` runs against etcd).
+//! nacre-loadgen (the same driver nacre-etcd-bench runs against etcd).
 
 use std::time::Duration;
 

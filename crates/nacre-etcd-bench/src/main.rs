@@ -1,9 +1,11 @@
-//! `nacre-bench etcd`: the closed-loop workloads of nacre-loadgen against
-//! etcd v3 (gRPC, etcd-client) and Nacre (native protocol), interleaved in
-//! one run so that both systems see the same machine state.
+//! `nacre-etcd-bench`: the closed-loop workloads of nacre-loadgen against
+//! etcd v3 (gRPC, through nacre-etcd-proto's client) and Nacre (native
+//! protocol), interleaved in one run so that both systems see the same
+//! machine state. `bench/compare-etcd.sh` starts both clusters, runs this
+//! and turns its JSON into docs/benchmarks.md's tables and plots.
 //!
 //! ```text
-//! nacre-bench etcd --etcd 127.0.0.1:2379 --nacre 127.0.0.1:7379
+//! nacre-etcd-bench --etcd 127.0.0.1:2379 --nacre 127.0.0.1:7379
 //!     [--workloads put,get,get-any,mixed,sequence] [--clients 1,16,64,256]
 //!     [--connections 0] [--duration 10] [--warmup 1] [--key-size 16]
 //!     [--value-size 256] [--keys 10000] [--json] [--cdf-points 200]
@@ -13,100 +15,32 @@
 //! answers a write, Nacre fsyncs its tlog. Reads: `get` is linearizable on
 //! both (Nacre `consistent`, etcd's default), `get-any` is Nacre `any`
 //! against etcd's serializable reads (member-local, possibly stale).
+//!
+//! It lives apart from nacre-bench (the storage engine benchmark) so that
+//! the engine benchmark builds without gRPC.
 
-use std::future::Future;
+mod etcd;
+
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
-use etcd_client::{Client, GetOptions, KvClient, Txn, TxnOp};
+use clap::Parser;
 use nacre_loadgen::{
-    Bytes, Consistency, Kind, NacreTarget, Progress, Report, RunOptions, Stop, Target, TargetError,
+    Consistency, Kind, NacreTarget, Progress, Report, RunOptions, Stop, Target, TargetError,
     Workload,
 };
 
-/// One connection (one HTTP/2 channel) to an etcd cluster.
-#[derive(Clone)]
-pub struct EtcdTarget {
-    kv: KvClient,
-}
+use crate::etcd::EtcdTarget;
 
-impl EtcdTarget {
-    pub async fn connect(endpoints: &[String], n: usize) -> Result<Vec<EtcdTarget>, TargetError> {
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n.max(1) {
-            let c = Client::connect(endpoints, None)
-                .await
-                .map_err(|e| format!("cannot connect to etcd at {endpoints:?}: {e}"))?;
-            out.push(EtcdTarget { kv: c.kv_client() });
-        }
-        Ok(out)
-    }
-}
-
-impl Target for EtcdTarget {
-    fn name(&self) -> &'static str {
-        "etcd"
-    }
-
-    fn put(
-        &self,
-        key: Bytes,
-        value: Bytes,
-    ) -> impl Future<Output = Result<(), TargetError>> + Send {
-        let mut kv = self.kv.clone();
-        async move {
-            kv.put(key.to_vec(), value.to_vec(), None)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    }
-
-    fn get(
-        &self,
-        key: Bytes,
-        consistency: Consistency,
-    ) -> impl Future<Output = Result<bool, TargetError>> + Send {
-        let mut kv = self.kv.clone();
-        // etcd has two levels: linearizable (default) and serializable
-        // (member-local). Nacre's at-least:N has no etcd counterpart; it
-        // maps to serializable, the closest.
-        let opts = match consistency {
-            Consistency::Consistent => None,
-            Consistency::Any | Consistency::AtLeast(_) => {
-                Some(GetOptions::new().with_serializable())
-            }
-        };
-        async move {
-            kv.get(key.to_vec(), opts)
-                .await
-                .map(|r| !r.kvs().is_empty())
-                .map_err(|e| e.to_string())
-        }
-    }
-
-    fn sequence(
-        &self,
-        pairs: Vec<(Bytes, Bytes)>,
-    ) -> impl Future<Output = Result<(), TargetError>> + Send {
-        let mut kv = self.kv.clone();
-        let ops: Vec<TxnOp> = pairs
-            .into_iter()
-            .map(|(k, v)| TxnOp::put(k.to_vec(), v.to_vec(), None))
-            .collect();
-        async move {
-            kv.txn(Txn::new().and_then(ops))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    }
-}
-
-#[derive(Args, Debug)]
-pub struct EtcdArgs {
-    /// etcd client endpoints (host:port), comma-separated; leave out to
-    /// run Nacre alone.
+#[derive(Parser, Debug)]
+#[command(
+    name = "nacre-etcd-bench",
+    about = "The same client workloads against etcd v3 and Nacre, interleaved"
+)]
+struct EtcdArgs {
+    /// etcd client endpoints (host:port, or a URL), comma-separated;
+    /// connection i goes to endpoint i mod their number. Leave out to run
+    /// Nacre alone.
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
     /// Nacre client endpoints, comma-separated; leave out to run etcd alone.
@@ -314,10 +248,123 @@ fn conns(a: &EtcdArgs, clients: usize) -> usize {
     m.clamp(1, clients.max(1))
 }
 
-pub fn run(a: &EtcdArgs) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn main() -> ExitCode {
+    let args = EtcdArgs::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    rt.block_on(compare(a))
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nacre-etcd-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(compare(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nacre-etcd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> EtcdArgs {
+        let mut argv = vec!["nacre-etcd-bench"];
+        argv.extend_from_slice(extra);
+        EtcdArgs::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn the_script_s_command_lines_parse() {
+        // bench/compare-etcd.sh's two invocations.
+        let a = args(&[
+            "--nacre",
+            "127.0.0.1:1",
+            "--keys",
+            "500",
+            "--value-size",
+            "64",
+            "--etcd",
+            "127.0.0.1:2",
+            "--workloads",
+            "put",
+            "--preload-only",
+            "--json",
+        ]);
+        assert_eq!(a.nacre, ["127.0.0.1:1"]);
+        assert_eq!(a.etcd, ["127.0.0.1:2"]);
+        assert!(a.preload_only && a.json && !a.no_preload);
+        assert_eq!((a.keys, a.value_size), (500, 64));
+        let a = args(&[
+            "--nacre",
+            "a:1,b:2",
+            "--etcd",
+            "c:3",
+            "--workloads",
+            "get-any",
+            "--clients",
+            "1,16",
+            "--duration",
+            "2.5",
+            "--warmup",
+            "0",
+            "--no-preload",
+            "--json",
+        ]);
+        assert_eq!(a.nacre, ["a:1", "b:2"]);
+        assert_eq!(a.clients, [1, 16]);
+        assert_eq!(a.duration, 2.5);
+        assert!(a.no_preload);
+        // The two preload flags contradict each other.
+        assert!(
+            EtcdArgs::try_parse_from(["x", "--preload-only", "--no-preload"]).is_err(),
+            "--preload-only with --no-preload must be refused"
+        );
+    }
+
+    #[test]
+    fn workload_names_map_to_loadgen_workloads() {
+        let a = args(&["--keys", "1000", "--value-size", "100"]);
+        let get_any = workload("get-any", &a).unwrap();
+        assert_eq!(get_any.kind, Kind::Get);
+        assert_eq!(get_any.consistency, Consistency::Any);
+        assert_eq!((get_any.keys, get_any.value_size), (1000, 100));
+        assert_eq!(
+            workload("get", &a).unwrap().consistency,
+            Consistency::Consistent
+        );
+        let mixed = workload("mixed", &a).unwrap();
+        assert_eq!((mixed.kind, mixed.read_percent), (Kind::Mixed, 50));
+        let seq = workload("sequence", &a).unwrap();
+        assert_eq!((seq.kind, seq.sequence_len), (Kind::Sequence, 10));
+        assert_eq!(workload("put", &a).unwrap().kind, Kind::Put);
+        assert!(workload("scan", &a).is_err());
+    }
+
+    #[test]
+    fn connections_default_to_clients_up_to_sixteen() {
+        let a = args(&[]);
+        assert_eq!(conns(&a, 1), 1);
+        assert_eq!(conns(&a, 8), 8);
+        assert_eq!(conns(&a, 256), 16);
+        let a = args(&["--connections", "4"]);
+        assert_eq!(conns(&a, 64), 4);
+        // Never more connections than clients.
+        assert_eq!(conns(&a, 2), 2);
+    }
+
+    #[tokio::test]
+    async fn nothing_to_compare_is_an_error() {
+        let e = compare(&args(&[])).await.unwrap_err();
+        assert!(e.contains("--etcd"), "{e}");
+        let e = compare(&args(&["--nacre", "127.0.0.1:1", "--duration", "0"]))
+            .await
+            .unwrap_err();
+        assert!(e.contains("--duration"), "{e}");
+    }
 }
