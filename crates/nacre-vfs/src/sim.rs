@@ -61,7 +61,7 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{VFile, Vfs};
+use crate::{VFile, Vfs};
 
 /// Torn writes keep a prefix that is a multiple of this many bytes.
 pub const SECTOR_SIZE: usize = 512;
