@@ -152,12 +152,13 @@ impl Harness {
     /// as `cut` says, reopen it and check what it holds.
     fn power_cycle(&mut self, cut: Cut, why: &str) {
         self.held.clear();
-        // Power goes before the store does: dropping a store syncs it.
+        // A disk that died comes back only through a power cycle.
         let cut = if self.sim.is_crashed() && cut == Cut::Restart {
             Cut::Random
         } else {
             cut
         };
+        // Power goes before the store does: dropping a store syncs it.
         self.cut_power(cut);
         self.store = None;
         if self.sim.is_crashed() {
