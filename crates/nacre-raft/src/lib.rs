@@ -5,7 +5,7 @@
 //!   the crash-safety argument are in `docs/tlog-format.md`.
 //! * [`TlogStorage`]: raft-rs's [`raft::Storage`] over a shared tlog.
 //!
-//! All file I/O goes through [`nacre_store::vfs::Vfs`], so crash tests run it
+//! All file I/O goes through [`nacre_vfs::Vfs`], so crash tests run it
 //! on the fault-injecting simulator.
 
 mod error;

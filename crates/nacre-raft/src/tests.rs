@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nacre_store::vfs::sim::SimVfs;
-use nacre_store::vfs::{OsVfs, Vfs};
+use nacre_vfs::sim::SimVfs;
+use nacre_vfs::{OsVfs, Vfs};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, Storage, StorageError};
 

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nacre_store::vfs::{zero_fill_range, VFile, Vfs};
+use nacre_vfs::{zero_fill_range, VFile, Vfs};
 use protobuf::Message;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nacre_raft::{Tlog, TlogError, TlogOptions};
-use nacre_store::vfs::sim::SimVfs;
-use nacre_store::vfs::Vfs;
+use nacre_vfs::sim::SimVfs;
+use nacre_vfs::Vfs;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use nacre_raft::{Tlog, TlogOptions, TlogStorage};
-use nacre_store::vfs::{OsVfs, Vfs};
+use nacre_vfs::{OsVfs, Vfs};
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 use raft::{Config, RawNode, StateRole, Storage};
 

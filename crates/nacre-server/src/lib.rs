@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use config::{NodeConfig, ServerConfig};
-use nacre_store::vfs::{OsVfs, Vfs};
+use nacre_vfs::{OsVfs, Vfs};
 pub use node::name_id;
 use tokio::sync::{watch, Semaphore};
 

@@ -11,7 +11,7 @@ use nacre_proto::{
     ServerHello, PROTOCOL_VERSION,
 };
 use nacre_server::ServerConfig;
-use nacre_store::vfs::sim::SimVfs;
+use nacre_vfs::sim::SimVfs;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -10,7 +10,7 @@ mod common;
 
 use nacre_server::node::Node;
 use nacre_server::state::StateMachine;
-use nacre_store::vfs::OsVfs;
+use nacre_vfs::OsVfs;
 
 #[tokio::test]
 async fn a_stopped_node_answers_going_down() {

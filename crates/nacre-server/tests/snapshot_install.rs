@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nacre_raft::{Tlog, TlogStorage};
 use nacre_server::node::Node;
 use nacre_server::state::StateMachine;
-use nacre_store::vfs::OsVfs;
+use nacre_vfs::OsVfs;
 use raft::eraftpb::ConfState;
 
 fn open(dir: &Path) -> (TlogStorage, StateMachine) {

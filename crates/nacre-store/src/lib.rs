@@ -39,10 +39,10 @@ mod options;
 mod record;
 mod store;
 mod txn;
-pub mod vfs;
 
 pub use error::{Error, Result};
+/// The file layer, from `nacre-vfs`: part of this API through [`Options::vfs`].
+pub use nacre_vfs::{OsVfs, VFile, Vfs};
 pub use options::{CleanerOptions, Durability, Options};
 pub use store::{CleanStats, CommitInfo, SnapshotInfo, Stats, Store};
 pub use txn::{prefix_end, Iter, ReadTxn, WriteTxn};
-pub use vfs::{OsVfs, VFile, Vfs};

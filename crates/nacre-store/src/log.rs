@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::record::{
     self, align_up, put_ptr, put_u32, put_u64, Kind, Ptr, Reader, ALIGN, HEADER_LEN,
 };
-use crate::vfs::{zero_fill_range, VFile, Vfs};
+use nacre_vfs::{zero_fill_range, VFile, Vfs};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const SEG_HEADER_PAYLOAD: usize = 4 + 8 + 8 + 8 + 8;
@@ -38,7 +38,7 @@ const APPEND_BUF_MAX: usize = 1 << 20;
 /// zeros: an fdatasync that need not record a new file size (no journal
 /// commit on ext4) is markedly cheaper, and only the fsync path pays for it.
 /// Syncs that carry this much or more of new records skip it (see
-/// `vfs::zero_fill_range`).
+/// `nacre_vfs::zero_fill_range`).
 const ZERO_AHEAD: u64 = 1 << 20;
 /// The page size that early writeback rounds down to.
 const WRITEBACK_PAGE: u64 = 4096;
@@ -535,7 +535,7 @@ impl Log {
 
     /// Keep `ZERO_AHEAD` bytes past the head written, for cheap fdatasyncs,
     /// when the sync about to run carries `fresh` bytes of new records (see
-    /// `vfs::zero_fill_range` for when it is due).
+    /// `nacre_vfs::zero_fill_range` for when it is due).
     fn zero_ahead(&self, app: &mut Appender, fresh: u64) -> Result<()> {
         let Some(fill) = zero_fill_range(fresh, app.off, app.zeroed_off, ZERO_AHEAD, self.seg_size)
         else {
@@ -899,7 +899,7 @@ pub fn parse_records(bytes: &[u8], base: u64, from: u64) -> Result<(Vec<ScannedR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfs::OsVfs;
+    use nacre_vfs::OsVfs;
 
     /// Bytes of the head segment's file past its last record: the zero fill.
     fn zero_fill(log: &Log) -> u64 {

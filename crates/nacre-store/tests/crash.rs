@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use nacre_store::vfs::sim::SimVfs;
-use nacre_store::vfs::{VFile, Vfs};
 use nacre_store::{Durability, Error, Options, Store};
+use nacre_vfs::sim::SimVfs;
+use nacre_vfs::{VFile, Vfs};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -1,10 +1,14 @@
-//! The file layer the engine does all of its I/O through.
+//! `nacre-vfs`: the file layer Nacre's store and tlog do all of their I/O
+//! through.
 //!
 //! Production uses [`OsVfs`] (positional writes on real files; reads from
 //! a mapping of each file, or positional reads).
-//! Tests use [`sim::SimVfs`], which keeps files in memory, separates what was
-//! written from what was made durable by a sync, and can crash, tear writes,
-//! lose unsynced data and flip bits — all driven by a seed.
+//! Tests use `sim::SimVfs` (with the `sim` feature), which keeps files in
+//! memory, separates what was written from what was made durable by a
+//! sync, and can crash, tear writes, lose unsynced data and flip bits — all
+//! driven by a seed. The feature keeps the simulator and its fault
+//! injection out of the release binary: only tests and `nacre-sim` turn it
+//! on.
 //!
 //! The engine only ever needs: create a directory, list it, open or create a
 //! file, positional read/write, `sync_data`, remove a file and sync a
@@ -20,6 +24,7 @@ use arc_swap::ArcSwapOption;
 use memmap2::{Mmap, MmapOptions};
 use parking_lot::Mutex;
 
+#[cfg(feature = "sim")]
 pub mod sim;
 
 /// One open file. Reads and writes are positional, so one handle is shared by

@@ -47,6 +47,9 @@
 //! * [`SimVfs::crash_lose_all_unsynced`]: the same, but every unsynced write
 //!   and every unsynced directory change is lost.
 //! * [`SimVfs::flip_bit`]: media corruption of durable data.
+//! * [`SimVfs::plant_skipped_syncs`]: a planted bug for checkers to catch,
+//!   not a fault real disks have: `sync_data` reports success and makes
+//!   nothing durable, as if the program had skipped its fsyncs.
 //!
 //! Errors produced by the simulation carry a [`SimFault`] payload; use
 //! [`SimFault::of`] to recognise them.
@@ -61,7 +64,7 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{VFile, Vfs};
+use crate::{VFile, Vfs};
 
 /// Torn writes keep a prefix that is a multiple of this many bytes.
 pub const SECTOR_SIZE: usize = 512;
@@ -147,6 +150,8 @@ struct State {
     crash_after: Option<u64>,
     io_error_after: Option<u64>,
     fail_next_sync: bool,
+    /// See [`SimVfs::plant_skipped_syncs`]; survives crashes.
+    skip_syncs: bool,
 }
 
 fn not_found(what: &str, path: &Path) -> io::Error {
@@ -367,6 +372,7 @@ impl SimVfs {
                 crash_after: None,
                 io_error_after: None,
                 fail_next_sync: false,
+                skip_syncs: false,
             })),
         }
     }
@@ -399,6 +405,14 @@ impl SimVfs {
     /// without effect, once; `None` disarms.
     pub fn inject_io_error_after(&self, n: Option<u64>) {
         self.state.lock().io_error_after = n;
+    }
+
+    /// A planted bug, for proving that a crash checker notices lost
+    /// fsyncs: while on, `sync_data` succeeds (and counts as an operation)
+    /// but leaves the file's writes unsynced, as if the program had skipped
+    /// the fsync. A crash then treats them as it treats any unsynced write.
+    pub fn plant_skipped_syncs(&self, on: bool) {
+        self.state.lock().skip_syncs = on;
     }
 
     /// Power loss now, with every unsynced write and directory change
@@ -680,6 +694,10 @@ impl VFile for SimFile {
         let mut st = self.state.lock();
         st.check_handle(self.generation)?;
         st.begin_op(true)?;
+        if st.skip_syncs {
+            st.ops += 1;
+            return Ok(());
+        }
         let inode = st.inode_mut(self.inode)?;
         for write in std::mem::take(&mut inode.pending) {
             apply_write(&mut inode.durable, write.offset, &write.data);
@@ -860,6 +878,24 @@ mod tests {
         assert_eq!(vfs.contents(&p("a")).unwrap(), vec![1; 1000]);
         let f = vfs.open(&p("a"), false).unwrap();
         assert_eq!(read_all(&*f), vec![1; 1000]);
+        assert_images_consistent(&vfs);
+    }
+
+    #[test]
+    fn planted_skipped_syncs_make_nothing_durable() {
+        let vfs = fresh(12);
+        let f = vfs.open(&p("a"), true).unwrap();
+        vfs.sync_dir(dir()).unwrap();
+        f.write_all_at(b"kept", 0).unwrap();
+        f.sync_data().unwrap();
+        vfs.plant_skipped_syncs(true);
+        f.write_all_at(b"lost", 4).unwrap();
+        let ops = vfs.ops();
+        f.sync_data().unwrap();
+        assert_eq!(vfs.ops(), ops + 1, "a skipped sync still counts");
+        assert_eq!(read_all(&*f), b"keptlost");
+        vfs.crash_lose_all_unsynced();
+        assert_eq!(vfs.contents(&p("a")).unwrap(), b"kept");
         assert_images_consistent(&vfs);
     }
 
