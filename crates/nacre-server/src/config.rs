@@ -62,6 +62,11 @@ pub struct ServerConfig {
     pub proposals_pending_max: usize,
     /// How long a client request may wait for the log before `Timeout`.
     pub request_timeout_ms: u64,
+    /// Work that can take long on a CPU (ranges, multi-gets, Lua calls)
+    /// runs on tokio's blocking threads, at most this many at once, so
+    /// that it never holds up the async workers that serve every
+    /// connection; beyond it, requests wait their turn.
+    pub blocking_tasks_max: usize,
     pub store_cache_bytes: u64,
     /// The store is checkpointed (synced, and the tlog compacted up to it)
     /// after this many applied entries.
@@ -110,6 +115,7 @@ impl Default for ServerConfig {
             heartbeat_ticks: 1,
             proposals_pending_max: 65_536,
             request_timeout_ms: 10_000,
+            blocking_tasks_max: 16,
             store_cache_bytes: 64 << 20,
             checkpoint_entries: 100_000,
             tlog_segment_size_bytes: 64 << 20,
@@ -196,6 +202,7 @@ impl ServerConfig {
             ("heartbeat_ticks", self.heartbeat_ticks as u64),
             ("proposals_pending_max", self.proposals_pending_max as u64),
             ("request_timeout_ms", self.request_timeout_ms),
+            ("blocking_tasks_max", self.blocking_tasks_max as u64),
             ("checkpoint_entries", self.checkpoint_entries),
             ("range_results_max", self.range_results_max as u64),
             ("session_retention_entries", self.session_retention_entries),

@@ -185,6 +185,7 @@ pub async fn start_with_vfs(
         started: Instant::now(),
         counters: Default::default(),
         connections: Arc::new(Semaphore::new(config.connections_max)),
+        blocking: Arc::new(Semaphore::new(config.blocking_tasks_max)),
         config,
     });
     let accept = tokio::spawn(server::accept_loop(shared, listener, stop_rx));

@@ -364,10 +364,17 @@ async fn call(
             source,
         };
         let read_at = shared.node.status.applied.load(Ordering::Acquire);
-        let view = View(Reader::new(&shared.store));
-        let out = CACHE
-            .call(&key, &view, function, args)
-            .map_err(script_error)?;
+        // Up to `instructions_max` Lua instructions: seconds of CPU, which
+        // must not hold an async worker (and every connection on it).
+        let (store, function_name, call_args) =
+            (shared.store.clone(), function.to_string(), args.to_vec());
+        let out = crate::server::off_the_workers(shared, move || {
+            let view = View(Reader::new(&store));
+            CACHE
+                .call(&key, &view, &function_name, &call_args)
+                .map_err(script_error)
+        })
+        .await?;
         if !out.wrote() {
             // Read-only: the consistency the request asked for was
             // established before the run (see `execute_inner`).

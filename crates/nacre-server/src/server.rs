@@ -44,6 +44,30 @@ pub(crate) struct Shared {
     pub started: Instant,
     pub counters: Counters,
     pub connections: Arc<Semaphore>,
+    /// Permits to run on the blocking pool (`blocking_tasks_max`).
+    pub blocking: Arc<Semaphore>,
+}
+
+/// Runs `work` on tokio's blocking threads, at most `blocking_tasks_max`
+/// at once: reads of many pages and Lua calls take milliseconds to
+/// seconds of CPU, and on an async worker they would stall every other
+/// connection that worker serves (even a ping).
+pub(crate) async fn off_the_workers<T: Send + 'static>(
+    shared: &Shared,
+    work: impl FnOnce() -> Result<T, ErrorReply> + Send + 'static,
+) -> Result<T, ErrorReply> {
+    let permit = shared
+        .blocking
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ErrorReply::new(ErrorCode::GoingDown, "the node is shutting down"))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|e| internal(format!("a blocking task failed: {e}")))?
 }
 
 pub(crate) async fn accept_loop(
@@ -332,44 +356,44 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
                 .exists(&key)
                 .map_err(store_error)?,
         ),
-        Request::MultiGet { keys, .. } => {
-            let r = Reader::new(&shared.store);
-            let mut vs = Vec::with_capacity(keys.len());
-            for k in &keys {
-                vs.push(r.get(k).map_err(store_error)?.ok_or_else(|| not_found(k))?);
-            }
-            Response::Values(vs)
-        }
-        Request::MultiGetOption { keys, .. } => {
-            let r = Reader::new(&shared.store);
-            let mut vs = Vec::with_capacity(keys.len());
-            for k in &keys {
-                vs.push(r.get(k).map_err(store_error)?);
-            }
-            Response::OptValues(vs)
-        }
+        // Reads that may touch many pages run off the async workers.
+        Request::MultiGet { keys, .. } => Response::Values(
+            read_off(shared, move |r| {
+                keys.iter()
+                    .map(|k| r.get(k).map_err(store_error)?.ok_or_else(|| not_found(k)))
+                    .collect()
+            })
+            .await?,
+        ),
+        Request::MultiGetOption { keys, .. } => Response::OptValues(
+            read_off(shared, move |r| {
+                keys.iter().map(|k| r.get(k).map_err(store_error)).collect()
+            })
+            .await?,
+        ),
         Request::Range { query, .. } => Response::Keys(
-            Reader::new(&shared.store)
-                .range_keys(&query, max)
-                .map_err(store_error)?,
+            read_off(shared, move |r| {
+                r.range_keys(&query, max).map_err(store_error)
+            })
+            .await?,
         ),
         Request::RangeEntries { query, .. } => Response::Entries(
-            Reader::new(&shared.store)
-                .range_entries(&query, max)
-                .map_err(store_error)?,
+            read_off(shared, move |r| {
+                r.range_entries(&query, max).map_err(store_error)
+            })
+            .await?,
         ),
         Request::PrefixKeys {
             prefix, max: want, ..
         } => Response::Keys(
-            Reader::new(&shared.store)
-                .prefix_keys(&prefix, want.min(max))
-                .map_err(store_error)?,
+            read_off(shared, move |r| {
+                r.prefix_keys(&prefix, want.min(max)).map_err(store_error)
+            })
+            .await?,
         ),
-        Request::KeyCount { .. } => Response::U64(
-            Reader::new(&shared.store)
-                .key_count()
-                .map_err(store_error)?,
-        ),
+        Request::KeyCount { .. } => {
+            Response::U64(read_off(shared, |r| r.key_count().map_err(store_error)).await?)
+        }
         Request::ClusterStatus => Response::Members(status.progress.lock().clone()),
         Request::AddLearner { name, client, peer } => {
             if name.is_empty() || name.len() > nacre_proto::NAME_SIZE_MAX_BYTES {
@@ -415,6 +439,15 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
         req if req.is_write() => write(shared, &req).await?,
         _ => return Err(ErrorReply::new(ErrorCode::BadInput, "unsupported request")),
     })
+}
+
+/// `read` against the store, on the blocking pool ([`off_the_workers`]).
+async fn read_off<T: Send + 'static>(
+    shared: &Shared,
+    read: impl FnOnce(&Reader) -> Result<T, ErrorReply> + Send + 'static,
+) -> Result<T, ErrorReply> {
+    let store = shared.store.clone();
+    off_the_workers(shared, move || read(&Reader::new(&store))).await
 }
 
 fn member_id(shared: &Shared, name: &str) -> Result<u64, ErrorReply> {

@@ -360,3 +360,56 @@ async fn bench_script_call_vs_builtin() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// Scripts that each burn the whole instruction budget (10 million Lua
+/// instructions), one per async worker and more, must not stall other
+/// connections: a ping sent while they run is answered before any of them
+/// ends. (When calls ran on the async workers, every worker was busy in
+/// Lua and the ping waited for a script to finish.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_script_does_not_stall_other_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, c) = start(dir.path()).await;
+    c.script_put(
+        "spin",
+        "function spin() local x = 0 while true do x = x + 1 end end",
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let client = Client::connect(ClientOptions::new([addr.clone()]))
+            .await
+            .unwrap();
+        calls.push(tokio::spawn(async move {
+            let r = client.call("spin", "spin", vec![], None).await;
+            (r, std::time::Instant::now())
+        }));
+    }
+    // Long enough for every call to reach the node and start running.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let pinger = Client::connect(ClientOptions::new([addr])).await.unwrap();
+    let sent = std::time::Instant::now();
+    pinger.ping().await.unwrap();
+    let answered = std::time::Instant::now();
+    let mut first_end = None::<std::time::Instant>;
+    for call in calls {
+        let (r, ended) = call.await.unwrap();
+        let (code_, msg) = code(r.unwrap_err());
+        assert_eq!(code_, ErrorCode::BudgetExceeded, "{msg}");
+        first_end = Some(first_end.map_or(ended, |t| t.min(ended)));
+    }
+    let first_end = first_end.unwrap();
+    eprintln!(
+        "ping answered in {:?}; the first script ended {:?} after it",
+        answered - sent,
+        first_end.saturating_duration_since(answered)
+    );
+    assert!(
+        answered < first_end,
+        "the ping waited for a script: answered {:?} after the first script ended",
+        answered - first_end
+    );
+    server.shutdown().await.unwrap();
+}
