@@ -9,18 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::cluster::Cluster;
+use common::cluster::{local_client, Cluster};
 use nacre_client::{Client, ClientOptions, Consistency};
-
-async fn local(addr: &str, consistency: Consistency) -> Client {
-    let mut o = ClientOptions::new([addr.to_string()]);
-    o.retries_max = 0;
-    o.request_timeout_ms = 3_000;
-    Client::connect(o)
-        .await
-        .unwrap()
-        .with_consistency(consistency)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_refuses_majority_goes_on_and_all_converge() {
@@ -48,7 +38,7 @@ async fn minority_refuses_majority_goes_on_and_all_converge() {
             .unwrap()
     };
     let by_lease = stat(
-        local(&old.client, Consistency::Any)
+        local_client(&old.client, Consistency::Any, 3_000)
             .await
             .statistics()
             .await
@@ -64,7 +54,7 @@ async fn minority_refuses_majority_goes_on_and_all_converge() {
     // timeouts, and the others may elect a new leader after one. A
     // consistent read there must not be answered from the old state.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let lonely = local(&old.client, Consistency::Consistent).await;
+    let lonely = local_client(&old.client, Consistency::Consistent, 3_000).await;
     if let Ok(v) = lonely.get("before/0").await {
         panic!("the cut-off leader answered a consistent read after its lease: {v:?}");
     }
@@ -103,7 +93,7 @@ async fn minority_refuses_majority_goes_on_and_all_converge() {
     );
     assert!(Instant::now() < deadline);
     // Reads that ask for no freshness still work there.
-    let dirty = local(&old.client, Consistency::Any).await;
+    let dirty = local_client(&old.client, Consistency::Any, 3_000).await;
     assert_eq!(dirty.get("before/0").await.unwrap(), Bytes::from("x"));
 
     // Heal: the old leader catches up and everyone holds the same data.
@@ -111,7 +101,7 @@ async fn minority_refuses_majority_goes_on_and_all_converge() {
     let last = m.nop().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = local(&old.client, Consistency::Any).await;
+        let v = local_client(&old.client, Consistency::Any, 3_000).await;
         if v.get_txid().await.unwrap_or(0) >= last {
             break;
         }
@@ -123,7 +113,7 @@ async fn minority_refuses_majority_goes_on_and_all_converge() {
     }
     let mut dumps = Vec::new();
     for a in &all {
-        let v = local(a, Consistency::AtLeast(last)).await;
+        let v = local_client(a, Consistency::AtLeast(last), 3_000).await;
         dumps.push(
             v.range_entries(None, true, None, true, 10_000)
                 .await

@@ -84,13 +84,7 @@ impl Cluster {
 
     /// A client of node `name` alone that never follows a redirect.
     pub async fn local(&self, name: &str, consistency: Consistency) -> Client {
-        let mut o = ClientOptions::new([self.client_addr(name)]);
-        o.retries_max = 0;
-        o.request_timeout_ms = 10_000;
-        Client::connect(o)
-            .await
-            .unwrap()
-            .with_consistency(consistency)
+        local_client(&self.client_addr(name), consistency, 10_000).await
     }
 
     /// The current leader's name, once one is known (waits for it).
@@ -148,4 +142,15 @@ impl Cluster {
             .map(|(n, p)| format!("==== {n}\n{}", p.log()))
             .collect()
     }
+}
+
+/// A client of the node at `addr` alone that never follows a redirect.
+pub async fn local_client(addr: &str, consistency: Consistency, timeout_ms: u64) -> Client {
+    let mut o = ClientOptions::new([addr.to_string()]);
+    o.retries_max = 0;
+    o.request_timeout_ms = timeout_ms;
+    Client::connect(o)
+        .await
+        .unwrap()
+        .with_consistency(consistency)
 }
