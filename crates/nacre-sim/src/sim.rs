@@ -3,8 +3,10 @@
 //! time, over a simulated network and one simulated disk per node, with
 //! every random choice drawn from the seed.
 
+mod network;
+
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,21 +14,26 @@ use std::sync::Arc;
 use bytes::Bytes;
 use nacre_proto::{Batch, Command, ErrorCode, Guard, Op, Request, Session};
 use nacre_raft::{Tlog, TlogOptions, TlogStorage};
-use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply};
-use nacre_server::state::{MemberRecord, Reader, StateMachine};
-use nacre_server::transport::Inbound;
-use nacre_vfs::sim::SimVfs;
-use nacre_vfs::Vfs;
-use parking_lot::Mutex;
-use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{Entry, EntryType, Message};
 use raft::StateRole;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
+// Everything this simulator takes from nacre-server, for all its modules
+// (they import it from here): one place to change when those paths move.
+use nacre_server::name_id;
+use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply};
+use nacre_server::state::{is_local_key, MemberRecord, Reader, StateMachine};
+use nacre_server::transport::Inbound;
+use nacre_vfs::sim::SimVfs;
+use nacre_vfs::Vfs;
+use parking_lot::Mutex;
+
 use crate::checker::{self, Call, OpKind, OpValue, Verdict};
 use crate::clock::{SimClock, SimNow};
 use crate::model::{self, KvState, WriteResult};
+use network::Network;
 
 /// A deliberate bug to switch on in every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,12 +378,7 @@ pub struct Sim {
     reads_by_lease: bool,
     keys: Vec<Bytes>,
     clients: Vec<Client>,
-    /// Links that drop everything, as (from, to) node positions.
-    cut: BTreeSet<(usize, usize)>,
-    loss_permille: u32,
-    dup_permille: u32,
-    delay_min_us: u64,
-    delay_jitter_us: u64,
+    net: Network,
     workload: bool,
     cutoff: Option<CutOff>,
     history: Vec<Call>,
@@ -388,18 +390,11 @@ pub struct Sim {
     stats: Stats,
     trace: Vec<String>,
     fingerprint: u64,
-    /// Where snapshot files in flight are written (real files: nodes read
-    /// them with std::fs, as production reads what the transport wrote).
-    snap_dir: SnapDir,
-    snap_files: u64,
     /// Every committed entry from index `COMMITTED_FIRST` on, taken from
     /// the nodes' tlogs as they commit, before compaction drops them: the
     /// replay check's log.
     committed: Vec<Entry>,
 }
-
-/// Tells apart the snapshot directories of simulations run at once.
-static SIM_DIRS: AtomicU64 = AtomicU64::new(0);
 
 /// The first index of a fresh cluster's log (index 1 is its initial
 /// snapshot).
@@ -408,15 +403,6 @@ const COMMITTED_FIRST: u64 = 2;
 /// Entries of the tlog kept behind a checkpoint. Small, so that the log is
 /// compacted and a lagging node is brought up to date by a snapshot.
 const TLOG_TAIL_ENTRIES: u64 = 48;
-
-/// A directory removed, with what is left in it, when the run ends.
-struct SnapDir(PathBuf);
-
-impl Drop for SnapDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn fnv(h: &mut u64, bytes: &[u8]) {
     for b in bytes {
@@ -436,7 +422,7 @@ impl Sim {
             .map(|i| {
                 let name = format!("n{i}");
                 (
-                    nacre_server::name_id(&name),
+                    name_id(&name),
                     MemberRecord {
                         name: name.clone(),
                         client: format!("{name}:client"),
@@ -489,19 +475,7 @@ impl Sim {
                 hold: false,
             })
             .collect();
-        // Network character of this run: some seeds are clean, some lossy.
-        let loss_permille = if cfg.faults {
-            rng.random_range(0..50)
-        } else {
-            0
-        };
-        let dup_permille = if cfg.faults {
-            rng.random_range(0..30)
-        } else {
-            0
-        };
-        let delay_min_us = rng.random_range(100..3_000);
-        let delay_jitter_us = rng.random_range(100..15_000);
+        let net = Network::new(seed, cfg.faults, &mut rng);
         Sim {
             seed,
             rng,
@@ -514,11 +488,7 @@ impl Sim {
             reads_by_lease,
             keys,
             clients,
-            cut: BTreeSet::new(),
-            loss_permille,
-            dup_permille,
-            delay_min_us,
-            delay_jitter_us,
+            net,
             workload: true,
             cutoff: None,
             history: Vec::new(),
@@ -533,12 +503,6 @@ impl Sim {
             },
             trace: Vec::new(),
             fingerprint: 0xcbf2_9ce4_8422_2325,
-            snap_dir: SnapDir(std::env::temp_dir().join(format!(
-                "nacre-sim-{}-{seed}-{}",
-                std::process::id(),
-                SIM_DIRS.fetch_add(1, Ordering::Relaxed)
-            ))),
-            snap_files: 0,
             committed: Vec::new(),
             cfg,
         }
@@ -773,12 +737,7 @@ impl Sim {
                     self.at(d, Ev::Fault);
                 }
             }
-            Ev::Heal => {
-                if !self.cut.is_empty() {
-                    self.cut.clear();
-                    self.log(|| "network heals".into());
-                }
-            }
+            Ev::Heal => self.heal(),
             Ev::Restart(i) => {
                 if self.nodes[i].node.is_some() {
                     return;
@@ -804,9 +763,7 @@ impl Sim {
             Ev::ScenarioEnd => self.scenario_end(),
             Ev::EndWorkload => {
                 self.workload = false;
-                self.cut.clear();
-                self.loss_permille = 0;
-                self.dup_permille = 0;
+                self.net.repair();
                 self.log(|| "workload ends; network heals; crashed nodes restart".into());
                 for i in 0..self.nodes.len() {
                     self.nodes[i].vfs.inject_io_error_after(None);
@@ -1025,11 +982,8 @@ impl Sim {
         self.nodes[l]
             .clock
             .set_period_permille(period * slow / 1000);
-        self.cut.clear();
-        for j in (0..self.nodes.len()).filter(|&j| j != l) {
-            self.cut.insert((l, j));
-            self.cut.insert((j, l));
-        }
+        self.net.cut.clear();
+        self.net.isolate(l, self.nodes.len());
         self.stats.partitions += 1;
         let new_tick = self.tick_us(l);
         self.log(|| format!("scenario: leader n{l} cut off, its tick {TICK_US}us -> {new_tick}us"));
@@ -1047,7 +1001,7 @@ impl Sim {
         match co.period_permille {
             Some(period) => {
                 self.nodes[co.leader].clock.set_period_permille(period);
-                self.cut.clear();
+                self.net.cut.clear();
                 self.log(|| {
                     format!(
                         "scenario: network heals; n{} clock back to its rate",
@@ -1129,104 +1083,19 @@ impl Sim {
         }
     }
 
-    /// Ships a snapshot from node `from` as the transport would: the store
-    /// contents the snapshot names, streamed into a file for the receiver.
-    /// Lost or cut, the sender hears that sending failed.
-    fn route_snapshot(&mut self, from: usize, to: usize, m: Message) {
-        self.stats.snapshots_sent += 1;
-        let d = self.delay_min_us + self.rng.random_range(0..self.delay_jitter_us);
-        let lost =
-            self.cut.contains(&(from, to)) || self.rng.random_range(0..1000) < self.loss_permille;
-        let file = if lost {
-            None
-        } else {
-            self.write_snapshot_file(from, &m)
-        };
-        self.log(|| {
-            format!(
-                "n{from} sends n{to} a snapshot at {}{}",
-                m.get_snapshot().get_metadata().index,
-                if file.is_some() { "" } else { " (lost)" }
-            )
-        });
-        let ok = file.is_some();
-        if let Some(path) = file {
-            self.at(d, Ev::DeliverSnapshot(to, Box::new(m.clone()), path));
-        }
-        self.at(d, Ev::SnapshotStatus(from, m.to, ok));
-    }
-
-    fn write_snapshot_file(&mut self, from: usize, m: &Message) -> Option<PathBuf> {
-        use std::io::Write;
-        let node = self.nodes[from].node.as_ref()?;
-        let name = String::from_utf8(m.get_snapshot().data.to_vec()).ok()?;
-        let txn = match node.store().snapshot(&name) {
-            Ok(t) => t,
-            Err(e) => {
-                // The leader dropped it for a newer one: as a failed send.
-                self.log(|| format!("snapshot {name} gone: {e}"));
-                return None;
-            }
-        };
-        std::fs::create_dir_all(&self.snap_dir.0).expect("snapshot dir");
-        self.snap_files += 1;
-        let path = self.snap_dir.0.join(format!("{}.snap", self.snap_files));
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("snapshot file"));
-        for kv in txn.iter() {
-            let (k, v) = kv.expect("a store snapshot reads back");
-            if nacre_server::state::is_local_key(&k) {
-                continue;
-            }
-            for field in [&k, &v] {
-                out.write_all(&(field.len() as u32).to_le_bytes())
-                    .expect("write");
-                out.write_all(field).expect("write");
-            }
-        }
-        out.flush().expect("write");
-        Some(path)
-    }
-
-    fn route(&mut self, from: usize, m: Message) {
-        self.stats.messages += 1;
-        let Some(to) = self.nodes.iter().position(|n| n.id == m.to) else {
-            return;
-        };
-        if m.get_msg_type() == MessageType::MsgSnapshot {
-            self.route_snapshot(from, to, m);
-            return;
-        }
-        if self.cut.contains(&(from, to)) || self.rng.random_range(0..1000) < self.loss_permille {
-            self.stats.messages_dropped += 1;
-            return;
-        }
-        let copies = if self.rng.random_range(0..1000) < self.dup_permille {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let d = self.delay_min_us + self.rng.random_range(0..self.delay_jitter_us);
-            self.at(d, Ev::Deliver(to, Box::new(m.clone())));
-        }
-    }
-
     fn inject_fault(&mut self) {
         let n = self.nodes.len();
         let roll = self.rng.random_range(0..110);
         match roll {
             0..=29 => {
                 self.stats.partitions += 1;
-                self.cut.clear();
+                self.net.cut.clear();
                 let victim = self.rng.random_range(0..n);
                 let kind = self.rng.random_range(0..3);
                 let mut desc = String::new();
                 match kind {
                     0 => {
-                        for j in (0..n).filter(|&j| j != victim) {
-                            self.cut.insert((victim, j));
-                            self.cut.insert((j, victim));
-                        }
+                        self.net.isolate(victim, n);
                         desc = format!("n{victim} isolated");
                     }
                     1 => {
@@ -1234,7 +1103,8 @@ impl Sim {
                         // do not hear it (or the other way round).
                         let outgoing = self.rng.random_bool(0.5);
                         for j in (0..n).filter(|&j| j != victim) {
-                            self.cut
+                            self.net
+                                .cut
                                 .insert(if outgoing { (victim, j) } else { (j, victim) });
                         }
                         desc.push_str(&format!(
@@ -1251,7 +1121,7 @@ impl Sim {
                         for a in 0..n {
                             for b in 0..n {
                                 if side[a] != side[b] {
-                                    self.cut.insert((a, b));
+                                    self.net.cut.insert((a, b));
                                 }
                             }
                         }
@@ -1262,7 +1132,7 @@ impl Sim {
                 let d = self.rng.random_range(200_000..3_000_000);
                 self.at(d, Ev::Heal);
             }
-            30..=39 => self.handle(Ev::Heal),
+            30..=39 => self.heal(),
             40..=69 => {
                 let i = self.rng.random_range(0..n);
                 if self.nodes[i].node.is_some() {
@@ -1305,8 +1175,8 @@ impl Sim {
             }
             _ => {
                 // Slow network for a while: longer and more varied delays.
-                self.delay_jitter_us = self.rng.random_range(100..60_000);
-                let j = self.delay_jitter_us;
+                self.net.delay_jitter_us = self.rng.random_range(100..60_000);
+                let j = self.net.delay_jitter_us;
                 self.log(|| format!("network jitter now {j}us"));
             }
         }
@@ -1862,7 +1732,7 @@ fn digest(store: &nacre_store::Store) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325;
     for kv in store.begin_read().iter() {
         let (k, v) = kv.expect("store read");
-        if nacre_server::state::is_local_key(&k) {
+        if is_local_key(&k) {
             continue;
         }
         fnv(&mut h, &(k.len() as u64).to_le_bytes());
