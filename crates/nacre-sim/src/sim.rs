@@ -6,6 +6,7 @@
 mod faults;
 mod network;
 mod scenario;
+mod workload;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -14,29 +15,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use nacre_proto::{Batch, Command, ErrorCode, Guard, Op, Request, Session};
+use nacre_proto::Command;
 use nacre_raft::{Tlog, TlogOptions, TlogStorage};
+use nacre_vfs::sim::SimVfs;
+use nacre_vfs::Vfs;
+use parking_lot::Mutex;
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::StateRole;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::oneshot;
 
-// Everything this simulator takes from nacre-server, for all its modules
+// Everything the simulator takes from nacre-server, for all its modules
 // (they import it from here): one place to change when those paths move.
 use nacre_server::name_id;
 use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply};
 use nacre_server::state::{is_local_key, MemberRecord, Reader, StateMachine};
 use nacre_server::transport::Inbound;
-use nacre_vfs::sim::SimVfs;
-use nacre_vfs::Vfs;
-use parking_lot::Mutex;
 
 use crate::checker::{self, Call, OpKind, OpValue, Verdict};
 use crate::clock::{SimClock, SimNow};
 use crate::model::{self, KvState, WriteResult};
 use network::Network;
 use scenario::CutOff;
+use workload::{read, Client};
 
 /// A deliberate bug to switch on in every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,38 +283,6 @@ impl Ord for Queued {
     }
 }
 
-enum Waiting {
-    Write {
-        rx: oneshot::Receiver<WriteReply>,
-        data: Vec<u8>,
-    },
-    Read(oneshot::Receiver<ReadReply>),
-}
-
-struct Pending {
-    call: Call,
-    node: usize,
-    deadline_us: u64,
-    waiting: Waiting,
-    /// A consistent read sent to a paused leader after another node
-    /// acknowledged a write ([`Scenario::LeaderPause`]).
-    pause_read: bool,
-}
-
-struct Client {
-    target: usize,
-    seq: u64,
-    pending: Option<Pending>,
-    /// Highest log index this client has seen (its writes, its reads).
-    seen_index: u64,
-    /// Values this client saw, per key, to aim test_and_set at.
-    seen: BTreeMap<Bytes, Option<Bytes>>,
-    /// A scenario's reader: sends only consistent reads, all to this node.
-    pin: Option<usize>,
-    /// A pause's reader, until another node acknowledges a write: it waits.
-    hold: bool,
-}
-
 /// A read served at a known applied index, for the log-replay check.
 struct ReadObs {
     node: usize,
@@ -326,8 +295,6 @@ struct ReadObs {
 const TICK_US: u64 = 10_000;
 const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
-const WRITE_TIMEOUT_US: u64 = 2_000_000;
-const READ_TIMEOUT_US: u64 = 1_000_000;
 
 pub struct Sim {
     seed: u64,
@@ -430,15 +397,7 @@ impl Sim {
             .map(|i| Bytes::from(format!("k{i}")))
             .collect();
         let clients = (0..cfg.clients)
-            .map(|_| Client {
-                target: rng.random_range(0..n),
-                seq: 0,
-                pending: None,
-                seen_index: 0,
-                seen: BTreeMap::new(),
-                pin: None,
-                hold: false,
-            })
+            .map(|_| Client::new(rng.random_range(0..n)))
             .collect();
         let net = Network::new(seed, cfg.faults, &mut rng);
         Sim {
@@ -798,370 +757,6 @@ impl Sim {
         }
     }
 
-    fn value(&mut self, c: usize) -> Bytes {
-        let s = self.clients[c].seq;
-        Bytes::from(format!("c{c}-{s}"))
-    }
-
-    fn key(&mut self) -> Bytes {
-        let i = self.rng.random_range(0..self.keys.len());
-        self.keys[i].clone()
-    }
-
-    /// A node that answers at once: up and not paused.
-    fn up_node(&mut self) -> Option<usize> {
-        let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].node.is_some() && self.nodes[i].paused.is_none())
-            .collect();
-        (!up.is_empty()).then(|| up[self.rng.random_range(0..up.len())])
-    }
-
-    fn client_wake(&mut self, c: usize) {
-        if !self.workload || self.clients[c].pending.is_some() {
-            return;
-        }
-        if self.clients[c].hold {
-            let d = self.rng.random_range(1_000..5_000);
-            self.at(d, Ev::Client(c));
-            return;
-        }
-        self.clients[c].seq += 1;
-        // A scenario's reader only sends consistent reads.
-        let roll = if self.clients[c].pin.is_some() {
-            self.rng.random_range(53..80)
-        } else {
-            self.rng.random_range(0..100)
-        };
-        let k = self.key();
-        let v = self.value(c);
-        let req = match roll {
-            0..=24 => Some(Request::Set {
-                key: k.clone(),
-                value: v,
-            }),
-            25..=32 => Some(Request::Delete { key: k.clone() }),
-            33..=44 => {
-                let expected = self.clients[c].seen.get(&k).cloned().flatten();
-                let wanted = self.rng.random_bool(0.85).then_some(v);
-                Some(Request::TestAndSet {
-                    key: k.clone(),
-                    expected,
-                    wanted,
-                })
-            }
-            45..=52 => {
-                let (k2, k3) = (self.key(), self.key());
-                let guard = match self.clients[c].seen.get(&k).cloned().flatten() {
-                    Some(seen) => Guard::ValueEquals(k.clone(), seen),
-                    None if self.rng.random_bool(0.5) => Guard::Absent(k.clone()),
-                    None => Guard::Present(k.clone()),
-                };
-                let (guards, mut ops) = if self.rng.random_bool(0.5) {
-                    (vec![guard], vec![])
-                } else {
-                    (vec![], vec![Op::Check(guard)])
-                };
-                ops.push(Op::Set(k2, v));
-                ops.push(Op::Remove(k3));
-                Some(Request::Batch(Batch { guards, ops }))
-            }
-            _ => None,
-        };
-        if let Some(req) = req {
-            let batch = req.to_batch().expect("a write");
-            let session = Session {
-                client_id: c as u64 + 1,
-                seq: self.clients[c].seq,
-            };
-            let data = Command {
-                session: Some(session),
-                batch: batch.clone(),
-            }
-            .encode();
-            let (reply, rx) = oneshot::channel();
-            let call = Call {
-                client: c,
-                invoke_us: self.now_us,
-                complete_us: None,
-                kind: OpKind::Write(batch),
-                value: None,
-            };
-            self.send(
-                c,
-                call,
-                Msg::Propose {
-                    data: data.clone(),
-                    reply,
-                },
-                Waiting::Write { rx, data },
-                WRITE_TIMEOUT_US,
-            );
-            return;
-        }
-        let written = match (&self.cutoff, self.clients[c].pin) {
-            (Some(co), Some(_)) if !co.written.is_empty() => {
-                Some(co.written[self.rng.random_range(0..co.written.len())].clone())
-            }
-            _ => None,
-        };
-        let kind = if let Some(w) = written {
-            // A pause's reader reads what the others just wrote.
-            OpKind::Get(w)
-        } else if self.rng.random_bool(0.7) {
-            OpKind::Get(k)
-        } else {
-            let (a, b) = (k, self.key());
-            let (first, last) = if a <= b { (a, b) } else { (b, a) };
-            OpKind::Range { first, last }
-        };
-        if roll < 80 {
-            let (reply, rx) = oneshot::channel();
-            let call = Call {
-                client: c,
-                invoke_us: self.now_us,
-                complete_us: None,
-                kind,
-                value: None,
-            };
-            self.send(
-                c,
-                call,
-                Msg::Read { reply },
-                Waiting::Read(rx),
-                READ_TIMEOUT_US,
-            );
-            return;
-        }
-        // at_least / any: served at once by whichever node the client
-        // reaches, from its own state.
-        let at_least = (roll < 92).then_some(self.clients[c].seen_index);
-        if let Some(i) = self.up_node() {
-            let node = self.nodes[i].node.as_ref().expect("up");
-            let applied = node
-                .status()
-                .applied
-                .load(std::sync::atomic::Ordering::Acquire);
-            if at_least.is_some_and(|want| applied < want) {
-                self.stats.reads_refused += 1;
-            } else {
-                let value = read(node.store(), &kind);
-                self.stats.reads_stale += 1;
-                self.log(|| format!("c{c} reads {kind:?} at n{i} (applied {applied}, at_least {at_least:?}) = {value:?}"));
-                self.note_read(c, applied, &value);
-                self.reads.push(ReadObs {
-                    node: i,
-                    applied,
-                    at_least,
-                    kind,
-                    value,
-                });
-            }
-        }
-        let d = self.rng.random_range(0..20_000);
-        self.at(d, Ev::Client(c));
-    }
-
-    fn send(&mut self, c: usize, call: Call, msg: Msg, waiting: Waiting, timeout_us: u64) {
-        let mut i = if let Some(p) = self.clients[c].pin {
-            p
-        } else if self.rng.random_bool(0.1) {
-            self.rng.random_range(0..self.nodes.len())
-        } else {
-            self.clients[c].target
-        };
-        // During a cut-off scenario the other clients stay with the
-        // majority (a hint may still name the old leader).
-        if let Some(l) = self.cutoff.as_ref().map(|co| co.leader) {
-            if i == l && self.clients[c].pin.is_none() {
-                i = self.other_node(l);
-                self.clients[c].target = i;
-            }
-        }
-        if self.nodes[i].node.is_none() {
-            // Connection refused: nothing was sent; try elsewhere soon.
-            self.clients[c].target = self.rng.random_range(0..self.nodes.len());
-            let d = self.rng.random_range(1_000..20_000);
-            self.at(d, Ev::Client(c));
-            return;
-        }
-        self.log(|| format!("c{c} -> n{i}: {:?}", call.kind));
-        let pause_read = self.nodes[i].paused.is_some()
-            && matches!(&self.cutoff, Some(co) if co.leader == i && co.new_write)
-            && matches!(waiting, Waiting::Read(_));
-        self.stats.pause_reads_sent += u64::from(pause_read);
-        self.clients[c].pending = Some(Pending {
-            call,
-            node: i,
-            deadline_us: self.now_us + timeout_us,
-            waiting,
-            pause_read,
-        });
-        self.deliver(i, msg);
-    }
-
-    fn note_read(&mut self, c: usize, applied: u64, value: &OpValue) {
-        let cl = &mut self.clients[c];
-        cl.seen_index = cl.seen_index.max(applied);
-        match value {
-            OpValue::Get(_) | OpValue::Write(_) => {}
-            OpValue::Range(kvs) => {
-                for (k, v) in kvs {
-                    cl.seen.insert(k.clone(), Some(v.clone()));
-                }
-            }
-        }
-    }
-
-    fn poll_clients(&mut self) {
-        for c in 0..self.clients.len() {
-            let Some(mut p) = self.clients[c].pending.take() else {
-                continue;
-            };
-            let done = match &mut p.waiting {
-                Waiting::Write { rx, data } => match rx.try_recv() {
-                    Ok(Ok((index, outcome))) => {
-                        let result = WriteResult::from(&outcome);
-                        self.log(|| format!("c{c} <- n{}: write at {index}: {result:?}", p.node));
-                        p.call.complete_us = Some(self.now_us);
-                        p.call.value = Some(OpValue::Write(result.clone()));
-                        let data = std::mem::take(data);
-                        self.acked.push((self.history.len(), index, data));
-                        self.history.push(p.call.clone());
-                        self.stats.writes_acked += 1;
-                        if let Some(co) = self.cutoff.as_mut().filter(|co| co.leader != p.node) {
-                            co.new_write = true;
-                            self.stats.cutoff_writes_acked += 1;
-                            if let OpKind::Write(b) = &p.call.kind {
-                                co.written.extend(written_keys(b));
-                            }
-                            for cl in &mut self.clients {
-                                cl.hold = false;
-                            }
-                        }
-                        let cl = &mut self.clients[c];
-                        cl.seen_index = cl.seen_index.max(index);
-                        if let (OpKind::Write(b), WriteResult::Applied { .. }) =
-                            (&p.call.kind, &result)
-                        {
-                            for op in &b.ops {
-                                match op {
-                                    Op::Set(k, v) => {
-                                        cl.seen.insert(k.clone(), Some(v.clone()));
-                                    }
-                                    Op::Delete(k) | Op::Remove(k) => {
-                                        cl.seen.insert(k.clone(), None);
-                                    }
-                                    _ => {}
-                                }
-                            }
-                        }
-                        true
-                    }
-                    Ok(Err(e)) if e.code == ErrorCode::NotMaster => {
-                        // Refused before it entered the log (or its index
-                        // went to another leader's entry): it never applies.
-                        self.stats.writes_refused += 1;
-                        self.follow_hint(c, p.node);
-                        true
-                    }
-                    Ok(Err(e)) => {
-                        self.log(|| {
-                            format!("c{c} <- n{}: write outcome unknown: {}", p.node, e.message)
-                        });
-                        self.open_write(p.call.clone());
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        self.open_write(p.call.clone());
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Empty) if self.now_us >= p.deadline_us => {
-                        self.open_write(p.call.clone());
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Empty) => false,
-                },
-                Waiting::Read(rx) => match rx.try_recv() {
-                    Ok(Ok(read_index)) => {
-                        if let Some(node) = self.nodes[p.node].node.as_ref() {
-                            let applied = node
-                                .status()
-                                .applied
-                                .load(std::sync::atomic::Ordering::Acquire);
-                            let value = read(node.store(), &p.call.kind);
-                            if applied < read_index {
-                                let why = format!(
-                                    "n{} released a read at index {read_index} having applied only {applied}",
-                                    p.node
-                                );
-                                self.fail(why);
-                            }
-                            self.log(|| format!("c{c} <- n{}: read (index {read_index}, applied {applied}) = {value:?}", p.node));
-                            p.call.complete_us = Some(self.now_us);
-                            p.call.value = Some(value.clone());
-                            self.history.push(p.call.clone());
-                            self.stats.reads_consistent += 1;
-                            self.stats.pause_reads_answered += u64::from(p.pause_read);
-                            if let Some(co) = self.cutoff.as_ref().filter(|co| co.leader == p.node)
-                            {
-                                self.stats.cutoff_reads_answered += 1;
-                                if co.new_write {
-                                    self.stats.cutoff_reads_after_new_write += 1;
-                                }
-                            }
-                            self.note_read(c, applied, &value);
-                            if let (OpKind::Get(k), OpValue::Get(v)) = (&p.call.kind, &value) {
-                                self.clients[c].seen.insert(k.clone(), v.clone());
-                            }
-                            self.reads.push(ReadObs {
-                                node: p.node,
-                                applied,
-                                at_least: None,
-                                kind: p.call.kind.clone(),
-                                value,
-                            });
-                        }
-                        true
-                    }
-                    Ok(Err(e)) => {
-                        self.stats.reads_refused += 1;
-                        if e.code == ErrorCode::NotMaster {
-                            self.follow_hint(c, p.node);
-                        }
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Closed) => true,
-                    Err(oneshot::error::TryRecvError::Empty) => self.now_us >= p.deadline_us,
-                },
-            };
-            if done {
-                let d = self.rng.random_range(0..20_000);
-                self.at(d, Ev::Client(c));
-            } else {
-                self.clients[c].pending = Some(p);
-            }
-        }
-    }
-
-    fn open_write(&mut self, call: Call) {
-        self.stats.writes_open += 1;
-        self.history.push(call);
-    }
-
-    /// Goes to the leader the refusing node names, else anywhere.
-    fn follow_hint(&mut self, c: usize, asked: usize) {
-        let leader = self.nodes[asked].node.as_ref().map(|n| {
-            n.status()
-                .leader_id
-                .load(std::sync::atomic::Ordering::Acquire)
-        });
-        self.clients[c].target =
-            match leader.and_then(|l| self.nodes.iter().position(|n| n.id == l)) {
-                Some(i) => i,
-                None => self.rng.random_range(0..self.nodes.len()),
-            };
-    }
-
     fn final_checks(&mut self) {
         let down: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].node.is_none())
@@ -1304,42 +899,6 @@ impl Sim {
         for b in bad.into_iter().take(5) {
             self.fail(b);
         }
-    }
-}
-
-/// The keys a batch sets or deletes.
-fn written_keys(b: &Batch) -> Vec<Bytes> {
-    b.ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::Set(k, _) | Op::Delete(k) | Op::Remove(k) => Some(k.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn read(store: &nacre_store::Store, kind: &OpKind) -> OpValue {
-    let r = Reader::new(store);
-    match kind {
-        OpKind::Get(k) => OpValue::Get(r.get(k).expect("store read")),
-        OpKind::Range { first, last } => {
-            let q = nacre_proto::RangeQuery {
-                first: Some(first.clone()),
-                first_inclusive: true,
-                last: Some(last.clone()),
-                last_inclusive: true,
-                max: 1000,
-                reverse: false,
-            };
-            OpValue::Range(
-                r.range_entries(&q, 1000)
-                    .expect("store read")
-                    .into_iter()
-                    .map(|e| (e.key, e.value))
-                    .collect(),
-            )
-        }
-        OpKind::Write(_) => unreachable!("not a read"),
     }
 }
 
