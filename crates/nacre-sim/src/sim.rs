@@ -3,24 +3,24 @@
 //! time, over a simulated network and one simulated disk per node, with
 //! every random choice drawn from the seed.
 
+mod checks;
 mod faults;
 mod network;
 mod scenario;
 mod workload;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use nacre_proto::Command;
 use nacre_raft::{Tlog, TlogOptions, TlogStorage};
 use nacre_vfs::sim::SimVfs;
 use nacre_vfs::Vfs;
 use parking_lot::Mutex;
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{Entry, Message};
 use raft::StateRole;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -32,12 +32,12 @@ use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, W
 use nacre_server::state::{is_local_key, MemberRecord, Reader, StateMachine};
 use nacre_server::transport::Inbound;
 
-use crate::checker::{self, Call, OpKind, OpValue, Verdict};
+use crate::checker::Call;
 use crate::clock::{SimClock, SimNow};
-use crate::model::{self, KvState, WriteResult};
+use checks::ReadObs;
 use network::Network;
 use scenario::CutOff;
-use workload::{read, Client};
+use workload::Client;
 
 /// A deliberate bug to switch on in every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,15 +283,6 @@ impl Ord for Queued {
     }
 }
 
-/// A read served at a known applied index, for the log-replay check.
-struct ReadObs {
-    node: usize,
-    applied: u64,
-    at_least: Option<u64>,
-    kind: OpKind,
-    value: OpValue,
-}
-
 const TICK_US: u64 = 10_000;
 const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
@@ -496,11 +487,6 @@ impl Sim {
         }
         self.set_now(end_us);
         self.final_checks();
-        match checker::check(&self.history, &self.keys, self.cfg.check_budget_states) {
-            Verdict::Linearizable => {}
-            Verdict::Violation(why) => self.fail(format!("not linearizable: {why}")),
-            Verdict::Unknown(why) => self.unknown.push(format!("linearizability: {why}")),
-        }
         self.report()
     }
 
@@ -755,177 +741,5 @@ impl Sim {
                 self.fail(why);
             }
         }
-    }
-
-    fn final_checks(&mut self) {
-        let down: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].node.is_none())
-            .collect();
-        if !down.is_empty() {
-            self.fail(format!("nodes {down:?} are still down after healing"));
-            return;
-        }
-        let applied: Vec<u64> = self
-            .nodes
-            .iter()
-            .map(|n| n.node.as_ref().expect("up").store_applied())
-            .collect();
-        if applied.iter().any(|a| *a != applied[0]) {
-            self.fail(format!(
-                "replicas did not converge after healing: applied {applied:?}"
-            ));
-        }
-        let digests: Vec<u64> = self
-            .nodes
-            .iter()
-            .map(|n| digest(n.node.as_ref().expect("up").store()))
-            .collect();
-        if applied.iter().all(|a| *a == applied[0]) && digests.iter().any(|d| *d != digests[0]) {
-            self.fail(format!(
-                "replicas differ at the same applied index: digests {digests:x?}"
-            ));
-        }
-        self.stats.final_index = applied[0];
-        self.replay_check(applied[0]);
-    }
-
-    /// Replays node 0's log through the model and holds every acknowledged
-    /// write and every read to it.
-    fn replay_check(&mut self, final_index: u64) {
-        for i in 0..self.nodes.len() {
-            self.capture(i);
-        }
-        let first = COMMITTED_FIRST;
-        let taken = first + self.committed.len() as u64;
-        if taken <= final_index {
-            self.fail(format!(
-                "the simulator took committed entries up to {} only, of {final_index}",
-                taken - 1
-            ));
-            return;
-        }
-        let entries: Vec<Entry> = self
-            .committed
-            .iter()
-            .take_while(|e| e.index <= final_index)
-            .cloned()
-            .collect();
-        if let Some((pos, e)) = entries
-            .iter()
-            .enumerate()
-            .find(|(pos, e)| e.index != first + *pos as u64)
-        {
-            self.fail(format!("entry {} taken at position {pos}", e.index));
-            return;
-        }
-        // states[i]: the user state after applying index i.
-        let mut states: Vec<KvState> = vec![KvState::new(); first as usize];
-        let mut results: BTreeMap<u64, (Vec<u8>, WriteResult)> = BTreeMap::new();
-        let mut sessions: BTreeMap<(u64, u64), WriteResult> = BTreeMap::new();
-        let mut state = KvState::new();
-        for e in &entries {
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                let cmd = Command::decode(Bytes::copy_from_slice(&e.data)).expect("own command");
-                let key = cmd.session.map(|s| (s.client_id, s.seq));
-                let r = match key.and_then(|k| sessions.get(&k)) {
-                    Some(first) => first.clone(),
-                    None => {
-                        let r = model::apply(&mut state, &cmd.batch);
-                        if let (Some(k), WriteResult::Applied { .. }) = (key, &r) {
-                            sessions.insert(k, r.clone());
-                        }
-                        r
-                    }
-                };
-                results.insert(e.index, (e.data.to_vec(), r));
-            }
-            states.push(state.clone());
-        }
-        let mut bad = Vec::new();
-        for (pos, index, data) in &self.acked {
-            let call = &self.history[*pos];
-            match results.get(index) {
-                None => bad.push(format!(
-                    "acknowledged write lost: {:?} acked at index {index}, final log ends at {final_index}",
-                    call.kind
-                )),
-                Some((d, _)) if d != data => bad.push(format!(
-                    "acknowledged write lost: index {index} holds another command than {:?}",
-                    call.kind
-                )),
-                Some((_, r)) if Some(&OpValue::Write(r.clone())) != call.value.as_ref() => bad.push(
-                    format!(
-                        "write at {index} answered {:?}, but replaying the log gives {r:?}",
-                        call.value
-                    ),
-                ),
-                Some(_) => {}
-            }
-        }
-        for r in &self.reads {
-            let Some(st) = states.get(r.applied as usize) else {
-                bad.push(format!(
-                    "n{} served a read at applied index {} beyond the final log ({final_index})",
-                    r.node, r.applied
-                ));
-                continue;
-            };
-            let want = checker::step(&mut st.clone(), &r.kind);
-            if want != r.value {
-                bad.push(format!(
-                    "n{} read {:?} at applied index {} (at_least {:?}) = {:?}, but the log says {want:?}",
-                    r.node, r.kind, r.applied, r.at_least, r.value
-                ));
-            }
-            if r.at_least.is_some_and(|w| r.applied < w) {
-                bad.push(format!(
-                    "an at_least({:?}) read went back to {}",
-                    r.at_least, r.applied
-                ));
-            }
-        }
-        let node = self.nodes[0].node.as_ref().expect("up");
-        let all = OpKind::Range {
-            first: Bytes::new(),
-            last: Bytes::from_static(b"\xff"),
-        };
-        let have = read(node.store(), &all);
-        let want = checker::step(&mut state.clone(), &all);
-        if have != want {
-            bad.push(format!(
-                "final state {have:?} differs from the replayed log {want:?}"
-            ));
-        }
-        for b in bad.into_iter().take(5) {
-            self.fail(b);
-        }
-    }
-}
-
-/// A hash of every record in the store, in key order.
-fn digest(store: &nacre_store::Store) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325;
-    for kv in store.begin_read().iter() {
-        let (k, v) = kv.expect("store read");
-        if is_local_key(&k) {
-            continue;
-        }
-        fnv(&mut h, &(k.len() as u64).to_le_bytes());
-        fnv(&mut h, &k);
-        fnv(&mut h, &(v.len() as u64).to_le_bytes());
-        fnv(&mut h, &v);
-    }
-    h
-}
-
-trait StoreApplied {
-    fn store_applied(&self) -> u64;
-}
-
-impl StoreApplied for Node {
-    fn store_applied(&self) -> u64 {
-        self.status()
-            .applied
-            .load(std::sync::atomic::Ordering::Acquire)
     }
 }
