@@ -233,6 +233,53 @@ struct SimNode {
     restart_pending: bool,
 }
 
+impl SimNode {
+    /// A node not started yet, with its disk and its clock: the clock's
+    /// drift (up to `drift` per mille either way) is drawn from `rng`.
+    fn new(id: u64, drift: i64, sim_now: &SimNow, rng: &mut StdRng) -> SimNode {
+        let d = if drift > 0 {
+            rng.random_range(-drift..=drift)
+        } else {
+            0
+        };
+        let period_permille = (1000 + d) as u64;
+        SimNode {
+            id,
+            vfs: SimVfs::new(rng.random()),
+            clock: SimClock::new(
+                sim_now.clone(),
+                period_permille,
+                rng.random_range(0..1 << 40),
+            ),
+            paused: None,
+            outbox: Arc::new(Mutex::new(Vec::new())),
+            node: None,
+            tlog: None,
+            incarnation: 0,
+            timeout_ticks: ELECTION_TICKS,
+            role: None,
+            restart_pending: false,
+        }
+    }
+}
+
+/// The members of an `n`-node cluster: `n0`, `n1`, ...
+fn members(n: usize) -> Vec<(u64, MemberRecord)> {
+    (0..n)
+        .map(|i| {
+            let name = format!("n{i}");
+            (
+                name_id(&name),
+                MemberRecord {
+                    name: name.clone(),
+                    client: format!("{name}:client"),
+                    peer: format!("{name}:peer"),
+                },
+            )
+        })
+        .collect()
+}
+
 /// A paused process: its timers do not fire and its inbound messages and
 /// client requests wait, in arrival order.
 struct Paused {
@@ -341,48 +388,12 @@ impl Sim {
             .nodes
             .unwrap_or(if rng.random_bool(0.5) { 3 } else { 5 });
         let reads_by_lease = cfg.reads_by_lease.unwrap_or_else(|| rng.random_bool(0.5));
-        let members: Vec<(u64, MemberRecord)> = (0..n)
-            .map(|i| {
-                let name = format!("n{i}");
-                (
-                    name_id(&name),
-                    MemberRecord {
-                        name: name.clone(),
-                        client: format!("{name}:client"),
-                        peer: format!("{name}:peer"),
-                    },
-                )
-            })
-            .collect();
+        let members = members(n);
         let drift = cfg.clock_drift_permille_max as i64;
         let sim_now: SimNow = Arc::new(AtomicU64::new(0));
         let nodes = members
             .iter()
-            .map(|(id, _)| {
-                let d = if drift > 0 {
-                    rng.random_range(-drift..=drift)
-                } else {
-                    0
-                };
-                let period_permille = (1000 + d) as u64;
-                SimNode {
-                    id: *id,
-                    vfs: SimVfs::new(rng.random()),
-                    clock: SimClock::new(
-                        sim_now.clone(),
-                        period_permille,
-                        rng.random_range(0..1 << 40),
-                    ),
-                    paused: None,
-                    outbox: Arc::new(Mutex::new(Vec::new())),
-                    node: None,
-                    tlog: None,
-                    incarnation: 0,
-                    timeout_ticks: ELECTION_TICKS,
-                    role: None,
-                    restart_pending: false,
-                }
-            })
+            .map(|(id, _)| SimNode::new(*id, drift, &sim_now, &mut rng))
             .collect();
         let keys = (0..cfg.keys)
             .map(|i| Bytes::from(format!("k{i}")))
