@@ -151,4 +151,36 @@ impl Sim {
             }
         }
     }
+
+    /// A key for a scenario's reader (client `c`) to read: one the other
+    /// nodes wrote during the scenario, once they wrote any.
+    pub(super) fn scenario_read_key(&mut self, c: usize) -> Option<Bytes> {
+        match (&self.cutoff, self.clients[c].pin) {
+            (Some(co), Some(_)) if !co.written.is_empty() => {
+                Some(co.written[self.rng.random_range(0..co.written.len())].clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Where client `c` sends a request meant for node `i`. During a
+    /// cut-off scenario the other clients stay with the majority (a hint
+    /// may still name the old leader).
+    pub(super) fn scenario_redirect(&mut self, c: usize, i: usize) -> usize {
+        if let Some(l) = self.cutoff.as_ref().map(|co| co.leader) {
+            if i == l && self.clients[c].pin.is_none() {
+                let j = self.other_node(l);
+                self.clients[c].target = j;
+                return j;
+            }
+        }
+        i
+    }
+
+    /// Node `i` is the paused leader of a scenario, and another node has
+    /// acknowledged a write since the pause began.
+    pub(super) fn at_paused_leader_after_write(&self, i: usize) -> bool {
+        self.nodes[i].paused.is_some()
+            && matches!(&self.cutoff, Some(co) if co.leader == i && co.new_write)
+    }
 }

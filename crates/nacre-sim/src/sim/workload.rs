@@ -85,6 +85,8 @@ impl Sim {
         (!up.is_empty()).then(|| up[self.rng.random_range(0..up.len())])
     }
 
+    /// Client `c` wakes up: it sends its next operation, or reads at once
+    /// from a node's own state (`at_least` / `any`), or waits.
     pub(super) fn client_wake(&mut self, c: usize) {
         if !self.workload || self.clients[c].pending.is_some() {
             return;
@@ -103,14 +105,34 @@ impl Sim {
         };
         let k = self.key();
         let v = self.value(c);
-        let req = match roll {
+        if let Some(req) = self.write_request(c, roll, &k, v) {
+            self.send_write(c, &req);
+            return;
+        }
+        let kind = self.read_kind(c, k);
+        if roll < 80 {
+            self.send_read(c, kind);
+            return;
+        }
+        // at_least / any: served at once by whichever node the client
+        // reaches, from its own state.
+        let at_least = (roll < 92).then_some(self.clients[c].seen_index);
+        self.read_local(c, kind, at_least);
+        let d = self.rng.random_range(0..20_000);
+        self.at(d, Ev::Client(c));
+    }
+
+    /// The write `roll` picks for client `c`, about key `k` and writing
+    /// `v`; `None` when the roll picks a read.
+    fn write_request(&mut self, c: usize, roll: i32, k: &Bytes, v: Bytes) -> Option<Request> {
+        match roll {
             0..=24 => Some(Request::Set {
                 key: k.clone(),
                 value: v,
             }),
             25..=32 => Some(Request::Delete { key: k.clone() }),
             33..=44 => {
-                let expected = self.clients[c].seen.get(&k).cloned().flatten();
+                let expected = self.clients[c].seen.get(k).cloned().flatten();
                 let wanted = self.rng.random_bool(0.85).then_some(v);
                 Some(Request::TestAndSet {
                     key: k.clone(),
@@ -118,62 +140,65 @@ impl Sim {
                     wanted,
                 })
             }
-            45..=52 => {
-                let (k2, k3) = (self.key(), self.key());
-                let guard = match self.clients[c].seen.get(&k).cloned().flatten() {
-                    Some(seen) => Guard::ValueEquals(k.clone(), seen),
-                    None if self.rng.random_bool(0.5) => Guard::Absent(k.clone()),
-                    None => Guard::Present(k.clone()),
-                };
-                let (guards, mut ops) = if self.rng.random_bool(0.5) {
-                    (vec![guard], vec![])
-                } else {
-                    (vec![], vec![Op::Check(guard)])
-                };
-                ops.push(Op::Set(k2, v));
-                ops.push(Op::Remove(k3));
-                Some(Request::Batch(Batch { guards, ops }))
-            }
+            45..=52 => Some(self.sequence_request(c, k, v)),
             _ => None,
-        };
-        if let Some(req) = req {
-            let batch = req.to_batch().expect("a write");
-            let session = Session {
-                client_id: c as u64 + 1,
-                seq: self.clients[c].seq,
-            };
-            let data = Command {
-                session: Some(session),
-                batch: batch.clone(),
-            }
-            .encode();
-            let (reply, rx) = oneshot::channel();
-            let call = Call {
-                client: c,
-                invoke_us: self.now_us,
-                complete_us: None,
-                kind: OpKind::Write(batch),
-                value: None,
-            };
-            self.send(
-                c,
-                call,
-                Msg::Propose {
-                    data: data.clone(),
-                    reply,
-                },
-                Waiting::Write { rx, data },
-                WRITE_TIMEOUT_US,
-            );
-            return;
         }
-        let written = match (&self.cutoff, self.clients[c].pin) {
-            (Some(co), Some(_)) if !co.written.is_empty() => {
-                Some(co.written[self.rng.random_range(0..co.written.len())].clone())
-            }
-            _ => None,
+    }
+
+    /// A sequence over three random keys: a guard on `k` (or an `assert`
+    /// step), then a set and a remove.
+    fn sequence_request(&mut self, c: usize, k: &Bytes, v: Bytes) -> Request {
+        let (k2, k3) = (self.key(), self.key());
+        let guard = match self.clients[c].seen.get(k).cloned().flatten() {
+            Some(seen) => Guard::ValueEquals(k.clone(), seen),
+            None if self.rng.random_bool(0.5) => Guard::Absent(k.clone()),
+            None => Guard::Present(k.clone()),
         };
-        let kind = if let Some(w) = written {
+        let (guards, mut ops) = if self.rng.random_bool(0.5) {
+            (vec![guard], vec![])
+        } else {
+            (vec![], vec![Op::Check(guard)])
+        };
+        ops.push(Op::Set(k2, v));
+        ops.push(Op::Remove(k3));
+        Request::Batch(Batch { guards, ops })
+    }
+
+    /// Proposes `req` with client `c`'s session.
+    fn send_write(&mut self, c: usize, req: &Request) {
+        let batch = req.to_batch().expect("a write");
+        let session = Session {
+            client_id: c as u64 + 1,
+            seq: self.clients[c].seq,
+        };
+        let data = Command {
+            session: Some(session),
+            batch: batch.clone(),
+        }
+        .encode();
+        let (reply, rx) = oneshot::channel();
+        let call = Call {
+            client: c,
+            invoke_us: self.now_us,
+            complete_us: None,
+            kind: OpKind::Write(batch),
+            value: None,
+        };
+        self.send(
+            c,
+            call,
+            Msg::Propose {
+                data: data.clone(),
+                reply,
+            },
+            Waiting::Write { rx, data },
+            WRITE_TIMEOUT_US,
+        );
+    }
+
+    /// What client `c` reads: a get of `k`, or a range from `k`.
+    fn read_kind(&mut self, c: usize, k: Bytes) -> OpKind {
+        if let Some(w) = self.scenario_read_key(c) {
             // A pause's reader reads what the others just wrote.
             OpKind::Get(w)
         } else if self.rng.random_bool(0.7) {
@@ -182,54 +207,59 @@ impl Sim {
             let (a, b) = (k, self.key());
             let (first, last) = if a <= b { (a, b) } else { (b, a) };
             OpKind::Range { first, last }
-        };
-        if roll < 80 {
-            let (reply, rx) = oneshot::channel();
-            let call = Call {
-                client: c,
-                invoke_us: self.now_us,
-                complete_us: None,
-                kind,
-                value: None,
-            };
-            self.send(
-                c,
-                call,
-                Msg::Read { reply },
-                Waiting::Read(rx),
-                READ_TIMEOUT_US,
-            );
-            return;
         }
-        // at_least / any: served at once by whichever node the client
-        // reaches, from its own state.
-        let at_least = (roll < 92).then_some(self.clients[c].seen_index);
-        if let Some(i) = self.up_node() {
-            let node = self.nodes[i].node.as_ref().expect("up");
-            let applied = node
-                .status()
-                .applied
-                .load(std::sync::atomic::Ordering::Acquire);
-            if at_least.is_some_and(|want| applied < want) {
-                self.stats.reads_refused += 1;
-            } else {
-                let value = read(node.store(), &kind);
-                self.stats.reads_stale += 1;
-                self.log(|| format!("c{c} reads {kind:?} at n{i} (applied {applied}, at_least {at_least:?}) = {value:?}"));
-                self.note_read(c, applied, &value);
-                self.reads.push(ReadObs {
-                    node: i,
-                    applied,
-                    at_least,
-                    kind,
-                    value,
-                });
-            }
-        }
-        let d = self.rng.random_range(0..20_000);
-        self.at(d, Ev::Client(c));
     }
 
+    /// Sends a consistent read.
+    fn send_read(&mut self, c: usize, kind: OpKind) {
+        let (reply, rx) = oneshot::channel();
+        let call = Call {
+            client: c,
+            invoke_us: self.now_us,
+            complete_us: None,
+            kind,
+            value: None,
+        };
+        self.send(
+            c,
+            call,
+            Msg::Read { reply },
+            Waiting::Read(rx),
+            READ_TIMEOUT_US,
+        );
+    }
+
+    /// An `at_least` (`Some`) or `any` read, served at once by a random
+    /// node that answers, from its own state; refused when that node has
+    /// not applied `at_least` yet.
+    fn read_local(&mut self, c: usize, kind: OpKind, at_least: Option<u64>) {
+        let Some(i) = self.up_node() else {
+            return;
+        };
+        let node = self.nodes[i].node.as_ref().expect("up");
+        let applied = node
+            .status()
+            .applied
+            .load(std::sync::atomic::Ordering::Acquire);
+        if at_least.is_some_and(|want| applied < want) {
+            self.stats.reads_refused += 1;
+            return;
+        }
+        let value = read(node.store(), &kind);
+        self.stats.reads_stale += 1;
+        self.log(|| format!("c{c} reads {kind:?} at n{i} (applied {applied}, at_least {at_least:?}) = {value:?}"));
+        self.note_read(c, applied, &value);
+        self.reads.push(ReadObs {
+            node: i,
+            applied,
+            at_least,
+            kind,
+            value,
+        });
+    }
+
+    /// Sends client `c`'s request to a node (usually the leader it was
+    /// last told about) and waits for the answer until `timeout_us`.
     fn send(&mut self, c: usize, call: Call, msg: Msg, waiting: Waiting, timeout_us: u64) {
         let mut i = if let Some(p) = self.clients[c].pin {
             p
@@ -238,14 +268,7 @@ impl Sim {
         } else {
             self.clients[c].target
         };
-        // During a cut-off scenario the other clients stay with the
-        // majority (a hint may still name the old leader).
-        if let Some(l) = self.cutoff.as_ref().map(|co| co.leader) {
-            if i == l && self.clients[c].pin.is_none() {
-                i = self.other_node(l);
-                self.clients[c].target = i;
-            }
-        }
+        i = self.scenario_redirect(c, i);
         if self.nodes[i].node.is_none() {
             // Connection refused: nothing was sent; try elsewhere soon.
             self.clients[c].target = self.rng.random_range(0..self.nodes.len());
@@ -254,9 +277,8 @@ impl Sim {
             return;
         }
         self.log(|| format!("c{c} -> n{i}: {:?}", call.kind));
-        let pause_read = self.nodes[i].paused.is_some()
-            && matches!(&self.cutoff, Some(co) if co.leader == i && co.new_write)
-            && matches!(waiting, Waiting::Read(_));
+        let pause_read =
+            self.at_paused_leader_after_write(i) && matches!(waiting, Waiting::Read(_));
         self.stats.pause_reads_sent += u64::from(pause_read);
         self.clients[c].pending = Some(Pending {
             call,
