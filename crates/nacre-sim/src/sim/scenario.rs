@@ -3,9 +3,11 @@
 //! ([`Scenario::LeaderPause`]), with the clients each one steers.
 
 use bytes::Bytes;
+use nacre_proto::{Batch, Op};
 use rand::Rng;
 
 use super::{Ev, Sim, TICK_US};
+use crate::checker::OpKind;
 
 /// A targeted fault schedule. It replaces the random scheduled faults
 /// (partitions, crashes, disk errors); network loss and duplication still
@@ -183,4 +185,43 @@ impl Sim {
         self.nodes[i].paused.is_some()
             && matches!(&self.cutoff, Some(co) if co.leader == i && co.new_write)
     }
+
+    /// A write acknowledged by node `node`: by another node than the
+    /// scenario's leader, it is one the leader misses; the readers waiting
+    /// for such a write go on, and will read its keys.
+    pub(super) fn scenario_write_acked(&mut self, node: usize, kind: &OpKind) {
+        if let Some(co) = self.cutoff.as_mut().filter(|co| co.leader != node) {
+            co.new_write = true;
+            self.stats.cutoff_writes_acked += 1;
+            if let OpKind::Write(b) = kind {
+                co.written.extend(written_keys(b));
+            }
+            for cl in &mut self.clients {
+                cl.hold = false;
+            }
+        }
+    }
+
+    /// A consistent read answered by node `node`: counted when the
+    /// scenario's leader answered it, and apart when it did so after
+    /// another node acknowledged a write.
+    pub(super) fn scenario_read_answered(&mut self, node: usize) {
+        if let Some(co) = self.cutoff.as_ref().filter(|co| co.leader == node) {
+            self.stats.cutoff_reads_answered += 1;
+            if co.new_write {
+                self.stats.cutoff_reads_after_new_write += 1;
+            }
+        }
+    }
+}
+
+/// The keys a batch sets or deletes.
+fn written_keys(b: &Batch) -> Vec<Bytes> {
+    b.ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Set(k, _) | Op::Delete(k) | Op::Remove(k) => Some(k.clone()),
+            _ => None,
+        })
+        .collect()
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use nacre_proto::{Batch, Command, ErrorCode, Guard, Op, Request, Session};
 use rand::Rng;
 use tokio::sync::oneshot;
+use tokio::sync::oneshot::error::TryRecvError;
 
 use super::{Ev, Msg, ReadObs, ReadReply, Reader, Sim, WriteReply};
 use crate::checker::{Call, OpKind, OpValue};
@@ -24,6 +25,20 @@ pub(super) enum Waiting {
     },
     Read(oneshot::Receiver<ReadReply>),
 }
+
+impl Waiting {
+    /// The command a write proposed, taken when it is acknowledged (the
+    /// replay check compares it with the log).
+    fn take_data(&mut self) -> Vec<u8> {
+        match self {
+            Waiting::Write { data, .. } => std::mem::take(data),
+            Waiting::Read(_) => Vec::new(),
+        }
+    }
+}
+
+/// What polling a client's answer gives.
+type Answer<T> = Result<T, TryRecvError>;
 
 /// A client's operation in flight.
 pub(super) struct Pending {
@@ -303,127 +318,22 @@ impl Sim {
         }
     }
 
+    /// Takes the answers that came, and the timeouts that fell due, into
+    /// the history; a client done with its operation wakes up again soon.
     pub(super) fn poll_clients(&mut self) {
         for c in 0..self.clients.len() {
             let Some(mut p) = self.clients[c].pending.take() else {
                 continue;
             };
             let done = match &mut p.waiting {
-                Waiting::Write { rx, data } => match rx.try_recv() {
-                    Ok(Ok((index, outcome))) => {
-                        let result = WriteResult::from(&outcome);
-                        self.log(|| format!("c{c} <- n{}: write at {index}: {result:?}", p.node));
-                        p.call.complete_us = Some(self.now_us);
-                        p.call.value = Some(OpValue::Write(result.clone()));
-                        let data = std::mem::take(data);
-                        self.acked.push((self.history.len(), index, data));
-                        self.history.push(p.call.clone());
-                        self.stats.writes_acked += 1;
-                        if let Some(co) = self.cutoff.as_mut().filter(|co| co.leader != p.node) {
-                            co.new_write = true;
-                            self.stats.cutoff_writes_acked += 1;
-                            if let OpKind::Write(b) = &p.call.kind {
-                                co.written.extend(written_keys(b));
-                            }
-                            for cl in &mut self.clients {
-                                cl.hold = false;
-                            }
-                        }
-                        let cl = &mut self.clients[c];
-                        cl.seen_index = cl.seen_index.max(index);
-                        if let (OpKind::Write(b), WriteResult::Applied { .. }) =
-                            (&p.call.kind, &result)
-                        {
-                            for op in &b.ops {
-                                match op {
-                                    Op::Set(k, v) => {
-                                        cl.seen.insert(k.clone(), Some(v.clone()));
-                                    }
-                                    Op::Delete(k) | Op::Remove(k) => {
-                                        cl.seen.insert(k.clone(), None);
-                                    }
-                                    _ => {}
-                                }
-                            }
-                        }
-                        true
-                    }
-                    Ok(Err(e)) if e.code == ErrorCode::NotMaster => {
-                        // Refused before it entered the log (or its index
-                        // went to another leader's entry): it never applies.
-                        self.stats.writes_refused += 1;
-                        self.follow_hint(c, p.node);
-                        true
-                    }
-                    Ok(Err(e)) => {
-                        self.log(|| {
-                            format!("c{c} <- n{}: write outcome unknown: {}", p.node, e.message)
-                        });
-                        self.open_write(p.call.clone());
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        self.open_write(p.call.clone());
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Empty) if self.now_us >= p.deadline_us => {
-                        self.open_write(p.call.clone());
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Empty) => false,
-                },
-                Waiting::Read(rx) => match rx.try_recv() {
-                    Ok(Ok(read_index)) => {
-                        if let Some(node) = self.nodes[p.node].node.as_ref() {
-                            let applied = node
-                                .status()
-                                .applied
-                                .load(std::sync::atomic::Ordering::Acquire);
-                            let value = read(node.store(), &p.call.kind);
-                            if applied < read_index {
-                                let why = format!(
-                                    "n{} released a read at index {read_index} having applied only {applied}",
-                                    p.node
-                                );
-                                self.fail(why);
-                            }
-                            self.log(|| format!("c{c} <- n{}: read (index {read_index}, applied {applied}) = {value:?}", p.node));
-                            p.call.complete_us = Some(self.now_us);
-                            p.call.value = Some(value.clone());
-                            self.history.push(p.call.clone());
-                            self.stats.reads_consistent += 1;
-                            self.stats.pause_reads_answered += u64::from(p.pause_read);
-                            if let Some(co) = self.cutoff.as_ref().filter(|co| co.leader == p.node)
-                            {
-                                self.stats.cutoff_reads_answered += 1;
-                                if co.new_write {
-                                    self.stats.cutoff_reads_after_new_write += 1;
-                                }
-                            }
-                            self.note_read(c, applied, &value);
-                            if let (OpKind::Get(k), OpValue::Get(v)) = (&p.call.kind, &value) {
-                                self.clients[c].seen.insert(k.clone(), v.clone());
-                            }
-                            self.reads.push(ReadObs {
-                                node: p.node,
-                                applied,
-                                at_least: None,
-                                kind: p.call.kind.clone(),
-                                value,
-                            });
-                        }
-                        true
-                    }
-                    Ok(Err(e)) => {
-                        self.stats.reads_refused += 1;
-                        if e.code == ErrorCode::NotMaster {
-                            self.follow_hint(c, p.node);
-                        }
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Closed) => true,
-                    Err(oneshot::error::TryRecvError::Empty) => self.now_us >= p.deadline_us,
-                },
+                Waiting::Write { rx, .. } => {
+                    let answer = rx.try_recv();
+                    self.poll_write(c, &mut p, answer)
+                }
+                Waiting::Read(rx) => {
+                    let answer = rx.try_recv();
+                    self.poll_read(c, &mut p, answer)
+                }
             };
             if done {
                 let d = self.rng.random_range(0..20_000);
@@ -434,6 +344,130 @@ impl Sim {
         }
     }
 
+    /// Client `c`'s write `p` and what came back for it: whether it is
+    /// done (acknowledged, refused, or of unknown outcome).
+    fn poll_write(&mut self, c: usize, p: &mut Pending, answer: Answer<WriteReply>) -> bool {
+        match answer {
+            Ok(Ok((index, outcome))) => {
+                self.write_acked(c, p, index, WriteResult::from(&outcome));
+                true
+            }
+            Ok(Err(e)) if e.code == ErrorCode::NotMaster => {
+                // Refused before it entered the log (or its index
+                // went to another leader's entry): it never applies.
+                self.stats.writes_refused += 1;
+                self.follow_hint(c, p.node);
+                true
+            }
+            Ok(Err(e)) => {
+                self.log(|| format!("c{c} <- n{}: write outcome unknown: {}", p.node, e.message));
+                self.open_write(p.call.clone());
+                true
+            }
+            Err(TryRecvError::Closed) => {
+                self.open_write(p.call.clone());
+                true
+            }
+            Err(TryRecvError::Empty) if self.now_us >= p.deadline_us => {
+                self.open_write(p.call.clone());
+                true
+            }
+            Err(TryRecvError::Empty) => false,
+        }
+    }
+
+    /// Client `c`'s write `p` was acknowledged at `index` with `result`.
+    fn write_acked(&mut self, c: usize, p: &mut Pending, index: u64, result: WriteResult) {
+        self.log(|| format!("c{c} <- n{}: write at {index}: {result:?}", p.node));
+        p.call.complete_us = Some(self.now_us);
+        p.call.value = Some(OpValue::Write(result.clone()));
+        let data = p.waiting.take_data();
+        self.acked.push((self.history.len(), index, data));
+        self.history.push(p.call.clone());
+        self.stats.writes_acked += 1;
+        self.scenario_write_acked(p.node, &p.call.kind);
+        let cl = &mut self.clients[c];
+        cl.seen_index = cl.seen_index.max(index);
+        if let (OpKind::Write(b), WriteResult::Applied { .. }) = (&p.call.kind, &result) {
+            for op in &b.ops {
+                match op {
+                    Op::Set(k, v) => {
+                        cl.seen.insert(k.clone(), Some(v.clone()));
+                    }
+                    Op::Delete(k) | Op::Remove(k) => {
+                        cl.seen.insert(k.clone(), None);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Client `c`'s consistent read `p` and what came back for it: whether
+    /// it is done (answered, refused or given up).
+    fn poll_read(&mut self, c: usize, p: &mut Pending, answer: Answer<ReadReply>) -> bool {
+        match answer {
+            Ok(Ok(read_index)) => {
+                self.read_answered(c, p, read_index);
+                true
+            }
+            Ok(Err(e)) => {
+                self.stats.reads_refused += 1;
+                if e.code == ErrorCode::NotMaster {
+                    self.follow_hint(c, p.node);
+                }
+                true
+            }
+            Err(TryRecvError::Closed) => true,
+            Err(TryRecvError::Empty) => self.now_us >= p.deadline_us,
+        }
+    }
+
+    /// The node asked may release client `c`'s read `p` once it has
+    /// applied `read_index`: the client reads its store now.
+    fn read_answered(&mut self, c: usize, p: &mut Pending, read_index: u64) {
+        let Some(node) = self.nodes[p.node].node.as_ref() else {
+            return;
+        };
+        let applied = node
+            .status()
+            .applied
+            .load(std::sync::atomic::Ordering::Acquire);
+        let value = read(node.store(), &p.call.kind);
+        if applied < read_index {
+            let why = format!(
+                "n{} released a read at index {read_index} having applied only {applied}",
+                p.node
+            );
+            self.fail(why);
+        }
+        self.log(|| {
+            format!(
+                "c{c} <- n{}: read (index {read_index}, applied {applied}) = {value:?}",
+                p.node
+            )
+        });
+        p.call.complete_us = Some(self.now_us);
+        p.call.value = Some(value.clone());
+        self.history.push(p.call.clone());
+        self.stats.reads_consistent += 1;
+        self.stats.pause_reads_answered += u64::from(p.pause_read);
+        self.scenario_read_answered(p.node);
+        self.note_read(c, applied, &value);
+        if let (OpKind::Get(k), OpValue::Get(v)) = (&p.call.kind, &value) {
+            self.clients[c].seen.insert(k.clone(), v.clone());
+        }
+        self.reads.push(ReadObs {
+            node: p.node,
+            applied,
+            at_least: None,
+            kind: p.call.kind.clone(),
+            value,
+        });
+    }
+
+    /// A write whose outcome is unknown stays open in the history: it may
+    /// take effect at any point after its invocation, or never.
     fn open_write(&mut self, call: Call) {
         self.stats.writes_open += 1;
         self.history.push(call);
@@ -454,17 +488,7 @@ impl Sim {
     }
 }
 
-/// The keys a batch sets or deletes.
-fn written_keys(b: &Batch) -> Vec<Bytes> {
-    b.ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::Set(k, _) | Op::Delete(k) | Op::Remove(k) => Some(k.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
+/// Reads `kind` from a node's store, at whatever index it has applied.
 pub(super) fn read(store: &nacre_store::Store, kind: &OpKind) -> OpValue {
     let r = Reader::new(store);
     match kind {
