@@ -65,9 +65,36 @@ impl Sim {
         self.replay_check(applied[0]);
     }
 
-    /// Replays node 0's log through the model and holds every acknowledged
-    /// write and every read to it.
+    /// Replays the committed log through the model and holds every
+    /// acknowledged write, every read and node 0's final store to it.
     fn replay_check(&mut self, final_index: u64) {
+        let Some(entries) = self.committed_log(final_index) else {
+            return;
+        };
+        let replay = Replay::new(&entries);
+        let mut bad = self.acked_mismatches(&replay, final_index);
+        bad.extend(self.read_mismatches(&replay, final_index));
+        let node = self.nodes[0].node.as_ref().expect("up");
+        let all = OpKind::Range {
+            first: Bytes::new(),
+            last: Bytes::from_static(b"\xff"),
+        };
+        let have = read(node.store(), &all);
+        let want = checker::step(&mut replay.state.clone(), &all);
+        if have != want {
+            bad.push(format!(
+                "final state {have:?} differs from the replayed log {want:?}"
+            ));
+        }
+        for b in bad.into_iter().take(5) {
+            self.fail(b);
+        }
+    }
+
+    /// The committed log from `COMMITTED_FIRST` to `final_index`, after
+    /// taking what the nodes committed last; `None` (and a failure) if the
+    /// simulator missed any of it.
+    fn committed_log(&mut self, final_index: u64) -> Option<Vec<Entry>> {
         for i in 0..self.nodes.len() {
             self.capture(i);
         }
@@ -78,7 +105,7 @@ impl Sim {
                 "the simulator took committed entries up to {} only, of {final_index}",
                 taken - 1
             ));
-            return;
+            return None;
         }
         let entries: Vec<Entry> = self
             .committed
@@ -92,35 +119,18 @@ impl Sim {
             .find(|(pos, e)| e.index != first + *pos as u64)
         {
             self.fail(format!("entry {} taken at position {pos}", e.index));
-            return;
+            return None;
         }
-        // states[i]: the user state after applying index i.
-        let mut states: Vec<KvState> = vec![KvState::new(); first as usize];
-        let mut results: BTreeMap<u64, (Vec<u8>, WriteResult)> = BTreeMap::new();
-        let mut sessions: BTreeMap<(u64, u64), WriteResult> = BTreeMap::new();
-        let mut state = KvState::new();
-        for e in &entries {
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                let cmd = Command::decode(Bytes::copy_from_slice(&e.data)).expect("own command");
-                let key = cmd.session.map(|s| (s.client_id, s.seq));
-                let r = match key.and_then(|k| sessions.get(&k)) {
-                    Some(first) => first.clone(),
-                    None => {
-                        let r = model::apply(&mut state, &cmd.batch);
-                        if let (Some(k), WriteResult::Applied { .. }) = (key, &r) {
-                            sessions.insert(k, r.clone());
-                        }
-                        r
-                    }
-                };
-                results.insert(e.index, (e.data.to_vec(), r));
-            }
-            states.push(state.clone());
-        }
+        Some(entries)
+    }
+
+    /// Every acknowledged write must be in the log at the index it was
+    /// acknowledged with, and answered what the replay gives.
+    fn acked_mismatches(&self, replay: &Replay, final_index: u64) -> Vec<String> {
         let mut bad = Vec::new();
         for (pos, index, data) in &self.acked {
             let call = &self.history[*pos];
-            match results.get(index) {
+            match replay.results.get(index) {
                 None => bad.push(format!(
                     "acknowledged write lost: {:?} acked at index {index}, final log ends at {final_index}",
                     call.kind
@@ -138,8 +148,16 @@ impl Sim {
                 Some(_) => {}
             }
         }
+        bad
+    }
+
+    /// Every read served at a known applied index must have returned the
+    /// state at that index, and an `at_least` read one at or past its
+    /// bound.
+    fn read_mismatches(&self, replay: &Replay, final_index: u64) -> Vec<String> {
+        let mut bad = Vec::new();
         for r in &self.reads {
-            let Some(st) = states.get(r.applied as usize) else {
+            let Some(st) = replay.states.get(r.applied as usize) else {
                 bad.push(format!(
                     "n{} served a read at applied index {} beyond the final log ({final_index})",
                     r.node, r.applied
@@ -160,21 +178,7 @@ impl Sim {
                 ));
             }
         }
-        let node = self.nodes[0].node.as_ref().expect("up");
-        let all = OpKind::Range {
-            first: Bytes::new(),
-            last: Bytes::from_static(b"\xff"),
-        };
-        let have = read(node.store(), &all);
-        let want = checker::step(&mut state.clone(), &all);
-        if have != want {
-            bad.push(format!(
-                "final state {have:?} differs from the replayed log {want:?}"
-            ));
-        }
-        for b in bad.into_iter().take(5) {
-            self.fail(b);
-        }
+        bad
     }
 
     /// The linearizability search over every write and consistent read.
@@ -183,6 +187,53 @@ impl Sim {
             Verdict::Linearizable => {}
             Verdict::Violation(why) => self.fail(format!("not linearizable: {why}")),
             Verdict::Unknown(why) => self.unknown.push(format!("linearizability: {why}")),
+        }
+    }
+}
+
+/// The committed log replayed through the model.
+struct Replay {
+    /// `states[i]`: the user state after applying index `i`.
+    states: Vec<KvState>,
+    /// Each command's index: its bytes and what the model says it did.
+    results: BTreeMap<u64, (Vec<u8>, WriteResult)>,
+    /// The state after the last entry.
+    state: KvState,
+}
+
+impl Replay {
+    /// Replays `entries`, which start at `COMMITTED_FIRST`. A command whose
+    /// session (client, sequence number) already applied is not applied
+    /// again: it answers what the first did, as the session records make
+    /// the state machine do.
+    fn new(entries: &[Entry]) -> Replay {
+        let first = COMMITTED_FIRST;
+        let mut states: Vec<KvState> = vec![KvState::new(); first as usize];
+        let mut results: BTreeMap<u64, (Vec<u8>, WriteResult)> = BTreeMap::new();
+        let mut sessions: BTreeMap<(u64, u64), WriteResult> = BTreeMap::new();
+        let mut state = KvState::new();
+        for e in entries {
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                let cmd = Command::decode(Bytes::copy_from_slice(&e.data)).expect("own command");
+                let key = cmd.session.map(|s| (s.client_id, s.seq));
+                let r = match key.and_then(|k| sessions.get(&k)) {
+                    Some(first) => first.clone(),
+                    None => {
+                        let r = model::apply(&mut state, &cmd.batch);
+                        if let (Some(k), WriteResult::Applied { .. }) = (key, &r) {
+                            sessions.insert(k, r.clone());
+                        }
+                        r
+                    }
+                };
+                results.insert(e.index, (e.data.to_vec(), r));
+            }
+            states.push(state.clone());
+        }
+        Replay {
+            states,
+            results,
+            state,
         }
     }
 }
