@@ -23,103 +23,123 @@ impl Sim {
         self.rng.random_range(200_000..1_500_000)
     }
 
+    /// One scheduled fault, drawn from the seed.
     fn inject_fault(&mut self) {
-        let n = self.nodes.len();
         let roll = self.rng.random_range(0..110);
         match roll {
-            0..=29 => {
-                self.stats.partitions += 1;
-                self.net.cut.clear();
-                let victim = self.rng.random_range(0..n);
-                let kind = self.rng.random_range(0..3);
-                let mut desc = String::new();
-                match kind {
-                    0 => {
-                        self.net.isolate(victim, n);
-                        desc = format!("n{victim} isolated");
-                    }
-                    1 => {
-                        // Asymmetric: the victim hears the others but they
-                        // do not hear it (or the other way round).
-                        let outgoing = self.rng.random_bool(0.5);
-                        for j in (0..n).filter(|&j| j != victim) {
-                            self.net
-                                .cut
-                                .insert(if outgoing { (victim, j) } else { (j, victim) });
-                        }
-                        desc.push_str(&format!(
-                            "n{victim} {} (asymmetric)",
-                            if outgoing {
-                                "cannot send"
-                            } else {
-                                "cannot receive"
-                            }
-                        ));
-                    }
-                    _ => {
-                        let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
-                        for a in 0..n {
-                            for b in 0..n {
-                                if side[a] != side[b] {
-                                    self.net.cut.insert((a, b));
-                                }
-                            }
-                        }
-                        desc = format!("split {side:?}");
-                    }
-                }
-                self.log(|| format!("partition: {desc}"));
-                let d = self.rng.random_range(200_000..3_000_000);
-                self.at(d, Ev::Heal);
-            }
+            0..=29 => self.partition(),
             30..=39 => self.heal(),
-            40..=69 => {
-                let i = self.rng.random_range(0..n);
-                if self.nodes[i].node.is_some() {
-                    self.crash(i, "power loss");
-                    let d = self.rng.random_range(20_000..2_000_000);
-                    self.schedule_restart(i, d);
-                }
+            40..=69 => self.power_loss(),
+            70..=79 => self.cluster_power_loss(),
+            80..=89 => self.disk_fault(),
+            100..=109 => self.random_pause(),
+            // 90..=99.
+            _ => self.slow_network(),
+        }
+    }
+
+    /// A new partition in place of the current one: one node isolated,
+    /// one that cannot send or cannot receive, or a random split. It heals
+    /// later, or sooner at the next heal.
+    fn partition(&mut self) {
+        let n = self.nodes.len();
+        self.stats.partitions += 1;
+        self.net.cut.clear();
+        let victim = self.rng.random_range(0..n);
+        let kind = self.rng.random_range(0..3);
+        let mut desc = String::new();
+        match kind {
+            0 => {
+                self.net.isolate(victim, n);
+                desc = format!("n{victim} isolated");
             }
-            70..=79 => {
-                // The whole cluster loses power at once: only what was
-                // fsynced may survive anywhere.
-                self.stats.power_losses += 1;
-                self.log(|| "power loss of the whole cluster".into());
-                for i in 0..n {
-                    self.crash(i, "cluster power loss");
-                    let d = self.rng.random_range(20_000..500_000);
-                    self.schedule_restart(i, d);
+            1 => {
+                // Asymmetric: the victim hears the others but they
+                // do not hear it (or the other way round).
+                let outgoing = self.rng.random_bool(0.5);
+                for j in (0..n).filter(|&j| j != victim) {
+                    self.net
+                        .cut
+                        .insert(if outgoing { (victim, j) } else { (j, victim) });
                 }
-            }
-            80..=89 => {
-                let i = self.rng.random_range(0..n);
-                let vfs = &self.nodes[i].vfs;
-                if self.rng.random_bool(0.5) {
-                    vfs.fail_next_sync(true);
-                    self.log(|| format!("n{i}: next fsync fails"));
-                } else {
-                    let after = vfs.ops() + self.rng.random_range(0..40);
-                    vfs.inject_io_error_after(Some(after));
-                    self.log(|| format!("n{i}: disk write {after} fails"));
-                }
-            }
-            100..=109 => {
-                // A process stops and resumes (SIGSTOP, a VM stall): the
-                // leader half of the time, since its pause is the risky one.
-                let leader = self.leader().filter(|_| self.rng.random_bool(0.5));
-                let i = leader.unwrap_or_else(|| self.rng.random_range(0..n));
-                let e = Self::election_timeout_us();
-                let d = self.rng.random_range(e / 2..=3 * e);
-                self.pause(i, d);
+                desc.push_str(&format!(
+                    "n{victim} {} (asymmetric)",
+                    if outgoing {
+                        "cannot send"
+                    } else {
+                        "cannot receive"
+                    }
+                ));
             }
             _ => {
-                // Slow network for a while: longer and more varied delays.
-                self.net.delay_jitter_us = self.rng.random_range(100..60_000);
-                let j = self.net.delay_jitter_us;
-                self.log(|| format!("network jitter now {j}us"));
+                let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        if side[a] != side[b] {
+                            self.net.cut.insert((a, b));
+                        }
+                    }
+                }
+                desc = format!("split {side:?}");
             }
         }
+        self.log(|| format!("partition: {desc}"));
+        let d = self.rng.random_range(200_000..3_000_000);
+        self.at(d, Ev::Heal);
+    }
+
+    /// A random node loses power (if it is up) and restarts later.
+    fn power_loss(&mut self) {
+        let i = self.rng.random_range(0..self.nodes.len());
+        if self.nodes[i].node.is_some() {
+            self.crash(i, "power loss");
+            let d = self.rng.random_range(20_000..2_000_000);
+            self.schedule_restart(i, d);
+        }
+    }
+
+    /// The whole cluster loses power at once: only what was fsynced may
+    /// survive anywhere.
+    fn cluster_power_loss(&mut self) {
+        self.stats.power_losses += 1;
+        self.log(|| "power loss of the whole cluster".into());
+        for i in 0..self.nodes.len() {
+            self.crash(i, "cluster power loss");
+            let d = self.rng.random_range(20_000..500_000);
+            self.schedule_restart(i, d);
+        }
+    }
+
+    /// Arms a disk error on a random node: its next fsync fails, or one of
+    /// its next 40 disk writes does.
+    fn disk_fault(&mut self) {
+        let i = self.rng.random_range(0..self.nodes.len());
+        let vfs = &self.nodes[i].vfs;
+        if self.rng.random_bool(0.5) {
+            vfs.fail_next_sync(true);
+            self.log(|| format!("n{i}: next fsync fails"));
+        } else {
+            let after = vfs.ops() + self.rng.random_range(0..40);
+            vfs.inject_io_error_after(Some(after));
+            self.log(|| format!("n{i}: disk write {after} fails"));
+        }
+    }
+
+    /// A process stops and resumes (SIGSTOP, a VM stall): the leader half
+    /// of the time, since its pause is the risky one.
+    fn random_pause(&mut self) {
+        let leader = self.leader().filter(|_| self.rng.random_bool(0.5));
+        let i = leader.unwrap_or_else(|| self.rng.random_range(0..self.nodes.len()));
+        let e = Self::election_timeout_us();
+        let d = self.rng.random_range(e / 2..=3 * e);
+        self.pause(i, d);
+    }
+
+    /// Slow network for a while: longer and more varied delays.
+    fn slow_network(&mut self) {
+        self.net.delay_jitter_us = self.rng.random_range(100..60_000);
+        let j = self.net.delay_jitter_us;
+        self.log(|| format!("network jitter now {j}us"));
     }
 
     /// Power loss of one node: unsynced writes are lost or torn, and the
