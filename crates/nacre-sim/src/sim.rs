@@ -2,6 +2,17 @@
 //! machine, store) driven from one thread by an event queue in simulated
 //! time, over a simulated network and one simulated disk per node, with
 //! every random choice drawn from the seed.
+//!
+//! This file holds the event loop, the configuration and the report, and
+//! each node's lifecycle (open, tick, step, drive, capture). The rest is
+//! split by concern, in the spirit of TigerBeetle's simulator:
+//! `network.rs` carries messages and snapshots between the nodes,
+//! `faults.rs` draws the random fault schedule (partitions, crashes and
+//! restarts, disk errors, pauses), `scenario.rs` runs the targeted
+//! schedules, `workload.rs` runs the clients and records what they saw,
+//! and `checks.rs` holds the cluster to it once it has healed. All of them
+//! draw from the one `rng`: reordering draws, even across files, changes
+//! what every seed runs.
 
 mod checks;
 mod faults;
