@@ -100,36 +100,7 @@ fn main() {
             for f in &r.failures {
                 println!("  {f}");
             }
-            let planted = args
-                .planted
-                .map(|_| {
-                    format!(
-                        " --planted {}",
-                        std::env::args()
-                            .skip_while(|a| a != "--planted")
-                            .nth(1)
-                            .unwrap_or_default()
-                    )
-                })
-                .unwrap_or_default();
-            let mut extra = args
-                .nodes
-                .map(|n| format!(" --nodes {n}"))
-                .unwrap_or_default();
-            if let Some(l) = args.lease {
-                extra.push_str(&format!(" --lease {l}"));
-            }
-            extra.push_str(&format!(" --drift-permille {}", args.drift_permille));
-            if let Some(p) = args.slow_leader_cutoff {
-                extra.push_str(&format!(" --slow-leader-cutoff {p}"));
-            }
-            if args.leader_pause {
-                extra.push_str(" --leader-pause");
-            }
-            println!(
-                "  replay: cargo run --release -p nacre-sim -- --seeds 1 --start {seed} --workload-ms {}{planted}{extra} --trace",
-                args.workload_ms
-            );
+            println!("  replay: {}", replay_command(&args, seed));
         }
     }
     println!(
@@ -158,4 +129,38 @@ fn main() {
     if failed > 0 {
         std::process::exit(1);
     }
+}
+
+/// The command that replays `seed` with a trace, with this run's flags.
+fn replay_command(args: &Args, seed: u64) -> String {
+    let planted = args
+        .planted
+        .map(|_| {
+            format!(
+                " --planted {}",
+                std::env::args()
+                    .skip_while(|a| a != "--planted")
+                    .nth(1)
+                    .unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    let mut extra = args
+        .nodes
+        .map(|n| format!(" --nodes {n}"))
+        .unwrap_or_default();
+    if let Some(l) = args.lease {
+        extra.push_str(&format!(" --lease {l}"));
+    }
+    extra.push_str(&format!(" --drift-permille {}", args.drift_permille));
+    if let Some(p) = args.slow_leader_cutoff {
+        extra.push_str(&format!(" --slow-leader-cutoff {p}"));
+    }
+    if args.leader_pause {
+        extra.push_str(" --leader-pause");
+    }
+    format!(
+        "cargo run --release -p nacre-sim -- --seeds 1 --start {seed} --workload-ms {}{planted}{extra} --trace",
+        args.workload_ms
+    )
 }

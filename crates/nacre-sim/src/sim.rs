@@ -2,31 +2,53 @@
 //! machine, store) driven from one thread by an event queue in simulated
 //! time, over a simulated network and one simulated disk per node, with
 //! every random choice drawn from the seed.
+//!
+//! This file holds the event loop, the configuration and the report, and
+//! each node's lifecycle (open, tick, step, drive, capture). The rest is
+//! split by concern, in the spirit of TigerBeetle's simulator:
+//! `network.rs` carries messages and snapshots between the nodes,
+//! `faults.rs` draws the random fault schedule (partitions, crashes and
+//! restarts, disk errors, pauses), `scenario.rs` runs the targeted
+//! schedules, `workload.rs` runs the clients and records what they saw,
+//! and `checks.rs` holds the cluster to it once it has healed. All of them
+//! draw from the one `rng`: reordering draws, even across files, changes
+//! what every seed runs.
+
+mod checks;
+mod faults;
+mod network;
+mod scenario;
+mod workload;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use nacre_proto::{Batch, Command, ErrorCode, Guard, Op, Request, Session};
 use nacre_raft::{Tlog, TlogOptions, TlogStorage};
-use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply};
-use nacre_server::state::{MemberRecord, Reader, StateMachine};
-use nacre_server::transport::Inbound;
 use nacre_vfs::sim::SimVfs;
 use nacre_vfs::Vfs;
 use parking_lot::Mutex;
-use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{Entry, Message};
 use raft::StateRole;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::oneshot;
 
-use crate::checker::{self, Call, OpKind, OpValue, Verdict};
+// Everything the simulator takes from nacre-server, for all its modules
+// (they import it from here): one place to change when those paths move.
+use nacre_server::name_id;
+use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply};
+use nacre_server::state::{is_local_key, MemberRecord, Reader, StateMachine};
+use nacre_server::transport::Inbound;
+
+use crate::checker::Call;
 use crate::clock::{SimClock, SimNow};
-use crate::model::{self, KvState, WriteResult};
+use checks::ReadObs;
+use network::Network;
+use scenario::CutOff;
+use workload::Client;
 
 /// A deliberate bug to switch on in every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,33 +80,7 @@ impl std::str::FromStr for Bug {
     }
 }
 
-/// A targeted fault schedule. It replaces the random scheduled faults
-/// (partitions, crashes, disk errors); network loss and duplication still
-/// follow `faults`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scenario {
-    /// Once the cluster has a leader and some acknowledged writes (from
-    /// 0.8–1.2 simulated s into the workload), that leader's clock slows
-    /// down by this factor (per mille: 4000 means each of its ticks takes
-    /// 4x as long) and it is cut off from every other node, both ways, for
-    /// 0.6–1.2 s. Meanwhile the even-numbered clients send only consistent
-    /// reads, all to the old leader, and the others send the usual mix to
-    /// the rest of the cluster. Then the network heals and the clock runs
-    /// at its own rate again. The lease assumes clock rates within 2x of
-    /// each other (docs/replication.md): past that, the old leader answers
-    /// reads from a lease it no longer holds.
-    SlowLeaderCutOff { leader_clock_slowdown_permille: u64 },
-    /// Again and again while the workload runs (first after 0.8–1.2 s,
-    /// then 0.3–0.8 s after each resume): the leader's process is paused
-    /// (SIGSTOP, a VM stall) for 0.5–3 election timeouts while the others
-    /// go on. Once another node has acknowledged a write during the pause,
-    /// the even-numbered clients send consistent reads of the keys it
-    /// wrote to the paused leader, where they queue with its peer messages
-    /// until it resumes; the others keep writing to the rest of the
-    /// cluster. A lease that did not see the time pass answers those reads
-    /// with what it had before the pause.
-    LeaderPause,
-}
+pub use scenario::Scenario;
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -248,6 +244,53 @@ struct SimNode {
     restart_pending: bool,
 }
 
+impl SimNode {
+    /// A node not started yet, with its disk and its clock: the clock's
+    /// drift (up to `drift` per mille either way) is drawn from `rng`.
+    fn new(id: u64, drift: i64, sim_now: &SimNow, rng: &mut StdRng) -> SimNode {
+        let d = if drift > 0 {
+            rng.random_range(-drift..=drift)
+        } else {
+            0
+        };
+        let period_permille = (1000 + d) as u64;
+        SimNode {
+            id,
+            vfs: SimVfs::new(rng.random()),
+            clock: SimClock::new(
+                sim_now.clone(),
+                period_permille,
+                rng.random_range(0..1 << 40),
+            ),
+            paused: None,
+            outbox: Arc::new(Mutex::new(Vec::new())),
+            node: None,
+            tlog: None,
+            incarnation: 0,
+            timeout_ticks: ELECTION_TICKS,
+            role: None,
+            restart_pending: false,
+        }
+    }
+}
+
+/// The members of an `n`-node cluster: `n0`, `n1`, ...
+fn members(n: usize) -> Vec<(u64, MemberRecord)> {
+    (0..n)
+        .map(|i| {
+            let name = format!("n{i}");
+            (
+                name_id(&name),
+                MemberRecord {
+                    name: name.clone(),
+                    client: format!("{name}:client"),
+                    peer: format!("{name}:peer"),
+                },
+            )
+        })
+        .collect()
+}
+
 /// A paused process: its timers do not fire and its inbound messages and
 /// client requests wait, in arrival order.
 struct Paused {
@@ -298,64 +341,9 @@ impl Ord for Queued {
     }
 }
 
-enum Waiting {
-    Write {
-        rx: oneshot::Receiver<WriteReply>,
-        data: Vec<u8>,
-    },
-    Read(oneshot::Receiver<ReadReply>),
-}
-
-struct Pending {
-    call: Call,
-    node: usize,
-    deadline_us: u64,
-    waiting: Waiting,
-    /// A consistent read sent to a paused leader after another node
-    /// acknowledged a write ([`Scenario::LeaderPause`]).
-    pause_read: bool,
-}
-
-struct Client {
-    target: usize,
-    seq: u64,
-    pending: Option<Pending>,
-    /// Highest log index this client has seen (its writes, its reads).
-    seen_index: u64,
-    /// Values this client saw, per key, to aim test_and_set at.
-    seen: BTreeMap<Bytes, Option<Bytes>>,
-    /// A scenario's reader: sends only consistent reads, all to this node.
-    pin: Option<usize>,
-    /// A pause's reader, until another node acknowledges a write: it waits.
-    hold: bool,
-}
-
-/// A [`Scenario`] in progress: a leader cut off, or paused.
-struct CutOff {
-    leader: usize,
-    /// The leader's own clock period, restored when the cut ends (`None`:
-    /// a pause, which leaves the clock alone).
-    period_permille: Option<u64>,
-    /// Another node acknowledged a write during the cut.
-    new_write: bool,
-    /// Keys such writes wrote (for the pause's readers to read).
-    written: Vec<Bytes>,
-}
-
-/// A read served at a known applied index, for the log-replay check.
-struct ReadObs {
-    node: usize,
-    applied: u64,
-    at_least: Option<u64>,
-    kind: OpKind,
-    value: OpValue,
-}
-
 const TICK_US: u64 = 10_000;
 const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
-const WRITE_TIMEOUT_US: u64 = 2_000_000;
-const READ_TIMEOUT_US: u64 = 1_000_000;
 
 pub struct Sim {
     seed: u64,
@@ -371,12 +359,7 @@ pub struct Sim {
     reads_by_lease: bool,
     keys: Vec<Bytes>,
     clients: Vec<Client>,
-    /// Links that drop everything, as (from, to) node positions.
-    cut: BTreeSet<(usize, usize)>,
-    loss_permille: u32,
-    dup_permille: u32,
-    delay_min_us: u64,
-    delay_jitter_us: u64,
+    net: Network,
     workload: bool,
     cutoff: Option<CutOff>,
     history: Vec<Call>,
@@ -388,18 +371,11 @@ pub struct Sim {
     stats: Stats,
     trace: Vec<String>,
     fingerprint: u64,
-    /// Where snapshot files in flight are written (real files: nodes read
-    /// them with std::fs, as production reads what the transport wrote).
-    snap_dir: SnapDir,
-    snap_files: u64,
     /// Every committed entry from index `COMMITTED_FIRST` on, taken from
     /// the nodes' tlogs as they commit, before compaction drops them: the
     /// replay check's log.
     committed: Vec<Entry>,
 }
-
-/// Tells apart the snapshot directories of simulations run at once.
-static SIM_DIRS: AtomicU64 = AtomicU64::new(0);
 
 /// The first index of a fresh cluster's log (index 1 is its initial
 /// snapshot).
@@ -408,15 +384,6 @@ const COMMITTED_FIRST: u64 = 2;
 /// Entries of the tlog kept behind a checkpoint. Small, so that the log is
 /// compacted and a lagging node is brought up to date by a snapshot.
 const TLOG_TAIL_ENTRIES: u64 = 48;
-
-/// A directory removed, with what is left in it, when the run ends.
-struct SnapDir(PathBuf);
-
-impl Drop for SnapDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn fnv(h: &mut u64, bytes: &[u8]) {
     for b in bytes {
@@ -432,76 +399,20 @@ impl Sim {
             .nodes
             .unwrap_or(if rng.random_bool(0.5) { 3 } else { 5 });
         let reads_by_lease = cfg.reads_by_lease.unwrap_or_else(|| rng.random_bool(0.5));
-        let members: Vec<(u64, MemberRecord)> = (0..n)
-            .map(|i| {
-                let name = format!("n{i}");
-                (
-                    nacre_server::name_id(&name),
-                    MemberRecord {
-                        name: name.clone(),
-                        client: format!("{name}:client"),
-                        peer: format!("{name}:peer"),
-                    },
-                )
-            })
-            .collect();
+        let members = members(n);
         let drift = cfg.clock_drift_permille_max as i64;
         let sim_now: SimNow = Arc::new(AtomicU64::new(0));
         let nodes = members
             .iter()
-            .map(|(id, _)| {
-                let d = if drift > 0 {
-                    rng.random_range(-drift..=drift)
-                } else {
-                    0
-                };
-                let period_permille = (1000 + d) as u64;
-                SimNode {
-                    id: *id,
-                    vfs: SimVfs::new(rng.random()),
-                    clock: SimClock::new(
-                        sim_now.clone(),
-                        period_permille,
-                        rng.random_range(0..1 << 40),
-                    ),
-                    paused: None,
-                    outbox: Arc::new(Mutex::new(Vec::new())),
-                    node: None,
-                    tlog: None,
-                    incarnation: 0,
-                    timeout_ticks: ELECTION_TICKS,
-                    role: None,
-                    restart_pending: false,
-                }
-            })
+            .map(|(id, _)| SimNode::new(*id, drift, &sim_now, &mut rng))
             .collect();
         let keys = (0..cfg.keys)
             .map(|i| Bytes::from(format!("k{i}")))
             .collect();
         let clients = (0..cfg.clients)
-            .map(|_| Client {
-                target: rng.random_range(0..n),
-                seq: 0,
-                pending: None,
-                seen_index: 0,
-                seen: BTreeMap::new(),
-                pin: None,
-                hold: false,
-            })
+            .map(|_| Client::new(rng.random_range(0..n)))
             .collect();
-        // Network character of this run: some seeds are clean, some lossy.
-        let loss_permille = if cfg.faults {
-            rng.random_range(0..50)
-        } else {
-            0
-        };
-        let dup_permille = if cfg.faults {
-            rng.random_range(0..30)
-        } else {
-            0
-        };
-        let delay_min_us = rng.random_range(100..3_000);
-        let delay_jitter_us = rng.random_range(100..15_000);
+        let net = Network::new(seed, cfg.faults, &mut rng);
         Sim {
             seed,
             rng,
@@ -514,11 +425,7 @@ impl Sim {
             reads_by_lease,
             keys,
             clients,
-            cut: BTreeSet::new(),
-            loss_permille,
-            dup_permille,
-            delay_min_us,
-            delay_jitter_us,
+            net,
             workload: true,
             cutoff: None,
             history: Vec::new(),
@@ -533,12 +440,6 @@ impl Sim {
             },
             trace: Vec::new(),
             fingerprint: 0xcbf2_9ce4_8422_2325,
-            snap_dir: SnapDir(std::env::temp_dir().join(format!(
-                "nacre-sim-{}-{seed}-{}",
-                std::process::id(),
-                SIM_DIRS.fetch_add(1, Ordering::Relaxed)
-            ))),
-            snap_files: 0,
             committed: Vec::new(),
             cfg,
         }
@@ -608,11 +509,6 @@ impl Sim {
         }
         self.set_now(end_us);
         self.final_checks();
-        match checker::check(&self.history, &self.keys, self.cfg.check_budget_states) {
-            Verdict::Linearizable => {}
-            Verdict::Violation(why) => self.fail(format!("not linearizable: {why}")),
-            Verdict::Unknown(why) => self.unknown.push(format!("linearizability: {why}")),
-        }
         self.report()
     }
 
@@ -627,10 +523,6 @@ impl Sim {
             trace: self.trace,
             fingerprint: self.fingerprint,
         }
-    }
-
-    fn fault_gap_us(&mut self) -> u64 {
-        self.rng.random_range(200_000..1_500_000)
     }
 
     fn open_node(&mut self, i: usize) -> Result<(), String> {
@@ -699,37 +591,6 @@ impl Sim {
         Ok(())
     }
 
-    /// Power loss of one node: unsynced writes are lost or torn, and the
-    /// process with all its memory is gone.
-    fn crash(&mut self, i: usize, why: &str) {
-        if self.nodes[i].node.is_none() {
-            return;
-        }
-        let lose_all = self.rng.random_bool(0.5);
-        let sn = &mut self.nodes[i];
-        // The disk first: anything the dropped node still writes is lost.
-        if lose_all {
-            sn.vfs.crash_lose_all_unsynced();
-        } else {
-            sn.vfs.crash();
-        }
-        sn.node = None;
-        sn.tlog = None;
-        // kill -9 ends a stopped process too; what waited for it is lost.
-        sn.paused = None;
-        sn.incarnation += 1;
-        sn.outbox.lock().clear();
-        self.stats.crashes += 1;
-        self.log(|| format!("n{i} crashes ({why}; lose_all_unsynced={lose_all})"));
-    }
-
-    fn schedule_restart(&mut self, i: usize, delay_us: u64) {
-        if !self.nodes[i].restart_pending {
-            self.nodes[i].restart_pending = true;
-            self.at(delay_us, Ev::Restart(i));
-        }
-    }
-
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Tick(i, inc) => {
@@ -766,57 +627,12 @@ impl Sim {
                 self.deliver(i, Msg::Peer(Inbound::SnapshotStatus { to, ok }));
             }
             Ev::Client(c) => self.client_wake(c),
-            Ev::Fault => {
-                if self.workload {
-                    self.inject_fault();
-                    let d = self.fault_gap_us();
-                    self.at(d, Ev::Fault);
-                }
-            }
-            Ev::Heal => {
-                if !self.cut.is_empty() {
-                    self.cut.clear();
-                    self.log(|| "network heals".into());
-                }
-            }
-            Ev::Restart(i) => {
-                if self.nodes[i].node.is_some() {
-                    return;
-                }
-                match self.open_node(i) {
-                    Ok(()) => self.log(|| format!("n{i} restarts")),
-                    // An injected disk error during recovery: the node
-                    // refuses to start, and is started again later.
-                    Err(e) if e.contains("simulated I/O error") => {
-                        self.log(|| format!("n{i} fails to restart: {e}"));
-                        self.nodes[i].vfs.crash();
-                        self.nodes[i].restart_pending = false;
-                        let d = self.rng.random_range(50_000..500_000);
-                        self.schedule_restart(i, d);
-                    }
-                    Err(e) => {
-                        self.nodes[i].restart_pending = false;
-                        self.fail(format!("n{i} failed to restart after a crash: {e}"));
-                    }
-                }
-            }
+            Ev::Fault => self.fault_due(),
+            Ev::Heal => self.heal(),
+            Ev::Restart(i) => self.restart(i),
             Ev::ScenarioStart => self.scenario_start(),
             Ev::ScenarioEnd => self.scenario_end(),
-            Ev::EndWorkload => {
-                self.workload = false;
-                self.cut.clear();
-                self.loss_permille = 0;
-                self.dup_permille = 0;
-                self.log(|| "workload ends; network heals; crashed nodes restart".into());
-                for i in 0..self.nodes.len() {
-                    self.nodes[i].vfs.inject_io_error_after(None);
-                    self.nodes[i].vfs.fail_next_sync(false);
-                    if self.nodes[i].node.is_none() {
-                        self.schedule_restart(i, 10_000);
-                    }
-                    self.resume(i);
-                }
-            }
+            Ev::EndWorkload => self.end_workload(),
         }
     }
 
@@ -876,78 +692,6 @@ impl Sim {
         }
     }
 
-    /// Stops node `i`'s process for `pause_us`: it keeps its memory, its
-    /// clock runs on, and everything sent to it waits.
-    fn pause(&mut self, i: usize, pause_us: u64) {
-        if self.nodes[i].node.is_none() || self.nodes[i].paused.is_some() {
-            return;
-        }
-        self.nodes[i].paused = Some(Paused {
-            backlog: Vec::new(),
-            tick_due: false,
-        });
-        self.stats.pauses += 1;
-        self.log(|| format!("n{i} pauses for {pause_us}us"));
-        let inc = self.nodes[i].incarnation;
-        self.at(pause_us, Ev::Resume(i, inc));
-    }
-
-    /// The paused node `i` goes on: it takes what queued up in batches (in
-    /// an order no one controls: peer and client connections race), each
-    /// batch processed as one loop turn, and only then runs its timer.
-    /// Half the time the client requests come first, in a turn of their
-    /// own: in production peer messages pass through one more thread on
-    /// their way in, so the loop often sees the clients' alone.
-    fn resume(&mut self, i: usize) {
-        let Some(p) = self.nodes[i].paused.take() else {
-            return;
-        };
-        let n = p.backlog.len();
-        self.log(|| format!("n{i} resumes with {n} waiting"));
-        for batch in self.resume_batches(p.backlog) {
-            if self.nodes[i].node.is_none() {
-                break;
-            }
-            self.step(i, batch);
-        }
-        if self.scenario_leader() == Some(i) {
-            self.scenario_end();
-        }
-        if p.tick_due && self.nodes[i].node.is_some() {
-            let inc = self.nodes[i].incarnation;
-            self.tick(i, inc);
-        }
-    }
-
-    /// Splits a resumed node's backlog into the turns its loop takes it in.
-    fn resume_batches(&mut self, mut backlog: Vec<Msg>) -> Vec<Vec<Msg>> {
-        let n = backlog.len();
-        for k in (1..n).rev() {
-            let j = self.rng.random_range(0..=k);
-            backlog.swap(k, j);
-        }
-        let mut batches = Vec::new();
-        if self.rng.random_bool(0.5) {
-            let (clients, peers): (Vec<Msg>, Vec<Msg>) = backlog
-                .into_iter()
-                .partition(|m| !matches!(m, Msg::Peer(_)));
-            batches.push(clients);
-            backlog = peers;
-        }
-        let mut rest = backlog.into_iter().peekable();
-        while rest.peek().is_some() {
-            let take = self.rng.random_range(1..=n);
-            batches.push(rest.by_ref().take(take).collect());
-        }
-        batches.retain(|b| !b.is_empty());
-        batches
-    }
-
-    /// The node a running scenario is about.
-    fn scenario_leader(&self) -> Option<usize> {
-        self.cutoff.as_ref().map(|co| co.leader)
-    }
-
     /// The leader of the highest term, if any node is one.
     fn leader(&self) -> Option<usize> {
         (0..self.nodes.len())
@@ -964,105 +708,6 @@ impl Sim {
         ELECTION_TICKS as u64 * TICK_US
     }
 
-    /// Starts the configured [`Scenario`] once there is a leader and some
-    /// writes were acknowledged; until then, looks again every 10 ms.
-    fn scenario_start(&mut self) {
-        let Some(scenario) = self.cfg.scenario else {
-            return;
-        };
-        if !self.workload || self.cutoff.is_some() {
-            return;
-        }
-        let Some(l) = self.leader().filter(|_| self.stats.writes_acked >= 10) else {
-            self.at(10_000, Ev::ScenarioStart);
-            return;
-        };
-        let pause = scenario == Scenario::LeaderPause;
-        for c in 0..self.clients.len() {
-            if c % 2 == 0 {
-                self.clients[c].pin = Some(l);
-                self.clients[c].hold = pause;
-            } else {
-                let j = self.other_node(l);
-                self.clients[c].target = j;
-                // A request waiting on the leader times out now (a client
-                // may give up whenever), so this client goes on elsewhere.
-                if let Some(p) = self.clients[c].pending.as_mut().filter(|p| p.node == l) {
-                    p.deadline_us = self.now_us;
-                }
-            }
-        }
-        let mut co = CutOff {
-            leader: l,
-            period_permille: None,
-            new_write: false,
-            written: Vec::new(),
-        };
-        match scenario {
-            Scenario::SlowLeaderCutOff {
-                leader_clock_slowdown_permille: slow,
-            } => {
-                co.period_permille = Some(self.cut_off_slowly(l, slow));
-                let d = self.rng.random_range(600_000..1_200_000);
-                self.at(d, Ev::ScenarioEnd);
-            }
-            Scenario::LeaderPause => {
-                let e = Self::election_timeout_us();
-                let d = self.rng.random_range(e / 2..=3 * e);
-                self.pause(l, d);
-            }
-        }
-        self.cutoff = Some(co);
-        if self.stats.cutoff_at_ms == 0 {
-            self.stats.cutoff_at_ms = self.now_us / 1000;
-        }
-    }
-
-    /// Slows node `l`'s clock by `slow` per mille and cuts it off from
-    /// everyone, both ways; returns its clock period before.
-    fn cut_off_slowly(&mut self, l: usize, slow: u64) -> u64 {
-        let period = self.nodes[l].clock.period_permille();
-        self.nodes[l]
-            .clock
-            .set_period_permille(period * slow / 1000);
-        self.cut.clear();
-        for j in (0..self.nodes.len()).filter(|&j| j != l) {
-            self.cut.insert((l, j));
-            self.cut.insert((j, l));
-        }
-        self.stats.partitions += 1;
-        let new_tick = self.tick_us(l);
-        self.log(|| format!("scenario: leader n{l} cut off, its tick {TICK_US}us -> {new_tick}us"));
-        period
-    }
-
-    fn scenario_end(&mut self) {
-        let Some(co) = self.cutoff.take() else {
-            return;
-        };
-        for cl in &mut self.clients {
-            cl.pin = None;
-            cl.hold = false;
-        }
-        match co.period_permille {
-            Some(period) => {
-                self.nodes[co.leader].clock.set_period_permille(period);
-                self.cut.clear();
-                self.log(|| {
-                    format!(
-                        "scenario: network heals; n{} clock back to its rate",
-                        co.leader
-                    )
-                });
-            }
-            None => {
-                self.stats.pauses_with_new_write += u64::from(co.new_write);
-                let d = self.rng.random_range(300_000..800_000);
-                self.at(d, Ev::ScenarioStart);
-            }
-        }
-    }
-
     /// A random node other than `not`.
     fn other_node(&mut self, not: usize) -> usize {
         let j = self.rng.random_range(0..self.nodes.len() - 1);
@@ -1071,15 +716,6 @@ impl Sim {
         } else {
             j
         }
-    }
-
-    /// A node's own call failed (an injected disk error, or a real bug):
-    /// it stops, as the production loop does, and comes back later.
-    fn node_error(&mut self, i: usize, e: String) {
-        self.stats.disk_errors += 1;
-        self.crash(i, &format!("node error: {e}"));
-        let d = self.rng.random_range(50_000..1_000_000);
-        self.schedule_restart(i, d);
     }
 
     /// Lets node `i` persist, apply, answer and send, then routes what it
@@ -1127,760 +763,5 @@ impl Sim {
                 self.fail(why);
             }
         }
-    }
-
-    /// Ships a snapshot from node `from` as the transport would: the store
-    /// contents the snapshot names, streamed into a file for the receiver.
-    /// Lost or cut, the sender hears that sending failed.
-    fn route_snapshot(&mut self, from: usize, to: usize, m: Message) {
-        self.stats.snapshots_sent += 1;
-        let d = self.delay_min_us + self.rng.random_range(0..self.delay_jitter_us);
-        let lost =
-            self.cut.contains(&(from, to)) || self.rng.random_range(0..1000) < self.loss_permille;
-        let file = if lost {
-            None
-        } else {
-            self.write_snapshot_file(from, &m)
-        };
-        self.log(|| {
-            format!(
-                "n{from} sends n{to} a snapshot at {}{}",
-                m.get_snapshot().get_metadata().index,
-                if file.is_some() { "" } else { " (lost)" }
-            )
-        });
-        let ok = file.is_some();
-        if let Some(path) = file {
-            self.at(d, Ev::DeliverSnapshot(to, Box::new(m.clone()), path));
-        }
-        self.at(d, Ev::SnapshotStatus(from, m.to, ok));
-    }
-
-    fn write_snapshot_file(&mut self, from: usize, m: &Message) -> Option<PathBuf> {
-        use std::io::Write;
-        let node = self.nodes[from].node.as_ref()?;
-        let name = String::from_utf8(m.get_snapshot().data.to_vec()).ok()?;
-        let txn = match node.store().snapshot(&name) {
-            Ok(t) => t,
-            Err(e) => {
-                // The leader dropped it for a newer one: as a failed send.
-                self.log(|| format!("snapshot {name} gone: {e}"));
-                return None;
-            }
-        };
-        std::fs::create_dir_all(&self.snap_dir.0).expect("snapshot dir");
-        self.snap_files += 1;
-        let path = self.snap_dir.0.join(format!("{}.snap", self.snap_files));
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("snapshot file"));
-        for kv in txn.iter() {
-            let (k, v) = kv.expect("a store snapshot reads back");
-            if nacre_server::state::is_local_key(&k) {
-                continue;
-            }
-            for field in [&k, &v] {
-                out.write_all(&(field.len() as u32).to_le_bytes())
-                    .expect("write");
-                out.write_all(field).expect("write");
-            }
-        }
-        out.flush().expect("write");
-        Some(path)
-    }
-
-    fn route(&mut self, from: usize, m: Message) {
-        self.stats.messages += 1;
-        let Some(to) = self.nodes.iter().position(|n| n.id == m.to) else {
-            return;
-        };
-        if m.get_msg_type() == MessageType::MsgSnapshot {
-            self.route_snapshot(from, to, m);
-            return;
-        }
-        if self.cut.contains(&(from, to)) || self.rng.random_range(0..1000) < self.loss_permille {
-            self.stats.messages_dropped += 1;
-            return;
-        }
-        let copies = if self.rng.random_range(0..1000) < self.dup_permille {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let d = self.delay_min_us + self.rng.random_range(0..self.delay_jitter_us);
-            self.at(d, Ev::Deliver(to, Box::new(m.clone())));
-        }
-    }
-
-    fn inject_fault(&mut self) {
-        let n = self.nodes.len();
-        let roll = self.rng.random_range(0..110);
-        match roll {
-            0..=29 => {
-                self.stats.partitions += 1;
-                self.cut.clear();
-                let victim = self.rng.random_range(0..n);
-                let kind = self.rng.random_range(0..3);
-                let mut desc = String::new();
-                match kind {
-                    0 => {
-                        for j in (0..n).filter(|&j| j != victim) {
-                            self.cut.insert((victim, j));
-                            self.cut.insert((j, victim));
-                        }
-                        desc = format!("n{victim} isolated");
-                    }
-                    1 => {
-                        // Asymmetric: the victim hears the others but they
-                        // do not hear it (or the other way round).
-                        let outgoing = self.rng.random_bool(0.5);
-                        for j in (0..n).filter(|&j| j != victim) {
-                            self.cut
-                                .insert(if outgoing { (victim, j) } else { (j, victim) });
-                        }
-                        desc.push_str(&format!(
-                            "n{victim} {} (asymmetric)",
-                            if outgoing {
-                                "cannot send"
-                            } else {
-                                "cannot receive"
-                            }
-                        ));
-                    }
-                    _ => {
-                        let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
-                        for a in 0..n {
-                            for b in 0..n {
-                                if side[a] != side[b] {
-                                    self.cut.insert((a, b));
-                                }
-                            }
-                        }
-                        desc = format!("split {side:?}");
-                    }
-                }
-                self.log(|| format!("partition: {desc}"));
-                let d = self.rng.random_range(200_000..3_000_000);
-                self.at(d, Ev::Heal);
-            }
-            30..=39 => self.handle(Ev::Heal),
-            40..=69 => {
-                let i = self.rng.random_range(0..n);
-                if self.nodes[i].node.is_some() {
-                    self.crash(i, "power loss");
-                    let d = self.rng.random_range(20_000..2_000_000);
-                    self.schedule_restart(i, d);
-                }
-            }
-            70..=79 => {
-                // The whole cluster loses power at once: only what was
-                // fsynced may survive anywhere.
-                self.stats.power_losses += 1;
-                self.log(|| "power loss of the whole cluster".into());
-                for i in 0..n {
-                    self.crash(i, "cluster power loss");
-                    let d = self.rng.random_range(20_000..500_000);
-                    self.schedule_restart(i, d);
-                }
-            }
-            80..=89 => {
-                let i = self.rng.random_range(0..n);
-                let vfs = &self.nodes[i].vfs;
-                if self.rng.random_bool(0.5) {
-                    vfs.fail_next_sync(true);
-                    self.log(|| format!("n{i}: next fsync fails"));
-                } else {
-                    let after = vfs.ops() + self.rng.random_range(0..40);
-                    vfs.inject_io_error_after(Some(after));
-                    self.log(|| format!("n{i}: disk write {after} fails"));
-                }
-            }
-            100..=109 => {
-                // A process stops and resumes (SIGSTOP, a VM stall): the
-                // leader half of the time, since its pause is the risky one.
-                let leader = self.leader().filter(|_| self.rng.random_bool(0.5));
-                let i = leader.unwrap_or_else(|| self.rng.random_range(0..n));
-                let e = Self::election_timeout_us();
-                let d = self.rng.random_range(e / 2..=3 * e);
-                self.pause(i, d);
-            }
-            _ => {
-                // Slow network for a while: longer and more varied delays.
-                self.delay_jitter_us = self.rng.random_range(100..60_000);
-                let j = self.delay_jitter_us;
-                self.log(|| format!("network jitter now {j}us"));
-            }
-        }
-    }
-
-    fn value(&mut self, c: usize) -> Bytes {
-        let s = self.clients[c].seq;
-        Bytes::from(format!("c{c}-{s}"))
-    }
-
-    fn key(&mut self) -> Bytes {
-        let i = self.rng.random_range(0..self.keys.len());
-        self.keys[i].clone()
-    }
-
-    /// A node that answers at once: up and not paused.
-    fn up_node(&mut self) -> Option<usize> {
-        let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].node.is_some() && self.nodes[i].paused.is_none())
-            .collect();
-        (!up.is_empty()).then(|| up[self.rng.random_range(0..up.len())])
-    }
-
-    fn client_wake(&mut self, c: usize) {
-        if !self.workload || self.clients[c].pending.is_some() {
-            return;
-        }
-        if self.clients[c].hold {
-            let d = self.rng.random_range(1_000..5_000);
-            self.at(d, Ev::Client(c));
-            return;
-        }
-        self.clients[c].seq += 1;
-        // A scenario's reader only sends consistent reads.
-        let roll = if self.clients[c].pin.is_some() {
-            self.rng.random_range(53..80)
-        } else {
-            self.rng.random_range(0..100)
-        };
-        let k = self.key();
-        let v = self.value(c);
-        let req = match roll {
-            0..=24 => Some(Request::Set {
-                key: k.clone(),
-                value: v,
-            }),
-            25..=32 => Some(Request::Delete { key: k.clone() }),
-            33..=44 => {
-                let expected = self.clients[c].seen.get(&k).cloned().flatten();
-                let wanted = self.rng.random_bool(0.85).then_some(v);
-                Some(Request::TestAndSet {
-                    key: k.clone(),
-                    expected,
-                    wanted,
-                })
-            }
-            45..=52 => {
-                let (k2, k3) = (self.key(), self.key());
-                let guard = match self.clients[c].seen.get(&k).cloned().flatten() {
-                    Some(seen) => Guard::ValueEquals(k.clone(), seen),
-                    None if self.rng.random_bool(0.5) => Guard::Absent(k.clone()),
-                    None => Guard::Present(k.clone()),
-                };
-                let (guards, mut ops) = if self.rng.random_bool(0.5) {
-                    (vec![guard], vec![])
-                } else {
-                    (vec![], vec![Op::Check(guard)])
-                };
-                ops.push(Op::Set(k2, v));
-                ops.push(Op::Remove(k3));
-                Some(Request::Batch(Batch { guards, ops }))
-            }
-            _ => None,
-        };
-        if let Some(req) = req {
-            let batch = req.to_batch().expect("a write");
-            let session = Session {
-                client_id: c as u64 + 1,
-                seq: self.clients[c].seq,
-            };
-            let data = Command {
-                session: Some(session),
-                batch: batch.clone(),
-            }
-            .encode();
-            let (reply, rx) = oneshot::channel();
-            let call = Call {
-                client: c,
-                invoke_us: self.now_us,
-                complete_us: None,
-                kind: OpKind::Write(batch),
-                value: None,
-            };
-            self.send(
-                c,
-                call,
-                Msg::Propose {
-                    data: data.clone(),
-                    reply,
-                },
-                Waiting::Write { rx, data },
-                WRITE_TIMEOUT_US,
-            );
-            return;
-        }
-        let written = match (&self.cutoff, self.clients[c].pin) {
-            (Some(co), Some(_)) if !co.written.is_empty() => {
-                Some(co.written[self.rng.random_range(0..co.written.len())].clone())
-            }
-            _ => None,
-        };
-        let kind = if let Some(w) = written {
-            // A pause's reader reads what the others just wrote.
-            OpKind::Get(w)
-        } else if self.rng.random_bool(0.7) {
-            OpKind::Get(k)
-        } else {
-            let (a, b) = (k, self.key());
-            let (first, last) = if a <= b { (a, b) } else { (b, a) };
-            OpKind::Range { first, last }
-        };
-        if roll < 80 {
-            let (reply, rx) = oneshot::channel();
-            let call = Call {
-                client: c,
-                invoke_us: self.now_us,
-                complete_us: None,
-                kind,
-                value: None,
-            };
-            self.send(
-                c,
-                call,
-                Msg::Read { reply },
-                Waiting::Read(rx),
-                READ_TIMEOUT_US,
-            );
-            return;
-        }
-        // at_least / any: served at once by whichever node the client
-        // reaches, from its own state.
-        let at_least = (roll < 92).then_some(self.clients[c].seen_index);
-        if let Some(i) = self.up_node() {
-            let node = self.nodes[i].node.as_ref().expect("up");
-            let applied = node
-                .status()
-                .applied
-                .load(std::sync::atomic::Ordering::Acquire);
-            if at_least.is_some_and(|want| applied < want) {
-                self.stats.reads_refused += 1;
-            } else {
-                let value = read(node.store(), &kind);
-                self.stats.reads_stale += 1;
-                self.log(|| format!("c{c} reads {kind:?} at n{i} (applied {applied}, at_least {at_least:?}) = {value:?}"));
-                self.note_read(c, applied, &value);
-                self.reads.push(ReadObs {
-                    node: i,
-                    applied,
-                    at_least,
-                    kind,
-                    value,
-                });
-            }
-        }
-        let d = self.rng.random_range(0..20_000);
-        self.at(d, Ev::Client(c));
-    }
-
-    fn send(&mut self, c: usize, call: Call, msg: Msg, waiting: Waiting, timeout_us: u64) {
-        let mut i = if let Some(p) = self.clients[c].pin {
-            p
-        } else if self.rng.random_bool(0.1) {
-            self.rng.random_range(0..self.nodes.len())
-        } else {
-            self.clients[c].target
-        };
-        // During a cut-off scenario the other clients stay with the
-        // majority (a hint may still name the old leader).
-        if let Some(l) = self.cutoff.as_ref().map(|co| co.leader) {
-            if i == l && self.clients[c].pin.is_none() {
-                i = self.other_node(l);
-                self.clients[c].target = i;
-            }
-        }
-        if self.nodes[i].node.is_none() {
-            // Connection refused: nothing was sent; try elsewhere soon.
-            self.clients[c].target = self.rng.random_range(0..self.nodes.len());
-            let d = self.rng.random_range(1_000..20_000);
-            self.at(d, Ev::Client(c));
-            return;
-        }
-        self.log(|| format!("c{c} -> n{i}: {:?}", call.kind));
-        let pause_read = self.nodes[i].paused.is_some()
-            && matches!(&self.cutoff, Some(co) if co.leader == i && co.new_write)
-            && matches!(waiting, Waiting::Read(_));
-        self.stats.pause_reads_sent += u64::from(pause_read);
-        self.clients[c].pending = Some(Pending {
-            call,
-            node: i,
-            deadline_us: self.now_us + timeout_us,
-            waiting,
-            pause_read,
-        });
-        self.deliver(i, msg);
-    }
-
-    fn note_read(&mut self, c: usize, applied: u64, value: &OpValue) {
-        let cl = &mut self.clients[c];
-        cl.seen_index = cl.seen_index.max(applied);
-        match value {
-            OpValue::Get(_) | OpValue::Write(_) => {}
-            OpValue::Range(kvs) => {
-                for (k, v) in kvs {
-                    cl.seen.insert(k.clone(), Some(v.clone()));
-                }
-            }
-        }
-    }
-
-    fn poll_clients(&mut self) {
-        for c in 0..self.clients.len() {
-            let Some(mut p) = self.clients[c].pending.take() else {
-                continue;
-            };
-            let done = match &mut p.waiting {
-                Waiting::Write { rx, data } => match rx.try_recv() {
-                    Ok(Ok((index, outcome))) => {
-                        let result = WriteResult::from(&outcome);
-                        self.log(|| format!("c{c} <- n{}: write at {index}: {result:?}", p.node));
-                        p.call.complete_us = Some(self.now_us);
-                        p.call.value = Some(OpValue::Write(result.clone()));
-                        let data = std::mem::take(data);
-                        self.acked.push((self.history.len(), index, data));
-                        self.history.push(p.call.clone());
-                        self.stats.writes_acked += 1;
-                        if let Some(co) = self.cutoff.as_mut().filter(|co| co.leader != p.node) {
-                            co.new_write = true;
-                            self.stats.cutoff_writes_acked += 1;
-                            if let OpKind::Write(b) = &p.call.kind {
-                                co.written.extend(written_keys(b));
-                            }
-                            for cl in &mut self.clients {
-                                cl.hold = false;
-                            }
-                        }
-                        let cl = &mut self.clients[c];
-                        cl.seen_index = cl.seen_index.max(index);
-                        if let (OpKind::Write(b), WriteResult::Applied { .. }) =
-                            (&p.call.kind, &result)
-                        {
-                            for op in &b.ops {
-                                match op {
-                                    Op::Set(k, v) => {
-                                        cl.seen.insert(k.clone(), Some(v.clone()));
-                                    }
-                                    Op::Delete(k) | Op::Remove(k) => {
-                                        cl.seen.insert(k.clone(), None);
-                                    }
-                                    _ => {}
-                                }
-                            }
-                        }
-                        true
-                    }
-                    Ok(Err(e)) if e.code == ErrorCode::NotMaster => {
-                        // Refused before it entered the log (or its index
-                        // went to another leader's entry): it never applies.
-                        self.stats.writes_refused += 1;
-                        self.follow_hint(c, p.node);
-                        true
-                    }
-                    Ok(Err(e)) => {
-                        self.log(|| {
-                            format!("c{c} <- n{}: write outcome unknown: {}", p.node, e.message)
-                        });
-                        self.open_write(p.call.clone());
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        self.open_write(p.call.clone());
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Empty) if self.now_us >= p.deadline_us => {
-                        self.open_write(p.call.clone());
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Empty) => false,
-                },
-                Waiting::Read(rx) => match rx.try_recv() {
-                    Ok(Ok(read_index)) => {
-                        if let Some(node) = self.nodes[p.node].node.as_ref() {
-                            let applied = node
-                                .status()
-                                .applied
-                                .load(std::sync::atomic::Ordering::Acquire);
-                            let value = read(node.store(), &p.call.kind);
-                            if applied < read_index {
-                                let why = format!(
-                                    "n{} released a read at index {read_index} having applied only {applied}",
-                                    p.node
-                                );
-                                self.fail(why);
-                            }
-                            self.log(|| format!("c{c} <- n{}: read (index {read_index}, applied {applied}) = {value:?}", p.node));
-                            p.call.complete_us = Some(self.now_us);
-                            p.call.value = Some(value.clone());
-                            self.history.push(p.call.clone());
-                            self.stats.reads_consistent += 1;
-                            self.stats.pause_reads_answered += u64::from(p.pause_read);
-                            if let Some(co) = self.cutoff.as_ref().filter(|co| co.leader == p.node)
-                            {
-                                self.stats.cutoff_reads_answered += 1;
-                                if co.new_write {
-                                    self.stats.cutoff_reads_after_new_write += 1;
-                                }
-                            }
-                            self.note_read(c, applied, &value);
-                            if let (OpKind::Get(k), OpValue::Get(v)) = (&p.call.kind, &value) {
-                                self.clients[c].seen.insert(k.clone(), v.clone());
-                            }
-                            self.reads.push(ReadObs {
-                                node: p.node,
-                                applied,
-                                at_least: None,
-                                kind: p.call.kind.clone(),
-                                value,
-                            });
-                        }
-                        true
-                    }
-                    Ok(Err(e)) => {
-                        self.stats.reads_refused += 1;
-                        if e.code == ErrorCode::NotMaster {
-                            self.follow_hint(c, p.node);
-                        }
-                        true
-                    }
-                    Err(oneshot::error::TryRecvError::Closed) => true,
-                    Err(oneshot::error::TryRecvError::Empty) => self.now_us >= p.deadline_us,
-                },
-            };
-            if done {
-                let d = self.rng.random_range(0..20_000);
-                self.at(d, Ev::Client(c));
-            } else {
-                self.clients[c].pending = Some(p);
-            }
-        }
-    }
-
-    fn open_write(&mut self, call: Call) {
-        self.stats.writes_open += 1;
-        self.history.push(call);
-    }
-
-    /// Goes to the leader the refusing node names, else anywhere.
-    fn follow_hint(&mut self, c: usize, asked: usize) {
-        let leader = self.nodes[asked].node.as_ref().map(|n| {
-            n.status()
-                .leader_id
-                .load(std::sync::atomic::Ordering::Acquire)
-        });
-        self.clients[c].target =
-            match leader.and_then(|l| self.nodes.iter().position(|n| n.id == l)) {
-                Some(i) => i,
-                None => self.rng.random_range(0..self.nodes.len()),
-            };
-    }
-
-    fn final_checks(&mut self) {
-        let down: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].node.is_none())
-            .collect();
-        if !down.is_empty() {
-            self.fail(format!("nodes {down:?} are still down after healing"));
-            return;
-        }
-        let applied: Vec<u64> = self
-            .nodes
-            .iter()
-            .map(|n| n.node.as_ref().expect("up").store_applied())
-            .collect();
-        if applied.iter().any(|a| *a != applied[0]) {
-            self.fail(format!(
-                "replicas did not converge after healing: applied {applied:?}"
-            ));
-        }
-        let digests: Vec<u64> = self
-            .nodes
-            .iter()
-            .map(|n| digest(n.node.as_ref().expect("up").store()))
-            .collect();
-        if applied.iter().all(|a| *a == applied[0]) && digests.iter().any(|d| *d != digests[0]) {
-            self.fail(format!(
-                "replicas differ at the same applied index: digests {digests:x?}"
-            ));
-        }
-        self.stats.final_index = applied[0];
-        self.replay_check(applied[0]);
-    }
-
-    /// Replays node 0's log through the model and holds every acknowledged
-    /// write and every read to it.
-    fn replay_check(&mut self, final_index: u64) {
-        for i in 0..self.nodes.len() {
-            self.capture(i);
-        }
-        let first = COMMITTED_FIRST;
-        let taken = first + self.committed.len() as u64;
-        if taken <= final_index {
-            self.fail(format!(
-                "the simulator took committed entries up to {} only, of {final_index}",
-                taken - 1
-            ));
-            return;
-        }
-        let entries: Vec<Entry> = self
-            .committed
-            .iter()
-            .take_while(|e| e.index <= final_index)
-            .cloned()
-            .collect();
-        if let Some((pos, e)) = entries
-            .iter()
-            .enumerate()
-            .find(|(pos, e)| e.index != first + *pos as u64)
-        {
-            self.fail(format!("entry {} taken at position {pos}", e.index));
-            return;
-        }
-        // states[i]: the user state after applying index i.
-        let mut states: Vec<KvState> = vec![KvState::new(); first as usize];
-        let mut results: BTreeMap<u64, (Vec<u8>, WriteResult)> = BTreeMap::new();
-        let mut sessions: BTreeMap<(u64, u64), WriteResult> = BTreeMap::new();
-        let mut state = KvState::new();
-        for e in &entries {
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                let cmd = Command::decode(Bytes::copy_from_slice(&e.data)).expect("own command");
-                let key = cmd.session.map(|s| (s.client_id, s.seq));
-                let r = match key.and_then(|k| sessions.get(&k)) {
-                    Some(first) => first.clone(),
-                    None => {
-                        let r = model::apply(&mut state, &cmd.batch);
-                        if let (Some(k), WriteResult::Applied { .. }) = (key, &r) {
-                            sessions.insert(k, r.clone());
-                        }
-                        r
-                    }
-                };
-                results.insert(e.index, (e.data.to_vec(), r));
-            }
-            states.push(state.clone());
-        }
-        let mut bad = Vec::new();
-        for (pos, index, data) in &self.acked {
-            let call = &self.history[*pos];
-            match results.get(index) {
-                None => bad.push(format!(
-                    "acknowledged write lost: {:?} acked at index {index}, final log ends at {final_index}",
-                    call.kind
-                )),
-                Some((d, _)) if d != data => bad.push(format!(
-                    "acknowledged write lost: index {index} holds another command than {:?}",
-                    call.kind
-                )),
-                Some((_, r)) if Some(&OpValue::Write(r.clone())) != call.value.as_ref() => bad.push(
-                    format!(
-                        "write at {index} answered {:?}, but replaying the log gives {r:?}",
-                        call.value
-                    ),
-                ),
-                Some(_) => {}
-            }
-        }
-        for r in &self.reads {
-            let Some(st) = states.get(r.applied as usize) else {
-                bad.push(format!(
-                    "n{} served a read at applied index {} beyond the final log ({final_index})",
-                    r.node, r.applied
-                ));
-                continue;
-            };
-            let want = checker::step(&mut st.clone(), &r.kind);
-            if want != r.value {
-                bad.push(format!(
-                    "n{} read {:?} at applied index {} (at_least {:?}) = {:?}, but the log says {want:?}",
-                    r.node, r.kind, r.applied, r.at_least, r.value
-                ));
-            }
-            if r.at_least.is_some_and(|w| r.applied < w) {
-                bad.push(format!(
-                    "an at_least({:?}) read went back to {}",
-                    r.at_least, r.applied
-                ));
-            }
-        }
-        let node = self.nodes[0].node.as_ref().expect("up");
-        let all = OpKind::Range {
-            first: Bytes::new(),
-            last: Bytes::from_static(b"\xff"),
-        };
-        let have = read(node.store(), &all);
-        let want = checker::step(&mut state.clone(), &all);
-        if have != want {
-            bad.push(format!(
-                "final state {have:?} differs from the replayed log {want:?}"
-            ));
-        }
-        for b in bad.into_iter().take(5) {
-            self.fail(b);
-        }
-    }
-}
-
-/// The keys a batch sets or deletes.
-fn written_keys(b: &Batch) -> Vec<Bytes> {
-    b.ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::Set(k, _) | Op::Delete(k) | Op::Remove(k) => Some(k.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn read(store: &nacre_store::Store, kind: &OpKind) -> OpValue {
-    let r = Reader::new(store);
-    match kind {
-        OpKind::Get(k) => OpValue::Get(r.get(k).expect("store read")),
-        OpKind::Range { first, last } => {
-            let q = nacre_proto::RangeQuery {
-                first: Some(first.clone()),
-                first_inclusive: true,
-                last: Some(last.clone()),
-                last_inclusive: true,
-                max: 1000,
-                reverse: false,
-            };
-            OpValue::Range(
-                r.range_entries(&q, 1000)
-                    .expect("store read")
-                    .into_iter()
-                    .map(|e| (e.key, e.value))
-                    .collect(),
-            )
-        }
-        OpKind::Write(_) => unreachable!("not a read"),
-    }
-}
-
-/// A hash of every record in the store, in key order.
-fn digest(store: &nacre_store::Store) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325;
-    for kv in store.begin_read().iter() {
-        let (k, v) = kv.expect("store read");
-        if nacre_server::state::is_local_key(&k) {
-            continue;
-        }
-        fnv(&mut h, &(k.len() as u64).to_le_bytes());
-        fnv(&mut h, &k);
-        fnv(&mut h, &(v.len() as u64).to_le_bytes());
-        fnv(&mut h, &v);
-    }
-    h
-}
-
-trait StoreApplied {
-    fn store_applied(&self) -> u64;
-}
-
-impl StoreApplied for Node {
-    fn store_applied(&self) -> u64 {
-        self.status()
-            .applied
-            .load(std::sync::atomic::Ordering::Acquire)
     }
 }

@@ -1,0 +1,515 @@
+//! The clients: what each one sends and where, how it follows a
+//! NotMaster hint, and how answers are polled into the history the checks
+//! read.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use nacre_proto::{Batch, Command, ErrorCode, Guard, Op, Request, Session};
+use rand::Rng;
+use tokio::sync::oneshot;
+use tokio::sync::oneshot::error::TryRecvError;
+
+use super::{Ev, Msg, ReadObs, ReadReply, Reader, Sim, WriteReply};
+use crate::checker::{Call, OpKind, OpValue};
+use crate::model::WriteResult;
+
+const WRITE_TIMEOUT_US: u64 = 2_000_000;
+const READ_TIMEOUT_US: u64 = 1_000_000;
+
+/// The answer a client waits for.
+pub(super) enum Waiting {
+    Write {
+        rx: oneshot::Receiver<WriteReply>,
+        data: Vec<u8>,
+    },
+    Read(oneshot::Receiver<ReadReply>),
+}
+
+impl Waiting {
+    /// The command a write proposed, taken when it is acknowledged (the
+    /// replay check compares it with the log).
+    fn take_data(&mut self) -> Vec<u8> {
+        match self {
+            Waiting::Write { data, .. } => std::mem::take(data),
+            Waiting::Read(_) => Vec::new(),
+        }
+    }
+}
+
+/// What polling a client's answer gives.
+type Answer<T> = Result<T, TryRecvError>;
+
+/// A client's operation in flight.
+pub(super) struct Pending {
+    pub(super) call: Call,
+    pub(super) node: usize,
+    pub(super) deadline_us: u64,
+    pub(super) waiting: Waiting,
+    /// A consistent read sent to a paused leader after another node
+    /// acknowledged a write
+    /// ([`Scenario::LeaderPause`](super::Scenario::LeaderPause)).
+    pub(super) pause_read: bool,
+}
+
+/// One client: one operation in flight at a time.
+pub(super) struct Client {
+    pub(super) target: usize,
+    pub(super) seq: u64,
+    pub(super) pending: Option<Pending>,
+    /// Highest log index this client has seen (its writes, its reads).
+    pub(super) seen_index: u64,
+    /// Values this client saw, per key, to aim test_and_set at.
+    pub(super) seen: BTreeMap<Bytes, Option<Bytes>>,
+    /// A scenario's reader: sends only consistent reads, all to this node.
+    pub(super) pin: Option<usize>,
+    /// A pause's reader, until another node acknowledges a write: it waits.
+    pub(super) hold: bool,
+}
+
+impl Client {
+    pub(super) fn new(target: usize) -> Client {
+        Client {
+            target,
+            seq: 0,
+            pending: None,
+            seen_index: 0,
+            seen: BTreeMap::new(),
+            pin: None,
+            hold: false,
+        }
+    }
+}
+
+impl Sim {
+    fn value(&mut self, c: usize) -> Bytes {
+        let s = self.clients[c].seq;
+        Bytes::from(format!("c{c}-{s}"))
+    }
+
+    fn key(&mut self) -> Bytes {
+        let i = self.rng.random_range(0..self.keys.len());
+        self.keys[i].clone()
+    }
+
+    /// A node that answers at once: up and not paused.
+    fn up_node(&mut self) -> Option<usize> {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].node.is_some() && self.nodes[i].paused.is_none())
+            .collect();
+        (!up.is_empty()).then(|| up[self.rng.random_range(0..up.len())])
+    }
+
+    /// Client `c` wakes up: it sends its next operation, or reads at once
+    /// from a node's own state (`at_least` / `any`), or waits.
+    pub(super) fn client_wake(&mut self, c: usize) {
+        if !self.workload || self.clients[c].pending.is_some() {
+            return;
+        }
+        if self.clients[c].hold {
+            let d = self.rng.random_range(1_000..5_000);
+            self.at(d, Ev::Client(c));
+            return;
+        }
+        self.clients[c].seq += 1;
+        // A scenario's reader only sends consistent reads.
+        let roll = if self.clients[c].pin.is_some() {
+            self.rng.random_range(53..80)
+        } else {
+            self.rng.random_range(0..100)
+        };
+        let k = self.key();
+        let v = self.value(c);
+        if let Some(req) = self.write_request(c, roll, &k, v) {
+            self.send_write(c, &req);
+            return;
+        }
+        let kind = self.read_kind(c, k);
+        if roll < 80 {
+            self.send_read(c, kind);
+            return;
+        }
+        // at_least / any: served at once by whichever node the client
+        // reaches, from its own state.
+        let at_least = (roll < 92).then_some(self.clients[c].seen_index);
+        self.read_local(c, kind, at_least);
+        let d = self.rng.random_range(0..20_000);
+        self.at(d, Ev::Client(c));
+    }
+
+    /// The write `roll` picks for client `c`, about key `k` and writing
+    /// `v`; `None` when the roll picks a read.
+    fn write_request(&mut self, c: usize, roll: i32, k: &Bytes, v: Bytes) -> Option<Request> {
+        match roll {
+            0..=24 => Some(Request::Set {
+                key: k.clone(),
+                value: v,
+            }),
+            25..=32 => Some(Request::Delete { key: k.clone() }),
+            33..=44 => {
+                let expected = self.clients[c].seen.get(k).cloned().flatten();
+                let wanted = self.rng.random_bool(0.85).then_some(v);
+                Some(Request::TestAndSet {
+                    key: k.clone(),
+                    expected,
+                    wanted,
+                })
+            }
+            45..=52 => Some(self.sequence_request(c, k, v)),
+            _ => None,
+        }
+    }
+
+    /// A sequence over three random keys: a guard on `k` (or an `assert`
+    /// step), then a set and a remove.
+    fn sequence_request(&mut self, c: usize, k: &Bytes, v: Bytes) -> Request {
+        let (k2, k3) = (self.key(), self.key());
+        let guard = match self.clients[c].seen.get(k).cloned().flatten() {
+            Some(seen) => Guard::ValueEquals(k.clone(), seen),
+            None if self.rng.random_bool(0.5) => Guard::Absent(k.clone()),
+            None => Guard::Present(k.clone()),
+        };
+        let (guards, mut ops) = if self.rng.random_bool(0.5) {
+            (vec![guard], vec![])
+        } else {
+            (vec![], vec![Op::Check(guard)])
+        };
+        ops.push(Op::Set(k2, v));
+        ops.push(Op::Remove(k3));
+        Request::Batch(Batch { guards, ops })
+    }
+
+    /// Proposes `req` with client `c`'s session.
+    fn send_write(&mut self, c: usize, req: &Request) {
+        let batch = req.to_batch().expect("a write");
+        let session = Session {
+            client_id: c as u64 + 1,
+            seq: self.clients[c].seq,
+        };
+        let data = Command {
+            session: Some(session),
+            batch: batch.clone(),
+        }
+        .encode();
+        let (reply, rx) = oneshot::channel();
+        let call = Call {
+            client: c,
+            invoke_us: self.now_us,
+            complete_us: None,
+            kind: OpKind::Write(batch),
+            value: None,
+        };
+        self.send(
+            c,
+            call,
+            Msg::Propose {
+                data: data.clone(),
+                reply,
+            },
+            Waiting::Write { rx, data },
+            WRITE_TIMEOUT_US,
+        );
+    }
+
+    /// What client `c` reads: a get of `k`, or a range from `k`.
+    fn read_kind(&mut self, c: usize, k: Bytes) -> OpKind {
+        if let Some(w) = self.scenario_read_key(c) {
+            // A pause's reader reads what the others just wrote.
+            OpKind::Get(w)
+        } else if self.rng.random_bool(0.7) {
+            OpKind::Get(k)
+        } else {
+            let (a, b) = (k, self.key());
+            let (first, last) = if a <= b { (a, b) } else { (b, a) };
+            OpKind::Range { first, last }
+        }
+    }
+
+    /// Sends a consistent read.
+    fn send_read(&mut self, c: usize, kind: OpKind) {
+        let (reply, rx) = oneshot::channel();
+        let call = Call {
+            client: c,
+            invoke_us: self.now_us,
+            complete_us: None,
+            kind,
+            value: None,
+        };
+        self.send(
+            c,
+            call,
+            Msg::Read { reply },
+            Waiting::Read(rx),
+            READ_TIMEOUT_US,
+        );
+    }
+
+    /// An `at_least` (`Some`) or `any` read, served at once by a random
+    /// node that answers, from its own state; refused when that node has
+    /// not applied `at_least` yet.
+    fn read_local(&mut self, c: usize, kind: OpKind, at_least: Option<u64>) {
+        let Some(i) = self.up_node() else {
+            return;
+        };
+        let node = self.nodes[i].node.as_ref().expect("up");
+        let applied = node
+            .status()
+            .applied
+            .load(std::sync::atomic::Ordering::Acquire);
+        if at_least.is_some_and(|want| applied < want) {
+            self.stats.reads_refused += 1;
+            return;
+        }
+        let value = read(node.store(), &kind);
+        self.stats.reads_stale += 1;
+        self.log(|| format!("c{c} reads {kind:?} at n{i} (applied {applied}, at_least {at_least:?}) = {value:?}"));
+        self.note_read(c, applied, &value);
+        self.reads.push(ReadObs {
+            node: i,
+            applied,
+            at_least,
+            kind,
+            value,
+        });
+    }
+
+    /// Sends client `c`'s request to a node (usually the leader it was
+    /// last told about) and waits for the answer until `timeout_us`.
+    fn send(&mut self, c: usize, call: Call, msg: Msg, waiting: Waiting, timeout_us: u64) {
+        let mut i = if let Some(p) = self.clients[c].pin {
+            p
+        } else if self.rng.random_bool(0.1) {
+            self.rng.random_range(0..self.nodes.len())
+        } else {
+            self.clients[c].target
+        };
+        i = self.scenario_redirect(c, i);
+        if self.nodes[i].node.is_none() {
+            // Connection refused: nothing was sent; try elsewhere soon.
+            self.clients[c].target = self.rng.random_range(0..self.nodes.len());
+            let d = self.rng.random_range(1_000..20_000);
+            self.at(d, Ev::Client(c));
+            return;
+        }
+        self.log(|| format!("c{c} -> n{i}: {:?}", call.kind));
+        let pause_read =
+            self.at_paused_leader_after_write(i) && matches!(waiting, Waiting::Read(_));
+        self.stats.pause_reads_sent += u64::from(pause_read);
+        self.clients[c].pending = Some(Pending {
+            call,
+            node: i,
+            deadline_us: self.now_us + timeout_us,
+            waiting,
+            pause_read,
+        });
+        self.deliver(i, msg);
+    }
+
+    fn note_read(&mut self, c: usize, applied: u64, value: &OpValue) {
+        let cl = &mut self.clients[c];
+        cl.seen_index = cl.seen_index.max(applied);
+        match value {
+            OpValue::Get(_) | OpValue::Write(_) => {}
+            OpValue::Range(kvs) => {
+                for (k, v) in kvs {
+                    cl.seen.insert(k.clone(), Some(v.clone()));
+                }
+            }
+        }
+    }
+
+    /// Takes the answers that came, and the timeouts that fell due, into
+    /// the history; a client done with its operation wakes up again soon.
+    pub(super) fn poll_clients(&mut self) {
+        for c in 0..self.clients.len() {
+            let Some(mut p) = self.clients[c].pending.take() else {
+                continue;
+            };
+            let done = match &mut p.waiting {
+                Waiting::Write { rx, .. } => {
+                    let answer = rx.try_recv();
+                    self.poll_write(c, &mut p, answer)
+                }
+                Waiting::Read(rx) => {
+                    let answer = rx.try_recv();
+                    self.poll_read(c, &mut p, answer)
+                }
+            };
+            if done {
+                let d = self.rng.random_range(0..20_000);
+                self.at(d, Ev::Client(c));
+            } else {
+                self.clients[c].pending = Some(p);
+            }
+        }
+    }
+
+    /// Client `c`'s write `p` and what came back for it: whether it is
+    /// done (acknowledged, refused, or of unknown outcome).
+    fn poll_write(&mut self, c: usize, p: &mut Pending, answer: Answer<WriteReply>) -> bool {
+        match answer {
+            Ok(Ok((index, outcome))) => {
+                self.write_acked(c, p, index, WriteResult::from(&outcome));
+                true
+            }
+            Ok(Err(e)) if e.code == ErrorCode::NotMaster => {
+                // Refused before it entered the log (or its index
+                // went to another leader's entry): it never applies.
+                self.stats.writes_refused += 1;
+                self.follow_hint(c, p.node);
+                true
+            }
+            Ok(Err(e)) => {
+                self.log(|| format!("c{c} <- n{}: write outcome unknown: {}", p.node, e.message));
+                self.open_write(p.call.clone());
+                true
+            }
+            Err(TryRecvError::Closed) => {
+                self.open_write(p.call.clone());
+                true
+            }
+            Err(TryRecvError::Empty) if self.now_us >= p.deadline_us => {
+                self.open_write(p.call.clone());
+                true
+            }
+            Err(TryRecvError::Empty) => false,
+        }
+    }
+
+    /// Client `c`'s write `p` was acknowledged at `index` with `result`.
+    fn write_acked(&mut self, c: usize, p: &mut Pending, index: u64, result: WriteResult) {
+        self.log(|| format!("c{c} <- n{}: write at {index}: {result:?}", p.node));
+        p.call.complete_us = Some(self.now_us);
+        p.call.value = Some(OpValue::Write(result.clone()));
+        let data = p.waiting.take_data();
+        self.acked.push((self.history.len(), index, data));
+        self.history.push(p.call.clone());
+        self.stats.writes_acked += 1;
+        self.scenario_write_acked(p.node, &p.call.kind);
+        let cl = &mut self.clients[c];
+        cl.seen_index = cl.seen_index.max(index);
+        if let (OpKind::Write(b), WriteResult::Applied { .. }) = (&p.call.kind, &result) {
+            for op in &b.ops {
+                match op {
+                    Op::Set(k, v) => {
+                        cl.seen.insert(k.clone(), Some(v.clone()));
+                    }
+                    Op::Delete(k) | Op::Remove(k) => {
+                        cl.seen.insert(k.clone(), None);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Client `c`'s consistent read `p` and what came back for it: whether
+    /// it is done (answered, refused or given up).
+    fn poll_read(&mut self, c: usize, p: &mut Pending, answer: Answer<ReadReply>) -> bool {
+        match answer {
+            Ok(Ok(read_index)) => {
+                self.read_answered(c, p, read_index);
+                true
+            }
+            Ok(Err(e)) => {
+                self.stats.reads_refused += 1;
+                if e.code == ErrorCode::NotMaster {
+                    self.follow_hint(c, p.node);
+                }
+                true
+            }
+            Err(TryRecvError::Closed) => true,
+            Err(TryRecvError::Empty) => self.now_us >= p.deadline_us,
+        }
+    }
+
+    /// The node asked may release client `c`'s read `p` once it has
+    /// applied `read_index`: the client reads its store now.
+    fn read_answered(&mut self, c: usize, p: &mut Pending, read_index: u64) {
+        let Some(node) = self.nodes[p.node].node.as_ref() else {
+            return;
+        };
+        let applied = node
+            .status()
+            .applied
+            .load(std::sync::atomic::Ordering::Acquire);
+        let value = read(node.store(), &p.call.kind);
+        if applied < read_index {
+            let why = format!(
+                "n{} released a read at index {read_index} having applied only {applied}",
+                p.node
+            );
+            self.fail(why);
+        }
+        self.log(|| {
+            format!(
+                "c{c} <- n{}: read (index {read_index}, applied {applied}) = {value:?}",
+                p.node
+            )
+        });
+        p.call.complete_us = Some(self.now_us);
+        p.call.value = Some(value.clone());
+        self.history.push(p.call.clone());
+        self.stats.reads_consistent += 1;
+        self.stats.pause_reads_answered += u64::from(p.pause_read);
+        self.scenario_read_answered(p.node);
+        self.note_read(c, applied, &value);
+        if let (OpKind::Get(k), OpValue::Get(v)) = (&p.call.kind, &value) {
+            self.clients[c].seen.insert(k.clone(), v.clone());
+        }
+        self.reads.push(ReadObs {
+            node: p.node,
+            applied,
+            at_least: None,
+            kind: p.call.kind.clone(),
+            value,
+        });
+    }
+
+    /// A write whose outcome is unknown stays open in the history: it may
+    /// take effect at any point after its invocation, or never.
+    fn open_write(&mut self, call: Call) {
+        self.stats.writes_open += 1;
+        self.history.push(call);
+    }
+
+    /// Goes to the leader the refusing node names, else anywhere.
+    fn follow_hint(&mut self, c: usize, asked: usize) {
+        let leader = self.nodes[asked].node.as_ref().map(|n| {
+            n.status()
+                .leader_id
+                .load(std::sync::atomic::Ordering::Acquire)
+        });
+        self.clients[c].target =
+            match leader.and_then(|l| self.nodes.iter().position(|n| n.id == l)) {
+                Some(i) => i,
+                None => self.rng.random_range(0..self.nodes.len()),
+            };
+    }
+}
+
+/// Reads `kind` from a node's store, at whatever index it has applied.
+pub(super) fn read(store: &nacre_store::Store, kind: &OpKind) -> OpValue {
+    let r = Reader::new(store);
+    match kind {
+        OpKind::Get(k) => OpValue::Get(r.get(k).expect("store read")),
+        OpKind::Range { first, last } => {
+            let q = nacre_proto::RangeQuery {
+                first: Some(first.clone()),
+                first_inclusive: true,
+                last: Some(last.clone()),
+                last_inclusive: true,
+                max: 1000,
+                reverse: false,
+            };
+            OpValue::Range(
+                r.range_entries(&q, 1000)
+                    .expect("store read")
+                    .into_iter()
+                    .map(|e| (e.key, e.value))
+                    .collect(),
+            )
+        }
+        OpKind::Write(_) => unreachable!("not a read"),
+    }
+}
