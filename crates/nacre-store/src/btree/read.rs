@@ -61,7 +61,9 @@ pub fn find<'s>(
 }
 
 fn check_level(parent: &Page, child: &Page) -> Result<()> {
-    if child.level + 1 != parent.level {
+    // Both levels come from disk: a child claiming level 255 must be an
+    // error, not an overflow.
+    if child.level.checked_add(1) != Some(parent.level) {
         return Err(Error::corrupt(
             child.ptr.addr,
             "child level does not match its parent",
