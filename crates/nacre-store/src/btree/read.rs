@@ -295,4 +295,28 @@ mod tests {
             assert!(find(&t, t.root.ptr, b"zz").unwrap().is_none());
         }
     }
+
+    /// Levels come from disk: a parent at level 1 whose child claims level
+    /// 255 (so that `level + 1` would overflow) is corrupt, not a panic.
+    #[test]
+    fn a_child_at_level_255_is_corruption() {
+        let mut out = Vec::new();
+        let child = ChildInfo {
+            ptr: Ptr { addr: 8, len: 0 },
+            count: 0,
+            bytes: 0,
+        };
+        let page = |level: u8, out: &mut Vec<u8>| {
+            encode_branch(level, &[key(1)], &[child, child], out);
+            Page::decode(Ptr { addr: 8, len: 0 }, Kind::Branch, out).unwrap()
+        };
+        let parent = page(1, &mut out);
+        let top = page(255, &mut out);
+        assert!(matches!(
+            check_level(&parent, &top),
+            Err(Error::Corruption { .. })
+        ));
+        let grandparent = page(2, &mut out);
+        assert!(check_level(&grandparent, &parent).is_ok());
+    }
 }
