@@ -39,7 +39,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use blocking::BlockingClient;
-pub use error::ClientError;
+pub use error::{ClientError, Disconnect, EndpointError};
 pub use nacre_proto::{
     Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, RangeQuery,
     Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo, VersionInfo,
@@ -170,9 +170,7 @@ impl Client {
     /// Connects to the first endpoint that answers (errors if none does).
     pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
         if opts.endpoints.is_empty() {
-            return Err(ClientError::AllEndpointsFailed {
-                errors: vec!["no endpoints given".into()],
-            });
+            return Err(ClientError::AllEndpointsFailed { errors: vec![] });
         }
         let consistency = opts.consistency;
         let client = Client {
@@ -241,7 +239,11 @@ impl Client {
             match Conn::open(&addr, &o.cluster_id, &o.limits, o.inflight_max, timeout).await {
                 Ok(c) => return Ok(c),
                 Err(e @ ClientError::Refused { .. }) => return Err(e),
-                Err(e) => errors.push(format!("{addr} (leader hint): {e}")),
+                Err(e) => errors.push(EndpointError {
+                    endpoint: addr,
+                    leader_hint: true,
+                    error: Box::new(e),
+                }),
             }
         }
         let n = o.endpoints.len();
@@ -257,7 +259,11 @@ impl Client {
                 Err(e @ ClientError::Refused { .. }) => return Err(e),
                 Err(e) => {
                     tracing::debug!(endpoint = %addr, error = %e, "connect failed");
-                    errors.push(format!("{addr}: {e}"));
+                    errors.push(EndpointError {
+                        endpoint: addr.clone(),
+                        leader_hint: false,
+                        error: Box::new(e),
+                    });
                 }
             }
         }
@@ -369,10 +375,10 @@ impl Client {
                 Outcome::NotSent(reason) => {
                     self.drop_conn(&conn, true);
                     if retries >= retries_max {
-                        return Err(ClientError::Io(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            format!("{}: {reason}", conn.endpoint),
-                        )));
+                        return Err(ClientError::Disconnected {
+                            endpoint: conn.endpoint.clone(),
+                            reason,
+                        });
                     }
                     retries += 1;
                     self.backoff(retries, deadline).await;
@@ -386,10 +392,10 @@ impl Client {
                         });
                     }
                     if retries >= retries_max {
-                        return Err(ClientError::Io(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            format!("{}: {reason}", conn.endpoint),
-                        )));
+                        return Err(ClientError::Disconnected {
+                            endpoint: conn.endpoint.clone(),
+                            reason,
+                        });
                     }
                     retries += 1;
                 }
