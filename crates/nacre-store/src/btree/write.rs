@@ -18,7 +18,7 @@ use std::sync::Arc;
 use super::leaf::{DirtyLeaf, LeafVecs};
 use super::page::{common_len, ChildInfo, Page, Val, CHILD_LEN};
 use super::seps::{Sep, SepKeys};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::record::{Kind, Ptr};
 
 mod flush;
@@ -430,9 +430,12 @@ impl Tree {
         let Node::Leaf(entries) = &mut self.arena[leaf] else {
             unreachable!()
         };
+        // `get` and the path walk search the same pages, so they agree on
+        // any tree this code wrote; they can differ only on a corrupt one
+        // (keys out of order), read back from disk.
         let p = entries
             .search(key)
-            .expect("key found by get must be in its leaf");
+            .map_err(|_| Error::corrupt(0, "a key the lookup found is missing from its leaf"))?;
         let old = entries.remove(p);
         for &(b, i) in &path {
             self.branch_mut(b).children[i].count -= 1;
