@@ -139,32 +139,7 @@ fn failure_of(outcome: std::thread::Result<BenchResult<()>>) -> Option<String> {
 
 /// Runs the benchmarks; returns whether every engine ran without errors.
 fn store(args: &StoreArgs) -> BenchResult<bool> {
-    let selected: Vec<(&str, Opener)> = match &args.engines {
-        None => engines::ALL.to_vec(),
-        Some(names) => {
-            let mut picked = Vec::new();
-            for name in names {
-                let name = name.trim().to_ascii_lowercase();
-                match engines::ALL.iter().find(|(n, _)| *n == name) {
-                    Some(e) => picked.push(*e),
-                    None => {
-                        let why = engines::MISSING
-                            .iter()
-                            .find(|(n, _)| *n == name)
-                            .map(|(_, why)| why.to_string())
-                            .unwrap_or_else(|| "no such engine".to_string());
-                        let known: Vec<&str> = engines::ALL.iter().map(|(n, _)| *n).collect();
-                        return Err(format!(
-                            "engine {name:?} is not available: {why} (available: {})",
-                            known.join(",")
-                        )
-                        .into());
-                    }
-                }
-            }
-            picked
-        }
-    };
+    let selected = select_engines(args.engines.as_deref())?;
     for (name, why) in engines::MISSING {
         eprintln!("note: engine {name} is not in this build: {why}");
     }
@@ -196,7 +171,6 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
     };
 
     let mut results: Vec<Measurement> = Vec::new();
-    let mut failures: Vec<Failure> = Vec::new();
     let json = args.json;
     let mut sink = |m: Measurement| {
         if json {
@@ -207,17 +181,62 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
         }
         results.push(m);
     };
+    let failures = run_rounds(args, &selected, &setup, &mut sink);
 
-    // Set by set, all engines back to back, so that the figures compared
-    // are minutes apart rather than a whole run apart.
+    let errors: u64 = results.iter().map(|m| m.errors).sum();
+    if !json {
+        print_summary(args, &selected, &sizes, &results, &failures, errors);
+    }
+    Ok(errors == 0 && failures.is_empty())
+}
+
+/// The engines `--engines` names (all, without it), or why one is not
+/// available.
+fn select_engines(names: Option<&[String]>) -> BenchResult<Vec<(&'static str, Opener)>> {
+    let Some(names) = names else {
+        return Ok(engines::ALL.to_vec());
+    };
+    let mut picked = Vec::new();
+    for name in names {
+        let name = name.trim().to_ascii_lowercase();
+        match engines::ALL.iter().find(|(n, _)| *n == name) {
+            Some(e) => picked.push(*e),
+            None => {
+                let why = engines::MISSING
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, why)| why.to_string())
+                    .unwrap_or_else(|| "no such engine".to_string());
+                let known: Vec<&str> = engines::ALL.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "engine {name:?} is not available: {why} (available: {})",
+                    known.join(",")
+                )
+                .into());
+            }
+        }
+    }
+    Ok(picked)
+}
+
+/// Every round of every set, all engines back to back, so that the figures
+/// compared are minutes apart rather than a whole run apart. A set that
+/// fails or panics is reported and the run goes on; returns the failures.
+fn run_rounds(
+    args: &StoreArgs,
+    selected: &[(&'static str, Opener)],
+    setup: &Setup<'_>,
+    sink: &mut dyn FnMut(Measurement),
+) -> Vec<Failure> {
+    let mut failures = Vec::new();
     for round in 0..args.rounds {
         for &set in &args.sets {
-            let mut order = selected.clone();
+            let mut order = selected.to_vec();
             let turn = round as usize % order.len().max(1);
             order.rotate_left(turn);
             if set == Set::C {
                 let Some(message) = failure_of(catch_unwind(AssertUnwindSafe(|| {
-                    side_by_side::run_set_c(&order, &setup, round, &mut sink)
+                    side_by_side::run_set_c(&order, setup, round, &mut *sink)
                 }))) else {
                     continue;
                 };
@@ -235,7 +254,7 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
             for &(name, open) in &order {
                 let set_name = format!("{set:?}");
                 let Some(message) = failure_of(catch_unwind(AssertUnwindSafe(|| {
-                    run_one(name, open, set, &setup, round, &mut sink)
+                    run_one(name, open, set, setup, round, &mut *sink)
                 }))) else {
                     continue;
                 };
@@ -248,26 +267,33 @@ fn store(args: &StoreArgs) -> BenchResult<bool> {
             }
         }
     }
+    failures
+}
 
-    let errors: u64 = results.iter().map(|m| m.errors).sum();
-    if !json {
-        let names: Vec<&str> = selected.iter().map(|(n, _)| *n).collect();
-        let descriptions: BTreeMap<String, String> = sizes.descriptions();
-        println!(
-            "nacre-bench store{}: durable commits everywhere, cache {} MiB per engine",
-            if args.quick { " --quick" } else { "" },
-            args.cache_mb
-        );
-        report::print_tables(&results, &failures, &names, &descriptions);
-        if args.rounds > 1 {
-            report::print_ratios_by_round(&results, &names, args.rounds);
-        }
-        if errors > 0 {
-            println!();
-            println!("{errors} read ERRORS (missing or wrong values) — see the rows marked ERRORS");
-        }
+/// The tables (and ratios by round) of a run, for people.
+fn print_summary(
+    args: &StoreArgs,
+    selected: &[(&'static str, Opener)],
+    sizes: &Sizes,
+    results: &[Measurement],
+    failures: &[Failure],
+    errors: u64,
+) {
+    let names: Vec<&str> = selected.iter().map(|(n, _)| *n).collect();
+    let descriptions: BTreeMap<String, String> = sizes.descriptions();
+    println!(
+        "nacre-bench store{}: durable commits everywhere, cache {} MiB per engine",
+        if args.quick { " --quick" } else { "" },
+        args.cache_mb
+    );
+    report::print_tables(results, failures, &names, &descriptions);
+    if args.rounds > 1 {
+        report::print_ratios_by_round(results, &names, args.rounds);
     }
-    Ok(errors == 0 && failures.is_empty())
+    if errors > 0 {
+        println!();
+        println!("{errors} read ERRORS (missing or wrong values) — see the rows marked ERRORS");
+    }
 }
 
 fn run_one(

@@ -13,7 +13,7 @@
 //! update take the pairs in the order kivaloo's `mkpairs` writes them:
 //! random keys sorted in runs of 65,536. Inserts in fully random order,
 //! the harder case for a copy-on-write tree, are measured as well
-//! (`B.random_insert`).
+//! (`B.random_insert`). Set B's runs are in `workloads/set_b.rs`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +25,10 @@ use crate::data::{chooser, sorted_runs, Pairs, Records};
 use crate::engine::{BenchError, BenchResult, Engine, EngineConfig, Op, Reader};
 use crate::report::{dir_size, human_bytes, human_rate, Measurement};
 use crate::side_by_side::SLICES;
+
+mod set_b;
+
+pub use set_b::run_set_b;
 
 pub const KEY_LEN_A: usize = 24;
 pub const VALUE_LEN_A: usize = 150;
@@ -102,11 +106,20 @@ impl Sizes {
 
     /// A line describing each workload, for the table headers.
     pub fn descriptions(&self) -> BTreeMap<String, String> {
+        let sets = [
+            self.set_a_descriptions(),
+            self.set_b_descriptions(),
+            self.set_c_descriptions(),
+        ];
+        sets.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    fn set_a_descriptions(&self) -> Vec<(&'static str, String)> {
         let n = |x: usize| human_rate(x as f64);
-        let w = self.b_writers;
-        let c = n(self.b_concurrent_ops);
-        let bb = n(self.b_batch_len);
-        [
+        vec![
             (
                 "A.bulk_load",
                 format!("{} puts in one durable txn", n(self.a_load)),
@@ -139,6 +152,15 @@ impl Sizes {
                 "A.compact",
                 "engine's own compaction/cleaning; secs and footprint after".to_string(),
             ),
+        ]
+    }
+
+    fn set_b_descriptions(&self) -> Vec<(&'static str, String)> {
+        let n = |x: usize| human_rate(x as f64);
+        let w = self.b_writers;
+        let c = n(self.b_concurrent_ops);
+        let bb = n(self.b_batch_len);
+        vec![
             (
                 "B.bulk_insert",
                 format!(
@@ -180,6 +202,20 @@ impl Sizes {
                 format!("{} gets within the hottest 1% of keys", n(self.b_pairs)),
             ),
             (
+                "B.random_insert",
+                format!(
+                    "{} new keys in random order, {bb} per durable txn",
+                    n(self.b_random_inserts)
+                ),
+            ),
+        ]
+    }
+
+    fn set_c_descriptions(&self) -> Vec<(&'static str, String)> {
+        let n = |x: usize| human_rate(x as f64);
+        let bb = n(self.b_batch_len);
+        vec![
+            (
                 "C.random_read",
                 format!(
                     "{} gets, every engine loaded with set B, in turns",
@@ -204,17 +240,7 @@ impl Sizes {
                 "C.batch_commits",
                 format!("{SLICES} durable txns of up to {bb} new puts, in turns"),
             ),
-            (
-                "B.random_insert",
-                format!(
-                    "{} new keys in random order, {bb} per durable txn",
-                    n(self.b_random_inserts)
-                ),
-            ),
         ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
     }
 }
 
@@ -539,184 +565,4 @@ pub fn load_b(engine: &dyn Engine, sizes: &Sizes, data: &Datasets) -> BenchResul
         .iter()
         .map(|&i| Op::Put(base.key(i as usize), base.value(i as usize)));
     commit_in_batches(engine, sizes.b_batch_len, &mut ops)
-}
-
-pub fn run_set_b(
-    engine: &mut Box<dyn Engine>,
-    run: &mut Run<'_>,
-    sizes: &Sizes,
-    data: &Datasets,
-) -> BenchResult<()> {
-    let seed = run.seed;
-    let name = run.engine;
-    let base = &data.b;
-    let n = base.len();
-    let writers = sizes.b_writers.max(1);
-    let conc = sizes.b_concurrent_ops;
-    // A base key holds its first value or its update: which one depends on
-    // which write came last.
-    let valid = |i: usize, v: &[u8]| v == base.value(i) || v == data.b_updates.get(i);
-
-    let batched = |ops: &mut dyn Iterator<Item = Op<'_>>| -> BenchResult<u64> {
-        commit_in_batches(&**engine, sizes.b_batch_len, ops)
-    };
-
-    let order = || data.b_order.iter().map(|&i| i as usize);
-    run.measure("B.bulk_insert", || Ok((load_b(&**engine, sizes, data)?, 0)))?;
-
-    let eng: &dyn Engine = &**engine;
-    run.measure("B.insert_concurrent", || {
-        on_threads(writers, |t| {
-            let mut ops = 0;
-            for i in share(conc, writers, t) {
-                eng.commit(&[Op::Put(data.b_extra.key(i), data.b_extra.value(i))])?;
-                ops += 1;
-            }
-            Ok((ops, 0))
-        })
-    })?;
-
-    run.measure("B.bulk_update", || {
-        let ops = batched(&mut order().map(|i| Op::Put(base.key(i), data.b_updates.get(i))))?;
-        Ok((ops, 0))
-    })?;
-
-    run.measure("B.update_concurrent", || {
-        on_threads(writers, |t| {
-            let mut rng = chooser(seed, &format!("B.update_concurrent/{t}"));
-            let mut ops = 0;
-            for _ in share(conc, writers, t) {
-                let i = rng.random_range(0..n);
-                eng.commit(&[Op::Put(base.key(i), base.value(i))])?;
-                ops += 1;
-            }
-            Ok((ops, 0))
-        })
-    })?;
-
-    run.measure("B.bulk_extract", || {
-        let reader = eng.reader()?;
-        let mut prev: Vec<u8> = Vec::with_capacity(KEY_LEN_B);
-        let mut out_of_order = 0u64;
-        let entries = reader.scan(&mut |k, v| {
-            if k <= prev.as_slice() || v.len() != VALUE_LEN_B {
-                out_of_order += 1;
-            }
-            prev.clear();
-            prev.extend_from_slice(k);
-        })?;
-        let expected = (n + conc) as u64;
-        let mut errors = out_of_order;
-        if entries != expected {
-            eprintln!("[{name}] B.bulk_extract: scanned {entries} entries, expected {expected}");
-            errors += entries.abs_diff(expected);
-        }
-        Ok((entries, errors))
-    })?;
-
-    run.measure("B.random_read", || {
-        let reader = eng.reader()?;
-        let mut rng = chooser(seed, "B.random_read");
-        let mut buf = Vec::with_capacity(VALUE_LEN_B);
-        let mut errors = 0;
-        for _ in 0..n {
-            let i = rng.random_range(0..n);
-            if !(reader.get(base.key(i), &mut buf)? && valid(i, &buf)) {
-                errors += 1;
-            }
-        }
-        Ok((n as u64, errors))
-    })?;
-
-    run.measure("B.random_mixed", || {
-        let mut rng = chooser(seed, "B.random_mixed");
-        let mut buf = Vec::with_capacity(VALUE_LEN_B);
-        let mut errors = 0;
-        let mut done = 0;
-        let mut batch = Vec::with_capacity(sizes.b_batch_len);
-        while done < n {
-            let chunk = sizes.b_batch_len.min(n - done);
-            {
-                let reader = eng.reader()?;
-                for _ in 0..chunk {
-                    let i = rng.random_range(0..n);
-                    if rng.random_bool(0.5) {
-                        if !(reader.get(base.key(i), &mut buf)? && valid(i, &buf)) {
-                            errors += 1;
-                        }
-                    } else {
-                        let v = if rng.random_bool(0.5) {
-                            base.value(i)
-                        } else {
-                            data.b_updates.get(i)
-                        };
-                        batch.push(Op::Put(base.key(i), v));
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                eng.commit(&batch)?;
-                batch.clear();
-            }
-            done += chunk;
-        }
-        Ok((n as u64, errors))
-    })?;
-
-    run.measure("B.mixed_concurrent", || {
-        on_threads(writers, |t| {
-            let mut rng = chooser(seed, &format!("B.mixed_concurrent/{t}"));
-            let mut buf = Vec::with_capacity(VALUE_LEN_B);
-            let (mut ops, mut errors) = (0, 0);
-            for _ in share(conc, writers, t) {
-                let i = rng.random_range(0..n);
-                if rng.random_bool(0.5) {
-                    let reader = eng.reader()?;
-                    if !(reader.get(base.key(i), &mut buf)? && valid(i, &buf)) {
-                        errors += 1;
-                    }
-                } else {
-                    eng.commit(&[Op::Put(base.key(i), data.b_updates.get(i))])?;
-                }
-                ops += 1;
-            }
-            Ok((ops, errors))
-        })
-    })?;
-
-    run.measure("B.hotspot_read", || {
-        let reader = eng.reader()?;
-        let hot = (n / 100).max(1);
-        let mut rng = chooser(seed, "B.hotspot_read");
-        let mut buf = Vec::with_capacity(VALUE_LEN_B);
-        let mut errors = 0;
-        for _ in 0..n {
-            let i = rng.random_range(0..hot);
-            if !(reader.get(base.key(i), &mut buf)? && valid(i, &buf)) {
-                errors += 1;
-            }
-        }
-        Ok((n as u64, errors))
-    })?;
-
-    // Last, as it adds keys the reads above do not expect. The spot check
-    // at the end (SPOT_CHECKS gets) is timed too; it is under 1% of the
-    // work.
-    let fresh = &data.b_random;
-    run.measure("B.random_insert", || {
-        let ops = batched(&mut (0..fresh.len()).map(|i| Op::Put(fresh.key(i), fresh.value(i))))?;
-        let reader = engine.reader()?;
-        let mut rng = chooser(seed, "B.random_insert");
-        let mut buf = Vec::with_capacity(VALUE_LEN_B);
-        let mut errors = 0;
-        for _ in 0..SPOT_CHECKS.min(fresh.len()) {
-            let i = rng.random_range(0..fresh.len());
-            if !holds(&*reader, fresh.key(i), fresh.value(i), &mut buf)? {
-                errors += 1;
-            }
-        }
-        Ok((ops, errors))
-    })?;
-
-    Ok(())
 }

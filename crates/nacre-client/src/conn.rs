@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::ClientError;
+use crate::{ClientError, Disconnect};
 
 /// Frames the writer gathers into one `write_all`, so that pipelined
 /// requests share system calls without one huge request starving others.
@@ -30,9 +30,9 @@ const READ_BUFFER_BYTES: usize = 64 << 10;
 pub(crate) enum Outcome {
     Reply(Response),
     /// Certainly not sent: safe to retry anywhere, writes included.
-    NotSent(String),
+    NotSent(Disconnect),
     /// Sent (or possibly sent), then the connection broke.
-    Lost(String),
+    Lost(Disconnect),
     TimedOut,
 }
 
@@ -40,12 +40,12 @@ pub(crate) enum Outcome {
 struct Pending {
     waiters: HashMap<u64, oneshot::Sender<Response>>,
     /// Set once the connection is dead; no new request may register.
-    closed: Option<String>,
+    closed: Option<Disconnect>,
 }
 
 type SharedPending = Arc<Mutex<Pending>>;
 
-fn close(pending: &SharedPending, reason: String) {
+fn close(pending: &SharedPending, reason: Disconnect) {
     let mut p = pending.lock().expect("pending lock");
     if p.closed.is_none() {
         p.closed = Some(reason);
@@ -183,7 +183,7 @@ impl Conn {
         // connection; the rest queue here, not in the server.
         let _permit = match tokio::time::timeout_at(deadline, self.inflight.acquire()).await {
             Err(_) => return Outcome::TimedOut,
-            Ok(Err(_)) => return Outcome::NotSent("connection closed".into()),
+            Ok(Err(_)) => return Outcome::NotSent(Disconnect::Closed),
             Ok(Ok(p)) => p,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -203,13 +203,13 @@ impl Conn {
                 .expect("pending lock")
                 .waiters
                 .remove(&id);
-            return Outcome::NotSent("connection writer stopped".into());
+            return Outcome::NotSent(Disconnect::WriterStopped);
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(resp)) => Outcome::Reply(resp),
             Ok(Err(_)) => {
                 let reason = self.pending.lock().expect("pending lock").closed.clone();
-                Outcome::Lost(reason.unwrap_or_else(|| "connection closed".into()))
+                Outcome::Lost(reason.unwrap_or(Disconnect::Closed))
             }
             Err(_) => {
                 // A late reply finds no waiter and is dropped.
@@ -232,9 +232,9 @@ async fn read_loop(
 ) {
     let reason = loop {
         match split_frame(&mut buf, frame_size_max_bytes) {
-            Err(e) => break format!("protocol error: {e}"),
+            Err(e) => break Disconnect::Protocol(e),
             Ok(Some((id, body))) => match decode_response(body) {
-                Err(e) => break format!("protocol error: {e}"),
+                Err(e) => break Disconnect::Protocol(e),
                 Ok(resp) => {
                     let waiter = pending.lock().expect("pending lock").waiters.remove(&id);
                     if let Some(tx) = waiter {
@@ -247,9 +247,9 @@ async fn read_loop(
                     buf.reserve(READ_BUFFER_BYTES);
                 }
                 match rd.read_buf(&mut buf).await {
-                    Ok(0) => break "server closed the connection".to_string(),
+                    Ok(0) => break Disconnect::ServerClosed,
                     Ok(_) => {}
-                    Err(e) => break format!("read error: {e}"),
+                    Err(e) => break Disconnect::Read(Arc::new(e)),
                 }
             }
         }
@@ -273,7 +273,7 @@ async fn write_loop(
             }
         }
         if let Err(e) = wr.write_all(&buf).await {
-            close(&pending, format!("write error: {e}"));
+            close(&pending, Disconnect::Write(Arc::new(e)));
             return;
         }
         buf.clear();

@@ -1,5 +1,8 @@
 //! What can go wrong in a client call.
 
+use std::io;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use nacre_proto::{DecodeError, ErrorCode, ErrorReply};
 
@@ -17,7 +20,19 @@ pub enum ClientError {
     /// been applied, so it is not retried (exactly-once retries need the
     /// client sessions that come with replication).
     #[error("connection to {endpoint} lost after the write was sent ({reason}); it may or may not have been applied")]
-    ConnectionLost { endpoint: String, reason: String },
+    ConnectionLost {
+        endpoint: String,
+        #[source]
+        reason: Disconnect,
+    },
+    /// The connection broke and retries ran out (a read, or a request
+    /// that was certainly not sent).
+    #[error("connection to {endpoint} failed: {reason}")]
+    Disconnected {
+        endpoint: String,
+        #[source]
+        reason: Disconnect,
+    },
     /// The peer sent bytes that do not decode; the connection is closed.
     #[error("protocol error: {0}")]
     Protocol(#[from] DecodeError),
@@ -28,9 +43,10 @@ pub enum ClientError {
     /// Every node said it is not the leader and none knew who is.
     #[error("no leader: {0}")]
     NoLeader(String),
-    /// No endpoint accepted a connection.
-    #[error("all endpoints failed: {}", .errors.join("; "))]
-    AllEndpointsFailed { errors: Vec<String> },
+    /// No endpoint accepted a connection: why each one failed (none when
+    /// no endpoint was given).
+    #[error("all endpoints failed: {}", describe_failures(.errors))]
+    AllEndpointsFailed { errors: Vec<EndpointError> },
     /// The server refused the handshake (wrong cluster, unsupported version).
     #[error("{endpoint} (node {node:?}, cluster {cluster_id:?}) refused the connection: {code}: {message}")]
     Refused {
@@ -49,6 +65,45 @@ pub enum ClientError {
         request: &'static str,
         response: String,
     },
+}
+
+/// Why a connection closed. Shared by every request waiting on it, hence
+/// `Clone`, with I/O errors behind an `Arc`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Disconnect {
+    /// The server sent bytes that do not decode.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] DecodeError),
+    #[error("read error: {0}")]
+    Read(#[source] Arc<io::Error>),
+    #[error("write error: {0}")]
+    Write(#[source] Arc<io::Error>),
+    #[error("server closed the connection")]
+    ServerClosed,
+    /// The connection was closed, by this side or for a reason not known.
+    #[error("connection closed")]
+    Closed,
+    #[error("connection writer stopped")]
+    WriterStopped,
+}
+
+/// One endpoint's failure to connect, in [`ClientError::AllEndpointsFailed`].
+#[derive(Debug, thiserror::Error)]
+#[error("{endpoint}{}: {error}", if *.leader_hint { " (leader hint)" } else { "" })]
+pub struct EndpointError {
+    pub endpoint: String,
+    /// The endpoint was a leader's address another node gave.
+    pub leader_hint: bool,
+    #[source]
+    pub error: Box<ClientError>,
+}
+
+fn describe_failures(errors: &[EndpointError]) -> String {
+    if errors.is_empty() {
+        return "no endpoints given".into();
+    }
+    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    all.join("; ")
 }
 
 fn describe_reply(e: &ErrorReply) -> String {
@@ -113,6 +168,7 @@ impl ClientError {
         match self {
             ClientError::Io(_)
             | ClientError::ConnectionLost { .. }
+            | ClientError::Disconnected { .. }
             | ClientError::Timeout { .. }
             | ClientError::NoLeader(_)
             | ClientError::AllEndpointsFailed { .. } => true,

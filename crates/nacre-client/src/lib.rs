@@ -20,11 +20,17 @@
 //! stamp and applies at most once; a retry answers with the first outcome.
 //! Reads are retried on another endpoint after a broken connection.
 
+// This file holds the client, its connection and `execute` with the retry
+// rules; the typed calls, one per request, are in reads.rs, writes.rs,
+// scripts.rs and cluster.rs.
 mod blocking;
 mod cluster;
 mod conn;
 mod error;
+mod reads;
+mod scripts;
 mod sequence;
+mod writes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,11 +39,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use blocking::BlockingClient;
-pub use error::ClientError;
+pub use error::{ClientError, Disconnect, EndpointError};
 pub use nacre_proto::{
     Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, RangeQuery,
     Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo, VersionInfo,
 };
+pub use scripts::Called;
 pub use sequence::Sequence;
 
 use conn::{Conn, Outcome};
@@ -163,9 +170,7 @@ impl Client {
     /// Connects to the first endpoint that answers (errors if none does).
     pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
         if opts.endpoints.is_empty() {
-            return Err(ClientError::AllEndpointsFailed {
-                errors: vec!["no endpoints given".into()],
-            });
+            return Err(ClientError::AllEndpointsFailed { errors: vec![] });
         }
         let consistency = opts.consistency;
         let client = Client {
@@ -234,7 +239,11 @@ impl Client {
             match Conn::open(&addr, &o.cluster_id, &o.limits, o.inflight_max, timeout).await {
                 Ok(c) => return Ok(c),
                 Err(e @ ClientError::Refused { .. }) => return Err(e),
-                Err(e) => errors.push(format!("{addr} (leader hint): {e}")),
+                Err(e) => errors.push(EndpointError {
+                    endpoint: addr,
+                    leader_hint: true,
+                    error: Box::new(e),
+                }),
             }
         }
         let n = o.endpoints.len();
@@ -250,7 +259,11 @@ impl Client {
                 Err(e @ ClientError::Refused { .. }) => return Err(e),
                 Err(e) => {
                     tracing::debug!(endpoint = %addr, error = %e, "connect failed");
-                    errors.push(format!("{addr}: {e}"));
+                    errors.push(EndpointError {
+                        endpoint: addr.clone(),
+                        leader_hint: false,
+                        error: Box::new(e),
+                    });
                 }
             }
         }
@@ -362,10 +375,10 @@ impl Client {
                 Outcome::NotSent(reason) => {
                     self.drop_conn(&conn, true);
                     if retries >= retries_max {
-                        return Err(ClientError::Io(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            format!("{}: {reason}", conn.endpoint),
-                        )));
+                        return Err(ClientError::Disconnected {
+                            endpoint: conn.endpoint.clone(),
+                            reason,
+                        });
                     }
                     retries += 1;
                     self.backoff(retries, deadline).await;
@@ -379,10 +392,10 @@ impl Client {
                         });
                     }
                     if retries >= retries_max {
-                        return Err(ClientError::Io(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            format!("{}: {reason}", conn.endpoint),
-                        )));
+                        return Err(ClientError::Disconnected {
+                            endpoint: conn.endpoint.clone(),
+                            reason,
+                        });
                     }
                     retries += 1;
                 }
@@ -393,476 +406,5 @@ impl Client {
     async fn backoff(&self, retries: u32, deadline: Instant) {
         let pause = Duration::from_millis((10u64 << retries.min(7)).min(1_000));
         tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
-    }
-
-    // ---- admin ----
-
-    /// The server's ping reply (its name and version).
-    pub async fn ping(&self) -> Result<String, ClientError> {
-        match self.execute(Request::Ping).await? {
-            Response::Text(s) => Ok(s),
-            Response::Unit => Ok(String::new()),
-            r => Err(unexpected("ping", r)),
-        }
-    }
-
-    pub async fn version(&self) -> Result<VersionInfo, ClientError> {
-        match self.execute(Request::Version).await? {
-            Response::Version(v) => Ok(v),
-            r => Err(unexpected("version", r)),
-        }
-    }
-
-    /// The leader's client address, if the node knows one.
-    pub async fn who_master(&self) -> Result<Option<String>, ClientError> {
-        match self.execute(Request::WhoMaster).await? {
-            Response::Master(m) => Ok(m),
-            Response::Text(s) => Ok(Some(s)),
-            r => Err(unexpected("who_master", r)),
-        }
-    }
-
-    pub async fn statistics(&self) -> Result<Vec<(String, String)>, ClientError> {
-        match self.execute(Request::Statistics).await? {
-            Response::Stats(s) => Ok(s),
-            r => Err(unexpected("statistics", r)),
-        }
-    }
-
-    /// The last log index applied by the node that answers.
-    pub async fn get_txid(&self) -> Result<u64, ClientError> {
-        match self.execute(Request::GetTxid).await? {
-            Response::U64(i) => Ok(i),
-            r => Err(unexpected("get_txid", r)),
-        }
-    }
-
-    // ---- reads ----
-
-    /// The key's value; a missing key is a `NotFound` error (Arakoon).
-    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Bytes, ClientError> {
-        let key = key.into();
-        self.get_option(key.clone())
-            .await?
-            .ok_or_else(|| not_found(&key))
-    }
-
-    /// The key's value, `None` if it is missing.
-    pub async fn get_option(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
-        let req = Request::Get {
-            consistency: self.consistency,
-            key: key.into(),
-        };
-        match self.execute(req).await {
-            Ok(Response::Value(v)) => Ok(v),
-            Err(e) if e.is_not_found() => Ok(None),
-            Ok(r) => Err(unexpected("get", r)),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The key with its value and revisions, `None` if it is missing.
-    pub async fn get_entry(&self, key: impl Into<Bytes>) -> Result<Option<KeyEntry>, ClientError> {
-        let req = Request::GetEntry {
-            consistency: self.consistency,
-            key: key.into(),
-        };
-        match self.execute(req).await {
-            Ok(Response::Entry(e)) => Ok(e),
-            Err(e) if e.is_not_found() => Ok(None),
-            Ok(r) => Err(unexpected("get_entry", r)),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub async fn exists(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
-        let req = Request::Exists {
-            consistency: self.consistency,
-            key: key.into(),
-        };
-        match self.execute(req).await? {
-            Response::Bool(b) => Ok(b),
-            r => Err(unexpected("exists", r)),
-        }
-    }
-
-    /// Values of all keys, in order; fails `NotFound` naming the first
-    /// missing key.
-    pub async fn multi_get(&self, keys: Vec<Bytes>) -> Result<Vec<Bytes>, ClientError> {
-        let req = Request::MultiGet {
-            consistency: self.consistency,
-            keys: keys.clone(),
-        };
-        match self.execute(req).await? {
-            Response::Values(v) => Ok(v),
-            Response::OptValues(v) => v
-                .into_iter()
-                .zip(&keys)
-                .map(|(v, k)| v.ok_or_else(|| not_found(k)))
-                .collect(),
-            r => Err(unexpected("multi_get", r)),
-        }
-    }
-
-    /// Values of all keys, in order, `None` for missing ones.
-    pub async fn multi_get_option(
-        &self,
-        keys: Vec<Bytes>,
-    ) -> Result<Vec<Option<Bytes>>, ClientError> {
-        let req = Request::MultiGetOption {
-            consistency: self.consistency,
-            keys,
-        };
-        match self.execute(req).await? {
-            Response::OptValues(v) => Ok(v),
-            r => Err(unexpected("multi_get_option", r)),
-        }
-    }
-
-    /// Keys from `first` to `last` (each bound optional, inclusive or
-    /// not), at most `max` (the server clamps it to its limit).
-    pub async fn range(
-        &self,
-        first: Option<Bytes>,
-        first_inclusive: bool,
-        last: Option<Bytes>,
-        last_inclusive: bool,
-        max: u32,
-    ) -> Result<Vec<Bytes>, ClientError> {
-        self.range_query(RangeQuery {
-            first,
-            first_inclusive,
-            last,
-            last_inclusive,
-            max,
-            reverse: false,
-        })
-        .await
-    }
-
-    /// Keys of any [`RangeQuery`].
-    pub async fn range_query(&self, query: RangeQuery) -> Result<Vec<Bytes>, ClientError> {
-        let req = Request::Range {
-            consistency: self.consistency,
-            query,
-        };
-        match self.execute(req).await? {
-            Response::Keys(k) | Response::Values(k) => Ok(k),
-            r => Err(unexpected("range", r)),
-        }
-    }
-
-    /// Entries (key, value, revisions) from `first` to `last`, ascending.
-    pub async fn range_entries(
-        &self,
-        first: Option<Bytes>,
-        first_inclusive: bool,
-        last: Option<Bytes>,
-        last_inclusive: bool,
-        max: u32,
-    ) -> Result<Vec<KeyEntry>, ClientError> {
-        self.range_entries_query(RangeQuery {
-            first,
-            first_inclusive,
-            last,
-            last_inclusive,
-            max,
-            reverse: false,
-        })
-        .await
-    }
-
-    /// Entries in descending key order, as Arakoon's `rev_range_entries`:
-    /// `first` is the high end where the scan starts, `last` the low end
-    /// where it stops. (In a [`RangeQuery`] `first` is always the low end;
-    /// this call swaps the bounds.)
-    pub async fn rev_range_entries(
-        &self,
-        first: Option<Bytes>,
-        first_inclusive: bool,
-        last: Option<Bytes>,
-        last_inclusive: bool,
-        max: u32,
-    ) -> Result<Vec<KeyEntry>, ClientError> {
-        self.range_entries_query(RangeQuery {
-            first: last,
-            first_inclusive: last_inclusive,
-            last: first,
-            last_inclusive: first_inclusive,
-            max,
-            reverse: true,
-        })
-        .await
-    }
-
-    /// Entries of any [`RangeQuery`].
-    pub async fn range_entries_query(
-        &self,
-        query: RangeQuery,
-    ) -> Result<Vec<KeyEntry>, ClientError> {
-        let req = Request::RangeEntries {
-            consistency: self.consistency,
-            query,
-        };
-        match self.execute(req).await? {
-            Response::Entries(e) => Ok(e),
-            r => Err(unexpected("range_entries", r)),
-        }
-    }
-
-    /// Keys starting with `prefix`, at most `max`.
-    pub async fn prefix_keys(
-        &self,
-        prefix: impl Into<Bytes>,
-        max: u32,
-    ) -> Result<Vec<Bytes>, ClientError> {
-        let req = Request::PrefixKeys {
-            consistency: self.consistency,
-            prefix: prefix.into(),
-            max,
-        };
-        match self.execute(req).await? {
-            Response::Keys(k) | Response::Values(k) => Ok(k),
-            r => Err(unexpected("prefix_keys", r)),
-        }
-    }
-
-    pub async fn key_count(&self) -> Result<u64, ClientError> {
-        let req = Request::KeyCount {
-            consistency: self.consistency,
-        };
-        match self.execute(req).await? {
-            Response::U64(n) => Ok(n),
-            r => Err(unexpected("key_count", r)),
-        }
-    }
-
-    // ---- writes ----
-
-    /// Sends a write and returns what it reports.
-    pub async fn write(&self, req: Request) -> Result<Written, ClientError> {
-        let name = write_name(&req);
-        match self.execute(req).await? {
-            Response::Written { index, prev, count } => Ok(Written { index, prev, count }),
-            // Tolerated for writes that report nothing.
-            Response::Unit => Ok(Written::default()),
-            r => Err(unexpected(name, r)),
-        }
-    }
-
-    /// Sets the key; returns the log index of the write.
-    pub async fn set(
-        &self,
-        key: impl Into<Bytes>,
-        value: impl Into<Bytes>,
-    ) -> Result<u64, ClientError> {
-        let req = Request::Set {
-            key: key.into(),
-            value: value.into(),
-        };
-        Ok(self.write(req).await?.index)
-    }
-
-    /// Deletes the key (`NotFound` if missing); returns the log index.
-    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<u64, ClientError> {
-        Ok(self.write(Request::Delete { key: key.into() }).await?.index)
-    }
-
-    /// Sets the key unless it already holds this value (then nothing is
-    /// written); returns the log index.
-    pub async fn confirm(
-        &self,
-        key: impl Into<Bytes>,
-        value: impl Into<Bytes>,
-    ) -> Result<u64, ClientError> {
-        let req = Request::Confirm {
-            key: key.into(),
-            value: value.into(),
-        };
-        Ok(self.write(req).await?.index)
-    }
-
-    /// If the key holds `expected` (`None`: is absent), sets it to `wanted`
-    /// (`None`: deletes it). Returns the value found before: as in Arakoon
-    /// a mismatch is not an error, nothing is written and the caller sees
-    /// that the returned value differs from `expected`.
-    pub async fn test_and_set(
-        &self,
-        key: impl Into<Bytes>,
-        expected: Option<Bytes>,
-        wanted: Option<Bytes>,
-    ) -> Result<Option<Bytes>, ClientError> {
-        let req = Request::TestAndSet {
-            key: key.into(),
-            expected,
-            wanted,
-        };
-        Ok(self.write(req).await?.prev)
-    }
-
-    /// Sets the key to `wanted` (`None`: deletes it); returns the previous
-    /// value.
-    pub async fn replace(
-        &self,
-        key: impl Into<Bytes>,
-        wanted: Option<Bytes>,
-    ) -> Result<Option<Bytes>, ClientError> {
-        let req = Request::Replace {
-            key: key.into(),
-            wanted,
-        };
-        Ok(self.write(req).await?.prev)
-    }
-
-    /// Deletes every key with this prefix; returns how many.
-    pub async fn delete_prefix(&self, prefix: impl Into<Bytes>) -> Result<u64, ClientError> {
-        let req = Request::DeletePrefix {
-            prefix: prefix.into(),
-        };
-        Ok(self.write(req).await?.count)
-    }
-
-    /// Applies a sequence (or any batch) atomically; returns the log index.
-    pub async fn sequence(&self, seq: impl Into<Batch>) -> Result<u64, ClientError> {
-        Ok(self.batch(seq.into()).await?.index)
-    }
-
-    /// Applies a guarded batch atomically.
-    pub async fn batch(&self, batch: Batch) -> Result<Written, ClientError> {
-        self.write(Request::Batch(batch)).await
-    }
-
-    /// An empty write through the log (Arakoon's `nop`): once it returns,
-    /// everything before it is committed. Returns its log index.
-    pub async fn nop(&self) -> Result<u64, ClientError> {
-        Ok(self.write(Request::Nop).await?.index)
-    }
-
-    // ---- scripts (docs/scripts.md) ----
-
-    /// Calls `function` of the live version of `script` (or of `version`)
-    /// with `args`, at the client's consistency (it matters for functions
-    /// that only read). Not re-sent after a lost connection: a function
-    /// may write.
-    pub async fn call(
-        &self,
-        script: &str,
-        function: &str,
-        args: Vec<Bytes>,
-        version: Option<u64>,
-    ) -> Result<Called, ClientError> {
-        let req = Request::Call {
-            script: script.to_string(),
-            function: function.to_string(),
-            args,
-            version,
-            consistency: self.consistency,
-        };
-        match self.execute(req).await? {
-            Response::Called {
-                version,
-                index,
-                value,
-            } => Ok(Called {
-                version,
-                index,
-                value,
-            }),
-            r => Err(unexpected("call", r)),
-        }
-    }
-
-    /// Installs `source` as the next version of `name` and makes it live;
-    /// returns the version. A syntax error is refused and the live version
-    /// stays.
-    pub async fn script_put(
-        &self,
-        name: &str,
-        source: impl Into<Bytes>,
-    ) -> Result<u64, ClientError> {
-        let req = Request::ScriptPut {
-            name: name.to_string(),
-            source: source.into(),
-        };
-        Ok(self.write(req).await?.count)
-    }
-
-    pub async fn script_list(&self) -> Result<Vec<ScriptSummary>, ClientError> {
-        match self.execute(Request::ScriptList).await? {
-            Response::Scripts(s) => Ok(s),
-            r => Err(unexpected("script_list", r)),
-        }
-    }
-
-    /// A version's source (default: the live one).
-    pub async fn script_show(
-        &self,
-        name: &str,
-        version: Option<u64>,
-    ) -> Result<ScriptSource, ClientError> {
-        let req = Request::ScriptShow {
-            name: name.to_string(),
-            version,
-        };
-        match self.execute(req).await? {
-            Response::Script(s) => Ok(s),
-            r => Err(unexpected("script_show", r)),
-        }
-    }
-
-    pub async fn script_history(&self, name: &str) -> Result<Vec<ScriptVersionInfo>, ClientError> {
-        let req = Request::ScriptHistory {
-            name: name.to_string(),
-        };
-        match self.execute(req).await? {
-            Response::ScriptVersions(v) => Ok(v),
-            r => Err(unexpected("script_history", r)),
-        }
-    }
-
-    /// Makes `version` the live one again; returns it.
-    pub async fn script_rollback(&self, name: &str, version: u64) -> Result<u64, ClientError> {
-        let req = Request::ScriptRollback {
-            name: name.to_string(),
-            version,
-        };
-        Ok(self.write(req).await?.count)
-    }
-
-    /// Makes the script uncallable (its history stays); returns the
-    /// version that was live.
-    pub async fn script_delete(&self, name: &str) -> Result<u64, ClientError> {
-        let req = Request::ScriptDelete {
-            name: name.to_string(),
-        };
-        Ok(self.write(req).await?.count)
-    }
-}
-
-/// A script call's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Called {
-    /// The version that ran.
-    pub version: u64,
-    /// The log index its effects applied at; for a function that only
-    /// read, the index it read at.
-    pub index: u64,
-    pub value: Option<Bytes>,
-}
-
-fn write_name(req: &Request) -> &'static str {
-    match req {
-        Request::Set { .. } => "set",
-        Request::Delete { .. } => "delete",
-        Request::Confirm { .. } => "confirm",
-        Request::TestAndSet { .. } => "test_and_set",
-        Request::Replace { .. } => "replace",
-        Request::DeletePrefix { .. } => "delete_prefix",
-        Request::Batch(_) => "sequence",
-        Request::Nop => "nop",
-        Request::ScriptPut { .. } => "script_put",
-        Request::ScriptRollback { .. } => "script_rollback",
-        Request::ScriptDelete { .. } => "script_delete",
-        _ => "request",
     }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use nacre_client::{
-    BlockingClient, Bytes, Client, ClientError, ClientOptions, Consistency, ErrorCode, Sequence,
+    BlockingClient, Bytes, Client, ClientError, ClientOptions, Consistency, Disconnect, ErrorCode,
+    Sequence,
 };
 use nacre_proto::{
     decode_request, encode_response, split_frame, ClientHello, ErrorReply, Guard, Limits, Op,
@@ -379,10 +380,44 @@ async fn all_endpoints_down_is_an_error() {
     };
     let e = Client::connect(o).await.unwrap_err();
     match &e {
-        ClientError::AllEndpointsFailed { errors } => assert_eq!(errors.len(), 2),
+        ClientError::AllEndpointsFailed { errors } => {
+            assert_eq!(errors.len(), 2);
+            // Each failure keeps the error it came from.
+            for f in errors {
+                assert!(matches!(*f.error, ClientError::Io(_)), "{f:?}");
+                assert!(std::error::Error::source(f).is_some());
+            }
+        }
         other => panic!("{other:?}"),
     }
     assert!(e.is_unavailable());
+}
+
+#[tokio::test]
+async fn a_read_whose_connections_keep_breaking_says_why() {
+    let flaky = start(Behaviour {
+        drop_on_request: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let o = ClientOptions {
+        retries_max: 1,
+        ..opts(&[&flaky.addr])
+    };
+    let c = Client::connect(o).await.unwrap();
+    let e = c.get(b("r")).await.unwrap_err();
+    match &e {
+        ClientError::Disconnected { endpoint, reason } => {
+            assert_eq!(*endpoint, flaky.addr);
+            assert!(
+                matches!(reason, Disconnect::ServerClosed | Disconnect::Read(_)),
+                "{reason:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.is_unavailable());
+    assert!(std::error::Error::source(&e).is_some());
 }
 
 #[tokio::test]

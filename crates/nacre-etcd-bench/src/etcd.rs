@@ -32,21 +32,22 @@ impl EtcdTarget {
     /// as etcdctl's `--endpoints` takes them.
     pub async fn connect(endpoints: &[String], n: usize) -> Result<Vec<EtcdTarget>, TargetError> {
         if endpoints.is_empty() {
-            return Err("no etcd endpoint given".into());
+            return Err(TargetError::NoEndpoints);
         }
         let mut out = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
             let uri = endpoint_uri(&endpoints[i % endpoints.len()]);
+            let cannot = |e: tonic::transport::Error| TargetError::Connect {
+                endpoint: uri.clone(),
+                source: Box::new(e),
+            };
             let endpoint = Endpoint::from_shared(uri.clone())
-                .map_err(|e| format!("bad etcd endpoint {uri:?}: {e}"))?
+                .map_err(cannot)?
                 .connect_timeout(CONNECT_TIMEOUT)
                 // Requests are small and latency is what is measured: do
                 // not let Nagle hold a request back for a delayed ACK.
                 .tcp_nodelay(true);
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| format!("cannot connect to etcd at {uri}: {e}"))?;
+            let channel = endpoint.connect().await.map_err(cannot)?;
             out.push(EtcdTarget {
                 kv: KvClient::new(channel),
             });
@@ -113,7 +114,7 @@ impl Target for EtcdTarget {
             kv.put(put_request(key, value))
                 .await
                 .map(|_| ())
-                .map_err(|s| status_text(&s))
+                .map_err(status_error)
         }
     }
 
@@ -127,7 +128,7 @@ impl Target for EtcdTarget {
             kv.range(get_request(key, consistency))
                 .await
                 .map(|r| !r.into_inner().kvs.is_empty())
-                .map_err(|s| status_text(&s))
+                .map_err(status_error)
         }
     }
 
@@ -140,22 +141,37 @@ impl Target for EtcdTarget {
             let r = kv
                 .txn(sequence_request(pairs))
                 .await
-                .map_err(|s| status_text(&s))?;
+                .map_err(status_error)?;
             // Without a compare the success branch always runs; a false
             // here means the server is not the etcd this code assumes.
             if r.into_inner().succeeded {
                 Ok(())
             } else {
-                Err("etcd ran the failure branch of a transaction with no compare".into())
+                Err(TargetError::Unexpected(
+                    "etcd ran the failure branch of a transaction with no compare",
+                ))
             }
         }
     }
 }
 
-/// etcd puts its reason ("etcdserver: too many operations in txn request",
-/// ...) in the status message; the code alone would hide it.
-fn status_text(s: &tonic::Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
+/// A failed etcd call, kept whole. Shown as its code and message: etcd
+/// puts its reason ("etcdserver: too many operations in txn request", ...)
+/// in the message, which the code alone would hide, and tonic's own
+/// rendering adds details and metadata a report does not need.
+#[derive(Debug)]
+struct EtcdStatus(tonic::Status);
+
+impl std::fmt::Display for EtcdStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.0.code(), self.0.message())
+    }
+}
+
+impl std::error::Error for EtcdStatus {}
+
+fn status_error(s: tonic::Status) -> TargetError {
+    TargetError::request(EtcdStatus(s))
 }
 
 #[cfg(test)]
@@ -341,7 +357,7 @@ mod tests {
             .sequence(vec![(b("d"), b("1")), (b("d"), b("2"))])
             .await
             .unwrap_err();
-        assert!(e.contains("duplicate key"), "{e}");
+        assert!(e.to_string().contains("duplicate key"), "{e}");
 
         let seen = fake.seen.lock().unwrap();
         assert_eq!(seen.pairs.get(&b("k1")), Some(&b("v1")));

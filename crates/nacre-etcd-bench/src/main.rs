@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use nacre_loadgen::{
-    Consistency, Kind, NacreTarget, Progress, Report, RunOptions, Stop, Target, TargetError,
-    Workload,
+    Consistency, Kind, NacreTarget, Progress, Report, RunError, RunOptions, Stop, Target, Workload,
 };
 
 use crate::etcd::EtcdTarget;
@@ -121,7 +120,7 @@ fn workload(name: &str, a: &EtcdArgs) -> Result<Workload, String> {
         },
         _ => return Err(format!("unknown workload {name:?}")),
     };
-    w.validate()?;
+    w.validate().map_err(|e| e.to_string())?;
     Ok(w)
 }
 
@@ -130,7 +129,7 @@ async fn one<T: Target>(
     w: &Workload,
     clients: usize,
     a: &EtcdArgs,
-) -> Result<Report, TargetError> {
+) -> Result<Report, RunError> {
     let opts = RunOptions {
         clients,
         stop: Stop::Duration(Duration::from_secs_f64(a.duration)),
@@ -172,7 +171,9 @@ async fn compare(a: &EtcdArgs) -> Result<(), String> {
     let etcd = if a.etcd.is_empty() {
         Vec::new()
     } else {
-        EtcdTarget::connect(&a.etcd, max_conns).await?
+        EtcdTarget::connect(&a.etcd, max_conns)
+            .await
+            .map_err(|e| e.to_string())?
     };
     let nacre = if a.nacre.is_empty() {
         Vec::new()
@@ -181,7 +182,8 @@ async fn compare(a: &EtcdArgs) -> Result<(), String> {
             &nacre_client::ClientOptions::new(a.nacre.clone()),
             max_conns,
         )
-        .await?
+        .await
+        .map_err(|e| e.to_string())?
     };
     // Both systems get the same keys and values before any read.
     let reads = workloads.iter().find(|(_, w)| w.kind.reads());
@@ -199,11 +201,15 @@ async fn compare(a: &EtcdArgs) -> Result<(), String> {
         };
         if !etcd.is_empty() {
             eprintln!("preloading {} keys into etcd ...", w.keys);
-            nacre_loadgen::preload(&etcd, w, 64, p).await?;
+            nacre_loadgen::preload(&etcd, w, 64, p)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         if !nacre.is_empty() {
             eprintln!("preloading {} keys into nacre ...", w.keys);
-            nacre_loadgen::preload(&nacre, w, 64, p).await?;
+            nacre_loadgen::preload(&nacre, w, 64, p)
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
     if a.preload_only {

@@ -18,6 +18,10 @@ pub mod mvccpb {
 
 /// `etcdserverpb`: requests, responses, and the `kv_client`/`kv_server`,
 /// `watch_*`, `lease_*` and `maintenance_*` modules.
+// The one exception to the function-length limit (see .ci/run): tonic
+// generates each server's request dispatch as one function with an arm per
+// method, which is not ours to split.
+#[allow(clippy::too_many_lines)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }

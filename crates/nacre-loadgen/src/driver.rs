@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::histogram::Latencies;
 use crate::report::Report;
 use crate::workload::{consistency_name, Kind, Op, OpGen, Workload};
-use crate::{Target, TargetError};
+use crate::{RunError, Target, TargetError};
 
 /// When a run ends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,7 +62,7 @@ struct Shared {
     ok: AtomicU64,
     errors: AtomicU64,
     stop: AtomicBool,
-    first_error: Mutex<Option<String>>,
+    first_error: Mutex<Option<TargetError>>,
 }
 
 impl Shared {
@@ -109,10 +109,10 @@ pub async fn preload<T: Target>(
     w: &Workload,
     concurrency: usize,
     progress: Progress,
-) -> Result<(), TargetError> {
+) -> Result<(), RunError> {
     w.validate()?;
     if targets.is_empty() {
-        return Err("no connections".into());
+        return Err(RunError::NoConnections);
     }
     const CHUNK: u64 = 100;
     let chunks = w.keys.div_ceil(CHUNK);
@@ -129,22 +129,23 @@ pub async fn preload<T: Target>(
             loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
                 if c >= chunks {
-                    return Ok::<(), TargetError>(());
+                    return Ok::<(), RunError>(());
                 }
                 let pairs: Vec<_> = (c * CHUNK..((c + 1) * CHUNK).min(keys))
                     .map(|k| gen.pair(k))
                     .collect();
                 let n = pairs.len() as u64;
-                t.sequence(pairs)
-                    .await
-                    .map_err(|e| format!("preload: {e}"))?;
+                t.sequence(pairs).await.map_err(RunError::Preload)?;
                 pb.inc(n);
             }
         }));
     }
     let mut result = Ok(());
     for task in tasks {
-        let r = task.await.map_err(|e| format!("preload task: {e}"))?;
+        let r = task.await.map_err(|source| RunError::Task {
+            what: "preload",
+            source,
+        })?;
         if result.is_ok() {
             result = r;
         }
@@ -159,154 +160,232 @@ pub async fn run<T: Target>(
     targets: &[T],
     w: &Workload,
     opts: &RunOptions,
-) -> Result<Report, TargetError> {
+) -> Result<Report, RunError> {
     w.validate()?;
     if targets.is_empty() {
-        return Err("no connections".into());
+        return Err(RunError::NoConnections);
     }
     let clients = opts.clients.max(1);
     let shared = Arc::new(Shared::default());
     let start = Instant::now();
-    let (warmup, deadline, total) = match opts.stop {
-        Stop::Duration(d) => (opts.warmup, Some(start + opts.warmup + d), None),
-        Stop::Ops(n) => (Duration::ZERO, None, Some(n)),
+    let clock = match opts.stop {
+        Stop::Duration(d) => Clock {
+            measure_from: start + opts.warmup,
+            deadline: Some(start + opts.warmup + d),
+            total: None,
+        },
+        Stop::Ops(n) => Clock {
+            measure_from: start,
+            deadline: None,
+            total: Some(n),
+        },
     };
-    let measure_from = start + warmup;
-
-    let mut tasks = Vec::with_capacity(clients);
-    for i in 0..clients {
-        let t = targets[i % targets.len()].clone();
-        let shared = shared.clone();
-        let mut gen = OpGen::new(w, i as u64);
-        let consistency = w.consistency;
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Latencies::new();
-            let mut misses = 0u64;
-            let mut last_end = measure_from;
-            loop {
-                if shared.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Some(n) = total {
-                    if shared.issued.fetch_add(1, Ordering::Relaxed) >= n {
-                        break;
-                    }
-                }
-                let op = gen.next_op();
-                let t0 = Instant::now();
-                if deadline.is_some_and(|d| t0 >= d) {
-                    break;
-                }
-                let r = exec(&t, op, consistency).await;
-                let t1 = Instant::now();
-                let measured = t0 >= measure_from;
-                match r {
-                    Ok(found) => {
-                        shared.ok.fetch_add(1, Ordering::Relaxed);
-                        if measured {
-                            lat.record(t1 - t0);
-                            misses += u64::from(!found);
-                            last_end = t1;
-                        }
-                    }
-                    Err(e) => shared.fail(e),
-                }
-                shared.done.fetch_add(1, Ordering::Relaxed);
-            }
-            (lat, misses, last_end)
-        }));
-    }
-
-    // The progress bar, and the clock of a timed run.
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let target = targets[i % targets.len()].clone();
+            let gen = OpGen::new(w, i as u64);
+            tokio::spawn(client_loop(
+                target,
+                gen,
+                w.consistency,
+                clock,
+                shared.clone(),
+            ))
+        })
+        .collect();
     let pb = match opts.stop {
-        Stop::Duration(d) => bar(opts.progress, (warmup + d).as_secs(), "s"),
+        Stop::Duration(d) => bar(opts.progress, (opts.warmup + d).as_secs(), "s"),
         Stop::Ops(n) => bar(opts.progress, n, "ops"),
     };
-    let ticker = {
-        let shared = shared.clone();
-        let pb = pb.clone();
-        let timed = deadline.is_some();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            let (mut prev_n, mut prev_t) = (0u64, Instant::now());
-            loop {
-                tick.tick().await;
-                let now = Instant::now();
-                if deadline.is_some_and(|d| now >= d) {
-                    shared.stop.store(true, Ordering::Relaxed);
-                }
-                let n = shared.done.load(Ordering::Relaxed);
-                let rate = (n - prev_n) as f64 / (now - prev_t).as_secs_f64().max(1e-9);
-                (prev_n, prev_t) = (n, now);
-                pb.set_position(if timed { (now - start).as_secs() } else { n });
-                let errors = shared.errors.load(Ordering::Relaxed);
-                pb.set_message(format!("{n} ops, {rate:.0} ops/s, {errors} errors"));
-                if shared.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-            }
-        })
-    };
+    let ticker = tokio::spawn(tick(shared.clone(), pb.clone(), start, clock.deadline));
 
-    let mut lat = Latencies::new();
-    let mut misses = 0;
-    let mut end = measure_from;
+    let mut m = Measured {
+        from: clock.measure_from,
+        lat: Latencies::new(),
+        misses: 0,
+        end: clock.measure_from,
+    };
     for task in tasks {
-        let (l, m, e) = task.await.map_err(|e| format!("client task: {e}"))?;
-        lat.merge(&l);
-        misses += m;
-        end = end.max(e);
+        let one = task.await.map_err(|source| RunError::Task {
+            what: "client",
+            source,
+        })?;
+        m.lat.merge(&one.lat);
+        m.misses += one.misses;
+        m.end = m.end.max(one.end);
     }
     shared.stop.store(true, Ordering::Relaxed);
     let _ = ticker.await;
     pb.finish_and_clear();
 
-    let ops = lat.count();
     let errors = shared.errors.load(Ordering::Relaxed);
-    let first_error = shared.first_error.lock().expect("lock").clone();
-    if ops == 0 && errors > 0 {
-        return Err(first_error.unwrap_or_else(|| "every operation failed".into()));
+    let first_error = shared.first_error.lock().expect("lock").take();
+    if m.lat.count() == 0 {
+        // Errors were counted, so the first one was kept.
+        if let Some(e) = first_error {
+            return Err(RunError::AllFailed(e));
+        }
     }
-    let elapsed_s = (end - measure_from).as_secs_f64();
-    Ok(Report {
-        target: targets[0].name().to_string(),
-        workload: w.kind.name().to_string(),
-        label: w.label(),
-        consistency: if w.kind.reads() {
-            consistency_name(w.consistency)
-        } else {
-            "-".into()
-        },
-        clients,
-        connections: targets.len().min(clients),
-        key_size: w.key_size,
-        value_size: w.value_size,
-        keys: w.keys,
-        read_percent: if w.kind == Kind::Mixed {
-            w.read_percent
-        } else if w.kind == Kind::Get {
-            100
-        } else {
-            0
-        },
-        sequence_len: if w.kind == Kind::Sequence {
-            w.sequence_len
-        } else {
-            1
-        },
-        ops,
+    let first_error = first_error.map(|e| e.to_string());
+    Ok(m.into_report(
+        targets[0].name(),
+        w,
+        opts,
+        targets.len(),
         errors,
-        misses,
-        elapsed_s,
-        ops_per_s: if elapsed_s > 0.0 {
-            ops as f64 / elapsed_s
-        } else {
-            0.0
-        },
-        latency_us: lat.summary(),
         first_error,
-        cdf: lat.cdf(opts.cdf_points),
-    })
+    ))
+}
+
+/// When a run measures and when it ends, as each client task sees it.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// Operations that start before this (the warm-up) are not measured.
+    measure_from: Instant,
+    /// A timed run's end.
+    deadline: Option<Instant>,
+    /// An operation-counted run's number of operations.
+    total: Option<u64>,
+}
+
+/// What one client task measured, or all of them merged.
+struct Measured {
+    /// When measuring started (after the warm-up).
+    from: Instant,
+    lat: Latencies,
+    misses: u64,
+    /// When the last measured operation ended.
+    end: Instant,
+}
+
+/// One client: one operation in flight, until the clock or a failing
+/// target stops the run.
+async fn client_loop<T: Target>(
+    target: T,
+    mut gen: OpGen,
+    consistency: Consistency,
+    clock: Clock,
+    shared: Arc<Shared>,
+) -> Measured {
+    let mut m = Measured {
+        from: clock.measure_from,
+        lat: Latencies::new(),
+        misses: 0,
+        end: clock.measure_from,
+    };
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(n) = clock.total {
+            if shared.issued.fetch_add(1, Ordering::Relaxed) >= n {
+                break;
+            }
+        }
+        let op = gen.next_op();
+        let t0 = Instant::now();
+        if clock.deadline.is_some_and(|d| t0 >= d) {
+            break;
+        }
+        let r = exec(&target, op, consistency).await;
+        let t1 = Instant::now();
+        match r {
+            Ok(found) => {
+                shared.ok.fetch_add(1, Ordering::Relaxed);
+                if t0 >= clock.measure_from {
+                    m.lat.record(t1 - t0);
+                    m.misses += u64::from(!found);
+                    m.end = t1;
+                }
+            }
+            Err(e) => shared.fail(e),
+        }
+        shared.done.fetch_add(1, Ordering::Relaxed);
+    }
+    m
+}
+
+/// The progress bar, and the clock of a timed run: every 200 ms, stop the
+/// run once past the deadline and show the rate so far.
+async fn tick(shared: Arc<Shared>, pb: ProgressBar, start: Instant, deadline: Option<Instant>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let (mut prev_n, mut prev_t) = (0u64, Instant::now());
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        let n = shared.done.load(Ordering::Relaxed);
+        let rate = (n - prev_n) as f64 / (now - prev_t).as_secs_f64().max(1e-9);
+        (prev_n, prev_t) = (n, now);
+        pb.set_position(if deadline.is_some() {
+            (now - start).as_secs()
+        } else {
+            n
+        });
+        let errors = shared.errors.load(Ordering::Relaxed);
+        pb.set_message(format!("{n} ops, {rate:.0} ops/s, {errors} errors"));
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+impl Measured {
+    /// The report of a finished run on `connections` connections of
+    /// `target`.
+    fn into_report(
+        self,
+        target: &str,
+        w: &Workload,
+        opts: &RunOptions,
+        connections: usize,
+        errors: u64,
+        first_error: Option<String>,
+    ) -> Report {
+        let m = self;
+        let clients = opts.clients.max(1);
+        let ops = m.lat.count();
+        let elapsed_s = (m.end - m.from).as_secs_f64();
+        Report {
+            target: target.to_string(),
+            workload: w.kind.name().to_string(),
+            label: w.label(),
+            consistency: if w.kind.reads() {
+                consistency_name(w.consistency)
+            } else {
+                "-".into()
+            },
+            clients,
+            connections: connections.min(clients),
+            key_size: w.key_size,
+            value_size: w.value_size,
+            keys: w.keys,
+            read_percent: match w.kind {
+                Kind::Mixed => w.read_percent,
+                Kind::Get => 100,
+                _ => 0,
+            },
+            sequence_len: if w.kind == Kind::Sequence {
+                w.sequence_len
+            } else {
+                1
+            },
+            ops,
+            errors,
+            misses: m.misses,
+            elapsed_s,
+            ops_per_s: if elapsed_s > 0.0 {
+                ops as f64 / elapsed_s
+            } else {
+                0.0
+            },
+            latency_us: m.lat.summary(),
+            first_error,
+            cdf: m.lat.cdf(opts.cdf_points),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -329,7 +408,7 @@ mod tests {
         }
         async fn put(&self, k: Bytes, v: Bytes) -> Result<(), TargetError> {
             if self.fail {
-                return Err("down".into());
+                return Err(TargetError::Unexpected("down"));
             }
             self.map.lock().unwrap().insert(k, v);
             Ok(())
@@ -417,6 +496,10 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(e, "down");
+        assert!(
+            matches!(e, RunError::AllFailed(TargetError::Unexpected("down"))),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "down");
     }
 }

@@ -9,6 +9,7 @@
 //! records every latency in an HDR histogram and returns a [`Report`].
 
 mod driver;
+mod error;
 mod histogram;
 mod nacre;
 mod report;
@@ -17,14 +18,12 @@ mod workload;
 use std::future::Future;
 
 pub use driver::{preload, run, Progress, RunOptions, Stop};
+pub use error::{BoxError, RunError, TargetError, WorkloadError};
 pub use histogram::{Latencies, Summary};
 pub use nacre::{install_bench_script, NacreTarget, BENCH_SCRIPT_NAME};
 pub use nacre_client::{Bytes, Consistency};
 pub use report::Report;
 pub use workload::{consistency_name, KeyGen, Kind, Op, OpGen, Workload};
-
-/// What a target returns for an operation that failed.
-pub type TargetError = String;
 
 /// One connection to a system under test. Cloned once per client task;
 /// clones share the connection.
@@ -49,6 +48,7 @@ pub trait Target: Clone + Send + Sync + 'static {
     /// user functions refuse.
     fn call(&self, key: Bytes) -> impl Future<Output = Result<(), TargetError>> + Send {
         let _ = key;
-        async { Err(format!("{} has no user functions", self.name())) }
+        let target = self.name();
+        async move { Err(TargetError::NoFunctions { target }) }
     }
 }

@@ -17,7 +17,7 @@ pub async fn install_bench_script(client: &Client) -> Result<(), TargetError> {
         .script_put(BENCH_SCRIPT_NAME, BENCH_SCRIPT_SOURCE.as_bytes().to_vec())
         .await
         .map(|_| ())
-        .map_err(|e| format!("cannot install the bench script: {e}"))
+        .map_err(TargetError::InstallScript)
 }
 
 /// One connection to a Nacre cluster (one [`Client`]).
@@ -44,7 +44,10 @@ impl NacreTarget {
         for _ in 0..connections.max(1) {
             let c = Client::connect(opts.clone())
                 .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
+                .map_err(|e| TargetError::Connect {
+                    endpoint: opts.endpoints.join(","),
+                    source: Box::new(e),
+                })?;
             out.push(NacreTarget::new(c));
         }
         Ok(out)
@@ -61,7 +64,7 @@ impl Target for NacreTarget {
             .set(key, value)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(TargetError::request)
     }
 
     async fn get(&self, key: Bytes, consistency: Consistency) -> Result<bool, TargetError> {
@@ -73,7 +76,7 @@ impl Target for NacreTarget {
         c.get_option(key)
             .await
             .map(|v| v.is_some())
-            .map_err(|e| e.to_string())
+            .map_err(TargetError::request)
     }
 
     async fn call(&self, key: Bytes) -> Result<(), TargetError> {
@@ -84,7 +87,7 @@ impl Target for NacreTarget {
             .call(BENCH_SCRIPT_NAME, "incr", vec![counter], None)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(TargetError::request)
     }
 
     async fn sequence(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<(), TargetError> {
@@ -96,6 +99,6 @@ impl Target for NacreTarget {
             .sequence(seq)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(TargetError::request)
     }
 }

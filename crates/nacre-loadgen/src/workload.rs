@@ -4,6 +4,8 @@
 
 use nacre_client::{Bytes, Consistency};
 
+use crate::WorkloadError;
+
 /// The operation mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -31,14 +33,14 @@ impl Kind {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Kind, String> {
+    pub fn parse(s: &str) -> Result<Kind, WorkloadError> {
         match s {
             "put" => Ok(Kind::Put),
             "get" => Ok(Kind::Get),
             "mixed" => Ok(Kind::Mixed),
             "sequence" => Ok(Kind::Sequence),
             "call" => Ok(Kind::Call),
-            _ => Err(format!("{s:?} is not put, get, mixed, sequence or call")),
+            _ => Err(WorkloadError::UnknownKind(s.to_string())),
         }
     }
 
@@ -92,24 +94,23 @@ impl Default for Workload {
 
 impl Workload {
     /// Checks the sizes before anything is sent.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), WorkloadError> {
         if self.keys == 0 {
-            return Err("--keys must be at least 1".into());
+            return Err(WorkloadError::NoKeys);
         }
         let digits = KeyGen::digits(self.keys);
         if self.key_size < digits + 1 {
-            return Err(format!(
-                "--key-size {} is too small for {} keys: at least {} bytes",
-                self.key_size,
-                self.keys,
-                digits + 1
-            ));
+            return Err(WorkloadError::KeySizeTooSmall {
+                key_size: self.key_size,
+                keys: self.keys,
+                min: digits + 1,
+            });
         }
         if self.read_percent > 100 {
-            return Err("--read-percent must be 0..=100".into());
+            return Err(WorkloadError::ReadPercent);
         }
         if self.kind == Kind::Sequence && self.sequence_len == 0 {
-            return Err("--sequence-len must be at least 1".into());
+            return Err(WorkloadError::EmptySequence);
         }
         Ok(())
     }

@@ -115,6 +115,16 @@ impl Writer {
     pub fn patch_u32(&mut self, at: usize, v: u32) {
         self.buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
+
+    /// A counted list: u32 count, then each element as `item` writes it.
+    /// The decoding side is [`Reader::list`].
+    #[inline]
+    pub fn list<T>(&mut self, items: &[T], mut item: impl FnMut(&mut Writer, &T)) {
+        self.u32(items.len() as u32);
+        for x in items {
+            item(self, x);
+        }
+    }
 }
 
 /// Reads little-endian values from a frame, failing cleanly at its end.
@@ -237,6 +247,23 @@ impl Reader {
             return Err(DecodeError::Truncated { what });
         }
         Ok(n)
+    }
+
+    /// A counted list written by [`Writer::list`], each element as `item`
+    /// reads it. The count is checked as [`Reader::count`] does, with
+    /// `elem_min_bytes` the smallest encoding of one element.
+    pub fn list<T>(
+        &mut self,
+        what: &'static str,
+        elem_min_bytes: usize,
+        mut item: impl FnMut(&mut Reader) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let n = self.count(what, elem_min_bytes)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(item(self)?);
+        }
+        Ok(items)
     }
 
     /// Fails if bytes are left over: a message must fill its frame exactly,

@@ -97,20 +97,33 @@ pub enum ScriptError {
     View(String),
 }
 
+/// Why a script name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("a script name has 1 to {NAME_SIZE_MAX_BYTES} bytes")]
+    Length,
+    #[error("script name {0:?} may hold only letters, digits, '_', '.' and '-'")]
+    Characters(String),
+}
+
+/// The message alone, for callers that pass it on as text (an error reply
+/// to a client).
+impl From<NameError> for String {
+    fn from(e: NameError) -> String {
+        e.to_string()
+    }
+}
+
 /// Checks a script name: 1..=128 bytes of `[A-Za-z0-9_.-]`.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() || name.len() > NAME_SIZE_MAX_BYTES {
-        return Err(format!(
-            "a script name has 1 to {NAME_SIZE_MAX_BYTES} bytes"
-        ));
+        return Err(NameError::Length);
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     {
-        return Err(format!(
-            "script name {name:?} may hold only letters, digits, '_', '.' and '-'"
-        ));
+        return Err(NameError::Characters(name.to_string()));
     }
     Ok(())
 }

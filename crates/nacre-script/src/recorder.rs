@@ -20,6 +20,11 @@ fn script(msg: impl Into<String>) -> KvError {
     KvError::Script(msg.into())
 }
 
+/// A Lua error while building a result for the script, reported at its line.
+fn lua_err(e: mlua::Error) -> KvError {
+    script(e.to_string())
+}
+
 /// Reads and writes of one call.
 pub struct Recorder {
     budgets: Budgets,
@@ -152,7 +157,6 @@ impl Recorder {
                 ))),
             }
         };
-        let lua_err = |e: mlua::Error| script(e.to_string());
         let need = |v: Option<Bytes>, what: &str| {
             v.ok_or_else(|| script(format!("kv.{op}: {what} is required")))
         };
@@ -179,51 +183,12 @@ impl Recorder {
                 let first = arg("first")?;
                 let last = arg("last")?;
                 let max = self.max(arg("max")?)?;
-                let es = view
-                    .range(first.as_deref(), last.as_deref(), max)
-                    .map_err(KvError::View)?;
-                self.unguarded_read = Some("kv.range");
-                let t = lua.create_table().map_err(lua_err)?;
-                for (i, e) in es.iter().enumerate() {
-                    t.raw_set(i + 1, entry_table(lua, e).map_err(lua_err)?)
-                        .map_err(lua_err)?;
-                }
-                Ok(Value::Table(t))
+                self.range(lua, view, first.as_deref(), last.as_deref(), max)
             }
             "prefix" => {
                 let p = need(arg("prefix")?, "prefix")?;
                 let max = self.max(arg("max")?)?;
-                // One more than asked tells whether the listing is whole,
-                // which the guard needs.
-                let mut keys = view
-                    .prefix(&p, max.saturating_add(1))
-                    .map_err(KvError::View)?;
-                if keys.len() > max as usize {
-                    keys.truncate(max as usize);
-                    self.unguarded_read = Some("a truncated kv.prefix");
-                } else if !self.deleted_prefixes.iter().any(|d| p.starts_with(d)) {
-                    self.charge(p.len() + keys.iter().map(Bytes::len).sum::<usize>())?;
-                    self.guards.push(Guard::PrefixKeysEqual {
-                        prefix: p.clone(),
-                        keys: keys.clone(),
-                    });
-                }
-                // Merge this call's own writes under the prefix.
-                let mut set: std::collections::BTreeSet<Bytes> = keys
-                    .into_iter()
-                    .filter(|k| !matches!(self.written(k), Some(None)))
-                    .collect();
-                for (k, v) in &self.overlay {
-                    if k.starts_with(&p) && v.is_some() {
-                        set.insert(k.clone());
-                    }
-                }
-                let t = lua.create_table().map_err(lua_err)?;
-                for (i, k) in set.into_iter().take(max as usize).enumerate() {
-                    t.raw_set(i + 1, lua.create_string(&k).map_err(lua_err)?)
-                        .map_err(lua_err)?;
-                }
-                Ok(Value::Table(t))
+                self.prefix(lua, view, p, max)
             }
             "set" => {
                 let k = need(arg("key")?, "key")?;
@@ -238,14 +203,83 @@ impl Recorder {
             }
             "delete_prefix" => {
                 let p = need(arg("prefix")?, "prefix")?;
-                self.charge(p.len())?;
-                self.overlay.retain(|k, _| !k.starts_with(&p));
-                self.ops.push(Op::DeletePrefix(p.clone()));
-                self.deleted_prefixes.push(p);
+                self.delete_prefix(p)?;
                 Ok(Value::Nil)
             }
             other => Err(script(format!("kv.{other}: no such operation"))),
         }
+    }
+
+    /// `kv.range`: entries as the store has them. Not guarded (no guard
+    /// covers a range), which a call that writes may not rely on.
+    fn range(
+        &mut self,
+        lua: &Lua,
+        view: &dyn KvView,
+        first: Option<&[u8]>,
+        last: Option<&[u8]>,
+        max: u32,
+    ) -> Result<Value, KvError> {
+        let es = view.range(first, last, max).map_err(KvError::View)?;
+        self.unguarded_read = Some("kv.range");
+        let t = lua.create_table().map_err(lua_err)?;
+        for (i, e) in es.iter().enumerate() {
+            t.raw_set(i + 1, entry_table(lua, e).map_err(lua_err)?)
+                .map_err(lua_err)?;
+        }
+        Ok(Value::Table(t))
+    }
+
+    /// `kv.prefix`: the keys under `p` as this call sees them, guarded by
+    /// the whole listing when it is not truncated.
+    fn prefix(
+        &mut self,
+        lua: &Lua,
+        view: &dyn KvView,
+        p: Bytes,
+        max: u32,
+    ) -> Result<Value, KvError> {
+        // One more than asked tells whether the listing is whole, which the
+        // guard needs.
+        let mut keys = view
+            .prefix(&p, max.saturating_add(1))
+            .map_err(KvError::View)?;
+        if keys.len() > max as usize {
+            keys.truncate(max as usize);
+            self.unguarded_read = Some("a truncated kv.prefix");
+        } else if !self.deleted_prefixes.iter().any(|d| p.starts_with(d)) {
+            self.charge(p.len() + keys.iter().map(Bytes::len).sum::<usize>())?;
+            self.guards.push(Guard::PrefixKeysEqual {
+                prefix: p.clone(),
+                keys: keys.clone(),
+            });
+        }
+        // Merge this call's own writes under the prefix.
+        let mut set: std::collections::BTreeSet<Bytes> = keys
+            .into_iter()
+            .filter(|k| !matches!(self.written(k), Some(None)))
+            .collect();
+        for (k, v) in &self.overlay {
+            if k.starts_with(&p) && v.is_some() {
+                set.insert(k.clone());
+            }
+        }
+        let t = lua.create_table().map_err(lua_err)?;
+        for (i, k) in set.into_iter().take(max as usize).enumerate() {
+            t.raw_set(i + 1, lua.create_string(&k).map_err(lua_err)?)
+                .map_err(lua_err)?;
+        }
+        Ok(Value::Table(t))
+    }
+
+    /// `kv.delete_prefix`: one op; later reads in the call see the keys
+    /// gone.
+    fn delete_prefix(&mut self, p: Bytes) -> Result<(), KvError> {
+        self.charge(p.len())?;
+        self.overlay.retain(|k, _| !k.starts_with(&p));
+        self.ops.push(Op::DeletePrefix(p.clone()));
+        self.deleted_prefixes.push(p);
+        Ok(())
     }
 
     fn max(&self, arg: Option<Bytes>) -> Result<u32, KvError> {

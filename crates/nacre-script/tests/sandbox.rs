@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use nacre_proto::{Batch, Guard, KeyEntry, Op, Revision};
-use nacre_script::{check_syntax, Budgets, KvView, Sandbox, ScriptError};
+use nacre_script::{check_name, check_syntax, Budgets, KvView, NameError, Sandbox, ScriptError};
 
 #[derive(Default)]
 struct Mem(BTreeMap<Bytes, (Bytes, u64)>);
@@ -511,4 +511,15 @@ fn example_shared_log() {
         run(&sb, &mut m, "seal", &[b"M", &e(1)]).unwrap(),
         Some(b("-1"))
     );
+}
+
+#[test]
+fn script_names_are_checked_with_typed_errors() {
+    assert_eq!(check_name("ok.name-1_x"), Ok(()));
+    assert_eq!(check_name(""), Err(NameError::Length));
+    assert_eq!(check_name(&"a".repeat(129)), Err(NameError::Length));
+    let bad = check_name("a b").unwrap_err();
+    assert_eq!(bad, NameError::Characters("a b".into()));
+    // Passed on as text, the message names the rule.
+    assert!(String::from(bad).contains("letters, digits"));
 }

@@ -381,7 +381,10 @@ fn mark_value(
     for &root in roots {
         if let Some(Val::Ext { ptr, .. }) = lookup(ctx, root, key)? {
             if ptr.addr == rec.ptr.addr {
-                let path = path_to(ctx, root, key, 0)?.expect("a leaf exists at level 0");
+                // Every tree reaches level 0, unless the one on disk is
+                // deeper than `path_to` follows: corrupt, as `lookup` agrees.
+                let path = path_to(ctx, root, key, 0)?
+                    .ok_or_else(|| Error::corrupt(root.addr, "tree deeper than any valid tree"))?;
                 plan.nodes.extend(path);
                 plan.values.insert(rec.ptr.addr);
                 live = true;
@@ -410,7 +413,8 @@ fn path_to(ctx: &Ctx<'_>, root: Ptr, key: &[u8], level: u8) -> Result<Option<Vec
             return Ok(Some(path));
         }
         let next = ctx.page(child)?;
-        if next.level + 1 != page.level {
+        // Levels come from disk: 255 + 1 must be an error, not an overflow.
+        if next.level.checked_add(1) != Some(page.level) {
             return Err(Error::corrupt(
                 next.ptr.addr,
                 "child level does not match its parent",

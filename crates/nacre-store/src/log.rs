@@ -14,6 +14,10 @@
 //! * every open starts a new segment whose header records where the valid
 //!   data of the previous segment ended, so bytes after a torn tail are never
 //!   followed by new records in the same file.
+//!
+//! The log's records and file names are in `log/format.rs`, the scans that
+//! read segments back whole in `log/scan.rs`, and `Log::open` in
+//! `log/recover.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,14 +27,18 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
-use crate::btree::page::ChildInfo;
 use crate::error::{Error, Result};
-use crate::record::{
-    self, align_up, put_ptr, put_u32, put_u64, Kind, Ptr, Reader, ALIGN, HEADER_LEN,
-};
+use crate::record::{self, align_up, Kind, Ptr, HEADER_LEN};
 use nacre_vfs::{zero_fill_range, VFile, Vfs};
 
-pub const FORMAT_VERSION: u32 = 1;
+mod format;
+mod recover;
+mod scan;
+
+pub use format::RootRec;
+use format::{segment_name, SegHeader};
+pub use scan::{parse_records, ScannedRecord};
+
 pub const SEG_HEADER_PAYLOAD: usize = 4 + 8 + 8 + 8 + 8;
 /// Buffered bytes that force a write to the file before the commit ends.
 const APPEND_BUF_MAX: usize = 1 << 20;
@@ -43,18 +51,6 @@ const ZERO_AHEAD: u64 = 1 << 20;
 /// The page size that early writeback rounds down to.
 const WRITEBACK_PAGE: u64 = 4096;
 
-pub fn segment_name(id: u64) -> String {
-    format!("seg-{id:016x}.nacre")
-}
-
-fn parse_segment_name(name: &str) -> Option<u64> {
-    let hex = name.strip_prefix("seg-")?.strip_suffix(".nacre")?;
-    if hex.len() != 16 {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
-}
-
 /// One segment file.
 pub struct Segment {
     pub id: u64,
@@ -64,100 +60,6 @@ pub struct Segment {
 }
 
 pub type SegTable = BTreeMap<u64, Arc<Segment>>;
-
-/// The root record: the whole state of the store at one commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RootRec {
-    pub seq: u64,
-    /// `None` for an empty tree.
-    pub root: Option<ChildInfo>,
-    pub catalog: Ptr,
-    /// A log position known durable when this record was written.
-    pub synced_upto: u64,
-}
-
-impl RootRec {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(56);
-        put_u64(&mut out, self.seq);
-        let r = self.root.unwrap_or(ChildInfo {
-            ptr: Ptr::NULL,
-            count: 0,
-            bytes: 0,
-        });
-        put_ptr(&mut out, r.ptr);
-        put_u64(&mut out, r.count);
-        put_u64(&mut out, r.bytes);
-        put_ptr(&mut out, self.catalog);
-        put_u64(&mut out, self.synced_upto);
-        out
-    }
-
-    pub fn decode(payload: &[u8], position: u64) -> Result<RootRec> {
-        let mut r = Reader::new(payload, position);
-        let seq = r.u64()?;
-        let ptr = r.ptr()?;
-        let count = r.u64()?;
-        let bytes = r.u64()?;
-        let catalog = r.ptr()?;
-        let synced_upto = r.u64()?;
-        if !r.done() {
-            return Err(Error::corrupt(position, "root record has trailing bytes"));
-        }
-        Ok(RootRec {
-            seq,
-            root: (!ptr.is_null()).then_some(ChildInfo { ptr, count, bytes }),
-            catalog,
-            synced_upto,
-        })
-    }
-}
-
-struct SegHeader {
-    seg_size: u64,
-    seg_id: u64,
-    store_id: u64,
-    prev_end: u64,
-}
-
-impl SegHeader {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(SEG_HEADER_PAYLOAD);
-        put_u32(&mut out, FORMAT_VERSION);
-        put_u64(&mut out, self.seg_size);
-        put_u64(&mut out, self.seg_id);
-        put_u64(&mut out, self.store_id);
-        put_u64(&mut out, self.prev_end);
-        out
-    }
-
-    /// Read and check the header at the start of a segment file.
-    fn read(file: &dyn VFile, position: u64) -> Result<SegHeader> {
-        let mut buf = vec![0u8; HEADER_LEN + SEG_HEADER_PAYLOAD];
-        file.read_exact_at(&mut buf, 0)
-            .map_err(|_| Error::corrupt(position, "segment shorter than its header"))?;
-        let (kind, payload) = record::open(&buf, position)?;
-        if kind != Kind::SegmentHeader {
-            return Err(Error::corrupt(
-                position,
-                "segment does not start with a header",
-            ));
-        }
-        let mut r = Reader::new(payload, position);
-        let version = r.u32()?;
-        if version != FORMAT_VERSION {
-            return Err(Error::Format(format!(
-                "segment format version {version}, this build reads {FORMAT_VERSION}"
-            )));
-        }
-        Ok(SegHeader {
-            seg_size: r.u64()?,
-            seg_id: r.u64()?,
-            store_id: r.u64()?,
-            prev_end: r.u64()?,
-        })
-    }
-}
 
 struct Appender {
     head: Arc<Segment>,
@@ -242,163 +144,6 @@ impl Log {
         // Kept as a counter: this is asked on every write transaction, and
         // a stat of every segment file each time would not be cheap.
         self.sealed_bytes.load(Ordering::Acquire) + self.app.lock().off
-    }
-
-    /// Open the log in `dir`, creating a new store if it holds no segments.
-    pub fn open(dir: &Path, vfs: Arc<dyn Vfs>, seg_size_new: u64) -> Result<Recovered> {
-        let mut ids: Vec<u64> = vfs
-            .list(dir)
-            .map_err(Error::io("list store directory"))?
-            .iter()
-            .filter_map(|n| parse_segment_name(n))
-            .collect();
-        ids.sort_unstable();
-        if ids.is_empty() {
-            return Self::create(dir, vfs, seg_size_new);
-        }
-
-        // Read every header. Only the newest may be unreadable: it was being
-        // created when the process stopped and holds nothing durable.
-        let mut headers: Vec<(u64, Arc<dyn VFile>, SegHeader)> = Vec::new();
-        let newest = *ids.last().unwrap();
-        for &id in &ids {
-            let path = dir.join(segment_name(id));
-            let file = vfs.open(&path, false).map_err(Error::io("open segment"))?;
-            // The header's own position is id * seg_size, which needs the
-            // segment size; take it from the header itself, then check.
-            let hdr = match read_header_any_size(&*file, id) {
-                Ok(h) => h,
-                Err(e @ Error::Corruption { .. })
-                    if id == newest
-                        && !has_valid_records(
-                            &*file,
-                            id,
-                            headers.first().map_or(seg_size_new, |h| h.2.seg_size),
-                        )? =>
-                {
-                    tracing::warn!(segment = id, error = %e, "dropping newest segment with a torn header");
-                    drop(file);
-                    vfs.remove(&path)
-                        .map_err(Error::io("remove torn segment"))?;
-                    vfs.sync_dir(dir)
-                        .map_err(Error::io("sync store directory"))?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if hdr.seg_id != id {
-                return Err(Error::corrupt(
-                    0,
-                    format!("segment file {id} claims id {}", hdr.seg_id),
-                ));
-            }
-            if let Some((_, _, first)) = headers.first() {
-                if first.store_id != hdr.store_id || first.seg_size != hdr.seg_size {
-                    return Err(Error::Format(format!(
-                        "segment {id} belongs to another store (mixed files in {})",
-                        dir.display()
-                    )));
-                }
-            }
-            headers.push((id, file, hdr));
-        }
-        if headers.is_empty() {
-            // The only segment was torn while the store was being created:
-            // nothing was ever committed.
-            return Self::create(dir, vfs, seg_size_new);
-        }
-        let seg_size = headers[0].2.seg_size;
-        let store_id = headers[0].2.store_id;
-
-        // Find the newest trusted root, from the newest segment backwards.
-        let mut found: Option<(u64, RootRec)> = None;
-        let mut newest_valid_end = 0u64;
-        for i in (0..headers.len()).rev() {
-            let (id, file, _) = &headers[i];
-            let base = id * seg_size;
-            let is_newest = i + 1 == headers.len();
-            let file_len = file.len().map_err(Error::io("stat segment"))?;
-            let end = if is_newest {
-                file_len
-            } else {
-                headers[i + 1].2.prev_end
-            };
-            if end > file_len || end > seg_size {
-                return Err(Error::corrupt(
-                    base,
-                    "segment shorter than its recorded end",
-                ));
-            }
-            let mut bytes = vec![0u8; end as usize];
-            file.read_exact_at(&mut bytes, 0)
-                .map_err(Error::io("read segment"))?;
-            let scan = scan_segment(&bytes, base)?;
-            if is_newest {
-                newest_valid_end = scan.valid_end;
-                // A root past the torn point that vouches for bytes beyond it
-                // proves those bytes were once durable: this is corruption,
-                // not a torn tail.
-                if let Some(bad) = scan.late_root_synced_upto {
-                    if bad > base + scan.valid_end {
-                        return Err(Error::corrupt(
-                            base + scan.valid_end,
-                            "invalid record inside data a later root says was synced",
-                        ));
-                    }
-                }
-            } else if scan.valid_end != end {
-                return Err(Error::corrupt(
-                    base + scan.valid_end,
-                    "invalid record inside a completed segment",
-                ));
-            }
-            if let Some(r) = scan.last_root {
-                found = Some(r);
-                break;
-            }
-        }
-        let header_end = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64);
-        if found.is_none()
-            && headers.len() == 1
-            && headers[0].0 == 1
-            && newest_valid_end <= header_end
-        {
-            // The store was being created when the process stopped: its
-            // first segment never got its first root. Nothing was committed.
-            tracing::warn!("store creation was interrupted; creating it again");
-            let path = dir.join(segment_name(1));
-            drop(headers);
-            vfs.remove(&path)
-                .map_err(Error::io("remove unfinished segment"))?;
-            return Self::create(dir, vfs, seg_size_new);
-        }
-        let (root_addr, root) =
-            found.ok_or_else(|| Error::corrupt(0, "no valid root record in the log"))?;
-
-        let mut table = SegTable::new();
-        for (id, file, hdr) in headers {
-            table.insert(
-                id,
-                Arc::new(Segment {
-                    id,
-                    file,
-                    prev_end: hdr.prev_end,
-                }),
-            );
-        }
-        let (&last_id, last) = table.iter().next_back().unwrap();
-        let last = last.clone();
-        let log = Log::with_head(dir, vfs, seg_size, store_id, table, last, newest_valid_end);
-        // Recovery trusts everything up to the root it found.
-        log.synced_upto.store(root_addr, Ordering::Release);
-        log.sync.lock().synced_upto = root_addr;
-        // Never append after a possibly torn tail: start a fresh segment.
-        {
-            let mut app = log.app.lock();
-            debug_assert_eq!(app.head.id, last_id);
-            log.roll(&mut app)?;
-        }
-        Ok(Recovered { log, root })
     }
 
     fn with_head(
@@ -726,49 +471,6 @@ impl Log {
     }
 }
 
-/// Does the file hold any intact record after the header's place? A torn
-/// header can only belong to a segment that never had anything synced; one
-/// followed by intact records was damaged later, which is corruption.
-fn has_valid_records(file: &dyn VFile, id: u64, seg_size: u64) -> Result<bool> {
-    let len = file.len().map_err(Error::io("stat segment"))?.min(seg_size);
-    let mut bytes = vec![0u8; len as usize];
-    file.read_exact_at(&mut bytes, 0)
-        .map_err(Error::io("read segment"))?;
-    let base = id.saturating_mul(seg_size);
-    let after_header = align_up((HEADER_LEN + SEG_HEADER_PAYLOAD) as u64) as usize;
-    let found = intact_records(&bytes, base, after_header).next().is_some();
-    Ok(found)
-}
-
-/// Every intact record at an aligned offset from `from` on, found by
-/// trying each boundary (so records past a damaged one are found too):
-/// (offset, kind, payload).
-fn intact_records(
-    bytes: &[u8],
-    base: u64,
-    from: usize,
-) -> impl Iterator<Item = (usize, Kind, &[u8])> {
-    (from..bytes.len().saturating_sub(HEADER_LEN - 1))
-        .step_by(ALIGN as usize)
-        .filter_map(move |p| {
-            let (_, len) = record::peek_header(&bytes[p..])?;
-            let end = p + HEADER_LEN + len as usize;
-            let (kind, payload) = record::open(bytes.get(p..end)?, base + p as u64).ok()?;
-            Some((p, kind, payload))
-        })
-}
-
-fn read_header_any_size(file: &dyn VFile, id: u64) -> Result<SegHeader> {
-    // The checksum covers the position, id * seg_size; peek at the claimed
-    // size first, then verify with it.
-    let mut buf = vec![0u8; HEADER_LEN + SEG_HEADER_PAYLOAD];
-    file.read_exact_at(&mut buf, 0)
-        .map_err(|_| Error::corrupt(0, format!("segment {id} shorter than its header")))?;
-    let seg_size = u64::from_le_bytes(buf[HEADER_LEN + 4..HEADER_LEN + 12].try_into().unwrap());
-    let position = id.checked_mul(seg_size).unwrap_or(0);
-    SegHeader::read(file, position)
-}
-
 fn create_segment_file(
     vfs: &dyn Vfs,
     dir: &Path,
@@ -804,144 +506,5 @@ fn create_segment_file(
     Ok(file)
 }
 
-/// What a sequential scan of one segment found.
-pub struct Scan {
-    /// Offset just past the last record that parsed and passed its checksum.
-    pub valid_end: u64,
-    /// The last root record in the valid prefix, with its position.
-    pub last_root: Option<(u64, RootRec)>,
-    /// The largest `synced_upto` claimed by any intact root after the valid
-    /// prefix (found by resynchronising on 8-byte boundaries).
-    pub late_root_synced_upto: Option<u64>,
-}
-
-/// Scan a segment image (`bytes` starts at offset 0 of the segment whose
-/// first position is `base`).
-pub fn scan_segment(bytes: &[u8], base: u64) -> Result<Scan> {
-    let mut pos = 0usize;
-    let mut last_root = None;
-    let mut first = true;
-    while let Some((kind, len)) = record::peek_header(&bytes[pos..]) {
-        let end = pos + HEADER_LEN + len as usize;
-        if end > bytes.len() {
-            break;
-        }
-        let Ok((kind2, payload)) = record::open(&bytes[pos..end], base + pos as u64) else {
-            break;
-        };
-        debug_assert_eq!(kind, kind2);
-        if first && kind != Kind::SegmentHeader {
-            break;
-        }
-        first = false;
-        if kind == Kind::Root {
-            let r = RootRec::decode(payload, base + pos as u64)?;
-            last_root = Some((base + pos as u64, r));
-        }
-        pos = align_up(end as u64) as usize;
-        if pos >= bytes.len() {
-            pos = bytes.len().min(pos);
-            break;
-        }
-    }
-    let valid_end = pos as u64;
-    let late = intact_records(bytes, base, pos + ALIGN as usize)
-        .filter(|(_, kind, _)| *kind == Kind::Root)
-        .filter_map(|(p, _, payload)| RootRec::decode(payload, base + p as u64).ok())
-        .map(|r| r.synced_upto)
-        .max();
-    Ok(Scan {
-        valid_end,
-        last_root,
-        late_root_synced_upto: late,
-    })
-}
-
-/// A record of a completed segment, for the cleaner: its pointer and where
-/// its payload lies in the buffer it was parsed from.
-pub struct ScannedRecord {
-    pub ptr: Ptr,
-    pub kind: Kind,
-    pub payload: std::ops::Range<usize>,
-}
-
-/// Parse the whole records at the start of `bytes` (a slice of segment
-/// `base` starting at offset `from`). Every record must be valid; a record
-/// cut off by the end of the slice ends the parse. Returns the records and
-/// the bytes they (with padding) take.
-pub fn parse_records(bytes: &[u8], base: u64, from: u64) -> Result<(Vec<ScannedRecord>, u64)> {
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while pos + HEADER_LEN <= bytes.len() {
-        let position = base + from + pos as u64;
-        let (_, len) = record::peek_header(&bytes[pos..])
-            .ok_or_else(|| Error::corrupt(position, "bad record header in a completed segment"))?;
-        let end = pos + HEADER_LEN + len as usize;
-        if end > bytes.len() {
-            break;
-        }
-        let (kind, _) = record::open(&bytes[pos..end], position)?;
-        out.push(ScannedRecord {
-            ptr: Ptr {
-                addr: position,
-                len: (HEADER_LEN + len as usize) as u32,
-            },
-            kind,
-            payload: pos + HEADER_LEN..end,
-        });
-        pos = align_up(end as u64) as usize;
-    }
-    // `pos` may pass the slice's end by the last record's padding: the next
-    // record starts there all the same.
-    Ok((out, pos as u64))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use nacre_vfs::OsVfs;
-
-    /// Bytes of the head segment's file past its last record: the zero fill.
-    fn zero_fill(log: &Log) -> u64 {
-        let app = log.app.lock();
-        let len = app.head.file.len().unwrap();
-        assert!(
-            len >= app.off,
-            "records missing from the file: {len} < {}",
-            app.off
-        );
-        len - app.off
-    }
-
-    /// Append `records` records of `len` bytes and make them durable, as a
-    /// commit does: hand them to the OS, then sync.
-    fn durable(log: &Log, records: usize, len: usize) {
-        for i in 0..records {
-            log.append(Kind::Value, &vec![i as u8; len]).unwrap();
-        }
-        log.flush().unwrap();
-        log.sync_to(log.written_upto()).unwrap();
-        assert_eq!(log.synced_upto(), log.written_upto());
-    }
-
-    #[test]
-    fn only_syncs_after_small_writes_zero_fill_ahead() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), Arc::new(OsVfs::default()), 64 << 20)
-            .unwrap()
-            .log;
-        durable(&log, 1, 100);
-        assert!(
-            zero_fill(&log) >= ZERO_AHEAD * 3 / 4,
-            "a small durable write leaves zeros ahead: {}",
-            zero_fill(&log)
-        );
-        // Four megabytes in one sync: zeros now would be synced by this
-        // fsync and then written over.
-        durable(&log, 64, 64 << 10);
-        assert_eq!(zero_fill(&log), 0, "zeros written after a large sync");
-        // Small writes again: the fill comes back.
-        durable(&log, 1, 100);
-        assert!(zero_fill(&log) >= ZERO_AHEAD * 3 / 4);
-    }
-}
+mod tests;

@@ -84,7 +84,7 @@ impl BenchArgs {
 /// Runs the benchmark; prints the report (text, or one JSON line).
 pub fn run(cli: &Cli, args: &BenchArgs) -> Result<(), String> {
     let w = args.workload();
-    w.validate()?;
+    w.validate().map_err(|e| e.to_string())?;
     let stop = args.stop()?;
     if !(args.warmup.is_finite() && args.warmup >= 0.0) {
         return Err("--warmup must be zero or more seconds".into());
@@ -101,16 +101,21 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<(), String> {
     let report = rt.block_on(async {
         let mut opts = client_options(cli);
         opts.consistency = args.consistency;
-        let targets =
-            NacreTarget::connect(&opts, args.connections.clamp(1, args.clients.max(1))).await?;
+        let targets = NacreTarget::connect(&opts, args.connections.clamp(1, args.clients.max(1)))
+            .await
+            .map_err(|e| e.to_string())?;
         if w.kind == Kind::Call {
-            nacre_loadgen::install_bench_script(targets[0].client()).await?;
+            nacre_loadgen::install_bench_script(targets[0].client())
+                .await
+                .map_err(|e| e.to_string())?;
         }
         if w.kind.reads() && !args.no_preload {
             if !cli.json {
                 eprintln!("preloading {} keys ...", w.keys);
             }
-            nacre_loadgen::preload(&targets, &w, 64, progress).await?;
+            nacre_loadgen::preload(&targets, &w, 64, progress)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         let run = RunOptions {
             clients: args.clients,
@@ -119,7 +124,9 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<(), String> {
             progress,
             cdf_points: 0,
         };
-        nacre_loadgen::run(&targets, &w, &run).await
+        nacre_loadgen::run(&targets, &w, &run)
+            .await
+            .map_err(|e| e.to_string())
     })?;
     if cli.json {
         println!("{}", report.json());

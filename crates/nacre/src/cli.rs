@@ -1,12 +1,9 @@
-//! Command-line arguments and the client commands.
+//! Command-line arguments; the client commands run in `commands.rs`.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use nacre_client::{Bytes, Client, ClientOptions, Consistency, Limits, Request};
-
-use crate::output::{Failure, Output};
+use nacre_client::{ClientOptions, Consistency, Limits};
 
 /// The default `--max` of range commands: the server's default
 /// `range_results_max`, so that by default one call returns all it can.
@@ -291,53 +288,6 @@ pub enum ScriptCommand {
     Delete { name: String },
 }
 
-async fn script_command(client: &Client, sc: &ScriptCommand) -> Result<Output, Failure> {
-    let fail = |e: nacre_client::ClientError| Failure::from_client(&e);
-    let version = |n| Output::Number { name: "version", n };
-    Ok(match sc {
-        ScriptCommand::Put { name, file } => {
-            let source = read_source(file)?;
-            version(client.script_put(name, source).await.map_err(fail)?)
-        }
-        ScriptCommand::List => Output::Stats(
-            client
-                .script_list()
-                .await
-                .map_err(fail)?
-                .into_iter()
-                .map(|s| (s.name, format!("live {} latest {}", s.live, s.latest)))
-                .collect(),
-        ),
-        ScriptCommand::Show { name, version } => {
-            let s = client.script_show(name, *version).await.map_err(fail)?;
-            Output::Value {
-                key: key(name),
-                value: s.source,
-                raw: true,
-            }
-        }
-        ScriptCommand::History { name } => Output::Stats(
-            client
-                .script_history(name)
-                .await
-                .map_err(fail)?
-                .into_iter()
-                .map(|v| {
-                    let live = if v.live { " live" } else { "" };
-                    (
-                        format!("v{}", v.version),
-                        format!("index {} bytes {}{live}", v.index, v.size_bytes),
-                    )
-                })
-                .collect(),
-        ),
-        ScriptCommand::Rollback { name, version: v } => {
-            version(client.script_rollback(name, *v).await.map_err(fail)?)
-        }
-        ScriptCommand::Delete { name } => version(client.script_delete(name).await.map_err(fail)?),
-    })
-}
-
 pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
     match s {
         "consistent" => Ok(Consistency::Consistent),
@@ -349,41 +299,6 @@ pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
                 .map_err(|_| format!("bad index in {s:?}")),
             None => Err(format!("{s:?} is not consistent, any or at-least:INDEX")),
         },
-    }
-}
-
-fn read_source(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
-    if path.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .map_err(|e| Failure::input(format!("cannot read stdin: {e}")))?;
-        return Ok(buf);
-    }
-    std::fs::read(path).map_err(|e| Failure::input(format!("cannot read {}: {e}", path.display())))
-}
-
-fn value_bytes(v: &ValueArgs) -> Result<Bytes, Failure> {
-    match (&v.value, &v.value_file) {
-        (Some(s), None) if s == "-" => read_source(std::path::Path::new("-")).map(Bytes::from),
-        (Some(s), None) => Ok(Bytes::from(s.clone())),
-        (None, Some(p)) => read_source(p).map(Bytes::from),
-        _ => Err(Failure::input("give a value, `-` or --value-file")),
-    }
-}
-
-fn key(s: &str) -> Bytes {
-    Bytes::from(s.to_string())
-}
-
-fn range_query(r: &RangeArgs) -> nacre_client::RangeQuery {
-    nacre_client::RangeQuery {
-        first: r.first.as_deref().map(key),
-        first_inclusive: !r.first_exclusive,
-        last: r.last.as_deref().map(key),
-        last_inclusive: r.last_inclusive,
-        max: r.max,
-        reverse: false,
     }
 }
 
@@ -403,225 +318,10 @@ pub fn client_options(cli: &Cli) -> ClientOptions {
     }
 }
 
-/// Runs one client command.
-pub async fn run_client(cli: &Cli) -> Result<Output, Failure> {
-    // Read local input first: a bad file should not cost a connection.
-    let input = match &cli.command {
-        Command::Set { value, .. } | Command::Confirm { value, .. } => Some(value_bytes(value)?),
-        Command::TestAndSet {
-            wanted,
-            wanted_file,
-            ..
-        } => match (wanted, wanted_file) {
-            (Some(s), _) => Some(key(s)),
-            (None, Some(p)) => Some(Bytes::from(read_source(p)?)),
-            _ => None,
-        },
-        Command::Replace {
-            value, value_file, ..
-        } => match (value, value_file) {
-            (Some(s), _) if s == "-" => Some(Bytes::from(read_source(std::path::Path::new("-"))?)),
-            (Some(s), _) => Some(key(s)),
-            (None, Some(p)) => Some(Bytes::from(read_source(p)?)),
-            _ => None,
-        },
-        _ => None,
-    };
-    let batch = match &cli.command {
-        Command::Sequence { file } => {
-            let bytes = read_source(file)?;
-            let text =
-                String::from_utf8(bytes).map_err(|_| Failure::input("sequence is not UTF-8"))?;
-            Some(crate::seqfile::parse_sequence(&text).map_err(Failure::input)?)
-        }
-        _ => None,
-    };
-
-    let client = Client::connect(client_options(cli))
-        .await
-        .map_err(|e| Failure::from_client(&e))?;
-    let fail = |e: nacre_client::ClientError| Failure::from_client(&e);
-    let at = |r: &ReadArgs| client.with_consistency(r.consistency);
-    let out = match &cli.command {
-        Command::Serve(_) | Command::LocalCluster { .. } => unreachable!("not a client command"),
-        Command::Bench(_) => unreachable!("bench is not a client command"),
-        Command::Cluster(c) => crate::cluster::run(cli, &client, c).await?,
-        Command::Get { key: k, raw, read } => Output::Value {
-            key: key(k),
-            value: at(read).get(key(k)).await.map_err(fail)?,
-            raw: *raw,
-        },
-        Command::GetEntry { key: k, read } => {
-            match at(read).get_entry(key(k)).await.map_err(fail)? {
-                Some(e) => Output::Entry(e),
-                None => {
-                    return Err(Failure::from_client(&nacre_client::ClientError::Server(
-                        nacre_client::ErrorReply::new(
-                            nacre_client::ErrorCode::NotFound,
-                            "key not found",
-                        )
-                        .with_key(key(k)),
-                    )))
-                }
-            }
-        }
-        Command::Set { key: k, .. } => Output::Index(
-            client
-                .set(key(k), input.unwrap_or_default())
-                .await
-                .map_err(fail)?,
-        ),
-        Command::Confirm { key: k, .. } => Output::Index(
-            client
-                .confirm(key(k), input.unwrap_or_default())
-                .await
-                .map_err(fail)?,
-        ),
-        Command::Delete { key: k } => Output::Index(client.delete(key(k)).await.map_err(fail)?),
-        Command::Exists { key: k, read } => Output::Exists {
-            key: key(k),
-            exists: at(read).exists(key(k)).await.map_err(fail)?,
-        },
-        Command::MultiGet {
-            keys,
-            allow_missing,
-            read,
-        } => {
-            let ks: Vec<Bytes> = keys.iter().map(|k| key(k)).collect();
-            let vals: Vec<Option<Bytes>> = if *allow_missing {
-                at(read).multi_get_option(ks.clone()).await.map_err(fail)?
-            } else {
-                at(read)
-                    .multi_get(ks.clone())
-                    .await
-                    .map_err(fail)?
-                    .into_iter()
-                    .map(Some)
-                    .collect()
-            };
-            Output::Values(ks.into_iter().zip(vals).collect())
-        }
-        Command::TestAndSet {
-            key: k, expected, ..
-        } => {
-            let w = client
-                .write(Request::TestAndSet {
-                    key: key(k),
-                    expected: expected.as_deref().map(key),
-                    wanted: input,
-                })
-                .await
-                .map_err(fail)?;
-            Output::Prev {
-                index: w.index,
-                prev: w.prev,
-            }
-        }
-        Command::Replace { key: k, .. } => {
-            let w = client
-                .write(Request::Replace {
-                    key: key(k),
-                    wanted: input,
-                })
-                .await
-                .map_err(fail)?;
-            Output::Prev {
-                index: w.index,
-                prev: w.prev,
-            }
-        }
-        Command::DeletePrefix { prefix } => {
-            let w = client
-                .write(Request::DeletePrefix {
-                    prefix: key(prefix),
-                })
-                .await
-                .map_err(fail)?;
-            Output::Deleted {
-                index: w.index,
-                count: w.count,
-            }
-        }
-        Command::Range { range, read } => Output::Keys(
-            at(read)
-                .range_query(range_query(range))
-                .await
-                .map_err(fail)?,
-        ),
-        Command::RangeEntries { range, read } => Output::Entries(
-            at(read)
-                .range_entries_query(range_query(range))
-                .await
-                .map_err(fail)?,
-        ),
-        Command::RevRangeEntries { range, read } => Output::Entries(
-            at(read)
-                .rev_range_entries(
-                    range.first.as_deref().map(key),
-                    !range.first_exclusive,
-                    range.last.as_deref().map(key),
-                    range.last_inclusive,
-                    range.max,
-                )
-                .await
-                .map_err(fail)?,
-        ),
-        Command::PrefixKeys { prefix, max, read } => Output::Keys(
-            at(read)
-                .prefix_keys(key(prefix), *max)
-                .await
-                .map_err(fail)?,
-        ),
-        Command::KeyCount { read } => Output::Number {
-            name: "count",
-            n: at(read).key_count().await.map_err(fail)?,
-        },
-        Command::Sequence { .. } => {
-            let w = client
-                .batch(batch.unwrap_or_default())
-                .await
-                .map_err(fail)?;
-            Output::Index(w.index)
-        }
-        Command::Statistics => Output::Stats(client.statistics().await.map_err(fail)?),
-        Command::WhoMaster => Output::Master(client.who_master().await.map_err(fail)?),
-        Command::Version => Output::Version(client.version().await.map_err(fail)?),
-        Command::Ping => Output::Text(client.ping().await.map_err(fail)?),
-        Command::GetTxid => Output::Number {
-            name: "txid",
-            n: client.get_txid().await.map_err(fail)?,
-        },
-        Command::Nop => Output::Index(client.nop().await.map_err(fail)?),
-        Command::Call {
-            script,
-            function,
-            args,
-            version,
-            raw,
-            read,
-        } => {
-            let args = args.iter().map(|a| key(a)).collect();
-            let r = at(read)
-                .call(script, function, args, *version)
-                .await
-                .map_err(fail)?;
-            match r.value {
-                Some(value) => Output::Value {
-                    key: key(&format!("{script}.{function}")),
-                    value,
-                    raw: *raw,
-                },
-                None => Output::Text("nil".into()),
-            }
-        }
-        Command::Script(sc) => script_command(&client, sc).await?,
-    };
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::range_query;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("nacre").chain(args.iter().copied()))

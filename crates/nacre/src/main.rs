@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod cluster;
+mod commands;
 mod output;
 mod seqfile;
 
@@ -88,7 +89,7 @@ fn run(cli: &Cli) -> i32 {
         }
     };
     let mut stdout = std::io::stdout().lock();
-    match rt.block_on(cli::run_client(cli)) {
+    match rt.block_on(commands::run_client(cli)) {
         Ok(out) => {
             let bytes = output::render(&out, cli.json);
             if let Err(e) = stdout.write_all(&bytes).and_then(|_| stdout.flush()) {

@@ -250,9 +250,12 @@ impl Failure {
             (Some(c), _) => c.name().to_string(),
             (None, ClientError::ConnectionLost { .. }) => "connection_lost".into(),
             (None, ClientError::NoLeader(_)) => "no_leader".into(),
-            (None, ClientError::AllEndpointsFailed { .. } | ClientError::Io(_)) => {
-                "unavailable".into()
-            }
+            (
+                None,
+                ClientError::AllEndpointsFailed { .. }
+                | ClientError::Io(_)
+                | ClientError::Disconnected { .. },
+            ) => "unavailable".into(),
             (None, ClientError::Protocol(_) | ClientError::UnexpectedResponse { .. }) => {
                 "protocol".into()
             }
@@ -446,7 +449,13 @@ mod tests {
         assert_eq!(f.exit_code, exit::UNAVAILABLE);
         assert!(f.text().ends_with("(leader: h:1)"));
         let down = ClientError::AllEndpointsFailed {
-            errors: vec!["x".into()],
+            errors: vec![nacre_client::EndpointError {
+                endpoint: "x".into(),
+                leader_hint: false,
+                error: Box::new(ClientError::Io(
+                    std::io::ErrorKind::ConnectionRefused.into(),
+                )),
+            }],
         };
         assert_eq!(Failure::from_client(&down).exit_code, exit::UNAVAILABLE);
         assert_eq!(Failure::from_client(&down).code, "unavailable");

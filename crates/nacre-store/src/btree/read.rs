@@ -61,7 +61,9 @@ pub fn find<'s>(
 }
 
 fn check_level(parent: &Page, child: &Page) -> Result<()> {
-    if child.level + 1 != parent.level {
+    // Both levels come from disk: a child claiming level 255 must be an
+    // error, not an overflow.
+    if child.level.checked_add(1) != Some(parent.level) {
         return Err(Error::corrupt(
             child.ptr.addr,
             "child level does not match its parent",
@@ -292,5 +294,29 @@ mod tests {
             assert!(find(&t, t.root.ptr, b"key0005x").unwrap().is_none());
             assert!(find(&t, t.root.ptr, b"zz").unwrap().is_none());
         }
+    }
+
+    /// Levels come from disk: a parent at level 1 whose child claims level
+    /// 255 (so that `level + 1` would overflow) is corrupt, not a panic.
+    #[test]
+    fn a_child_at_level_255_is_corruption() {
+        let mut out = Vec::new();
+        let child = ChildInfo {
+            ptr: Ptr { addr: 8, len: 0 },
+            count: 0,
+            bytes: 0,
+        };
+        let page = |level: u8, out: &mut Vec<u8>| {
+            encode_branch(level, &[key(1)], &[child, child], out);
+            Page::decode(Ptr { addr: 8, len: 0 }, Kind::Branch, out).unwrap()
+        };
+        let parent = page(1, &mut out);
+        let top = page(255, &mut out);
+        assert!(matches!(
+            check_level(&parent, &top),
+            Err(Error::Corruption { .. })
+        ));
+        let grandparent = page(2, &mut out);
+        assert!(check_level(&grandparent, &parent).is_ok());
     }
 }

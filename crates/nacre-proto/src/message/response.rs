@@ -1,0 +1,362 @@
+//! Replies: every answer a server gives, and their wire encoding (a tag
+//! byte, then the fields; docs/protocol.md has the layout of each).
+
+use bytes::Bytes;
+
+use crate::types::KeyEntry;
+use crate::wire::{bytes_len, opt_bytes_len, Reader, Writer};
+use crate::DecodeError;
+
+use super::error::{ErrorCode, ErrorReply};
+
+/// One member of the cluster, as the leader knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Raft id, unique for the cluster's lifetime.
+    pub id: u64,
+    pub name: String,
+    /// Address for clients.
+    pub client: String,
+    /// Address for peers.
+    pub peer: String,
+    /// A voter (else a learner).
+    pub voter: bool,
+    pub leader: bool,
+    /// Highest log index known replicated to it (0: unknown).
+    pub match_index: u64,
+}
+
+impl Member {
+    fn encoded_len(&self) -> usize {
+        8 + bytes_len(self.name.as_bytes())
+            + bytes_len(self.client.as_bytes())
+            + bytes_len(self.peer.as_bytes())
+            + 2
+            + 8
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.id);
+        w.str(&self.name);
+        w.str(&self.client);
+        w.str(&self.peer);
+        w.bool(self.voter);
+        w.bool(self.leader);
+        w.u64(self.match_index);
+    }
+
+    fn decode(r: &mut Reader) -> Result<Member, DecodeError> {
+        Ok(Member {
+            id: r.u64("member id")?,
+            name: r.string("member name")?,
+            client: r.string("client address")?,
+            peer: r.string("peer address")?,
+            voter: r.bool("voter")?,
+            leader: r.bool("leader")?,
+            match_index: r.u64("match index")?,
+        })
+    }
+}
+
+/// The leader and server version, as `who_master` and `version` report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+    pub info: String,
+}
+
+/// One installed script, as `ScriptList` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptSummary {
+    pub name: String,
+    /// The live version; 0 once deleted.
+    pub live: u64,
+    /// The highest version ever installed.
+    pub latest: u64,
+}
+
+/// One installed version, as `ScriptHistory` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptVersionInfo {
+    pub version: u64,
+    /// The log index that installed it.
+    pub index: u64,
+    pub size_bytes: u64,
+    pub live: bool,
+}
+
+/// A version's source, as `ScriptShow` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptSource {
+    pub name: String,
+    pub version: u64,
+    pub index: u64,
+    pub live: bool,
+    pub source: Bytes,
+}
+
+/// Every reply. Which variant answers which request is in docs/protocol.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Unit,
+    Bool(bool),
+    U64(u64),
+    Value(Option<Bytes>),
+    Entry(Option<KeyEntry>),
+    Values(Vec<Bytes>),
+    OptValues(Vec<Option<Bytes>>),
+    Keys(Vec<Bytes>),
+    Entries(Vec<KeyEntry>),
+    Text(String),
+    Master(Option<String>),
+    Version(VersionInfo),
+    /// Named counters and facts, in a stable order.
+    Stats(Vec<(String, String)>),
+    /// A write's result: the log index it applied at, the previous value
+    /// (test_and_set, replace) and a count (delete_prefix).
+    /// Cluster members (`ClusterStatus`).
+    Members(Vec<Member>),
+    Written {
+        index: u64,
+        prev: Option<Bytes>,
+        count: u64,
+    },
+    /// A script call's result: the version that ran, the log index its
+    /// effects applied at (a read-only call: the index it read at), and
+    /// what the function returned (nil: none).
+    Called {
+        version: u64,
+        index: u64,
+        value: Option<Bytes>,
+    },
+    Scripts(Vec<ScriptSummary>),
+    Script(ScriptSource),
+    ScriptVersions(Vec<ScriptVersionInfo>),
+    Error(ErrorReply),
+}
+
+impl Response {
+    fn tag(&self) -> u8 {
+        match self {
+            Response::Unit => 0,
+            Response::Bool(_) => 1,
+            Response::U64(_) => 2,
+            Response::Value(_) => 3,
+            Response::Entry(_) => 4,
+            Response::Values(_) => 5,
+            Response::OptValues(_) => 6,
+            Response::Keys(_) => 7,
+            Response::Entries(_) => 8,
+            Response::Text(_) => 9,
+            Response::Master(_) => 10,
+            Response::Version(_) => 11,
+            Response::Stats(_) => 12,
+            Response::Written { .. } => 13,
+            Response::Members(_) => 14,
+            Response::Called { .. } => 15,
+            Response::Scripts(_) => 16,
+            Response::Script(_) => 17,
+            Response::ScriptVersions(_) => 18,
+            Response::Error(_) => 255,
+        }
+    }
+
+    /// Bytes [`Response::encode`] writes, tag included.
+    pub fn encoded_len(&self) -> usize {
+        let opt_str = |s: Option<&str>| opt_bytes_len(s.map(str::as_bytes));
+        1 + match self {
+            Response::Unit => 0,
+            Response::Bool(_) => 1,
+            Response::U64(_) => 8,
+            Response::Value(v) => opt_bytes_len(v.as_deref()),
+            Response::Entry(e) => 1 + e.as_ref().map_or(0, KeyEntry::encoded_len),
+            Response::Values(vs) | Response::Keys(vs) => {
+                4 + vs.iter().map(|v| bytes_len(v)).sum::<usize>()
+            }
+            Response::OptValues(vs) => {
+                4 + vs
+                    .iter()
+                    .map(|v| opt_bytes_len(v.as_deref()))
+                    .sum::<usize>()
+            }
+            Response::Entries(es) => 4 + es.iter().map(KeyEntry::encoded_len).sum::<usize>(),
+            Response::Text(s) => bytes_len(s.as_bytes()),
+            Response::Master(m) => opt_str(m.as_deref()),
+            Response::Version(v) => 12 + bytes_len(v.info.as_bytes()),
+            Response::Stats(kv) => {
+                4 + kv
+                    .iter()
+                    .map(|(k, v)| bytes_len(k.as_bytes()) + bytes_len(v.as_bytes()))
+                    .sum::<usize>()
+            }
+            Response::Written { prev, .. } => 8 + opt_bytes_len(prev.as_deref()) + 8,
+            Response::Members(ms) => 4 + ms.iter().map(Member::encoded_len).sum::<usize>(),
+            Response::Called { value, .. } => 16 + opt_bytes_len(value.as_deref()),
+            Response::Scripts(ss) => {
+                4 + ss
+                    .iter()
+                    .map(|s| bytes_len(s.name.as_bytes()) + 16)
+                    .sum::<usize>()
+            }
+            Response::Script(s) => bytes_len(s.name.as_bytes()) + 17 + bytes_len(&s.source),
+            Response::ScriptVersions(vs) => 4 + vs.len() * 25,
+            Response::Error(e) => {
+                2 + bytes_len(e.message.as_bytes())
+                    + opt_bytes_len(e.key.as_deref())
+                    + opt_str(e.leader.as_deref())
+            }
+        }
+    }
+
+    pub fn encode(&self, w: &mut Writer) {
+        w.u8(self.tag());
+        match self {
+            Response::Unit => {}
+            Response::Bool(b) => w.bool(*b),
+            Response::U64(v) => w.u64(*v),
+            Response::Value(v) => w.opt_bytes(v.as_deref()),
+            Response::Entry(e) => match e {
+                None => w.u8(0),
+                Some(e) => {
+                    w.u8(1);
+                    e.encode(w);
+                }
+            },
+            Response::Values(vs) | Response::Keys(vs) => w.list(vs, |w, v| w.bytes(v)),
+            Response::OptValues(vs) => w.list(vs, |w, v| w.opt_bytes(v.as_deref())),
+            Response::Entries(es) => w.list(es, |w, e| e.encode(w)),
+            Response::Text(s) => w.str(s),
+            Response::Master(m) => w.opt_str(m.as_deref()),
+            Response::Version(v) => {
+                w.u32(v.major);
+                w.u32(v.minor);
+                w.u32(v.patch);
+                w.str(&v.info);
+            }
+            Response::Stats(kv) => w.list(kv, |w, (k, v)| {
+                w.str(k);
+                w.str(v);
+            }),
+            Response::Members(ms) => w.list(ms, |w, m| m.encode(w)),
+            Response::Written { index, prev, count } => {
+                w.u64(*index);
+                w.opt_bytes(prev.as_deref());
+                w.u64(*count);
+            }
+            Response::Called {
+                version,
+                index,
+                value,
+            } => {
+                w.u64(*version);
+                w.u64(*index);
+                w.opt_bytes(value.as_deref());
+            }
+            Response::Scripts(ss) => w.list(ss, |w, s| {
+                w.str(&s.name);
+                w.u64(s.live);
+                w.u64(s.latest);
+            }),
+            Response::Script(s) => {
+                w.str(&s.name);
+                w.u64(s.version);
+                w.u64(s.index);
+                w.bool(s.live);
+                w.bytes(&s.source);
+            }
+            Response::ScriptVersions(vs) => w.list(vs, |w, v| {
+                w.u64(v.version);
+                w.u64(v.index);
+                w.u64(v.size_bytes);
+                w.bool(v.live);
+            }),
+            Response::Error(e) => {
+                w.u16(e.code.to_u16());
+                w.str(&e.message);
+                w.opt_bytes(e.key.as_deref());
+                w.opt_str(e.leader.as_deref());
+            }
+        }
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<Response, DecodeError> {
+        Ok(match r.u8("response")? {
+            0 => Response::Unit,
+            1 => Response::Bool(r.bool("bool")?),
+            2 => Response::U64(r.u64("u64")?),
+            3 => Response::Value(r.opt_bytes("value")?),
+            4 => Response::Entry(if r.bool("entry")? {
+                Some(KeyEntry::decode(r)?)
+            } else {
+                None
+            }),
+            5 => Response::Values(r.list("values", 4, |r| r.bytes("value"))?),
+            7 => Response::Keys(r.list("values", 4, |r| r.bytes("value"))?),
+            6 => Response::OptValues(r.list("values", 1, |r| r.opt_bytes("value"))?),
+            8 => Response::Entries(r.list(
+                "entries",
+                KeyEntry::ENCODED_MIN_BYTES,
+                KeyEntry::decode,
+            )?),
+            9 => Response::Text(r.string("text")?),
+            10 => Response::Master(r.opt_string("master")?),
+            11 => Response::Version(VersionInfo {
+                major: r.u32("major")?,
+                minor: r.u32("minor")?,
+                patch: r.u32("patch")?,
+                info: r.string("info")?,
+            }),
+            12 => Response::Stats(r.list("stats", 8, |r| {
+                Ok((r.string("stat name")?, r.string("stat value")?))
+            })?),
+            // Smallest member: id, three empty strings, flags, index.
+            14 => Response::Members(r.list("members", 8 + 12 + 2 + 8, Member::decode)?),
+            13 => Response::Written {
+                index: r.u64("index")?,
+                prev: r.opt_bytes("prev")?,
+                count: r.u64("count")?,
+            },
+            15 => Response::Called {
+                version: r.u64("version")?,
+                index: r.u64("index")?,
+                value: r.opt_bytes("value")?,
+            },
+            16 => Response::Scripts(r.list("scripts", 4 + 16, |r| {
+                Ok(ScriptSummary {
+                    name: r.string("script name")?,
+                    live: r.u64("live version")?,
+                    latest: r.u64("latest version")?,
+                })
+            })?),
+            17 => Response::Script(ScriptSource {
+                name: r.string("script name")?,
+                version: r.u64("version")?,
+                index: r.u64("index")?,
+                live: r.bool("live")?,
+                source: r.bytes("script source")?,
+            }),
+            18 => Response::ScriptVersions(r.list("script versions", 25, |r| {
+                Ok(ScriptVersionInfo {
+                    version: r.u64("version")?,
+                    index: r.u64("index")?,
+                    size_bytes: r.u64("size")?,
+                    live: r.bool("live")?,
+                })
+            })?),
+            255 => Response::Error(ErrorReply {
+                code: ErrorCode::from_u16(r.u16("error code")?),
+                message: r.string("message")?,
+                key: r.opt_bytes("key")?,
+                leader: r.opt_string("leader")?,
+            }),
+            t => {
+                return Err(DecodeError::BadTag {
+                    what: "response",
+                    tag: t as u32,
+                })
+            }
+        })
+    }
+}
