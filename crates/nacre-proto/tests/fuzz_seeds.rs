@@ -1,7 +1,7 @@
 //! The fixed corpus of the `frame_decoder` fuzz target
 //! (fuzz/seeds/frame_decoder/): valid frames, commands and handshakes, so
 //! that a fuzz run starts from inputs that decode rather than from nothing.
-//! `cargo run -p nacre-proto --example write_fuzz_seeds` generates it (run
+//! `cargo run -p nacre-proto --example write_frame_fuzz_seeds` generates it (run
 //! it after changing the encoding, and commit the files); this test checks
 //! that every file still holds what its name says, so a format change shows
 //! up here instead of silently leaving the fuzzer with stale seeds.

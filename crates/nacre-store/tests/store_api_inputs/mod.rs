@@ -1,7 +1,7 @@
 //! Inputs for the `store_api` check (tests/store_api/): hand-written
 //! scenarios for the cases that matter most, and random sequences of
 //! operations. The fixed corpus in fuzz/seeds/store_api/ is made of both
-//! (examples/write_fuzz_seeds.rs writes it); tests/fuzz_corpus.rs checks
+//! (examples/write_store_fuzz_seeds.rs writes it); tests/fuzz_corpus.rs checks
 //! that random inputs survive encoding.
 
 use rand::rngs::StdRng;

@@ -4,7 +4,7 @@
 //! and commit the files:
 //!
 //! ```sh
-//! cargo run -p nacre-store --example write_fuzz_seeds
+//! cargo run -p nacre-store --example write_store_fuzz_seeds
 //! ```
 //!
 //! `cargo test -p nacre-store --test fuzz_corpus` runs every input of the

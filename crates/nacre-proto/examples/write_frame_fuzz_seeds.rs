@@ -3,7 +3,7 @@
 //! bytes). Run it after changing the encoding, and commit the files:
 //!
 //! ```sh
-//! cargo run -p nacre-proto --example write_fuzz_seeds
+//! cargo run -p nacre-proto --example write_frame_fuzz_seeds
 //! ```
 //!
 //! `cargo test -p nacre-proto --test fuzz_seeds` checks that every file
