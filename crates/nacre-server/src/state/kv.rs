@@ -20,7 +20,7 @@ pub fn user_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
-pub(super) fn encode_stored(rev: Revision, value: &[u8]) -> Vec<u8> {
+fn encode_stored(rev: Revision, value: &[u8]) -> Vec<u8> {
     let mut v = vec![0u8; REV_BYTES + value.len()];
     let head: &mut [u8; REV_BYTES] = (&mut v[..REV_BYTES]).try_into().expect("24 bytes");
     rev.encode_into(head);
@@ -28,20 +28,20 @@ pub(super) fn encode_stored(rev: Revision, value: &[u8]) -> Vec<u8> {
     v
 }
 
-pub(super) fn stored_rev(raw: &[u8]) -> Revision {
+fn stored_rev(raw: &[u8]) -> Revision {
     // Every user value was written by `encode_stored`; a shorter one means
     // the store returned bytes we never wrote, which its checksums exclude.
     Revision::decode_from(raw).expect("stored value carries its revision")
 }
 
-pub(super) fn stored_value(raw: &[u8]) -> &[u8] {
+fn stored_value(raw: &[u8]) -> &[u8] {
     &raw[REV_BYTES..]
 }
 
 /// Stored values a failed batch must restore, newest last.
 pub(super) type Undo = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
-pub(super) fn rollback(txn: &mut WriteTxn<'_>, undo: Undo) -> nacre_store::Result<()> {
+fn rollback(txn: &mut WriteTxn<'_>, undo: Undo) -> nacre_store::Result<()> {
     for (key, old) in undo.into_iter().rev() {
         match old {
             Some(v) => txn.put(&key, &v)?,
@@ -53,7 +53,7 @@ pub(super) fn rollback(txn: &mut WriteTxn<'_>, undo: Undo) -> nacre_store::Resul
     Ok(())
 }
 
-pub(super) fn current_value(txn: &WriteTxn<'_>, key: &[u8]) -> nacre_store::Result<Option<Bytes>> {
+fn current_value(txn: &WriteTxn<'_>, key: &[u8]) -> nacre_store::Result<Option<Bytes>> {
     Ok(txn
         .get(&user_key(key))?
         .map(|raw| Bytes::copy_from_slice(stored_value(&raw))))

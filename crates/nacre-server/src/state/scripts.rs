@@ -44,7 +44,7 @@ fn encode_script_head(live: u64, latest: u64) -> [u8; 16] {
     h
 }
 
-pub(super) fn put_undoable(
+fn put_undoable(
     txn: &mut WriteTxn<'_>,
     key: Vec<u8>,
     value: &[u8],
@@ -122,7 +122,7 @@ pub(super) fn apply_script_op(
     })
 }
 
-pub(super) fn bad_script_meta(name: &[u8]) -> nacre_store::Error {
+fn bad_script_meta(name: &[u8]) -> nacre_store::Error {
     nacre_store::Error::Corruption {
         position: 0,
         what: format!(

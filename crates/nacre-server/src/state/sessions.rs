@@ -16,7 +16,7 @@ pub(super) const SESSION_PREFIX: &[u8] = b"m/session/";
 /// forgetting old records is one range delete of whole epochs (dropped
 /// subtree by subtree, never read), not a scan. A record is kept for one
 /// to two windows.
-pub(super) fn session_epoch_key(epoch: u64) -> Vec<u8> {
+fn session_epoch_key(epoch: u64) -> Vec<u8> {
     let mut k = SESSION_PREFIX.to_vec();
     k.extend_from_slice(&epoch.to_be_bytes());
     k
