@@ -146,6 +146,7 @@ pub async fn start_with_vfs(
             proposals_pending_max: config.proposals_pending_max,
             checkpoint_entries: config.checkpoint_entries,
             tlog_tail_entries: config.tlog_tail_entries,
+            #[cfg(feature = "sim")]
             planted: Default::default(),
         },
         tokio::runtime::Handle::current(),

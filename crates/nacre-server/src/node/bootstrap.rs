@@ -87,7 +87,7 @@ impl Node {
             snapshots_in: HashMap::new(),
             membership_pending: BTreeMap::new(),
             was_leader: false,
-            last_heard: HashMap::new(),
+            planted: Default::default(),
             lease: Lease::new(Lease::duration_us(opts.election_ticks, opts.tick_ms)),
             renewal: None,
             tlog,

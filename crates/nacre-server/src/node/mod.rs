@@ -18,10 +18,12 @@
 //! | `reads.rs` | consistent reads: read-index rounds and the leader lease |
 //! | `membership.rs` | conf changes, votes a node must not give, leadership transfer, the peer transport's address book |
 //! | `snapshot.rs` | raft snapshots (taking and installing) and checkpoints |
+//! | `planted.rs` | bugs planted for the simulator, only with the `sim` feature |
 //! | `status.rs` | what other threads see: `Status`, `NodeHandle`, publishing after each turn |
 
 mod bootstrap;
 mod membership;
+mod planted;
 mod reads;
 mod run;
 mod snapshot;
@@ -44,8 +46,11 @@ use crate::state::{MemberRecord, Outcome, StateMachine};
 use crate::transport::{Inbound, Transport};
 use crate::ServerError;
 
+#[cfg(feature = "sim")]
+pub use planted::Planted;
 pub use status::{NodeHandle, Status};
 
+use planted::PlantedState;
 use reads::ReadRound;
 use snapshot::SnapState;
 
@@ -134,27 +139,10 @@ pub struct NodeOptions {
     pub checkpoint_entries: u64,
     /// Entries kept in the tlog behind a checkpoint, for lagging followers.
     pub tlog_tail_entries: u64,
-    /// Deliberate bugs for the simulator to prove its checker catches them;
-    /// all off in production.
+    /// Deliberate bugs for the simulator to prove its checker catches them
+    /// (only with the `sim` feature).
+    #[cfg(feature = "sim")]
     pub planted: Planted,
-}
-
-/// Bugs the simulator (crates/nacre-sim) can switch on in one node to show
-/// that its checks fail when the code is wrong. Per node rather than a
-/// global, so simulations of the correct build can run alongside in one
-/// test process. Everything is off by default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Planted {
-    /// A follower answers a consistent read at once with its own applied
-    /// index, skipping the leadership check.
-    pub follower_reads: bool,
-    /// The tlog is never fsynced after an append: writes are acknowledged
-    /// (and acknowledged to the leader) before they are durable.
-    pub ack_before_fsync: bool,
-    /// The lease as it was before it had a clock: counted in ticks from
-    /// when a quorum's replies arrived. Ticks stop while the process is
-    /// stopped, so a leader resumed after a pause still believes it.
-    pub tick_lease: bool,
 }
 
 struct Pending {
@@ -177,9 +165,10 @@ pub struct Node {
     snapshots_in: HashMap<u64, PathBuf>,
     membership_pending: BTreeMap<u64, (u64, oneshot::Sender<Result<u64, ErrorReply>>)>,
     was_leader: bool,
-    /// When (in ticks) each peer was last heard from: only the planted
-    /// tick-counted lease reads it.
-    last_heard: HashMap<u64, u64>,
+    /// What the planted bugs track (nothing without the `sim` feature,
+    /// where it is never read).
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    planted: PlantedState,
     lease: Lease,
     /// The context of the lease-renewing round in flight, if any.
     renewal: Option<u64>,

@@ -31,11 +31,7 @@ impl Node {
             return;
         }
         if self.raw.raft.state != StateRole::Leader {
-            let planted_applied = self
-                .opts
-                .planted
-                .follower_reads
-                .then(|| self.sm.applied().0);
+            let planted_applied = self.planted_follower_reads().then(|| self.sm.applied().0);
             for r in std::mem::take(&mut self.reads_new) {
                 let _ = r.send(match planted_applied {
                     Some(applied) => Ok(applied),
@@ -87,8 +83,8 @@ impl Node {
 
     /// Whether this leader may answer reads from its lease now.
     pub(super) fn lease_valid(&self) -> bool {
-        if self.opts.planted.tick_lease {
-            return self.tick_lease_valid();
+        if let Some(valid) = self.planted_lease_valid() {
+            return valid;
         }
         let term = self.raw.raft.term;
         self.lease.valid(term, self.opts.clock.now_us())
@@ -111,28 +107,6 @@ impl Node {
         if left_us < self.lease.length_us() / 2 {
             self.renewal = Some(self.ask_round(Vec::new()));
         }
-    }
-
-    /// The planted bug (`Planted::tick_lease`): the lease as it was, a
-    /// quorum of voters heard from within E/2 - 1 ticks, counted from when
-    /// their replies arrived.
-    pub(super) fn tick_lease_valid(&self) -> bool {
-        let lease_ticks = (self.opts.election_ticks as u64 / 2)
-            .saturating_sub(1)
-            .max(1);
-        let voters = self.raw.raft.prs().conf().voters().ids();
-        let quorum = voters.len() / 2 + 1;
-        let fresh = voters
-            .iter()
-            .filter(|id| {
-                *id == self.opts.id
-                    || self
-                        .last_heard
-                        .get(id)
-                        .is_some_and(|t| self.ticks - t < lease_ticks)
-            })
-            .count();
-        fresh >= quorum
     }
 
     /// A read state came back: the round's reads may proceed at `index`,

@@ -95,7 +95,7 @@ impl Node {
             Msg::Read { reply } => self.reads_new.push(reply),
             Msg::Membership { change, reply } => self.propose_membership(change, reply),
             Msg::Peer(Inbound::Raft(mut m)) => {
-                self.last_heard.insert(m.from, self.ticks);
+                self.planted_heard_from(m.from);
                 use raft::eraftpb::MessageType;
                 if self.must_ignore_vote(&m) {
                     return Ok(());
@@ -166,7 +166,7 @@ impl Node {
                 self.round_answered(u64::from_le_bytes(ctx), rs.index);
             }
         }
-        if wrote && rd.must_sync() && !self.opts.planted.ack_before_fsync {
+        if wrote && rd.must_sync() && !self.planted_ack_before_fsync() {
             self.tlog.write().sync().map_err(err)?;
             self.status.fsyncs.fetch_add(1, Ordering::Relaxed);
         }

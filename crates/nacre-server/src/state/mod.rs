@@ -89,7 +89,8 @@ pub struct StateMachine {
     applied_term: u64,
     session_retention_entries: u64,
     /// A planted bug for the simulator (crates/nacre-sim): batches apply
-    /// as if they had no guards. Off in production.
+    /// as if they had no guards. Only with the `sim` feature.
+    #[cfg(feature = "sim")]
     planted_skip_guards: bool,
 }
 
@@ -128,6 +129,7 @@ impl StateMachine {
             // An epoch of zero entries would divide by zero; the config
             // refuses it, and one entry is the least that means anything.
             session_retention_entries: session_retention_entries.max(1),
+            #[cfg(feature = "sim")]
             planted_skip_guards: false,
         })
     }
@@ -137,8 +139,18 @@ impl StateMachine {
     }
 
     /// Plants a bug for the simulator: every batch's guards are skipped.
+    #[cfg(feature = "sim")]
     pub fn plant_skip_guards(&mut self, on: bool) {
         self.planted_skip_guards = on;
+    }
+
+    /// Whether the planted bug of [`StateMachine::plant_skip_guards`] is
+    /// on; never without the `sim` feature.
+    fn skips_guards(&self) -> bool {
+        #[cfg(feature = "sim")]
+        return self.planted_skip_guards;
+        #[cfg(not(feature = "sim"))]
+        false
     }
 
     /// The last applied index and its term.
@@ -170,7 +182,7 @@ impl StateMachine {
                 continue;
             }
             let decoded = Command::decode(Bytes::copy_from_slice(e.data)).map(|mut c| {
-                if self.planted_skip_guards {
+                if self.skips_guards() {
                     c.batch.guards.clear();
                 }
                 c
