@@ -87,16 +87,7 @@ pub async fn start_with_vfs(
     config.validate().map_err(ServerError::Config)?;
     vfs.create_dir_all(&config.data_dir)?;
     let limits = config.limits();
-    let store_opts = nacre_store::Options {
-        cache_size_bytes: config.store_cache_bytes as usize,
-        // Stored keys carry a namespace byte, values a 24-byte revision.
-        key_size_max_bytes: limits.key_size_max_bytes + 1,
-        value_size_max_bytes: limits.value_size_max_bytes + nacre_proto::Revision::ENCODED_BYTES,
-        durability: nacre_store::Durability::Lazy,
-        vfs: vfs.clone(),
-        ..Default::default()
-    };
-    let store = nacre_store::Store::open(config.data_dir.join("store"), store_opts)?;
+    let store = open_store(&config, vfs.clone())?;
     let tlog_opts = nacre_raft::TlogOptions {
         segment_size_bytes: config.tlog_segment_size_bytes,
         ..Default::default()
@@ -104,66 +95,17 @@ pub async fn start_with_vfs(
     let tlog = nacre_raft::Tlog::open(vfs, &config.data_dir.join("tlog"), tlog_opts)
         .map_err(|e| ServerError::Tlog(e.to_string()))?;
     let sm = state::StateMachine::open_with(store.clone(), config.session_retention_entries)?;
-    let members = config.initial_members();
-    let id = members
-        .iter()
-        .find(|(_, n)| n.name == config.node_name)
-        .map_or_else(|| name_id(&config.node_name), |(id, _)| *id);
-    let preferred_leader = config
-        .preferred_leader
-        .as_ref()
-        .and_then(|p| members.iter().find(|(_, n)| &n.name == p))
-        .map(|(id, _)| *id);
-    let initial_members = members
-        .into_iter()
-        .map(|(id, n)| {
-            (
-                id,
-                state::MemberRecord {
-                    name: n.name,
-                    client: n.client,
-                    peer: n.peer,
-                },
-            )
-        })
-        .collect();
     let (node, raft) = node::Node::start(
         nacre_raft::TlogStorage::new(tlog),
         sm,
-        node::NodeOptions {
-            id,
-            initial_members,
-            join: config.join,
-            preferred_leader,
-            cluster_id: config.cluster_id.clone(),
-            peer_listen: config.peer_listen.clone(),
-            data_dir: config.data_dir.clone(),
-            tick_ms: config.tick_ms,
-            election_ticks: config.election_ticks,
-            heartbeat_ticks: config.heartbeat_ticks,
-            reads_by_lease: config.consistent_reads == "lease",
-            clock: clock::HostClock::shared(),
-            proposals_pending_max: config.proposals_pending_max,
-            checkpoint_entries: config.checkpoint_entries,
-            tlog_tail_entries: config.tlog_tail_entries,
-            #[cfg(feature = "sim")]
-            planted: Default::default(),
-        },
+        node_options(&config),
         tokio::runtime::Handle::current(),
     )?;
     // A single-member group elects itself at once; serving only after that
     // spares the first clients a spurious NotMaster.
-    let deadline = Instant::now()
-        + std::time::Duration::from_millis(config.tick_ms * config.election_ticks as u64 * 3);
-    let single = config.nodes.len() <= 1 && !config.join;
-    while single
-        && !node
-            .status
-            .is_leader
-            .load(std::sync::atomic::Ordering::Acquire)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    if config.nodes.len() <= 1 && !config.join {
+        let timeout_ms = config.tick_ms * config.election_ticks as u64 * 3;
+        wait_for_leadership(&node, std::time::Duration::from_millis(timeout_ms)).await;
     }
     let listener = match tokio::net::TcpListener::bind(&config.listen).await {
         Ok(l) => l,
@@ -196,6 +138,85 @@ pub async fn start_with_vfs(
         accept,
         raft: Some(raft),
     })
+}
+
+/// The store under `data_dir/store`, committing lazily (the tlog makes
+/// entries durable), with room for the namespace byte and the revision.
+fn open_store(config: &ServerConfig, vfs: Arc<dyn Vfs>) -> Result<nacre_store::Store, ServerError> {
+    let limits = config.limits();
+    let store_opts = nacre_store::Options {
+        cache_size_bytes: config.store_cache_bytes as usize,
+        // Stored keys carry a namespace byte, values a 24-byte revision.
+        key_size_max_bytes: limits.key_size_max_bytes + 1,
+        value_size_max_bytes: limits.value_size_max_bytes + nacre_proto::Revision::ENCODED_BYTES,
+        durability: nacre_store::Durability::Lazy,
+        vfs,
+        ..Default::default()
+    };
+    Ok(nacre_store::Store::open(
+        config.data_dir.join("store"),
+        store_opts,
+    )?)
+}
+
+/// What the raft driver needs from the configuration: this node's id, the
+/// initial members with their ids, the preferred leader's id.
+fn node_options(config: &ServerConfig) -> node::NodeOptions {
+    let members = config.initial_members();
+    let id = members
+        .iter()
+        .find(|(_, n)| n.name == config.node_name)
+        .map_or_else(|| name_id(&config.node_name), |(id, _)| *id);
+    let preferred_leader = config
+        .preferred_leader
+        .as_ref()
+        .and_then(|p| members.iter().find(|(_, n)| &n.name == p))
+        .map(|(id, _)| *id);
+    let initial_members = members
+        .into_iter()
+        .map(|(id, n)| {
+            (
+                id,
+                state::MemberRecord {
+                    name: n.name,
+                    client: n.client,
+                    peer: n.peer,
+                },
+            )
+        })
+        .collect();
+    node::NodeOptions {
+        id,
+        initial_members,
+        join: config.join,
+        preferred_leader,
+        cluster_id: config.cluster_id.clone(),
+        peer_listen: config.peer_listen.clone(),
+        data_dir: config.data_dir.clone(),
+        tick_ms: config.tick_ms,
+        election_ticks: config.election_ticks,
+        heartbeat_ticks: config.heartbeat_ticks,
+        reads_by_lease: config.consistent_reads == "lease",
+        clock: clock::HostClock::shared(),
+        proposals_pending_max: config.proposals_pending_max,
+        checkpoint_entries: config.checkpoint_entries,
+        tlog_tail_entries: config.tlog_tail_entries,
+        #[cfg(feature = "sim")]
+        planted: Default::default(),
+    }
+}
+
+/// Waits, at most `timeout`, until the node leads.
+async fn wait_for_leadership(node: &node::NodeHandle, timeout: std::time::Duration) {
+    let deadline = Instant::now() + timeout;
+    while !node
+        .status
+        .is_leader
+        .load(std::sync::atomic::Ordering::Acquire)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
 }
 
 /// Runs a node until `shutdown` completes, then stops it cleanly. It also
