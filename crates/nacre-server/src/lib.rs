@@ -8,6 +8,7 @@
 
 pub mod clock;
 mod config;
+mod error;
 pub mod lease;
 pub mod node;
 mod scripts;
@@ -19,30 +20,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use config::{NodeConfig, ServerConfig};
+pub use config::{ConfigError, NodeConfig, ServerConfig};
+pub use error::{FailureKind, ServerError};
 use nacre_vfs::{OsVfs, Vfs};
 pub use node::name_id;
 use tokio::sync::{watch, Semaphore};
-
-/// Why a node stopped or could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("store: {0}")]
-    Store(#[from] nacre_store::Error),
-    #[error("tlog: {0}")]
-    Tlog(String),
-    #[error("raft: {0}")]
-    Raft(String),
-}
 
 /// A node that is up: its client address, and the way to stop it.
 pub struct RunningServer {
@@ -64,11 +46,21 @@ impl RunningServer {
         let _ = self.stop.send(true);
         let _ = self.accept.await;
         self.node.shutdown();
-        let raft = self.raft.take().expect("raft thread joined once");
-        tokio::task::spawn_blocking(move || raft.join())
-            .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?
-            .map_err(|_| ServerError::Raft("raft thread panicked".into()))?
+        let Some(raft) = self.raft.take() else {
+            return Ok(());
+        };
+        let stopped = |why: String| ServerError::Stopped {
+            thread: "raft thread",
+            why,
+        };
+        match tokio::task::spawn_blocking(move || raft.join()).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(payload)) => Err(stopped(format!(
+                "panicked: {}",
+                error::panic_message(payload.as_ref())
+            ))),
+            Err(e) => Err(stopped(format!("could not be joined: {e}"))),
+        }
     }
 }
 
@@ -84,7 +76,7 @@ pub async fn start_with_vfs(
     config: ServerConfig,
     vfs: Arc<dyn Vfs>,
 ) -> Result<RunningServer, ServerError> {
-    config.validate().map_err(ServerError::Config)?;
+    config.validate()?;
     vfs.create_dir_all(&config.data_dir)?;
     let limits = config.limits();
     let store = open_store(&config, vfs.clone())?;
@@ -92,8 +84,7 @@ pub async fn start_with_vfs(
         segment_size_bytes: config.tlog_segment_size_bytes,
         ..Default::default()
     };
-    let tlog = nacre_raft::Tlog::open(vfs, &config.data_dir.join("tlog"), tlog_opts)
-        .map_err(|e| ServerError::Tlog(e.to_string()))?;
+    let tlog = nacre_raft::Tlog::open(vfs, &config.data_dir.join("tlog"), tlog_opts)?;
     let sm = state::StateMachine::open_with(store.clone(), config.session_retention_entries)?;
     let (node, raft) = node::Node::start(
         nacre_raft::TlogStorage::new(tlog),

@@ -221,14 +221,15 @@ fn version_record(shared: &Shared, name: &str, v: u64) -> Result<(u64, Bytes), E
                 format!("script {name:?} has no version {v}"),
             )
         })?;
-    if raw.len() < 8 {
-        return Err(ErrorReply::new(
+    match (raw.get(..8).map(<[u8; 8]>::try_from), raw.get(8..)) {
+        (Some(Ok(index)), Some(source)) => {
+            Ok((u64::from_le_bytes(index), Bytes::copy_from_slice(source)))
+        }
+        _ => Err(ErrorReply::new(
             ErrorCode::Corruption,
             "bad script version record",
-        ));
+        )),
     }
-    let index = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
-    Ok((index, Bytes::copy_from_slice(&raw[8..])))
 }
 
 fn list(shared: &Shared) -> Result<Vec<ScriptSummary>, ErrorReply> {

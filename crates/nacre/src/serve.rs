@@ -15,7 +15,7 @@ pub fn load_config(args: &ServeArgs, cluster_id: Option<&str>) -> Result<ServerC
         None => ServerConfig::default(),
     };
     if let Some(n) = &args.node {
-        cfg.select_node(n)?;
+        cfg.select_node(n).map_err(|e| e.to_string())?;
     }
     if args.join {
         cfg.join = true;

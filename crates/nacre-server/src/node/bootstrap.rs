@@ -12,7 +12,7 @@ use raft::eraftpb::{ConfState, HardState, SnapshotMetadata};
 use raft::RawNode;
 
 use super::snapshot::{take_snapshot, SnapState};
-use super::{err, Msg, Node, NodeHandle, NodeOptions, PeerSink, Status};
+use super::{Msg, Node, NodeHandle, NodeOptions, PeerSink, Status};
 use crate::lease::Lease;
 use crate::state::{MemberRecord, StateMachine};
 use crate::transport::Inbound;
@@ -48,7 +48,7 @@ impl Node {
         check_tlog_against_store(&tlog, &sm)?;
         let (applied, applied_term) = sm.applied();
         let cfg = raft_config(&opts, applied);
-        cfg.validate().map_err(err)?;
+        cfg.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
 
         let snap_state = Arc::new(Mutex::new(SnapState {
@@ -61,10 +61,10 @@ impl Node {
             let snap_state = snap_state.clone();
             tlog.set_snapshot_provider(Box::new(move |_request_index| {
                 take_snapshot(&store, &snap_state)
-                    .map_err(|e| raft::Error::Store(raft::StorageError::Other(e.into())))
+                    .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))
             }));
         }
-        let raw = RawNode::new(&cfg, tlog.clone(), &logger).map_err(err)?;
+        let raw = RawNode::new(&cfg, tlog.clone(), &logger)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(opts.proposals_pending_max);
         let inbound_tx = spawn_peer_in(tx.clone(), opts.proposals_pending_max)?;
 
@@ -107,7 +107,7 @@ impl Node {
         // A single voter need not wait an election timeout to lead.
         let voters = node.raw.raft.prs().conf().voters().ids();
         if voters.len() == 1 && voters.contains(node.opts.id) {
-            node.raw.campaign().map_err(err)?;
+            node.raw.campaign()?;
         }
         Ok((node, NodeHandle { tx, status }))
     }
@@ -144,14 +144,14 @@ fn bootstrap_if_fresh(
         voters,
         ..Default::default()
     });
-    log.apply_snapshot(&meta).map_err(err)?;
+    log.apply_snapshot(&meta)?;
     let hs = HardState {
         term: 1,
         commit: 1,
         ..Default::default()
     };
-    log.set_hard_state(&hs).map_err(err)?;
-    log.sync().map_err(err)?;
+    log.set_hard_state(&hs)?;
+    log.sync()?;
     Ok(())
 }
 
@@ -182,7 +182,7 @@ fn check_tlog_against_store(tlog: &TlogStorage, sm: &StateMachine) -> Result<(),
                 ..Default::default()
             };
             meta.set_conf_state(conf);
-            log.apply_snapshot(&meta).map_err(err)?;
+            log.apply_snapshot(&meta)?;
             let mut hs: HardState = log.hard_state();
             if hs.term < term {
                 // As if it had heard of the term: no vote in it.
@@ -190,24 +190,23 @@ fn check_tlog_against_store(tlog: &TlogStorage, sm: &StateMachine) -> Result<(),
                 hs.vote = 0;
             }
             hs.commit = hs.commit.max(index);
-            log.set_hard_state(&hs).map_err(err)?;
-            log.sync().map_err(err)?;
+            log.set_hard_state(&hs)?;
+            log.sync()?;
         }
     }
     if applied > log.last_index() {
-        return Err(ServerError::Raft(format!(
-            "the store has applied index {applied} but the tlog ends at {}: \
-             the tlog was lost or belongs to another store",
-            log.last_index()
-        )));
+        return Err(ServerError::TlogBehindStore {
+            applied,
+            tlog_last: log.last_index(),
+        });
     }
     // Applied entries were committed, whatever the persisted hard state
     // says (its commit field may lag: it is written lazily).
     let mut hs: HardState = log.hard_state();
     if hs.commit < applied {
         hs.commit = applied;
-        log.set_hard_state(&hs).map_err(err)?;
-        log.sync().map_err(err)?;
+        log.set_hard_state(&hs)?;
+        log.sync()?;
     }
     Ok(())
 }

@@ -2,17 +2,16 @@
 //! member table), vote requests a node must not answer, leadership
 //! transfer, and the peer transport's address book.
 
-use std::sync::Arc;
-
 use nacre_proto::{ErrorCode, ErrorReply};
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
-    EntryType, Snapshot,
+    EntryType,
 };
 use raft::StateRole;
 use tokio::sync::oneshot;
 
-use super::{err, Membership, Node};
+use super::snapshot::snapshot_source;
+use super::{Membership, Node};
 use crate::state::MemberRecord;
 use crate::transport::Transport;
 use crate::ServerError;
@@ -34,22 +33,7 @@ impl Node {
             let Some(rt) = self.rt.clone() else {
                 return Ok(());
             };
-            let store = self.sm.store().clone();
-            let source: crate::transport::SnapshotSource = Arc::new(move |snap: &Snapshot| {
-                let name = String::from_utf8(snap.data.to_vec()).map_err(|e| e.to_string())?;
-                let txn = store.snapshot(&name).map_err(|e| e.to_string())?;
-                let iter = txn
-                    .iter()
-                    .filter(|kv| {
-                        !kv.as_ref()
-                            .is_ok_and(|(k, _)| crate::state::is_local_key(k))
-                    })
-                    .map(|kv| kv.map_err(|e| e.to_string()));
-                Ok(Box::new(iter)
-                    as Box<
-                        dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), String>> + Send,
-                    >)
-            });
+            let source = snapshot_source(self.sm.store().clone());
             let cfg = crate::transport::TransportConfig::new(
                 self.opts.cluster_id.clone(),
                 self.opts.id,
@@ -66,9 +50,10 @@ impl Node {
             tracing::info!(addr = %t.local_addr(), "peer transport listening");
             self.transport = Some(Box::new(t));
         }
-        let t = self.transport.as_mut().expect("started above");
-        for (id, addr) in others {
-            t.set_peer(id, addr);
+        if let Some(t) = self.transport.as_mut() {
+            for (id, addr) in others {
+                t.set_peer(id, addr);
+            }
         }
         Ok(())
     }
@@ -202,11 +187,11 @@ impl Node {
         let mut changes: Vec<(u64, Option<MemberRecord>)> = Vec::new();
         let cs = if e.get_entry_type() == EntryType::EntryConfChange {
             let mut cc = ConfChange::default();
-            protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(err)?;
-            self.raw.apply_conf_change(&cc).map_err(err)?
+            protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(bad_conf_change(e))?;
+            self.raw.apply_conf_change(&cc)?
         } else {
             let mut cc = ConfChangeV2::default();
-            protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(err)?;
+            protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(bad_conf_change(e))?;
             for c in cc.changes.iter() {
                 match c.change_type {
                     ConfChangeType::AddLearnerNode => {
@@ -218,9 +203,9 @@ impl Node {
                     ConfChangeType::AddNode => {}
                 }
             }
-            self.raw.apply_conf_change(&cc).map_err(err)?
+            self.raw.apply_conf_change(&cc)?
         };
-        self.tlog.write().set_conf_state(&cs).map_err(err)?;
+        self.tlog.write().set_conf_state(&cs)?;
         // Rounds acknowledged under the old voters prove nothing about
         // the new ones' quorums.
         self.lease.revoke();
@@ -289,4 +274,11 @@ impl Node {
             self.transfer_leader(pref);
         }
     }
+}
+
+/// A committed conf change that does not decode: the log holds bytes no
+/// leader proposed.
+fn bad_conf_change(e: &Entry) -> impl FnOnce(protobuf::ProtobufError) -> ServerError {
+    let index = e.index;
+    move |source| ServerError::ConfChange { index, source }
 }

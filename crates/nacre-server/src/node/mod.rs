@@ -190,10 +190,6 @@ pub struct Node {
     shutting_down: bool,
 }
 
-fn err(e: impl std::fmt::Display) -> ServerError {
-    ServerError::Raft(e.to_string())
-}
-
 impl Node {
     /// Hands one request or peer message to the node.
     pub fn step(&mut self, m: Msg) -> Result<(), ServerError> {

@@ -10,7 +10,7 @@ use raft::eraftpb::{Entry, EntryType};
 use raft::StateRole;
 
 use super::status::going_down;
-use super::{err, Msg, Node, Pending};
+use super::{Msg, Node, Pending};
 use crate::state::Committed;
 use crate::transport::Inbound;
 use crate::ServerError;
@@ -154,11 +154,11 @@ impl Node {
         self.apply(committed)?;
         let mut wrote = false;
         if !rd.entries().is_empty() {
-            self.tlog.write().append(rd.entries()).map_err(err)?;
+            self.tlog.write().append(rd.entries())?;
             wrote = true;
         }
         if let Some(hs) = rd.hs() {
-            self.tlog.write().set_hard_state(hs).map_err(err)?;
+            self.tlog.write().set_hard_state(hs)?;
             wrote = true;
         }
         for rs in rd.take_read_states() {
@@ -167,7 +167,7 @@ impl Node {
             }
         }
         if wrote && rd.must_sync() && !self.planted_ack_before_fsync() {
-            self.tlog.write().sync().map_err(err)?;
+            self.tlog.write().sync()?;
             self.status.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         // These (votes, append acknowledgements) promise persisted state.
@@ -180,7 +180,7 @@ impl Node {
             hs.commit = commit;
             // Durable with the next sync; a lagging commit is repaired at
             // start from the store's applied index.
-            log.set_hard_state(&hs).map_err(err)?;
+            log.set_hard_state(&hs)?;
         }
         let committed = light.take_committed_entries();
         self.apply(committed)?;

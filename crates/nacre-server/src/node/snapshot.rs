@@ -2,12 +2,16 @@
 //! installing one a leader streamed, and the checkpoints that let the tlog
 //! be compacted.
 
+use std::io;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use raft::eraftpb::{ConfState, Snapshot};
 
-use super::{err, Node};
+use super::Node;
+use crate::state::is_local_key;
+use crate::transport::{read_snapshot_file, SnapshotPairs, SnapshotSource};
 use crate::ServerError;
 
 /// Names of the store snapshots that back raft snapshots.
@@ -26,12 +30,12 @@ pub(super) struct SnapState {
 pub(super) fn take_snapshot(
     store: &nacre_store::Store,
     state: &Mutex<SnapState>,
-) -> Result<Snapshot, String> {
+) -> nacre_store::Result<Snapshot> {
     let st = state.lock();
     let name = format!("{SNAPSHOT_NAME_PREFIX}{:020}", st.applied);
     let existing = store.list_snapshots();
     if !existing.iter().any(|s| s.name == name) {
-        store.create_snapshot(&name).map_err(|e| e.to_string())?;
+        store.create_snapshot(&name)?;
         // Keep the newest two: one may still be streaming.
         let mut ours: Vec<String> = existing
             .into_iter()
@@ -55,22 +59,35 @@ pub(super) fn take_snapshot(
     Ok(snap)
 }
 
+/// What the peer transport streams to a follower that needs a snapshot:
+/// the pairs of the store snapshot the raft snapshot names, without the
+/// node-local records.
+pub(super) fn snapshot_source(store: nacre_store::Store) -> SnapshotSource {
+    Arc::new(move |snap: &Snapshot| {
+        let name = String::from_utf8(snap.data.to_vec())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let txn = store.snapshot(&name).map_err(io::Error::other)?;
+        let iter = txn
+            .iter()
+            .filter(|kv| !kv.as_ref().is_ok_and(|(k, _)| is_local_key(k)))
+            .map(|kv| kv.map_err(io::Error::other));
+        Ok(Box::new(iter) as SnapshotPairs)
+    })
+}
+
 impl Node {
     /// Replaces the state with a snapshot that raft accepted: the store
     /// from the streamed file, then the tlog starts after it.
     pub(super) fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), ServerError> {
         let meta = snap.get_metadata().clone();
         let Some(path) = self.snapshots_in.remove(&meta.index) else {
-            return Err(ServerError::Raft(format!(
-                "raft accepted a snapshot at index {} whose data never arrived",
-                meta.index
-            )));
+            return Err(ServerError::SnapshotMissing { index: meta.index });
         };
-        let pairs = crate::transport::read_snapshot_file(&path)?;
+        let pairs = read_snapshot_file(&path).map_err(ServerError::SnapshotRead)?;
         self.sm
             .install_snapshot(pairs, meta.index, meta.term, meta.get_conf_state())?;
         let _ = std::fs::remove_file(&path);
-        self.tlog.write().apply_snapshot(&meta).map_err(err)?;
+        self.tlog.write().apply_snapshot(&meta)?;
         self.snapshots_in.retain(|i, _| *i > meta.index);
         *self.status.members.write() = self.sm.members()?;
         {
@@ -104,9 +121,9 @@ impl Node {
         let mut log = self.tlog.write();
         // Make sure the persisted commit index is not behind what the store
         // now durably holds.
-        log.sync().map_err(err)?;
+        log.sync()?;
         if compact_to > log.first_index() {
-            log.compact(compact_to).map_err(err)?;
+            log.compact(compact_to)?;
         }
         self.checkpointed = covered;
         self.status.checkpoints.fetch_add(1, Ordering::Relaxed);

@@ -8,9 +8,9 @@ use std::ops::Bound;
 use bytes::Bytes;
 use nacre_store::Durability;
 
-use super::{bad_meta, prefix_end, StateMachine, APPLIED_KEY};
+use super::{encode_applied, prefix_end, Corruption, StateError, StateMachine, APPLIED_KEY};
 
-const MEMBER_PREFIX: &[u8] = b"m/member/";
+pub(super) const MEMBER_PREFIX: &[u8] = b"m/member/";
 
 /// A member's addresses, kept in the replicated state so that every node
 /// (and a node restored from a snapshot) knows how to reach the others.
@@ -48,23 +48,28 @@ fn member_key(id: u64) -> Vec<u8> {
     k
 }
 
+/// A member's id and record from its stored key and value.
+pub(super) fn decode_member(key: &[u8], value: &[u8]) -> Result<(u64, MemberRecord), Corruption> {
+    let id = key
+        .strip_prefix(MEMBER_PREFIX)
+        .and_then(|id| <[u8; 8]>::try_from(id).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Corruption::new(key, "member key", "not the prefix and an 8-byte id"))?;
+    let record = MemberRecord::decode(value)
+        .ok_or_else(|| Corruption::new(key, "member record", "does not decode"))?;
+    Ok((id, record))
+}
+
 impl StateMachine {
     /// The member table.
-    pub fn members(&self) -> nacre_store::Result<BTreeMap<u64, MemberRecord>> {
-        let end = prefix_end(MEMBER_PREFIX).expect("prefix below 0xff");
+    pub fn members(&self) -> Result<BTreeMap<u64, MemberRecord>, StateError> {
+        let end = prefix_end(MEMBER_PREFIX).unwrap_or_default();
         let mut out = BTreeMap::new();
         let r = self.store.begin_read();
         for kv in r.range(Bound::Included(MEMBER_PREFIX), Bound::Excluded(&end[..])) {
             let (k, v) = kv?;
-            let id = u64::from_be_bytes(
-                k[MEMBER_PREFIX.len()..]
-                    .try_into()
-                    .map_err(|_| bad_meta("member key"))?,
-            );
-            out.insert(
-                id,
-                MemberRecord::decode(&v).ok_or_else(|| bad_meta("member record"))?,
-            );
+            let (id, record) = decode_member(&k, &v)?;
+            out.insert(id, record);
         }
         Ok(out)
     }
@@ -76,8 +81,13 @@ impl StateMachine {
         index: u64,
         term: u64,
         changes: &[(u64, Option<MemberRecord>)],
-    ) -> nacre_store::Result<()> {
-        assert!(index > self.applied, "entries applied out of order");
+    ) -> Result<(), StateError> {
+        if index <= self.applied {
+            return Err(StateError::OutOfOrder {
+                index,
+                applied: self.applied,
+            });
+        }
         let mut txn = self.store.begin_write()?;
         for (id, m) in changes {
             match m {
@@ -87,10 +97,7 @@ impl StateMachine {
                 }
             }
         }
-        let mut applied = [0u8; 16];
-        applied[..8].copy_from_slice(&index.to_le_bytes());
-        applied[8..].copy_from_slice(&term.to_le_bytes());
-        txn.put(APPLIED_KEY, &applied)?;
+        txn.put(APPLIED_KEY, &encode_applied(index, term))?;
         txn.commit_with(Durability::Lazy)?;
         self.applied = index;
         self.applied_term = term;

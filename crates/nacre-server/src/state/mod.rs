@@ -25,6 +25,9 @@
 //! | `scripts.rs` | the script namespace: heads, versions and the script ops |
 //! | `snapshot.rs` | installing a leader's snapshot and the node-local record of it |
 
+#[cfg(test)]
+mod corruption_tests;
+mod error;
 mod kv;
 mod members;
 mod scripts;
@@ -35,22 +38,16 @@ mod tests;
 
 use bytes::Bytes;
 use nacre_proto::{Command, ErrorCode};
-use nacre_store::{Durability, Store};
+use nacre_store::{Durability, Store, WriteTxn};
 
 pub use kv::{user_key, Reader};
 pub use members::MemberRecord;
 pub use scripts::{decode_script_head, script_head_key, script_version_key, SCRIPT_NS};
-pub use snapshot::is_local_key;
+pub use snapshot::{check_snapshot_pair, is_local_key};
+
+pub use error::{describe_key, Corruption, StateError};
 
 use kv::apply_batch;
-use sessions::{decode_outcome, encode_outcome, session_key};
-
-fn bad_meta(what: &str) -> nacre_store::Error {
-    nacre_store::Error::Corruption {
-        position: 0,
-        what: format!("undecodable {what} in the service keyspace"),
-    }
-}
 
 /// Namespace byte of user keys.
 pub const USER_NS: u8 = b'u';
@@ -98,8 +95,22 @@ pub struct StateMachine {
 /// end of the key space): the store's own rule, so ranges agree.
 pub use nacre_store::prefix_end;
 
+/// The applied-index record: index u64 LE, then its term u64 LE.
+fn encode_applied(index: u64, term: u64) -> [u8; 16] {
+    let mut applied = [0u8; 16];
+    applied[..8].copy_from_slice(&index.to_le_bytes());
+    applied[8..].copy_from_slice(&term.to_le_bytes());
+    applied
+}
+
+/// A little-endian u64 at `at` in `raw`, if `raw` holds one there.
+fn u64_le_at(raw: &[u8], at: usize) -> Option<u64> {
+    let bytes = raw.get(at..at.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
 impl StateMachine {
-    pub fn open(store: Store) -> nacre_store::Result<StateMachine> {
+    pub fn open(store: Store) -> Result<StateMachine, StateError> {
         Self::open_with(store, 100_000)
     }
 
@@ -108,18 +119,9 @@ impl StateMachine {
     pub fn open_with(
         store: Store,
         session_retention_entries: u64,
-    ) -> nacre_store::Result<StateMachine> {
+    ) -> Result<StateMachine, StateError> {
         let (applied, applied_term) = match store.begin_read().get(APPLIED_KEY)? {
-            Some(v) if v.len() == 16 => (
-                u64::from_le_bytes(v[0..8].try_into().expect("8 bytes")),
-                u64::from_le_bytes(v[8..16].try_into().expect("8 bytes")),
-            ),
-            Some(_) => {
-                return Err(nacre_store::Error::Corruption {
-                    position: 0,
-                    what: "applied index record has the wrong size".into(),
-                })
-            }
+            Some(v) => decode_applied(&v)?,
             None => (0, 0),
         };
         Ok(StateMachine {
@@ -161,8 +163,10 @@ impl StateMachine {
     /// Applies committed entries in order, in one store transaction,
     /// committed lazily: the tlog already made them durable, and a
     /// checkpoint ([`StateMachine::checkpoint`]) makes the store durable up
-    /// to the applied index so the tlog can be compacted.
-    pub fn apply(&mut self, entries: &[Committed<'_>]) -> nacre_store::Result<Vec<Outcome>> {
+    /// to the applied index so the tlog can be compacted. A corrupt record
+    /// an entry would read or build on fails the whole call, and nothing
+    /// of it is committed.
+    pub fn apply(&mut self, entries: &[Committed<'_>]) -> Result<Vec<Outcome>, StateError> {
         let mut outcomes = Vec::with_capacity(entries.len());
         let Some(last) = entries.last() else {
             return Ok(outcomes);
@@ -170,82 +174,78 @@ impl StateMachine {
         let mut txn = self.store.begin_write()?;
         let mut index_prev = self.applied;
         for e in entries {
-            // Raft hands entries over once, in order; anything else means
-            // the driver is broken and applying would corrupt the state.
-            assert!(e.index > index_prev, "entries applied out of order");
-            index_prev = e.index;
-            if e.data.is_empty() {
-                outcomes.push(Outcome::Applied {
-                    prev: None,
-                    count: 0,
+            if e.index <= index_prev {
+                return Err(StateError::OutOfOrder {
+                    index: e.index,
+                    applied: index_prev,
                 });
-                continue;
             }
-            let decoded = Command::decode(Bytes::copy_from_slice(e.data)).map(|mut c| {
-                if self.skips_guards() {
-                    c.batch.guards.clear();
-                }
-                c
-            });
-            let outcome = match decoded {
-                Ok(Command {
-                    session: Some(session),
-                    batch,
-                }) => {
-                    let epoch = e.index / self.session_retention_entries;
-                    let key = session_key(epoch, session.client_id, session.seq);
-                    let mut first = txn.get(&key)?;
-                    if first.is_none() && epoch > 0 {
-                        first = txn.get(&session_key(epoch - 1, session.client_id, session.seq))?;
-                    }
-                    match first.as_deref().and_then(decode_outcome) {
-                        // A retry of a write that already applied: answer as
-                        // the first time, change nothing.
-                        Some((_, first)) => first,
-                        None => {
-                            let o = apply_batch(&mut txn, e.index, &batch)?;
-                            // Only effects need guarding against a second
-                            // apply; a failed batch changed nothing, and its
-                            // retry (a script re-run after a conflict, say)
-                            // must be evaluated afresh.
-                            if matches!(o, Outcome::Applied { .. }) {
-                                txn.put(&key, &encode_outcome(e.index, &o))?;
-                            }
-                            o
-                        }
-                    }
-                }
-                Ok(cmd) => apply_batch(&mut txn, e.index, &cmd.batch)?,
-                // Every node decodes the same bytes the same way, so this
-                // fails identically everywhere and stays deterministic.
-                Err(err) => Outcome::Failed {
-                    code: ErrorCode::BadInput,
-                    key: Bytes::new(),
-                    current: None,
-                    message: format!("undecodable command: {err}"),
-                },
-            };
-            outcomes.push(outcome);
+            index_prev = e.index;
+            outcomes.push(self.apply_entry(&mut txn, e)?);
             // A rule of the index alone, so every replica (and every replica
             // restored from a snapshot) forgets the same records.
             if e.index % self.session_retention_entries == 0 {
                 self.prune_sessions(&mut txn, e.index)?;
             }
         }
-        let mut applied = [0u8; 16];
-        applied[..8].copy_from_slice(&last.index.to_le_bytes());
-        applied[8..].copy_from_slice(&last.term.to_le_bytes());
-        txn.put(APPLIED_KEY, &applied)?;
+        txn.put(APPLIED_KEY, &encode_applied(last.index, last.term))?;
         txn.commit_with(Durability::Lazy)?;
         self.applied = last.index;
         self.applied_term = last.term;
         Ok(outcomes)
     }
 
+    fn apply_entry(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        e: &Committed<'_>,
+    ) -> Result<Outcome, StateError> {
+        if e.data.is_empty() {
+            return Ok(Outcome::Applied {
+                prev: None,
+                count: 0,
+            });
+        }
+        let decoded = Command::decode(Bytes::copy_from_slice(e.data)).map(|mut c| {
+            if self.skips_guards() {
+                c.batch.guards.clear();
+            }
+            c
+        });
+        match decoded {
+            Ok(Command {
+                session: Some(session),
+                batch,
+            }) => self.apply_once(txn, e.index, session, &batch),
+            Ok(cmd) => apply_batch(txn, e.index, &cmd.batch),
+            // Every node decodes the same bytes the same way, so this
+            // fails identically everywhere and stays deterministic.
+            Err(err) => Ok(Outcome::Failed {
+                code: ErrorCode::BadInput,
+                key: Bytes::new(),
+                current: None,
+                message: format!("undecodable command: {err}"),
+            }),
+        }
+    }
+
     /// Makes everything applied so far durable in the store; returns the
     /// applied index it covers.
-    pub fn checkpoint(&self) -> nacre_store::Result<u64> {
+    pub fn checkpoint(&self) -> Result<u64, StateError> {
         self.store.sync()?;
         Ok(self.applied)
+    }
+}
+
+/// (index, term) from the applied-index record; a record of another size
+/// means the store cannot say where the state machine stands.
+fn decode_applied(raw: &[u8]) -> Result<(u64, u64), Corruption> {
+    match (raw.len(), u64_le_at(raw, 0), u64_le_at(raw, 8)) {
+        (16, Some(index), Some(term)) => Ok((index, term)),
+        _ => Err(Corruption::new(
+            APPLIED_KEY,
+            "applied index record",
+            format!("{} bytes, not 16", raw.len()),
+        )),
     }
 }

@@ -7,6 +7,7 @@ use nacre_proto::{ErrorCode, Op};
 use nacre_store::{ReadTxn, WriteTxn};
 
 use super::kv::Undo;
+use super::{Corruption, StateError};
 
 /// Namespace byte of Lua scripts (docs/scripts.md). A script's head
 /// record `s` + name holds its live version (0: deleted) and the latest
@@ -49,7 +50,7 @@ fn put_undoable(
     key: Vec<u8>,
     value: &[u8],
     undo: &mut Undo,
-) -> nacre_store::Result<()> {
+) -> Result<(), StateError> {
     let old = txn.get(&key)?;
     txn.put(&key, value)?;
     undo.push((key, old));
@@ -64,13 +65,14 @@ pub(super) fn apply_script_op(
     index: u64,
     op: &Op,
     undo: &mut Undo,
-) -> nacre_store::Result<Result<u64, (ErrorCode, String)>> {
-    let head = |txn: &WriteTxn<'_>, name: &[u8]| -> nacre_store::Result<Option<(u64, u64)>> {
-        match txn.get(&script_head_key(name))? {
+) -> Result<Result<u64, (ErrorCode, String)>, StateError> {
+    let head = |txn: &WriteTxn<'_>, name: &[u8]| -> Result<Option<(u64, u64)>, StateError> {
+        let key = script_head_key(name);
+        match txn.get(&key)? {
             None => Ok(None),
-            Some(raw) => decode_script_head(&raw)
-                .map(Some)
-                .ok_or_else(|| bad_script_meta(name)),
+            Some(raw) => Ok(Some(decode_script_head(&raw).ok_or_else(|| {
+                Corruption::new(&key, "script head record", "shorter than 16 bytes")
+            })?)),
         }
     };
     let shown = |name: &[u8]| String::from_utf8_lossy(name).into_owned();
@@ -118,28 +120,45 @@ pub(super) fn apply_script_op(
                 ),
             )),
         },
-        op => unreachable!("not a script op: {op:?}"),
+        // The caller hands over only the ops it does not handle itself;
+        // failing the batch (on every replica alike) beats a panic.
+        op => Err((ErrorCode::BadInput, format!("not a script op: {op:?}"))),
     })
 }
 
-fn bad_script_meta(name: &[u8]) -> nacre_store::Error {
-    nacre_store::Error::Corruption {
-        position: 0,
-        what: format!(
-            "script head record of {:?} has the wrong size",
-            String::from_utf8_lossy(name)
-        ),
+/// Checks a record of the script namespace: a head is two u64s, a version
+/// record (name, 0x00, u64 version) holds at least its installing index.
+pub(super) fn check_script_record(key: &[u8], value: &[u8]) -> Result<(), Corruption> {
+    let name_and_version = key.get(1..).unwrap_or_default();
+    match name_and_version.iter().position(|b| *b == 0) {
+        None if value.len() == 16 => Ok(()),
+        None => Err(Corruption::new(
+            key,
+            "script head record",
+            format!("{} bytes, not 16", value.len()),
+        )),
+        Some(at) if name_and_version.len() - at - 1 != 8 => Err(Corruption::new(
+            key,
+            "script version key",
+            "not a name, 0x00 and an 8-byte version",
+        )),
+        Some(_) if value.len() < 8 => Err(Corruption::new(
+            key,
+            "script version record",
+            format!("{} bytes, shorter than its 8-byte index", value.len()),
+        )),
+        Some(_) => Ok(()),
     }
 }
 
 /// Keys of the script namespace, which `key_count` leaves out.
-pub(super) fn script_key_count(txn: &ReadTxn) -> nacre_store::Result<u64> {
+pub(super) fn script_key_count(txn: &ReadTxn) -> Result<u64, StateError> {
     let ns = [SCRIPT_NS];
     let end = [SCRIPT_NS + 1];
-    txn.scan(
+    Ok(txn.scan(
         Bound::Included(&ns[..]),
         Bound::Excluded(&end[..]),
         false,
         |_, _| true,
-    )
+    )?)
 }

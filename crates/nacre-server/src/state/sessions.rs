@@ -4,10 +4,11 @@
 use std::ops::Bound;
 
 use bytes::Bytes;
-use nacre_proto::ErrorCode;
+use nacre_proto::{Batch, ErrorCode, Session};
 use nacre_store::WriteTxn;
 
-use super::{Outcome, StateMachine};
+use super::kv::apply_batch;
+use super::{Corruption, Outcome, StateError, StateMachine};
 
 pub(super) const SESSION_PREFIX: &[u8] = b"m/session/";
 
@@ -22,14 +23,14 @@ fn session_epoch_key(epoch: u64) -> Vec<u8> {
     k
 }
 
-pub(super) fn session_key(epoch: u64, client_id: u64, seq: u64) -> Vec<u8> {
+fn session_key(epoch: u64, client_id: u64, seq: u64) -> Vec<u8> {
     let mut k = session_epoch_key(epoch);
     k.extend_from_slice(&client_id.to_be_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
-pub(super) fn encode_outcome(index: u64, o: &Outcome) -> Vec<u8> {
+fn encode_outcome(index: u64, o: &Outcome) -> Vec<u8> {
     let mut w = nacre_proto::wire::Writer::new();
     w.u64(index);
     match o {
@@ -54,7 +55,7 @@ pub(super) fn encode_outcome(index: u64, o: &Outcome) -> Vec<u8> {
     w.into_inner()
 }
 
-pub(super) fn decode_outcome(b: &[u8]) -> Option<(u64, Outcome)> {
+fn decode_outcome(b: &[u8]) -> Option<(u64, Outcome)> {
     let mut r = nacre_proto::wire::Reader::new(Bytes::copy_from_slice(b));
     let index = r.u64("index").ok()?;
     let o = match r.u8("outcome").ok()? {
@@ -73,13 +74,66 @@ pub(super) fn decode_outcome(b: &[u8]) -> Option<(u64, Outcome)> {
     Some((index, o))
 }
 
+/// Checks a session record: its key is the prefix and three u64s, its
+/// value an outcome.
+pub(super) fn check_session_record(key: &[u8], value: &[u8]) -> Result<(), Corruption> {
+    if key.len() != SESSION_PREFIX.len() + 24 {
+        return Err(Corruption::new(
+            key,
+            "session key",
+            "not the prefix and three u64s",
+        ));
+    }
+    match decode_outcome(value) {
+        Some(_) => Ok(()),
+        None => Err(Corruption::new(
+            key,
+            "session record",
+            "does not decode as an outcome",
+        )),
+    }
+}
+
 impl StateMachine {
+    /// Applies a session-stamped batch unless the same stamp already
+    /// applied within the retention window; a retry is answered as the
+    /// first time and changes nothing.
+    pub(super) fn apply_once(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        index: u64,
+        session: Session,
+        batch: &Batch,
+    ) -> Result<Outcome, StateError> {
+        let epoch = index / self.session_retention_entries;
+        let key = session_key(epoch, session.client_id, session.seq);
+        let mut first = txn.get(&key)?.map(|raw| (key.clone(), raw));
+        if first.is_none() && epoch > 0 {
+            let previous = session_key(epoch - 1, session.client_id, session.seq);
+            first = txn.get(&previous)?.map(|raw| (previous, raw));
+        }
+        if let Some((found, raw)) = first {
+            let (_, outcome) = decode_outcome(&raw).ok_or_else(|| {
+                Corruption::new(&found, "session record", "does not decode as an outcome")
+            })?;
+            return Ok(outcome);
+        }
+        let o = apply_batch(txn, index, batch)?;
+        // Only effects need guarding against a second apply; a failed batch
+        // changed nothing, and its retry (a script re-run after a conflict,
+        // say) must be evaluated afresh.
+        if matches!(o, Outcome::Applied { .. }) {
+            txn.put(&key, &encode_outcome(index, &o))?;
+        }
+        Ok(o)
+    }
+
     /// Forgets the session epochs before the previous one.
     pub(super) fn prune_sessions(
         &self,
         txn: &mut WriteTxn<'_>,
         index: u64,
-    ) -> nacre_store::Result<()> {
+    ) -> Result<(), StateError> {
         let epoch = index / self.session_retention_entries;
         if epoch < 2 {
             return Ok(());

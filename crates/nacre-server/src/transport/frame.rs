@@ -21,7 +21,10 @@ pub(super) fn begin_frame(buf: &mut Vec<u8>) {
 
 pub(super) fn finish_frame(buf: &mut [u8], kind: u8) {
     let (header, body) = buf.split_at_mut(FRAME_HEADER_BYTES);
-    let len = u32::try_from(body.len()).expect("frames are capped well below 4 GiB");
+    // Frames are built under `frame_size_max_bytes`, which the config keeps
+    // below 4 GiB; were one larger, the receiver would refuse the length
+    // rather than this side panic.
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     header[0..4].copy_from_slice(&len.to_le_bytes());
     header[4] = kind;
     header[5..9].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
@@ -81,22 +84,30 @@ pub(super) fn take_bytes<'a>(buf: &mut &'a [u8], n: usize) -> io::Result<&'a [u8
     Ok(head)
 }
 
-/// Checks that a chunk body is a whole number of key/value pairs, so the
-/// snapshot file is well formed by construction.
-pub(super) fn check_pairs(mut body: &[u8]) -> io::Result<()> {
+/// Checks that a chunk body is a whole number of key/value pairs, each
+/// of which passes `check`, so the snapshot file is well formed by
+/// construction.
+pub(super) fn check_pairs(
+    mut body: &[u8],
+    check: impl Fn(&[u8], &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     while !body.is_empty() {
-        for _ in 0..2 {
-            let len = take_u32(&mut body)? as usize;
-            take_bytes(&mut body, len)?;
-        }
+        let key_len = take_u32(&mut body)? as usize;
+        let key = take_bytes(&mut body, key_len)?;
+        let value_len = take_u32(&mut body)? as usize;
+        let value = take_bytes(&mut body, value_len)?;
+        check(key, value)?;
     }
     Ok(())
 }
 
-pub(super) fn push_pair(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+/// Appends one key/value pair to a chunk body.
+pub(super) fn push_pair(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) -> io::Result<()> {
     for field in [key, value] {
-        let len = u32::try_from(field.len()).expect("pair length checked against the frame limit");
+        let len = u32::try_from(field.len())
+            .map_err(|_| invalid_data(format!("a {}-byte field", field.len())))?;
         buf.extend_from_slice(&len.to_le_bytes());
         buf.extend_from_slice(field);
     }
+    Ok(())
 }

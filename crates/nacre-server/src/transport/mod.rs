@@ -82,12 +82,12 @@ pub enum Inbound {
 }
 
 /// The store's key/value pairs at a snapshot, as streamed to a peer.
-pub type SnapshotPairs = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), String>> + Send>;
+pub type SnapshotPairs = Box<dyn Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>> + Send>;
 
 /// Streams the data of a snapshot the leader sends: called with the
 /// MsgSnapshot's Snapshot; returns an iterator over the store's key/value
 /// pairs at that snapshot. Runs on a blocking thread, so it may do I/O.
-pub type SnapshotSource = Arc<dyn Fn(&Snapshot) -> Result<SnapshotPairs, String> + Send + Sync>;
+pub type SnapshotSource = Arc<dyn Fn(&Snapshot) -> io::Result<SnapshotPairs> + Send + Sync>;
 
 /// Settings of a [`Transport`].
 #[derive(Clone, Debug)]

@@ -22,6 +22,7 @@ use super::frame::{
 use super::handshake::{accept_handshake, HANDSHAKE_TIMEOUT, STATUS_OK, STATUS_SNAPSHOT_FAILED};
 use super::snapshot::{finish_snapshot, IncomingSnapshot};
 use super::{Inbound, Shared};
+use crate::state::check_snapshot_pair;
 
 /// A snapshot sender silent for this long mid-transfer is dropped, so a
 /// vanished leader does not pin the temp file forever.
@@ -84,7 +85,13 @@ async fn serve(shared: &Shared, stream: &mut TcpStream) -> io::Result<()> {
         match kind {
             KIND_RAFT_BATCH => deliver_batch(shared, from, &body)?,
             KIND_SNAPSHOT_CHUNK => {
-                check_pairs(&body)?;
+                // A pair that does not decode as its namespace says is
+                // refused here, before the leader hears the snapshot
+                // arrived; raft tries again later.
+                check_pairs(&body, |key, value| {
+                    check_snapshot_pair(key, value)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                })?;
                 let snap = match incoming.as_mut() {
                     Some(snap) => snap,
                     None => {

@@ -119,23 +119,25 @@ fn produce_chunks(
     frame_max: usize,
     tx: &mpsc::Sender<io::Result<Vec<u8>>>,
 ) {
-    let fail = |e: String| {
-        let _ = tx.blocking_send(Err(io::Error::other(e)));
+    let fail = |e: io::Error| {
+        let _ = tx.blocking_send(Err(e));
     };
     let pairs = match source(snapshot) {
         Ok(pairs) => pairs,
-        Err(e) => return fail(format!("snapshot source: {e}")),
+        Err(e) => return fail(e),
     };
     let mut frame = Vec::new();
     begin_frame(&mut frame);
     for pair in pairs {
         let (key, value) = match pair {
             Ok(pair) => pair,
-            Err(e) => return fail(format!("snapshot source: {e}")),
+            Err(e) => return fail(e),
         };
         let pair_bytes = 8 + key.len() + value.len();
         if pair_bytes > frame_max {
-            return fail(format!("a {pair_bytes}-byte pair exceeds the frame limit"));
+            return fail(invalid_data(format!(
+                "a {pair_bytes}-byte pair exceeds the frame limit"
+            )));
         }
         let body_bytes = frame.len() - FRAME_HEADER_BYTES;
         if body_bytes > 0 && body_bytes + pair_bytes > chunk_bytes {
@@ -145,7 +147,9 @@ fn produce_chunks(
             }
             begin_frame(&mut frame);
         }
-        push_pair(&mut frame, &key, &value);
+        if let Err(e) = push_pair(&mut frame, &key, &value) {
+            return fail(e);
+        }
     }
     if frame.len() > FRAME_HEADER_BYTES {
         finish_frame(&mut frame, KIND_SNAPSHOT_CHUNK);

@@ -34,7 +34,7 @@ fn config(cluster: &str, id: u64, listen: &str, dir: &Path) -> TransportConfig {
 }
 
 fn no_snapshots() -> SnapshotSource {
-    Arc::new(|_: &Snapshot| Err("no snapshots here".to_string()))
+    Arc::new(|_: &Snapshot| Err(io::Error::other("no snapshots here")))
 }
 
 struct Node {
@@ -256,11 +256,12 @@ fn full_queue_drops_and_reports() {
     rt.block_on(a.transport.shutdown());
 }
 
+/// A user record as the store holds it: the namespace byte, and a value
+/// behind its 24-byte revision (the receiver checks both).
 fn pair(i: usize) -> (Vec<u8>, Vec<u8>) {
-    (
-        format!("key-{i:05}").into_bytes(),
-        vec![(i % 251) as u8; i % 300],
-    )
+    let mut value = vec![0u8; 24];
+    value.extend(std::iter::repeat_n((i % 251) as u8, i % 300));
+    (format!("ukey-{i:05}").into_bytes(), value)
 }
 
 fn snapshot_msg(from: u64, to: u64, index: u64) -> Message {
@@ -335,7 +336,7 @@ fn failed_snapshot_is_reported_and_leaves_no_file() {
     let source: SnapshotSource = Arc::new(|_: &Snapshot| {
         let pairs = (0..1000).map(|i| {
             if i == 500 {
-                Err("store read failed".to_string())
+                Err(io::Error::other("store read failed"))
             } else {
                 Ok(pair(i))
             }
@@ -362,6 +363,46 @@ fn failed_snapshot_is_reported_and_leaves_no_file() {
         assert!(Instant::now() < deadline, "temp file left behind");
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert!(b.rx.try_recv().is_err());
+    rt.block_on(a.transport.shutdown());
+    rt.block_on(b.transport.shutdown());
+}
+
+#[test]
+fn a_snapshot_pair_that_does_not_decode_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    // A user value of 3 bytes, too short for its revision, in the middle
+    // of an otherwise good snapshot: the frames are intact, the pair is not.
+    let source: SnapshotSource = Arc::new(|_: &Snapshot| {
+        let pairs = (0..1000).map(|i| {
+            Ok(if i == 700 {
+                (b"ubad".to_vec(), b"abc".to_vec())
+            } else {
+                pair(i)
+            })
+        });
+        Ok(Box::new(pairs) as SnapshotPairs)
+    });
+    let mut a_cfg = config("c", 1, "127.0.0.1:0", dir.path());
+    a_cfg.snapshot_chunk_bytes = 4 << 10;
+    let a = start(&rt, a_cfg, source);
+    let b = start(
+        &rt,
+        config("c", 2, "127.0.0.1:0", dir.path()),
+        no_snapshots(),
+    );
+    a.transport
+        .set_peer(2, b.transport.local_addr().to_string());
+    a.transport.send(vec![snapshot_msg(1, 2, 9)]);
+    assert_eq!(snapshot_status(&a.rx), Some((2, false)));
+    let snap_dir = dir.path().join("snap-2");
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_dir(&snap_dir).expect("dir").count() > 0 {
+        assert!(Instant::now() < deadline, "refused snapshot left a file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Nothing reached the raft loop.
     assert!(b.rx.try_recv().is_err());
     rt.block_on(a.transport.shutdown());
     rt.block_on(b.transport.shutdown());
