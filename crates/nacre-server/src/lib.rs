@@ -31,7 +31,10 @@ pub struct RunningServer {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     node: node::NodeHandle,
-    accept: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The client listener's task; it ends when asked to stop, or failed.
+    listener: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// How the listener ended, if it did before it was asked to.
+    listener_ended: Option<Result<std::io::Result<()>, tokio::task::JoinError>>,
     raft: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
 }
 
@@ -40,28 +43,74 @@ impl RunningServer {
         self.addr
     }
 
-    /// Stops accepting, closes connections, stops the raft loop (which
-    /// checkpoints the store) and waits for it.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
-        let _ = self.stop.send(true);
-        let _ = self.accept.await;
-        self.node.shutdown();
-        let Some(raft) = self.raft.take() else {
-            return Ok(());
+    /// Completes once the node can no longer serve: its raft loop ended
+    /// (asked to, failed, panicked, or the node was removed; the loop
+    /// itself stops when a thread or task it needs ends), or its client
+    /// listener did.
+    pub async fn wait_down(&mut self) {
+        if self.listener_ended.is_some() {
+            return;
+        }
+        let status = self.node.status.clone();
+        let ended = tokio::select! {
+            () = status.wait_stopped() => None,
+            r = &mut self.listener => Some(r),
         };
-        let stopped = |why: String| ServerError::Stopped {
-            thread: "raft thread",
-            why,
-        };
-        match tokio::task::spawn_blocking(move || raft.join()).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(payload)) => Err(stopped(format!(
-                "panicked: {}",
-                error::panic_message(payload.as_ref())
-            ))),
-            Err(e) => Err(stopped(format!("could not be joined: {e}"))),
+        if ended.is_some() {
+            self.listener_ended = ended;
         }
     }
+
+    /// Stops accepting, closes connections, stops the raft loop (which
+    /// checkpoints the store) and waits for it. The error is what stopped
+    /// the node, if something did: the raft loop's, else the listener's.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        let listener = match self.listener_ended.take() {
+            Some(ended) => listener_outcome(ended, false),
+            None => listener_outcome((&mut self.listener).await, true),
+        };
+        self.node.shutdown();
+        if let Some(raft) = self.raft.take() {
+            let stopped = |why: String| ServerError::Stopped {
+                thread: "raft thread",
+                why,
+            };
+            match tokio::task::spawn_blocking(move || raft.join()).await {
+                Ok(Ok(result)) => result?,
+                Ok(Err(payload)) => {
+                    let why = format!("panicked: {}", error::panic_message(payload.as_ref()));
+                    return Err(stopped(why));
+                }
+                Err(e) => return Err(stopped(format!("could not be joined: {e}"))),
+            }
+        }
+        listener
+    }
+}
+
+/// How the client listener ended: fine if it was asked to stop (`asked`)
+/// and did, a failure otherwise.
+fn listener_outcome(
+    ended: Result<std::io::Result<()>, tokio::task::JoinError>,
+    asked: bool,
+) -> Result<(), ServerError> {
+    let why = match ended {
+        Ok(Ok(())) if asked => return Ok(()),
+        Ok(Ok(())) => "ended".to_string(),
+        Ok(Err(e)) => format!("failed: {e}"),
+        Err(e) if e.is_panic() => {
+            format!(
+                "panicked: {}",
+                error::panic_message(e.into_panic().as_ref())
+            )
+        }
+        Err(e) => format!("was cancelled: {e}"),
+    };
+    Err(ServerError::Stopped {
+        thread: "client listener task",
+        why,
+    })
 }
 
 /// Opens the data directory, starts the raft loop and listens for clients.
@@ -121,12 +170,13 @@ pub async fn start_with_vfs(
         connections: Arc::new(Semaphore::new(config.connections_max)),
         config,
     });
-    let accept = tokio::spawn(server::accept_loop(shared, listener, stop_rx));
+    let listener = tokio::spawn(server::accept_loop(shared, listener, stop_rx));
     Ok(RunningServer {
         addr,
         stop,
         node,
-        accept,
+        listener,
+        listener_ended: None,
         raft: Some(raft),
     })
 }
@@ -211,21 +261,32 @@ async fn wait_for_leadership(node: &node::NodeHandle, timeout: std::time::Durati
 }
 
 /// Runs a node until `shutdown` completes, then stops it cleanly. It also
-/// returns if the raft loop ends on its own: with that loop's error if it
-/// failed (a disk error, a peer port it cannot listen on), so that the
-/// process exits non-zero and a supervisor sees it, instead of living on
-/// answering every request with `GoingDown`; with `Ok` if the node was
-/// removed from the cluster.
+/// returns as soon as the node can no longer serve: with the error that
+/// stopped it if anything failed — a disk error, corrupt data, a peer port
+/// it cannot listen on, a panic in the raft thread, or the end of a thread
+/// or task the node cannot live without (the peer-in thread, the peer or
+/// client listener) — so that the process exits non-zero and a supervisor
+/// sees it, instead of living on answering every request with `GoingDown`;
+/// with `Ok` if the node was removed from the cluster.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let running = start(config).await?;
-    let status = running.node.status.clone();
+    serve_with_vfs(config, Arc::new(OsVfs::default()), shutdown).await
+}
+
+/// [`serve`] with the store's and the tlog's files behind `vfs`, as
+/// [`start_with_vfs`].
+pub async fn serve_with_vfs(
+    config: ServerConfig,
+    vfs: Arc<dyn Vfs>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let mut running = start_with_vfs(config, vfs).await?;
     tokio::select! {
         () = shutdown => tracing::info!("shutting down"),
-        () = status.wait_stopped() => {
-            tracing::warn!("the raft loop has stopped; shutting the node down");
+        () = running.wait_down() => {
+            tracing::warn!("the node can no longer serve; shutting it down");
         }
     }
     running.shutdown().await

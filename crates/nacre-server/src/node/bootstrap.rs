@@ -3,6 +3,7 @@
 //! snapshot install), raft's configuration, and the threads that run it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use raft::RawNode;
 
 use super::snapshot::{take_snapshot, SnapState};
 use super::{Msg, Node, NodeHandle, NodeOptions, PeerSink, Status};
+use crate::error::panic_message;
 use crate::lease::Lease;
 use crate::state::{MemberRecord, StateMachine};
 use crate::transport::Inbound;
@@ -20,7 +22,9 @@ use crate::ServerError;
 
 impl Node {
     /// Opens the raft node over a recovered tlog and state machine and runs
-    /// it on its own thread.
+    /// it on its own thread. However the loop ends — asked to, failed, or
+    /// panicked — the status says it stopped, so that whoever serves the
+    /// node stops too instead of answering `GoingDown` forever.
     pub(crate) fn start(
         tlog: TlogStorage,
         sm: StateMachine,
@@ -28,9 +32,25 @@ impl Node {
         rt: tokio::runtime::Handle,
     ) -> Result<(NodeHandle, std::thread::JoinHandle<Result<(), ServerError>>), ServerError> {
         let (node, handle) = Node::new(tlog, sm, opts, Some(rt), None)?;
+        let status = handle.status.clone();
         let thread = std::thread::Builder::new()
             .name("nacre-raft".into())
-            .spawn(move || node.run())?;
+            .spawn(move || {
+                // A panic unwinds through `run`, dropping the node: every
+                // pending request's reply channel closes (`GoingDown`) and
+                // the queue refuses new ones, before the status says so.
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| node.run()))
+                    .unwrap_or_else(|payload| {
+                        let e = ServerError::Stopped {
+                            thread: "raft thread",
+                            why: format!("panicked: {}", panic_message(payload.as_ref())),
+                        };
+                        tracing::error!(error = %e, "raft loop stopped");
+                        Err(e)
+                    });
+                status.mark_stopped();
+                result
+            })?;
         Ok((handle, thread))
     }
 
@@ -66,7 +86,7 @@ impl Node {
         }
         let raw = RawNode::new(&cfg, tlog.clone(), &logger)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(opts.proposals_pending_max);
-        let inbound_tx = spawn_peer_in(tx.clone(), opts.proposals_pending_max)?;
+        let (inbound_tx, peer_in) = spawn_peer_in(tx.clone(), opts.proposals_pending_max)?;
 
         let status = Arc::new(Status::default());
         status.applied.store(applied, Ordering::Relaxed);
@@ -83,6 +103,7 @@ impl Node {
             rt,
             transport: sink,
             inbound_tx,
+            peer_in: Some(peer_in),
             snap_state,
             snapshots_in: HashMap::new(),
             membership_pending: BTreeMap::new(),
@@ -229,13 +250,20 @@ fn raft_config(opts: &NodeOptions, applied: u64) -> raft::Config {
 }
 
 /// Peer traffic arrives on its own channel (the transport's type); a small
-/// thread forwards it into the loop's queue.
+/// thread forwards it into the loop's queue. The loop watches the thread
+/// (`Node::check_helpers`): without it, the node hears no peer.
 fn spawn_peer_in(
     tx: std::sync::mpsc::SyncSender<Msg>,
     capacity: usize,
-) -> Result<std::sync::mpsc::SyncSender<Inbound>, ServerError> {
+) -> Result<
+    (
+        std::sync::mpsc::SyncSender<Inbound>,
+        std::thread::JoinHandle<()>,
+    ),
+    ServerError,
+> {
     let (inbound_tx, inbound_rx) = std::sync::mpsc::sync_channel::<Inbound>(capacity);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("nacre-peer-in".into())
         .spawn(move || {
             while let Ok(m) = inbound_rx.recv() {
@@ -244,5 +272,5 @@ fn spawn_peer_in(
                 }
             }
         })?;
-    Ok(inbound_tx)
+    Ok((inbound_tx, thread))
 }

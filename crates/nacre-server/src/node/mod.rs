@@ -28,6 +28,8 @@ mod reads;
 mod run;
 mod snapshot;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -60,6 +62,11 @@ pub trait PeerSink: Send {
     fn send(&mut self, msgs: Vec<raft::eraftpb::Message>);
     fn set_peer(&mut self, id: u64, addr: String);
     fn remove_peer(&mut self, id: u64);
+    /// The task the sink cannot work without, if it has ended: then peers
+    /// no longer reach this node, and the node stops.
+    fn stopped_task(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 impl PeerSink for Transport {
@@ -71,6 +78,9 @@ impl PeerSink for Transport {
     }
     fn remove_peer(&mut self, id: u64) {
         Transport::remove_peer(self, id)
+    }
+    fn stopped_task(&self) -> Option<&'static str> {
+        self.listener_ended().then_some("peer listener task")
     }
 }
 
@@ -160,6 +170,8 @@ pub struct Node {
     rt: Option<tokio::runtime::Handle>,
     transport: Option<Box<dyn PeerSink>>,
     inbound_tx: SyncSender<Inbound>,
+    /// The thread that forwards `inbound_tx`'s messages into the loop.
+    peer_in: Option<std::thread::JoinHandle<()>>,
     snap_state: Arc<Mutex<SnapState>>,
     /// Snapshots received, by index, waiting for raft to accept them.
     snapshots_in: HashMap<u64, PathBuf>,

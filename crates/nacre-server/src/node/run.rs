@@ -11,6 +11,7 @@ use raft::StateRole;
 
 use super::status::going_down;
 use super::{Msg, Node, Pending};
+use crate::error::panic_message;
 use crate::state::Committed;
 use crate::transport::Inbound;
 use crate::ServerError;
@@ -54,6 +55,7 @@ impl Node {
                 return Ok(());
             }
             if Instant::now() >= next_tick {
+                self.check_helpers()?;
                 self.tick();
                 next_tick += tick;
                 // After a long stall, do not replay every missed tick.
@@ -63,6 +65,29 @@ impl Node {
             }
             self.process()?;
         }
+    }
+
+    /// The threads and tasks the loop cannot work without — the peer-in
+    /// forwarder, the transport's listener — end only if they failed (or
+    /// the node is going away): checked once a tick.
+    pub(super) fn check_helpers(&mut self) -> Result<(), ServerError> {
+        if self.peer_in.as_ref().is_some_and(|t| t.is_finished()) {
+            let why = match self.peer_in.take().map(std::thread::JoinHandle::join) {
+                Some(Err(payload)) => format!("panicked: {}", panic_message(payload.as_ref())),
+                _ => "ended".to_string(),
+            };
+            return Err(ServerError::Stopped {
+                thread: "peer-in thread",
+                why,
+            });
+        }
+        if let Some(task) = self.transport.as_ref().and_then(|t| t.stopped_task()) {
+            return Err(ServerError::Stopped {
+                thread: task,
+                why: "ended".to_string(),
+            });
+        }
+        Ok(())
     }
 
     pub(super) fn leader_hint(&self) -> ErrorReply {

@@ -69,7 +69,9 @@ fn a_user_value_shorter_than_its_revision_is_refused_naming_the_key() {
     names_key(&e, &bad);
     assert!(e.to_string().contains("user key \"bad\""), "{e}");
     assert!(e.to_string().contains("3 bytes"), "{e}");
-    assert_eq!(e.to_reply().code, nacre_proto::ErrorCode::Corruption);
+    let reply = e.to_reply();
+    assert_eq!(reply.code, nacre_proto::ErrorCode::Corruption);
+    assert_eq!(reply.key, Some(b("bad")));
     names_key(&r.get_entry(b"bad").unwrap_err(), &bad);
     let all = RangeQuery {
         first: None,

@@ -1,6 +1,7 @@
 //! Errors of the state machine: the store's own, and records that do not
 //! decode as what their namespace says.
 
+use bytes::Bytes;
 use nacre_proto::{ErrorCode, ErrorReply};
 
 use super::{META_NS, SCRIPT_NS, USER_NS};
@@ -61,14 +62,22 @@ pub fn describe_key(key: &[u8]) -> String {
 }
 
 impl StateError {
-    /// The reply a client gets when its read failed on this.
+    /// The reply a client gets when its read failed on this; a corrupt
+    /// user value's reply carries its key.
     pub fn to_reply(&self) -> ErrorReply {
         let code = match self {
             StateError::Corruption(_)
             | StateError::Store(nacre_store::Error::Corruption { .. }) => ErrorCode::Corruption,
             _ => ErrorCode::Internal,
         };
-        ErrorReply::new(code, self.to_string())
+        let reply = ErrorReply::new(code, self.to_string());
+        match self {
+            StateError::Corruption(c) => match c.key.split_first() {
+                Some((&USER_NS, user)) => reply.with_key(Bytes::copy_from_slice(user)),
+                _ => reply,
+            },
+            _ => reply,
+        }
     }
 }
 

@@ -379,6 +379,19 @@ impl Transport {
         }
     }
 
+    /// Whether the listener task ended while the transport is open: it
+    /// ends only on shutdown, or by panicking, and then peers can no
+    /// longer reach this node.
+    pub fn listener_ended(&self) -> bool {
+        !self.inner.closed.load(Ordering::Acquire)
+            && self
+                .inner
+                .listener
+                .lock()
+                .as_ref()
+                .is_some_and(|t| t.is_finished())
+    }
+
     /// Messages waiting in the peer's queue, or None for an unknown peer.
     pub fn queued(&self, id: u64) -> Option<usize> {
         let peers = self.inner.peers.lock();
