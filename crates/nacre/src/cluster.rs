@@ -308,7 +308,11 @@ mod tests {
             c.validate().unwrap();
             assert!(c.data_dir.starts_with(dir.path()));
         }
-        assert!(cfg.select_node("n9").unwrap_err().to_string().contains("n9"));
+        assert!(cfg
+            .select_node("n9")
+            .unwrap_err()
+            .to_string()
+            .contains("n9"));
         assert!(init_config(0, dir.path()).is_err());
     }
 
