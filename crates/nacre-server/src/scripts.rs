@@ -1,6 +1,6 @@
 //! Lua user functions (docs/scripts.md): installing, listing and calling
 //! them. Scripts live in the replicated keyspace under namespace `s`
-//! (see `state.rs`), so an install is a replicated write and a version is
+//! (see `state/scripts.rs`), so an install is a replicated write and a version is
 //! live on a node as soon as that node applies it: every call reads the
 //! live version from the store.
 //!
