@@ -275,27 +275,39 @@ fn history(shared: &Shared, name: &str) -> Result<Vec<ScriptVersionInfo>, ErrorR
     let mut end = script_head_key(name.as_bytes());
     end.push(1);
     let mut out = Vec::new();
+    let mut bad = false;
     txn.scan(
         Bound::Included(&start[..]),
         Bound::Excluded(&end[..]),
         false,
         |k, v| {
-            if let (Ok(ver), Some(ix)) = (
-                <[u8; 8]>::try_from(&k[start.len()..]),
-                v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
-            ) {
-                let version = u64::from_be_bytes(ver);
-                out.push(ScriptVersionInfo {
-                    version,
-                    index: u64::from_le_bytes(ix),
-                    size_bytes: (v.len() - 8) as u64,
-                    live: version == live,
-                });
-            }
+            let version = k
+                .get(start.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok());
+            let index = v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+            let (Some(ver), Some(ix)) = (version, index) else {
+                // A version record this code never wrote: say so rather
+                // than leave it out of the history.
+                bad = true;
+                return false;
+            };
+            let version = u64::from_be_bytes(ver);
+            out.push(ScriptVersionInfo {
+                version,
+                index: u64::from_le_bytes(ix),
+                size_bytes: (v.len() - 8) as u64,
+                live: version == live,
+            });
             true
         },
     )
     .map_err(store_error)?;
+    if bad {
+        return Err(ErrorReply::new(
+            ErrorCode::Corruption,
+            format!("bad version record of script {name:?}"),
+        ));
+    }
     Ok(out)
 }
 
