@@ -5,6 +5,19 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not TOML, or not the settings `ServerConfig` has.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("no node named {name:?} in [[nodes]] (have: {})", .have.join(", "))]
+    UnknownNode { name: String, have: Vec<String> },
+    /// A setting that cannot work, named with what is wrong with it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// One member of a cluster, as listed in the config's `[[nodes]]` tables.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -142,19 +155,18 @@ impl ServerConfig {
     }
 
     /// Parses a TOML document; missing keys keep their defaults.
-    pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn from_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+        Ok(toml::from_str(text)?)
     }
 
     /// Makes this config about the member `name` of `[[nodes]]`: its name,
     /// addresses and data directory become this node's.
-    pub fn select_node(&mut self, name: &str) -> Result<(), String> {
+    pub fn select_node(&mut self, name: &str) -> Result<(), ConfigError> {
         let Some(n) = self.nodes.iter().find(|n| n.name == name) else {
-            let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
-            return Err(format!(
-                "no node named {name:?} in [[nodes]] (have: {})",
-                names.join(", ")
-            ));
+            return Err(ConfigError::UnknownNode {
+                name: name.to_string(),
+                have: self.nodes.iter().map(|n| n.name.clone()).collect(),
+            });
         };
         self.node_name = n.name.clone();
         self.listen = n.client.clone();
@@ -190,7 +202,7 @@ impl ServerConfig {
     }
 
     /// Refuses settings that cannot work, with the setting's name.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("connections_max", self.connections_max as u64),
             (
@@ -209,23 +221,31 @@ impl ServerConfig {
         ];
         for (name, v) in positive {
             if v == 0 {
-                return Err(format!("{name} must be greater than 0"));
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be greater than 0"
+                )));
             }
         }
         if !matches!(self.consistent_reads.as_str(), "lease" | "read-index") {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "consistent_reads must be \"lease\" or \"read-index\", not {:?}",
                 self.consistent_reads
-            ));
+            )));
         }
         if self.election_ticks <= self.heartbeat_ticks {
-            return Err("election_ticks must be greater than heartbeat_ticks".into());
+            return Err(ConfigError::Invalid(
+                "election_ticks must be greater than heartbeat_ticks".to_string(),
+            ));
         }
         if self.node_name.is_empty() || self.node_name.len() > nacre_proto::NAME_SIZE_MAX_BYTES {
-            return Err("node_name must be 1 to 255 bytes".into());
+            return Err(ConfigError::Invalid(
+                "node_name must be 1 to 255 bytes".to_string(),
+            ));
         }
         if self.cluster_id.len() > nacre_proto::NAME_SIZE_MAX_BYTES {
-            return Err("cluster_id must be at most 255 bytes".into());
+            return Err(ConfigError::Invalid(
+                "cluster_id must be at most 255 bytes".to_string(),
+            ));
         }
         if !self.nodes.is_empty() {
             let members = self.initial_members();
@@ -233,29 +253,41 @@ impl ServerConfig {
             let mut names = std::collections::BTreeSet::new();
             for (id, n) in &members {
                 if *id == 0 {
-                    return Err(format!("node {:?}: id 0 is reserved", n.name));
+                    return Err(ConfigError::Invalid(format!(
+                        "node {:?}: id 0 is reserved",
+                        n.name
+                    )));
                 }
                 if !ids.insert(*id) {
-                    return Err(format!("node id {id} is used twice in [[nodes]]"));
+                    return Err(ConfigError::Invalid(format!(
+                        "node id {id} is used twice in [[nodes]]"
+                    )));
                 }
                 if !names.insert(n.name.clone()) {
-                    return Err(format!("node name {:?} is used twice in [[nodes]]", n.name));
+                    return Err(ConfigError::Invalid(format!(
+                        "node name {:?} is used twice in [[nodes]]",
+                        n.name
+                    )));
                 }
             }
             if !names.contains(&self.node_name) {
-                return Err(format!(
+                return Err(ConfigError::Invalid(format!(
                     "this node ({:?}) is not in [[nodes]]: pass --node NAME",
                     self.node_name
-                ));
+                )));
             }
             if let Some(p) = &self.preferred_leader {
                 if !names.contains(p) {
-                    return Err(format!("preferred_leader {p:?} is not in [[nodes]]"));
+                    return Err(ConfigError::Invalid(format!(
+                        "preferred_leader {p:?} is not in [[nodes]]"
+                    )));
                 }
             }
         }
         if self.frame_size_max_bytes < self.value_size_max_bytes + self.key_size_max_bytes + 1024 {
-            return Err("frame_size_max_bytes must hold one maximal key and value".into());
+            return Err(ConfigError::Invalid(
+                "frame_size_max_bytes must hold one maximal key and value".to_string(),
+            ));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 
 pub mod clock;
 mod config;
+mod error;
 pub mod lease;
 pub mod node;
 mod scripts;
@@ -19,37 +20,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use config::{NodeConfig, ServerConfig};
+pub use config::{ConfigError, NodeConfig, ServerConfig};
+pub use error::{FailureKind, ServerError};
 use nacre_vfs::{OsVfs, Vfs};
 pub use node::name_id;
 use tokio::sync::{watch, Semaphore};
-
-/// Why a node stopped or could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("store: {0}")]
-    Store(#[from] nacre_store::Error),
-    #[error("tlog: {0}")]
-    Tlog(String),
-    #[error("raft: {0}")]
-    Raft(String),
-}
 
 /// A node that is up: its client address, and the way to stop it.
 pub struct RunningServer {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     node: node::NodeHandle,
-    accept: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The client listener's task; it ends when asked to stop, or failed.
+    listener: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// How the listener ended, if it did before it was asked to.
+    listener_ended: Option<Result<std::io::Result<()>, tokio::task::JoinError>>,
     raft: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
 }
 
@@ -58,18 +43,74 @@ impl RunningServer {
         self.addr
     }
 
+    /// Completes once the node can no longer serve: its raft loop ended
+    /// (asked to, failed, panicked, or the node was removed; the loop
+    /// itself stops when a thread or task it needs ends), or its client
+    /// listener did.
+    pub async fn wait_down(&mut self) {
+        if self.listener_ended.is_some() {
+            return;
+        }
+        let status = self.node.status.clone();
+        let ended = tokio::select! {
+            () = status.wait_stopped() => None,
+            r = &mut self.listener => Some(r),
+        };
+        if ended.is_some() {
+            self.listener_ended = ended;
+        }
+    }
+
     /// Stops accepting, closes connections, stops the raft loop (which
-    /// checkpoints the store) and waits for it.
+    /// checkpoints the store) and waits for it. The error is what stopped
+    /// the node, if something did: the raft loop's, else the listener's.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
-        let _ = self.accept.await;
+        let listener = match self.listener_ended.take() {
+            Some(ended) => listener_outcome(ended, false),
+            None => listener_outcome((&mut self.listener).await, true),
+        };
         self.node.shutdown();
-        let raft = self.raft.take().expect("raft thread joined once");
-        tokio::task::spawn_blocking(move || raft.join())
-            .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?
-            .map_err(|_| ServerError::Raft("raft thread panicked".into()))?
+        if let Some(raft) = self.raft.take() {
+            let stopped = |why: String| ServerError::Stopped {
+                thread: "raft thread",
+                why,
+            };
+            match tokio::task::spawn_blocking(move || raft.join()).await {
+                Ok(Ok(result)) => result?,
+                Ok(Err(payload)) => {
+                    let why = format!("panicked: {}", error::panic_message(payload.as_ref()));
+                    return Err(stopped(why));
+                }
+                Err(e) => return Err(stopped(format!("could not be joined: {e}"))),
+            }
+        }
+        listener
     }
+}
+
+/// How the client listener ended: fine if it was asked to stop (`asked`)
+/// and did, a failure otherwise.
+fn listener_outcome(
+    ended: Result<std::io::Result<()>, tokio::task::JoinError>,
+    asked: bool,
+) -> Result<(), ServerError> {
+    let why = match ended {
+        Ok(Ok(())) if asked => return Ok(()),
+        Ok(Ok(())) => "ended".to_string(),
+        Ok(Err(e)) => format!("failed: {e}"),
+        Err(e) if e.is_panic() => {
+            format!(
+                "panicked: {}",
+                error::panic_message(e.into_panic().as_ref())
+            )
+        }
+        Err(e) => format!("was cancelled: {e}"),
+    };
+    Err(ServerError::Stopped {
+        thread: "client listener task",
+        why,
+    })
 }
 
 /// Opens the data directory, starts the raft loop and listens for clients.
@@ -84,85 +125,27 @@ pub async fn start_with_vfs(
     config: ServerConfig,
     vfs: Arc<dyn Vfs>,
 ) -> Result<RunningServer, ServerError> {
-    config.validate().map_err(ServerError::Config)?;
+    config.validate()?;
     vfs.create_dir_all(&config.data_dir)?;
     let limits = config.limits();
-    let store_opts = nacre_store::Options {
-        cache_size_bytes: config.store_cache_bytes as usize,
-        // Stored keys carry a namespace byte, values a 24-byte revision.
-        key_size_max_bytes: limits.key_size_max_bytes + 1,
-        value_size_max_bytes: limits.value_size_max_bytes + nacre_proto::Revision::ENCODED_BYTES,
-        durability: nacre_store::Durability::Lazy,
-        vfs: vfs.clone(),
-        ..Default::default()
-    };
-    let store = nacre_store::Store::open(config.data_dir.join("store"), store_opts)?;
+    let store = open_store(&config, vfs.clone())?;
     let tlog_opts = nacre_raft::TlogOptions {
         segment_size_bytes: config.tlog_segment_size_bytes,
         ..Default::default()
     };
-    let tlog = nacre_raft::Tlog::open(vfs, &config.data_dir.join("tlog"), tlog_opts)
-        .map_err(|e| ServerError::Tlog(e.to_string()))?;
+    let tlog = nacre_raft::Tlog::open(vfs, &config.data_dir.join("tlog"), tlog_opts)?;
     let sm = state::StateMachine::open_with(store.clone(), config.session_retention_entries)?;
-    let members = config.initial_members();
-    let id = members
-        .iter()
-        .find(|(_, n)| n.name == config.node_name)
-        .map_or_else(|| name_id(&config.node_name), |(id, _)| *id);
-    let preferred_leader = config
-        .preferred_leader
-        .as_ref()
-        .and_then(|p| members.iter().find(|(_, n)| &n.name == p))
-        .map(|(id, _)| *id);
-    let initial_members = members
-        .into_iter()
-        .map(|(id, n)| {
-            (
-                id,
-                state::MemberRecord {
-                    name: n.name,
-                    client: n.client,
-                    peer: n.peer,
-                },
-            )
-        })
-        .collect();
     let (node, raft) = node::Node::start(
         nacre_raft::TlogStorage::new(tlog),
         sm,
-        node::NodeOptions {
-            id,
-            initial_members,
-            join: config.join,
-            preferred_leader,
-            cluster_id: config.cluster_id.clone(),
-            peer_listen: config.peer_listen.clone(),
-            data_dir: config.data_dir.clone(),
-            tick_ms: config.tick_ms,
-            election_ticks: config.election_ticks,
-            heartbeat_ticks: config.heartbeat_ticks,
-            reads_by_lease: config.consistent_reads == "lease",
-            clock: clock::HostClock::shared(),
-            proposals_pending_max: config.proposals_pending_max,
-            checkpoint_entries: config.checkpoint_entries,
-            tlog_tail_entries: config.tlog_tail_entries,
-            planted: Default::default(),
-        },
+        node_options(&config),
         tokio::runtime::Handle::current(),
     )?;
     // A single-member group elects itself at once; serving only after that
     // spares the first clients a spurious NotMaster.
-    let deadline = Instant::now()
-        + std::time::Duration::from_millis(config.tick_ms * config.election_ticks as u64 * 3);
-    let single = config.nodes.len() <= 1 && !config.join;
-    while single
-        && !node
-            .status
-            .is_leader
-            .load(std::sync::atomic::Ordering::Acquire)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    if config.nodes.len() <= 1 && !config.join {
+        let timeout_ms = config.tick_ms * config.election_ticks as u64 * 3;
+        wait_for_leadership(&node, std::time::Duration::from_millis(timeout_ms)).await;
     }
     let listener = match tokio::net::TcpListener::bind(&config.listen).await {
         Ok(l) => l,
@@ -188,32 +171,123 @@ pub async fn start_with_vfs(
         blocking: Arc::new(Semaphore::new(config.blocking_tasks_max)),
         config,
     });
-    let accept = tokio::spawn(server::accept_loop(shared, listener, stop_rx));
+    let listener = tokio::spawn(server::accept_loop(shared, listener, stop_rx));
     Ok(RunningServer {
         addr,
         stop,
         node,
-        accept,
+        listener,
+        listener_ended: None,
         raft: Some(raft),
     })
 }
 
+/// The store under `data_dir/store`, committing lazily (the tlog makes
+/// entries durable), with room for the namespace byte and the revision.
+fn open_store(config: &ServerConfig, vfs: Arc<dyn Vfs>) -> Result<nacre_store::Store, ServerError> {
+    let limits = config.limits();
+    let store_opts = nacre_store::Options {
+        cache_size_bytes: config.store_cache_bytes as usize,
+        // Stored keys carry a namespace byte, values a 24-byte revision.
+        key_size_max_bytes: limits.key_size_max_bytes + 1,
+        value_size_max_bytes: limits.value_size_max_bytes + nacre_proto::Revision::ENCODED_BYTES,
+        durability: nacre_store::Durability::Lazy,
+        vfs,
+        ..Default::default()
+    };
+    Ok(nacre_store::Store::open(
+        config.data_dir.join("store"),
+        store_opts,
+    )?)
+}
+
+/// What the raft driver needs from the configuration: this node's id, the
+/// initial members with their ids, the preferred leader's id.
+fn node_options(config: &ServerConfig) -> node::NodeOptions {
+    let members = config.initial_members();
+    let id = members
+        .iter()
+        .find(|(_, n)| n.name == config.node_name)
+        .map_or_else(|| name_id(&config.node_name), |(id, _)| *id);
+    let preferred_leader = config
+        .preferred_leader
+        .as_ref()
+        .and_then(|p| members.iter().find(|(_, n)| &n.name == p))
+        .map(|(id, _)| *id);
+    let initial_members = members
+        .into_iter()
+        .map(|(id, n)| {
+            (
+                id,
+                state::MemberRecord {
+                    name: n.name,
+                    client: n.client,
+                    peer: n.peer,
+                },
+            )
+        })
+        .collect();
+    node::NodeOptions {
+        id,
+        initial_members,
+        join: config.join,
+        preferred_leader,
+        cluster_id: config.cluster_id.clone(),
+        peer_listen: config.peer_listen.clone(),
+        data_dir: config.data_dir.clone(),
+        tick_ms: config.tick_ms,
+        election_ticks: config.election_ticks,
+        heartbeat_ticks: config.heartbeat_ticks,
+        reads_by_lease: config.consistent_reads == "lease",
+        clock: clock::HostClock::shared(),
+        proposals_pending_max: config.proposals_pending_max,
+        checkpoint_entries: config.checkpoint_entries,
+        tlog_tail_entries: config.tlog_tail_entries,
+        #[cfg(feature = "sim")]
+        planted: Default::default(),
+    }
+}
+
+/// Waits, at most `timeout`, until the node leads.
+async fn wait_for_leadership(node: &node::NodeHandle, timeout: std::time::Duration) {
+    let deadline = Instant::now() + timeout;
+    while !node
+        .status
+        .is_leader
+        .load(std::sync::atomic::Ordering::Acquire)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 /// Runs a node until `shutdown` completes, then stops it cleanly. It also
-/// returns if the raft loop ends on its own: with that loop's error if it
-/// failed (a disk error, a peer port it cannot listen on), so that the
-/// process exits non-zero and a supervisor sees it, instead of living on
-/// answering every request with `GoingDown`; with `Ok` if the node was
-/// removed from the cluster.
+/// returns as soon as the node can no longer serve: with the error that
+/// stopped it if anything failed — a disk error, corrupt data, a peer port
+/// it cannot listen on, a panic in the raft thread, or the end of a thread
+/// or task the node cannot live without (the peer-in thread, the peer or
+/// client listener) — so that the process exits non-zero and a supervisor
+/// sees it, instead of living on answering every request with `GoingDown`;
+/// with `Ok` if the node was removed from the cluster.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let running = start(config).await?;
-    let status = running.node.status.clone();
+    serve_with_vfs(config, Arc::new(OsVfs::default()), shutdown).await
+}
+
+/// [`serve`] with the store's and the tlog's files behind `vfs`, as
+/// [`start_with_vfs`].
+pub async fn serve_with_vfs(
+    config: ServerConfig,
+    vfs: Arc<dyn Vfs>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let mut running = start_with_vfs(config, vfs).await?;
     tokio::select! {
         () = shutdown => tracing::info!("shutting down"),
-        () = status.wait_stopped() => {
-            tracing::warn!("the raft loop has stopped; shutting the node down");
+        () = running.wait_down() => {
+            tracing::warn!("the node can no longer serve; shutting it down");
         }
     }
     running.shutdown().await

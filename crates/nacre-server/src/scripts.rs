@@ -1,6 +1,6 @@
 //! Lua user functions (docs/scripts.md): installing, listing and calling
 //! them. Scripts live in the replicated keyspace under namespace `s`
-//! (see `state.rs`), so an install is a replicated write and a version is
+//! (see `state/scripts.rs`), so an install is a replicated write and a version is
 //! live on a node as soon as that node applies it: every call reads the
 //! live version from the store.
 //!
@@ -221,14 +221,15 @@ fn version_record(shared: &Shared, name: &str, v: u64) -> Result<(u64, Bytes), E
                 format!("script {name:?} has no version {v}"),
             )
         })?;
-    if raw.len() < 8 {
-        return Err(ErrorReply::new(
+    match (raw.get(..8).map(<[u8; 8]>::try_from), raw.get(8..)) {
+        (Some(Ok(index)), Some(source)) => {
+            Ok((u64::from_le_bytes(index), Bytes::copy_from_slice(source)))
+        }
+        _ => Err(ErrorReply::new(
             ErrorCode::Corruption,
             "bad script version record",
-        ));
+        )),
     }
-    let index = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
-    Ok((index, Bytes::copy_from_slice(&raw[8..])))
 }
 
 fn list(shared: &Shared) -> Result<Vec<ScriptSummary>, ErrorReply> {
@@ -274,27 +275,39 @@ fn history(shared: &Shared, name: &str) -> Result<Vec<ScriptVersionInfo>, ErrorR
     let mut end = script_head_key(name.as_bytes());
     end.push(1);
     let mut out = Vec::new();
+    let mut bad = false;
     txn.scan(
         Bound::Included(&start[..]),
         Bound::Excluded(&end[..]),
         false,
         |k, v| {
-            if let (Ok(ver), Some(ix)) = (
-                <[u8; 8]>::try_from(&k[start.len()..]),
-                v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
-            ) {
-                let version = u64::from_be_bytes(ver);
-                out.push(ScriptVersionInfo {
-                    version,
-                    index: u64::from_le_bytes(ix),
-                    size_bytes: (v.len() - 8) as u64,
-                    live: version == live,
-                });
-            }
+            let version = k
+                .get(start.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok());
+            let index = v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+            let (Some(ver), Some(ix)) = (version, index) else {
+                // A version record this code never wrote: say so rather
+                // than leave it out of the history.
+                bad = true;
+                return false;
+            };
+            let version = u64::from_be_bytes(ver);
+            out.push(ScriptVersionInfo {
+                version,
+                index: u64::from_le_bytes(ix),
+                size_bytes: (v.len() - 8) as u64,
+                live: version == live,
+            });
             true
         },
     )
     .map_err(store_error)?;
+    if bad {
+        return Err(ErrorReply::new(
+            ErrorCode::Corruption,
+            format!("bad version record of script {name:?}"),
+        ));
+    }
     Ok(out)
 }
 

@@ -67,7 +67,7 @@ pub(crate) async fn off_the_workers<T: Send + 'static>(
         work()
     })
     .await
-    .map_err(|e| internal(format!("a blocking task failed: {e}")))?
+    .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("a blocking task failed: {e}")))?
 }
 
 pub(crate) async fn accept_loop(
@@ -117,22 +117,33 @@ async fn refuse(
     stream.shutdown().await
 }
 
-async fn read_hello(stream: &mut TcpStream) -> std::io::Result<Result<ClientHello, String>> {
+/// Why a client's hello is refused.
+#[derive(Debug, thiserror::Error)]
+enum BadHello {
+    #[error("bytes after the hello, before its answer")]
+    TrailingBytes,
+    #[error("{0}")]
+    Decode(#[from] nacre_proto::DecodeError),
+    #[error("hello too long")]
+    TooLong,
+}
+
+async fn read_hello(stream: &mut TcpStream) -> std::io::Result<Result<ClientHello, BadHello>> {
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 64];
     loop {
         match ClientHello::decode(&buf) {
             Ok(Some((hello, used))) => {
                 if used != buf.len() {
-                    return Ok(Err("bytes after the hello, before its answer".into()));
+                    return Ok(Err(BadHello::TrailingBytes));
                 }
                 return Ok(Ok(hello));
             }
             Ok(None) => {}
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Err(e.into())),
         }
         if buf.len() >= HELLO_SIZE_MAX_BYTES {
-            return Ok(Err("hello too long".into()));
+            return Ok(Err(BadHello::TooLong));
         }
         let want = (HELLO_SIZE_MAX_BYTES - buf.len()).min(chunk.len());
         let n = stream.read(&mut chunk[..want]).await?;
@@ -173,7 +184,7 @@ async fn connection(
     };
     let hello = match hello {
         Ok(h) => h,
-        Err(why) => return refuse(stream, &shared, ErrorCode::BadInput, &why).await,
+        Err(why) => return refuse(stream, &shared, ErrorCode::BadInput, &why.to_string()).await,
     };
     if hello.version != PROTOCOL_VERSION {
         let msg = format!(
@@ -303,19 +314,6 @@ async fn write_replies(
     wr.shutdown().await
 }
 
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
-}
-
-fn store_error(e: nacre_store::Error) -> ErrorReply {
-    match e {
-        nacre_store::Error::Corruption { .. } => {
-            ErrorReply::new(ErrorCode::Corruption, e.to_string())
-        }
-        e => internal(e),
-    }
-}
-
 fn not_found(key: &Bytes) -> ErrorReply {
     ErrorReply::new(ErrorCode::NotFound, "key not found").with_key(key.clone())
 }
@@ -343,43 +341,37 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
         Request::Statistics => Response::Stats(statistics(shared)),
         Request::GetTxid => Response::U64(status.applied.load(Ordering::Acquire)),
         Request::Get { key, .. } => {
-            let v = Reader::new(&shared.store).get(&key).map_err(store_error)?;
+            let v = Reader::new(&shared.store).get(&key)?;
             Response::Value(Some(v.ok_or_else(|| not_found(&key))?))
         }
-        Request::GetEntry { key, .. } => Response::Entry(
-            Reader::new(&shared.store)
-                .get_entry(&key)
-                .map_err(store_error)?,
-        ),
-        Request::Exists { key, .. } => Response::Bool(
-            Reader::new(&shared.store)
-                .exists(&key)
-                .map_err(store_error)?,
-        ),
+        Request::GetEntry { key, .. } => {
+            Response::Entry(Reader::new(&shared.store).get_entry(&key)?)
+        }
+        Request::Exists { key, .. } => Response::Bool(Reader::new(&shared.store).exists(&key)?),
         // Reads that may touch many pages run off the async workers.
         Request::MultiGet { keys, .. } => Response::Values(
             read_off(shared, move |r| {
                 keys.iter()
-                    .map(|k| r.get(k).map_err(store_error)?.ok_or_else(|| not_found(k)))
+                    .map(|k| r.get(k)?.ok_or_else(|| not_found(k)))
                     .collect()
             })
             .await?,
         ),
         Request::MultiGetOption { keys, .. } => Response::OptValues(
             read_off(shared, move |r| {
-                keys.iter().map(|k| r.get(k).map_err(store_error)).collect()
+                keys.iter().map(|k| Ok(r.get(k)?)).collect()
             })
             .await?,
         ),
         Request::Range { query, .. } => Response::Keys(
             read_off(shared, move |r| {
-                r.range_keys(&query, max).map_err(store_error)
+                r.range_keys(&query, max).map_err(ErrorReply::from)
             })
             .await?,
         ),
         Request::RangeEntries { query, .. } => Response::Entries(
             read_off(shared, move |r| {
-                r.range_entries(&query, max).map_err(store_error)
+                r.range_entries(&query, max).map_err(ErrorReply::from)
             })
             .await?,
         ),
@@ -387,12 +379,13 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
             prefix, max: want, ..
         } => Response::Keys(
             read_off(shared, move |r| {
-                r.prefix_keys(&prefix, want.min(max)).map_err(store_error)
+                r.prefix_keys(&prefix, want.min(max))
+                    .map_err(ErrorReply::from)
             })
             .await?,
         ),
         Request::KeyCount { .. } => {
-            Response::U64(read_off(shared, |r| r.key_count().map_err(store_error)).await?)
+            Response::U64(read_off(shared, |r| r.key_count().map_err(ErrorReply::from)).await?)
         }
         Request::ClusterStatus => Response::Members(status.progress.lock().clone()),
         Request::AddLearner { name, client, peer } => {
@@ -510,7 +503,7 @@ async fn write(shared: &Shared, req: &Request) -> Result<Response, ErrorReply> {
             // Write only if different: decided by a linearizable read, so a
             // confirm that finds the value in place is itself linearizable.
             wait_for(shared, Consistency::Consistent).await?;
-            let current = Reader::new(&shared.store).get(key).map_err(store_error)?;
+            let current = Reader::new(&shared.store).get(key)?;
             if current.as_deref() == Some(&value[..]) {
                 return Ok(Response::Written {
                     index: shared.node.status.applied.load(Ordering::Acquire),

@@ -110,7 +110,7 @@ fn written_index(r: &Response) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_request_means_what_the_protocol_says() {
+async fn reads_writes_and_revisions_mean_what_the_protocol_says() {
     let dir = tempfile::tempdir().unwrap();
     let server = nacre_server::start(config(dir.path())).await.unwrap();
     let mut c = Conn::open(&server, "nacre").await.unwrap();
@@ -216,6 +216,20 @@ async fn every_request_means_what_the_protocol_says() {
         .await;
     assert_eq!(code(&ahead), Some(ErrorCode::InconsistentRead));
 
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_and_set_replace_and_confirm_mean_what_the_protocol_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nacre_server::start(config(dir.path())).await.unwrap();
+    let mut c = Conn::open(&server, "nacre").await.unwrap();
+    c.call(Request::Set {
+        key: b("a"),
+        value: b("2"),
+    })
+    .await;
+
     // test_and_set: swaps only on a match, and always reports what it found.
     let r = c
         .call(Request::TestAndSet {
@@ -306,15 +320,14 @@ async fn every_request_means_what_the_protocol_says() {
         Response::Value(Some(b("5")))
     );
 
-    // delete: a missing key is NotFound, as in Arakoon.
-    assert!(matches!(
-        c.call(Request::Delete { key: b("a") }).await,
-        Response::Written { .. }
-    ));
-    assert_eq!(
-        code(&c.call(Request::Delete { key: b("a") }).await),
-        Some(ErrorCode::NotFound)
-    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_gets_and_ranges_mean_what_the_protocol_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nacre_server::start(config(dir.path())).await.unwrap();
+    let mut c = Conn::open(&server, "nacre").await.unwrap();
 
     // multi_get names the missing key; multi_get_option does not fail.
     for k in ["k1", "k2", "k3", "other"] {
@@ -407,6 +420,35 @@ async fn every_request_means_what_the_protocol_says() {
     assert_eq!(
         c.call(Request::KeyCount { consistency: C }).await,
         Response::U64(1)
+    );
+
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_and_sequences_mean_what_the_protocol_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nacre_server::start(config(dir.path())).await.unwrap();
+    let mut c = Conn::open(&server, "nacre").await.unwrap();
+    c.call(Request::Set {
+        key: b("other"),
+        value: b("v-other"),
+    })
+    .await;
+
+    // delete: a missing key is NotFound, as in Arakoon.
+    c.call(Request::Set {
+        key: b("a"),
+        value: b("5"),
+    })
+    .await;
+    assert!(matches!(
+        c.call(Request::Delete { key: b("a") }).await,
+        Response::Written { .. }
+    ));
+    assert_eq!(
+        code(&c.call(Request::Delete { key: b("a") }).await),
+        Some(ErrorCode::NotFound)
     );
 
     // A sequence is all or nothing, and names the key of a failed assert.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use nacre_raft::{Tlog, TlogStorage};
 use nacre_server::node::Node;
-use nacre_server::state::StateMachine;
+use nacre_server::state::{Reader, StateMachine};
 use nacre_vfs::OsVfs;
 use raft::eraftpb::ConfState;
 
@@ -40,7 +40,10 @@ fn interrupted_install(dir: &Path) {
         voters: vec![1],
         ..Default::default()
     };
-    let pairs = vec![Ok((b"u/key".to_vec(), b"value".to_vec()))];
+    // A user record as the store holds it: its revision, then the value.
+    let mut stored = vec![0u8; nacre_proto::Revision::ENCODED_BYTES];
+    stored.extend_from_slice(b"value");
+    let pairs = vec![Ok((b"u/key".to_vec(), stored))];
     sm.install_snapshot(pairs.into_iter(), 50, 3, &conf)
         .unwrap();
     assert_eq!(sm.applied(), (50, 3));
@@ -68,7 +71,7 @@ fn a_restart_finishes_an_interrupted_snapshot_install() {
         assert_eq!(log.conf_state().voters, vec![1]);
     }
     assert_eq!(
-        node.store().begin_read().get(b"u/key").unwrap().as_deref(),
+        Reader::new(node.store()).get(b"/key").unwrap().as_deref(),
         Some(&b"value"[..])
     );
     // The tlog's snapshot provider holds the store: drop both handles.

@@ -119,7 +119,7 @@ pub fn init_config(nodes: usize, dir: &Path) -> Result<String, String> {
         ));
     }
     // What we print must load back as the same cluster.
-    let back = ServerConfig::from_toml(&out)?;
+    let back = ServerConfig::from_toml(&out).map_err(|e| e.to_string())?;
     assert_eq!(
         back.nodes, cfg.nodes,
         "generated config does not round-trip"
@@ -205,7 +205,7 @@ pub fn local_cluster(nodes: usize, dir: &Path) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", config_path.display()))?;
     }
     let text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
-    let cfg = ServerConfig::from_toml(&text)?;
+    let cfg = ServerConfig::from_toml(&text).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children: Vec<(String, Child)> = Vec::new();
     for n in &cfg.nodes {
@@ -308,7 +308,11 @@ mod tests {
             c.validate().unwrap();
             assert!(c.data_dir.starts_with(dir.path()));
         }
-        assert!(cfg.select_node("n9").unwrap_err().contains("n9"));
+        assert!(cfg
+            .select_node("n9")
+            .unwrap_err()
+            .to_string()
+            .contains("n9"));
         assert!(init_config(0, dir.path()).is_err());
     }
 

@@ -50,7 +50,7 @@ fn run(cli: &Cli) -> i32 {
             Ok(()) => exit::OK,
             Err(e) => {
                 eprintln!("nacre serve: {e}");
-                exit::GENERIC
+                e.exit_code()
             }
         };
     }

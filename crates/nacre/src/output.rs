@@ -213,6 +213,17 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 4;
     pub const REFUSED: i32 = 5;
     pub const USAGE: i32 = 64;
+    /// `nacre serve`: the node stopped on corrupt data (a checksum, a stored
+    /// value that does not decode, a tlog behind its store); EX_DATAERR.
+    pub const CORRUPTION: i32 = 65;
+    /// `nacre serve`: a thread the node cannot live without panicked or
+    /// ended, or an invariant broke; EX_SOFTWARE.
+    pub const INTERNAL: i32 = 70;
+    /// `nacre serve`: the disk refused an I/O call; EX_IOERR.
+    pub const IO: i32 = 74;
+    /// `nacre serve`: the store or the tlog refused writes after an earlier
+    /// I/O failure; a restart recovers what is durable. EX_TEMPFAIL.
+    pub const POISONED: i32 = 75;
 }
 
 /// A failed command: the code name, message, key and leader hint.

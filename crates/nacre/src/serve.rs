@@ -1,21 +1,66 @@
 //! `nacre serve`: configuration from file and flags, logging, signals.
 
-use nacre_server::ServerConfig;
+use std::path::PathBuf;
+
+use nacre_server::{ConfigError, FailureKind, ServerConfig, ServerError};
 
 use crate::cli::ServeArgs;
+use crate::output::exit;
+
+/// Why `nacre serve` stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read config {}: {source}", .path.display())]
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {}: {source}", .path.display())]
+    ParseConfig { path: PathBuf, source: ConfigError },
+    #[error("{0}")]
+    SelectNode(#[source] ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(#[source] ConfigError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{0}")]
+    Server(#[from] ServerError),
+}
+
+impl ServeError {
+    /// The exit code (docs/cli.md): what stopped the node, by kind, so
+    /// that a supervisor can tell a corrupt store from a disk error.
+    pub fn exit_code(&self) -> i32 {
+        let ServeError::Server(e) = self else {
+            return exit::GENERIC;
+        };
+        match e.kind() {
+            FailureKind::Corruption => exit::CORRUPTION,
+            FailureKind::Io => exit::IO,
+            FailureKind::Poisoned => exit::POISONED,
+            FailureKind::Internal => exit::INTERNAL,
+            FailureKind::Other => exit::GENERIC,
+        }
+    }
+}
 
 /// The config file (if any) with the flags on top, validated.
-pub fn load_config(args: &ServeArgs, cluster_id: Option<&str>) -> Result<ServerConfig, String> {
+pub fn load_config(args: &ServeArgs, cluster_id: Option<&str>) -> Result<ServerConfig, ServeError> {
     let mut cfg = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-            ServerConfig::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))?
+            let text = std::fs::read_to_string(path).map_err(|source| ServeError::ReadConfig {
+                path: path.clone(),
+                source,
+            })?;
+            ServerConfig::from_toml(&text).map_err(|source| ServeError::ParseConfig {
+                path: path.clone(),
+                source,
+            })?
         }
         None => ServerConfig::default(),
     };
     if let Some(n) = &args.node {
-        cfg.select_node(n)?;
+        cfg.select_node(n).map_err(ServeError::SelectNode)?;
     }
     if args.join {
         cfg.join = true;
@@ -35,8 +80,7 @@ pub fn load_config(args: &ServeArgs, cluster_id: Option<&str>) -> Result<ServerC
     if let Some(c) = cluster_id {
         cfg.cluster_id = c.to_string();
     }
-    cfg.validate()
-        .map_err(|e| format!("invalid configuration: {e}"))?;
+    cfg.validate().map_err(ServeError::Invalid)?;
     Ok(cfg)
 }
 
@@ -65,7 +109,7 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-pub fn run(args: &ServeArgs, cluster_id: Option<&str>) -> Result<(), String> {
+pub fn run(args: &ServeArgs, cluster_id: Option<&str>) -> Result<(), ServeError> {
     let cfg = load_config(args, cluster_id)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -79,9 +123,12 @@ pub fn run(args: &ServeArgs, cluster_id: Option<&str>) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    rt.block_on(nacre_server::serve(cfg, shutdown_signal()))
-        .map_err(|e| e.to_string())
+        .map_err(ServeError::Runtime)?;
+    let served = rt.block_on(nacre_server::serve(cfg, shutdown_signal()));
+    if let Err(e) = &served {
+        tracing::error!(error = %e, kind = ?e.kind(), "the node stopped");
+    }
+    served.map_err(ServeError::Server)
 }
 
 #[cfg(test)]
@@ -120,7 +167,10 @@ mod tests {
             ..args()
         };
         // Without --node this process is none of the members.
-        assert!(load_config(&a, None).unwrap_err().contains("--node"));
+        assert!(load_config(&a, None)
+            .unwrap_err()
+            .to_string()
+            .contains("--node"));
     }
 
     #[test]
@@ -152,7 +202,7 @@ mod tests {
 
         std::fs::write(&path, "tick_ms = 0\n").unwrap();
         let e = load_config(&a, None).unwrap_err();
-        assert!(e.contains("tick_ms"), "{e}");
+        assert!(e.to_string().contains("tick_ms"), "{e}");
         std::fs::write(&path, "tick_msec = 5\n").unwrap();
         assert!(load_config(&a, None).is_err());
         let missing = ServeArgs {
@@ -161,6 +211,7 @@ mod tests {
         };
         assert!(load_config(&missing, None)
             .unwrap_err()
+            .to_string()
             .contains("cannot read config"));
     }
 }

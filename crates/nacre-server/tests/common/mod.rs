@@ -29,6 +29,9 @@ pub fn node_options(dir: &std::path::Path) -> NodeOptions {
         proposals_pending_max: 16,
         checkpoint_entries: 100,
         tlog_tail_entries: 0,
+        // The field exists only when a build turns on the `sim` feature
+        // (nacre-sim does, so a workspace build has it).
+        #[cfg(feature = "sim")]
         planted: Default::default(),
     }
 }

@@ -157,6 +157,24 @@ impl ServerProc {
         self.child.wait().unwrap();
     }
 
+    /// Waits, at most `timeout`, for the process to exit on its own;
+    /// returns its exit code (`None` if a signal ended it), or panics with
+    /// the log if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server still running after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit; returns its exit code.
     pub fn terminate(mut self) -> Option<i32> {
         let pid = self.child.id().to_string();

@@ -1,0 +1,251 @@
+//! The state machine: applies committed guarded batches to the store.
+//!
+//! Deterministic and free of I/O of its own beyond the store: every node
+//! that applies the same entries reaches the same bytes. Keys live in the
+//! store under one-byte namespaces so that service data (the applied
+//! index, later scripts and sessions) never mixes with user keys:
+//!
+//! | store key       | value                                          |
+//! |-----------------|------------------------------------------------|
+//! | `u` + user key  | revision (24 bytes: create, mod, version) + value |
+//! | `m/applied`     | applied index u64 LE + its term u64 LE         |
+//! | `m/member/` + id (u64 BE) | a member's name, client and peer addresses |
+//! | `m/session/` + epoch + client id + seq (u64 BE each) | index u64 LE + the outcome, for deduplicating retries |
+//!
+//! Entries of one raft `Ready` are applied in one store transaction (one
+//! commit instead of one per entry). A batch whose guard or check fails
+//! part-way is undone inside that transaction from an undo log of the
+//! stored values it replaced, so it leaves nothing behind.
+//!
+//! | module | one job |
+//! |---|---|
+//! | `kv.rs` | user keys: stored values with their revisions, guards, ops and their undo, [`Reader`] |
+//! | `sessions.rs` | client sessions: outcomes of applied stamped writes, pruned by epoch |
+//! | `members.rs` | the replicated member table |
+//! | `scripts.rs` | the script namespace: heads, versions and the script ops |
+//! | `snapshot.rs` | installing a leader's snapshot and the node-local record of it |
+
+#[cfg(test)]
+mod corruption_tests;
+mod error;
+mod kv;
+mod members;
+mod scripts;
+mod sessions;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use bytes::Bytes;
+use nacre_proto::{Command, ErrorCode};
+use nacre_store::{Durability, Store, WriteTxn};
+
+pub use kv::{user_key, Reader};
+pub use members::MemberRecord;
+pub use scripts::{decode_script_head, script_head_key, script_version_key, SCRIPT_NS};
+pub use snapshot::{check_snapshot_pair, is_local_key};
+
+pub use error::{describe_key, Corruption, StateError};
+
+use kv::apply_batch;
+
+/// Namespace byte of user keys.
+pub const USER_NS: u8 = b'u';
+/// Namespace byte of service metadata.
+pub const META_NS: u8 = b'm';
+const APPLIED_KEY: &[u8] = b"m/applied";
+
+/// What applying one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// All guards held and every op applied. `prev` is the value the last
+    /// set / delete / remove replaced; `count` sums delete_prefix counts.
+    Applied { prev: Option<Bytes>, count: u64 },
+    /// Nothing changed: `code` is `NotFound` (a delete of a missing key) or
+    /// `AssertionFailed` (a guard or check), about `key`, whose value at
+    /// that point is `current`.
+    Failed {
+        code: ErrorCode,
+        key: Bytes,
+        current: Option<Bytes>,
+        message: String,
+    },
+}
+
+/// One committed log entry to apply; `data` empty is a no-op (a leader's
+/// first entry of its term).
+pub struct Committed<'a> {
+    pub index: u64,
+    pub term: u64,
+    pub data: &'a [u8],
+}
+
+pub struct StateMachine {
+    store: Store,
+    applied: u64,
+    applied_term: u64,
+    session_retention_entries: u64,
+    /// A planted bug for the simulator (crates/nacre-sim): batches apply
+    /// as if they had no guards. Only with the `sim` feature.
+    #[cfg(feature = "sim")]
+    planted_skip_guards: bool,
+}
+
+/// The exclusive end of the keys that start with `prefix` (none at the
+/// end of the key space): the store's own rule, so ranges agree.
+pub use nacre_store::prefix_end;
+
+/// The applied-index record: index u64 LE, then its term u64 LE.
+fn encode_applied(index: u64, term: u64) -> [u8; 16] {
+    let mut applied = [0u8; 16];
+    applied[..8].copy_from_slice(&index.to_le_bytes());
+    applied[8..].copy_from_slice(&term.to_le_bytes());
+    applied
+}
+
+/// A little-endian u64 at `at` in `raw`, if `raw` holds one there.
+fn u64_le_at(raw: &[u8], at: usize) -> Option<u64> {
+    let bytes = raw.get(at..at.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+impl StateMachine {
+    pub fn open(store: Store) -> Result<StateMachine, StateError> {
+        Self::open_with(store, 100_000)
+    }
+
+    /// `session_retention_entries`: how long (in log entries) a session's
+    /// write outcome is remembered for deduplicating a retry.
+    pub fn open_with(
+        store: Store,
+        session_retention_entries: u64,
+    ) -> Result<StateMachine, StateError> {
+        let (applied, applied_term) = match store.begin_read().get(APPLIED_KEY)? {
+            Some(v) => decode_applied(&v)?,
+            None => (0, 0),
+        };
+        Ok(StateMachine {
+            store,
+            applied,
+            applied_term,
+            // An epoch of zero entries would divide by zero; the config
+            // refuses it, and one entry is the least that means anything.
+            session_retention_entries: session_retention_entries.max(1),
+            #[cfg(feature = "sim")]
+            planted_skip_guards: false,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Plants a bug for the simulator: every batch's guards are skipped.
+    #[cfg(feature = "sim")]
+    pub fn plant_skip_guards(&mut self, on: bool) {
+        self.planted_skip_guards = on;
+    }
+
+    /// Whether the planted bug of [`StateMachine::plant_skip_guards`] is
+    /// on; never without the `sim` feature.
+    fn skips_guards(&self) -> bool {
+        #[cfg(feature = "sim")]
+        return self.planted_skip_guards;
+        #[cfg(not(feature = "sim"))]
+        false
+    }
+
+    /// The last applied index and its term.
+    pub fn applied(&self) -> (u64, u64) {
+        (self.applied, self.applied_term)
+    }
+
+    /// Applies committed entries in order, in one store transaction,
+    /// committed lazily: the tlog already made them durable, and a
+    /// checkpoint ([`StateMachine::checkpoint`]) makes the store durable up
+    /// to the applied index so the tlog can be compacted. A corrupt record
+    /// an entry would read or build on fails the whole call, and nothing
+    /// of it is committed.
+    pub fn apply(&mut self, entries: &[Committed<'_>]) -> Result<Vec<Outcome>, StateError> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let Some(last) = entries.last() else {
+            return Ok(outcomes);
+        };
+        let mut txn = self.store.begin_write()?;
+        let mut index_prev = self.applied;
+        for e in entries {
+            if e.index <= index_prev {
+                return Err(StateError::OutOfOrder {
+                    index: e.index,
+                    applied: index_prev,
+                });
+            }
+            index_prev = e.index;
+            outcomes.push(self.apply_entry(&mut txn, e)?);
+            // A rule of the index alone, so every replica (and every replica
+            // restored from a snapshot) forgets the same records.
+            if e.index % self.session_retention_entries == 0 {
+                self.prune_sessions(&mut txn, e.index)?;
+            }
+        }
+        txn.put(APPLIED_KEY, &encode_applied(last.index, last.term))?;
+        txn.commit_with(Durability::Lazy)?;
+        self.applied = last.index;
+        self.applied_term = last.term;
+        Ok(outcomes)
+    }
+
+    fn apply_entry(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        e: &Committed<'_>,
+    ) -> Result<Outcome, StateError> {
+        if e.data.is_empty() {
+            return Ok(Outcome::Applied {
+                prev: None,
+                count: 0,
+            });
+        }
+        let decoded = Command::decode(Bytes::copy_from_slice(e.data)).map(|mut c| {
+            if self.skips_guards() {
+                c.batch.guards.clear();
+            }
+            c
+        });
+        match decoded {
+            Ok(Command {
+                session: Some(session),
+                batch,
+            }) => self.apply_once(txn, e.index, session, &batch),
+            Ok(cmd) => apply_batch(txn, e.index, &cmd.batch),
+            // Every node decodes the same bytes the same way, so this
+            // fails identically everywhere and stays deterministic.
+            Err(err) => Ok(Outcome::Failed {
+                code: ErrorCode::BadInput,
+                key: Bytes::new(),
+                current: None,
+                message: format!("undecodable command: {err}"),
+            }),
+        }
+    }
+
+    /// Makes everything applied so far durable in the store; returns the
+    /// applied index it covers.
+    pub fn checkpoint(&self) -> Result<u64, StateError> {
+        self.store.sync()?;
+        Ok(self.applied)
+    }
+}
+
+/// (index, term) from the applied-index record; a record of another size
+/// means the store cannot say where the state machine stands.
+fn decode_applied(raw: &[u8]) -> Result<(u64, u64), Corruption> {
+    match (raw.len(), u64_le_at(raw, 0), u64_le_at(raw, 8)) {
+        (16, Some(index), Some(term)) => Ok((index, term)),
+        _ => Err(Corruption::new(
+            APPLIED_KEY,
+            "applied index record",
+            format!("{} bytes, not 16", raw.len()),
+        )),
+    }
+}

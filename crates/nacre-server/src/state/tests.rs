@@ -1,0 +1,372 @@
+use std::ops::Bound;
+
+use bytes::Bytes;
+use nacre_proto::{Batch, Command, ErrorCode, Guard, Op, RangeQuery, Revision};
+use nacre_store::Store;
+
+use super::sessions::SESSION_PREFIX;
+use super::*;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn open() -> (tempfile::TempDir, StateMachine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s"), nacre_store::Options::default()).unwrap();
+    (dir, StateMachine::open(store).unwrap())
+}
+
+fn apply(sm: &mut StateMachine, index: u64, batch: Batch) -> Outcome {
+    let data = Command {
+        session: None,
+        batch,
+    }
+    .encode();
+    let mut out = sm
+        .apply(&[Committed {
+            index,
+            term: 1,
+            data: &data,
+        }])
+        .unwrap();
+    out.pop().unwrap()
+}
+
+fn ops(ops: Vec<Op>) -> Batch {
+    Batch {
+        guards: vec![],
+        ops,
+    }
+}
+
+#[test]
+fn revisions_follow_etcd() {
+    let (_d, mut sm) = open();
+    apply(&mut sm, 1, ops(vec![Op::Set(b("a"), b("1"))]));
+    apply(&mut sm, 2, ops(vec![Op::Set(b("a"), b("2"))]));
+    let e = Reader::new(sm.store()).get_entry(b"a").unwrap().unwrap();
+    assert_eq!(e.value, b("2"));
+    assert_eq!(
+        e.rev,
+        Revision {
+            create_rev: 1,
+            mod_rev: 2,
+            version: 2
+        }
+    );
+    apply(&mut sm, 3, ops(vec![Op::Delete(b("a"))]));
+    apply(&mut sm, 4, ops(vec![Op::Set(b("a"), b("3"))]));
+    let e = Reader::new(sm.store()).get_entry(b"a").unwrap().unwrap();
+    assert_eq!(
+        e.rev,
+        Revision {
+            create_rev: 4,
+            mod_rev: 4,
+            version: 1
+        }
+    );
+    assert_eq!(sm.applied(), (4, 1));
+}
+
+#[test]
+fn failed_batch_leaves_nothing_behind() {
+    let (_d, mut sm) = open();
+    apply(
+        &mut sm,
+        1,
+        ops(vec![
+            Op::Set(b("p/1"), b("x")),
+            Op::Set(b("p/2"), b("y")),
+            Op::Set(b("k"), b("v")),
+        ]),
+    );
+    let out = apply(
+        &mut sm,
+        2,
+        ops(vec![
+            Op::Set(b("k"), b("changed")),
+            Op::Set(b("new"), b("n")),
+            Op::DeletePrefix(b("p/")),
+            Op::Check(Guard::Present(b("p/1"))),
+        ]),
+    );
+    match out {
+        Outcome::Failed { code, key, .. } => {
+            assert_eq!(code, ErrorCode::AssertionFailed);
+            assert_eq!(key, b("p/1"));
+        }
+        o => panic!("expected a failure, got {o:?}"),
+    }
+    let r = Reader::new(sm.store());
+    assert_eq!(r.get(b"k").unwrap(), Some(b("v")));
+    assert_eq!(r.get(b"new").unwrap(), None);
+    assert_eq!(r.get(b"p/1").unwrap(), Some(b("x")));
+    assert_eq!(r.get(b"p/2").unwrap(), Some(b("y")));
+    assert_eq!(r.key_count().unwrap(), 3);
+    // The revision of a restored key is the old one, not a new version.
+    assert_eq!(r.get_entry(b"k").unwrap().unwrap().rev.version, 1);
+    // The failed entry still advances the applied index.
+    assert_eq!(sm.applied().0, 2);
+}
+
+#[test]
+fn delete_of_missing_key_is_not_found_and_remove_is_not() {
+    let (_d, mut sm) = open();
+    let out = apply(
+        &mut sm,
+        1,
+        ops(vec![Op::Set(b("a"), b("1")), Op::Delete(b("zz"))]),
+    );
+    assert!(matches!(
+        out,
+        Outcome::Failed {
+            code: ErrorCode::NotFound,
+            ..
+        }
+    ));
+    assert_eq!(Reader::new(sm.store()).get(b"a").unwrap(), None);
+    let out = apply(&mut sm, 2, ops(vec![Op::Remove(b("zz"))]));
+    assert_eq!(
+        out,
+        Outcome::Applied {
+            prev: None,
+            count: 0
+        }
+    );
+}
+
+#[test]
+fn guards_check_values_versions_and_prefixes() {
+    let (_d, mut sm) = open();
+    apply(
+        &mut sm,
+        1,
+        ops(vec![
+            Op::Set(b("a"), b("1")),
+            Op::Set(b("a/x"), b("")),
+            Op::Set(b("a/y"), b("")),
+        ]),
+    );
+    let guarded = |g: Guard| Batch {
+        guards: vec![g],
+        ops: vec![Op::Set(b("out"), b("1"))],
+    };
+    let cases = [
+        (Guard::Absent(b("a")), false),
+        (Guard::Absent(b("b")), true),
+        (Guard::Present(b("a")), true),
+        (Guard::ValueEquals(b("a"), b("1")), true),
+        (Guard::ValueEquals(b("a"), b("2")), false),
+        (Guard::VersionEquals(b("a"), 1), true),
+        (Guard::VersionEquals(b("a"), 2), false),
+        (Guard::VersionEquals(b("b"), 0), true),
+        (
+            Guard::PrefixKeysEqual {
+                prefix: b("a/"),
+                keys: vec![b("a/x"), b("a/y")],
+            },
+            true,
+        ),
+        (
+            Guard::PrefixKeysEqual {
+                prefix: b("a/"),
+                keys: vec![b("a/x")],
+            },
+            false,
+        ),
+    ];
+    for (i, (g, ok)) in cases.into_iter().enumerate() {
+        let index = 2 + 2 * i as u64;
+        let out = apply(&mut sm, index, guarded(g.clone()));
+        assert_eq!(matches!(out, Outcome::Applied { .. }), ok, "guard {g:?}");
+        apply(&mut sm, index + 1, ops(vec![Op::Remove(b("out"))]));
+    }
+}
+
+#[test]
+fn delete_prefix_counts_and_ranges_clamp() {
+    let (_d, mut sm) = open();
+    let sets = (0..20)
+        .map(|i| Op::Set(b(&format!("k{i:02}")), b("v")))
+        .collect();
+    apply(&mut sm, 1, ops(sets));
+    let r = Reader::new(sm.store());
+    let q = RangeQuery {
+        first: Some(b("k05")),
+        first_inclusive: false,
+        last: Some(b("k10")),
+        last_inclusive: true,
+        max: 100,
+        reverse: false,
+    };
+    let keys = r.range_keys(&q, 1000).unwrap();
+    assert_eq!(
+        keys,
+        (6..=10).map(|i| b(&format!("k{i:02}"))).collect::<Vec<_>>()
+    );
+    assert_eq!(r.range_keys(&q, 2).unwrap().len(), 2);
+    let rev = r
+        .range_entries(
+            &RangeQuery {
+                reverse: true,
+                ..q.clone()
+            },
+            1000,
+        )
+        .unwrap();
+    assert_eq!(rev.first().unwrap().key, b("k10"));
+    assert_eq!(
+        r.prefix_keys(b"k1", 3).unwrap(),
+        vec![b("k10"), b("k11"), b("k12")]
+    );
+    drop(r);
+    let out = apply(&mut sm, 2, ops(vec![Op::DeletePrefix(b("k1"))]));
+    assert_eq!(
+        out,
+        Outcome::Applied {
+            prev: None,
+            count: 10
+        }
+    );
+    assert_eq!(Reader::new(sm.store()).key_count().unwrap(), 10);
+}
+
+#[test]
+fn applied_index_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path().join("s"), nacre_store::Options::default()).unwrap();
+        let mut sm = StateMachine::open(store).unwrap();
+        apply(&mut sm, 7, ops(vec![Op::Set(b("a"), b("1"))]));
+        assert_eq!(sm.checkpoint().unwrap(), 7);
+    }
+    let store = Store::open(dir.path().join("s"), nacre_store::Options::default()).unwrap();
+    let sm = StateMachine::open(store).unwrap();
+    assert_eq!(sm.applied(), (7, 1));
+    assert_eq!(Reader::new(sm.store()).key_count().unwrap(), 1);
+}
+
+#[test]
+fn a_session_retry_applies_once_and_answers_as_the_first_time() {
+    let (_d, mut sm) = open();
+    let session = Some(nacre_proto::Session {
+        client_id: 7,
+        seq: 1,
+    });
+    let set = |v: &str| {
+        Command {
+            session,
+            batch: ops(vec![Op::Set(b("k"), b(v))]),
+        }
+        .encode()
+    };
+    let first = sm
+        .apply(&[Committed {
+            index: 1,
+            term: 1,
+            data: &set("a"),
+        }])
+        .unwrap();
+    // The same stamp again (a retry after a failover), even with other
+    // contents: nothing applies, the first outcome comes back.
+    let again = sm
+        .apply(&[Committed {
+            index: 2,
+            term: 1,
+            data: &set("b"),
+        }])
+        .unwrap();
+    assert_eq!(first, again);
+    let e = Reader::new(sm.store()).get_entry(b"k").unwrap().unwrap();
+    assert_eq!((e.value, e.rev.version), (b("a"), 1));
+    // A failed stamped batch is not remembered: its retry runs afresh.
+    let guarded = |seq| {
+        Command {
+            session: Some(nacre_proto::Session { client_id: 7, seq }),
+            batch: Batch {
+                guards: vec![Guard::ValueEquals(b("k"), b("b"))],
+                ops: vec![Op::Set(b("k"), b("c"))],
+            },
+        }
+        .encode()
+    };
+    let failed = sm
+        .apply(&[Committed {
+            index: 3,
+            term: 1,
+            data: &guarded(2),
+        }])
+        .unwrap();
+    assert!(matches!(failed[0], Outcome::Failed { .. }));
+    apply(&mut sm, 4, ops(vec![Op::Set(b("k"), b("b"))]));
+    let retried = sm
+        .apply(&[Committed {
+            index: 5,
+            term: 1,
+            data: &guarded(2),
+        }])
+        .unwrap();
+    assert!(matches!(retried[0], Outcome::Applied { .. }), "{retried:?}");
+    assert_eq!(Reader::new(sm.store()).get(b"k").unwrap(), Some(b("c")));
+}
+
+#[test]
+fn session_records_are_pruned_after_the_retention_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s"), nacre_store::Options::default()).unwrap();
+    let mut sm = StateMachine::open_with(store, 10).unwrap();
+    let stamped = Command {
+        session: Some(nacre_proto::Session {
+            client_id: 1,
+            seq: 1,
+        }),
+        batch: ops(vec![Op::Set(b("x"), b("1"))]),
+    }
+    .encode();
+    sm.apply(&[Committed {
+        index: 5,
+        term: 1,
+        data: &stamped,
+    }])
+    .unwrap();
+    let sessions = |sm: &StateMachine| {
+        let end = prefix_end(SESSION_PREFIX).unwrap();
+        sm.store()
+            .begin_read()
+            .range(Bound::Included(SESSION_PREFIX), Bound::Excluded(&end[..]))
+            .count()
+    };
+    assert_eq!(sessions(&sm), 1);
+    // Index 10 starts epoch 1: epoch 0 (index 5) is still kept, and a
+    // retry of it is still recognised.
+    apply(&mut sm, 10, ops(vec![Op::Set(b("y"), b("1"))]));
+    assert_eq!(sessions(&sm), 1);
+    let retry = sm
+        .apply(&[Committed {
+            index: 11,
+            term: 1,
+            data: &stamped,
+        }])
+        .unwrap();
+    assert!(matches!(retry[0], Outcome::Applied { .. }));
+    assert_eq!(
+        Reader::new(sm.store())
+            .get_entry(b"x")
+            .unwrap()
+            .unwrap()
+            .rev
+            .version,
+        1
+    );
+    // Index 20 starts epoch 2: epoch 0 goes.
+    apply(&mut sm, 20, ops(vec![Op::Set(b("y"), b("2"))]));
+    assert_eq!(sessions(&sm), 0);
+}
+
+#[test]
+fn prefix_end_handles_ff() {
+    assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+    assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+    assert_eq!(prefix_end(b"\xff\xff"), None);
+}
