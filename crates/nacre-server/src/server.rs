@@ -332,7 +332,6 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
     if let Some(c) = req.consistency() {
         wait_for(shared, c).await?;
     }
-    let max = shared.limits.range_results_max;
     let status = &shared.node.status;
     Ok(match req {
         Request::Ping => Response::Text(format!("nacre {}", env!("CARGO_PKG_VERSION"))),
@@ -340,83 +339,20 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
         Request::WhoMaster => Response::Master(status.leader_name()),
         Request::Statistics => Response::Stats(statistics(shared)),
         Request::GetTxid => Response::U64(status.applied.load(Ordering::Acquire)),
-        Request::Get { key, .. } => {
-            let v = Reader::new(&shared.store).get(&key)?;
-            Response::Value(Some(v.ok_or_else(|| not_found(&key))?))
-        }
-        Request::GetEntry { key, .. } => {
-            Response::Entry(Reader::new(&shared.store).get_entry(&key)?)
-        }
-        Request::Exists { key, .. } => Response::Bool(Reader::new(&shared.store).exists(&key)?),
-        // Reads that may touch many pages run off the async workers.
-        Request::MultiGet { keys, .. } => Response::Values(
-            read_off(shared, move |r| {
-                keys.iter()
-                    .map(|k| r.get(k)?.ok_or_else(|| not_found(k)))
-                    .collect()
-            })
-            .await?,
-        ),
-        Request::MultiGetOption { keys, .. } => Response::OptValues(
-            read_off(shared, move |r| {
-                keys.iter().map(|k| Ok(r.get(k)?)).collect()
-            })
-            .await?,
-        ),
-        Request::Range { query, .. } => Response::Keys(
-            read_off(shared, move |r| {
-                r.range_keys(&query, max).map_err(ErrorReply::from)
-            })
-            .await?,
-        ),
-        Request::RangeEntries { query, .. } => Response::Entries(
-            read_off(shared, move |r| {
-                r.range_entries(&query, max).map_err(ErrorReply::from)
-            })
-            .await?,
-        ),
-        Request::PrefixKeys {
-            prefix, max: want, ..
-        } => Response::Keys(
-            read_off(shared, move |r| {
-                r.prefix_keys(&prefix, want.min(max))
-                    .map_err(ErrorReply::from)
-            })
-            .await?,
-        ),
-        Request::KeyCount { .. } => {
-            Response::U64(read_off(shared, |r| r.key_count().map_err(ErrorReply::from)).await?)
-        }
         Request::ClusterStatus => Response::Members(status.progress.lock().clone()),
-        Request::AddLearner { name, client, peer } => {
-            if name.is_empty() || name.len() > nacre_proto::NAME_SIZE_MAX_BYTES {
-                return Err(ErrorReply::new(
-                    ErrorCode::BadInput,
-                    "a member name is 1 to 255 bytes",
-                ));
-            }
-            let id = crate::node::name_id(&name);
-            let record = crate::state::MemberRecord { name, client, peer };
-            membership(shared, crate::node::Membership::AddLearner(id, record)).await?
-        }
-        Request::Promote { name } => {
-            membership(
-                shared,
-                crate::node::Membership::Promote(member_id(shared, &name)?),
-            )
-            .await?
-        }
-        Request::RemoveNode { name } => {
-            membership(
-                shared,
-                crate::node::Membership::Remove(member_id(shared, &name)?),
-            )
-            .await?
-        }
-        Request::TransferLeader { name } => {
-            let id = member_id(shared, &name)?;
-            membership(shared, crate::node::Membership::TransferLeader(id)).await?
-        }
+        Request::Get { .. }
+        | Request::GetEntry { .. }
+        | Request::Exists { .. }
+        | Request::MultiGet { .. }
+        | Request::MultiGetOption { .. }
+        | Request::Range { .. }
+        | Request::RangeEntries { .. }
+        | Request::PrefixKeys { .. }
+        | Request::KeyCount { .. } => read(shared, req).await?,
+        Request::AddLearner { .. }
+        | Request::Promote { .. }
+        | Request::RemoveNode { .. }
+        | Request::TransferLeader { .. } => cluster_change(shared, req).await?,
         // A script call or change stamped with the client's session: its
         // effects apply at most once however often it is retried.
         Request::Session { session, request } if !request.is_write() => {
@@ -432,6 +368,72 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
         req if req.is_write() => write(shared, &req).await?,
         _ => return Err(ErrorReply::new(ErrorCode::BadInput, "unsupported request")),
     })
+}
+
+/// A read of user keys, after its consistency was established. A get
+/// reads a few pages and runs here; reads that may touch many pages run
+/// off the async workers.
+async fn read(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
+    let max = shared.limits.range_results_max;
+    Ok(match req {
+        Request::Get { key, .. } => {
+            let v = Reader::new(&shared.store).get(&key)?;
+            Response::Value(Some(v.ok_or_else(|| not_found(&key))?))
+        }
+        Request::GetEntry { key, .. } => {
+            Response::Entry(Reader::new(&shared.store).get_entry(&key)?)
+        }
+        Request::Exists { key, .. } => Response::Bool(Reader::new(&shared.store).exists(&key)?),
+        Request::MultiGet { keys, .. } => Response::Values(
+            read_off(shared, move |r| {
+                keys.iter()
+                    .map(|k| r.get(k)?.ok_or_else(|| not_found(k)))
+                    .collect()
+            })
+            .await?,
+        ),
+        Request::MultiGetOption { keys, .. } => Response::OptValues(
+            read_off(shared, move |r| {
+                keys.iter().map(|k| Ok(r.get(k)?)).collect()
+            })
+            .await?,
+        ),
+        Request::Range { query, .. } => {
+            Response::Keys(read_off(shared, move |r| Ok(r.range_keys(&query, max)?)).await?)
+        }
+        Request::RangeEntries { query, .. } => {
+            Response::Entries(read_off(shared, move |r| Ok(r.range_entries(&query, max)?)).await?)
+        }
+        Request::PrefixKeys {
+            prefix, max: want, ..
+        } => Response::Keys(
+            read_off(shared, move |r| Ok(r.prefix_keys(&prefix, want.min(max))?)).await?,
+        ),
+        Request::KeyCount { .. } => Response::U64(read_off(shared, |r| Ok(r.key_count()?)).await?),
+        _ => unreachable!("execute_inner sends only reads here"),
+    })
+}
+
+/// A membership change or leadership transfer, proposed to the leader.
+async fn cluster_change(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
+    use crate::node::Membership;
+    let change = match req {
+        Request::AddLearner { name, client, peer } => {
+            if name.is_empty() || name.len() > nacre_proto::NAME_SIZE_MAX_BYTES {
+                return Err(ErrorReply::new(
+                    ErrorCode::BadInput,
+                    "a member name is 1 to 255 bytes",
+                ));
+            }
+            let id = crate::node::name_id(&name);
+            Membership::AddLearner(id, crate::state::MemberRecord { name, client, peer })
+        }
+        Request::Promote { name } => Membership::Promote(member_id(shared, &name)?),
+        Request::RemoveNode { name } => Membership::Remove(member_id(shared, &name)?),
+        Request::TransferLeader { name } => Membership::TransferLeader(member_id(shared, &name)?),
+        _ => unreachable!("execute_inner sends only membership changes here"),
+    };
+    membership(shared, change).await
 }
 
 /// `read` against the store, on the blocking pool ([`off_the_workers`]).
