@@ -28,7 +28,7 @@ pub use recorder::Recorder;
 
 /// What a script reads through: the node's committed state.
 pub trait KvView {
-    fn get(&self, key: &[u8]) -> Result<Option<KeyEntry>, String>;
+    fn get(&self, key: &[u8]) -> Result<Option<KeyEntry>, ViewError>;
     /// Entries from `first` (inclusive) to `last` (exclusive), at most
     /// `max`; `None` leaves that end open.
     fn range(
@@ -36,10 +36,42 @@ pub trait KvView {
         first: Option<&[u8]>,
         last: Option<&[u8]>,
         max: u32,
-    ) -> Result<Vec<KeyEntry>, String>;
+    ) -> Result<Vec<KeyEntry>, ViewError>;
     /// Keys that start with `prefix`, in order, at most `max`.
-    fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, String>;
+    fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, ViewError>;
 }
+
+/// Why a [`KvView`] read failed: the store's own error, kept whole (not
+/// flattened to text) so that the caller can still tell corruption from
+/// an I/O failure. Two are equal when they say the same.
+#[derive(Debug, Clone)]
+pub struct ViewError(pub std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl ViewError {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> ViewError {
+        ViewError(std::sync::Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for ViewError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ViewError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl PartialEq for ViewError {
+    fn eq(&self, other: &ViewError) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for ViewError {}
 
 /// Per-call limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +126,7 @@ pub enum ScriptError {
     BadReturn(String),
     /// The store failed under the script; not the script's fault.
     #[error("read failed: {0}")]
-    View(String),
+    View(#[source] ViewError),
 }
 
 /// Why a script name was refused.
@@ -283,7 +315,7 @@ impl Sandbox {
         let used = self.lua.used_memory();
         let _ = self.lua.set_memory_limit(used + b.memory_max_bytes);
         let recorder = std::cell::RefCell::new(Recorder::new(b.clone()));
-        let view_error = std::cell::RefCell::new(None::<String>);
+        let view_error = std::cell::RefCell::new(None::<ViewError>);
         let result = self.lua.scope(|scope| {
             let dispatch = scope.create_function(|lua, args: MultiValue| {
                 match recorder.borrow_mut().dispatch(lua, view, args) {
@@ -291,9 +323,10 @@ impl Sandbox {
                     Err(recorder::KvError::Script(msg)) => {
                         Ok((false, Value::String(lua.create_string(msg)?)))
                     }
-                    Err(recorder::KvError::View(msg)) => {
+                    Err(recorder::KvError::View(e)) => {
                         self.flags.view_failed.store(true, Ordering::Relaxed);
-                        *view_error.borrow_mut() = Some(msg.clone());
+                        let msg = e.to_string();
+                        *view_error.borrow_mut() = Some(e);
                         Ok((false, Value::String(lua.create_string(msg)?)))
                     }
                 }
@@ -310,8 +343,8 @@ impl Sandbox {
             Ok(out) => out,
             Err(e) => Err(self.classify(e)),
         };
-        if let Some(msg) = view_error.into_inner() {
-            return Err(ScriptError::View(msg));
+        if let Some(e) = view_error.into_inner() {
+            return Err(ScriptError::View(e));
         }
         let value = out?;
         let batch = recorder.into_inner().finish()?;

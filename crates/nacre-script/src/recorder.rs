@@ -7,13 +7,13 @@ use bytes::Bytes;
 use mlua::{Lua, MultiValue, Table, Value};
 use nacre_proto::{Batch, Guard, KeyEntry, Op};
 
-use crate::{Budgets, KvView, ScriptError};
+use crate::{Budgets, KvView, ScriptError, ViewError};
 
 pub(crate) enum KvError {
     /// The script misused the API: reported at its line.
     Script(String),
     /// The store failed.
-    View(String),
+    View(ViewError),
 }
 
 fn script(msg: impl Into<String>) -> KvError {

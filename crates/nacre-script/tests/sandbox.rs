@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use nacre_proto::{Batch, Guard, KeyEntry, Op, Revision};
-use nacre_script::{check_name, check_syntax, Budgets, KvView, NameError, Sandbox, ScriptError};
+use nacre_script::{
+    check_name, check_syntax, Budgets, KvView, NameError, Sandbox, ScriptError, ViewError,
+};
 
 #[derive(Default)]
 struct Mem(BTreeMap<Bytes, (Bytes, u64)>);
@@ -65,7 +67,7 @@ fn entry(k: &Bytes, v: &(Bytes, u64)) -> KeyEntry {
 }
 
 impl KvView for Mem {
-    fn get(&self, key: &[u8]) -> Result<Option<KeyEntry>, String> {
+    fn get(&self, key: &[u8]) -> Result<Option<KeyEntry>, ViewError> {
         Ok(self.0.get_key_value(key).map(|(k, v)| entry(k, v)))
     }
 
@@ -74,7 +76,7 @@ impl KvView for Mem {
         first: Option<&[u8]>,
         last: Option<&[u8]>,
         max: u32,
-    ) -> Result<Vec<KeyEntry>, String> {
+    ) -> Result<Vec<KeyEntry>, ViewError> {
         Ok(self
             .0
             .iter()
@@ -84,7 +86,7 @@ impl KvView for Mem {
             .collect())
     }
 
-    fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, String> {
+    fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, ViewError> {
         Ok(self
             .0
             .keys()

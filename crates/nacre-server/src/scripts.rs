@@ -25,7 +25,7 @@ use nacre_proto::{
     Batch, Consistency, ErrorCode, ErrorReply, KeyEntry, Op, RangeQuery, Request, Response,
     ScriptSource, ScriptSummary, ScriptVersionInfo, Session,
 };
-use nacre_script::{Budgets, KvView, ScriptCache, ScriptError, ScriptKey};
+use nacre_script::{Budgets, KvView, ScriptCache, ScriptError, ScriptKey, ViewError};
 
 use crate::server::{wait_for, Shared};
 use crate::state::{
@@ -159,7 +159,11 @@ fn script_error(e: ScriptError) -> ErrorReply {
         ScriptError::FunctionNotFound(_) => ErrorCode::NotFound,
         ScriptError::Aborted(_) => ErrorCode::AssertionFailed,
         ScriptError::Budget(_) => ErrorCode::BudgetExceeded,
-        ScriptError::View(_) => ErrorCode::Internal,
+        // The store's own verdict: corruption stays corruption.
+        ScriptError::View(ref v) => {
+            v.0.downcast_ref::<crate::state::StateError>()
+                .map_or(ErrorCode::Internal, |s| s.to_reply().code)
+        }
     };
     ErrorReply::new(code, e.to_string())
 }
@@ -315,8 +319,8 @@ fn history(shared: &Shared, name: &str) -> Result<Vec<ScriptVersionInfo>, ErrorR
 struct View(Reader);
 
 impl KvView for View {
-    fn get(&self, key: &[u8]) -> Result<Option<KeyEntry>, String> {
-        self.0.get_entry(key).map_err(|e| e.to_string())
+    fn get(&self, key: &[u8]) -> Result<Option<KeyEntry>, ViewError> {
+        self.0.get_entry(key).map_err(ViewError::new)
     }
 
     fn range(
@@ -324,7 +328,7 @@ impl KvView for View {
         first: Option<&[u8]>,
         last: Option<&[u8]>,
         max: u32,
-    ) -> Result<Vec<KeyEntry>, String> {
+    ) -> Result<Vec<KeyEntry>, ViewError> {
         let q = RangeQuery {
             first: first.map(Bytes::copy_from_slice),
             first_inclusive: true,
@@ -333,11 +337,11 @@ impl KvView for View {
             max,
             reverse: false,
         };
-        self.0.range_entries(&q, max).map_err(|e| e.to_string())
+        self.0.range_entries(&q, max).map_err(ViewError::new)
     }
 
-    fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, String> {
-        self.0.prefix_keys(prefix, max).map_err(|e| e.to_string())
+    fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, ViewError> {
+        self.0.prefix_keys(prefix, max).map_err(ViewError::new)
     }
 }
 

@@ -428,3 +428,31 @@ async fn a_long_script_does_not_stall_other_connections() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A script that reads a corrupt stored value is answered `corruption`
+/// (the store's verdict, kept through the script layer), not an internal
+/// error and never the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_reading_a_corrupt_value_is_answered_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A 3-byte user value: shorter than the revision every stored
+        // value starts with.
+        let store = nacre_store::Store::open(dir.path().join("store"), Default::default()).unwrap();
+        let mut txn = store.begin_write().unwrap();
+        txn.put(b"ubad", b"abc").unwrap();
+        txn.commit().unwrap();
+    }
+    let (server, c) = start(dir.path()).await;
+    c.script_put("peek", "function peek(k) return kv.get(k) end")
+        .await
+        .unwrap();
+    let (code_, msg) = code(
+        c.call("peek", "peek", args(&["bad"]), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code_, ErrorCode::Corruption, "{msg}");
+    assert!(msg.contains("bad"), "{msg}");
+    server.shutdown().await.unwrap();
+}
