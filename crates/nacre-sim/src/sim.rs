@@ -525,11 +525,11 @@ impl Sim {
         }
     }
 
-    fn open_node(&mut self, i: usize) -> Result<(), String> {
+    fn open_node(&mut self, i: usize) -> Result<(), OpenError> {
         let sn = &self.nodes[i];
         let vfs: Arc<dyn Vfs> = Arc::new(sn.vfs.clone());
         let dir = PathBuf::from(format!("/n{i}"));
-        vfs.create_dir_all(&dir).map_err(|e| e.to_string())?;
+        vfs.create_dir_all(&dir)?;
         let store_opts = nacre_store::Options {
             vfs: vfs.clone(),
             durability: nacre_store::Durability::Lazy,
@@ -541,16 +541,15 @@ impl Sim {
             },
             ..Default::default()
         };
-        let store =
-            nacre_store::Store::open(dir.join("store"), store_opts).map_err(|e| e.to_string())?;
+        let store = nacre_store::Store::open(dir.join("store"), store_opts)?;
         let tlog_opts = TlogOptions {
             segment_size_bytes: 256 << 10,
             zero_fill_ahead_bytes: 16 << 10,
             ..Default::default()
         };
-        let tlog = Tlog::open(vfs, &dir.join("tlog"), tlog_opts).map_err(|e| e.to_string())?;
+        let tlog = Tlog::open(vfs, &dir.join("tlog"), tlog_opts)?;
         let tlog = TlogStorage::new(tlog);
-        let mut sm = StateMachine::open_with(store, 100_000).map_err(|e| e.to_string())?;
+        let mut sm = StateMachine::open_with(store, 100_000)?;
         sm.plant_skip_guards(self.cfg.planted == Some(Bug::SkipGuard));
         let opts = NodeOptions {
             id: sn.id,
@@ -578,8 +577,7 @@ impl Sim {
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
-        let (node, _handle) =
-            Node::new(tlog.clone(), sm, opts, None, Some(sink)).map_err(|e| e.to_string())?;
+        let (node, _handle) = Node::new(tlog.clone(), sm, opts, None, Some(sink))?;
         let sn = &mut self.nodes[i];
         sn.node = Some(node);
         sn.tlog = Some(tlog);
@@ -764,4 +762,22 @@ impl Sim {
             }
         }
     }
+}
+
+/// Why a simulated node did not open: the error of the store, the tlog or
+/// the node, whole, with its sources.
+pub(crate) type OpenError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether `e` is, or was caused by, an I/O error the simulated disk
+/// injected (as opposed to a real bug).
+pub(crate) fn is_injected_io(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let io = c.downcast_ref::<std::io::Error>();
+        if io.and_then(nacre_vfs::sim::SimFault::of) == Some(nacre_vfs::sim::SimFault::Io) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }

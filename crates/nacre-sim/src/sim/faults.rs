@@ -182,7 +182,7 @@ impl Sim {
             Ok(()) => self.log(|| format!("n{i} restarts")),
             // An injected disk error during recovery: the node
             // refuses to start, and is started again later.
-            Err(e) if e.contains("simulated I/O error") => {
+            Err(e) if super::is_injected_io(&*e) => {
                 self.log(|| format!("n{i} fails to restart: {e}"));
                 self.nodes[i].vfs.crash();
                 self.nodes[i].restart_pending = false;
