@@ -60,6 +60,9 @@ pub enum Bug {
     AckBeforeFsync,
     /// The state machine ignores batch guards.
     SkipGuard,
+    /// A session-stamped write resent by its client applies again instead
+    /// of being answered with its first outcome.
+    SkipSessions,
     /// The leader lease is counted in ticks, which stop while a process
     /// is paused (`Planted::tick_lease`).
     TickLease,
@@ -72,9 +75,10 @@ impl std::str::FromStr for Bug {
             "follower-reads" => Ok(Bug::FollowerReads),
             "ack-before-fsync" => Ok(Bug::AckBeforeFsync),
             "skip-guard" => Ok(Bug::SkipGuard),
+            "skip-sessions" => Ok(Bug::SkipSessions),
             "tick-lease" => Ok(Bug::TickLease),
             _ => Err(format!(
-                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, tick-lease)"
+                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, tick-lease)"
             )),
         }
     }
@@ -164,6 +168,9 @@ pub struct Stats {
     /// of those the ones it answered (rather than refused) on resuming.
     pub pause_reads_sent: u64,
     pub pause_reads_answered: u64,
+    /// Writes sent again with their session stamp after a refusal or an
+    /// unknown outcome.
+    pub writes_resent: u64,
 }
 
 /// Everything one run produced.
@@ -551,6 +558,7 @@ impl Sim {
         let tlog = TlogStorage::new(tlog);
         let mut sm = StateMachine::open_with(store, 100_000)?;
         sm.plant_skip_guards(self.cfg.planted == Some(Bug::SkipGuard));
+        sm.plant_skip_sessions(self.cfg.planted == Some(Bug::SkipSessions));
         let opts = NodeOptions {
             id: sn.id,
             initial_members: self.members.clone(),

@@ -89,6 +89,10 @@ pub struct StateMachine {
     /// as if they had no guards. Only with the `sim` feature.
     #[cfg(feature = "sim")]
     planted_skip_guards: bool,
+    /// A planted bug: a session-stamped retry applies again instead of
+    /// being answered with the first outcome. Only with `sim`.
+    #[cfg(feature = "sim")]
+    planted_skip_sessions: bool,
 }
 
 /// The exclusive end of the keys that start with `prefix` (none at the
@@ -133,6 +137,8 @@ impl StateMachine {
             session_retention_entries: session_retention_entries.max(1),
             #[cfg(feature = "sim")]
             planted_skip_guards: false,
+            #[cfg(feature = "sim")]
+            planted_skip_sessions: false,
         })
     }
 
@@ -144,6 +150,22 @@ impl StateMachine {
     #[cfg(feature = "sim")]
     pub fn plant_skip_guards(&mut self, on: bool) {
         self.planted_skip_guards = on;
+    }
+
+    /// Plants a bug for the simulator: retries of a session-stamped write
+    /// apply again (no deduplication).
+    #[cfg(feature = "sim")]
+    pub fn plant_skip_sessions(&mut self, on: bool) {
+        self.planted_skip_sessions = on;
+    }
+
+    /// Whether the planted bug of [`StateMachine::plant_skip_sessions`] is
+    /// on; never without the `sim` feature.
+    fn skips_sessions(&self) -> bool {
+        #[cfg(feature = "sim")]
+        return self.planted_skip_sessions;
+        #[cfg(not(feature = "sim"))]
+        false
     }
 
     /// Whether the planted bug of [`StateMachine::plant_skip_guards`] is

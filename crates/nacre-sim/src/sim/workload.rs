@@ -15,6 +15,9 @@ use crate::checker::{Call, OpKind, OpValue};
 use crate::model::WriteResult;
 
 const WRITE_TIMEOUT_US: u64 = 2_000_000;
+/// How often a client that retries sends a write again, at most, after
+/// a refusal or an unknown outcome (with the same session stamp).
+const WRITE_RESENDS_MAX: u32 = 4;
 const READ_TIMEOUT_US: u64 = 1_000_000;
 
 /// The answer a client waits for.
@@ -24,6 +27,14 @@ pub(super) enum Waiting {
         data: Vec<u8>,
     },
     Read(oneshot::Receiver<ReadReply>),
+}
+
+impl Pending {
+    /// The client stops waiting at `now_us` and sends nothing again.
+    pub(super) fn give_up(&mut self, now_us: u64) {
+        self.deadline_us = now_us;
+        self.resends_left = 0;
+    }
 }
 
 impl Waiting {
@@ -50,6 +61,12 @@ pub(super) struct Pending {
     /// acknowledged a write
     /// ([`Scenario::LeaderPause`](super::Scenario::LeaderPause)).
     pub(super) pause_read: bool,
+    /// Times this write may still be sent again with its session stamp,
+    /// as the real client does (0 for reads and for clients that give up).
+    resends_left: u32,
+    /// An earlier send of this write ended without a definite answer, so
+    /// it may have applied even if a later one is refused.
+    maybe_applied: bool,
 }
 
 /// One client: one operation in flight at a time.
@@ -209,6 +226,15 @@ impl Sim {
             Waiting::Write { rx, data },
             WRITE_TIMEOUT_US,
         );
+        // Half the writes are retried under their session until they get
+        // a definite answer, as the real client retries: exactly once is
+        // then the state machine's job (its deduplication), and the
+        // replay check holds every answer to the log.
+        if self.rng.random_bool(0.5) {
+            if let Some(p) = self.clients[c].pending.as_mut() {
+                p.resends_left = WRITE_RESENDS_MAX;
+            }
+        }
     }
 
     /// What client `c` reads: a get of `k`, or a range from `k`.
@@ -301,6 +327,8 @@ impl Sim {
             deadline_us: self.now_us + timeout_us,
             waiting,
             pause_read,
+            resends_left: 0,
+            maybe_applied: false,
         });
         self.deliver(i, msg);
     }
@@ -353,25 +381,24 @@ impl Sim {
                 true
             }
             Ok(Err(e)) if e.code == ErrorCode::NotMaster => {
-                // Refused before it entered the log (or its index
-                // went to another leader's entry): it never applies.
+                // This send was refused before it entered the log (or its
+                // index went to another leader's entry): it never applies.
                 self.stats.writes_refused += 1;
                 self.follow_hint(c, p.node);
+                if self.resend_write(c, p) {
+                    return false;
+                }
+                if p.maybe_applied {
+                    self.open_write(p.call.clone());
+                }
                 true
             }
             Ok(Err(e)) => {
                 self.log(|| format!("c{c} <- n{}: write outcome unknown: {}", p.node, e.message));
-                self.open_write(p.call.clone());
-                true
+                self.unknown_outcome(c, p)
             }
-            Err(TryRecvError::Closed) => {
-                self.open_write(p.call.clone());
-                true
-            }
-            Err(TryRecvError::Empty) if self.now_us >= p.deadline_us => {
-                self.open_write(p.call.clone());
-                true
-            }
+            Err(TryRecvError::Closed) => self.unknown_outcome(c, p),
+            Err(TryRecvError::Empty) if self.now_us >= p.deadline_us => self.unknown_outcome(c, p),
             Err(TryRecvError::Empty) => false,
         }
     }
@@ -464,6 +491,50 @@ impl Sim {
             kind: p.call.kind.clone(),
             value,
         });
+    }
+
+    /// Client `c`'s write `p` got no definite answer: it is sent again if
+    /// the client retries (not done), else it stays open (done).
+    fn unknown_outcome(&mut self, c: usize, p: &mut Pending) -> bool {
+        p.maybe_applied = true;
+        if self.resend_write(c, p) {
+            return false;
+        }
+        self.open_write(p.call.clone());
+        true
+    }
+
+    /// Sends client `c`'s write `p` again, with the same command and
+    /// session stamp, to the node it now believes leads (any node that is
+    /// up if that one is down); false if the client has no resends left.
+    fn resend_write(&mut self, c: usize, p: &mut Pending) -> bool {
+        if p.resends_left == 0 || !self.workload {
+            return false;
+        }
+        let Waiting::Write { data, .. } = &p.waiting else {
+            return false;
+        };
+        let data = data.clone();
+        let target = self.clients[c].target;
+        let mut i = self.scenario_redirect(c, target);
+        if self.nodes[i].node.is_none() {
+            let Some(up) = self.up_node() else {
+                return false;
+            };
+            i = up;
+        }
+        p.resends_left -= 1;
+        self.stats.writes_resent += 1;
+        let (reply, rx) = oneshot::channel();
+        p.waiting = Waiting::Write {
+            rx,
+            data: data.clone(),
+        };
+        p.node = i;
+        p.deadline_us = self.now_us + WRITE_TIMEOUT_US;
+        self.log(|| format!("c{c} -> n{i}: again {:?}", p.call.kind));
+        self.deliver(i, Msg::Propose { data, reply });
+        true
     }
 
     /// A write whose outcome is unknown stays open in the history: it may
