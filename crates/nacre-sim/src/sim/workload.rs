@@ -78,6 +78,9 @@ pub(super) struct Client {
     pub(super) seen_index: u64,
     /// Values this client saw, per key, to aim test_and_set at.
     pub(super) seen: BTreeMap<Bytes, Option<Bytes>>,
+    /// Versions this client saw by consistent gets, to aim version guards
+    /// at (0: absent, as a guard means it).
+    seen_versions: BTreeMap<Bytes, u64>,
     /// A scenario's reader: sends only consistent reads, all to this node.
     pub(super) pin: Option<usize>,
     /// A pause's reader, until another node acknowledges a write: it waits.
@@ -92,6 +95,7 @@ impl Client {
             pending: None,
             seen_index: 0,
             seen: BTreeMap::new(),
+            seen_versions: BTreeMap::new(),
             pin: None,
             hold: false,
         }
@@ -178,10 +182,15 @@ impl Sim {
     }
 
     /// A sequence over three random keys: a guard on `k` (or an `assert`
-    /// step), then a set and a remove.
+    /// step), then a set and a remove (sometimes a delete_prefix).
     fn sequence_request(&mut self, c: usize, k: &Bytes, v: Bytes) -> Request {
         let (k2, k3) = (self.key(), self.key());
+        let seen_version = self.clients[c].seen_versions.get(k).copied();
         let guard = match self.clients[c].seen.get(k).cloned().flatten() {
+            // Optimistic concurrency with the version a get returned.
+            _ if self.rng.random_bool(0.3) => {
+                Guard::VersionEquals(k.clone(), seen_version.unwrap_or(0))
+            }
             Some(seen) => Guard::ValueEquals(k.clone(), seen),
             None if self.rng.random_bool(0.5) => Guard::Absent(k.clone()),
             None => Guard::Present(k.clone()),
@@ -192,7 +201,12 @@ impl Sim {
             (vec![], vec![Op::Check(guard)])
         };
         ops.push(Op::Set(k2, v));
-        ops.push(Op::Remove(k3));
+        ops.push(match self.rng.random_range(0..20) {
+            // Every key (they all start with "k"), or the keys under one.
+            0 => Op::DeletePrefix(Bytes::from_static(b"k")),
+            1..=2 => Op::DeletePrefix(k3),
+            _ => Op::Remove(k3),
+        });
         Request::Batch(Batch { guards, ops })
     }
 
@@ -461,6 +475,13 @@ impl Sim {
             .applied
             .load(std::sync::atomic::Ordering::Acquire);
         let value = read(node.store(), &p.call.kind);
+        let version = match &p.call.kind {
+            OpKind::Get(k) => Reader::new(node.store())
+                .get_entry(k)
+                .expect("store read")
+                .map_or(0, |e| e.rev.version),
+            _ => 0,
+        };
         if applied < read_index {
             let why = format!(
                 "n{} released a read at index {read_index} having applied only {applied}",
@@ -483,6 +504,7 @@ impl Sim {
         self.note_read(c, applied, &value);
         if let (OpKind::Get(k), OpValue::Get(v)) = (&p.call.kind, &value) {
             self.clients[c].seen.insert(k.clone(), v.clone());
+            self.clients[c].seen_versions.insert(k.clone(), version);
         }
         self.reads.push(ReadObs {
             node: p.node,
