@@ -117,7 +117,7 @@ async fn reads_writes_and_revisions_mean_what_the_protocol_says() {
 
     assert!(matches!(c.call(Request::Ping).await, Response::Text(t) if t.starts_with("nacre")));
     assert!(
-        matches!(c.call(Request::Version).await, Response::Version(v) if v.info.contains("protocol 1"))
+        matches!(c.call(Request::Version).await, Response::Version(v) if v.info.contains("protocol 2"))
     );
     assert_eq!(
         c.call(Request::WhoMaster).await,
