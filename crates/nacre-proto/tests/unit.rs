@@ -363,6 +363,49 @@ fn a_page_continues_after_its_last_key_only_when_more_follows() {
 }
 
 #[test]
+fn the_next_page_asks_for_the_rest_after_the_last_key() {
+    let q = RangeQuery {
+        first: Some(b("a")),
+        first_inclusive: true,
+        last: Some(b("m")),
+        last_inclusive: true,
+        max: 7,
+        reverse: false,
+    };
+    let next = q.after(b("c"));
+    assert_eq!((next.first, next.first_inclusive), (Some(b("c")), false));
+    assert_eq!(
+        (next.last, next.last_inclusive, next.max),
+        (Some(b("m")), true, 7)
+    );
+    // Descending: the high end moves down.
+    let rev = RangeQuery {
+        reverse: true,
+        ..q.clone()
+    };
+    let next = rev.after(b("k"));
+    assert_eq!((next.last, next.last_inclusive), (Some(b("k")), false));
+    assert_eq!((next.first, next.first_inclusive), (Some(b("a")), true));
+}
+
+#[test]
+fn a_prefix_is_the_range_up_to_the_first_key_past_it() {
+    let range = |p: &[u8]| {
+        let q = RangeQuery::prefix(Bytes::copy_from_slice(p), 5);
+        assert_eq!(
+            (q.first_inclusive, q.last_inclusive, q.max),
+            (true, false, 5)
+        );
+        assert_eq!(q.first.as_deref(), Some(p));
+        q.last
+    };
+    assert_eq!(range(b"ab"), Some(b("ac")));
+    assert_eq!(range(&[b'a', 0xff, 0xff]), Some(b("b")));
+    assert_eq!(range(&[0xff, 0xff]), None);
+    assert_eq!(range(b""), None);
+}
+
+#[test]
 fn a_version_1_peer_gets_the_plain_lists_it_knows() {
     assert_eq!((PROTOCOL_VERSION_MIN, PROTOCOL_VERSION), (1, 2));
     let keys = Response::KeyPage(Page {
