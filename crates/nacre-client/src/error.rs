@@ -162,6 +162,15 @@ impl ClientError {
         self.code() == Some(ErrorCode::Timeout)
     }
 
+    /// A request or its reply is over a limit (`too_large`): a key, value
+    /// or batch refused before sending, or a reply that would not fit in
+    /// a frame (a multi-get of too many large values). Asking again the
+    /// same way gets the same answer; ask for less (fewer keys, or a
+    /// range read, which comes in pages).
+    pub fn is_too_large(&self) -> bool {
+        self.code() == Some(ErrorCode::TooLarge)
+    }
+
     /// The cluster could not be reached or could not serve: connection
     /// errors, timeouts, no leader, no quorum, a node going down.
     pub fn is_unavailable(&self) -> bool {

@@ -41,9 +41,11 @@ use tokio::time::Instant;
 pub use blocking::BlockingClient;
 pub use error::{ClientError, Disconnect, EndpointError};
 pub use nacre_proto::{
-    Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, RangeQuery,
-    Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo, VersionInfo,
+    Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, Page, PageItem,
+    RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo,
+    VersionInfo,
 };
+pub use reads::Pages;
 pub use scripts::Called;
 pub use sequence::Sequence;
 

@@ -109,7 +109,8 @@ pub struct KeyEntry {
 impl KeyEntry {
     pub(crate) const ENCODED_MIN_BYTES: usize = 4 + 4 + Revision::ENCODED_BYTES;
 
-    pub(crate) fn encoded_len(&self) -> usize {
+    /// Bytes the entry takes on the wire.
+    pub fn encoded_len(&self) -> usize {
         bytes_len(&self.key) + bytes_len(&self.value) + Revision::ENCODED_BYTES
     }
 

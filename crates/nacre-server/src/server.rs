@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use nacre_proto::{
-    decode_request, encode_response, split_frame, ClientHello, Command, Consistency, ErrorCode,
-    ErrorReply, Limits, Request, Response, ServerHello, VersionInfo, PROTOCOL_VERSION,
+    decode_request, encode_response, list_reply_frame_length, split_frame, ClientHello, Command,
+    Consistency, ErrorCode, ErrorReply, Limits, Request, Response, ServerHello, VersionInfo,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use nacre_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::node::NodeHandle;
-use crate::state::{Outcome, Reader};
+use crate::state::{Outcome, PageLimits, Reader};
 use crate::ServerConfig;
 
 /// A client has this long to send its hello.
@@ -186,9 +187,9 @@ async fn connection(
         Ok(h) => h,
         Err(why) => return refuse(stream, &shared, ErrorCode::BadInput, &why.to_string()).await,
     };
-    if hello.version != PROTOCOL_VERSION {
+    if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&hello.version) {
         let msg = format!(
-            "protocol version {} is not supported; this node speaks {PROTOCOL_VERSION}",
+            "protocol version {} is not supported; this node speaks {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION}",
             hello.version
         );
         return refuse(stream, &shared, ErrorCode::UnsupportedVersion, &msg).await;
@@ -200,8 +201,12 @@ async fn connection(
         );
         return refuse(stream, &shared, ErrorCode::WrongCluster, &msg).await;
     }
+    // The connection speaks the client's version: an older client gets
+    // the replies it knows.
+    let mut ok = ServerHello::ok(&shared.config.cluster_id, &shared.config.node_name);
+    ok.version = hello.version;
     let mut out = Vec::new();
-    ServerHello::ok(&shared.config.cluster_id, &shared.config.node_name).encode(&mut out);
+    ok.encode(&mut out);
     stream.write_all(&out).await?;
 
     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -209,7 +214,7 @@ async fn connection(
         .counters
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let result = serve_frames(&shared, stream, &mut stop).await;
+    let result = serve_frames(&shared, stream, &mut stop, hello.version).await;
     shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
     result
 }
@@ -218,6 +223,7 @@ async fn serve_frames(
     shared: &Arc<Shared>,
     stream: TcpStream,
     stop: &mut watch::Receiver<bool>,
+    version: u16,
 ) -> std::io::Result<()> {
     let (mut rd, wr) = stream.into_split();
     let inflight_max = shared.config.inflight_per_connection_max;
@@ -240,7 +246,7 @@ async fn serve_frames(
                             let shared = shared.clone();
                             let tx = tx.clone();
                             tokio::spawn(async move {
-                                let resp = execute(&shared, req).await;
+                                let resp = execute(&shared, req).await.for_version(version);
                                 if matches!(resp, Response::Error(_)) {
                                     shared.counters.errors.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -321,10 +327,28 @@ fn not_found(key: &Bytes) -> ErrorReply {
 /// Runs one request to its reply; every failure becomes an error reply.
 pub(crate) async fn execute(shared: &Shared, req: Request) -> Response {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-    match execute_inner(shared, req).await {
+    let resp = match execute_inner(shared, req).await {
         Ok(r) => r,
         Err(e) => Response::Error(e),
+    };
+    within_frame(resp, shared.limits.frame_size_max_bytes)
+}
+
+/// A reply too large for a frame becomes a `TooLarge` error. Sent as it
+/// is, the client would refuse the frame from its header and drop the
+/// connection, and asking again would get the same: an outage to the
+/// client, for what is a request that asks for too much. Reads that can
+/// hold many results stop (ranges) or refuse (multi-gets) before they get
+/// here; this catches whatever else could grow (a script's result).
+fn within_frame(resp: Response, frame_size_max_bytes: usize) -> Response {
+    let length = resp.frame_length();
+    if length <= frame_size_max_bytes {
+        return resp;
     }
+    Response::Error(ErrorReply::new(
+        ErrorCode::TooLarge,
+        format!("a reply of {length} bytes is over frame_size_max_bytes {frame_size_max_bytes}"),
+    ))
 }
 
 async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
@@ -374,7 +398,11 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
 /// reads a few pages and runs here; reads that may touch many pages run
 /// off the async workers.
 async fn read(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
-    let max = shared.limits.range_results_max;
+    let frame_max = shared.limits.frame_size_max_bytes;
+    let page = PageLimits {
+        results_max: shared.limits.range_results_max,
+        frame_size_max_bytes: frame_max,
+    };
     Ok(match req {
         Request::Get { key, .. } => {
             let v = Reader::new(&shared.store).get(&key)?;
@@ -386,32 +414,64 @@ async fn read(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
         Request::Exists { key, .. } => Response::Bool(Reader::new(&shared.store).exists(&key)?),
         Request::MultiGet { keys, .. } => Response::Values(
             read_off(shared, move |r| {
-                keys.iter()
-                    .map(|k| r.get(k)?.ok_or_else(|| not_found(k)))
-                    .collect()
+                let values = multi_get(r, &keys, frame_max, true)?;
+                Ok(values.into_iter().flatten().collect())
             })
             .await?,
         ),
         Request::MultiGetOption { keys, .. } => Response::OptValues(
-            read_off(shared, move |r| {
-                keys.iter().map(|k| Ok(r.get(k)?)).collect()
-            })
-            .await?,
+            read_off(shared, move |r| multi_get(r, &keys, frame_max, false)).await?,
         ),
-        Request::Range { query, .. } => {
-            Response::Keys(read_off(shared, move |r| Ok(r.range_keys(&query, max)?)).await?)
-        }
-        Request::RangeEntries { query, .. } => {
-            Response::Entries(read_off(shared, move |r| Ok(r.range_entries(&query, max)?)).await?)
-        }
-        Request::PrefixKeys {
-            prefix, max: want, ..
-        } => Response::Keys(
-            read_off(shared, move |r| Ok(r.prefix_keys(&prefix, want.min(max))?)).await?,
+        Request::Range { query, .. } => Response::KeyPage(
+            read_off(shared, move |r| Ok(r.range_keys_page(&query, page)?)).await?,
+        ),
+        Request::RangeEntries { query, .. } => Response::EntryPage(
+            read_off(shared, move |r| Ok(r.range_entries_page(&query, page)?)).await?,
+        ),
+        Request::PrefixKeys { prefix, max, .. } => Response::KeyPage(
+            read_off(shared, move |r| Ok(r.prefix_keys_page(&prefix, max, page)?)).await?,
         ),
         Request::KeyCount { .. } => Response::U64(read_off(shared, |r| Ok(r.key_count()?)).await?),
         _ => unreachable!("execute_inner sends only reads here"),
     })
+}
+
+/// The values of a multi-get, in key order; `required`: a missing key
+/// fails it with `NotFound` (`MultiGet`), else it is `None`
+/// (`MultiGetOption`). A multi-get is answered in one reply, so values
+/// that would not fit in a frame are refused with `TooLarge` as soon as
+/// the running total goes over, before more of them are read into memory.
+fn multi_get(
+    r: &Reader,
+    keys: &[Bytes],
+    frame_size_max_bytes: usize,
+    required: bool,
+) -> Result<Vec<Option<Bytes>>, ErrorReply> {
+    let mut values = Vec::with_capacity(keys.len());
+    let mut bytes = 0;
+    for (i, k) in keys.iter().enumerate() {
+        let v = r.get(k)?;
+        bytes += match (&v, required) {
+            (None, true) => return Err(not_found(k)),
+            (Some(v), true) => nacre_proto::wire::bytes_len(v),
+            (v, false) => nacre_proto::wire::opt_bytes_len(v.as_deref()),
+        };
+        let length = list_reply_frame_length(bytes);
+        if length > frame_size_max_bytes {
+            return Err(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the reply would be over frame_size_max_bytes {frame_size_max_bytes}: \
+                     the values of the first {} of {} keys already take {length} bytes; \
+                     ask for fewer keys per multi-get",
+                    i + 1,
+                    keys.len()
+                ),
+            ));
+        }
+        values.push(v);
+    }
+    Ok(values)
 }
 
 /// A membership change or leadership transfer, proposed to the leader.
@@ -678,4 +738,24 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
         kv.push(("store_cleaner_error", e));
     }
     kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_over_the_frame_limit_becomes_too_large() {
+        let reply = Response::Value(Some(Bytes::from(vec![0u8; 100])));
+        let length = reply.frame_length();
+        assert_eq!(within_frame(reply.clone(), length), reply);
+        match within_frame(reply, length - 1) {
+            Response::Error(e) => {
+                assert_eq!(e.code, ErrorCode::TooLarge);
+                let limit = format!("frame_size_max_bytes {}", length - 1);
+                assert!(e.message.contains(&limit), "{}", e.message);
+            }
+            r => panic!("expected too_large, got {r:?}"),
+        }
+    }
 }

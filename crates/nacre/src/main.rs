@@ -89,18 +89,21 @@ fn run(cli: &Cli) -> i32 {
         }
     };
     let mut stdout = std::io::stdout().lock();
-    match rt.block_on(commands::run_client(cli)) {
-        Ok(out) => {
-            let bytes = output::render(&out, cli.json);
-            if let Err(e) = stdout.write_all(&bytes).and_then(|_| stdout.flush()) {
-                // A closed pipe (`| head`) is not worth a message.
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    eprintln!("nacre: cannot write output: {e}");
-                }
-                return exit::GENERIC;
-            }
-            exit::OK
+    let mut sink = output::Sink::new(&mut stdout, cli.json);
+    let result = rt.block_on(commands::run_client(cli, &mut sink));
+    if let Ok(Some(out)) = &result {
+        sink.emit(out);
+    }
+    if let Some(e) = sink.take_error() {
+        // A closed pipe (`| head`) is not worth a message.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("nacre: cannot write output: {e}");
         }
+        return exit::GENERIC;
+    }
+    drop(sink);
+    match result {
+        Ok(_) => exit::OK,
         Err(f) => {
             eprintln!("{}", f.text());
             if cli.json {

@@ -3,7 +3,7 @@
 
 use nacre_proto::{
     Batch, Bytes, ClientHello, Command, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry,
-    Member, Op, RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary,
+    Member, Op, Page, RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary,
     ScriptVersionInfo, ServerHello, Session, VersionInfo, NAME_SIZE_MAX_BYTES,
 };
 use proptest::collection::vec;
@@ -314,6 +314,9 @@ pub fn response() -> impl Strategy<Value = Response> {
                 )
                 .collect()
         )),
+        (keys(), any::<bool>()).prop_map(|(items, more)| Response::KeyPage(Page { items, more })),
+        (vec(entry(), 0..6), any::<bool>())
+            .prop_map(|(items, more)| Response::EntryPage(Page { items, more })),
     ]
 }
 

@@ -26,6 +26,42 @@ pub enum StateError {
     BadSnapshot(#[source] Corruption),
 }
 
+/// Why a page of a range or prefix read could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// One result is larger than a whole reply may be, so no page can
+    /// hold it. A configuration whose `frame_size_max_bytes` cannot hold a
+    /// maximal key and value is refused, so this takes a result stored
+    /// under larger limits than the node runs with now.
+    #[error(
+        "one result alone takes a reply of {length} bytes, over frame_size_max_bytes \
+         {frame_size_max_bytes}: no page can hold it"
+    )]
+    ResultTooLarge {
+        length: usize,
+        frame_size_max_bytes: usize,
+    },
+}
+
+impl From<Corruption> for PageError {
+    fn from(c: Corruption) -> PageError {
+        PageError::State(c.into())
+    }
+}
+
+impl From<PageError> for ErrorReply {
+    fn from(e: PageError) -> ErrorReply {
+        match e {
+            PageError::State(e) => e.to_reply(),
+            e @ PageError::ResultTooLarge { .. } => {
+                ErrorReply::new(ErrorCode::TooLarge, e.to_string())
+            }
+        }
+    }
+}
+
 /// A record in the store, or in a snapshot from the leader, that does not
 /// decode as what its namespace says: it is never served, and nothing is
 /// applied on top of it.

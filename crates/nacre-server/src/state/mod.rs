@@ -40,12 +40,12 @@ use bytes::Bytes;
 use nacre_proto::{Command, ErrorCode};
 use nacre_store::{Durability, Store, WriteTxn};
 
-pub use kv::{user_key, Reader};
+pub use kv::{user_key, PageLimits, Reader};
 pub use members::MemberRecord;
 pub use scripts::{decode_script_head, script_head_key, script_version_key, SCRIPT_NS};
 pub use snapshot::{check_snapshot_pair, is_local_key};
 
-pub use error::{describe_key, Corruption, StateError};
+pub use error::{describe_key, Corruption, PageError, StateError};
 
 use kv::apply_batch;
 
