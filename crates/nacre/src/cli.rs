@@ -148,6 +148,24 @@ pub enum Command {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// Fail with exit code 3 unless KEY holds VALUE (--absent: does not
+    /// exist). A read at --consistency: nothing goes through the log.
+    Assert {
+        key: String,
+        #[arg(required_unless_present = "absent", conflicts_with = "absent")]
+        value: Option<String>,
+        /// KEY must not exist.
+        #[arg(long)]
+        absent: bool,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Fail with exit code 3 unless KEY exists. A read at --consistency.
+    AssertExists {
+        key: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
     /// Print the values of several keys, one per line.
     MultiGet {
         #[arg(required = true)]

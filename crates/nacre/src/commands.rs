@@ -107,6 +107,8 @@ pub async fn run_client(cli: &Cli) -> Result<Output, Failure> {
         Command::Get { .. }
         | Command::GetEntry { .. }
         | Command::Exists { .. }
+        | Command::Assert { .. }
+        | Command::AssertExists { .. }
         | Command::MultiGet { .. }
         | Command::Range { .. }
         | Command::RangeEntries { .. }
@@ -228,6 +230,20 @@ async fn read_command(client: &Client, command: &Command) -> Result<Output, Fail
             key: key(k),
             exists: at(read).exists(key(k)).await.map_err(fail)?,
         },
+        Command::Assert {
+            key: k,
+            value,
+            read,
+            ..
+        } => {
+            let want = value.as_deref().map(key);
+            at(read).assert(key(k), want).await.map_err(fail)?;
+            Output::Text("ok".into())
+        }
+        Command::AssertExists { key: k, read } => {
+            at(read).assert_exists(key(k)).await.map_err(fail)?;
+            Output::Text("ok".into())
+        }
         Command::MultiGet {
             keys,
             allow_missing,
