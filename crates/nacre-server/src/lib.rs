@@ -242,7 +242,9 @@ fn node_options(config: &ServerConfig) -> node::NodeOptions {
         clock: clock::HostClock::shared(),
         proposals_pending_max: config.proposals_pending_max,
         checkpoint_entries: config.checkpoint_entries,
+        checkpoint_bytes: config.checkpoint_bytes,
         tlog_tail_entries: config.tlog_tail_entries,
+        tlog_tail_bytes: config.tlog_tail_bytes,
         #[cfg(feature = "sim")]
         planted: Default::default(),
     }

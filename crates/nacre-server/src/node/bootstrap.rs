@@ -116,6 +116,7 @@ impl Node {
             rx,
             status: status.clone(),
             checkpointed: applied,
+            applied_bytes_since_checkpoint: 0,
             opts,
             pending: BTreeMap::new(),
             reads_asked: HashMap::new(),

@@ -147,8 +147,13 @@ pub struct NodeOptions {
     pub clock: Arc<dyn Clock>,
     pub proposals_pending_max: usize,
     pub checkpoint_entries: u64,
+    /// A checkpoint also comes once this many bytes of entries were applied
+    /// since the last one.
+    pub checkpoint_bytes: u64,
     /// Entries kept in the tlog behind a checkpoint, for lagging followers.
     pub tlog_tail_entries: u64,
+    /// ...and at most this many bytes of them.
+    pub tlog_tail_bytes: u64,
     /// Deliberate bugs for the simulator to prove its checker catches them
     /// (only with the `sim` feature).
     #[cfg(feature = "sim")]
@@ -199,6 +204,8 @@ pub struct Node {
     reads_new: Vec<oneshot::Sender<ReadReply>>,
     read_ctx_next: u64,
     checkpointed: u64,
+    /// Bytes of entry data applied since the last checkpoint.
+    applied_bytes_since_checkpoint: u64,
     shutting_down: bool,
 }
 

@@ -252,6 +252,8 @@ impl Node {
             })
             .collect();
         let outcomes = self.sm.apply(&committed)?;
+        let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+        self.applied_bytes_since_checkpoint += bytes;
         for (e, outcome) in entries.iter().zip(outcomes) {
             if let Some(p) = self.pending.remove(&e.index) {
                 let reply = if p.term == e.term {
