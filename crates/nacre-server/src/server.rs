@@ -616,15 +616,7 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
             "snapshots_installed",
             s.snapshots_installed.load(Ordering::Relaxed).to_string(),
         ),
-        (
-            "role",
-            if s.is_leader.load(Ordering::Acquire) {
-                "leader"
-            } else {
-                "follower"
-            }
-            .to_string(),
-        ),
+        ("role", s.role().name().to_string()),
         ("term", s.term.load(Ordering::Relaxed).to_string()),
         (
             "applied_index",

@@ -20,8 +20,10 @@
 //! | `snapshot.rs` | raft snapshots (taking and installing) and checkpoints |
 //! | `planted.rs` | bugs planted for the simulator, only with the `sim` feature |
 //! | `status.rs` | what other threads see: `Status`, `NodeHandle`, publishing after each turn |
+//! | `events.rs` | raft events in the log: elections, votes, leaders, terms, membership, snapshots |
 
 mod bootstrap;
+mod events;
 mod membership;
 mod planted;
 mod reads;
@@ -50,7 +52,7 @@ use crate::ServerError;
 
 #[cfg(feature = "sim")]
 pub use planted::Planted;
-pub use status::{NodeHandle, Status};
+pub use status::{NodeHandle, Role, Status};
 
 use planted::PlantedState;
 use reads::ReadRound;
@@ -182,6 +184,8 @@ pub struct Node {
     snapshots_in: HashMap<u64, PathBuf>,
     membership_pending: BTreeMap<u64, (u64, oneshot::Sender<Result<u64, ErrorReply>>)>,
     was_leader: bool,
+    /// What the log last said about the raft state (`events.rs`).
+    seen: events::Seen,
     /// What the planted bugs track (nothing without the `sim` feature,
     /// where it is never read).
     #[cfg_attr(not(feature = "sim"), allow(dead_code))]

@@ -102,7 +102,8 @@ impl Node {
         self.status
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(index = meta.index, "installed a snapshot from the leader");
+        tracing::info!(node = %self.name_of(self.opts.id), term = self.raw.raft.term,
+            index = meta.index, "installed a snapshot from the leader");
         self.sync_transport()
     }
 
