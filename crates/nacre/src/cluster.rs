@@ -21,7 +21,8 @@ pub enum ClusterCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Each member's role, term, commit and applied index, and lag.
+    /// Each member's role, applied and match index and lag, as the
+    /// leader sees them (asked of the leader whichever endpoint is given).
     Status,
     /// Add a learner; start it first with `nacre serve --join ...`.
     AddLearner {
@@ -137,46 +138,7 @@ pub async fn run(
     Ok(match cmd {
         ClusterCommand::InitConfig { .. } => unreachable!("handled without a connection"),
         ClusterCommand::Status => {
-            let members = client.cluster_status().await.map_err(fail)?;
-            let leader_commit = members.iter().find(|m| m.leader).map(|m| m.match_index);
-            let mut kv = Vec::new();
-            for m in &members {
-                // Each node reports its own view; one that does not answer
-                // is shown as unreachable rather than failing the command.
-                let mut opts = crate::cli::client_options(cli);
-                opts.endpoints = vec![m.client.clone()];
-                opts.request_timeout_ms = opts.request_timeout_ms.min(2_000);
-                opts.retries_max = 0;
-                let stats = match Client::connect(opts).await {
-                    Ok(c) => c.statistics().await.ok(),
-                    Err(_) => None,
-                };
-                let get = |k: &str| {
-                    stats
-                        .as_ref()
-                        .and_then(|s| s.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
-                };
-                let p = &m.name;
-                kv.push((format!("{p}.id"), m.id.to_string()));
-                kv.push((format!("{p}.voter"), m.voter.to_string()));
-                kv.push((format!("{p}.client"), m.client.clone()));
-                kv.push((format!("{p}.peer"), m.peer.clone()));
-                kv.push((format!("{p}.reachable"), stats.is_some().to_string()));
-                for field in ["role", "term", "commit_index", "applied_index"] {
-                    kv.push((
-                        format!("{p}.{field}"),
-                        get(field).unwrap_or_else(|| "-".into()),
-                    ));
-                }
-                if let (Some(lc), Some(applied)) = (
-                    leader_commit,
-                    get("applied_index").and_then(|a| a.parse::<u64>().ok()),
-                ) {
-                    kv.push((format!("{p}.lag"), lc.saturating_sub(applied).to_string()));
-                }
-                kv.push((format!("{p}.match_index"), m.match_index.to_string()));
-            }
-            Output::Stats(kv)
+            crate::cluster_status::render(&crate::cluster_status::rows(cli, client).await?)
         }
         ClusterCommand::AddLearner {
             name,

@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod cluster;
+mod cluster_status;
 mod commands;
 mod output;
 mod seqfile;

@@ -1,0 +1,222 @@
+//! What an operator relies on, against real `nacre serve` processes: raft
+//! events in the log, `cluster status` asked of the leader whatever
+//! endpoint it is given, clean shutdown on SIGTERM, and `local-cluster`
+//! supervising its nodes.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{ServerProc, NACRE};
+use serde_json::Value;
+
+fn nacre(endpoints: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(NACRE)
+        .args(["--endpoints", endpoints, "--timeout-ms", "20000"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(endpoints: &str, args: &[&str]) -> String {
+    let (code, out, err) = nacre(endpoints, args);
+    assert_eq!(code, 0, "nacre {args:?}: {err}");
+    out
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The leader's name, once the nodes at `eps` agree there is one.
+fn leader_of(eps: &str) -> String {
+    let mut name = String::new();
+    wait_for("a leader", || {
+        name = nacre(eps, &["who-master"]).1.trim().to_string();
+        !name.is_empty() && name != "(none)"
+    });
+    name
+}
+
+/// `cluster status --json`, one object per member, by name.
+fn status(eps: &str) -> std::collections::BTreeMap<String, Value> {
+    ok(eps, &["--json", "cluster", "status"])
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["name"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+/// Raft's events reach the log at info, each with the node and the term:
+/// the election at start, the votes, a leadership transfer (a step-down, a
+/// campaign, a new leader followed).
+#[test]
+fn raft_events_are_logged_with_the_node_and_the_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, cfg) = common::init_cluster(dir.path(), 3, "");
+    let procs: Vec<ServerProc> = cfg
+        .nodes
+        .iter()
+        .map(|n| ServerProc::start_member(&config, &n.name, &[]))
+        .collect();
+    let eps: Vec<&str> = cfg.nodes.iter().map(|n| n.client.as_str()).collect();
+    let eps = eps.join(",");
+    let old = leader_of(&eps);
+    let new = cfg
+        .nodes
+        .iter()
+        .find(|n| n.name != old)
+        .unwrap()
+        .name
+        .clone();
+    let third = cfg
+        .nodes
+        .iter()
+        .find(|n| n.name != old && n.name != new)
+        .unwrap()
+        .name
+        .clone();
+    ok(&eps, &["cluster", "transfer-leader", &new]);
+    wait_for("the new leader", || leader_of(&eps) == new);
+    let log = |name: &str| procs[cfg.nodes.iter().position(|n| n.name == name).unwrap()].log();
+    let has = |name: &str, want: &str| {
+        let l = log(name);
+        assert!(
+            l.lines()
+                .any(|line| line.contains(want) && line.contains(" term=")),
+            "{name}'s log has no line with {want:?} and a term:\n{l}"
+        );
+    };
+    has(&old, &format!("raft started node={old}"));
+    has(&old, &format!("became leader node={old}"));
+    has(&old, &format!("stepped down as leader node={old}"));
+    has(&new, &format!("campaigning for leadership node={new}"));
+    has(&new, &format!("became leader node={new}"));
+    has(&third, &format!("voted node={third}"));
+    has(&third, &format!("following a new leader node={third}"));
+    has(&third, &format!("leader={new}"));
+    // raft-rs's own lines stay out of an info log.
+    assert!(!log(&third).contains("raft_id="), "{}", log(&third));
+}
+
+/// `cluster status` against a 3-node cluster with a learner and a stopped
+/// follower, given only a follower's endpoint: it asks the leader, so the
+/// match indexes and the lag are the leader's view; the learner shows as a
+/// learner; the stopped node as unreachable and behind; JSON numbers are
+/// numbers. The membership change and the learner's snapshot are logged.
+#[test]
+fn cluster_status_asks_the_leader_and_shows_learners_and_laggards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, cfg) = common::init_cluster(dir.path(), 4, "");
+    // n1..n3 bootstrap; n4 is in the file for its addresses and joins.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let three = config.with_file_name("three.toml");
+    std::fs::write(&three, &text[..text.rfind("[[nodes]]").unwrap()]).unwrap();
+    let mut procs: Vec<ServerProc> = cfg.nodes[..3]
+        .iter()
+        .map(|n| ServerProc::start_member(&three, &n.name, &[]))
+        .collect();
+    let all: Vec<&str> = cfg.nodes[..3].iter().map(|n| n.client.as_str()).collect();
+    let all = all.join(",");
+    let leader = leader_of(&all);
+    let followers: Vec<&nacre_server::NodeConfig> =
+        cfg.nodes[..3].iter().filter(|n| n.name != leader).collect();
+    let (asked, stopped) = (followers[0], followers[1]);
+    let n4 = &cfg.nodes[3];
+    procs.push(ServerProc::start_member(&config, &n4.name, &["--join"]));
+    ok(
+        &all,
+        &[
+            "cluster",
+            "add-learner",
+            &n4.name,
+            "--client",
+            &n4.client,
+            "--peer",
+            &n4.peer,
+        ],
+    );
+    wait_for("the learner to catch up", || {
+        let s = status(&asked.client);
+        s[&n4.name]["lag"] == 0
+    });
+    // One follower stops answering; writes go on without it.
+    let stopped_at = procs.iter().position(|p| p.addr == stopped.client).unwrap();
+    procs[stopped_at].signal("STOP");
+    for i in 0..30 {
+        ok(&all, &["set", &format!("k{i}"), "v"]);
+    }
+    let s = status(&asked.client);
+    procs[stopped_at].signal("CONT");
+    let l = &s[&leader];
+    assert_eq!(l["role"], "leader", "{s:?}");
+    let leader_match = l["match"].as_u64().expect("a number");
+    assert!(leader_match >= 30, "{s:?}");
+    assert_eq!(l["lag"], 0, "{s:?}");
+    for m in [asked, n4] {
+        let v = &s[&m.name];
+        assert_eq!(v["reachable"], true, "{s:?}");
+        assert!(v["applied"].as_u64().unwrap() + 5 >= leader_match, "{s:?}");
+        assert!(
+            v["match"].as_u64().unwrap() > 0,
+            "match from a follower's view: {s:?}"
+        );
+        assert_eq!(v["leader"], leader.as_str(), "{s:?}");
+    }
+    assert_eq!(s[&asked.name]["role"], "follower", "{s:?}");
+    assert_eq!(s[&n4.name]["role"], "learner", "{s:?}");
+    assert_eq!(s[&n4.name]["voter"], false, "{s:?}");
+    let st = &s[&stopped.name];
+    assert_eq!(st["reachable"], false, "{s:?}");
+    assert_eq!(st["applied"], Value::Null, "{s:?}");
+    assert!(st["match"].as_u64().unwrap() + 30 <= leader_match, "{s:?}");
+
+    // The table says the same.
+    let table = ok(&asked.client, &["cluster", "status"]);
+    let header = table.lines().next().unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        [
+            "NAME",
+            "ROLE",
+            "APPLIED",
+            "MATCH",
+            "LAG",
+            "REACHABLE",
+            "LEADER"
+        ],
+        "{table}"
+    );
+    let learner_line = table.lines().find(|l| l.starts_with(&n4.name)).unwrap();
+    assert!(learner_line.contains("learner"), "{table}");
+
+    // The membership change and the learner's snapshot were logged.
+    let leader_log = procs
+        .iter()
+        .find(|p| p.addr == cfg.nodes.iter().find(|n| n.name == leader).unwrap().client)
+        .unwrap()
+        .log();
+    assert!(
+        leader_log.contains(&format!("learners={}", n4.name))
+            && leader_log.contains("membership changed"),
+        "{leader_log}"
+    );
+    assert!(leader_log.contains("sending a snapshot"), "{leader_log}");
+    assert!(
+        procs[3].log().contains("installed a snapshot"),
+        "{}",
+        procs[3].log()
+    );
+}
