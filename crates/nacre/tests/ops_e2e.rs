@@ -220,3 +220,193 @@ fn cluster_status_asks_the_leader_and_shows_learners_and_laggards() {
         procs[3].log()
     );
 }
+
+/// A bare protocol connection (nacre-proto frames over a blocking
+/// socket), to see exactly which request got which answer.
+struct Raw {
+    stream: std::net::TcpStream,
+    buf: nacre_proto::BytesMut,
+}
+
+impl Raw {
+    fn connect(addr: &str) -> Raw {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let mut out = Vec::new();
+        nacre_proto::ClientHello {
+            version: nacre_proto::PROTOCOL_VERSION,
+            cluster_id: String::new(),
+        }
+        .encode(&mut out);
+        stream.write_all(&out).unwrap();
+        let mut buf = Vec::new();
+        loop {
+            if let Some((hello, _)) = nacre_proto::ServerHello::decode(&buf).unwrap() {
+                assert_eq!(hello.status, 0, "{hello:?}");
+                break;
+            }
+            let mut chunk = [0u8; 64];
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Raw {
+            stream,
+            buf: nacre_proto::BytesMut::new(),
+        }
+    }
+
+    fn send(&mut self, id: u64, req: &nacre_proto::Request) {
+        use std::io::Write;
+        let mut out = Vec::new();
+        nacre_proto::encode_request(id, req, &mut out);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// The next answer, `None` once the server closed the connection.
+    fn recv(&mut self) -> Option<(u64, nacre_proto::Response)> {
+        use std::io::Read;
+        loop {
+            if let Some((id, body)) = nacre_proto::split_frame(&mut self.buf, 64 << 20).unwrap() {
+                return Some((id, nacre_proto::decode_response(body).unwrap()));
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("the connection broke instead of closing: {e}"),
+            }
+        }
+    }
+}
+
+fn error_code(r: &nacre_proto::Response) -> Option<nacre_proto::ErrorCode> {
+    match r {
+        nacre_proto::Response::Error(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// SIGTERM on `nacre serve`: it stops accepting, answers every request it
+/// had taken (here script calls queued on a one-thread blocking pool),
+/// answers `going_down` to every request sent after, which it does not
+/// apply, closes the connection and exits 0. (Reported: SIGTERM closed
+/// connections with requests unanswered.)
+#[test]
+fn sigterm_answers_requests_taken_and_going_down_to_the_rest() {
+    use nacre_proto::{Bytes, Consistency, ErrorCode, Request};
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = common::init_cluster(dir.path(), 1, "blocking_tasks_max = 1");
+    let mut server = ServerProc::start_member(&config, "n1", &[]);
+    let ep = server.addr.clone();
+    let script = dir.path().join("spin.lua");
+    std::fs::write(
+        &script,
+        "function spin() local x = 0 while true do x = x + 1 end end",
+    )
+    .unwrap();
+    ok(&ep, &["script", "put", "spin", script.to_str().unwrap()]);
+    let spin = Request::Call {
+        script: "spin".into(),
+        function: "spin".into(),
+        args: vec![],
+        version: None,
+        consistency: Consistency::Consistent,
+    };
+    let mut c = Raw::connect(&ep);
+    let t = Instant::now();
+    c.send(1, &spin);
+    let (_, r) = c.recv().unwrap();
+    assert_eq!(error_code(&r), Some(ErrorCode::BudgetExceeded), "{r:?}");
+    // Enough calls to keep the one blocking thread busy for ~2 s.
+    let spins = (2_000 / t.elapsed().as_millis().max(1)).clamp(3, 200) as u64;
+    for id in 2..2 + spins {
+        c.send(id, &spin);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(&ep).is_err(),
+        "still accepting connections after SIGTERM"
+    );
+    let late: Vec<u64> = (1_000..1_005).collect();
+    for id in &late {
+        let key = Bytes::from(format!("late{id}"));
+        c.send(
+            *id,
+            &Request::Set {
+                key,
+                value: Bytes::from_static(b"x"),
+            },
+        );
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some((id, r)) = c.recv() {
+        answers.insert(id, r);
+    }
+    for id in 2..2 + spins {
+        let r = answers
+            .get(&id)
+            .unwrap_or_else(|| panic!("call {id} got no answer"));
+        assert_eq!(
+            error_code(r),
+            Some(ErrorCode::BudgetExceeded),
+            "{id}: {r:?}"
+        );
+    }
+    for id in &late {
+        let r = answers
+            .get(id)
+            .unwrap_or_else(|| panic!("write {id} got no answer"));
+        assert_eq!(error_code(r), Some(ErrorCode::GoingDown), "{id}: {r:?}");
+    }
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    // What was answered going_down was not applied.
+    drop(server);
+    let server = ServerProc::start_member(&config, "n1", &[]);
+    for id in &late {
+        assert_eq!(nacre(&server.addr, &["get", &format!("late{id}")]).0, 2);
+    }
+}
+
+/// SIGTERM on the leader of a cluster: it hands leadership to another
+/// voter before it exits (0), so the others need not wait an election
+/// timeout to miss it.
+#[test]
+fn sigterm_on_the_leader_hands_leadership_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, cfg) = common::init_cluster(dir.path(), 3, "");
+    let mut procs: Vec<ServerProc> = cfg
+        .nodes
+        .iter()
+        .map(|n| ServerProc::start_member(&config, &n.name, &[]))
+        .collect();
+    let eps: Vec<&str> = cfg.nodes.iter().map(|n| n.client.as_str()).collect();
+    let leader = leader_of(&eps.join(","));
+    ok(&eps.join(","), &["set", "k", "v"]);
+    let at = cfg.nodes.iter().position(|n| n.name == leader).unwrap();
+    let mut old = procs.remove(at);
+    old.signal("TERM");
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        old.log()
+    );
+    let log = old.log();
+    assert!(
+        log.contains("handing leadership over before stopping"),
+        "{log}"
+    );
+    assert!(log.contains("leadership handed over"), "{log}");
+    let rest: Vec<&str> = eps.iter().copied().filter(|e| *e != old.addr).collect();
+    let new = leader_of(&rest.join(","));
+    assert_ne!(new, leader);
+    assert_eq!(ok(&rest.join(","), &["get", "k"]), "v\n");
+}
