@@ -111,13 +111,21 @@ pub enum Command {
     /// Cluster configuration, membership and status.
     #[command(subcommand)]
     Cluster(crate::cluster::ClusterCommand),
-    /// Run a whole local cluster in the foreground (Ctrl-C stops it).
+    /// Run a whole local cluster in the foreground (Ctrl-C or SIGTERM
+    /// stops it; a node that dies is restarted).
     LocalCluster {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// Config, data and logs go here (reused if it exists).
         #[arg(long, default_value = "nacre-local")]
         dir: PathBuf,
+        /// Node i (from 1) listens for clients on BASE+2(i-1) and for
+        /// peers on the port after (default: free ports at random).
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Leave a node that dies down instead of restarting it.
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Print a key's value (NotFound: exit code 2).
     Get {

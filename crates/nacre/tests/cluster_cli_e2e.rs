@@ -186,8 +186,10 @@ fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
 
     // Under `local-cluster` the others run on, and it names the one that
     // exited and its log.
+    // --no-restart: a node that fails at once would otherwise be
+    // restarted (and fail again) while the test stops the cluster.
     let mut child = Command::new(NACRE)
-        .args(["local-cluster", "--nodes", "3", "--dir"])
+        .args(["local-cluster", "--nodes", "3", "--no-restart", "--dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -410,3 +410,167 @@ fn sigterm_on_the_leader_hands_leadership_over() {
     assert_ne!(new, leader);
     assert_eq!(ok(&rest.join(","), &["get", "k"]), "v\n");
 }
+
+/// Lines a child prints, as they come.
+fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(r)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to 30 s for a line that `want` accepts; all lines seen go to
+/// `seen`.
+fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if want(&line) {
+                    return line;
+                }
+            }
+            Err(_) => panic!("no such line; seen: {seen:?}"),
+        }
+    }
+}
+
+/// A port such that it and the next `n - 1` are free now.
+fn free_ports_in_a_row(n: u16) -> u16 {
+    loop {
+        let base = common::free_port();
+        if base.checked_add(n).is_some()
+            && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+fn exit_code(child: &mut std::process::Child, what: &str) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        assert!(Instant::now() < deadline, "{what} kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `local-cluster --base-port`: the nodes listen on the ports from the
+/// base; one killed with -9 is restarted; SIGTERM to local-cluster reaches
+/// every node, each stops cleanly, and it exits 0.
+#[test]
+fn local_cluster_takes_a_base_port_restarts_a_dead_node_and_forwards_sigterm() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports_in_a_row(6);
+    let mut child = Command::new(NACRE)
+        .args([
+            "local-cluster",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, err) = (
+        lines_of(child.stdout.take().unwrap()),
+        lines_of(child.stderr.take().unwrap()),
+    );
+    let mut seen = Vec::new();
+    let mut pids = Vec::new();
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        let client = format!("client 127.0.0.1:{}", base + 2 * i as u16);
+        let peer = format!("peer 127.0.0.1:{}", base + 2 * i as u16 + 1);
+        let line = wait_line(&out, &mut seen, |l| l.trim_start().starts_with(name));
+        assert!(line.contains(&client) && line.contains(&peer), "{line}");
+        pids.push(line.rsplit("pid ").next().unwrap().trim().to_string());
+    }
+    let eps: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + 2 * i))
+        .collect();
+    let eps = eps.join(",");
+    leader_of(&eps);
+    Command::new("kill")
+        .args(["-KILL", &pids[1]])
+        .status()
+        .unwrap();
+    wait_line(&err, &mut seen, |l| l.starts_with("n2 has exited"));
+    wait_line(&err, &mut seen, |l| l.starts_with("n2 restarted (pid "));
+    let n2 = format!("127.0.0.1:{}", base + 2);
+    wait_for("n2 to answer again", || nacre(&n2, &["ping"]).0 == 0);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        exit_code(&mut child, "local-cluster after SIGTERM"),
+        Some(0)
+    );
+    for n in ["n1", "n2", "n3"] {
+        let log = std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap();
+        assert!(log.contains("shutdown requested"), "{n}:\n{log}");
+    }
+    for i in 0..6 {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", base + i)).is_err(),
+            "port {} still open",
+            base + i
+        );
+    }
+}
+
+/// `local-cluster --no-restart`: a node that dies stays down.
+#[test]
+fn local_cluster_no_restart_leaves_a_dead_node_down() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(NACRE)
+        .args(["local-cluster", "--nodes", "1", "--no-restart", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, err) = (
+        lines_of(child.stdout.take().unwrap()),
+        lines_of(child.stderr.take().unwrap()),
+    );
+    let mut seen = Vec::new();
+    let line = wait_line(&out, &mut seen, |l| l.trim_start().starts_with("n1"));
+    let pid = line.rsplit("pid ").next().unwrap().trim().to_string();
+    let client = line.split_whitespace().nth(2).unwrap().to_string();
+    wait_for("n1 to answer", || nacre(&client, &["ping"]).0 == 0);
+    Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    wait_line(&err, &mut seen, |l| l.starts_with("n1 has exited"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        std::net::TcpStream::connect(&client).is_err(),
+        "n1 was restarted; seen: {seen:?}"
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(exit_code(&mut child, "local-cluster after Ctrl-C"), Some(0));
+}
