@@ -543,10 +543,25 @@ async fn not_found_and_assertion_errors_are_typed() {
     assert_eq!(e.key(), Some(&b("zz")));
     assert_eq!(c.multi_get(vec![b("a")]).await.unwrap(), vec![b("1")]);
     let mut s = Sequence::new();
-    s.test_and_set(b("a"), Some(b("wrong")), Some(b("2")));
+    s.assert(b("a"), Some(b("wrong"))).set(b("a"), b("2"));
     let e = c.sequence(s).await.unwrap_err();
     assert!(e.is_assertion_failed());
     assert_eq!(e.key(), Some(&b("a")));
+    // Standalone asserts are reads, failing with the same typed error.
+    c.assert(b("a"), Some(b("1"))).await.unwrap();
+    c.assert(b("nope"), None).await.unwrap();
+    c.assert_exists(b("a")).await.unwrap();
+    for e in [
+        c.assert(b("a"), Some(b("wrong"))).await.unwrap_err(),
+        c.assert(b("a"), None).await.unwrap_err(),
+        c.assert_exists(b("nope")).await.unwrap_err(),
+    ] {
+        assert!(e.is_assertion_failed(), "{e:?}");
+    }
+    assert_eq!(
+        c.assert(b("a"), None).await.unwrap_err().key(),
+        Some(&b("a"))
+    );
     assert!(c.delete(b("nope")).await.unwrap_err().is_not_found());
 }
 

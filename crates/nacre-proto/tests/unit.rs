@@ -202,7 +202,7 @@ fn unknown_inner_tags_are_rejected() {
     bad_tag(decode_response(Bytes::from(vec![1, 2])), "bool", 2);
     // An option flag of 7 in a Value reply.
     bad_tag(decode_response(Bytes::from(vec![3, 7])), "value", 7);
-    // Guard tag 0 and 6, op tag 0 and 10, inside a Batch request.
+    // Guard tag 0 and 6, op tag 0 and 11, inside a Batch request.
     let batch = |guards: &[u8], ops: &[u8]| {
         let mut v = vec![36];
         v.extend_from_slice(&(!guards.is_empty() as u32).to_le_bytes());
@@ -215,13 +215,13 @@ fn unknown_inner_tags_are_rejected() {
     bad_tag(decode_request(batch(&[0], &[])), "guard", 0);
     bad_tag(decode_request(batch(&[6], &[])), "guard", 6);
     bad_tag(decode_request(batch(&[], &[0])), "op", 0);
-    bad_tag(decode_request(batch(&[], &[10])), "op", 10);
+    bad_tag(decode_request(batch(&[], &[11])), "op", 11);
     bad_tag(decode_request(batch(&[], &[4, 9])), "guard", 9);
-    // Command format 2.
+    // Command format 3.
     bad_tag(
-        Command::decode(Bytes::from(vec![2, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+        Command::decode(Bytes::from(vec![3, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
         "command format",
-        2,
+        3,
     );
     // Session flag 2.
     bad_tag(
@@ -229,6 +229,77 @@ fn unknown_inner_tags_are_rejected() {
         "session",
         2,
     );
+}
+
+/// A command is written in the oldest format that carries its ops, so a
+/// batch of the ops format 1 always had is the same bytes as before format
+/// 2 existed; a format-1 command holding a format-2 op was not written by
+/// this code and is refused.
+#[test]
+fn commands_use_the_oldest_format_that_carries_their_ops() {
+    let old = Command {
+        session: None,
+        batch: Batch {
+            guards: vec![Guard::Absent(b("g"))],
+            ops: vec![Op::Set(b("k"), b("v")), Op::Check(Guard::Present(b("k")))],
+        },
+    };
+    let bytes = old.encode();
+    assert_eq!(bytes[0], Command::FORMAT_V1);
+    assert_eq!(Command::decode(Bytes::from(bytes)).unwrap(), old);
+
+    let tas = Op::TestAndSet {
+        key: b("k"),
+        expected: None,
+        wanted: Some(b("v")),
+    };
+    let new = Command {
+        session: None,
+        batch: Batch {
+            guards: vec![],
+            ops: vec![Op::Set(b("a"), b("1")), tas.clone()],
+        },
+    };
+    let mut bytes = new.encode();
+    assert_eq!(bytes[0], Command::FORMAT_V2);
+    assert_eq!(Command::decode(Bytes::from(bytes.clone())).unwrap(), new);
+    bytes[0] = Command::FORMAT_V1;
+    bad_tag(
+        Command::decode(Bytes::from(bytes)),
+        "format-1 command's op",
+        10,
+    );
+}
+
+#[test]
+fn test_and_set_steps_are_checked_against_the_limits() {
+    let limits = Limits {
+        key_size_max_bytes: 4,
+        value_size_max_bytes: 4,
+        ..Limits::default()
+    };
+    let step = |key: &str, expected: Option<&str>, wanted: Option<&str>| {
+        Request::Batch(Batch {
+            guards: vec![],
+            ops: vec![Op::TestAndSet {
+                key: b(key),
+                expected: expected.map(b),
+                wanted: wanted.map(b),
+            }],
+        })
+    };
+    assert!(limits.check_request(&step("k", Some("v"), None)).is_ok());
+    for req in [
+        step("kkkkk", None, None),
+        step("k", Some("vvvvv"), None),
+        step("k", None, Some("vvvvv")),
+    ] {
+        assert_eq!(
+            limits.check_request(&req).unwrap_err().code,
+            ErrorCode::TooLarge,
+            "{req:?}"
+        );
+    }
 }
 
 #[test]

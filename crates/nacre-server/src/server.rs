@@ -25,6 +25,9 @@ use crate::ServerConfig;
 const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// Largest client hello: magic, version, length and a maximal cluster id.
 const HELLO_SIZE_MAX_BYTES: usize = 4 + 2 + 2 + nacre_proto::NAME_SIZE_MAX_BYTES;
+/// How long a connection closed by a shutdown waits for the client to
+/// close its side (see `linger`).
+const CLOSE_LINGER_MS: u64 = 500;
 /// Replies gathered into one socket write, at most.
 const WRITE_BATCH_MAX_BYTES: usize = 1 << 20;
 
@@ -174,14 +177,17 @@ async fn connection(
         .await;
     };
     stream.set_nodelay(true)?;
-    let hello = match tokio::time::timeout(
-        Duration::from_millis(HELLO_TIMEOUT_MS),
-        read_hello(&mut stream),
-    )
-    .await
-    {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
+    // A shutdown does not wait for a hello: the client is told at once.
+    let hello = tokio::select! {
+        r = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), read_hello(&mut stream)) => {
+            match r {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            }
+        }
+        () = stopping(&mut stop) => {
+            return refuse(stream, &shared, ErrorCode::GoingDown, "the node is shutting down").await;
+        }
     };
     let hello = match hello {
         Ok(h) => h,
@@ -219,6 +225,12 @@ async fn connection(
     result
 }
 
+/// Serves one connection's frames until the client closes it, a frame
+/// breaks the protocol, or the node shuts down. A shutdown drains the
+/// connection instead of dropping it: requests already taken are answered
+/// as usual, every frame read from then on is answered `GoingDown`
+/// without being run (so the client may safely send it elsewhere), and
+/// the connection closes once nothing is in flight.
 async fn serve_frames(
     shared: &Arc<Shared>,
     stream: TcpStream,
@@ -229,74 +241,155 @@ async fn serve_frames(
     let inflight_max = shared.config.inflight_per_connection_max;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(inflight_max);
     let writer = tokio::spawn(write_replies(wr, rx));
-    let inflight = Arc::new(Semaphore::new(inflight_max));
-    let frame_max = shared.limits.frame_size_max_bytes;
+    let mut conn = ConnState {
+        inflight: Arc::new(Semaphore::new(inflight_max)),
+        inflight_max,
+        tx,
+        refused: 0,
+        version,
+    };
     let mut buf = BytesMut::with_capacity(64 << 10);
-    let result = 'conn: loop {
-        loop {
-            match split_frame(&mut buf, frame_max) {
-                Ok(Some((id, body))) => {
-                    // Back-pressure: stop reading while too many requests
-                    // from this connection are in flight.
-                    let Ok(permit) = inflight.clone().acquire_owned().await else {
-                        break 'conn Ok(());
-                    };
-                    match decode_request(body) {
-                        Ok(req) => {
-                            let shared = shared.clone();
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                let resp = execute(&shared, req).await.for_version(version);
-                                if matches!(resp, Response::Error(_)) {
-                                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                                }
-                                let mut frame = Vec::new();
-                                encode_response(id, &resp, &mut frame);
-                                let _ = tx.send(frame).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(e) => {
-                            // The frame boundary is intact, so the client can
-                            // still read why; then we close, as documented.
-                            let resp = Response::Error(ErrorReply::new(
-                                ErrorCode::BadInput,
-                                format!("malformed request: {e}"),
-                            ));
-                            let mut frame = Vec::new();
-                            encode_response(id, &resp, &mut frame);
-                            let _ = tx.send(frame).await;
-                            break 'conn Ok(());
-                        }
-                    }
+    let mut draining = false;
+    let result = loop {
+        if !conn.take_frames(shared, &mut buf, draining).await {
+            break Ok(());
+        }
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            () = stopping(stop), if !draining => {
+                draining = true;
+                // What the client sent before the shutdown is answered
+                // now, not lost when the connection closes.
+                match rd.try_read_buf(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(1),
+                    r => r,
                 }
-                Ok(None) => break,
+            }
+            () = conn.idle(), if draining => break Ok(()),
+        };
+        match read {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let busy = conn.refused > 0;
+    drop(conn);
+    // Replies to requests already taken are still delivered.
+    let _ = writer.await;
+    if busy {
+        // The client was still sending when the node went down.
+        linger(&mut rd).await;
+    }
+    result
+}
+
+/// After a shutdown closed the writing side, reads (and drops) what the
+/// client still sends until it closes too, for at most
+/// `CLOSE_LINGER_MS`: closing a socket with unread bytes makes the kernel
+/// reset the connection, which can throw away the last replies before
+/// the client read them.
+async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_LINGER_MS), async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Completes once the node is shutting down (at once if it already is).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: dropped here, not held
+    // by the caller's future.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// One connection's requests in flight and the way to its writer task.
+struct ConnState {
+    inflight: Arc<Semaphore>,
+    inflight_max: usize,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Frames answered `GoingDown` during a shutdown.
+    refused: u64,
+    /// The protocol version the client speaks: replies are given in it.
+    version: u16,
+}
+
+impl ConnState {
+    /// Completes once no request of this connection is in flight.
+    async fn idle(&self) {
+        let all = u32::try_from(self.inflight_max).unwrap_or(u32::MAX);
+        let _all_back = self.inflight.acquire_many(all).await;
+    }
+
+    async fn reply(&self, id: u64, resp: &Response) {
+        let mut frame = Vec::new();
+        encode_response(id, resp, &mut frame);
+        let _ = self.tx.send(frame).await;
+    }
+
+    /// Starts (or, `draining`, answers `GoingDown` to) every whole frame in
+    /// `buf`; false when the connection must close (malformed input).
+    async fn take_frames(
+        &mut self,
+        shared: &Arc<Shared>,
+        buf: &mut BytesMut,
+        draining: bool,
+    ) -> bool {
+        loop {
+            let (id, body) = match split_frame(buf, shared.limits.frame_size_max_bytes) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return true,
                 Err(e) => {
                     let code = match e {
                         nacre_proto::DecodeError::FrameTooLarge { .. } => ErrorCode::TooLarge,
                         _ => ErrorCode::BadInput,
                     };
-                    let resp = Response::Error(ErrorReply::new(code, e.to_string()));
-                    let mut frame = Vec::new();
-                    encode_response(0, &resp, &mut frame);
-                    let _ = tx.send(frame).await;
-                    break 'conn Ok(());
+                    self.reply(0, &Response::Error(ErrorReply::new(code, e.to_string())))
+                        .await;
+                    return false;
+                }
+            };
+            if draining {
+                let why = ErrorReply::new(ErrorCode::GoingDown, "the node is shutting down");
+                self.reply(id, &Response::Error(why)).await;
+                self.refused += 1;
+                continue;
+            }
+            // Back-pressure: stop reading while too many requests from
+            // this connection are in flight.
+            let Ok(permit) = self.inflight.clone().acquire_owned().await else {
+                return false;
+            };
+            match decode_request(body) {
+                Ok(req) => {
+                    let (shared, tx, version) = (shared.clone(), self.tx.clone(), self.version);
+                    tokio::spawn(async move {
+                        let resp = execute(&shared, req).await.for_version(version);
+                        if matches!(resp, Response::Error(_)) {
+                            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let mut frame = Vec::new();
+                        encode_response(id, &resp, &mut frame);
+                        let _ = tx.send(frame).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // The frame boundary is intact, so the client can still
+                    // read why; then we close, as documented.
+                    let why =
+                        ErrorReply::new(ErrorCode::BadInput, format!("malformed request: {e}"));
+                    self.reply(id, &Response::Error(why)).await;
+                    return false;
                 }
             }
         }
-        tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => break Ok(()),
-                Ok(_) => {}
-                Err(e) => break Err(e),
-            },
-            _ = stop.changed() => break Ok(()),
-        }
-    };
-    drop(tx);
-    // Replies to requests already taken are still delivered.
-    let _ = writer.await;
-    result
+    }
 }
 
 /// Writes replies in the order they finish, coalescing whatever is ready
@@ -676,15 +769,7 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
             "snapshots_installed",
             s.snapshots_installed.load(Ordering::Relaxed).to_string(),
         ),
-        (
-            "role",
-            if s.is_leader.load(Ordering::Acquire) {
-                "leader"
-            } else {
-                "follower"
-            }
-            .to_string(),
-        ),
+        ("role", s.role().name().to_string()),
         ("term", s.term.load(Ordering::Relaxed).to_string()),
         (
             "applied_index",

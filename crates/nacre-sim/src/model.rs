@@ -152,6 +152,24 @@ pub fn apply(state: &mut KvState, batch: &Batch) -> WriteResult {
                     return failed(&work, ErrorCode::AssertionFailed, g.key());
                 }
             }
+            // A conditional write that never fails the batch.
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            } => {
+                prev = value(&work, key);
+                if prev == *expected {
+                    match wanted {
+                        Some(v) => {
+                            set(&mut work, key, v);
+                        }
+                        None => {
+                            work.remove(key);
+                        }
+                    }
+                }
+            }
             op => unreachable!("the simulated workload sends no service op {op:?}"),
         }
     }
@@ -176,7 +194,9 @@ pub fn batch_keys(batch: &Batch, universe: &[Bytes]) -> Vec<Bytes> {
     }
     for op in &batch.ops {
         match op {
-            Op::Set(k, _) | Op::Delete(k) | Op::Remove(k) => keys.push(k.clone()),
+            Op::Set(k, _) | Op::Delete(k) | Op::Remove(k) | Op::TestAndSet { key: k, .. } => {
+                keys.push(k.clone())
+            }
             Op::DeletePrefix(p) => add_prefix(&mut keys, p),
             Op::Check(g) => guard_keys(&mut keys, g, &mut add_prefix),
             _ => {}

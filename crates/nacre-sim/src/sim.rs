@@ -577,7 +577,12 @@ impl Sim {
             // the tlog to a short tail: a node that falls further behind is
             // sent a snapshot.
             checkpoint_entries: 64,
+            // The workload's values are small: checkpoints and tails are
+            // counted in entries alone, as before byte bounds existed, so
+            // that every seed replays as it did.
+            checkpoint_bytes: u64::MAX,
             tlog_tail_entries: TLOG_TAIL_ENTRIES,
+            tlog_tail_bytes: u64::MAX,
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),

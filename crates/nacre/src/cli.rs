@@ -142,13 +142,21 @@ pub enum Command {
     /// Cluster configuration, membership and status.
     #[command(subcommand)]
     Cluster(crate::cluster::ClusterCommand),
-    /// Run a whole local cluster in the foreground (Ctrl-C stops it).
+    /// Run a whole local cluster in the foreground (Ctrl-C or SIGTERM
+    /// stops it; a node that dies is restarted).
     LocalCluster {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// Config, data and logs go here (reused if it exists).
         #[arg(long, default_value = "nacre-local")]
         dir: PathBuf,
+        /// Node i (from 1) listens for clients on BASE+2(i-1) and for
+        /// peers on the port after (default: free ports at random).
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Leave a node that dies down instead of restarting it.
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Print a key's value (NotFound: exit code 2).
     Get {
@@ -175,6 +183,24 @@ pub enum Command {
     Delete { key: String },
     /// Print whether a key exists.
     Exists {
+        key: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Fail with exit code 3 unless KEY holds VALUE (--absent: does not
+    /// exist). A read at --consistency: nothing goes through the log.
+    Assert {
+        key: String,
+        #[arg(required_unless_present = "absent", conflicts_with = "absent")]
+        value: Option<String>,
+        /// KEY must not exist.
+        #[arg(long)]
+        absent: bool,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Fail with exit code 3 unless KEY exists. A read at --consistency.
+    AssertExists {
         key: String,
         #[command(flatten)]
         read: ReadArgs,

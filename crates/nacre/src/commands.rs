@@ -180,6 +180,8 @@ pub async fn run_client(cli: &Cli, sink: &mut Sink<'_>) -> Result<Option<Output>
         Command::Get { .. }
         | Command::GetEntry { .. }
         | Command::Exists { .. }
+        | Command::Assert { .. }
+        | Command::AssertExists { .. }
         | Command::MultiGet { .. }
         | Command::KeyCount { .. } => read_command(&client, command).await?,
         Command::Range { .. }
@@ -304,6 +306,20 @@ async fn read_command(client: &Client, command: &Command) -> Result<Output, Fail
             key: key(k),
             exists: at(read).exists(key(k)).await.map_err(fail)?,
         },
+        Command::Assert {
+            key: k,
+            value,
+            read,
+            ..
+        } => {
+            let want = value.as_deref().map(key);
+            at(read).assert(key(k), want).await.map_err(fail)?;
+            Output::Text("ok".into())
+        }
+        Command::AssertExists { key: k, read } => {
+            at(read).assert_exists(key(k)).await.map_err(fail)?;
+            Output::Text("ok".into())
+        }
         Command::MultiGet {
             keys,
             allow_missing,

@@ -4,7 +4,9 @@
 mod bench;
 mod cli;
 mod cluster;
+mod cluster_status;
 mod commands;
+mod local_cluster;
 mod output;
 mod seqfile;
 
@@ -55,8 +57,19 @@ fn run(cli: &Cli) -> i32 {
         };
     }
     match &cli.command {
-        Command::LocalCluster { nodes, dir } => {
-            return match cluster::local_cluster(*nodes, dir) {
+        Command::LocalCluster {
+            nodes,
+            dir,
+            base_port,
+            no_restart,
+        } => {
+            let opts = local_cluster::Options {
+                nodes: *nodes,
+                dir: dir.clone(),
+                base_port: *base_port,
+                restart: !no_restart,
+            };
+            return match local_cluster::run(&opts) {
                 Ok(()) => exit::OK,
                 Err(e) => {
                     eprintln!("nacre local-cluster: {e}");

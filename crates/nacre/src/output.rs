@@ -43,6 +43,11 @@ pub enum Output {
         n: u64,
     },
     Stats(Vec<(String, String)>),
+    /// Formatted by its command: `text` as it is, or the JSON objects.
+    Rendered {
+        text: String,
+        json: Vec<Value>,
+    },
     Master(Option<String>),
     Version(VersionInfo),
     Text(String),
@@ -167,6 +172,7 @@ pub fn render(o: &Output, json_mode: bool) -> Vec<u8> {
             line(&mut out, &s);
         }
         Output::Text(t) => line(&mut out, t),
+        Output::Rendered { text, .. } => line(&mut out, text),
     }
     out
 }
@@ -243,6 +249,7 @@ fn to_json(o: &Output) -> Vec<Value> {
             vec![json!({"major": v.major, "minor": v.minor, "patch": v.patch, "info": v.info})]
         }
         Output::Text(t) => vec![json!({ "reply": t })],
+        Output::Rendered { json, .. } => json.clone(),
     }
 }
 

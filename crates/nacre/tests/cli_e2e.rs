@@ -432,6 +432,42 @@ fn sequences() {
     assert!(o.stderr.contains("unknown op"), "{}", o.stderr);
 }
 
+/// Arakoon's meanings, which users carry code over with: a test_and_set
+/// step that does not match leaves the sequence going (an assert step is
+/// what aborts), an empty sequence is a valid write, and a standalone
+/// assert or assert-exists is a read that writes no log entry.
+#[test]
+fn arakoon_meanings_of_test_and_set_asserts_and_empty_sequences() {
+    let s = Server::start();
+    s.ok(&["set", "lock", "someone"]);
+    let seq = r#"[
+        {"op":"test_and_set","key":"lock","expected":null,"wanted":"me"},
+        {"op":"set","key":"after","value":"1"},
+        {"op":"test_and_set","key":"counter","expected":null,"wanted":"0"}
+    ]"#;
+    let o = s.run_stdin(&["sequence"], seq.as_bytes());
+    assert_eq!(o.code, 0, "a test_and_set mismatch aborted: {}", o.stderr);
+    assert_eq!(s.ok(&["get", "lock"]), "someone\n", "the mismatch wrote");
+    assert_eq!(s.ok(&["get", "after"]), "1\n");
+    assert_eq!(s.ok(&["get", "counter"]), "0\n");
+
+    let o = s.run_stdin(&["--json", "sequence"], b"[]");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let empty_at = o.json_lines()[0]["index"].as_u64().unwrap();
+    assert!(empty_at > 0);
+
+    let txid = s.ok(&["get-txid"]);
+    s.ok(&["assert", "lock", "someone"]);
+    s.ok(&["assert", "nope", "--absent"]);
+    s.ok(&["assert-exists", "lock", "--consistency", "any"]);
+    let o = s.run(&["assert", "lock", "me"]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(o.stderr.contains("assertion_failed"), "{}", o.stderr);
+    assert_eq!(s.run(&["assert-exists", "nope"]).code, 3);
+    assert_eq!(s.run(&["assert", "lock", "--absent"]).code, 3);
+    assert_eq!(s.ok(&["get-txid"]), txid, "an assert wrote a log entry");
+}
+
 #[test]
 fn admin_commands() {
     let s = Server::start();

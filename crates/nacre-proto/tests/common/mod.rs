@@ -79,6 +79,13 @@ pub fn op() -> impl Strategy<Value = Op> {
         (key(), any::<u64>()).prop_map(|(name, version)| Op::ScriptActivate { name, version }),
         key().prop_map(Op::ScriptDelete),
         (key(), any::<u64>()).prop_map(|(name, version)| Op::ScriptLive { name, version }),
+        (key(), option::of(value()), option::of(value())).prop_map(|(key, expected, wanted)| {
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            }
+        }),
     ]
 }
 

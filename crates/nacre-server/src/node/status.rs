@@ -3,7 +3,7 @@
 //! which client tasks send requests.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -23,6 +23,8 @@ pub struct Status {
     pub term: AtomicU64,
     pub leader_id: AtomicU64,
     pub is_leader: AtomicBool,
+    /// This node's [`Role`], as a `u8`; read it with [`Status::role`].
+    role: AtomicU8,
     pub first_index: AtomicU64,
     pub last_index: AtomicU64,
     pub checkpoints: AtomicU64,
@@ -45,7 +47,45 @@ pub struct Status {
     pub progress: Mutex<Vec<Member>>,
 }
 
+/// What part a node plays in its cluster, as `statistics` and `cluster
+/// status` report it. A learner is a non-voting member (it follows the
+/// leader but never votes or campaigns); raft-rs calls it a follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Learner,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Learner => "learner",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+
+    const ALL: [Role; 5] = [
+        Role::Follower,
+        Role::Learner,
+        Role::PreCandidate,
+        Role::Candidate,
+        Role::Leader,
+    ];
+}
+
 impl Status {
+    /// This node's role as of the loop's last turn.
+    pub fn role(&self) -> Role {
+        let i = usize::from(self.role.load(Ordering::Acquire));
+        Role::ALL.get(i).copied().unwrap_or(Role::Follower)
+    }
+
     /// A NotMaster error carrying the leader's client address, if known.
     pub fn not_master(&self) -> ErrorReply {
         let leader = self.leader_id.load(Ordering::Acquire);
@@ -180,6 +220,26 @@ impl Node {
             .store(self.raw.raft.leader_id, Ordering::Relaxed);
         s.is_leader
             .store(self.raw.raft.state == StateRole::Leader, Ordering::Release);
+        let role = match self.raw.raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Follower
+                if self
+                    .raw
+                    .raft
+                    .prs()
+                    .conf()
+                    .learners()
+                    .contains(&self.opts.id) =>
+            {
+                Role::Learner
+            }
+            StateRole::Follower => Role::Follower,
+        };
+        let i = Role::ALL.iter().position(|r| *r == role).unwrap_or(0);
+        s.role.store(i as u8, Ordering::Release);
+        self.log_raft_events();
     }
 
     pub(super) fn publish_progress(&self, is_leader: bool) {

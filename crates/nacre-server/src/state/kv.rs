@@ -192,6 +192,11 @@ pub(super) fn apply_batch(
                     return Ok(failed);
                 }
             }
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            } => prev = test_and_set(txn, index, key, expected, wanted, &mut undo)?,
             op => match apply_script_op(txn, index, op, &mut undo)? {
                 Ok(version) => count = version,
                 Err((code, message)) => {
@@ -207,6 +212,36 @@ pub(super) fn apply_batch(
         }
     }
     Ok(Outcome::Applied { prev, count })
+}
+
+/// Arakoon's `test_and_set` step: writes `wanted` (or removes the key)
+/// only if the key holds `expected`, and never fails the batch. Returns
+/// the value it found, as a standalone `test_and_set` reports it.
+fn test_and_set(
+    txn: &mut WriteTxn<'_>,
+    index: u64,
+    key: &Bytes,
+    expected: &Option<Bytes>,
+    wanted: &Option<Bytes>,
+    undo: &mut Undo,
+) -> Result<Option<Bytes>, StateError> {
+    let current = current_value(txn, key)?;
+    if current != *expected {
+        return Ok(current);
+    }
+    match wanted {
+        Some(v) => {
+            set(txn, index, key, v, undo)?;
+        }
+        None => {
+            let uk = user_key(key);
+            if let Some(raw) = txn.get(&uk)? {
+                txn.delete(&uk)?;
+                undo.push((uk, Some(raw)));
+            }
+        }
+    }
+    Ok(current)
 }
 
 /// Sets `key` at log index `index`: a new key's revisions start there, an

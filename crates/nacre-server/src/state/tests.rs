@@ -138,6 +138,87 @@ fn delete_of_missing_key_is_not_found_and_remove_is_not() {
     );
 }
 
+fn tas(key: &str, expected: Option<&str>, wanted: Option<&str>) -> Op {
+    Op::TestAndSet {
+        key: b(key),
+        expected: expected.map(b),
+        wanted: wanted.map(b),
+    }
+}
+
+/// Arakoon's meaning: a test_and_set step that does not match changes
+/// nothing and the sequence goes on; one that matches writes (or with no
+/// wanted value removes) and later steps see it; an assert later in the
+/// sequence still aborts everything, test_and_set writes included.
+#[test]
+fn a_test_and_set_step_is_a_conditional_write_that_never_aborts() {
+    let (_d, mut sm) = open();
+    apply(&mut sm, 1, ops(vec![Op::Set(b("a"), b("1"))]));
+    let out = apply(
+        &mut sm,
+        2,
+        ops(vec![
+            tas("a", Some("other"), Some("x")),
+            Op::Set(b("b"), b("2")),
+        ]),
+    );
+    assert!(matches!(out, Outcome::Applied { .. }), "{out:?}");
+    let r = Reader::new(sm.store());
+    assert_eq!(
+        r.get(b"a").unwrap(),
+        Some(b("1")),
+        "a mismatch writes nothing"
+    );
+    assert_eq!(r.get(b"b").unwrap(), Some(b("2")), "the sequence went on");
+
+    let out = apply(
+        &mut sm,
+        3,
+        ops(vec![
+            tas("a", Some("1"), Some("2")),
+            Op::Check(Guard::ValueEquals(b("a"), b("2"))),
+            tas("b", Some("2"), None),
+            tas("c", None, Some("new")),
+        ]),
+    );
+    assert_eq!(
+        out,
+        Outcome::Applied {
+            prev: None,
+            count: 0
+        },
+        "prev is what the last step found (c was absent)"
+    );
+    let r = Reader::new(sm.store());
+    assert_eq!(r.get(b"a").unwrap(), Some(b("2")));
+    assert_eq!(r.get(b"b").unwrap(), None);
+    assert_eq!(r.get_entry(b"c").unwrap().unwrap().rev.create_rev, 3);
+
+    let out = apply(
+        &mut sm,
+        4,
+        ops(vec![
+            tas("a", Some("2"), Some("3")),
+            Op::Check(Guard::Absent(b("c"))),
+        ]),
+    );
+    assert!(
+        matches!(
+            out,
+            Outcome::Failed {
+                code: ErrorCode::AssertionFailed,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        Reader::new(sm.store()).get(b"a").unwrap(),
+        Some(b("2")),
+        "the failed assert undid the test_and_set"
+    );
+}
+
 #[test]
 fn guards_check_values_versions_and_prefixes() {
     let (_d, mut sm) = open();
