@@ -375,7 +375,9 @@ pub fn client_options(cli: &Cli) -> ClientOptions {
             .collect(),
         cluster_id: cli.cluster_id.clone().unwrap_or_default(),
         request_timeout_ms: cli.timeout_ms,
-        connect_timeout_ms: cli.timeout_ms.min(3_000),
+        connect_timeout_ms: cli
+            .timeout_ms
+            .min(ClientOptions::default().connect_timeout_ms),
         limits: Limits::default(),
         ..ClientOptions::default()
     }

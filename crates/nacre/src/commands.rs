@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use nacre_client::{Bytes, Client, Request};
+use nacre_client::{Bytes, Client, ClientError, Request};
 
 use crate::cli::{client_options, Cli, Command, RangeArgs, ReadArgs, ScriptCommand, ValueArgs};
 use crate::output::{Failure, Output, Sink};
@@ -167,6 +167,25 @@ pub async fn run_client(cli: &Cli, sink: &mut Sink<'_>) -> Result<Option<Output>
     // Read local input first: a bad file should not cost a connection.
     let input = local_value(&cli.command)?;
     let batch = local_batch(&cli.command)?;
+    // `--timeout-ms` bounds the command from connecting on, not only each
+    // call: some commands make several (`cluster status` asks every
+    // member).
+    let limit = std::time::Duration::from_millis(cli.timeout_ms);
+    match tokio::time::timeout(limit, run_remote(cli, input, batch)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::from_client(&ClientError::Timeout {
+            after_ms: cli.timeout_ms,
+            last: None,
+        })),
+    }
+}
+
+/// The part of a client command that talks to the cluster.
+async fn run_remote(
+    cli: &Cli,
+    input: Option<Bytes>,
+    batch: Option<nacre_client::Batch>,
+) -> Result<Output, Failure> {
     let client = Client::connect(client_options(cli))
         .await
         .map_err(|e| Failure::from_client(&e))?;

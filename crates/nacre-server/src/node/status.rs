@@ -87,12 +87,26 @@ impl Status {
     }
 
     /// A NotMaster error carrying the leader's client address, if known.
+    ///
+    /// Never this node's own address, although the published `leader_id`
+    /// may name it: the loop publishes once per turn, so a leader that
+    /// stepped down during this turn (a former leader resumed from a pause
+    /// learning of the new term, check-quorum) still has itself published,
+    /// and a leader handing leadership over drops proposals while it still
+    /// leads. A client sent back here would only ask again.
     pub fn not_master(&self) -> ErrorReply {
         let leader = self.leader_id.load(Ordering::Acquire);
-        let (msg, hint) = match self.members.read().get(&leader) {
+        let me = self.id.load(Ordering::Relaxed);
+        let members = self.members.read();
+        let known = members.get(&leader).filter(|_| leader != me);
+        let (msg, hint) = match known {
             Some(m) => (
                 format!("this node is not the leader; {} is", m.name),
                 Some(m.client.clone()),
+            ),
+            None if leader == me && me != 0 => (
+                "this node is not the leader any more, and knows no other yet".to_string(),
+                None,
             ),
             None => (
                 "this node is not the leader, and no leader is known".to_string(),
@@ -271,5 +285,47 @@ impl Node {
             })
             .collect();
         *self.status.progress.lock() = list;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, client: &str) -> MemberRecord {
+        MemberRecord {
+            name: name.into(),
+            client: client.into(),
+            peer: String::new(),
+        }
+    }
+
+    fn status(me: u64, leader: u64) -> Status {
+        let s = Status::default();
+        s.id.store(me, Ordering::Relaxed);
+        s.leader_id.store(leader, Ordering::Relaxed);
+        let mut m = s.members.write();
+        m.insert(1, member("n1", "127.0.0.1:1"));
+        m.insert(3, member("n3", "127.0.0.1:3"));
+        drop(m);
+        s
+    }
+
+    #[test]
+    fn not_master_names_another_leader() {
+        let e = status(1, 3).not_master();
+        assert_eq!(e.code, ErrorCode::NotMaster);
+        assert_eq!(e.leader.as_deref(), Some("127.0.0.1:3"));
+        assert!(e.message.contains("n3 is"), "{}", e.message);
+    }
+
+    #[test]
+    fn not_master_never_names_the_node_that_sends_it() {
+        // n3 still has itself published as leader (it stepped down, or is
+        // resuming from a pause): it must not send clients back to itself.
+        let e = status(3, 3).not_master();
+        assert_eq!(e.code, ErrorCode::NotMaster);
+        assert_eq!(e.leader, None);
+        assert!(!e.message.contains("n3"), "{}", e.message);
     }
 }
