@@ -171,7 +171,7 @@ pub async fn run_client(cli: &Cli, sink: &mut Sink<'_>) -> Result<Option<Output>
     // call: some commands make several (`cluster status` asks every
     // member).
     let limit = std::time::Duration::from_millis(cli.timeout_ms);
-    match tokio::time::timeout(limit, run_remote(cli, input, batch)).await {
+    match tokio::time::timeout(limit, run_remote(cli, input, batch, sink)).await {
         Ok(r) => r,
         Err(_) => Err(Failure::from_client(&ClientError::Timeout {
             after_ms: cli.timeout_ms,
@@ -180,12 +180,14 @@ pub async fn run_client(cli: &Cli, sink: &mut Sink<'_>) -> Result<Option<Output>
     }
 }
 
-/// The part of a client command that talks to the cluster.
+/// The part of a client command that talks to the cluster (paged reads
+/// print into `sink` and return `None`).
 async fn run_remote(
     cli: &Cli,
     input: Option<Bytes>,
     batch: Option<nacre_client::Batch>,
-) -> Result<Output, Failure> {
+    sink: &mut Sink<'_>,
+) -> Result<Option<Output>, Failure> {
     let client = Client::connect(client_options(cli))
         .await
         .map_err(|e| Failure::from_client(&e))?;
