@@ -18,6 +18,10 @@ pub enum ClusterCommand {
         /// Data directories go under this directory, one per node.
         #[arg(long)]
         dir: PathBuf,
+        /// Node i (from 1) listens for clients on BASE+2(i-1) and for
+        /// peers on the port after (default: free ports at random).
+        #[arg(long)]
+        base_port: Option<u16>,
     },
     /// Each member's role, applied and match index and lag, as the
     /// leader sees them (asked of the leader whichever endpoint is given).
@@ -82,11 +86,6 @@ fn free_loopback_port(taken: &mut Vec<u16>) -> std::io::Result<u16> {
         .port();
     taken.push(port);
     Ok(port)
-}
-
-/// A config for `nodes` local nodes named n1..nN, on free ports.
-pub fn init_config(nodes: usize, dir: &Path) -> Result<String, String> {
-    init_config_at(nodes, dir, None)
 }
 
 /// The client and peer addresses of `nodes` local nodes from `base`: node
@@ -197,7 +196,7 @@ mod tests {
     #[test]
     fn init_config_round_trips_and_is_valid_for_each_node() {
         let dir = tempfile::tempdir().unwrap();
-        let text = init_config(3, dir.path()).unwrap();
+        let text = init_config_at(3, dir.path(), None).unwrap();
         let mut cfg = ServerConfig::from_toml(&text).unwrap();
         assert_eq!(cfg.nodes.len(), 3);
         for name in ["n1", "n2", "n3"] {
@@ -211,7 +210,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("n9"));
-        assert!(init_config(0, dir.path()).is_err());
+        assert!(init_config_at(0, dir.path(), None).is_err());
     }
 
     #[test]
@@ -240,7 +239,7 @@ mod tests {
     #[test]
     fn init_config_ports_are_distinct_and_below_the_outgoing_range() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = ServerConfig::from_toml(&init_config(9, dir.path()).unwrap()).unwrap();
+        let cfg = ServerConfig::from_toml(&init_config_at(9, dir.path(), None).unwrap()).unwrap();
         let ports: Vec<u16> = cfg
             .nodes
             .iter()

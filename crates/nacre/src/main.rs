@@ -77,8 +77,12 @@ fn run(cli: &Cli) -> i32 {
                 }
             };
         }
-        Command::Cluster(cluster::ClusterCommand::InitConfig { nodes, dir }) => {
-            return match cluster::init_config(*nodes, dir) {
+        Command::Cluster(cluster::ClusterCommand::InitConfig {
+            nodes,
+            dir,
+            base_port,
+        }) => {
+            return match cluster::init_config_at(*nodes, dir, *base_port) {
                 Ok(text) => {
                     print!("{text}");
                     exit::OK

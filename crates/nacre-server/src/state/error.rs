@@ -24,6 +24,13 @@ pub enum StateError {
     /// refused.
     #[error("snapshot refused: {0}")]
     BadSnapshot(#[source] Corruption),
+    /// A committed entry in a command format newer than this build reads:
+    /// the other nodes run a newer Nacre. Applying it as a failed command
+    /// would make this replica differ from theirs, so the node stops.
+    #[error(
+        "entry {index} is a command of format {format}, newer than this build reads          (up to {newest}): upgrade this node"
+    )]
+    NewerCommandFormat { index: u64, format: u8, newest: u8 },
 }
 
 /// Why a page of a range or prefix read could not be served.

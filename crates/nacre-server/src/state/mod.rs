@@ -228,6 +228,16 @@ impl StateMachine {
                 count: 0,
             });
         }
+        // A format this build does not know is not a bad command: another
+        // node wrote it and applies it. Stop rather than differ from it.
+        let newest = Command::FORMAT_V2;
+        if let Some(&format) = e.data.first().filter(|f| **f > newest) {
+            return Err(StateError::NewerCommandFormat {
+                index: e.index,
+                format,
+                newest,
+            });
+        }
         let decoded = Command::decode(Bytes::copy_from_slice(e.data)).map(|mut c| {
             if self.skips_guards() {
                 c.batch.guards.clear();

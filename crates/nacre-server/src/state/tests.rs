@@ -554,3 +554,49 @@ fn prefix_end_handles_ff() {
     assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
     assert_eq!(prefix_end(b"\xff\xff"), None);
 }
+
+/// An entry in a command format newer than this build reads stops the
+/// apply (the node would otherwise fail it while the newer nodes apply
+/// it, and differ from them); a malformed command of a known format fails
+/// identically everywhere, as before.
+#[test]
+fn a_newer_command_format_stops_the_apply_a_malformed_one_fails_it() {
+    let (_d, mut sm) = open();
+    let mut newer = Command {
+        session: None,
+        batch: ops(vec![Op::Set(b("a"), b("1"))]),
+    }
+    .encode();
+    newer[0] = Command::FORMAT_V2 + 1;
+    let e = Committed {
+        index: 1,
+        term: 1,
+        data: &newer,
+    };
+    match sm.apply(&[e]) {
+        Err(StateError::NewerCommandFormat {
+            index: 1, format, ..
+        }) => {
+            assert_eq!(format, Command::FORMAT_V2 + 1)
+        }
+        r => panic!("a newer format was applied: {r:?}"),
+    }
+    assert_eq!(sm.applied().0, 0);
+    let malformed = [Command::FORMAT_V1, 0xff, 0xff];
+    let e = Committed {
+        index: 1,
+        term: 1,
+        data: &malformed,
+    };
+    let out = sm.apply(&[e]).unwrap();
+    assert!(
+        matches!(
+            &out[0],
+            Outcome::Failed {
+                code: ErrorCode::BadInput,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+}
