@@ -485,6 +485,15 @@ impl Sim {
 
     pub fn run(mut self) -> Report {
         for i in 0..self.nodes.len() {
+            let period = self.nodes[i].clock.period_permille();
+            let delays = (self.net.delay_min_us, self.net.delay_jitter_us);
+            self.log(|| {
+                format!(
+                    "n{i}: clock period {period}\u{2030} of simulated time; messages take \
+                     {}+[0, {}) \u{b5}s",
+                    delays.0, delays.1
+                )
+            });
             if let Err(e) = self.open_node(i) {
                 self.fail(format!("n{i} failed to start: {e}"));
                 return self.report();
