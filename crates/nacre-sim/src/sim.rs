@@ -47,7 +47,7 @@ use crate::checker::Call;
 use crate::clock::{SimClock, SimNow};
 use checks::ReadObs;
 use network::Network;
-use scenario::CutOff;
+use scenario::{CutOff, FollowerCuts};
 use workload::Client;
 
 /// A deliberate bug to switch on in every node.
@@ -63,6 +63,11 @@ pub enum Bug {
     /// The leader lease is counted in ticks, which stop while a process
     /// is paused (`Planted::tick_lease`).
     TickLease,
+    /// The peer transport as it was: a connection a partition stalled is
+    /// not noticed and comes back only when TCP retransmits
+    /// (`Planted::stalled_links`; only `Scenario::FollowerCuts` models
+    /// connections).
+    StalledLinks,
 }
 
 impl std::str::FromStr for Bug {
@@ -73,8 +78,10 @@ impl std::str::FromStr for Bug {
             "ack-before-fsync" => Ok(Bug::AckBeforeFsync),
             "skip-guard" => Ok(Bug::SkipGuard),
             "tick-lease" => Ok(Bug::TickLease),
+            "stalled-links" => Ok(Bug::StalledLinks),
             _ => Err(format!(
-                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, tick-lease)"
+                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, tick-lease, \
+                 stalled-links)"
             )),
         }
     }
@@ -164,6 +171,17 @@ pub struct Stats {
     /// of those the ones it answered (rather than refused) on resuming.
     pub pause_reads_sent: u64,
     pub pause_reads_answered: u64,
+    /// [`Scenario::FollowerCuts`]: followers cut off, one at a time.
+    pub follower_cuts: u64,
+    /// Links that lost messages to a cut and came back after the heal, once
+    /// their sender dialled again (`Scenario::FollowerCuts`).
+    pub links_stalled: u64,
+    /// [`Scenario::FollowerCuts`]: the longest stretch with no write
+    /// acknowledged, from the first cut to the end of the workload.
+    pub longest_write_gap_ms: u64,
+    /// [`Scenario::FollowerCuts`]: times the leader, which kept a quorum
+    /// throughout, was seen not leading in its term.
+    pub leader_step_downs: u64,
 }
 
 /// Everything one run produced.
@@ -316,6 +334,8 @@ enum Ev {
     EndWorkload,
     ScenarioStart,
     ScenarioEnd,
+    /// The next step of `Scenario::FollowerCuts`.
+    CutsStep,
 }
 
 struct Queued {
@@ -362,6 +382,7 @@ pub struct Sim {
     net: Network,
     workload: bool,
     cutoff: Option<CutOff>,
+    cuts: Option<FollowerCuts>,
     history: Vec<Call>,
     /// Acknowledged writes: (history position, log index, command bytes).
     acked: Vec<(usize, u64, Vec<u8>)>,
@@ -428,6 +449,7 @@ impl Sim {
             net,
             workload: true,
             cutoff: None,
+            cuts: None,
             history: Vec::new(),
             acked: Vec::new(),
             reads: Vec::new(),
@@ -574,6 +596,7 @@ impl Sim {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
                 tick_lease: self.cfg.planted == Some(Bug::TickLease),
+                stalled_links: self.cfg.planted == Some(Bug::StalledLinks),
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
@@ -630,6 +653,7 @@ impl Sim {
             Ev::Restart(i) => self.restart(i),
             Ev::ScenarioStart => self.scenario_start(),
             Ev::ScenarioEnd => self.scenario_end(),
+            Ev::CutsStep => self.cuts_step(),
             Ev::EndWorkload => self.end_workload(),
         }
     }
@@ -642,6 +666,7 @@ impl Sim {
             self.nodes[i].timeout_ticks = t;
             self.nodes[i].role = Some(role);
             self.log(|| format!("n{i} is {:?} in term {}", role.1, role.0));
+            self.cuts_role_seen(i, role);
         }
         let sn = &mut self.nodes[i];
         let node = sn.node.as_mut().expect("up");

@@ -57,6 +57,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+pub use send::Backoff;
 pub use snapshot::read_snapshot_file;
 
 use receive::run_listener;

@@ -31,15 +31,18 @@ enum PumpEnd {
 /// The wait before the next dial of an unreachable peer: it starts at
 /// `reconnect_min_ms`, doubles with every failure up to
 /// `reconnect_max_ms`, and starts over after a dial that worked. The cap is
-/// what bounds how long a link stays down after a partition heals.
-pub(super) struct Backoff {
+/// what bounds how long a link stays down after a partition heals. Public
+/// for the simulator, which has no sockets and models the transport's
+/// reconnection with this.
+#[derive(Debug, Clone)]
+pub struct Backoff {
     min_ms: u64,
     max_ms: u64,
     step_ms: u64,
 }
 
 impl Backoff {
-    pub(super) fn new(cfg: &TransportConfig) -> Backoff {
+    pub fn new(cfg: &TransportConfig) -> Backoff {
         Backoff {
             min_ms: cfg.reconnect_min_ms,
             max_ms: cfg.reconnect_max_ms,
@@ -48,13 +51,13 @@ impl Backoff {
     }
 
     /// After a dial that worked.
-    pub(super) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.step_ms = self.min_ms;
     }
 
     /// How long to wait after a failure: between half the current step and
     /// the step (jitter keeps the nodes from redialling in lockstep).
-    pub(super) fn after_failure(&mut self, rng: &mut impl Rng) -> Duration {
+    pub fn after_failure(&mut self, rng: &mut impl Rng) -> Duration {
         let step = self.step_ms;
         self.step_ms = step.saturating_mul(2).min(self.max_ms);
         Duration::from_millis(rng.random_range(step.div_ceil(2)..=step))
