@@ -16,17 +16,18 @@ pub enum ClientError {
     /// of a read request that could not be retried.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// The connection broke after a write was sent: it may or may not have
-    /// been applied, so it is not retried (exactly-once retries need the
-    /// client sessions that come with replication).
+    /// The connection broke after a request that may change state and
+    /// carries no session (a membership change, or a write sent as a raw
+    /// request) was sent: it may or may not have been applied, so it is
+    /// not re-sent. The client's own writes carry its session and are.
     #[error("connection to {endpoint} lost after the write was sent ({reason}); it may or may not have been applied")]
     ConnectionLost {
         endpoint: String,
         #[source]
         reason: Disconnect,
     },
-    /// The connection broke and retries ran out (a read, or a request
-    /// that was certainly not sent).
+    /// The connection broke and the call was not to be retried
+    /// ([`crate::ClientOptions::retries_max`]).
     #[error("connection to {endpoint} failed: {reason}")]
     Disconnected {
         endpoint: String,
@@ -37,9 +38,14 @@ pub enum ClientError {
     #[error("protocol error: {0}")]
     Protocol(#[from] DecodeError),
     /// No reply within the request timeout. A write may or may not have
-    /// been applied.
-    #[error("request timed out after {after_ms} ms")]
-    Timeout { after_ms: u64 },
+    /// been applied. `last`: how the latest attempt that ended before the
+    /// deadline failed (no leader yet, no endpoint reachable, ...), if any.
+    #[error("request timed out after {after_ms} ms{}", describe_last(.last.as_deref()))]
+    Timeout {
+        after_ms: u64,
+        #[source]
+        last: Option<Box<ClientError>>,
+    },
     /// Every node said it is not the leader and none knew who is.
     #[error("no leader: {0}")]
     NoLeader(String),
@@ -85,6 +91,11 @@ pub enum Disconnect {
     Closed,
     #[error("connection writer stopped")]
     WriterStopped,
+    /// Nothing came from the node for this long, not even the answer to a
+    /// ping (a stopped process, a host whose packets vanish): the client
+    /// abandoned the connection.
+    #[error("no reply from the node for {after_ms} ms, not even to a ping; connection abandoned")]
+    Hung { after_ms: u64 },
 }
 
 /// One endpoint's failure to connect, in [`ClientError::AllEndpointsFailed`].
@@ -104,6 +115,11 @@ fn describe_failures(errors: &[EndpointError]) -> String {
     }
     let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
     all.join("; ")
+}
+
+fn describe_last(last: Option<&ClientError>) -> String {
+    last.map(|e| format!("; the last attempt failed with: {e}"))
+        .unwrap_or_default()
 }
 
 fn describe_reply(e: &ErrorReply) -> String {
@@ -160,6 +176,15 @@ impl ClientError {
 
     pub fn is_timeout(&self) -> bool {
         self.code() == Some(ErrorCode::Timeout)
+    }
+
+    /// A request or its reply is over a limit (`too_large`): a key, value
+    /// or batch refused before sending, or a reply that would not fit in
+    /// a frame (a multi-get of too many large values). Asking again the
+    /// same way gets the same answer; ask for less (fewer keys, or a
+    /// range read, which comes in pages).
+    pub fn is_too_large(&self) -> bool {
+        self.code() == Some(ErrorCode::TooLarge)
     }
 
     /// The cluster could not be reached or could not serve: connection

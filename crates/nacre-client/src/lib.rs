@@ -6,19 +6,38 @@
 //! `Clone`) with many requests in flight and replies in any order.
 //! [`BlockingClient`] wraps it for scripts and tests.
 //!
-//! Retries: a request that gets `NotMaster` is re-sent to the hinted leader
-//! (or the next endpoint): the server did not apply it. Only the first hint
-//! is followed at once; later retries pause (growing from 20 ms to 1 s), so
-//! that they last through an election instead of chasing a dead leader's
-//! name. A request that was
-//! certainly not sent (the connection could not be made) is retried too.
+//! Retries: a call ends by its deadline (`request_timeout_ms`), not after a
+//! number of attempts. Until then the client tries every endpoint, pausing
+//! between attempts with jittered backoff (10 ms growing to 100 ms), so
+//! that a call outlasts an election:
+//!
+//! - `NotMaster` (nothing was applied): the request goes to the leader the
+//!   node names, at once the first time, after a pause later; or, with no
+//!   name, or one the client has just failed to reach (the survivors of a
+//!   dead leader go on naming it until they elect another), to the next
+//!   endpoint after a pause.
+//! - A connection that could not be made, or that broke, or whose node
+//!   stopped answering (nothing heard for `hung_after_ms`, not even the
+//!   answer to a ping): the client leaves that endpoint, tries the others
+//!   first and does not follow hints naming it for a while. Connections
+//!   are opened by racing the endpoints: the next one starts 100 ms after
+//!   the last, or as soon as it failed, and the first handshake wins.
+//! - `Busy`, `Unavailable`, `GoingDown` and `Timeout` from a node: tried
+//!   again after a pause (elsewhere, but for `Busy`).
+//! - Every other error (`NotFound`, `AssertionFailed`, `TooLarge`,
+//!   `BadInput`, `InconsistentRead`, ...) is the answer, never retried;
+//!   requests over the limits fail before they are sent.
+//!
 //! Every write carries this client's session (`nacre_proto::Session`: a
 //! random client id and a sequence number), and the cluster remembers the
 //! outcome of each stamped write for `session_retention_entries` log
-//! entries. So a write whose connection broke, or whose leader lost
-//! leadership before it committed (`Timeout`), is re-sent with the same
-//! stamp and applies at most once; a retry answers with the first outcome.
-//! Reads are retried on another endpoint after a broken connection.
+//! entries. So a write whose outcome is unknown (its connection broke or
+//! hung after it was sent, or its leader lost leadership before it
+//! committed) is re-sent with the same stamp and applies at most once; a
+//! retry answers with the first outcome. Membership changes carry no
+//! session: they are re-sent only when certainly not applied. A call that
+//! runs out of time fails with [`ClientError::Timeout`], which keeps the
+//! latest attempt's failure as its source.
 
 // This file holds the client, its connection and `execute` with the retry
 // rules; the typed calls, one per request, are in reads.rs, writes.rs,
@@ -28,6 +47,7 @@ mod cluster;
 mod conn;
 mod error;
 mod reads;
+mod retry;
 mod scripts;
 mod sequence;
 mod writes;
@@ -41,13 +61,16 @@ use tokio::time::Instant;
 pub use blocking::BlockingClient;
 pub use error::{ClientError, Disconnect, EndpointError};
 pub use nacre_proto::{
-    Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, RangeQuery,
-    Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo, VersionInfo,
+    Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, Page, PageItem,
+    RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo,
+    VersionInfo,
 };
+pub use reads::Pages;
 pub use scripts::Called;
 pub use sequence::Sequence;
 
-use conn::{Conn, Outcome};
+use conn::{Candidate, Conn, ConnParams, Outcome};
+use retry::{resend_safe, Backoff, Suspects};
 
 /// How to reach a cluster and how patient to be.
 #[derive(Debug, Clone)]
@@ -56,13 +79,26 @@ pub struct ClientOptions {
     pub endpoints: Vec<String>,
     /// The cluster to talk to; empty accepts any.
     pub cluster_id: String,
-    /// A whole call, retries included, must finish within this.
+    /// A whole call, retries included, ends within this: the client keeps
+    /// trying until then (an election takes about one to two election
+    /// timeouts). A write that timed out may or may not have applied.
     pub request_timeout_ms: u64,
-    /// One connection attempt, handshake included.
+    /// One connection attempt, handshake included. Endpoints are raced
+    /// (the next starts 100 ms after the last), so an endpoint that does
+    /// not answer delays a connection by this only when none answers.
     pub connect_timeout_ms: u64,
+    /// A connection on which a request has waited this long without a
+    /// byte from its node is abandoned, and its requests tried elsewhere;
+    /// a ping goes out after half of it, so a node that is alive but slow
+    /// to answer a request is not left. This is how a stopped leader (a
+    /// paused process, a host gone silent) is noticed.
+    pub hung_after_ms: u64,
     /// Requests in flight on the connection; callers beyond wait.
     pub inflight_max: usize,
-    /// Re-sends after `NotMaster`, reconnects and lost reads, per call.
+    /// At most this many re-sends per call, on top of the deadline. `0`
+    /// makes one attempt whose answer, `NotMaster` included, is the
+    /// call's: for asking one node for its own view. The default
+    /// (`u32::MAX`) leaves the deadline alone to end a call.
     pub retries_max: u32,
     /// Checked before sending, so oversized requests fail without a round
     /// trip. Should match the servers' limits.
@@ -78,9 +114,10 @@ impl Default for ClientOptions {
             endpoints: vec!["127.0.0.1:7379".to_string()],
             cluster_id: String::new(),
             request_timeout_ms: 10_000,
-            connect_timeout_ms: 3_000,
+            connect_timeout_ms: 1_000,
+            hung_after_ms: 1_000,
             inflight_max: 1024,
-            retries_max: 5,
+            retries_max: u32::MAX,
             limits: Limits::default(),
             consistency: Consistency::Consistent,
         }
@@ -109,6 +146,7 @@ pub struct Written {
 
 struct Shared {
     opts: ClientOptions,
+    params: ConnParams,
     current: Mutex<Option<Arc<Conn>>>,
     /// Serialises reconnects so that many failing callers open one
     /// connection, not one each.
@@ -116,6 +154,9 @@ struct Shared {
     /// The endpoint to try first when no leader is known.
     cursor: AtomicUsize,
     leader_hint: Mutex<Option<String>>,
+    /// Endpoints recently failed: tried last, and not believed as leader.
+    suspects: Suspects,
+    backoff: Backoff,
     /// This client's session: every write carries (client_id, seq), so
     /// the cluster applies a write retried after a failover at most once.
     client_id: u64,
@@ -173,19 +214,26 @@ impl Client {
             return Err(ClientError::AllEndpointsFailed { errors: vec![] });
         }
         let consistency = opts.consistency;
+        let client_id = new_client_id();
+        let deadline = Instant::now() + Duration::from_millis(opts.request_timeout_ms);
         let client = Client {
             shared: Arc::new(Shared {
+                params: ConnParams::new(&opts),
                 opts,
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 cursor: AtomicUsize::new(0),
                 leader_hint: Mutex::new(None),
-                client_id: new_client_id(),
+                suspects: Suspects::default(),
+                backoff: Backoff::new(client_id),
+                client_id,
                 seq: std::sync::atomic::AtomicU64::new(1),
             }),
             consistency,
         };
-        client.conn().await?;
+        // One round over the endpoints: a client of a cluster that is not
+        // there fails at once rather than at the deadline.
+        client.conn(deadline).await?;
         Ok(client)
     }
 
@@ -211,7 +259,7 @@ impl Client {
         cur.as_ref().map(|c| (c.endpoint.clone(), c.node.clone()))
     }
 
-    async fn conn(&self) -> Result<Arc<Conn>, ClientError> {
+    async fn conn(&self, deadline: Instant) -> Result<Arc<Conn>, ClientError> {
         if let Some(c) = self.live_conn() {
             return Ok(c);
         }
@@ -219,7 +267,7 @@ impl Client {
         if let Some(c) = self.live_conn() {
             return Ok(c);
         }
-        let c = Arc::new(self.connect_any().await?);
+        let c = Arc::new(self.connect_any(deadline).await?);
         *self.shared.current.lock().expect("client lock") = Some(c.clone());
         Ok(c)
     }
@@ -229,45 +277,50 @@ impl Client {
         cur.as_ref().filter(|c| !c.is_closed()).cloned()
     }
 
-    /// Tries the leader hint, then every endpoint from the cursor on.
-    async fn connect_any(&self) -> Result<Conn, ClientError> {
-        let o = &self.shared.opts;
-        let timeout = Duration::from_millis(o.connect_timeout_ms.max(1));
-        let mut errors = Vec::new();
-        let hint = self.shared.leader_hint.lock().expect("client lock").take();
-        if let Some(addr) = hint {
-            match Conn::open(&addr, &o.cluster_id, &o.limits, o.inflight_max, timeout).await {
-                Ok(c) => return Ok(c),
-                Err(e @ ClientError::Refused { .. }) => return Err(e),
-                Err(e) => errors.push(EndpointError {
-                    endpoint: addr,
-                    leader_hint: true,
-                    error: Box::new(e),
-                }),
-            }
+    /// Races the leader hint and the endpoints (see [`Client::candidates`]).
+    async fn connect_any(&self, deadline: Instant) -> Result<Conn, ClientError> {
+        let s = &self.shared;
+        let conn = conn::race(&self.candidates(), &s.params, deadline, &s.suspects).await?;
+        s.suspects.reached(&conn.endpoint);
+        if let Some(at) = s.opts.endpoints.iter().position(|e| *e == conn.endpoint) {
+            s.cursor.store(at, Ordering::Relaxed);
         }
-        let n = o.endpoints.len();
-        let start = self.shared.cursor.load(Ordering::Relaxed);
+        Ok(conn)
+    }
+
+    /// The order to try endpoints in: the leader hint, then every endpoint
+    /// from the cursor on, the suspects last (a hint naming one is not
+    /// followed, see `judge_error`).
+    fn candidates(&self) -> Vec<Candidate> {
+        let s = &self.shared;
+        let hint = s.leader_hint.lock().expect("client lock").take();
+        let n = s.opts.endpoints.len();
+        let start = s.cursor.load(Ordering::Relaxed);
+        let mut fresh = Vec::with_capacity(n + 1);
+        let mut suspect = Vec::new();
+        if let Some(h) = &hint {
+            fresh.push(Candidate {
+                endpoint: h.clone(),
+                leader_hint: true,
+            });
+        }
         for i in 0..n {
-            let at = (start + i) % n;
-            let addr = &o.endpoints[at];
-            match Conn::open(addr, &o.cluster_id, &o.limits, o.inflight_max, timeout).await {
-                Ok(c) => {
-                    self.shared.cursor.store(at, Ordering::Relaxed);
-                    return Ok(c);
-                }
-                Err(e @ ClientError::Refused { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::debug!(endpoint = %addr, error = %e, "connect failed");
-                    errors.push(EndpointError {
-                        endpoint: addr.clone(),
-                        leader_hint: false,
-                        error: Box::new(e),
-                    });
-                }
+            let e = &s.opts.endpoints[(start + i) % n];
+            if Some(e) == hint.as_ref() {
+                continue;
+            }
+            let c = Candidate {
+                endpoint: e.clone(),
+                leader_hint: false,
+            };
+            if s.suspects.is_suspect(e) {
+                suspect.push(c);
+            } else {
+                fresh.push(c);
             }
         }
-        Err(ClientError::AllEndpointsFailed { errors })
+        fresh.extend(suspect);
+        fresh
     }
 
     /// Forgets `conn` (if still current) so the next call reconnects.
@@ -300,12 +353,39 @@ impl Client {
             .map_err(ClientError::Limit)?;
         let timeout_ms = self.shared.opts.request_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        let timed_out = || ClientError::Timeout {
+        let req = self.stamp(req);
+        let mut call = Call::default();
+        let timed_out = |last: Option<ClientError>| ClientError::Timeout {
             after_ms: timeout_ms,
+            last: last.map(Box::new),
         };
-        // Stamp writes with the session so that re-sending one after a
-        // lost connection or a leader change cannot apply it twice.
-        let req = match req {
+        loop {
+            let (error, pause) = match self.attempt(&req, deadline, &mut call).await {
+                Step::Done(r) => return r,
+                Step::OutOfTime => return Err(timed_out(call.last)),
+                Step::Retry { error, pause } => (error, pause),
+            };
+            if call.retries >= self.shared.opts.retries_max {
+                return Err(error);
+            }
+            if Instant::now() >= deadline {
+                return Err(timed_out(Some(error)));
+            }
+            call.retries += 1;
+            tracing::debug!(%error, retries = call.retries, "retrying");
+            if pause {
+                call.pauses += 1;
+                let pause = self.shared.backoff.pause(call.pauses);
+                tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+            }
+            call.last = Some(error);
+        }
+    }
+
+    /// Stamps writes with the session so that re-sending one after a lost
+    /// connection or a leader change cannot apply it twice.
+    fn stamp(&self, req: Request) -> Request {
+        match req {
             r @ Request::Session { .. } => r,
             r if r.may_write() => Request::Session {
                 session: nacre_proto::Session {
@@ -315,96 +395,151 @@ impl Client {
                 request: Box::new(r),
             },
             r => r,
+        }
+    }
+
+    /// One attempt of a call: a connection (reused or raced for), the
+    /// request, and what its outcome means.
+    async fn attempt(&self, req: &Request, deadline: Instant, call: &mut Call) -> Step {
+        let conn = match tokio::time::timeout_at(deadline, self.conn(deadline)).await {
+            Err(_) => return Step::OutOfTime,
+            Ok(Ok(c)) => c,
+            Ok(Err(error @ ClientError::AllEndpointsFailed { .. })) => {
+                return Step::Retry { error, pause: true }
+            }
+            Ok(Err(e)) => return Step::Done(Err(e)),
         };
-        let retries_max = self.shared.opts.retries_max;
-        let mut retries = 0u32;
-        loop {
-            let conn = match tokio::time::timeout_at(deadline, self.conn()).await {
-                Err(_) => return Err(timed_out()),
-                Ok(Ok(c)) => c,
-                Ok(Err(e @ ClientError::AllEndpointsFailed { .. })) if retries < retries_max => {
-                    retries += 1;
-                    tracing::debug!(error = %e, retries, "no endpoint answered; retrying");
-                    self.backoff(retries, deadline).await;
-                    continue;
-                }
-                Ok(Err(e)) => return Err(e),
-            };
-            match conn.call(&req, deadline).await {
-                Outcome::Reply(Response::Error(e)) if e.code == ErrorCode::NotMaster => {
-                    // Not applied: safe to re-send, writes included.
-                    let hinted = e.leader.clone().filter(|l| *l != conn.endpoint);
-                    if retries >= retries_max {
-                        return Err(match e.leader {
-                            Some(_) => ClientError::Server(e),
-                            None => ClientError::NoLeader(format!(
-                                "{} is not the leader: {}",
-                                conn.endpoint, e.message
-                            )),
-                        });
-                    }
-                    retries += 1;
-                    self.drop_conn(&conn, hinted.is_none());
-                    let follow_at_once = hinted.is_some() && retries == 1;
-                    if let Some(l) = hinted {
-                        *self.shared.leader_hint.lock().expect("client lock") = Some(l);
-                    }
-                    // The first hint is followed at once. Otherwise (an
-                    // unknown leader, or hints that keep missing while an
-                    // election settles: a follower may still name a leader
-                    // that just died) pause, so that the retries outlast
-                    // the election instead of being spent in a moment.
-                    if !follow_at_once {
-                        self.backoff(retries, deadline).await;
-                    }
-                }
-                // The leader changed under a stamped write: its outcome is
-                // unknown, and the session makes asking again safe.
-                Outcome::Reply(Response::Error(e))
-                    if e.code == ErrorCode::Timeout
-                        && matches!(req, Request::Session { .. })
-                        && retries < retries_max =>
-                {
-                    retries += 1;
+        let lost = |reason| ClientError::Disconnected {
+            endpoint: conn.endpoint.clone(),
+            reason,
+        };
+        match conn.call(req, deadline).await {
+            Outcome::Reply(Response::Error(e)) => self.judge_error(req, &conn, e, call),
+            Outcome::Reply(r) => Step::Done(Ok(r)),
+            Outcome::TimedOut { silent } => {
+                // A node that said nothing at all in the whole time may be
+                // stopped: the next call starts elsewhere.
+                if silent {
                     self.drop_conn(&conn, true);
-                    self.backoff(retries, deadline).await;
                 }
-                Outcome::Reply(Response::Error(e)) => return Err(ClientError::Server(e)),
-                Outcome::Reply(r) => return Ok(r),
-                Outcome::TimedOut => return Err(timed_out()),
-                Outcome::NotSent(reason) => {
-                    self.drop_conn(&conn, true);
-                    if retries >= retries_max {
-                        return Err(ClientError::Disconnected {
-                            endpoint: conn.endpoint.clone(),
-                            reason,
-                        });
-                    }
-                    retries += 1;
-                    self.backoff(retries, deadline).await;
+                Step::OutOfTime
+            }
+            // A connection that breaks is left at once for another (its
+            // node died, typically); but should that keep happening, the
+            // client must not reconnect in a tight loop.
+            Outcome::NotSent(reason) => {
+                self.left(&conn);
+                Step::Retry {
+                    error: lost(reason),
+                    pause: call.retries > 0,
                 }
-                Outcome::Lost(reason) => {
-                    self.drop_conn(&conn, true);
-                    if req.may_write() && !matches!(req, Request::Session { .. }) {
-                        return Err(ClientError::ConnectionLost {
-                            endpoint: conn.endpoint.clone(),
-                            reason,
-                        });
-                    }
-                    if retries >= retries_max {
-                        return Err(ClientError::Disconnected {
-                            endpoint: conn.endpoint.clone(),
-                            reason,
-                        });
-                    }
-                    retries += 1;
+            }
+            Outcome::Lost(reason) => {
+                self.left(&conn);
+                if !resend_safe(req) {
+                    return Step::Done(Err(ClientError::ConnectionLost {
+                        endpoint: conn.endpoint.clone(),
+                        reason,
+                    }));
+                }
+                Step::Retry {
+                    error: lost(reason),
+                    pause: call.retries > 0,
                 }
             }
         }
     }
 
-    async fn backoff(&self, retries: u32, deadline: Instant) {
-        let pause = Duration::from_millis((10u64 << retries.min(7)).min(1_000));
-        tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+    /// What an error reply means for the call: another attempt (where,
+    /// and after a pause or not), or the answer.
+    fn judge_error(&self, req: &Request, conn: &Arc<Conn>, e: ErrorReply, call: &mut Call) -> Step {
+        let s = &self.shared;
+        match e.code {
+            // Not applied: safe to re-send, writes included.
+            ErrorCode::NotMaster => {
+                // A node names the leader it last heard of, which may be
+                // the one whose connection just broke (a dead leader is
+                // named until the survivors elect another): following
+                // that would spend the call on a node that is not there.
+                let hint = e
+                    .leader
+                    .clone()
+                    .filter(|l| *l != conn.endpoint && !s.suspects.is_suspect(l));
+                let error = match e.leader {
+                    Some(_) => ClientError::Server(e),
+                    None => ClientError::NoLeader(format!(
+                        "{} is not the leader: {}",
+                        conn.endpoint, e.message
+                    )),
+                };
+                self.drop_conn(conn, hint.is_none());
+                let Some(l) = hint else {
+                    return Step::Retry { error, pause: true };
+                };
+                *s.leader_hint.lock().expect("client lock") = Some(l);
+                call.hints += 1;
+                // The first hint is followed at once; hints that keep
+                // missing (nodes disagree while an election settles) are
+                // followed after a pause.
+                Step::Retry {
+                    error,
+                    pause: call.hints > 1,
+                }
+            }
+            // The node's queue for the log is full: nothing was queued.
+            ErrorCode::Busy => Step::Retry {
+                error: ClientError::Server(e),
+                pause: true,
+            },
+            // The node is stopping, cannot confirm its leadership, or lost
+            // it before the write committed: the outcome of a write is
+            // unknown, and only a request that may be re-sent is.
+            ErrorCode::GoingDown | ErrorCode::Unavailable | ErrorCode::Timeout
+                if resend_safe(req) =>
+            {
+                if e.code == ErrorCode::GoingDown {
+                    self.left(conn);
+                } else {
+                    self.drop_conn(conn, true);
+                }
+                Step::Retry {
+                    error: ClientError::Server(e),
+                    pause: true,
+                }
+            }
+            _ => Step::Done(Err(ClientError::Server(e))),
+        }
     }
+
+    /// Leaves a connection that broke, hung or whose node is going down:
+    /// its endpoint becomes a suspect.
+    fn left(&self, conn: &Arc<Conn>) {
+        self.shared.suspects.failed(&conn.endpoint);
+        self.drop_conn(conn, true);
+    }
+}
+
+/// What one attempt of a call came to.
+enum Step {
+    Done(Result<Response, ClientError>),
+    /// The deadline passed.
+    OutOfTime,
+    /// Worth another attempt; `error` is the call's answer if it may not
+    /// have one (`retries_max`), and a timeout's source if it runs out of
+    /// time.
+    Retry {
+        error: ClientError,
+        pause: bool,
+    },
+}
+
+/// What a call remembers between its attempts.
+#[derive(Default)]
+struct Call {
+    retries: u32,
+    pauses: u32,
+    /// Leader hints followed.
+    hints: u32,
+    /// The latest failed attempt's error, for a timeout to carry.
+    last: Option<ClientError>,
 }

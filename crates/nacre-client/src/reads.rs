@@ -1,7 +1,10 @@
 //! Status requests and reads: one typed call per request, each checking
-//! that the reply fits it.
+//! that the reply fits it, and range and prefix reads page by page
+//! ([`Pages`]).
 
-use nacre_proto::{Bytes, KeyEntry, RangeQuery, Request, Response, VersionInfo};
+use nacre_proto::{
+    Bytes, Consistency, KeyEntry, Page, PageItem, RangeQuery, Request, Response, VersionInfo,
+};
 
 use crate::{not_found, unexpected, Client, ClientError};
 
@@ -129,7 +132,7 @@ impl Client {
     }
 
     /// Keys from `first` to `last` (each bound optional, inclusive or
-    /// not), at most `max` (the server clamps it to its limit).
+    /// not), at most `max`, however many pages that takes.
     pub async fn range(
         &self,
         first: Option<Bytes>,
@@ -149,19 +152,15 @@ impl Client {
         .await
     }
 
-    /// Keys of any [`RangeQuery`].
+    /// Keys of any [`RangeQuery`], at most its `max`, however many pages
+    /// that takes.
     pub async fn range_query(&self, query: RangeQuery) -> Result<Vec<Bytes>, ClientError> {
-        let req = Request::Range {
-            consistency: self.consistency,
-            query,
-        };
-        match self.execute(req).await? {
-            Response::Keys(k) | Response::Values(k) => Ok(k),
-            r => Err(unexpected("range", r)),
-        }
+        let max = query.max;
+        self.range_pages(query, Some(max.into())).collect().await
     }
 
-    /// Entries (key, value, revisions) from `first` to `last`, ascending.
+    /// Entries (key, value, revisions) from `first` to `last`, ascending,
+    /// at most `max`, however many pages that takes.
     pub async fn range_entries(
         &self,
         first: Option<Bytes>,
@@ -204,36 +203,60 @@ impl Client {
         .await
     }
 
-    /// Entries of any [`RangeQuery`].
+    /// Entries of any [`RangeQuery`], at most its `max`, however many
+    /// pages that takes.
     pub async fn range_entries_query(
         &self,
         query: RangeQuery,
     ) -> Result<Vec<KeyEntry>, ClientError> {
-        let req = Request::RangeEntries {
-            consistency: self.consistency,
-            query,
-        };
-        match self.execute(req).await? {
-            Response::Entries(e) => Ok(e),
-            r => Err(unexpected("range_entries", r)),
-        }
+        let max = query.max;
+        self.range_entries_pages(query, Some(max.into()))
+            .collect()
+            .await
     }
 
-    /// Keys starting with `prefix`, at most `max`.
+    /// Keys starting with `prefix`, at most `max`, however many pages that
+    /// takes.
     pub async fn prefix_keys(
         &self,
         prefix: impl Into<Bytes>,
         max: u32,
     ) -> Result<Vec<Bytes>, ClientError> {
-        let req = Request::PrefixKeys {
-            consistency: self.consistency,
-            prefix: prefix.into(),
+        self.prefix_keys_pages(prefix, Some(max.into()))
+            .collect()
+            .await
+    }
+
+    /// The keys of `query`, page by page: at most `max` in all (`None`:
+    /// the whole range). `query.max` is not used; each page asks for what
+    /// is still wanted and the server clamps it.
+    pub fn range_pages(&self, query: RangeQuery, max: Option<u64>) -> Pages<Bytes> {
+        Pages::new(self, Next::Range(query), max, range_request, key_page)
+    }
+
+    /// The entries of `query`, page by page: at most `max` in all
+    /// (`None`: the whole range); `query.max` is not used.
+    pub fn range_entries_pages(&self, query: RangeQuery, max: Option<u64>) -> Pages<KeyEntry> {
+        Pages::new(
+            self,
+            Next::Range(query),
             max,
-        };
-        match self.execute(req).await? {
-            Response::Keys(k) | Response::Values(k) => Ok(k),
-            r => Err(unexpected("prefix_keys", r)),
-        }
+            range_entries_request,
+            entry_page,
+        )
+    }
+
+    /// The keys starting with `prefix`, page by page: at most `max` in
+    /// all (`None`: every one). The first page is a `PrefixKeys` read, the
+    /// next ones `Range` reads of the rest of the prefix.
+    pub fn prefix_keys_pages(&self, prefix: impl Into<Bytes>, max: Option<u64>) -> Pages<Bytes> {
+        Pages::new(
+            self,
+            Next::Prefix(prefix.into()),
+            max,
+            range_request,
+            key_page,
+        )
     }
 
     pub async fn key_count(&self) -> Result<u64, ClientError> {
@@ -244,5 +267,158 @@ impl Client {
             Response::U64(n) => Ok(n),
             r => Err(unexpected("key_count", r)),
         }
+    }
+}
+
+/// The request a [`Pages`] sends next.
+#[derive(Debug, Clone)]
+enum Next {
+    /// The first page of a prefix read.
+    Prefix(Bytes),
+    Range(RangeQuery),
+}
+
+/// A range or prefix read, page by page. Each [`Pages::next_page`] is one
+/// request, answered by one reply that holds at most `range_results_max`
+/// results and one frame's bytes, so the memory a page takes is bounded
+/// however large the range. Pages are read one after another, each at the
+/// client's consistency on a snapshot of its own: keys written between two
+/// pages may or may not appear (as when asking again by hand).
+#[derive(Debug)]
+pub struct Pages<T> {
+    client: Client,
+    /// `None` once the read is done.
+    next: Option<Next>,
+    /// Results still wanted; `None`: all.
+    remaining: Option<u64>,
+    /// The last page said more keys of the range follow.
+    more: bool,
+    range_request: fn(Consistency, RangeQuery) -> Request,
+    decode: fn(Response) -> Result<Page<T>, ClientError>,
+}
+
+impl<T: PageItem> Pages<T> {
+    fn new(
+        client: &Client,
+        next: Next,
+        max: Option<u64>,
+        range_request: fn(Consistency, RangeQuery) -> Request,
+        decode: fn(Response) -> Result<Page<T>, ClientError>,
+    ) -> Pages<T> {
+        Pages {
+            client: client.clone(),
+            next: (max != Some(0)).then_some(next),
+            remaining: max,
+            more: false,
+            range_request,
+            decode,
+        }
+    }
+
+    /// The next page, `None` once every wanted result was read. A failed
+    /// request can be tried again: the read goes on where it was.
+    pub async fn next_page(&mut self) -> Result<Option<Page<T>>, ClientError> {
+        let Some(next) = self.next.take() else {
+            return Ok(None);
+        };
+        // One request asks for all that is still wanted, up to what a
+        // `max` can say; the server clamps it to its own limit.
+        let want = self
+            .remaining
+            .map_or(u32::MAX, |n| n.min(u32::MAX.into()) as u32);
+        let page = match self.fetch(&next, want).await {
+            Ok(page) => page,
+            Err(e) => {
+                self.next = Some(next);
+                return Err(e);
+            }
+        };
+        if let Some(n) = &mut self.remaining {
+            *n -= page.items.len() as u64;
+        }
+        self.more = page.more;
+        if let Some(last) = page.next_after().filter(|_| self.remaining != Some(0)) {
+            let rest = match next {
+                Next::Prefix(prefix) => RangeQuery::prefix(prefix, want),
+                Next::Range(q) => q,
+            };
+            self.next = Some(Next::Range(rest.after(last.clone())));
+        }
+        Ok(Some(page))
+    }
+
+    /// One request for the page `next` asks for, at most `want` results.
+    async fn fetch(&self, next: &Next, want: u32) -> Result<Page<T>, ClientError> {
+        let consistency = self.client.consistency;
+        let req = match next {
+            Next::Prefix(prefix) => Request::PrefixKeys {
+                consistency,
+                prefix: prefix.clone(),
+                max: want,
+            },
+            Next::Range(q) => (self.range_request)(
+                consistency,
+                RangeQuery {
+                    max: want,
+                    ..q.clone()
+                },
+            ),
+        };
+        let page = (self.decode)(self.client.execute(req).await?)?;
+        if page.items.len() > want as usize {
+            return Err(bad_page(format!(
+                "{} results for a max of {want}",
+                page.items.len()
+            )));
+        }
+        // An empty page that says more would be asked for again forever.
+        if page.more && page.items.is_empty() {
+            return Err(bad_page("a page that says more holds no result".into()));
+        }
+        Ok(page)
+    }
+
+    /// Whether the range holds more keys than were read: after the last
+    /// page, whether the `max` asked for left some out.
+    pub fn more(&self) -> bool {
+        self.more
+    }
+
+    /// Every wanted result, page after page, in one vector.
+    pub async fn collect(mut self) -> Result<Vec<T>, ClientError> {
+        let mut all = Vec::new();
+        while let Some(page) = self.next_page().await? {
+            all.extend(page.items);
+        }
+        Ok(all)
+    }
+}
+
+fn bad_page(what: String) -> ClientError {
+    ClientError::UnexpectedResponse {
+        request: "range page",
+        response: what,
+    }
+}
+
+fn range_request(consistency: Consistency, query: RangeQuery) -> Request {
+    Request::Range { consistency, query }
+}
+
+fn range_entries_request(consistency: Consistency, query: RangeQuery) -> Request {
+    Request::RangeEntries { consistency, query }
+}
+
+fn key_page(r: Response) -> Result<Page<Bytes>, ClientError> {
+    match r {
+        Response::KeyPage(p) => Ok(p),
+        r => Err(unexpected("range", r)),
+    }
+}
+
+fn entry_page(r: Response) -> Result<Page<KeyEntry>, ClientError> {
+    match r {
+        Response::EntryPage(p) => Ok(p),
+        r => Err(unexpected("range_entries", r)),
     }
 }

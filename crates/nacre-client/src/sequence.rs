@@ -1,8 +1,11 @@
 //! A builder for Arakoon-style sequences: steps applied in order, all or
-//! nothing, compiled to one guarded [`Batch`].
+//! nothing, compiled to one guarded [`Batch`]; and Arakoon's standalone
+//! `assert` and `assert_exists`, which are reads.
 
 use bytes::Bytes;
-use nacre_proto::{Batch, Guard, Op};
+use nacre_proto::{Batch, ErrorCode, ErrorReply, Guard, Op};
+
+use crate::{Client, ClientError};
 
 /// Steps of a sequence. Asserts are checks at their point in the order,
 /// so they see the effect of earlier steps.
@@ -46,19 +49,22 @@ impl Sequence {
         self
     }
 
-    /// Checks the key holds `expected` (`None`: is absent), then sets it to
-    /// `wanted` (`None`: removes it). A mismatch fails the sequence.
+    /// If the key holds `expected` (`None`: is absent), sets it to
+    /// `wanted` (`None`: removes it); otherwise leaves it. As in Arakoon a
+    /// mismatch does not fail the sequence: put an [`assert`](Self::assert)
+    /// before it for a sequence that must abort instead. The sequence is
+    /// then written in command format 2, which nodes older than this
+    /// step do not apply (docs/protocol.md).
     pub fn test_and_set(
         &mut self,
         key: impl Into<Bytes>,
         expected: Option<Bytes>,
         wanted: Option<Bytes>,
     ) -> &mut Sequence {
-        let key = key.into();
-        self.assert(key.clone(), expected);
-        self.ops.push(match wanted {
-            Some(v) => Op::Set(key, v),
-            None => Op::Remove(key),
+        self.ops.push(Op::TestAndSet {
+            key: key.into(),
+            expected,
+            wanted,
         });
         self
     }
@@ -114,12 +120,50 @@ impl From<&mut Sequence> for Batch {
     }
 }
 
+/// Arakoon's standalone `assert` and `assert_exists`: reads at the
+/// client's consistency level, answered by the node that serves that level
+/// (no log entry is written). A mismatch is an `AssertionFailed` error that
+/// names the key; the value is compared here, so it travels to the client.
+impl Client {
+    /// Succeeds if the key holds exactly `value` (`None`: is absent).
+    pub async fn assert(
+        &self,
+        key: impl Into<Bytes>,
+        value: Option<Bytes>,
+    ) -> Result<(), ClientError> {
+        let key = key.into();
+        let current = self.get_option(key.clone()).await?;
+        let why = match (&current, &value) {
+            (a, b) if a == b => return Ok(()),
+            (Some(_), None) => "key exists",
+            (None, Some(_)) => "key does not exist",
+            _ => "value differs",
+        };
+        Err(assertion_failed(key, why))
+    }
+
+    /// Succeeds if the key exists.
+    pub async fn assert_exists(&self, key: impl Into<Bytes>) -> Result<(), ClientError> {
+        let key = key.into();
+        if self.exists(key.clone()).await? {
+            return Ok(());
+        }
+        Err(assertion_failed(key, "key does not exist"))
+    }
+}
+
+/// The error a failed guard gets from the server, for the same failure
+/// found by a read.
+fn assertion_failed(key: Bytes, why: &str) -> ClientError {
+    ClientError::Server(ErrorReply::new(ErrorCode::AssertionFailed, why).with_key(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn test_and_set_compiles_to_check_then_write() {
+    fn test_and_set_compiles_to_a_conditional_write_not_a_check() {
         let mut s = Sequence::new();
         s.test_and_set("k", None, Some(Bytes::from_static(b"v")))
             .test_and_set("k", Some(Bytes::from_static(b"v")), None);
@@ -128,13 +172,16 @@ mod tests {
         assert_eq!(
             b.ops,
             vec![
-                Op::Check(Guard::Absent(Bytes::from_static(b"k"))),
-                Op::Set(Bytes::from_static(b"k"), Bytes::from_static(b"v")),
-                Op::Check(Guard::ValueEquals(
-                    Bytes::from_static(b"k"),
-                    Bytes::from_static(b"v")
-                )),
-                Op::Remove(Bytes::from_static(b"k")),
+                Op::TestAndSet {
+                    key: Bytes::from_static(b"k"),
+                    expected: None,
+                    wanted: Some(Bytes::from_static(b"v")),
+                },
+                Op::TestAndSet {
+                    key: Bytes::from_static(b"k"),
+                    expected: Some(Bytes::from_static(b"v")),
+                    wanted: None,
+                },
             ]
         );
     }

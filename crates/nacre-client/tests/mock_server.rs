@@ -3,7 +3,7 @@
 //! the misbehaviours the client must cope with.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,9 +30,6 @@ struct Behaviour {
     hang_key: Option<Bytes>,
     /// Drop the connection when any request arrives.
     drop_on_request: bool,
-    /// Until this moment, answer data requests with NotMaster and this
-    /// hint (a follower that still names a leader that died), then serve.
-    stale_hint_until: Option<(Instant, String)>,
 }
 
 #[derive(Default)]
@@ -41,11 +38,43 @@ struct State {
     index: AtomicUsize,
     requests: AtomicUsize,
     connections: AtomicUsize,
+    /// Until this moment, answer data requests with NotMaster and this
+    /// hint: a node while its cluster elects (with a hint: a follower that
+    /// still names a leader that died), then serve.
+    election: Mutex<Option<(Instant, Option<String>)>>,
+    /// Answer this many data requests with this error, then serve.
+    errors: Mutex<Option<(ErrorCode, usize)>>,
+    /// Like a stopped process: take connections but say nothing, and
+    /// answer nothing more on the open ones.
+    frozen: AtomicBool,
+    /// Like a dead node: open connections are dropped, new ones closed
+    /// before the handshake (still counted in `connections`).
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl State {
+    fn elect_for(&self, time: Duration, hint: Option<String>) {
+        *self.election.lock().unwrap() = Some((Instant::now() + time, hint));
+    }
+
+    fn fail_next(&self, code: ErrorCode, n: usize) {
+        *self.errors.lock().unwrap() = Some((code, n));
+    }
 }
 
 struct Mock {
     addr: String,
     state: Arc<State>,
+}
+
+impl Mock {
+    fn freeze(&self) {
+        self.state.frozen.store(true, Ordering::SeqCst);
+    }
+
+    fn kill(&self) {
+        self.state.down.send_replace(true);
+    }
 }
 
 async fn start(b: Behaviour) -> Mock {
@@ -54,15 +83,29 @@ async fn start(b: Behaviour) -> Mock {
     let state = Arc::new(State::default());
     let st = state.clone();
     tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            st.connections.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_conn(sock, b.clone(), st.clone()));
+        let mut conns = tokio::task::JoinSet::new();
+        let mut down = st.down.subscribe();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((sock, _)) = accepted else { return };
+                    st.connections.fetch_add(1, Ordering::SeqCst);
+                    if !*down.borrow() {
+                        conns.spawn(serve_conn(sock, b.clone(), st.clone()));
+                    }
+                }
+                _ = down.changed() => conns.abort_all(),
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
         }
     });
     Mock { addr, state }
 }
 
 async fn serve_conn(mut sock: TcpStream, b: Behaviour, st: Arc<State>) {
+    if st.frozen.load(Ordering::SeqCst) {
+        return std::future::pending().await;
+    }
     let mut buf = BytesMut::new();
     let (hello, used) = loop {
         if let Some(h) = ClientHello::decode(&buf).unwrap() {
@@ -105,6 +148,9 @@ async fn serve_conn(mut sock: TcpStream, b: Behaviour, st: Arc<State>) {
             }
             held.push((id, req));
         }
+        if st.frozen.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
         if held.len() >= b.reverse_batch.max(1) {
             let mut out = Vec::new();
             for (id, req) in held.drain(..).rev() {
@@ -130,17 +176,24 @@ fn written(st: &State, prev: Option<Bytes>, count: u64) -> Response {
 }
 
 fn answer(b: &Behaviour, st: &State, req: Request) -> Response {
-    let stale = b
-        .stale_hint_until
-        .as_ref()
+    if matches!(req, Request::Ping | Request::WhoMaster) {
+        return status(req);
+    }
+    let electing = st
+        .election
+        .lock()
+        .unwrap()
+        .clone()
         .filter(|(until, _)| Instant::now() < *until)
-        .map(|(_, hint)| Some(hint.clone()));
-    if let Some(hint) = stale.as_ref().or(b.not_master.as_ref()) {
-        if !matches!(req, Request::Ping | Request::WhoMaster) {
-            return Response::Error(
-                ErrorReply::new(ErrorCode::NotMaster, "not the master").with_leader(hint.clone()),
-            );
-        }
+        .map(|(_, hint)| hint);
+    if let Some(hint) = electing.as_ref().or(b.not_master.as_ref()) {
+        return Response::Error(
+            ErrorReply::new(ErrorCode::NotMaster, "not the master").with_leader(hint.clone()),
+        );
+    }
+    if let Some((code, left)) = st.errors.lock().unwrap().as_mut().filter(|(_, n)| *n > 0) {
+        *left -= 1;
+        return Response::Error(ErrorReply::new(*code, "told to fail"));
     }
     // The client stamps every write with its session; the mock just
     // answers the write inside.
@@ -153,8 +206,6 @@ fn answer(b: &Behaviour, st: &State, req: Request) -> Response {
         Response::Error(ErrorReply::new(ErrorCode::NotFound, "not found").with_key(k.clone()))
     };
     match req {
-        Request::Ping => Response::Text("mock 0.1".into()),
-        Request::WhoMaster => Response::Master(Some("self".into())),
         Request::Get { key, .. } => match map.get(&key) {
             Some(v) => Response::Value(Some(v.clone())),
             None => missing(&key),
@@ -206,6 +257,13 @@ fn answer(b: &Behaviour, st: &State, req: Request) -> Response {
             ErrorCode::BadInput,
             format!("mock does not do {other:?}"),
         )),
+    }
+}
+
+fn status(req: Request) -> Response {
+    match req {
+        Request::Ping => Response::Text("mock 0.1".into()),
+        _ => Response::Master(Some("self".into())),
     }
 }
 
@@ -323,43 +381,88 @@ async fn not_master_without_hint_tries_the_next_endpoint() {
 }
 
 #[tokio::test]
-async fn a_stale_hint_during_an_election_does_not_use_up_the_retries() {
-    // The only live node names a dead leader for 300 ms, as a follower
-    // does until the election after a leader's death ends. Following that
-    // hint fails at once each time, so retries without a pause would all
-    // be spent long before the election is over.
-    let dead = dead_addr().await;
-    let node = start(Behaviour {
-        stale_hint_until: Some((Instant::now() + Duration::from_millis(300), dead)),
-        ..Behaviour::default()
-    })
-    .await;
-    let o = ClientOptions {
-        retries_max: 10,
-        ..opts(&[&node.addr])
-    };
-    let c = Client::connect(o).await.unwrap();
+async fn a_call_outlasts_an_election_longer_than_five_retries_of_backoff() {
+    // No node knows a leader for 1.5 s: longer than the 620 ms that five
+    // retries of backoff used to last, shorter than the call's timeout.
+    // (Before calls were bounded by their deadline, this failed with
+    // NoLeader.)
+    let node = start(Behaviour::default()).await;
+    let c = Client::connect(opts(&[&node.addr])).await.unwrap();
+    node.state.elect_for(Duration::from_millis(1_500), None);
     c.set(b("a"), b("1")).await.unwrap();
     assert_eq!(node.state.map.lock().unwrap().get(&b("a")), Some(&b("1")));
+    // Paced, not spun: tens of attempts, not thousands.
     let asked = node.state.requests.load(Ordering::SeqCst);
-    assert!((2..=10).contains(&asked), "asked {asked} times");
+    assert!((2..=100).contains(&asked), "asked {asked} times");
 }
 
 #[tokio::test]
-async fn no_leader_anywhere_gives_up() {
+async fn a_hint_naming_a_node_that_cannot_be_reached_is_not_followed() {
+    // The leader dies; the survivor names it for 1.5 s (until its election
+    // timer fires), then leads. The write must wait for that, asking the
+    // survivor, rather than chase the dead leader's address.
+    let leader = start(Behaviour::default()).await;
+    let survivor = start(Behaviour::default()).await;
+    let c = Client::connect(opts(&[&leader.addr, &survivor.addr]))
+        .await
+        .unwrap();
+    c.set(b("before"), b("1")).await.unwrap();
+    assert_eq!(c.connected_to().unwrap().0, leader.addr);
+    survivor
+        .state
+        .elect_for(Duration::from_millis(1_500), Some(leader.addr.clone()));
+    leader.kill();
+    let tried_before = leader.state.connections.load(Ordering::SeqCst);
+    c.set(b("after"), b("2")).await.unwrap();
+    assert!(survivor.state.map.lock().unwrap().contains_key(&b("after")));
+    // Following each hint would have reconnected to the dead leader on
+    // every attempt (one connection each); at most one may slip in when a
+    // connection race starts it beside the survivor.
+    let tried = leader.state.connections.load(Ordering::SeqCst) - tried_before;
+    assert!(tried <= 1, "the dead leader was tried {tried} times");
+    assert_eq!(c.connected_to().unwrap().0, survivor.addr);
+}
+
+#[tokio::test]
+async fn no_leader_anywhere_times_out_saying_why() {
     let follower = start(Behaviour {
         not_master: Some(None),
         ..Behaviour::default()
     })
     .await;
     let o = ClientOptions {
-        retries_max: 2,
+        request_timeout_ms: 300,
+        ..opts(&[&follower.addr])
+    };
+    let c = Client::connect(o).await.unwrap();
+    let e = c.set(b("a"), b("1")).await.unwrap_err();
+    match &e {
+        ClientError::Timeout {
+            after_ms: 300,
+            last: Some(last),
+        } => assert!(matches!(**last, ClientError::NoLeader(_)), "{last:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(e.is_unavailable());
+    assert!(std::error::Error::source(&e).is_some());
+    assert!(follower.state.requests.load(Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test]
+async fn retries_max_zero_answers_what_the_node_said() {
+    let follower = start(Behaviour {
+        not_master: Some(None),
+        ..Behaviour::default()
+    })
+    .await;
+    let o = ClientOptions {
+        retries_max: 0,
         ..opts(&[&follower.addr])
     };
     let c = Client::connect(o).await.unwrap();
     let e = c.set(b("a"), b("1")).await.unwrap_err();
     assert!(matches!(e, ClientError::NoLeader(_)), "{e:?}");
-    assert_eq!(follower.state.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(follower.state.requests.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -460,11 +563,137 @@ async fn request_timeout() {
     let c = Client::connect(o).await.unwrap();
     let started = std::time::Instant::now();
     let e = c.get(b("slow")).await.unwrap_err();
-    assert!(matches!(e, ClientError::Timeout { after_ms: 200 }), "{e:?}");
+    assert!(
+        matches!(e, ClientError::Timeout { after_ms: 200, .. }),
+        "{e:?}"
+    );
     assert!(e.is_timeout());
     assert!(started.elapsed() < Duration::from_secs(2));
-    // The connection stays usable.
+    // The client stays usable.
     assert!(!c.exists(b("other")).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_slow_request_on_a_live_node_waits_for_its_deadline() {
+    // The node never answers this get but answers everything else, pings
+    // included: it is alive, so the connection is kept past `hung_after`
+    // and the call ends at its deadline.
+    let m = start(Behaviour {
+        hang_key: Some(b("slow")),
+        ..Behaviour::default()
+    })
+    .await;
+    let o = ClientOptions {
+        request_timeout_ms: 2_500,
+        hung_after_ms: 500,
+        ..opts(&[&m.addr])
+    };
+    let c = Client::connect(o).await.unwrap();
+    let e = c.get(b("slow")).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Timeout {
+                after_ms: 2_500,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!c.exists(b("other")).await.unwrap());
+    assert_eq!(m.state.connections.load(Ordering::SeqCst), 1);
+    // The get, the pings that showed the node alive, the exists.
+    assert!(m.state.requests.load(Ordering::SeqCst) >= 3);
+}
+
+#[tokio::test]
+async fn a_hung_node_is_left_and_the_call_goes_on_elsewhere() {
+    // A stopped leader: its connection stays open and says nothing. The
+    // write must leave it and succeed on the other node within its
+    // timeout. (Before, the client waited on the stopped node until the
+    // timeout, and kept the connection for the next call.)
+    let stopped = start(Behaviour::default()).await;
+    let other = start(Behaviour::default()).await;
+    let c = Client::connect(opts(&[&stopped.addr, &other.addr]))
+        .await
+        .unwrap();
+    c.set(b("before"), b("1")).await.unwrap();
+    stopped.freeze();
+    c.set(b("after"), b("2")).await.unwrap();
+    assert!(other.state.map.lock().unwrap().contains_key(&b("after")));
+    assert_eq!(c.connected_to().unwrap().0, other.addr);
+    // Later calls stay away from it.
+    assert_eq!(c.get(b("after")).await.unwrap(), b("2"));
+    assert_eq!(stopped.state.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn connecting_races_the_endpoints() {
+    // The first endpoint takes the connection but never shakes hands (a
+    // stopped process). With a connect timeout far longer than the test
+    // may take, connecting succeeds only by trying the second beside it.
+    let stopped = start(Behaviour::default()).await;
+    stopped.freeze();
+    let live = start(Behaviour::default()).await;
+    let o = ClientOptions {
+        connect_timeout_ms: 600_000,
+        request_timeout_ms: 600_000,
+        ..opts(&[&stopped.addr, &live.addr])
+    };
+    let c = tokio::time::timeout(Duration::from_secs(60), Client::connect(o))
+        .await
+        .expect("connecting waited on the stopped endpoint")
+        .unwrap();
+    assert_eq!(c.connected_to().unwrap().0, live.addr);
+    c.set(b("k"), b("v")).await.unwrap();
+    assert_eq!(stopped.state.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn errors_that_are_the_answer_are_never_retried() {
+    use ErrorCode::*;
+    for code in [
+        NotFound,
+        AssertionFailed,
+        TooLarge,
+        BadInput,
+        InconsistentRead,
+        Corruption,
+        Internal,
+    ] {
+        let m = start(Behaviour::default()).await;
+        m.state.fail_next(code, usize::MAX);
+        let c = Client::connect(opts(&[&m.addr])).await.unwrap();
+        let e = c.set(b("k"), b("v")).await.unwrap_err();
+        assert_eq!(e.code(), Some(code), "{e:?}");
+        let e = c.get(b("k")).await.unwrap_err();
+        assert_eq!(e.code(), Some(code), "{e:?}");
+        assert_eq!(m.state.requests.load(Ordering::SeqCst), 2, "{code:?}");
+    }
+}
+
+#[tokio::test]
+async fn errors_that_pass_are_retried() {
+    use ErrorCode::*;
+    for code in [Busy, Unavailable, GoingDown, Timeout] {
+        let m = start(Behaviour::default()).await;
+        let c = Client::connect(opts(&[&m.addr])).await.unwrap();
+        m.state.fail_next(code, 3);
+        c.set(b("k"), b("v")).await.unwrap();
+        assert_eq!(m.state.requests.load(Ordering::SeqCst), 4, "{code:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_membership_change_of_unknown_outcome_is_not_resent() {
+    // It carries no session: re-sending a removal that did apply would
+    // fail, or remove again.
+    let m = start(Behaviour::default()).await;
+    let c = Client::connect(opts(&[&m.addr])).await.unwrap();
+    m.state.fail_next(ErrorCode::Timeout, 1);
+    let e = c.remove_node("n2").await.unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    assert_eq!(m.state.requests.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -543,10 +772,25 @@ async fn not_found_and_assertion_errors_are_typed() {
     assert_eq!(e.key(), Some(&b("zz")));
     assert_eq!(c.multi_get(vec![b("a")]).await.unwrap(), vec![b("1")]);
     let mut s = Sequence::new();
-    s.test_and_set(b("a"), Some(b("wrong")), Some(b("2")));
+    s.assert(b("a"), Some(b("wrong"))).set(b("a"), b("2"));
     let e = c.sequence(s).await.unwrap_err();
     assert!(e.is_assertion_failed());
     assert_eq!(e.key(), Some(&b("a")));
+    // Standalone asserts are reads, failing with the same typed error.
+    c.assert(b("a"), Some(b("1"))).await.unwrap();
+    c.assert(b("nope"), None).await.unwrap();
+    c.assert_exists(b("a")).await.unwrap();
+    for e in [
+        c.assert(b("a"), Some(b("wrong"))).await.unwrap_err(),
+        c.assert(b("a"), None).await.unwrap_err(),
+        c.assert_exists(b("nope")).await.unwrap_err(),
+    ] {
+        assert!(e.is_assertion_failed(), "{e:?}");
+    }
+    assert_eq!(
+        c.assert(b("a"), None).await.unwrap_err().key(),
+        Some(&b("a"))
+    );
     assert!(c.delete(b("nope")).await.unwrap_err().is_not_found());
 }
 

@@ -13,8 +13,13 @@ use crate::DecodeError;
 
 /// "NACR" on the wire: the first bytes of every connection, both ways.
 pub const MAGIC: [u8; 4] = *b"NACR";
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks. Version 2 answers range and
+/// prefix reads with pages that say whether more results follow
+/// (`Response::KeyPage`, `Response::EntryPage`); version 1 did not.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version a server still accepts in a client's hello: a
+/// version 1 client gets the replies it knows ([`Response::for_version`]).
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// Bytes before the message: length (4) and request id (8).
 pub const FRAME_HEADER_BYTES: usize = 12;
 /// Longest cluster id or node name in a handshake.

@@ -14,11 +14,12 @@ pub mod wire;
 pub use frame::{
     decode_request, decode_response, encode_request, encode_response, split_frame, ClientHello,
     ServerHello, FRAME_HEADER_BYTES, MAGIC, NAME_SIZE_MAX_BYTES, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN,
 };
 pub use limits::Limits;
 pub use message::{
-    ErrorCode, ErrorReply, Member, RangeQuery, Request, Response, ScriptSource, ScriptSummary,
-    ScriptVersionInfo, VersionInfo,
+    list_reply_frame_length, ErrorCode, ErrorReply, Member, Page, PageItem, RangeQuery, Request,
+    Response, ScriptSource, ScriptSummary, ScriptVersionInfo, VersionInfo,
 };
 pub use types::{Batch, Command, Consistency, Guard, KeyEntry, Op, Revision, Session};
 

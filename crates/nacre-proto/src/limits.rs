@@ -110,6 +110,15 @@ impl Limits {
             }
             Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) => self.key(k),
             Op::Check(g) => self.guard(g),
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            } => {
+                self.key(key)?;
+                expected.as_deref().map_or(Ok(()), |v| self.value(v))?;
+                wanted.as_deref().map_or(Ok(()), |v| self.value(v))
+            }
             Op::ScriptPut { name, source } => {
                 self.key(name)?;
                 self.value(source)

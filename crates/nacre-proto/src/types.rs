@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::wire::{bytes_len, Reader, Writer};
+use crate::wire::{bytes_len, opt_bytes_len, Reader, Writer};
 use crate::DecodeError;
 
 /// How fresh a read must be.
@@ -109,7 +109,8 @@ pub struct KeyEntry {
 impl KeyEntry {
     pub(crate) const ENCODED_MIN_BYTES: usize = 4 + 4 + Revision::ENCODED_BYTES;
 
-    pub(crate) fn encoded_len(&self) -> usize {
+    /// Bytes the entry takes on the wire.
+    pub fn encoded_len(&self) -> usize {
         bytes_len(&self.key) + bytes_len(&self.value) + Revision::ENCODED_BYTES
     }
 
@@ -249,6 +250,16 @@ pub enum Op {
     Check(Guard),
     /// Deletes the key if it exists; never fails.
     Remove(Bytes),
+    /// Arakoon's `test_and_set` step of a sequence: if the key holds
+    /// `expected` (`None`: is absent), it becomes `wanted` (`None`: is
+    /// removed); otherwise nothing changes. Either way the batch goes on:
+    /// a mismatch is not a failure (an `assert` step is how a sequence
+    /// aborts). Needs command format 2 ([`Command`]).
+    TestAndSet {
+        key: Bytes,
+        expected: Option<Bytes>,
+        wanted: Option<Bytes>,
+    },
     /// Service metadata (Lua scripts, see docs/scripts.md): installs
     /// `source` as the next version of script `name` and makes it live.
     /// The state machine numbers versions so that concurrent installs
@@ -280,6 +291,15 @@ impl Op {
             Op::Set(k, v) => k.len() + v.len(),
             Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) => k.len(),
             Op::Check(g) => g.payload_bytes(),
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            } => {
+                key.len()
+                    + expected.as_ref().map_or(0, Bytes::len)
+                    + wanted.as_ref().map_or(0, Bytes::len)
+            }
             Op::ScriptPut { name, source } => name.len() + source.len(),
             Op::ScriptActivate { name, .. } | Op::ScriptLive { name, .. } => name.len(),
             Op::ScriptDelete(name) => name.len(),
@@ -297,11 +317,45 @@ impl Op {
         )
     }
 
+    /// The op's tag on the wire (docs/protocol.md, section 4).
+    fn tag(&self) -> u8 {
+        match self {
+            Op::Set(..) => 1,
+            Op::Delete(_) => 2,
+            Op::DeletePrefix(_) => 3,
+            Op::Check(_) => 4,
+            Op::Remove(_) => 5,
+            Op::ScriptPut { .. } => 6,
+            Op::ScriptActivate { .. } => 7,
+            Op::ScriptDelete(_) => 8,
+            Op::ScriptLive { .. } => 9,
+            Op::TestAndSet { .. } => 10,
+        }
+    }
+
+    /// The oldest command format that can carry this op: a node that
+    /// only knows format 1 must never be handed an op it cannot apply.
+    pub fn command_format(&self) -> u8 {
+        match self {
+            Op::TestAndSet { .. } => Command::FORMAT_V2,
+            _ => Command::FORMAT_V1,
+        }
+    }
+
     pub(crate) fn encoded_len(&self) -> usize {
         1 + match self {
             Op::Set(k, v) => bytes_len(k) + bytes_len(v),
             Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) => bytes_len(k),
             Op::Check(g) => g.encoded_len(),
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            } => {
+                bytes_len(key)
+                    + opt_bytes_len(expected.as_deref())
+                    + opt_bytes_len(wanted.as_deref())
+            }
             Op::ScriptPut { name, source } => bytes_len(name) + bytes_len(source),
             Op::ScriptActivate { name, .. } | Op::ScriptLive { name, .. } => bytes_len(name) + 8,
             Op::ScriptDelete(name) => bytes_len(name),
@@ -309,46 +363,32 @@ impl Op {
     }
 
     pub(crate) fn encode(&self, w: &mut Writer) {
+        w.u8(self.tag());
         match self {
             Op::Set(k, v) => {
-                w.u8(1);
                 w.bytes(k);
                 w.bytes(v);
             }
-            Op::Delete(k) => {
-                w.u8(2);
+            Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) | Op::ScriptDelete(k) => {
                 w.bytes(k);
             }
-            Op::DeletePrefix(p) => {
-                w.u8(3);
-                w.bytes(p);
-            }
-            Op::Check(g) => {
-                w.u8(4);
-                g.encode(w);
-            }
-            Op::Remove(k) => {
-                w.u8(5);
-                w.bytes(k);
-            }
+            Op::Check(g) => g.encode(w),
             Op::ScriptPut { name, source } => {
-                w.u8(6);
                 w.bytes(name);
                 w.bytes(source);
             }
-            Op::ScriptActivate { name, version } => {
-                w.u8(7);
+            Op::ScriptActivate { name, version } | Op::ScriptLive { name, version } => {
                 w.bytes(name);
                 w.u64(*version);
             }
-            Op::ScriptDelete(name) => {
-                w.u8(8);
-                w.bytes(name);
-            }
-            Op::ScriptLive { name, version } => {
-                w.u8(9);
-                w.bytes(name);
-                w.u64(*version);
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            } => {
+                w.bytes(key);
+                w.opt_bytes(expected.as_deref());
+                w.opt_bytes(wanted.as_deref());
             }
         }
     }
@@ -372,6 +412,11 @@ impl Op {
             9 => Op::ScriptLive {
                 name: r.bytes("script name")?,
                 version: r.u64("script version")?,
+            },
+            10 => Op::TestAndSet {
+                key: r.bytes("key")?,
+                expected: r.opt_bytes("expected value")?,
+                wanted: r.opt_bytes("wanted value")?,
             },
             t => {
                 return Err(DecodeError::BadTag {
@@ -444,6 +489,13 @@ pub struct Session {
 }
 
 /// What a Raft log entry carries: the guarded batch and its session.
+///
+/// The first byte is the format: 1 for a batch of the ops every node has
+/// always known, 2 for one that uses an op added later
+/// ([`Op::command_format`]). A command is written in the oldest format
+/// that can carry it, so whatever format 1 could say is still written, and
+/// read, byte for byte as before; a node that knows only format 1 refuses
+/// a format-2 entry as undecodable instead of misreading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
     pub session: Option<Session>,
@@ -451,12 +503,25 @@ pub struct Command {
 }
 
 impl Command {
-    const FORMAT_V1: u8 = 1;
+    pub const FORMAT_V1: u8 = 1;
+    /// Adds [`Op::TestAndSet`].
+    pub const FORMAT_V2: u8 = 2;
+
+    /// The format this command is written in: the oldest that carries
+    /// every op of its batch.
+    pub fn format(&self) -> u8 {
+        self.batch
+            .ops
+            .iter()
+            .map(Op::command_format)
+            .max()
+            .unwrap_or(Self::FORMAT_V1)
+    }
 
     pub fn encode(&self) -> Vec<u8> {
         let len = 2 + if self.session.is_some() { 16 } else { 0 } + self.batch.encoded_len();
         let mut w = Writer::with_buf(Vec::with_capacity(len));
-        w.u8(Self::FORMAT_V1);
+        w.u8(self.format());
         match self.session {
             None => w.u8(0),
             Some(s) => {
@@ -472,7 +537,7 @@ impl Command {
     pub fn decode(buf: Bytes) -> Result<Command, DecodeError> {
         let mut r = Reader::new(buf);
         let v = r.u8("command format")?;
-        if v != Self::FORMAT_V1 {
+        if v != Self::FORMAT_V1 && v != Self::FORMAT_V2 {
             return Err(DecodeError::BadTag {
                 what: "command format",
                 tag: v as u32,
@@ -488,6 +553,15 @@ impl Command {
         };
         let batch = Batch::decode(&mut r)?;
         r.finish("command")?;
-        Ok(Command { session, batch })
+        let cmd = Command { session, batch };
+        // Each format is one set of ops: an op newer than the format
+        // byte says was not written by this code.
+        if let Some(op) = cmd.batch.ops.iter().find(|o| o.command_format() > v) {
+            return Err(DecodeError::BadTag {
+                what: "format-1 command's op",
+                tag: u32::from(op.tag()),
+            });
+        }
+        Ok(cmd)
     }
 }

@@ -12,13 +12,13 @@ use crate::DecodeError;
 
 /// Encoded size of a length-prefixed byte string.
 #[inline]
-pub(crate) fn bytes_len(v: &[u8]) -> usize {
+pub fn bytes_len(v: &[u8]) -> usize {
     4 + v.len()
 }
 
 /// Encoded size of an optional byte string.
 #[inline]
-pub(crate) fn opt_bytes_len(v: Option<&[u8]>) -> usize {
+pub fn opt_bytes_len(v: Option<&[u8]>) -> usize {
     1 + v.map_or(0, bytes_len)
 }
 

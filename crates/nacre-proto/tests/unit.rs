@@ -3,8 +3,9 @@
 
 use nacre_proto::{
     decode_request, decode_response, encode_request, encode_response, split_frame, Batch, Bytes,
-    BytesMut, ClientHello, Command, Consistency, DecodeError, ErrorCode, Guard, Limits, Op,
-    RangeQuery, Request, Response, ServerHello, FRAME_HEADER_BYTES, MAGIC, PROTOCOL_VERSION,
+    BytesMut, ClientHello, Command, Consistency, DecodeError, ErrorCode, Guard, KeyEntry, Limits,
+    Op, Page, RangeQuery, Request, Response, Revision, ServerHello, FRAME_HEADER_BYTES, MAGIC,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 
 fn b(s: &str) -> Bytes {
@@ -184,7 +185,7 @@ fn unknown_request_opcodes_are_rejected() {
 
 #[test]
 fn unknown_response_tags_are_rejected() {
-    for tag in 19..=254u8 {
+    for tag in 21..=254u8 {
         bad_tag(
             decode_response(Bytes::from(vec![tag])),
             "response",
@@ -201,7 +202,7 @@ fn unknown_inner_tags_are_rejected() {
     bad_tag(decode_response(Bytes::from(vec![1, 2])), "bool", 2);
     // An option flag of 7 in a Value reply.
     bad_tag(decode_response(Bytes::from(vec![3, 7])), "value", 7);
-    // Guard tag 0 and 6, op tag 0 and 10, inside a Batch request.
+    // Guard tag 0 and 6, op tag 0 and 11, inside a Batch request.
     let batch = |guards: &[u8], ops: &[u8]| {
         let mut v = vec![36];
         v.extend_from_slice(&(!guards.is_empty() as u32).to_le_bytes());
@@ -214,13 +215,13 @@ fn unknown_inner_tags_are_rejected() {
     bad_tag(decode_request(batch(&[0], &[])), "guard", 0);
     bad_tag(decode_request(batch(&[6], &[])), "guard", 6);
     bad_tag(decode_request(batch(&[], &[0])), "op", 0);
-    bad_tag(decode_request(batch(&[], &[10])), "op", 10);
+    bad_tag(decode_request(batch(&[], &[11])), "op", 11);
     bad_tag(decode_request(batch(&[], &[4, 9])), "guard", 9);
-    // Command format 2.
+    // Command format 3.
     bad_tag(
-        Command::decode(Bytes::from(vec![2, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+        Command::decode(Bytes::from(vec![3, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
         "command format",
-        2,
+        3,
     );
     // Session flag 2.
     bad_tag(
@@ -228,6 +229,77 @@ fn unknown_inner_tags_are_rejected() {
         "session",
         2,
     );
+}
+
+/// A command is written in the oldest format that carries its ops, so a
+/// batch of the ops format 1 always had is the same bytes as before format
+/// 2 existed; a format-1 command holding a format-2 op was not written by
+/// this code and is refused.
+#[test]
+fn commands_use_the_oldest_format_that_carries_their_ops() {
+    let old = Command {
+        session: None,
+        batch: Batch {
+            guards: vec![Guard::Absent(b("g"))],
+            ops: vec![Op::Set(b("k"), b("v")), Op::Check(Guard::Present(b("k")))],
+        },
+    };
+    let bytes = old.encode();
+    assert_eq!(bytes[0], Command::FORMAT_V1);
+    assert_eq!(Command::decode(Bytes::from(bytes)).unwrap(), old);
+
+    let tas = Op::TestAndSet {
+        key: b("k"),
+        expected: None,
+        wanted: Some(b("v")),
+    };
+    let new = Command {
+        session: None,
+        batch: Batch {
+            guards: vec![],
+            ops: vec![Op::Set(b("a"), b("1")), tas.clone()],
+        },
+    };
+    let mut bytes = new.encode();
+    assert_eq!(bytes[0], Command::FORMAT_V2);
+    assert_eq!(Command::decode(Bytes::from(bytes.clone())).unwrap(), new);
+    bytes[0] = Command::FORMAT_V1;
+    bad_tag(
+        Command::decode(Bytes::from(bytes)),
+        "format-1 command's op",
+        10,
+    );
+}
+
+#[test]
+fn test_and_set_steps_are_checked_against_the_limits() {
+    let limits = Limits {
+        key_size_max_bytes: 4,
+        value_size_max_bytes: 4,
+        ..Limits::default()
+    };
+    let step = |key: &str, expected: Option<&str>, wanted: Option<&str>| {
+        Request::Batch(Batch {
+            guards: vec![],
+            ops: vec![Op::TestAndSet {
+                key: b(key),
+                expected: expected.map(b),
+                wanted: wanted.map(b),
+            }],
+        })
+    };
+    assert!(limits.check_request(&step("k", Some("v"), None)).is_ok());
+    for req in [
+        step("kkkkk", None, None),
+        step("k", Some("vvvvv"), None),
+        step("k", None, Some("vvvvv")),
+    ] {
+        assert_eq!(
+            limits.check_request(&req).unwrap_err().code,
+            ErrorCode::TooLarge,
+            "{req:?}"
+        );
+    }
 }
 
 #[test]
@@ -251,14 +323,14 @@ fn hello_layouts() {
         cluster_id: "c1".into(),
     }
     .encode(&mut out);
-    assert_eq!(out, [b'N', b'A', b'C', b'R', 1, 0, 2, 0, b'c', b'1']);
+    assert_eq!(out, [b'N', b'A', b'C', b'R', 2, 0, 2, 0, b'c', b'1']);
     assert_eq!(&out[..4], &MAGIC);
 
     let mut out = Vec::new();
     ServerHello::refuse(ErrorCode::WrongCluster, "c1", "n", "no").encode(&mut out);
     assert_eq!(
         out,
-        [b'N', b'A', b'C', b'R', 1, 0, 10, 0, 2, 0, b'c', b'1', 1, 0, b'n', 2, 0, b'n', b'o']
+        [b'N', b'A', b'C', b'R', 2, 0, 10, 0, 2, 0, b'c', b'1', 1, 0, b'n', 2, 0, b'n', b'o']
     );
     let ok = ServerHello::ok("c1", "n");
     assert_eq!(
@@ -281,6 +353,148 @@ fn hello_rejects_bad_magic_and_long_names() {
             max: 255
         })
     );
+}
+
+// ---- pages (protocol 2) --------------------------------------------------
+
+fn entry(k: &str, v: &str) -> KeyEntry {
+    KeyEntry {
+        key: b(k),
+        value: b(v),
+        rev: Revision {
+            create_rev: 3,
+            mod_rev: 4,
+            version: 2,
+        },
+    }
+}
+
+#[test]
+fn page_layouts() {
+    // KeyPage: tag 19, the keys as vec<bytes>, then the more flag.
+    let page = Response::KeyPage(Page {
+        items: vec![b("a"), b("bc")],
+        more: true,
+    });
+    let mut out = Vec::new();
+    encode_response(7, &page, &mut out);
+    let mut want = vec![];
+    want.extend_from_slice(&(8u32 + 1 + 4 + 5 + 6 + 1).to_le_bytes());
+    want.extend_from_slice(&7u64.to_le_bytes());
+    want.extend_from_slice(&[19, 2, 0, 0, 0, 1, 0, 0, 0, b'a', 2, 0, 0, 0, b'b', b'c', 1]);
+    assert_eq!(out, want);
+    assert_eq!(page.frame_length(), out.len() - 4);
+    assert_eq!(Page::<Bytes>::frame_length(5 + 6), out.len() - 4);
+
+    // EntryPage: tag 20, the entries as vec<KeyEntry>, then the more flag.
+    let page = Response::EntryPage(Page {
+        items: vec![entry("k", "v")],
+        more: false,
+    });
+    let mut out = Vec::new();
+    encode_response(7, &page, &mut out);
+    let mut body = vec![20, 1, 0, 0, 0, 1, 0, 0, 0, b'k', 1, 0, 0, 0, b'v'];
+    for rev in [3u64, 4, 2] {
+        body.extend_from_slice(&rev.to_le_bytes());
+    }
+    body.push(0);
+    assert_eq!(&out[12..], &body[..]);
+    assert_eq!(page.frame_length(), out.len() - 4);
+    assert_eq!(
+        Page::<KeyEntry>::frame_length(entry("k", "v").encoded_len()),
+        out.len() - 4
+    );
+
+    // The more flag is a bool like any other: 2 is refused.
+    bad_tag(
+        decode_response(Bytes::from(vec![19, 0, 0, 0, 0, 2])),
+        "more",
+        2,
+    );
+    // A page without its flag is truncated.
+    assert_eq!(
+        decode_response(Bytes::from(vec![20, 0, 0, 0, 0])),
+        Err(DecodeError::Truncated { what: "more" })
+    );
+}
+
+#[test]
+fn a_page_continues_after_its_last_key_only_when_more_follows() {
+    let page = |more| Page {
+        items: vec![entry("a", "1"), entry("b", "2")],
+        more,
+    };
+    assert_eq!(page(true).next_after(), Some(&b("b")));
+    assert_eq!(page(false).next_after(), None);
+    let empty: Page<Bytes> = Page {
+        items: vec![],
+        more: true,
+    };
+    assert_eq!(empty.next_after(), None);
+}
+
+#[test]
+fn the_next_page_asks_for_the_rest_after_the_last_key() {
+    let q = RangeQuery {
+        first: Some(b("a")),
+        first_inclusive: true,
+        last: Some(b("m")),
+        last_inclusive: true,
+        max: 7,
+        reverse: false,
+    };
+    let next = q.after(b("c"));
+    assert_eq!((next.first, next.first_inclusive), (Some(b("c")), false));
+    assert_eq!(
+        (next.last, next.last_inclusive, next.max),
+        (Some(b("m")), true, 7)
+    );
+    // Descending: the high end moves down.
+    let rev = RangeQuery {
+        reverse: true,
+        ..q.clone()
+    };
+    let next = rev.after(b("k"));
+    assert_eq!((next.last, next.last_inclusive), (Some(b("k")), false));
+    assert_eq!((next.first, next.first_inclusive), (Some(b("a")), true));
+}
+
+#[test]
+fn a_prefix_is_the_range_up_to_the_first_key_past_it() {
+    let range = |p: &[u8]| {
+        let q = RangeQuery::prefix(Bytes::copy_from_slice(p), 5);
+        assert_eq!(
+            (q.first_inclusive, q.last_inclusive, q.max),
+            (true, false, 5)
+        );
+        assert_eq!(q.first.as_deref(), Some(p));
+        q.last
+    };
+    assert_eq!(range(b"ab"), Some(b("ac")));
+    assert_eq!(range(&[b'a', 0xff, 0xff]), Some(b("b")));
+    assert_eq!(range(&[0xff, 0xff]), None);
+    assert_eq!(range(b""), None);
+}
+
+#[test]
+fn a_version_1_peer_gets_the_plain_lists_it_knows() {
+    assert_eq!((PROTOCOL_VERSION_MIN, PROTOCOL_VERSION), (1, 2));
+    let keys = Response::KeyPage(Page {
+        items: vec![b("a")],
+        more: true,
+    });
+    assert_eq!(keys.clone().for_version(1), Response::Keys(vec![b("a")]));
+    assert_eq!(keys.clone().for_version(2), keys);
+    let entries = Response::EntryPage(Page {
+        items: vec![entry("a", "1")],
+        more: false,
+    });
+    assert_eq!(
+        entries.clone().for_version(1),
+        Response::Entries(vec![entry("a", "1")])
+    );
+    assert_eq!(entries.clone().for_version(2), entries);
+    assert_eq!(Response::U64(1).for_version(1), Response::U64(1));
 }
 
 // ---- limits --------------------------------------------------------------

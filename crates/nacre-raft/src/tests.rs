@@ -256,6 +256,44 @@ fn compaction_removes_segments_and_keeps_the_compacted_term() {
     assert_eq!(all(&t), ents(61, 63, 3));
 }
 
+/// The byte-bounded tail: entries of 100 and 1,000 bytes of data, and
+/// the compaction point that keeps at most so many bytes behind `upto`.
+#[test]
+fn tail_start_keeps_a_tail_bounded_in_bytes() {
+    let vfs = SimVfs::new(8);
+    let opts = TlogOptions {
+        segment_size_bytes: 1 << 20,
+        entry_size_max_bytes: 1 << 20,
+        ..small()
+    };
+    let mut t = sim_open(&vfs, opts);
+    let sized = |index: u64, bytes: usize| {
+        let mut e = ent(index, 1);
+        e.data = vec![7u8; bytes].into();
+        e
+    };
+    let mut es: Vec<Entry> = (1..=10).map(|i| sized(i, 100)).collect();
+    es.extend((11..=13).map(|i| sized(i, 1_000)));
+    t.append(&es).unwrap();
+    // Nothing kept: compact to `upto` itself.
+    assert_eq!(t.tail_start(13, 0), 13);
+    // A record is its data plus a fixed overhead (header, index, term).
+    let small_rec = (1..1_000).find(|&b| t.tail_start(10, b) == 9).unwrap();
+    let overhead = small_rec - 100;
+    assert!(overhead > 0 && overhead < 100, "{overhead}");
+    assert_eq!(t.tail_start(10, 3 * small_rec), 7);
+    assert_eq!(t.tail_start(10, 3 * small_rec - 1), 8);
+    let large_rec = 1_000 + overhead;
+    assert_eq!(t.tail_start(13, 2 * large_rec - 1), 12);
+    assert_eq!(t.tail_start(13, 2 * large_rec), 11);
+    // Everything fits: nothing to compact on the byte account.
+    assert_eq!(t.tail_start(13, 1 << 20), 0);
+    // `upto` past the log counts from the last entry.
+    assert_eq!(t.tail_start(99, 0), 13);
+    t.compact(5).unwrap();
+    assert_eq!(t.tail_start(13, 1 << 20), 5, "never below the start");
+}
+
 #[test]
 fn apply_snapshot_drops_entries_and_is_durable() {
     let vfs = SimVfs::new(7);

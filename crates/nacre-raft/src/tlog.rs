@@ -616,6 +616,26 @@ impl Tlog {
         self.state.conf_state.clone()
     }
 
+    /// Where to compact so that the entries kept after it, up to `upto`,
+    /// take at most `bytes_max` of records: the lowest index `c` such that
+    /// the records of `c + 1 ..= upto` sum to no more than `bytes_max`.
+    /// Without a byte bound a tail of a few entries could be gigabytes (a
+    /// value may be megabytes). Never below the log's start.
+    pub fn tail_start(&self, upto: u64, bytes_max: u64) -> u64 {
+        let upto = upto.min(self.last_index());
+        let start = self.state.start_index;
+        let mut kept = 0u64;
+        let mut idx = upto;
+        while idx > start {
+            kept += u64::from(self.index[(idx - start - 1) as usize].len);
+            if kept > bytes_max {
+                return idx;
+            }
+            idx -= 1;
+        }
+        start
+    }
+
     /// Metadata of the last installed snapshot (default if none).
     pub fn snapshot_meta(&self) -> SnapshotMetadata {
         self.state.snapshot.clone()

@@ -82,8 +82,11 @@ pub struct ServerConfig {
     pub blocking_tasks_max: usize,
     pub store_cache_bytes: u64,
     /// The store is checkpointed (synced, and the tlog compacted up to it)
-    /// after this many applied entries.
+    /// after this many applied entries...
     pub checkpoint_entries: u64,
+    /// ...or after this many bytes of applied entries, whichever comes
+    /// first: a few large values must not grow the tlog without bound.
+    pub checkpoint_bytes: u64,
     pub tlog_segment_size_bytes: u64,
     /// The cluster's initial members. Empty: a single-node cluster made of
     /// this node (`node_name`, `listen`, `peer_listen`, `data_dir`). Only a
@@ -99,6 +102,9 @@ pub struct ServerConfig {
     /// Entries kept in the tlog behind a checkpoint so a briefly lagging
     /// follower catches up from the log instead of a snapshot.
     pub tlog_tail_entries: u64,
+    /// The same tail, bounded in bytes of tlog records: it keeps at most
+    /// `tlog_tail_entries` entries and at most this many bytes.
+    pub tlog_tail_bytes: u64,
     /// Writes remembered per client session for deduplicating retries,
     /// counted in log entries: a retry later than this is applied again.
     pub session_retention_entries: u64,
@@ -131,11 +137,13 @@ impl Default for ServerConfig {
             blocking_tasks_max: 16,
             store_cache_bytes: 64 << 20,
             checkpoint_entries: 100_000,
+            checkpoint_bytes: 16 << 20,
             tlog_segment_size_bytes: 64 << 20,
             nodes: Vec::new(),
             preferred_leader: None,
             join: false,
             tlog_tail_entries: 10_000,
+            tlog_tail_bytes: 16 << 20,
             session_retention_entries: 100_000,
         }
     }
@@ -216,6 +224,7 @@ impl ServerConfig {
             ("request_timeout_ms", self.request_timeout_ms),
             ("blocking_tasks_max", self.blocking_tasks_max as u64),
             ("checkpoint_entries", self.checkpoint_entries),
+            ("checkpoint_bytes", self.checkpoint_bytes),
             ("range_results_max", self.range_results_max as u64),
             ("session_retention_entries", self.session_retention_entries),
         ];

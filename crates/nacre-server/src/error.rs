@@ -53,6 +53,10 @@ pub enum ServerError {
     /// was not installed.
     #[error("snapshot refused: {0}")]
     BadSnapshot(#[source] Corruption),
+    /// The log holds a command of a format this build does not read: the
+    /// cluster runs a newer Nacre (the state machine's error says which).
+    #[error("{0}")]
+    NewerCommandFormat(#[source] StateError),
     /// A thread or task the node cannot live without panicked or ended.
     #[error("the {thread} {why}")]
     Stopped { thread: &'static str, why: String },
@@ -66,6 +70,7 @@ impl From<StateError> for ServerError {
             StateError::OutOfOrder { index, applied } => ServerError::OutOfOrder { index, applied },
             StateError::SnapshotRead(e) => ServerError::SnapshotRead(e),
             StateError::BadSnapshot(c) => ServerError::BadSnapshot(c),
+            e @ StateError::NewerCommandFormat { .. } => ServerError::NewerCommandFormat(e),
         }
     }
 }
@@ -132,7 +137,9 @@ fn kind_of(e: &(dyn std::error::Error + 'static)) -> Option<FailureKind> {
             ServerError::OutOfOrder { .. }
             | ServerError::SnapshotMissing { .. }
             | ServerError::Stopped { .. } => Some(FailureKind::Internal),
-            ServerError::Config(_) | ServerError::Listen { .. } => Some(FailureKind::Other),
+            ServerError::Config(_)
+            | ServerError::Listen { .. }
+            | ServerError::NewerCommandFormat(_) => Some(FailureKind::Other),
             // Decided by what they wrap.
             ServerError::Store(_) | ServerError::Tlog(_) | ServerError::Raft(_) => None,
         };

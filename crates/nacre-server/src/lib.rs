@@ -13,6 +13,7 @@ pub mod lease;
 pub mod node;
 mod scripts;
 mod server;
+mod shutdown;
 pub mod state;
 pub mod transport;
 
@@ -36,6 +37,8 @@ pub struct RunningServer {
     /// How the listener ended, if it did before it was asked to.
     listener_ended: Option<Result<std::io::Result<()>, tokio::task::JoinError>>,
     raft: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+    /// How to drain connections and hand leadership over on the way out.
+    plan: shutdown::Plan,
 }
 
 impl RunningServer {
@@ -61,15 +64,21 @@ impl RunningServer {
         }
     }
 
-    /// Stops accepting, closes connections, stops the raft loop (which
-    /// checkpoints the store) and waits for it. The error is what stopped
-    /// the node, if something did: the raft loop's, else the listener's.
+    /// Stops accepting, drains the connections (requests in flight are
+    /// answered, later ones get `GoingDown`; at most `request_timeout_ms`),
+    /// hands leadership to another voter if this node leads, stops the
+    /// raft loop (which checkpoints the store) and waits for it. The error
+    /// is what stopped the node, if something did: the raft loop's, else
+    /// the listener's.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
         let listener = match self.listener_ended.take() {
             Some(ended) => listener_outcome(ended, false),
             None => listener_outcome((&mut self.listener).await, true),
         };
+        let p = &self.plan;
+        shutdown::drain_connections(&p.connections, p.connections_max, p.drain_wait).await;
+        shutdown::hand_over_leadership(&self.node, p.handover_wait).await;
         self.node.shutdown();
         if let Some(raft) = self.raft.take() {
             let stopped = |why: String| ServerError::Stopped {
@@ -161,13 +170,22 @@ pub async fn start_with_vfs(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node = %config.node_name, data_dir = %config.data_dir.display(), "nacre node serving");
     let (stop, stop_rx) = watch::channel(false);
+    let connections = Arc::new(Semaphore::new(config.connections_max));
+    let plan = shutdown::Plan {
+        connections: connections.clone(),
+        connections_max: config.connections_max,
+        drain_wait: std::time::Duration::from_millis(config.request_timeout_ms),
+        handover_wait: std::time::Duration::from_millis(
+            2 * config.tick_ms * config.election_ticks as u64,
+        ),
+    };
     let shared = Arc::new(server::Shared {
         limits,
         node: node.clone(),
         store,
         started: Instant::now(),
         counters: Default::default(),
-        connections: Arc::new(Semaphore::new(config.connections_max)),
+        connections,
         blocking: Arc::new(Semaphore::new(config.blocking_tasks_max)),
         config,
     });
@@ -179,6 +197,7 @@ pub async fn start_with_vfs(
         listener,
         listener_ended: None,
         raft: Some(raft),
+        plan,
     })
 }
 
@@ -242,7 +261,9 @@ fn node_options(config: &ServerConfig) -> node::NodeOptions {
         clock: clock::HostClock::shared(),
         proposals_pending_max: config.proposals_pending_max,
         checkpoint_entries: config.checkpoint_entries,
+        checkpoint_bytes: config.checkpoint_bytes,
         tlog_tail_entries: config.tlog_tail_entries,
+        tlog_tail_bytes: config.tlog_tail_bytes,
         #[cfg(feature = "sim")]
         planted: Default::default(),
     }

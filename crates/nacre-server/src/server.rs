@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use nacre_proto::{
-    decode_request, encode_response, split_frame, ClientHello, Command, Consistency, ErrorCode,
-    ErrorReply, Limits, Request, Response, ServerHello, VersionInfo, PROTOCOL_VERSION,
+    decode_request, encode_response, list_reply_frame_length, split_frame, ClientHello, Command,
+    Consistency, ErrorCode, ErrorReply, Limits, Request, Response, ServerHello, VersionInfo,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use nacre_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,13 +18,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::node::NodeHandle;
-use crate::state::{Outcome, Reader};
+use crate::state::{Outcome, PageLimits, Reader};
 use crate::ServerConfig;
 
 /// A client has this long to send its hello.
 const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// Largest client hello: magic, version, length and a maximal cluster id.
 const HELLO_SIZE_MAX_BYTES: usize = 4 + 2 + 2 + nacre_proto::NAME_SIZE_MAX_BYTES;
+/// How long a connection closed by a shutdown waits for the client to
+/// close its side (see `linger`).
+const CLOSE_LINGER_MS: u64 = 500;
 /// Replies gathered into one socket write, at most.
 const WRITE_BATCH_MAX_BYTES: usize = 1 << 20;
 
@@ -173,22 +177,25 @@ async fn connection(
         .await;
     };
     stream.set_nodelay(true)?;
-    let hello = match tokio::time::timeout(
-        Duration::from_millis(HELLO_TIMEOUT_MS),
-        read_hello(&mut stream),
-    )
-    .await
-    {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
+    // A shutdown does not wait for a hello: the client is told at once.
+    let hello = tokio::select! {
+        r = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), read_hello(&mut stream)) => {
+            match r {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            }
+        }
+        () = stopping(&mut stop) => {
+            return refuse(stream, &shared, ErrorCode::GoingDown, "the node is shutting down").await;
+        }
     };
     let hello = match hello {
         Ok(h) => h,
         Err(why) => return refuse(stream, &shared, ErrorCode::BadInput, &why.to_string()).await,
     };
-    if hello.version != PROTOCOL_VERSION {
+    if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&hello.version) {
         let msg = format!(
-            "protocol version {} is not supported; this node speaks {PROTOCOL_VERSION}",
+            "protocol version {} is not supported; this node speaks {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION}",
             hello.version
         );
         return refuse(stream, &shared, ErrorCode::UnsupportedVersion, &msg).await;
@@ -200,8 +207,12 @@ async fn connection(
         );
         return refuse(stream, &shared, ErrorCode::WrongCluster, &msg).await;
     }
+    // The connection speaks the client's version: an older client gets
+    // the replies it knows.
+    let mut ok = ServerHello::ok(&shared.config.cluster_id, &shared.config.node_name);
+    ok.version = hello.version;
     let mut out = Vec::new();
-    ServerHello::ok(&shared.config.cluster_id, &shared.config.node_name).encode(&mut out);
+    ok.encode(&mut out);
     stream.write_all(&out).await?;
 
     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -209,88 +220,176 @@ async fn connection(
         .counters
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let result = serve_frames(&shared, stream, &mut stop).await;
+    let result = serve_frames(&shared, stream, &mut stop, hello.version).await;
     shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
     result
 }
 
+/// Serves one connection's frames until the client closes it, a frame
+/// breaks the protocol, or the node shuts down. A shutdown drains the
+/// connection instead of dropping it: requests already taken are answered
+/// as usual, every frame read from then on is answered `GoingDown`
+/// without being run (so the client may safely send it elsewhere), and
+/// the connection closes once nothing is in flight.
 async fn serve_frames(
     shared: &Arc<Shared>,
     stream: TcpStream,
     stop: &mut watch::Receiver<bool>,
+    version: u16,
 ) -> std::io::Result<()> {
     let (mut rd, wr) = stream.into_split();
     let inflight_max = shared.config.inflight_per_connection_max;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(inflight_max);
     let writer = tokio::spawn(write_replies(wr, rx));
-    let inflight = Arc::new(Semaphore::new(inflight_max));
-    let frame_max = shared.limits.frame_size_max_bytes;
+    let mut conn = ConnState {
+        inflight: Arc::new(Semaphore::new(inflight_max)),
+        inflight_max,
+        tx,
+        refused: 0,
+        version,
+    };
     let mut buf = BytesMut::with_capacity(64 << 10);
-    let result = 'conn: loop {
-        loop {
-            match split_frame(&mut buf, frame_max) {
-                Ok(Some((id, body))) => {
-                    // Back-pressure: stop reading while too many requests
-                    // from this connection are in flight.
-                    let Ok(permit) = inflight.clone().acquire_owned().await else {
-                        break 'conn Ok(());
-                    };
-                    match decode_request(body) {
-                        Ok(req) => {
-                            let shared = shared.clone();
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                let resp = execute(&shared, req).await;
-                                if matches!(resp, Response::Error(_)) {
-                                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                                }
-                                let mut frame = Vec::new();
-                                encode_response(id, &resp, &mut frame);
-                                let _ = tx.send(frame).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(e) => {
-                            // The frame boundary is intact, so the client can
-                            // still read why; then we close, as documented.
-                            let resp = Response::Error(ErrorReply::new(
-                                ErrorCode::BadInput,
-                                format!("malformed request: {e}"),
-                            ));
-                            let mut frame = Vec::new();
-                            encode_response(id, &resp, &mut frame);
-                            let _ = tx.send(frame).await;
-                            break 'conn Ok(());
-                        }
-                    }
+    let mut draining = false;
+    let result = loop {
+        if !conn.take_frames(shared, &mut buf, draining).await {
+            break Ok(());
+        }
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            () = stopping(stop), if !draining => {
+                draining = true;
+                // What the client sent before the shutdown is answered
+                // now, not lost when the connection closes.
+                match rd.try_read_buf(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(1),
+                    r => r,
                 }
-                Ok(None) => break,
+            }
+            () = conn.idle(), if draining => break Ok(()),
+        };
+        match read {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let busy = conn.refused > 0;
+    drop(conn);
+    // Replies to requests already taken are still delivered.
+    let _ = writer.await;
+    if busy {
+        // The client was still sending when the node went down.
+        linger(&mut rd).await;
+    }
+    result
+}
+
+/// After a shutdown closed the writing side, reads (and drops) what the
+/// client still sends until it closes too, for at most
+/// `CLOSE_LINGER_MS`: closing a socket with unread bytes makes the kernel
+/// reset the connection, which can throw away the last replies before
+/// the client read them.
+async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_LINGER_MS), async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Completes once the node is shutting down (at once if it already is).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: dropped here, not held
+    // by the caller's future.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// One connection's requests in flight and the way to its writer task.
+struct ConnState {
+    inflight: Arc<Semaphore>,
+    inflight_max: usize,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Frames answered `GoingDown` during a shutdown.
+    refused: u64,
+    /// The protocol version the client speaks: replies are given in it.
+    version: u16,
+}
+
+impl ConnState {
+    /// Completes once no request of this connection is in flight.
+    async fn idle(&self) {
+        let all = u32::try_from(self.inflight_max).unwrap_or(u32::MAX);
+        let _all_back = self.inflight.acquire_many(all).await;
+    }
+
+    async fn reply(&self, id: u64, resp: &Response) {
+        let mut frame = Vec::new();
+        encode_response(id, resp, &mut frame);
+        let _ = self.tx.send(frame).await;
+    }
+
+    /// Starts (or, `draining`, answers `GoingDown` to) every whole frame in
+    /// `buf`; false when the connection must close (malformed input).
+    async fn take_frames(
+        &mut self,
+        shared: &Arc<Shared>,
+        buf: &mut BytesMut,
+        draining: bool,
+    ) -> bool {
+        loop {
+            let (id, body) = match split_frame(buf, shared.limits.frame_size_max_bytes) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return true,
                 Err(e) => {
                     let code = match e {
                         nacre_proto::DecodeError::FrameTooLarge { .. } => ErrorCode::TooLarge,
                         _ => ErrorCode::BadInput,
                     };
-                    let resp = Response::Error(ErrorReply::new(code, e.to_string()));
-                    let mut frame = Vec::new();
-                    encode_response(0, &resp, &mut frame);
-                    let _ = tx.send(frame).await;
-                    break 'conn Ok(());
+                    self.reply(0, &Response::Error(ErrorReply::new(code, e.to_string())))
+                        .await;
+                    return false;
+                }
+            };
+            if draining {
+                let why = ErrorReply::new(ErrorCode::GoingDown, "the node is shutting down");
+                self.reply(id, &Response::Error(why)).await;
+                self.refused += 1;
+                continue;
+            }
+            // Back-pressure: stop reading while too many requests from
+            // this connection are in flight.
+            let Ok(permit) = self.inflight.clone().acquire_owned().await else {
+                return false;
+            };
+            match decode_request(body) {
+                Ok(req) => {
+                    let (shared, tx, version) = (shared.clone(), self.tx.clone(), self.version);
+                    tokio::spawn(async move {
+                        let resp = execute(&shared, req).await.for_version(version);
+                        if matches!(resp, Response::Error(_)) {
+                            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let mut frame = Vec::new();
+                        encode_response(id, &resp, &mut frame);
+                        let _ = tx.send(frame).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // The frame boundary is intact, so the client can still
+                    // read why; then we close, as documented.
+                    let why =
+                        ErrorReply::new(ErrorCode::BadInput, format!("malformed request: {e}"));
+                    self.reply(id, &Response::Error(why)).await;
+                    return false;
                 }
             }
         }
-        tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => break Ok(()),
-                Ok(_) => {}
-                Err(e) => break Err(e),
-            },
-            _ = stop.changed() => break Ok(()),
-        }
-    };
-    drop(tx);
-    // Replies to requests already taken are still delivered.
-    let _ = writer.await;
-    result
+    }
 }
 
 /// Writes replies in the order they finish, coalescing whatever is ready
@@ -321,10 +420,28 @@ fn not_found(key: &Bytes) -> ErrorReply {
 /// Runs one request to its reply; every failure becomes an error reply.
 pub(crate) async fn execute(shared: &Shared, req: Request) -> Response {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-    match execute_inner(shared, req).await {
+    let resp = match execute_inner(shared, req).await {
         Ok(r) => r,
         Err(e) => Response::Error(e),
+    };
+    within_frame(resp, shared.limits.frame_size_max_bytes)
+}
+
+/// A reply too large for a frame becomes a `TooLarge` error. Sent as it
+/// is, the client would refuse the frame from its header and drop the
+/// connection, and asking again would get the same: an outage to the
+/// client, for what is a request that asks for too much. Reads that can
+/// hold many results stop (ranges) or refuse (multi-gets) before they get
+/// here; this catches whatever else could grow (a script's result).
+fn within_frame(resp: Response, frame_size_max_bytes: usize) -> Response {
+    let length = resp.frame_length();
+    if length <= frame_size_max_bytes {
+        return resp;
     }
+    Response::Error(ErrorReply::new(
+        ErrorCode::TooLarge,
+        format!("a reply of {length} bytes is over frame_size_max_bytes {frame_size_max_bytes}"),
+    ))
 }
 
 async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
@@ -374,7 +491,11 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
 /// reads a few pages and runs here; reads that may touch many pages run
 /// off the async workers.
 async fn read(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
-    let max = shared.limits.range_results_max;
+    let frame_max = shared.limits.frame_size_max_bytes;
+    let page = PageLimits {
+        results_max: shared.limits.range_results_max,
+        frame_size_max_bytes: frame_max,
+    };
     Ok(match req {
         Request::Get { key, .. } => {
             let v = Reader::new(&shared.store).get(&key)?;
@@ -386,32 +507,64 @@ async fn read(shared: &Shared, req: Request) -> Result<Response, ErrorReply> {
         Request::Exists { key, .. } => Response::Bool(Reader::new(&shared.store).exists(&key)?),
         Request::MultiGet { keys, .. } => Response::Values(
             read_off(shared, move |r| {
-                keys.iter()
-                    .map(|k| r.get(k)?.ok_or_else(|| not_found(k)))
-                    .collect()
+                let values = multi_get(r, &keys, frame_max, true)?;
+                Ok(values.into_iter().flatten().collect())
             })
             .await?,
         ),
         Request::MultiGetOption { keys, .. } => Response::OptValues(
-            read_off(shared, move |r| {
-                keys.iter().map(|k| Ok(r.get(k)?)).collect()
-            })
-            .await?,
+            read_off(shared, move |r| multi_get(r, &keys, frame_max, false)).await?,
         ),
-        Request::Range { query, .. } => {
-            Response::Keys(read_off(shared, move |r| Ok(r.range_keys(&query, max)?)).await?)
-        }
-        Request::RangeEntries { query, .. } => {
-            Response::Entries(read_off(shared, move |r| Ok(r.range_entries(&query, max)?)).await?)
-        }
-        Request::PrefixKeys {
-            prefix, max: want, ..
-        } => Response::Keys(
-            read_off(shared, move |r| Ok(r.prefix_keys(&prefix, want.min(max))?)).await?,
+        Request::Range { query, .. } => Response::KeyPage(
+            read_off(shared, move |r| Ok(r.range_keys_page(&query, page)?)).await?,
+        ),
+        Request::RangeEntries { query, .. } => Response::EntryPage(
+            read_off(shared, move |r| Ok(r.range_entries_page(&query, page)?)).await?,
+        ),
+        Request::PrefixKeys { prefix, max, .. } => Response::KeyPage(
+            read_off(shared, move |r| Ok(r.prefix_keys_page(&prefix, max, page)?)).await?,
         ),
         Request::KeyCount { .. } => Response::U64(read_off(shared, |r| Ok(r.key_count()?)).await?),
         _ => unreachable!("execute_inner sends only reads here"),
     })
+}
+
+/// The values of a multi-get, in key order; `required`: a missing key
+/// fails it with `NotFound` (`MultiGet`), else it is `None`
+/// (`MultiGetOption`). A multi-get is answered in one reply, so values
+/// that would not fit in a frame are refused with `TooLarge` as soon as
+/// the running total goes over, before more of them are read into memory.
+fn multi_get(
+    r: &Reader,
+    keys: &[Bytes],
+    frame_size_max_bytes: usize,
+    required: bool,
+) -> Result<Vec<Option<Bytes>>, ErrorReply> {
+    let mut values = Vec::with_capacity(keys.len());
+    let mut bytes = 0;
+    for (i, k) in keys.iter().enumerate() {
+        let v = r.get(k)?;
+        bytes += match (&v, required) {
+            (None, true) => return Err(not_found(k)),
+            (Some(v), true) => nacre_proto::wire::bytes_len(v),
+            (v, false) => nacre_proto::wire::opt_bytes_len(v.as_deref()),
+        };
+        let length = list_reply_frame_length(bytes);
+        if length > frame_size_max_bytes {
+            return Err(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the reply would be over frame_size_max_bytes {frame_size_max_bytes}: \
+                     the values of the first {} of {} keys already take {length} bytes; \
+                     ask for fewer keys per multi-get",
+                    i + 1,
+                    keys.len()
+                ),
+            ));
+        }
+        values.push(v);
+    }
+    Ok(values)
 }
 
 /// A membership change or leadership transfer, proposed to the leader.
@@ -616,15 +769,7 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
             "snapshots_installed",
             s.snapshots_installed.load(Ordering::Relaxed).to_string(),
         ),
-        (
-            "role",
-            if s.is_leader.load(Ordering::Acquire) {
-                "leader"
-            } else {
-                "follower"
-            }
-            .to_string(),
-        ),
+        ("role", s.role().name().to_string()),
         ("term", s.term.load(Ordering::Relaxed).to_string()),
         (
             "applied_index",
@@ -678,4 +823,24 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
         kv.push(("store_cleaner_error", e));
     }
     kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_over_the_frame_limit_becomes_too_large() {
+        let reply = Response::Value(Some(Bytes::from(vec![0u8; 100])));
+        let length = reply.frame_length();
+        assert_eq!(within_frame(reply.clone(), length), reply);
+        match within_frame(reply, length - 1) {
+            Response::Error(e) => {
+                assert_eq!(e.code, ErrorCode::TooLarge);
+                let limit = format!("frame_size_max_bytes {}", length - 1);
+                assert!(e.message.contains(&limit), "{}", e.message);
+            }
+            r => panic!("expected too_large, got {r:?}"),
+        }
+    }
 }

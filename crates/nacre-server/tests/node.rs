@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use nacre_proto::{
     decode_response, encode_request, split_frame, Batch, ClientHello, Consistency, ErrorCode,
-    Guard, Op, RangeQuery, Request, Response, ServerHello, PROTOCOL_VERSION,
+    Guard, Op, Page, RangeQuery, Request, Response, ServerHello, PROTOCOL_VERSION,
 };
 use nacre_server::{RunningServer, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,7 +117,7 @@ async fn reads_writes_and_revisions_mean_what_the_protocol_says() {
 
     assert!(matches!(c.call(Request::Ping).await, Response::Text(t) if t.starts_with("nacre")));
     assert!(
-        matches!(c.call(Request::Version).await, Response::Version(v) if v.info.contains("protocol 1"))
+        matches!(c.call(Request::Version).await, Response::Version(v) if v.info.contains("protocol 2"))
     );
     assert_eq!(
         c.call(Request::WhoMaster).await,
@@ -382,7 +382,10 @@ async fn multi_gets_and_ranges_mean_what_the_protocol_says() {
             query: q.clone()
         })
         .await,
-        Response::Keys(vec![b("k1"), b("k2")])
+        Response::KeyPage(Page {
+            items: vec![b("k1"), b("k2")],
+            more: false
+        })
     );
     match c
         .call(Request::RangeEntries {
@@ -395,7 +398,8 @@ async fn multi_gets_and_ranges_mean_what_the_protocol_says() {
         })
         .await
     {
-        Response::Entries(es) => {
+        Response::EntryPage(Page { items: es, more }) => {
+            assert!(!more);
             let keys: Vec<_> = es.iter().map(|e| e.key.clone()).collect();
             assert_eq!(keys, vec![b("k3"), b("k2"), b("k1")]);
             assert_eq!(es[0].value, b("v-k3"));
@@ -409,7 +413,10 @@ async fn multi_gets_and_ranges_mean_what_the_protocol_says() {
             max: 2
         })
         .await,
-        Response::Keys(vec![b("k1"), b("k2")])
+        Response::KeyPage(Page {
+            items: vec![b("k1"), b("k2")],
+            more: true
+        })
     );
     assert_eq!(
         c.call(Request::KeyCount { consistency: C }).await,
@@ -580,7 +587,8 @@ async fn limits_are_enforced_with_clear_errors() {
         })
         .await;
     }
-    // A range asks for more than the server gives: clamped, not refused.
+    // A range asks for more than the server gives: clamped, not refused,
+    // and the reply says so.
     let q = RangeQuery {
         first: None,
         first_inclusive: true,
@@ -595,7 +603,10 @@ async fn limits_are_enforced_with_clear_errors() {
             query: q
         })
         .await,
-        Response::Keys(vec![b("a"), b("b")])
+        Response::KeyPage(Page {
+            items: vec![b("a"), b("b")],
+            more: true
+        })
     );
 
     // A connection beyond connections_max is refused at the handshake.

@@ -78,11 +78,11 @@ impl OpKind {
 pub fn step(state: &mut KvState, kind: &OpKind) -> OpValue {
     match kind {
         OpKind::Write(b) => OpValue::Write(model::apply(state, b)),
-        OpKind::Get(k) => OpValue::Get(state.get(k).cloned()),
+        OpKind::Get(k) => OpValue::Get(model::value(state, k)),
         OpKind::Range { first, last } => OpValue::Range(
             state
                 .range(first.clone()..=last.clone())
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, e)| (k.clone(), e.value.clone()))
                 .collect(),
         ),
     }

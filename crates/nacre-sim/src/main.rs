@@ -22,6 +22,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     workload_ms: u64,
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
+    /// skip-sessions,
     /// tick-lease, stalled-links.
     #[arg(long)]
     planted: Option<Bug>,

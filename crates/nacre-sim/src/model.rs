@@ -9,8 +9,33 @@ use bytes::Bytes;
 use nacre_proto::{Batch, ErrorCode, Guard, Op};
 use nacre_server::state::Outcome;
 
-/// The user-visible state: key → value (revisions are not modelled).
-pub type KvState = BTreeMap<Bytes, Bytes>;
+/// The user-visible state: key → value and version. Versions are
+/// modelled (a `VersionEquals` guard reads them); the other revisions
+/// (`create_rev`, `mod_rev`) are log indexes and are not.
+pub type KvState = BTreeMap<Bytes, Entry>;
+
+/// A key's value and its version: 1 when created, one more at every set,
+/// gone with the key when it is deleted (a missing key's version is 0).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub value: Bytes,
+    pub version: u64,
+}
+
+/// Sets `k` to `v`, counting the version up; returns the value replaced.
+fn set(state: &mut KvState, k: &Bytes, v: &Bytes) -> Option<Bytes> {
+    let version = state.get(k).map_or(1, |e| e.version + 1);
+    let entry = Entry {
+        value: v.clone(),
+        version,
+    };
+    state.insert(k.clone(), entry).map(|e| e.value)
+}
+
+/// The value of `k`, if it has one.
+pub fn value(state: &KvState, k: &Bytes) -> Option<Bytes> {
+    state.get(k).map(|e| e.value.clone())
+}
 
 /// What a write returned, without the human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -71,13 +96,12 @@ fn holds(state: &KvState, g: &Guard) -> bool {
     match g {
         Guard::Absent(k) => !state.contains_key(k),
         Guard::Present(k) => state.contains_key(k),
-        Guard::ValueEquals(k, v) => state.get(k) == Some(v),
+        Guard::ValueEquals(k, v) => state.get(k).is_some_and(|e| e.value == *v),
         Guard::PrefixKeysEqual { prefix, keys } => {
             let found: Vec<&Bytes> = state.keys().filter(|k| k.starts_with(prefix)).collect();
             found.len() == keys.len() && found.iter().zip(keys).all(|(a, b)| *a == b)
         }
-        // Revisions are not modelled; the workload never sends this guard.
-        Guard::VersionEquals(..) => unreachable!("the simulated workload sends no VersionEquals"),
+        Guard::VersionEquals(k, want) => state.get(k).map_or(0, |e| e.version) == *want,
     }
 }
 
@@ -85,7 +109,7 @@ fn failed(state: &KvState, code: ErrorCode, key: &Bytes) -> WriteResult {
     WriteResult::Failed {
         code,
         key: key.clone(),
-        current: state.get(key).cloned(),
+        current: value(state, key),
     }
 }
 
@@ -103,9 +127,9 @@ pub fn apply(state: &mut KvState, batch: &Batch) -> WriteResult {
     let mut count = 0;
     for op in &batch.ops {
         match op {
-            Op::Set(k, v) => prev = work.insert(k.clone(), v.clone()),
+            Op::Set(k, v) => prev = set(&mut work, k, v),
             Op::Delete(k) => match work.remove(k) {
-                Some(old) => prev = Some(old),
+                Some(old) => prev = Some(old.value),
                 None => {
                     return WriteResult::Failed {
                         code: ErrorCode::NotFound,
@@ -114,7 +138,7 @@ pub fn apply(state: &mut KvState, batch: &Batch) -> WriteResult {
                     }
                 }
             },
-            Op::Remove(k) => prev = work.remove(k),
+            Op::Remove(k) => prev = work.remove(k).map(|e| e.value),
             Op::DeletePrefix(p) => {
                 let doomed: Vec<Bytes> =
                     work.keys().filter(|k| k.starts_with(p)).cloned().collect();
@@ -126,6 +150,24 @@ pub fn apply(state: &mut KvState, batch: &Batch) -> WriteResult {
             Op::Check(g) => {
                 if !holds(&work, g) {
                     return failed(&work, ErrorCode::AssertionFailed, g.key());
+                }
+            }
+            // A conditional write that never fails the batch.
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            } => {
+                prev = value(&work, key);
+                if prev == *expected {
+                    match wanted {
+                        Some(v) => {
+                            set(&mut work, key, v);
+                        }
+                        None => {
+                            work.remove(key);
+                        }
+                    }
                 }
             }
             op => unreachable!("the simulated workload sends no service op {op:?}"),
@@ -152,7 +194,9 @@ pub fn batch_keys(batch: &Batch, universe: &[Bytes]) -> Vec<Bytes> {
     }
     for op in &batch.ops {
         match op {
-            Op::Set(k, _) | Op::Delete(k) | Op::Remove(k) => keys.push(k.clone()),
+            Op::Set(k, _) | Op::Delete(k) | Op::Remove(k) | Op::TestAndSet { key: k, .. } => {
+                keys.push(k.clone())
+            }
             Op::DeletePrefix(p) => add_prefix(&mut keys, p),
             Op::Check(g) => guard_keys(&mut keys, g, &mut add_prefix),
             _ => {}
@@ -174,7 +218,7 @@ mod tests {
     #[test]
     fn sequence_is_all_or_nothing() {
         let mut st = KvState::new();
-        st.insert(b("a"), b("1"));
+        set(&mut st, &b("a"), &b("1"));
         let batch = Batch {
             guards: vec![],
             ops: vec![Op::Set(b("b"), b("2")), Op::Check(Guard::Absent(b("b")))],
@@ -200,5 +244,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// etcd's rule, as the state machine keeps it: 1 on create, one more
+    /// per set, 0 once deleted.
+    #[test]
+    fn versions_count_sets_since_the_key_was_created() {
+        let mut st = KvState::new();
+        let guard = |k: &str, v: u64| Batch {
+            guards: vec![Guard::VersionEquals(b(k), v)],
+            ops: vec![],
+        };
+        let applied =
+            |st: &mut KvState, g: Batch| matches!(apply(st, &g), WriteResult::Applied { .. });
+        assert!(applied(&mut st, guard("a", 0)));
+        set(&mut st, &b("a"), &b("1"));
+        set(&mut st, &b("a"), &b("2"));
+        assert!(applied(&mut st, guard("a", 2)));
+        assert!(!applied(&mut st, guard("a", 1)));
+        let remove = Batch {
+            guards: vec![],
+            ops: vec![Op::Remove(b("a"))],
+        };
+        apply(&mut st, &remove);
+        assert!(applied(&mut st, guard("a", 0)));
+        set(&mut st, &b("a"), &b("3"));
+        assert!(applied(&mut st, guard("a", 1)));
     }
 }

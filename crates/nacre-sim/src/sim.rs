@@ -60,6 +60,9 @@ pub enum Bug {
     AckBeforeFsync,
     /// The state machine ignores batch guards.
     SkipGuard,
+    /// A session-stamped write resent by its client applies again instead
+    /// of being answered with its first outcome.
+    SkipSessions,
     /// The leader lease is counted in ticks, which stop while a process
     /// is paused (`Planted::tick_lease`).
     TickLease,
@@ -77,11 +80,12 @@ impl std::str::FromStr for Bug {
             "follower-reads" => Ok(Bug::FollowerReads),
             "ack-before-fsync" => Ok(Bug::AckBeforeFsync),
             "skip-guard" => Ok(Bug::SkipGuard),
+            "skip-sessions" => Ok(Bug::SkipSessions),
             "tick-lease" => Ok(Bug::TickLease),
             "stalled-links" => Ok(Bug::StalledLinks),
             _ => Err(format!(
-                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, tick-lease, \
-                 stalled-links)"
+                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
+                 tick-lease, stalled-links)"
             )),
         }
     }
@@ -182,6 +186,9 @@ pub struct Stats {
     /// [`Scenario::FollowerCuts`]: times the leader, which kept a quorum
     /// throughout, was seen not leading in its term.
     pub leader_step_downs: u64,
+    /// Writes sent again with their session stamp after a refusal or an
+    /// unknown outcome.
+    pub writes_resent: u64,
 }
 
 /// Everything one run produced.
@@ -573,6 +580,7 @@ impl Sim {
         let tlog = TlogStorage::new(tlog);
         let mut sm = StateMachine::open_with(store, 100_000)?;
         sm.plant_skip_guards(self.cfg.planted == Some(Bug::SkipGuard));
+        sm.plant_skip_sessions(self.cfg.planted == Some(Bug::SkipSessions));
         let opts = NodeOptions {
             id: sn.id,
             initial_members: self.members.clone(),
@@ -591,7 +599,12 @@ impl Sim {
             // the tlog to a short tail: a node that falls further behind is
             // sent a snapshot.
             checkpoint_entries: 64,
+            // The workload's values are small: checkpoints and tails are
+            // counted in entries alone, as before byte bounds existed, so
+            // that every seed replays as it did.
+            checkpoint_bytes: u64::MAX,
             tlog_tail_entries: TLOG_TAIL_ENTRIES,
+            tlog_tail_bytes: u64::MAX,
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),

@@ -81,19 +81,19 @@ fn a_slow_leader_far_past_the_bound_serves_stale_reads() {
 
 #[test]
 fn a_slow_leader_inside_the_bound_stays_safe() {
+    let mut by_lease = 0;
     for seed in SEEDS {
         let r = run_seed(seed, cutoff(1_500, true));
         assert!(r.passed(), "{}", describe(&r, 1_500, true));
         assert_cut_happened(&r, 1_500, true);
-        // The old leader did answer from its lease during the cut, but
-        // only before the new leader acknowledged anything.
-        assert!(
-            r.stats.cutoff_reads_answered > 0,
-            "{}",
-            describe(&r, 1_500, true)
-        );
+        // Never after the new leader acknowledged anything.
         assert_eq!(r.stats.cutoff_reads_after_new_write, 0);
+        by_lease += r.stats.cutoff_reads_answered;
     }
+    // The old leader did answer from its lease during the cuts. (Not in
+    // every seed: with 40 ms leases and up to 18 ms of one-way delay, a
+    // seed may cut the leader off while its renewal round is in flight.)
+    assert!(by_lease > 0, "no read was answered by lease in any cut");
 }
 
 #[test]

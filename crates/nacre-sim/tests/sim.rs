@@ -84,6 +84,11 @@ fn skipped_guard_is_caught() {
 }
 
 #[test]
+fn skipped_session_deduplication_is_caught() {
+    caught_within(Bug::SkipSessions, 50);
+}
+
+#[test]
 fn follower_reads_fail_the_linearizability_check_itself() {
     // The replay check cannot see a stale read (the state was real, just
     // old): only the linearizability search can.

@@ -5,9 +5,34 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use nacre_client::{ClientOptions, Consistency, Limits};
 
-/// The default `--max` of range commands: the server's default
-/// `range_results_max`, so that by default one call returns all it can.
-pub const RANGE_MAX_DEFAULT: u32 = 10_000;
+/// The default `--max` of range commands (the server's default
+/// `range_results_max`, one page): a bare `nacre range` prints a bounded
+/// amount, and says on stderr when it left keys out.
+pub const RANGE_MAX_DEFAULT: u64 = 10_000;
+
+/// How many results a range or prefix command prints: a count, or every
+/// one (`--max -1`, as Arakoon's `max = -1`). The command reads as many
+/// pages as that takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeMax(pub Option<u64>);
+
+impl std::fmt::Display for RangeMax {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("-1"),
+        }
+    }
+}
+
+pub fn parse_range_max(s: &str) -> Result<RangeMax, String> {
+    if s == "-1" {
+        return Ok(RangeMax(None));
+    }
+    s.parse()
+        .map(|n| RangeMax(Some(n)))
+        .map_err(|_| format!("{s:?} is not a count or -1 (all)"))
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -97,9 +122,15 @@ pub struct RangeArgs {
     /// Include the end key itself.
     #[arg(long)]
     pub last_inclusive: bool,
-    /// At most this many results (the server may clamp it).
-    #[arg(long, default_value_t = RANGE_MAX_DEFAULT)]
-    pub max: u32,
+    /// At most this many results, -1 for all (read in as many pages as
+    /// it takes).
+    #[arg(
+        long,
+        default_value_t = RangeMax(Some(RANGE_MAX_DEFAULT)),
+        value_parser = parse_range_max,
+        allow_negative_numbers = true
+    )]
+    pub max: RangeMax,
 }
 
 #[derive(Debug, Subcommand, Clone, PartialEq)]
@@ -111,13 +142,21 @@ pub enum Command {
     /// Cluster configuration, membership and status.
     #[command(subcommand)]
     Cluster(crate::cluster::ClusterCommand),
-    /// Run a whole local cluster in the foreground (Ctrl-C stops it).
+    /// Run a whole local cluster in the foreground (Ctrl-C or SIGTERM
+    /// stops it; a node that dies is restarted).
     LocalCluster {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// Config, data and logs go here (reused if it exists).
         #[arg(long, default_value = "nacre-local")]
         dir: PathBuf,
+        /// Node i (from 1) listens for clients on BASE+2(i-1) and for
+        /// peers on the port after (default: free ports at random).
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Leave a node that dies down instead of restarting it.
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Print a key's value (NotFound: exit code 2).
     Get {
@@ -144,6 +183,24 @@ pub enum Command {
     Delete { key: String },
     /// Print whether a key exists.
     Exists {
+        key: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Fail with exit code 3 unless KEY holds VALUE (--absent: does not
+    /// exist). A read at --consistency: nothing goes through the log.
+    Assert {
+        key: String,
+        #[arg(required_unless_present = "absent", conflicts_with = "absent")]
+        value: Option<String>,
+        /// KEY must not exist.
+        #[arg(long)]
+        absent: bool,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Fail with exit code 3 unless KEY exists. A read at --consistency.
+    AssertExists {
         key: String,
         #[command(flatten)]
         read: ReadArgs,
@@ -221,8 +278,14 @@ pub enum Command {
     /// Keys that start with PREFIX.
     PrefixKeys {
         prefix: String,
-        #[arg(long, default_value_t = RANGE_MAX_DEFAULT)]
-        max: u32,
+        /// At most this many keys, -1 for all.
+        #[arg(
+            long,
+            default_value_t = RangeMax(Some(RANGE_MAX_DEFAULT)),
+            value_parser = parse_range_max,
+            allow_negative_numbers = true
+        )]
+        max: RangeMax,
         #[command(flatten)]
         read: ReadArgs,
     },
@@ -312,7 +375,9 @@ pub fn client_options(cli: &Cli) -> ClientOptions {
             .collect(),
         cluster_id: cli.cluster_id.clone().unwrap_or_default(),
         request_timeout_ms: cli.timeout_ms,
-        connect_timeout_ms: cli.timeout_ms.min(3_000),
+        connect_timeout_ms: cli
+            .timeout_ms
+            .min(ClientOptions::default().connect_timeout_ms),
         limits: Limits::default(),
         ..ClientOptions::default()
     }
@@ -442,7 +507,8 @@ mod tests {
         assert!(q.first_inclusive);
         assert_eq!(q.last.as_deref(), Some(&b"m"[..]));
         assert!(!q.last_inclusive);
-        assert_eq!(q.max, RANGE_MAX_DEFAULT);
+        assert_eq!(range.max, RangeMax(Some(RANGE_MAX_DEFAULT)));
+        assert_eq!(q.max, 10_000);
         let c = parse(&[
             "rev-range-entries",
             "--first-exclusive",
@@ -455,7 +521,37 @@ mod tests {
             panic!()
         };
         assert!(range.first.is_none() && range.first_exclusive && range.last_inclusive);
-        assert_eq!(range.max, 3);
+        assert_eq!(range.max, RangeMax(Some(3)));
+    }
+
+    #[test]
+    fn max_is_a_count_or_minus_one_for_all() {
+        let max = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Range { range, .. }) => Ok(range.max),
+            Ok(Command::PrefixKeys { max, .. }) => Ok(max),
+            Ok(c) => panic!("{c:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(max(&["range", "--max", "-1"]), Ok(RangeMax(None)));
+        assert_eq!(max(&["range", "--max=-1"]), Ok(RangeMax(None)));
+        assert_eq!(
+            max(&["range", "--max", "20000"]),
+            Ok(RangeMax(Some(20_000)))
+        );
+        assert_eq!(
+            max(&["prefix-keys", "p", "--max", "-1"]),
+            Ok(RangeMax(None))
+        );
+        assert_eq!(max(&["prefix-keys", "p"]), Ok(RangeMax(Some(10_000))));
+        // Other negative numbers are no count at all.
+        assert_eq!(
+            max(&["range", "--max", "-2"]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            max(&["range", "--max", "ten"]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
     }
 
     #[test]

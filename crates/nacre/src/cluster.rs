@@ -2,8 +2,6 @@
 //! clusters, membership changes and status.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
 
 use clap::Subcommand;
 use nacre_client::Client;
@@ -20,8 +18,13 @@ pub enum ClusterCommand {
         /// Data directories go under this directory, one per node.
         #[arg(long)]
         dir: PathBuf,
+        /// Node i (from 1) listens for clients on BASE+2(i-1) and for
+        /// peers on the port after (default: free ports at random).
+        #[arg(long)]
+        base_port: Option<u16>,
     },
-    /// Each member's role, term, commit and applied index, and lag.
+    /// Each member's role, applied and match index and lag, as the
+    /// leader sees them (asked of the leader whichever endpoint is given).
     Status,
     /// Add a learner; start it first with `nacre serve --join ...`.
     AddLearner {
@@ -85,23 +88,52 @@ fn free_loopback_port(taken: &mut Vec<u16>) -> std::io::Result<u16> {
     Ok(port)
 }
 
-/// A config for `nodes` local nodes named n1..nN.
-pub fn init_config(nodes: usize, dir: &Path) -> Result<String, String> {
+/// The client and peer addresses of `nodes` local nodes from `base`: node
+/// i (from 1) has `base + 2(i-1)` for clients and the next port for peers.
+pub fn ports_from(base: u16, nodes: usize) -> Result<Vec<(String, String)>, String> {
+    let last = u32::from(base) + 2 * nodes as u32 - 1;
+    if base == 0 || last > u32::from(u16::MAX) {
+        return Err(format!(
+            "--base-port {base}: {nodes} nodes need ports {base} to {last}, within 1 to 65535"
+        ));
+    }
+    Ok((0..nodes as u32)
+        .map(|i| {
+            let client = u32::from(base) + 2 * i;
+            (
+                format!("127.0.0.1:{client}"),
+                format!("127.0.0.1:{}", client + 1),
+            )
+        })
+        .collect())
+}
+
+/// A config for `nodes` local nodes named n1..nN: on the ports from
+/// `base_port` ([`ports_from`]), or on free ports picked at random.
+pub fn init_config_at(nodes: usize, dir: &Path, base_port: Option<u16>) -> Result<String, String> {
     if nodes == 0 || nodes > 9 {
         return Err("--nodes must be between 1 and 9".into());
     }
     let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let fixed = base_port.map(|b| ports_from(b, nodes)).transpose()?;
     let mut cfg = ServerConfig::default();
     let mut taken = Vec::new();
     for i in 1..=nodes {
         let mut port = |what| {
             free_loopback_port(&mut taken).map_err(|e| format!("no free port for {what}: {e}"))
         };
+        let (client, peer) = match &fixed {
+            Some(ports) => ports[i - 1].clone(),
+            None => (
+                format!("127.0.0.1:{}", port("a client address")?),
+                format!("127.0.0.1:{}", port("a peer address")?),
+            ),
+        };
         cfg.nodes.push(NodeConfig {
             name: format!("n{i}"),
             id: None,
-            client: format!("127.0.0.1:{}", port("a client address")?),
-            peer: format!("127.0.0.1:{}", port("a peer address")?),
+            client,
+            peer,
             data_dir: dir.join(format!("n{i}")),
         });
     }
@@ -137,46 +169,7 @@ pub async fn run(
     Ok(match cmd {
         ClusterCommand::InitConfig { .. } => unreachable!("handled without a connection"),
         ClusterCommand::Status => {
-            let members = client.cluster_status().await.map_err(fail)?;
-            let leader_commit = members.iter().find(|m| m.leader).map(|m| m.match_index);
-            let mut kv = Vec::new();
-            for m in &members {
-                // Each node reports its own view; one that does not answer
-                // is shown as unreachable rather than failing the command.
-                let mut opts = crate::cli::client_options(cli);
-                opts.endpoints = vec![m.client.clone()];
-                opts.request_timeout_ms = opts.request_timeout_ms.min(2_000);
-                opts.retries_max = 0;
-                let stats = match Client::connect(opts).await {
-                    Ok(c) => c.statistics().await.ok(),
-                    Err(_) => None,
-                };
-                let get = |k: &str| {
-                    stats
-                        .as_ref()
-                        .and_then(|s| s.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
-                };
-                let p = &m.name;
-                kv.push((format!("{p}.id"), m.id.to_string()));
-                kv.push((format!("{p}.voter"), m.voter.to_string()));
-                kv.push((format!("{p}.client"), m.client.clone()));
-                kv.push((format!("{p}.peer"), m.peer.clone()));
-                kv.push((format!("{p}.reachable"), stats.is_some().to_string()));
-                for field in ["role", "term", "commit_index", "applied_index"] {
-                    kv.push((
-                        format!("{p}.{field}"),
-                        get(field).unwrap_or_else(|| "-".into()),
-                    ));
-                }
-                if let (Some(lc), Some(applied)) = (
-                    leader_commit,
-                    get("applied_index").and_then(|a| a.parse::<u64>().ok()),
-                ) {
-                    kv.push((format!("{p}.lag"), lc.saturating_sub(applied).to_string()));
-                }
-                kv.push((format!("{p}.match_index"), m.match_index.to_string()));
-            }
-            Output::Stats(kv)
+            crate::cluster_status::render(&crate::cluster_status::rows(cli, client).await?)
         }
         ClusterCommand::AddLearner {
             name,
@@ -196,102 +189,6 @@ pub async fn run(
     })
 }
 
-/// `nacre local-cluster`: N nodes as child processes until Ctrl-C.
-pub fn local_cluster(nodes: usize, dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let config_path = dir.join("cluster.toml");
-    if !config_path.exists() {
-        std::fs::write(&config_path, init_config(nodes, dir)?)
-            .map_err(|e| format!("{}: {e}", config_path.display()))?;
-    }
-    let text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
-    let cfg = ServerConfig::from_toml(&text).map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut children: Vec<(String, Child)> = Vec::new();
-    for n in &cfg.nodes {
-        let log = std::fs::File::create(dir.join(format!("{}.log", n.name)))
-            .map_err(|e| e.to_string())?;
-        let child = Command::new(&exe)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .args(["--node", &n.name])
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", n.name))?;
-        children.push((n.name.clone(), child));
-    }
-    let endpoints: Vec<&str> = cfg.nodes.iter().map(|n| n.client.as_str()).collect();
-    println!(
-        "local cluster of {} nodes (config {}):",
-        cfg.nodes.len(),
-        config_path.display()
-    );
-    for n in &cfg.nodes {
-        println!(
-            "  {}  client {}  peer {}  log {}/{}.log",
-            n.name,
-            n.client,
-            n.peer,
-            dir.display(),
-            n.name
-        );
-    }
-    println!(
-        "try:  nacre --endpoints {} set hello world",
-        endpoints.join(",")
-    );
-    println!("Ctrl-C stops the cluster.");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        // A node exits on its own when its raft loop fails: say so once,
-        // and where its log is, while the others run on.
-        let mut reported = vec![false; children.len()];
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                _ = &mut ctrl_c => break,
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-            for ((name, c), done) in children.iter_mut().zip(reported.iter_mut()) {
-                if let (false, Ok(Some(status))) = (*done, c.try_wait()) {
-                    eprintln!(
-                        "{name} has exited ({status}); see {}/{name}.log",
-                        dir.display()
-                    );
-                    *done = true;
-                }
-            }
-        }
-    });
-    for (_, c) in &children {
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-    }
-    for (name, mut c) in children {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match c.try_wait() {
-                Ok(Some(_)) => break,
-                _ if std::time::Instant::now() > deadline => {
-                    eprintln!("{name} did not stop in time; killing it");
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-    println!("stopped");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +196,7 @@ mod tests {
     #[test]
     fn init_config_round_trips_and_is_valid_for_each_node() {
         let dir = tempfile::tempdir().unwrap();
-        let text = init_config(3, dir.path()).unwrap();
+        let text = init_config_at(3, dir.path(), None).unwrap();
         let mut cfg = ServerConfig::from_toml(&text).unwrap();
         assert_eq!(cfg.nodes.len(), 3);
         for name in ["n1", "n2", "n3"] {
@@ -313,13 +210,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("n9"));
-        assert!(init_config(0, dir.path()).is_err());
+        assert!(init_config_at(0, dir.path(), None).is_err());
+    }
+
+    #[test]
+    fn base_port_gives_each_node_two_ports_in_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            ServerConfig::from_toml(&init_config_at(3, dir.path(), Some(7400)).unwrap()).unwrap();
+        let ports: Vec<(&str, &str)> = cfg
+            .nodes
+            .iter()
+            .map(|n| (n.client.as_str(), n.peer.as_str()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("127.0.0.1:7400", "127.0.0.1:7401"),
+                ("127.0.0.1:7402", "127.0.0.1:7403"),
+                ("127.0.0.1:7404", "127.0.0.1:7405"),
+            ]
+        );
+        assert!(init_config_at(3, dir.path(), Some(65_532)).is_err());
+        assert!(ports_from(65_530, 3).is_ok());
+        assert!(ports_from(0, 1).is_err());
     }
 
     #[test]
     fn init_config_ports_are_distinct_and_below_the_outgoing_range() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = ServerConfig::from_toml(&init_config(9, dir.path()).unwrap()).unwrap();
+        let cfg = ServerConfig::from_toml(&init_config_at(9, dir.path(), None).unwrap()).unwrap();
         let ports: Vec<u16> = cfg
             .nodes
             .iter()

@@ -3,10 +3,10 @@
 
 use std::io::Read;
 
-use nacre_client::{Bytes, Client, Request};
+use nacre_client::{Bytes, Client, ClientError, Request};
 
 use crate::cli::{client_options, Cli, Command, RangeArgs, ReadArgs, ScriptCommand, ValueArgs};
-use crate::output::{Failure, Output};
+use crate::output::{Failure, Output, Sink};
 
 async fn script_command(client: &Client, sc: &ScriptCommand) -> Result<Output, Failure> {
     let fail = |e: nacre_client::ClientError| Failure::from_client(&e);
@@ -85,15 +85,109 @@ pub(crate) fn range_query(r: &RangeArgs) -> nacre_client::RangeQuery {
         first_inclusive: !r.first_exclusive,
         last: r.last.as_deref().map(key),
         last_inclusive: r.last_inclusive,
-        max: r.max,
+        // The pages ask for what is still wanted; this is the whole.
+        max: r.max.0.map_or(u32::MAX, |n| n.min(u32::MAX.into()) as u32),
         reverse: false,
     }
 }
-/// Runs one client command.
-pub async fn run_client(cli: &Cli) -> Result<Output, Failure> {
+
+/// `rev-range-entries`: `--first` is the high end where the descending
+/// scan starts, `--last` the low end (a `RangeQuery`'s `first` is always
+/// the low end).
+fn rev_range_query(r: &RangeArgs) -> nacre_client::RangeQuery {
+    let q = range_query(r);
+    nacre_client::RangeQuery {
+        first: q.last,
+        first_inclusive: q.last_inclusive,
+        last: q.first,
+        last_inclusive: q.first_inclusive,
+        reverse: true,
+        ..q
+    }
+}
+
+/// The range and prefix commands: page after page until `--max` results
+/// (or all, for -1), each page printed as it arrives. When `--max` left
+/// keys out, stderr says so: the output is what was asked for, but not
+/// the whole range.
+async fn paged_command(
+    client: &Client,
+    command: &Command,
+    sink: &mut Sink<'_>,
+) -> Result<(), Failure> {
+    let at = |r: &ReadArgs| client.with_consistency(r.consistency);
+    let (left_out, max) = match command {
+        Command::Range { range, read } => {
+            let pages = at(read).range_pages(range_query(range), range.max.0);
+            (print_pages(pages, sink, Output::Keys).await?, range.max)
+        }
+        Command::RangeEntries { range, read } => {
+            let pages = at(read).range_entries_pages(range_query(range), range.max.0);
+            (print_pages(pages, sink, Output::Entries).await?, range.max)
+        }
+        Command::RevRangeEntries { range, read } => {
+            let pages = at(read).range_entries_pages(rev_range_query(range), range.max.0);
+            (print_pages(pages, sink, Output::Entries).await?, range.max)
+        }
+        Command::PrefixKeys { prefix, max, read } => {
+            let pages = at(read).prefix_keys_pages(key(prefix), max.0);
+            (print_pages(pages, sink, Output::Keys).await?, *max)
+        }
+        _ => unreachable!("not a paged command"),
+    };
+    if left_out {
+        eprintln!("nacre: stopped at --max {max}; more keys follow (--max -1 prints them all)");
+    }
+    Ok(())
+}
+
+/// Prints every page; whether keys were left out by the max. Stops early,
+/// quietly, once stdout is gone (the sink keeps why).
+async fn print_pages<T: nacre_client::PageItem>(
+    mut pages: nacre_client::Pages<T>,
+    sink: &mut Sink<'_>,
+    output: fn(Vec<T>) -> Output,
+) -> Result<bool, Failure> {
+    while let Some(page) = pages
+        .next_page()
+        .await
+        .map_err(|e| Failure::from_client(&e))?
+    {
+        if !sink.emit(&output(page.items)) {
+            return Ok(false);
+        }
+    }
+    Ok(pages.more())
+}
+
+/// Runs one client command. Its result is returned to be printed, except
+/// for the paged reads, which print each page into `sink` as it arrives
+/// and return `None`.
+pub async fn run_client(cli: &Cli, sink: &mut Sink<'_>) -> Result<Option<Output>, Failure> {
     // Read local input first: a bad file should not cost a connection.
     let input = local_value(&cli.command)?;
     let batch = local_batch(&cli.command)?;
+    // `--timeout-ms` bounds the command from connecting on, not only each
+    // call: some commands make several (`cluster status` asks every
+    // member).
+    let limit = std::time::Duration::from_millis(cli.timeout_ms);
+    match tokio::time::timeout(limit, run_remote(cli, input, batch, sink)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::from_client(&ClientError::Timeout {
+            after_ms: cli.timeout_ms,
+            last: None,
+        })),
+    }
+}
+
+/// The part of a client command that talks to the cluster (paged reads
+/// print into `sink` and return `None`).
+async fn run_remote(
+    cli: &Cli,
+    input: Option<Bytes>,
+    batch: Option<nacre_client::Batch>,
+    sink: &mut Sink<'_>,
+) -> Result<Option<Output>, Failure> {
     let client = Client::connect(client_options(cli))
         .await
         .map_err(|e| Failure::from_client(&e))?;
@@ -107,12 +201,17 @@ pub async fn run_client(cli: &Cli) -> Result<Output, Failure> {
         Command::Get { .. }
         | Command::GetEntry { .. }
         | Command::Exists { .. }
+        | Command::Assert { .. }
+        | Command::AssertExists { .. }
         | Command::MultiGet { .. }
-        | Command::Range { .. }
+        | Command::KeyCount { .. } => read_command(&client, command).await?,
+        Command::Range { .. }
         | Command::RangeEntries { .. }
         | Command::RevRangeEntries { .. }
-        | Command::PrefixKeys { .. }
-        | Command::KeyCount { .. } => read_command(&client, command).await?,
+        | Command::PrefixKeys { .. } => {
+            paged_command(&client, command, sink).await?;
+            return Ok(None);
+        }
         Command::Set { .. }
         | Command::Confirm { .. }
         | Command::Delete { .. }
@@ -159,7 +258,7 @@ pub async fn run_client(cli: &Cli) -> Result<Output, Failure> {
         }
         Command::Script(sc) => script_command(&client, sc).await?,
     };
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The value a write command takes from the command line, a file or
@@ -228,6 +327,20 @@ async fn read_command(client: &Client, command: &Command) -> Result<Output, Fail
             key: key(k),
             exists: at(read).exists(key(k)).await.map_err(fail)?,
         },
+        Command::Assert {
+            key: k,
+            value,
+            read,
+            ..
+        } => {
+            let want = value.as_deref().map(key);
+            at(read).assert(key(k), want).await.map_err(fail)?;
+            Output::Text("ok".into())
+        }
+        Command::AssertExists { key: k, read } => {
+            at(read).assert_exists(key(k)).await.map_err(fail)?;
+            Output::Text("ok".into())
+        }
         Command::MultiGet {
             keys,
             allow_missing,
@@ -247,36 +360,6 @@ async fn read_command(client: &Client, command: &Command) -> Result<Output, Fail
             };
             Output::Values(ks.into_iter().zip(vals).collect())
         }
-        Command::Range { range, read } => Output::Keys(
-            at(read)
-                .range_query(range_query(range))
-                .await
-                .map_err(fail)?,
-        ),
-        Command::RangeEntries { range, read } => Output::Entries(
-            at(read)
-                .range_entries_query(range_query(range))
-                .await
-                .map_err(fail)?,
-        ),
-        Command::RevRangeEntries { range, read } => Output::Entries(
-            at(read)
-                .rev_range_entries(
-                    range.first.as_deref().map(key),
-                    !range.first_exclusive,
-                    range.last.as_deref().map(key),
-                    range.last_inclusive,
-                    range.max,
-                )
-                .await
-                .map_err(fail)?,
-        ),
-        Command::PrefixKeys { prefix, max, read } => Output::Keys(
-            at(read)
-                .prefix_keys(key(prefix), *max)
-                .await
-                .map_err(fail)?,
-        ),
         Command::KeyCount { read } => Output::Number {
             name: "count",
             n: at(read).key_count().await.map_err(fail)?,

@@ -4,7 +4,9 @@
 mod bench;
 mod cli;
 mod cluster;
+mod cluster_status;
 mod commands;
+mod local_cluster;
 mod output;
 mod seqfile;
 
@@ -55,8 +57,19 @@ fn run(cli: &Cli) -> i32 {
         };
     }
     match &cli.command {
-        Command::LocalCluster { nodes, dir } => {
-            return match cluster::local_cluster(*nodes, dir) {
+        Command::LocalCluster {
+            nodes,
+            dir,
+            base_port,
+            no_restart,
+        } => {
+            let opts = local_cluster::Options {
+                nodes: *nodes,
+                dir: dir.clone(),
+                base_port: *base_port,
+                restart: !no_restart,
+            };
+            return match local_cluster::run(&opts) {
                 Ok(()) => exit::OK,
                 Err(e) => {
                     eprintln!("nacre local-cluster: {e}");
@@ -64,8 +77,12 @@ fn run(cli: &Cli) -> i32 {
                 }
             };
         }
-        Command::Cluster(cluster::ClusterCommand::InitConfig { nodes, dir }) => {
-            return match cluster::init_config(*nodes, dir) {
+        Command::Cluster(cluster::ClusterCommand::InitConfig {
+            nodes,
+            dir,
+            base_port,
+        }) => {
+            return match cluster::init_config_at(*nodes, dir, *base_port) {
                 Ok(text) => {
                     print!("{text}");
                     exit::OK
@@ -89,18 +106,21 @@ fn run(cli: &Cli) -> i32 {
         }
     };
     let mut stdout = std::io::stdout().lock();
-    match rt.block_on(commands::run_client(cli)) {
-        Ok(out) => {
-            let bytes = output::render(&out, cli.json);
-            if let Err(e) = stdout.write_all(&bytes).and_then(|_| stdout.flush()) {
-                // A closed pipe (`| head`) is not worth a message.
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    eprintln!("nacre: cannot write output: {e}");
-                }
-                return exit::GENERIC;
-            }
-            exit::OK
+    let mut sink = output::Sink::new(&mut stdout, cli.json);
+    let result = rt.block_on(commands::run_client(cli, &mut sink));
+    if let Ok(Some(out)) = &result {
+        sink.emit(out);
+    }
+    if let Some(e) = sink.take_error() {
+        // A closed pipe (`| head`) is not worth a message.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("nacre: cannot write output: {e}");
         }
+        return exit::GENERIC;
+    }
+    drop(sink);
+    match result {
+        Ok(_) => exit::OK,
         Err(f) => {
             eprintln!("{}", f.text());
             if cli.json {

@@ -2,6 +2,7 @@
 //! object per result with `--json` (bytes base64-encoded).
 
 use std::fmt::Write as _;
+use std::io::Write;
 
 use base64::Engine;
 use nacre_client::{Bytes, ClientError, KeyEntry, VersionInfo};
@@ -42,6 +43,11 @@ pub enum Output {
         n: u64,
     },
     Stats(Vec<(String, String)>),
+    /// Formatted by its command: `text` as it is, or the JSON objects.
+    Rendered {
+        text: String,
+        json: Vec<Value>,
+    },
     Master(Option<String>),
     Version(VersionInfo),
     Text(String),
@@ -166,8 +172,50 @@ pub fn render(o: &Output, json_mode: bool) -> Vec<u8> {
             line(&mut out, &s);
         }
         Output::Text(t) => line(&mut out, t),
+        Output::Rendered { text, .. } => line(&mut out, text),
     }
     out
+}
+
+/// Where a command's results go (stdout), each written as soon as it is
+/// there: a paged read prints every page as it arrives instead of holding
+/// the whole range. A write that fails is kept for [`Sink::take_error`]
+/// and stops the output.
+pub struct Sink<'a> {
+    out: &'a mut dyn Write,
+    json: bool,
+    error: Option<std::io::Error>,
+}
+
+impl<'a> Sink<'a> {
+    pub fn new(out: &'a mut dyn Write, json: bool) -> Sink<'a> {
+        Sink {
+            out,
+            json,
+            error: None,
+        }
+    }
+
+    /// Writes one result, or one page of them; `false` once writing has
+    /// failed, so that a reader stops fetching what nobody will see.
+    pub fn emit(&mut self, o: &Output) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        let bytes = render(o, self.json);
+        match self.out.write_all(&bytes).and_then(|()| self.out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
+        }
+    }
+
+    /// Why writing failed, if it did.
+    pub fn take_error(&mut self) -> Option<std::io::Error> {
+        self.error.take()
+    }
 }
 
 fn to_json(o: &Output) -> Vec<Value> {
@@ -201,6 +249,7 @@ fn to_json(o: &Output) -> Vec<Value> {
             vec![json!({"major": v.major, "minor": v.minor, "patch": v.patch, "info": v.info})]
         }
         Output::Text(t) => vec![json!({ "reply": t })],
+        Output::Rendered { json, .. } => json.clone(),
     }
 }
 
@@ -212,6 +261,9 @@ pub mod exit {
     pub const ASSERTION_FAILED: i32 = 3;
     pub const UNAVAILABLE: i32 = 4;
     pub const REFUSED: i32 = 5;
+    /// A request or its reply is over a limit (`too_large`): asking again
+    /// the same way gets the same answer, so ask for less.
+    pub const TOO_LARGE: i32 = 6;
     pub const USAGE: i32 = 64;
     /// `nacre serve`: the node stopped on corrupt data (a checksum, a stored
     /// value that does not decode, a tlog behind its store); EX_DATAERR.
@@ -254,6 +306,7 @@ impl Failure {
             Some(ErrorCode::NotFound) => exit::NOT_FOUND,
             Some(ErrorCode::AssertionFailed) => exit::ASSERTION_FAILED,
             Some(ErrorCode::WrongCluster | ErrorCode::UnsupportedVersion) => exit::REFUSED,
+            Some(ErrorCode::TooLarge) => exit::TOO_LARGE,
             _ if e.is_unavailable() => exit::UNAVAILABLE,
             _ => exit::GENERIC,
         };
@@ -480,5 +533,42 @@ mod tests {
         assert_eq!(Failure::from_client(&refused).exit_code, exit::REFUSED);
         let bad = ClientError::Server(ErrorReply::new(ErrorCode::BadInput, "bad"));
         assert_eq!(Failure::from_client(&bad).exit_code, exit::GENERIC);
+        // Too large, from the server or caught before sending.
+        let big = ErrorReply::new(ErrorCode::TooLarge, "over frame_size_max_bytes");
+        let f = Failure::from_client(&ClientError::Server(big.clone()));
+        assert_eq!(
+            (f.exit_code, f.code.as_str()),
+            (exit::TOO_LARGE, "too_large")
+        );
+        let f = Failure::from_client(&ClientError::Limit(big));
+        assert_eq!(f.exit_code, exit::TOO_LARGE);
+    }
+
+    #[test]
+    fn a_sink_writes_each_page_at_once_and_stops_after_a_failed_write() {
+        let mut out = Vec::new();
+        let mut sink = Sink::new(&mut out, false);
+        assert!(sink.emit(&Output::Keys(vec![b("a")])));
+        assert!(sink.emit(&Output::Keys(vec![b("b"), b("c")])));
+        assert!(sink.take_error().is_none());
+        drop(sink);
+        assert_eq!(out, b"a\nb\nc\n");
+
+        /// A pipe whose reader went away.
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut closed = Closed;
+        let mut sink = Sink::new(&mut closed, true);
+        assert!(!sink.emit(&Output::Keys(vec![b("a")])));
+        assert!(!sink.emit(&Output::Keys(vec![b("b")])));
+        let e = sink.take_error().expect("the write error is kept");
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
     }
 }

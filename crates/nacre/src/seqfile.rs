@@ -15,13 +15,12 @@ pub fn parse_sequence(text: &str) -> Result<Batch, String> {
     for v in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
         values.push(v.map_err(|e| format!("sequence is not valid JSON: {e}"))?);
     }
+    // No steps is a valid sequence, as in Arakoon: it goes through the
+    // log like `nop`.
     let steps = match values.as_slice() {
         [Value::Array(a)] => a.clone(),
         _ => values,
     };
-    if steps.is_empty() {
-        return Err("sequence has no steps".into());
-    }
     let mut seq = Sequence::new();
     for (i, step) in steps.iter().enumerate() {
         compile_step(&mut seq, step).map_err(|e| format!("step {}: {e}", i + 1))?;
@@ -190,10 +189,16 @@ mod tests {
             vec![
                 Op::Set(b("a"), b("1")),
                 Op::Delete(b("a")),
-                Op::Check(Guard::Absent(b("t"))),
-                Op::Set(b("t"), b("x")),
-                Op::Check(Guard::ValueEquals(b("t"), b("x"))),
-                Op::Remove(b("t")),
+                Op::TestAndSet {
+                    key: b("t"),
+                    expected: None,
+                    wanted: Some(b("x")),
+                },
+                Op::TestAndSet {
+                    key: b("t"),
+                    expected: Some(b("x")),
+                    wanted: None,
+                },
                 Op::Check(Guard::Absent(b("a"))),
                 Op::Check(Guard::ValueEquals(b("b"), b("2"))),
                 Op::Check(Guard::Present(b("b"))),
@@ -225,10 +230,15 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_sequence_is_accepted() {
+        for text in ["", "[]", " \n"] {
+            assert_eq!(parse_sequence(text).unwrap(), Batch::default(), "{text:?}");
+        }
+    }
+
+    #[test]
     fn bad_input_is_refused_with_the_step_number() {
         let cases = [
-            ("", "no steps"),
-            ("[]", "no steps"),
             (
                 "[{\"op\":\"set\",\"key\":\"a\"}]",
                 "step 1: missing \"value\"",

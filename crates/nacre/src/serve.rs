@@ -152,7 +152,11 @@ mod tests {
     fn node_selects_a_member_of_the_config() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, crate::cluster::init_config(3, dir.path()).unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            crate::cluster::init_config_at(3, dir.path(), None).unwrap(),
+        )
+        .unwrap();
         let a = ServeArgs {
             config: Some(path.clone()),
             node: Some("n2".into()),

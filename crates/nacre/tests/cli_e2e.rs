@@ -281,6 +281,112 @@ fn ranges_and_prefixes() {
     assert_eq!(s.ok(&["key-count"]), "1\n");
 }
 
+/// Sets `n` keys `k00000`... through sequences of at most 5,000 steps
+/// (under `batch_ops_max`).
+fn set_many(s: &Server, n: usize) -> Vec<String> {
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i:05}")).collect();
+    for chunk in keys.chunks(5_000) {
+        let steps: Vec<Value> = chunk
+            .iter()
+            .map(|k| json!({"op": "set", "key": k, "value": "v"}))
+            .collect();
+        let o = s.run_stdin(&["sequence"], Value::Array(steps).to_string().as_bytes());
+        assert_eq!(o.code, 0, "{}", o.stderr);
+    }
+    keys
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[test]
+fn ranges_page_through_to_the_max_and_minus_one_prints_all() {
+    let s = Server::start();
+    // More than one page of the default range_results_max (10,000).
+    let keys = set_many(&s, 10_050);
+    let all: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let rev: Vec<&str> = all.iter().rev().copied().collect();
+
+    for max in ["20000", "-1", "10050"] {
+        let o = s.run(&["range", "--max", max]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_eq!(lines(&o.text()), all, "--max {max}");
+        assert!(!o.stderr.contains("more keys"), "{}", o.stderr);
+    }
+    assert_eq!(lines(&s.ok(&["prefix-keys", "k", "--max", "-1"])), all);
+    let entries = s.ok(&["rev-range-entries", "--max", "-1"]);
+    let got: Vec<&str> = entries
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(got, rev);
+    let json = s.json(&["range-entries", "--first", "k00005", "--max", "-1"]);
+    assert_eq!(json.len(), 10_045);
+    assert_eq!(json[10_044]["key"], b64(b"k10049"));
+
+    // The default max prints one page's worth, and says what it left out.
+    let o = s.run(&["range"]);
+    assert_eq!(o.code, 0);
+    assert_eq!(lines(&o.text()), all[..10_000]);
+    assert!(
+        o.stderr
+            .contains("stopped at --max 10000; more keys follow"),
+        "{}",
+        o.stderr
+    );
+    let o = s.run(&["prefix-keys", "k", "--max", "3"]);
+    assert_eq!((o.text(), o.code), ("k00000\nk00001\nk00002\n".into(), 0));
+    assert!(o.stderr.contains("--max 3"), "{}", o.stderr);
+
+    // A negative max other than -1 is a usage error.
+    assert_eq!(s.run(&["range", "--max", "-2"]).code, 64);
+}
+
+#[test]
+fn a_multi_get_too_large_for_a_frame_exits_too_large_at_once() {
+    let s = Server::start();
+    // Two 15 MiB values: each fits (value_size_max_bytes is 16 MiB), both
+    // together are over the 24 MiB frame.
+    let file = s.dir.path().join("15mib");
+    std::fs::write(&file, vec![b'x'; 15 << 20]).unwrap();
+    for k in ["big1", "big2"] {
+        s.ok(&["set", k, "--value-file", file.to_str().unwrap()]);
+    }
+    // Errors, not requests, are counted: a slow answer (two 15 MiB values
+    // read in a debug build on a loaded machine) draws a ping from the
+    // client, which is a request too.
+    let errors = || -> u64 {
+        let stats = s.json(&["statistics"]);
+        stats[0]["request_errors"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = errors();
+    let o = s.run(&["multi-get", "big1", "big2"]);
+    assert_eq!(o.code, 6, "{}", o.stderr);
+    assert!(o.stderr.contains("[too_large]"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("frame_size_max_bytes 25165824"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("fewer keys"), "{}", o.stderr);
+    // The multi-get was answered too_large once: no retries.
+    assert_eq!(errors() - before, 1);
+    let o = s.run(&["--json", "multi-get", "big1", "big2"]);
+    assert_eq!(o.code, 6);
+    let err = &o.json_lines()[0]["error"];
+    assert_eq!(
+        (err["code"].as_str(), err["exit_code"].as_i64()),
+        (Some("too_large"), Some(6))
+    );
+    // One of them alone is fine.
+    assert_eq!(s.run(&["multi-get", "big1"]).stdout.len(), (15 << 20) + 1);
+}
+
 #[test]
 fn sequences() {
     let s = Server::start();
@@ -330,6 +436,42 @@ fn sequences() {
     let o = s.run_stdin(&["sequence"], br#"[{"op":"frob"}]"#);
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("unknown op"), "{}", o.stderr);
+}
+
+/// Arakoon's meanings, which users carry code over with: a test_and_set
+/// step that does not match leaves the sequence going (an assert step is
+/// what aborts), an empty sequence is a valid write, and a standalone
+/// assert or assert-exists is a read that writes no log entry.
+#[test]
+fn arakoon_meanings_of_test_and_set_asserts_and_empty_sequences() {
+    let s = Server::start();
+    s.ok(&["set", "lock", "someone"]);
+    let seq = r#"[
+        {"op":"test_and_set","key":"lock","expected":null,"wanted":"me"},
+        {"op":"set","key":"after","value":"1"},
+        {"op":"test_and_set","key":"counter","expected":null,"wanted":"0"}
+    ]"#;
+    let o = s.run_stdin(&["sequence"], seq.as_bytes());
+    assert_eq!(o.code, 0, "a test_and_set mismatch aborted: {}", o.stderr);
+    assert_eq!(s.ok(&["get", "lock"]), "someone\n", "the mismatch wrote");
+    assert_eq!(s.ok(&["get", "after"]), "1\n");
+    assert_eq!(s.ok(&["get", "counter"]), "0\n");
+
+    let o = s.run_stdin(&["--json", "sequence"], b"[]");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let empty_at = o.json_lines()[0]["index"].as_u64().unwrap();
+    assert!(empty_at > 0);
+
+    let txid = s.ok(&["get-txid"]);
+    s.ok(&["assert", "lock", "someone"]);
+    s.ok(&["assert", "nope", "--absent"]);
+    s.ok(&["assert-exists", "lock", "--consistency", "any"]);
+    let o = s.run(&["assert", "lock", "me"]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(o.stderr.contains("assertion_failed"), "{}", o.stderr);
+    assert_eq!(s.run(&["assert-exists", "nope"]).code, 3);
+    assert_eq!(s.run(&["assert", "lock", "--absent"]).code, 3);
+    assert_eq!(s.ok(&["get-txid"]), txid, "an assert wrote a log entry");
 }
 
 #[test]

@@ -33,7 +33,6 @@ fn members(config: &Path) -> Vec<nacre_server::NodeConfig> {
 async fn client_of(endpoints: Vec<String>) -> Client {
     let mut opts = ClientOptions::new(endpoints);
     opts.request_timeout_ms = 20_000;
-    opts.retries_max = 50;
     Client::connect(opts).await.unwrap()
 }
 

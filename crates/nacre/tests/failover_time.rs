@@ -78,19 +78,7 @@ async fn leader_fail_over_time() {
         // Let the restarted node catch up before the next trial.
         let idx = c.nop().await.unwrap();
         let back = &cfg.nodes.iter().find(|n| n.name == leader).unwrap().client;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut o = ClientOptions::new([back.clone()]);
-            o.retries_max = 0;
-            if let Ok(rc) = Client::connect(o).await {
-                let applied = rc.get_txid().await.unwrap_or(0);
-                if applied >= idx {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "{leader} did not catch up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::cluster::wait_applied(back, idx).await;
     }
     samples_ms.sort_by(f64::total_cmp);
     let pct = |p: f64| {

@@ -19,7 +19,6 @@ async fn minority_refuses_majority_goes_on_and_all_converge() {
     let all: Vec<String> = cfg.nodes.iter().map(|n| n.client.clone()).collect();
     let mut o = ClientOptions::new(all.clone());
     o.request_timeout_ms = 20_000;
-    o.retries_max = 50;
     let c = Client::connect(o).await.unwrap();
     for i in 0..100 {
         c.set(format!("before/{i}"), "x").await.unwrap();
@@ -68,7 +67,6 @@ async fn minority_refuses_majority_goes_on_and_all_converge() {
         .collect();
     let mut o = ClientOptions::new(majority.clone());
     o.request_timeout_ms = 20_000;
-    o.retries_max = 50;
     let m = Client::connect(o).await.unwrap();
     for i in 0..100 {
         m.set(format!("during/{i}"), "y").await.unwrap();

@@ -64,7 +64,6 @@ fn start_cluster() -> Cluster {
 async fn client(endpoints: Vec<String>) -> Client {
     let mut o = ClientOptions::new(endpoints);
     o.request_timeout_ms = 30_000;
-    o.retries_max = 100;
     Client::connect(o).await.unwrap()
 }
 

@@ -9,4 +9,7 @@ mod response;
 
 pub use error::{ErrorCode, ErrorReply};
 pub use request::{RangeQuery, Request};
-pub use response::{Member, Response, ScriptSource, ScriptSummary, ScriptVersionInfo, VersionInfo};
+pub use response::{
+    list_reply_frame_length, Member, Page, PageItem, Response, ScriptSource, ScriptSummary,
+    ScriptVersionInfo, VersionInfo,
+};

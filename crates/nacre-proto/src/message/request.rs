@@ -7,8 +7,8 @@ use bytes::Bytes;
 use crate::types::{Batch, Consistency, Guard, Op, Session};
 
 /// A key range: optional first and last keys, each inclusive or not, at
-/// most `max` results (a server clamps `max` to its own limit; page on by
-/// asking again from the last key returned).
+/// most `max` results (a server clamps `max` to its own limit and its page
+/// says whether more follow; [`RangeQuery::after`] asks for the rest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeQuery {
     pub first: Option<Bytes>,
@@ -16,8 +16,50 @@ pub struct RangeQuery {
     pub last: Option<Bytes>,
     pub last_inclusive: bool,
     pub max: u32,
-    /// Newest key first.
+    /// Descending: the scan starts at `last` and ends at `first` (`first`
+    /// is always the low end).
     pub reverse: bool,
+}
+
+impl RangeQuery {
+    /// The keys that start with `prefix` (all keys for an empty one), at
+    /// most `max`: the range a `PrefixKeys` read covers.
+    pub fn prefix(prefix: Bytes, max: u32) -> RangeQuery {
+        let last = prefix_end(&prefix);
+        RangeQuery {
+            first: Some(prefix),
+            first_inclusive: true,
+            last,
+            last_inclusive: false,
+            max,
+            reverse: false,
+        }
+    }
+
+    /// The rest of this range after `key` (excluded), in the same
+    /// direction: what to ask next after a page whose last key is `key`
+    /// and whose `more` flag is set.
+    pub fn after(&self, key: Bytes) -> RangeQuery {
+        let mut q = self.clone();
+        if q.reverse {
+            q.last = Some(key);
+            q.last_inclusive = false;
+        } else {
+            q.first = Some(key);
+            q.first_inclusive = false;
+        }
+        q
+    }
+}
+
+/// The first key after every key that starts with `prefix`: the prefix
+/// with its last byte below `FF` incremented and what follows dropped;
+/// `None` (no end) if there is no such byte.
+fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let keep = prefix.iter().rposition(|&b| b < 0xff)?;
+    let mut end = prefix[..=keep].to_vec();
+    end[keep] += 1;
+    Some(Bytes::from(end))
 }
 
 /// Every operation a client can ask for. Opcodes are in [`Request::opcode`].

@@ -97,6 +97,71 @@ pub struct ScriptSource {
     pub source: Bytes,
 }
 
+/// Frame `length` (request id and body) of a reply that is a tag and one
+/// list whose items take `items_bytes` on the wire: what
+/// `frame_size_max_bytes` bounds, for a server that fills a reply item by
+/// item and must stop (or refuse) before it would go over.
+pub const fn list_reply_frame_length(items_bytes: usize) -> usize {
+    8 + 1 + 4 + items_bytes
+}
+
+/// What one result of a range or prefix read is on the wire, and the key
+/// a next page continues after.
+pub trait PageItem {
+    /// The result's key.
+    fn key(&self) -> &Bytes;
+    /// Bytes the result takes in a page reply.
+    fn encoded_len(&self) -> usize;
+}
+
+impl PageItem for Bytes {
+    fn key(&self) -> &Bytes {
+        self
+    }
+
+    fn encoded_len(&self) -> usize {
+        bytes_len(self)
+    }
+}
+
+impl PageItem for KeyEntry {
+    fn key(&self) -> &Bytes {
+        &self.key
+    }
+
+    fn encoded_len(&self) -> usize {
+        KeyEntry::encoded_len(self)
+    }
+}
+
+/// One reply's worth of a range or prefix read, in scan order. `more`
+/// says whether at least one more key of the range follows the last item
+/// (it was left out by the asked `max`, by the server's
+/// `range_results_max` or because the reply would not fit in a frame);
+/// the next page starts after the last item's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub more: bool,
+}
+
+impl<T: PageItem> Page<T> {
+    /// Frame `length` of a page reply whose items take `items_bytes`: a
+    /// list reply and the `more` flag.
+    pub const fn frame_length(items_bytes: usize) -> usize {
+        list_reply_frame_length(items_bytes) + 1
+    }
+
+    /// The key the next page starts after, when there is more to read.
+    pub fn next_after(&self) -> Option<&Bytes> {
+        self.items.last().filter(|_| self.more).map(PageItem::key)
+    }
+
+    fn encoded_len(&self) -> usize {
+        4 + self.items.iter().map(PageItem::encoded_len).sum::<usize>() + 1
+    }
+}
+
 /// Every reply. Which variant answers which request is in docs/protocol.md.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -134,6 +199,10 @@ pub enum Response {
     Scripts(Vec<ScriptSummary>),
     Script(ScriptSource),
     ScriptVersions(Vec<ScriptVersionInfo>),
+    /// Keys of a range or prefix read (protocol 2; version 1 gets `Keys`).
+    KeyPage(Page<Bytes>),
+    /// Entries of a range read (protocol 2; version 1 gets `Entries`).
+    EntryPage(Page<KeyEntry>),
     Error(ErrorReply),
 }
 
@@ -159,8 +228,29 @@ impl Response {
             Response::Scripts(_) => 16,
             Response::Script(_) => 17,
             Response::ScriptVersions(_) => 18,
+            Response::KeyPage(_) => 19,
+            Response::EntryPage(_) => 20,
             Response::Error(_) => 255,
         }
+    }
+
+    /// This reply as a peer speaking protocol `version` can read it.
+    /// Version 1 has no page replies: a page goes as the plain list, its
+    /// `more` flag dropped, which is what version 1 promised (a range
+    /// reply may hold fewer results than asked; page on from the last
+    /// key). Everything else is the same in both versions.
+    pub fn for_version(self, version: u16) -> Response {
+        match self {
+            Response::KeyPage(p) if version < 2 => Response::Keys(p.items),
+            Response::EntryPage(p) if version < 2 => Response::Entries(p.items),
+            r => r,
+        }
+    }
+
+    /// Frame `length` (request id and body) of this reply: what
+    /// `frame_size_max_bytes` bounds.
+    pub fn frame_length(&self) -> usize {
+        8 + self.encoded_len()
     }
 
     /// Bytes [`Response::encode`] writes, tag included.
@@ -202,6 +292,8 @@ impl Response {
             }
             Response::Script(s) => bytes_len(s.name.as_bytes()) + 17 + bytes_len(&s.source),
             Response::ScriptVersions(vs) => 4 + vs.len() * 25,
+            Response::KeyPage(p) => p.encoded_len(),
+            Response::EntryPage(p) => p.encoded_len(),
             Response::Error(e) => {
                 2 + bytes_len(e.message.as_bytes())
                     + opt_bytes_len(e.key.as_deref())
@@ -272,6 +364,14 @@ impl Response {
                 w.u64(v.size_bytes);
                 w.bool(v.live);
             }),
+            Response::KeyPage(p) => {
+                w.list(&p.items, |w, k| w.bytes(k));
+                w.bool(p.more);
+            }
+            Response::EntryPage(p) => {
+                w.list(&p.items, |w, e| e.encode(w));
+                w.bool(p.more);
+            }
             Response::Error(e) => {
                 w.u16(e.code.to_u16());
                 w.str(&e.message);
@@ -345,6 +445,14 @@ impl Response {
                     live: r.bool("live")?,
                 })
             })?),
+            19 => Response::KeyPage(Page {
+                items: r.list("keys", 4, |r| r.bytes("key"))?,
+                more: r.bool("more")?,
+            }),
+            20 => Response::EntryPage(Page {
+                items: r.list("entries", KeyEntry::ENCODED_MIN_BYTES, KeyEntry::decode)?,
+                more: r.bool("more")?,
+            }),
             255 => Response::Error(ErrorReply {
                 code: ErrorCode::from_u16(r.u16("error code")?),
                 message: r.string("message")?,

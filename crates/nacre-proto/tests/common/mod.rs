@@ -3,7 +3,7 @@
 
 use nacre_proto::{
     Batch, Bytes, ClientHello, Command, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry,
-    Member, Op, RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary,
+    Member, Op, Page, RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary,
     ScriptVersionInfo, ServerHello, Session, VersionInfo, NAME_SIZE_MAX_BYTES,
 };
 use proptest::collection::vec;
@@ -79,6 +79,13 @@ pub fn op() -> impl Strategy<Value = Op> {
         (key(), any::<u64>()).prop_map(|(name, version)| Op::ScriptActivate { name, version }),
         key().prop_map(Op::ScriptDelete),
         (key(), any::<u64>()).prop_map(|(name, version)| Op::ScriptLive { name, version }),
+        (key(), option::of(value()), option::of(value())).prop_map(|(key, expected, wanted)| {
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            }
+        }),
     ]
 }
 
@@ -314,6 +321,9 @@ pub fn response() -> impl Strategy<Value = Response> {
                 )
                 .collect()
         )),
+        (keys(), any::<bool>()).prop_map(|(items, more)| Response::KeyPage(Page { items, more })),
+        (vec(entry(), 0..6), any::<bool>())
+            .prop_map(|(items, more)| Response::EntryPage(Page { items, more })),
     ]
 }
 

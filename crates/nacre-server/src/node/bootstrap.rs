@@ -69,7 +69,7 @@ impl Node {
         let (applied, applied_term) = sm.applied();
         let cfg = raft_config(&opts, applied);
         cfg.validate()?;
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let logger = super::events::raft_logger();
 
         let snap_state = Arc::new(Mutex::new(SnapState {
             applied,
@@ -108,6 +108,7 @@ impl Node {
             snapshots_in: HashMap::new(),
             membership_pending: BTreeMap::new(),
             was_leader: false,
+            seen: Default::default(),
             planted: Default::default(),
             lease: Lease::new(Lease::duration_us(opts.election_ticks, opts.tick_ms)),
             renewal: None,
@@ -116,6 +117,7 @@ impl Node {
             rx,
             status: status.clone(),
             checkpointed: applied,
+            applied_bytes_since_checkpoint: 0,
             opts,
             pending: BTreeMap::new(),
             reads_asked: HashMap::new(),

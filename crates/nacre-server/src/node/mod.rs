@@ -20,8 +20,10 @@
 //! | `snapshot.rs` | raft snapshots (taking and installing) and checkpoints |
 //! | `planted.rs` | bugs planted for the simulator, only with the `sim` feature |
 //! | `status.rs` | what other threads see: `Status`, `NodeHandle`, publishing after each turn |
+//! | `events.rs` | raft events in the log: elections, votes, leaders, terms, membership, snapshots |
 
 mod bootstrap;
+mod events;
 mod membership;
 mod planted;
 mod reads;
@@ -50,7 +52,7 @@ use crate::ServerError;
 
 #[cfg(feature = "sim")]
 pub use planted::{stalled_link_back_at_us, Planted};
-pub use status::{NodeHandle, Status};
+pub use status::{NodeHandle, Role, Status};
 
 use planted::PlantedState;
 use reads::ReadRound;
@@ -147,8 +149,13 @@ pub struct NodeOptions {
     pub clock: Arc<dyn Clock>,
     pub proposals_pending_max: usize,
     pub checkpoint_entries: u64,
+    /// A checkpoint also comes once this many bytes of entries were applied
+    /// since the last one.
+    pub checkpoint_bytes: u64,
     /// Entries kept in the tlog behind a checkpoint, for lagging followers.
     pub tlog_tail_entries: u64,
+    /// ...and at most this many bytes of them.
+    pub tlog_tail_bytes: u64,
     /// Deliberate bugs for the simulator to prove its checker catches them
     /// (only with the `sim` feature).
     #[cfg(feature = "sim")]
@@ -177,6 +184,8 @@ pub struct Node {
     snapshots_in: HashMap<u64, PathBuf>,
     membership_pending: BTreeMap<u64, (u64, oneshot::Sender<Result<u64, ErrorReply>>)>,
     was_leader: bool,
+    /// What the log last said about the raft state (`events.rs`).
+    seen: events::Seen,
     /// What the planted bugs track (nothing without the `sim` feature,
     /// where it is never read).
     #[cfg_attr(not(feature = "sim"), allow(dead_code))]
@@ -199,6 +208,8 @@ pub struct Node {
     reads_new: Vec<oneshot::Sender<ReadReply>>,
     read_ctx_next: u64,
     checkpointed: u64,
+    /// Bytes of entry data applied since the last checkpoint.
+    applied_bytes_since_checkpoint: u64,
     shutting_down: bool,
 }
 

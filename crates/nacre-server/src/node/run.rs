@@ -148,6 +148,7 @@ impl Node {
                 if ok {
                     self.status.snapshots_sent.fetch_add(1, Ordering::Relaxed);
                 }
+                self.log_snapshot_sent(to, ok);
                 self.raw.report_snapshot(to, status);
             }
             Msg::Peer(Inbound::Snapshot { msg, path }) => {
@@ -219,6 +220,7 @@ impl Node {
         if msgs.is_empty() {
             return;
         }
+        self.log_snapshots_out(&msgs);
         match &mut self.transport {
             Some(t) => t.send(msgs),
             None => tracing::debug!(n = msgs.len(), "no peer transport; messages dropped"),
@@ -252,6 +254,8 @@ impl Node {
             })
             .collect();
         let outcomes = self.sm.apply(&committed)?;
+        let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+        self.applied_bytes_since_checkpoint += bytes;
         for (e, outcome) in entries.iter().zip(outcomes) {
             if let Some(p) = self.pending.remove(&e.index) {
                 let reply = if p.term == e.term {

@@ -97,28 +97,38 @@ impl Node {
             st.conf = meta.get_conf_state().clone();
         }
         self.checkpointed = meta.index;
+        self.applied_bytes_since_checkpoint = 0;
         self.status.applied.store(meta.index, Ordering::Release);
         self.status
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(index = meta.index, "installed a snapshot from the leader");
+        tracing::info!(node = %self.name_of(self.opts.id), term = self.raw.raft.term,
+            index = meta.index, "installed a snapshot from the leader");
         self.sync_transport()
     }
 
+    /// A checkpoint every `checkpoint_entries` entries or
+    /// `checkpoint_bytes` bytes of them, whichever comes first: counted in
+    /// entries alone, a few large values kept the whole tlog on disk.
     pub(super) fn maybe_checkpoint(&mut self) -> Result<(), ServerError> {
         let (applied, _) = self.sm.applied();
-        if applied >= self.checkpointed + self.opts.checkpoint_entries {
+        if applied >= self.checkpointed + self.opts.checkpoint_entries
+            || self.applied_bytes_since_checkpoint >= self.opts.checkpoint_bytes
+        {
             self.checkpoint()?;
         }
         Ok(())
     }
 
     /// Makes the store durable up to the applied index, then drops tlog
-    /// entries the store now covers (keeping a tail for lagging peers).
+    /// entries the store now covers, keeping a tail for lagging peers of at
+    /// most `tlog_tail_entries` entries and `tlog_tail_bytes` bytes.
     pub(super) fn checkpoint(&mut self) -> Result<(), ServerError> {
         let covered = self.sm.checkpoint()?;
-        let compact_to = covered.saturating_sub(self.opts.tlog_tail_entries);
         let mut log = self.tlog.write();
+        let compact_to = covered
+            .saturating_sub(self.opts.tlog_tail_entries)
+            .max(log.tail_start(covered, self.opts.tlog_tail_bytes));
         // Make sure the persisted commit index is not behind what the store
         // now durably holds.
         log.sync()?;
@@ -126,6 +136,7 @@ impl Node {
             log.compact(compact_to)?;
         }
         self.checkpointed = covered;
+        self.applied_bytes_since_checkpoint = 0;
         self.status.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

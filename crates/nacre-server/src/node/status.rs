@@ -3,7 +3,7 @@
 //! which client tasks send requests.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -23,6 +23,8 @@ pub struct Status {
     pub term: AtomicU64,
     pub leader_id: AtomicU64,
     pub is_leader: AtomicBool,
+    /// This node's [`Role`], as a `u8`; read it with [`Status::role`].
+    role: AtomicU8,
     pub first_index: AtomicU64,
     pub last_index: AtomicU64,
     pub checkpoints: AtomicU64,
@@ -45,14 +47,66 @@ pub struct Status {
     pub progress: Mutex<Vec<Member>>,
 }
 
+/// What part a node plays in its cluster, as `statistics` and `cluster
+/// status` report it. A learner is a non-voting member (it follows the
+/// leader but never votes or campaigns); raft-rs calls it a follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Learner,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Learner => "learner",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+
+    const ALL: [Role; 5] = [
+        Role::Follower,
+        Role::Learner,
+        Role::PreCandidate,
+        Role::Candidate,
+        Role::Leader,
+    ];
+}
+
 impl Status {
+    /// This node's role as of the loop's last turn.
+    pub fn role(&self) -> Role {
+        let i = usize::from(self.role.load(Ordering::Acquire));
+        Role::ALL.get(i).copied().unwrap_or(Role::Follower)
+    }
+
     /// A NotMaster error carrying the leader's client address, if known.
+    ///
+    /// Never this node's own address, although the published `leader_id`
+    /// may name it: the loop publishes once per turn, so a leader that
+    /// stepped down during this turn (a former leader resumed from a pause
+    /// learning of the new term, check-quorum) still has itself published,
+    /// and a leader handing leadership over drops proposals while it still
+    /// leads. A client sent back here would only ask again.
     pub fn not_master(&self) -> ErrorReply {
         let leader = self.leader_id.load(Ordering::Acquire);
-        let (msg, hint) = match self.members.read().get(&leader) {
+        let me = self.id.load(Ordering::Relaxed);
+        let members = self.members.read();
+        let known = members.get(&leader).filter(|_| leader != me);
+        let (msg, hint) = match known {
             Some(m) => (
                 format!("this node is not the leader; {} is", m.name),
                 Some(m.client.clone()),
+            ),
+            None if leader == me && me != 0 => (
+                "this node is not the leader any more, and knows no other yet".to_string(),
+                None,
             ),
             None => (
                 "this node is not the leader, and no leader is known".to_string(),
@@ -180,6 +234,26 @@ impl Node {
             .store(self.raw.raft.leader_id, Ordering::Relaxed);
         s.is_leader
             .store(self.raw.raft.state == StateRole::Leader, Ordering::Release);
+        let role = match self.raw.raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Follower
+                if self
+                    .raw
+                    .raft
+                    .prs()
+                    .conf()
+                    .learners()
+                    .contains(&self.opts.id) =>
+            {
+                Role::Learner
+            }
+            StateRole::Follower => Role::Follower,
+        };
+        let i = Role::ALL.iter().position(|r| *r == role).unwrap_or(0);
+        s.role.store(i as u8, Ordering::Release);
+        self.log_raft_events();
     }
 
     pub(super) fn publish_progress(&self, is_leader: bool) {
@@ -211,5 +285,47 @@ impl Node {
             })
             .collect();
         *self.status.progress.lock() = list;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, client: &str) -> MemberRecord {
+        MemberRecord {
+            name: name.into(),
+            client: client.into(),
+            peer: String::new(),
+        }
+    }
+
+    fn status(me: u64, leader: u64) -> Status {
+        let s = Status::default();
+        s.id.store(me, Ordering::Relaxed);
+        s.leader_id.store(leader, Ordering::Relaxed);
+        let mut m = s.members.write();
+        m.insert(1, member("n1", "127.0.0.1:1"));
+        m.insert(3, member("n3", "127.0.0.1:3"));
+        drop(m);
+        s
+    }
+
+    #[test]
+    fn not_master_names_another_leader() {
+        let e = status(1, 3).not_master();
+        assert_eq!(e.code, ErrorCode::NotMaster);
+        assert_eq!(e.leader.as_deref(), Some("127.0.0.1:3"));
+        assert!(e.message.contains("n3 is"), "{}", e.message);
+    }
+
+    #[test]
+    fn not_master_never_names_the_node_that_sends_it() {
+        // n3 still has itself published as leader (it stepped down, or is
+        // resuming from a pause): it must not send clients back to itself.
+        let e = status(3, 3).not_master();
+        assert_eq!(e.code, ErrorCode::NotMaster);
+        assert_eq!(e.leader, None);
+        assert!(!e.message.contains("n3"), "{}", e.message);
     }
 }

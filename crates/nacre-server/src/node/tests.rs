@@ -50,7 +50,9 @@ fn node(dir: &std::path::Path, sink: Sink) -> Node {
         clock: crate::clock::HostClock::shared(),
         proposals_pending_max: 16,
         checkpoint_entries: 100,
+        checkpoint_bytes: u64::MAX,
         tlog_tail_entries: 0,
+        tlog_tail_bytes: u64::MAX,
         #[cfg(feature = "sim")]
         planted: Default::default(),
     };

@@ -24,6 +24,49 @@ pub enum StateError {
     /// refused.
     #[error("snapshot refused: {0}")]
     BadSnapshot(#[source] Corruption),
+    /// A committed entry in a command format newer than this build reads:
+    /// the other nodes run a newer Nacre. Applying it as a failed command
+    /// would make this replica differ from theirs, so the node stops.
+    #[error(
+        "entry {index} is a command of format {format}, newer than this build reads          (up to {newest}): upgrade this node"
+    )]
+    NewerCommandFormat { index: u64, format: u8, newest: u8 },
+}
+
+/// Why a page of a range or prefix read could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// One result is larger than a whole reply may be, so no page can
+    /// hold it. A configuration whose `frame_size_max_bytes` cannot hold a
+    /// maximal key and value is refused, so this takes a result stored
+    /// under larger limits than the node runs with now.
+    #[error(
+        "one result alone takes a reply of {length} bytes, over frame_size_max_bytes \
+         {frame_size_max_bytes}: no page can hold it"
+    )]
+    ResultTooLarge {
+        length: usize,
+        frame_size_max_bytes: usize,
+    },
+}
+
+impl From<Corruption> for PageError {
+    fn from(c: Corruption) -> PageError {
+        PageError::State(c.into())
+    }
+}
+
+impl From<PageError> for ErrorReply {
+    fn from(e: PageError) -> ErrorReply {
+        match e {
+            PageError::State(e) => e.to_reply(),
+            e @ PageError::ResultTooLarge { .. } => {
+                ErrorReply::new(ErrorCode::TooLarge, e.to_string())
+            }
+        }
+    }
 }
 
 /// A record in the store, or in a snapshot from the leader, that does not

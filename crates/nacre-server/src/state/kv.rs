@@ -5,11 +5,11 @@
 use std::ops::Bound;
 
 use bytes::Bytes;
-use nacre_proto::{Batch, ErrorCode, Guard, KeyEntry, Op, RangeQuery, Revision};
+use nacre_proto::{Batch, ErrorCode, Guard, KeyEntry, Op, Page, PageItem, RangeQuery, Revision};
 use nacre_store::{ReadTxn, Store, WriteTxn};
 
 use super::scripts::{apply_script_op, script_key_count};
-use super::{prefix_end, Corruption, Outcome, StateError, META_NS, USER_NS};
+use super::{prefix_end, Corruption, Outcome, PageError, StateError, META_NS, USER_NS};
 
 const REV_BYTES: usize = Revision::ENCODED_BYTES;
 
@@ -192,6 +192,11 @@ pub(super) fn apply_batch(
                     return Ok(failed);
                 }
             }
+            Op::TestAndSet {
+                key,
+                expected,
+                wanted,
+            } => prev = test_and_set(txn, index, key, expected, wanted, &mut undo)?,
             op => match apply_script_op(txn, index, op, &mut undo)? {
                 Ok(version) => count = version,
                 Err((code, message)) => {
@@ -207,6 +212,36 @@ pub(super) fn apply_batch(
         }
     }
     Ok(Outcome::Applied { prev, count })
+}
+
+/// Arakoon's `test_and_set` step: writes `wanted` (or removes the key)
+/// only if the key holds `expected`, and never fails the batch. Returns
+/// the value it found, as a standalone `test_and_set` reports it.
+fn test_and_set(
+    txn: &mut WriteTxn<'_>,
+    index: u64,
+    key: &Bytes,
+    expected: &Option<Bytes>,
+    wanted: &Option<Bytes>,
+    undo: &mut Undo,
+) -> Result<Option<Bytes>, StateError> {
+    let current = current_value(txn, key)?;
+    if current != *expected {
+        return Ok(current);
+    }
+    match wanted {
+        Some(v) => {
+            set(txn, index, key, v, undo)?;
+        }
+        None => {
+            let uk = user_key(key);
+            if let Some(raw) = txn.get(&uk)? {
+                txn.delete(&uk)?;
+                undo.push((uk, Some(raw)));
+            }
+        }
+    }
+    Ok(current)
 }
 
 /// Sets `key` at log index `index`: a new key's revisions start there, an
@@ -293,88 +328,191 @@ impl Reader {
         Ok(self.txn.count() - service - script_key_count(&self.txn)?)
     }
 
-    /// Visits the user entries of a range query, at most `max_results`,
-    /// until `visit` fails.
-    fn scan_range(
+    /// The user-key bounds of a range query, in store keys.
+    fn bounds(q: &RangeQuery) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+        let start = match &q.first {
+            Some(k) if q.first_inclusive => Bound::Included(user_key(k)),
+            Some(k) => Bound::Excluded(user_key(k)),
+            None => Bound::Included(vec![USER_NS]),
+        };
+        let end = match &q.last {
+            Some(k) if q.last_inclusive => Bound::Included(user_key(k)),
+            Some(k) => Bound::Excluded(user_key(k)),
+            None => Bound::Excluded(vec![USER_NS + 1]),
+        };
+        (start, end)
+    }
+
+    /// One page of the user entries between `start` and `end`: at most
+    /// `max` results and no more than fit in a reply frame of
+    /// `frame_size_max_bytes`. `more` is found by visiting one entry past
+    /// the page, so that it says whether a key follows, not whether the
+    /// page happens to be full. The second value is set when the first
+    /// result alone would not fit: its reply length.
+    fn scan_page<T: PageItem>(
         &self,
-        q: &RangeQuery,
-        max_results: u32,
-        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), Corruption>,
-    ) -> Result<(), StateError> {
-        let first = q.first.as_deref().map(user_key);
-        let last = q.last.as_deref().map(user_key);
-        let ns = [USER_NS];
-        let ns_end = [USER_NS + 1];
-        let start = match &first {
-            Some(k) if q.first_inclusive => Bound::Included(&k[..]),
-            Some(k) => Bound::Excluded(&k[..]),
-            None => Bound::Included(&ns[..]),
+        (start, end): (Bound<&[u8]>, Bound<&[u8]>),
+        reverse: bool,
+        max: u32,
+        frame_size_max_bytes: usize,
+        mut item: impl FnMut(&[u8], &[u8]) -> Result<T, Corruption>,
+    ) -> Result<(Page<T>, Option<usize>), StateError> {
+        let mut page = Page {
+            items: Vec::new(),
+            more: false,
         };
-        let end = match &last {
-            Some(k) if q.last_inclusive => Bound::Included(&k[..]),
-            Some(k) => Bound::Excluded(&k[..]),
-            None => Bound::Excluded(&ns_end[..]),
-        };
-        let max = q.max.min(max_results) as u64;
-        if max == 0 {
-            return Ok(());
-        }
-        let mut seen = 0u64;
+        let mut bytes = 0;
         let mut failed = None;
-        self.txn.scan(start, end, q.reverse, |k, v| {
-            if let Err(e) = visit(k, v) {
-                failed = Some(e);
+        let mut too_large = None;
+        self.txn.scan(start, end, reverse, |k, v| {
+            if page.items.len() >= max as usize {
+                page.more = true;
                 return false;
             }
-            seen += 1;
-            seen < max
+            let it = match item(k, v) {
+                Ok(it) => it,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            };
+            let len = it.encoded_len();
+            if Page::<T>::frame_length(bytes + len) > frame_size_max_bytes {
+                page.more = true;
+                if page.items.is_empty() {
+                    too_large = Some(Page::<T>::frame_length(len));
+                }
+                return false;
+            }
+            bytes += len;
+            page.items.push(it);
+            true
         })?;
         match failed {
             Some(e) => Err(e.into()),
-            None => Ok(()),
+            None => Ok((page, too_large)),
         }
     }
 
-    pub fn range_keys(&self, q: &RangeQuery, max_results: u32) -> Result<Vec<Bytes>, StateError> {
-        let mut keys = Vec::new();
-        self.scan_range(q, max_results, |k, _| {
-            keys.push(Bytes::copy_from_slice(user_part(k)));
-            Ok(())
-        })?;
-        Ok(keys)
+    /// A page for a reply: a first result no reply can hold is an error,
+    /// since an empty page that says "more" would never advance.
+    fn page_for_reply<T>(
+        scanned: (Page<T>, Option<usize>),
+        limits: PageLimits,
+    ) -> Result<Page<T>, PageError> {
+        match scanned {
+            (page, None) => Ok(page),
+            (_, Some(length)) => Err(PageError::ResultTooLarge {
+                length,
+                frame_size_max_bytes: limits.frame_size_max_bytes,
+            }),
+        }
     }
 
-    pub fn range_entries(
+    fn range_page<T: PageItem>(
         &self,
         q: &RangeQuery,
-        max_results: u32,
-    ) -> Result<Vec<KeyEntry>, StateError> {
-        let mut entries = Vec::new();
-        self.scan_range(q, max_results, |k, raw| {
-            let (rev, value) = decode_stored(k, raw)?;
-            entries.push(KeyEntry {
-                key: Bytes::copy_from_slice(user_part(k)),
-                value: Bytes::copy_from_slice(value),
-                rev,
-            });
-            Ok(())
-        })?;
-        Ok(entries)
+        limits: PageLimits,
+        item: impl FnMut(&[u8], &[u8]) -> Result<T, Corruption>,
+    ) -> Result<(Page<T>, Option<usize>), StateError> {
+        let (start, end) = Self::bounds(q);
+        let bounds = (
+            start.as_ref().map(Vec::as_slice),
+            end.as_ref().map(Vec::as_slice),
+        );
+        let max = q.max.min(limits.results_max);
+        self.scan_page(bounds, q.reverse, max, limits.frame_size_max_bytes, item)
     }
 
-    pub fn prefix_keys(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, StateError> {
+    fn prefix_page(
+        &self,
+        prefix: &[u8],
+        max: u32,
+        limits: PageLimits,
+    ) -> Result<(Page<Bytes>, Option<usize>), StateError> {
         let start = user_key(prefix);
         let end = prefix_end(&start);
         let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let mut keys = Vec::new();
-        if max == 0 {
-            return Ok(keys);
+        self.scan_page(
+            (Bound::Included(&start[..]), end_bound),
+            false,
+            max.min(limits.results_max),
+            limits.frame_size_max_bytes,
+            |k, _| Ok(Bytes::copy_from_slice(user_part(k))),
+        )
+    }
+
+    fn entry(k: &[u8], raw: &[u8]) -> Result<KeyEntry, Corruption> {
+        let (rev, value) = decode_stored(k, raw)?;
+        Ok(KeyEntry {
+            key: Bytes::copy_from_slice(user_part(k)),
+            value: Bytes::copy_from_slice(value),
+            rev,
+        })
+    }
+
+    /// The keys of a range query, one page of them (see [`PageLimits`]).
+    pub fn range_keys_page(
+        &self,
+        q: &RangeQuery,
+        limits: PageLimits,
+    ) -> Result<Page<Bytes>, PageError> {
+        let scanned =
+            self.range_page(q, limits, |k, _| Ok(Bytes::copy_from_slice(user_part(k))))?;
+        Self::page_for_reply(scanned, limits)
+    }
+
+    /// The entries of a range query, one page of them (see [`PageLimits`]).
+    pub fn range_entries_page(
+        &self,
+        q: &RangeQuery,
+        limits: PageLimits,
+    ) -> Result<Page<KeyEntry>, PageError> {
+        Self::page_for_reply(self.range_page(q, limits, Self::entry)?, limits)
+    }
+
+    /// The keys starting with `prefix`, at most `max`, one page of them
+    /// (see [`PageLimits`]).
+    pub fn prefix_keys_page(
+        &self,
+        prefix: &[u8],
+        max: u32,
+        limits: PageLimits,
+    ) -> Result<Page<Bytes>, PageError> {
+        Self::page_for_reply(self.prefix_page(prefix, max, limits)?, limits)
+    }
+
+    /// The entries of a range query, at most `max`, with no byte limit:
+    /// for readers that are not building a reply (scripts, the simulator).
+    pub fn range_entries(&self, q: &RangeQuery, max: u32) -> Result<Vec<KeyEntry>, StateError> {
+        let (page, _) = self.range_page(q, PageLimits::results(max), Self::entry)?;
+        Ok(page.items)
+    }
+
+    /// The keys starting with `prefix`, at most `max`, with no byte limit.
+    pub fn prefix_keys(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, StateError> {
+        let (page, _) = self.prefix_page(prefix, max, PageLimits::results(max))?;
+        Ok(page.items)
+    }
+}
+
+/// How much one page of a range or prefix read may hold: a query's own
+/// smaller `max` wins over `results_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimits {
+    /// Results in one page (`range_results_max` for a client's read).
+    pub results_max: u32,
+    /// The reply frame's `length` (`frame_size_max_bytes` for a client's
+    /// read): a page stops before a result that would not fit.
+    pub frame_size_max_bytes: usize,
+}
+
+impl PageLimits {
+    /// At most `max` results, however many bytes they take.
+    pub fn results(max: u32) -> PageLimits {
+        PageLimits {
+            results_max: max,
+            frame_size_max_bytes: usize::MAX,
         }
-        self.txn
-            .scan(Bound::Included(&start[..]), end_bound, false, |k, _| {
-                keys.push(Bytes::copy_from_slice(user_part(k)));
-                keys.len() < max as usize
-            })?;
-        Ok(keys)
     }
 }

@@ -40,12 +40,12 @@ use bytes::Bytes;
 use nacre_proto::{Command, ErrorCode};
 use nacre_store::{Durability, Store, WriteTxn};
 
-pub use kv::{user_key, Reader};
+pub use kv::{user_key, PageLimits, Reader};
 pub use members::MemberRecord;
 pub use scripts::{decode_script_head, script_head_key, script_version_key, SCRIPT_NS};
 pub use snapshot::{check_snapshot_pair, is_local_key};
 
-pub use error::{describe_key, Corruption, StateError};
+pub use error::{describe_key, Corruption, PageError, StateError};
 
 use kv::apply_batch;
 
@@ -89,6 +89,10 @@ pub struct StateMachine {
     /// as if they had no guards. Only with the `sim` feature.
     #[cfg(feature = "sim")]
     planted_skip_guards: bool,
+    /// A planted bug: a session-stamped retry applies again instead of
+    /// being answered with the first outcome. Only with `sim`.
+    #[cfg(feature = "sim")]
+    planted_skip_sessions: bool,
 }
 
 /// The exclusive end of the keys that start with `prefix` (none at the
@@ -133,6 +137,8 @@ impl StateMachine {
             session_retention_entries: session_retention_entries.max(1),
             #[cfg(feature = "sim")]
             planted_skip_guards: false,
+            #[cfg(feature = "sim")]
+            planted_skip_sessions: false,
         })
     }
 
@@ -144,6 +150,22 @@ impl StateMachine {
     #[cfg(feature = "sim")]
     pub fn plant_skip_guards(&mut self, on: bool) {
         self.planted_skip_guards = on;
+    }
+
+    /// Plants a bug for the simulator: retries of a session-stamped write
+    /// apply again (no deduplication).
+    #[cfg(feature = "sim")]
+    pub fn plant_skip_sessions(&mut self, on: bool) {
+        self.planted_skip_sessions = on;
+    }
+
+    /// Whether the planted bug of [`StateMachine::plant_skip_sessions`] is
+    /// on; never without the `sim` feature.
+    fn skips_sessions(&self) -> bool {
+        #[cfg(feature = "sim")]
+        return self.planted_skip_sessions;
+        #[cfg(not(feature = "sim"))]
+        false
     }
 
     /// Whether the planted bug of [`StateMachine::plant_skip_guards`] is
@@ -204,6 +226,16 @@ impl StateMachine {
             return Ok(Outcome::Applied {
                 prev: None,
                 count: 0,
+            });
+        }
+        // A format this build does not know is not a bad command: another
+        // node wrote it and applies it. Stop rather than differ from it.
+        let newest = Command::FORMAT_V2;
+        if let Some(&format) = e.data.first().filter(|f| **f > newest) {
+            return Err(StateError::NewerCommandFormat {
+                index: e.index,
+                format,
+                newest,
             });
         }
         let decoded = Command::decode(Bytes::copy_from_slice(e.data)).map(|mut c| {

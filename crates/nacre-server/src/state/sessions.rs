@@ -108,7 +108,10 @@ impl StateMachine {
         let epoch = index / self.session_retention_entries;
         let key = session_key(epoch, session.client_id, session.seq);
         let mut first = txn.get(&key)?.map(|raw| (key.clone(), raw));
-        if first.is_none() && epoch > 0 {
+        if self.skips_sessions() {
+            first = None;
+        }
+        if first.is_none() && epoch > 0 && !self.skips_sessions() {
             let previous = session_key(epoch - 1, session.client_id, session.seq);
             first = txn.get(&previous)?.map(|raw| (previous, raw));
         }

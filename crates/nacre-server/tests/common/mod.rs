@@ -28,7 +28,9 @@ pub fn node_options(dir: &std::path::Path) -> NodeOptions {
         clock: nacre_server::clock::HostClock::shared(),
         proposals_pending_max: 16,
         checkpoint_entries: 100,
+        checkpoint_bytes: u64::MAX,
         tlog_tail_entries: 0,
+        tlog_tail_bytes: u64::MAX,
         // The field exists only when a build turns on the `sim` feature
         // (nacre-sim does, so a workspace build has it).
         #[cfg(feature = "sim")]

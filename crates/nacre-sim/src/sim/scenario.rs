@@ -112,6 +112,11 @@ impl Sim {
             if c % 2 == 0 {
                 self.clients[c].pin = Some(l);
                 self.clients[c].hold = pause;
+                // Whatever it was waiting for, it gives up now, so that
+                // its reads reach the leader from the start.
+                if let Some(p) = self.clients[c].pending.as_mut() {
+                    p.give_up(self.now_us);
+                }
             } else {
                 let j = self.other_node(l);
                 self.clients[c].target = j;

@@ -15,6 +15,9 @@ use crate::checker::{Call, OpKind, OpValue};
 use crate::model::WriteResult;
 
 const WRITE_TIMEOUT_US: u64 = 2_000_000;
+/// How often a client that retries sends a write again, at most, after
+/// a refusal or an unknown outcome (with the same session stamp).
+const WRITE_RESENDS_MAX: u32 = 4;
 const READ_TIMEOUT_US: u64 = 1_000_000;
 
 /// The answer a client waits for.
@@ -24,6 +27,14 @@ pub(super) enum Waiting {
         data: Vec<u8>,
     },
     Read(oneshot::Receiver<ReadReply>),
+}
+
+impl Pending {
+    /// The client stops waiting at `now_us` and sends nothing again.
+    pub(super) fn give_up(&mut self, now_us: u64) {
+        self.deadline_us = now_us;
+        self.resends_left = 0;
+    }
 }
 
 impl Waiting {
@@ -50,6 +61,12 @@ pub(super) struct Pending {
     /// acknowledged a write
     /// ([`Scenario::LeaderPause`](super::Scenario::LeaderPause)).
     pub(super) pause_read: bool,
+    /// Times this write may still be sent again with its session stamp,
+    /// as the real client does (0 for reads and for clients that give up).
+    resends_left: u32,
+    /// An earlier send of this write ended without a definite answer, so
+    /// it may have applied even if a later one is refused.
+    maybe_applied: bool,
 }
 
 /// One client: one operation in flight at a time.
@@ -61,6 +78,9 @@ pub(super) struct Client {
     pub(super) seen_index: u64,
     /// Values this client saw, per key, to aim test_and_set at.
     pub(super) seen: BTreeMap<Bytes, Option<Bytes>>,
+    /// Versions this client saw by consistent gets, to aim version guards
+    /// at (0: absent, as a guard means it).
+    seen_versions: BTreeMap<Bytes, u64>,
     /// A scenario's reader: sends only consistent reads, all to this node.
     pub(super) pin: Option<usize>,
     /// A pause's reader, until another node acknowledges a write: it waits.
@@ -75,6 +95,7 @@ impl Client {
             pending: None,
             seen_index: 0,
             seen: BTreeMap::new(),
+            seen_versions: BTreeMap::new(),
             pin: None,
             hold: false,
         }
@@ -161,10 +182,15 @@ impl Sim {
     }
 
     /// A sequence over three random keys: a guard on `k` (or an `assert`
-    /// step), then a set and a remove.
+    /// step), then a set and a remove (sometimes a delete_prefix).
     fn sequence_request(&mut self, c: usize, k: &Bytes, v: Bytes) -> Request {
         let (k2, k3) = (self.key(), self.key());
+        let seen_version = self.clients[c].seen_versions.get(k).copied();
         let guard = match self.clients[c].seen.get(k).cloned().flatten() {
+            // Optimistic concurrency with the version a get returned.
+            _ if self.rng.random_bool(0.3) => {
+                Guard::VersionEquals(k.clone(), seen_version.unwrap_or(0))
+            }
             Some(seen) => Guard::ValueEquals(k.clone(), seen),
             None if self.rng.random_bool(0.5) => Guard::Absent(k.clone()),
             None => Guard::Present(k.clone()),
@@ -175,7 +201,12 @@ impl Sim {
             (vec![], vec![Op::Check(guard)])
         };
         ops.push(Op::Set(k2, v));
-        ops.push(Op::Remove(k3));
+        ops.push(match self.rng.random_range(0..20) {
+            // Every key (they all start with "k"), or the keys under one.
+            0 => Op::DeletePrefix(Bytes::from_static(b"k")),
+            1..=2 => Op::DeletePrefix(k3),
+            _ => Op::Remove(k3),
+        });
         Request::Batch(Batch { guards, ops })
     }
 
@@ -209,6 +240,15 @@ impl Sim {
             Waiting::Write { rx, data },
             WRITE_TIMEOUT_US,
         );
+        // Half the writes are retried under their session until they get
+        // a definite answer, as the real client retries: exactly once is
+        // then the state machine's job (its deduplication), and the
+        // replay check holds every answer to the log.
+        if self.rng.random_bool(0.5) {
+            if let Some(p) = self.clients[c].pending.as_mut() {
+                p.resends_left = WRITE_RESENDS_MAX;
+            }
+        }
     }
 
     /// What client `c` reads: a get of `k`, or a range from `k`.
@@ -301,6 +341,8 @@ impl Sim {
             deadline_us: self.now_us + timeout_us,
             waiting,
             pause_read,
+            resends_left: 0,
+            maybe_applied: false,
         });
         self.deliver(i, msg);
     }
@@ -353,25 +395,24 @@ impl Sim {
                 true
             }
             Ok(Err(e)) if e.code == ErrorCode::NotMaster => {
-                // Refused before it entered the log (or its index
-                // went to another leader's entry): it never applies.
+                // This send was refused before it entered the log (or its
+                // index went to another leader's entry): it never applies.
                 self.stats.writes_refused += 1;
                 self.follow_hint(c, p.node);
+                if self.resend_write(c, p) {
+                    return false;
+                }
+                if p.maybe_applied {
+                    self.open_write(p.call.clone());
+                }
                 true
             }
             Ok(Err(e)) => {
                 self.log(|| format!("c{c} <- n{}: write outcome unknown: {}", p.node, e.message));
-                self.open_write(p.call.clone());
-                true
+                self.unknown_outcome(c, p)
             }
-            Err(TryRecvError::Closed) => {
-                self.open_write(p.call.clone());
-                true
-            }
-            Err(TryRecvError::Empty) if self.now_us >= p.deadline_us => {
-                self.open_write(p.call.clone());
-                true
-            }
+            Err(TryRecvError::Closed) => self.unknown_outcome(c, p),
+            Err(TryRecvError::Empty) if self.now_us >= p.deadline_us => self.unknown_outcome(c, p),
             Err(TryRecvError::Empty) => false,
         }
     }
@@ -434,6 +475,13 @@ impl Sim {
             .applied
             .load(std::sync::atomic::Ordering::Acquire);
         let value = read(node.store(), &p.call.kind);
+        let version = match &p.call.kind {
+            OpKind::Get(k) => Reader::new(node.store())
+                .get_entry(k)
+                .expect("store read")
+                .map_or(0, |e| e.rev.version),
+            _ => 0,
+        };
         if applied < read_index {
             let why = format!(
                 "n{} released a read at index {read_index} having applied only {applied}",
@@ -456,6 +504,7 @@ impl Sim {
         self.note_read(c, applied, &value);
         if let (OpKind::Get(k), OpValue::Get(v)) = (&p.call.kind, &value) {
             self.clients[c].seen.insert(k.clone(), v.clone());
+            self.clients[c].seen_versions.insert(k.clone(), version);
         }
         self.reads.push(ReadObs {
             node: p.node,
@@ -464,6 +513,50 @@ impl Sim {
             kind: p.call.kind.clone(),
             value,
         });
+    }
+
+    /// Client `c`'s write `p` got no definite answer: it is sent again if
+    /// the client retries (not done), else it stays open (done).
+    fn unknown_outcome(&mut self, c: usize, p: &mut Pending) -> bool {
+        p.maybe_applied = true;
+        if self.resend_write(c, p) {
+            return false;
+        }
+        self.open_write(p.call.clone());
+        true
+    }
+
+    /// Sends client `c`'s write `p` again, with the same command and
+    /// session stamp, to the node it now believes leads (any node that is
+    /// up if that one is down); false if the client has no resends left.
+    fn resend_write(&mut self, c: usize, p: &mut Pending) -> bool {
+        if p.resends_left == 0 || !self.workload {
+            return false;
+        }
+        let Waiting::Write { data, .. } = &p.waiting else {
+            return false;
+        };
+        let data = data.clone();
+        let target = self.clients[c].target;
+        let mut i = self.scenario_redirect(c, target);
+        if self.nodes[i].node.is_none() {
+            let Some(up) = self.up_node() else {
+                return false;
+            };
+            i = up;
+        }
+        p.resends_left -= 1;
+        self.stats.writes_resent += 1;
+        let (reply, rx) = oneshot::channel();
+        p.waiting = Waiting::Write {
+            rx,
+            data: data.clone(),
+        };
+        p.node = i;
+        p.deadline_us = self.now_us + WRITE_TIMEOUT_US;
+        self.log(|| format!("c{c} -> n{i}: again {:?}", p.call.kind));
+        self.deliver(i, Msg::Propose { data, reply });
+        true
     }
 
     /// A write whose outcome is unknown stays open in the history: it may

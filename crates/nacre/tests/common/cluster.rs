@@ -74,12 +74,12 @@ impl Cluster {
         self.cfg.nodes.iter().map(|n| n.client.clone()).collect()
     }
 
-    /// A client of every node that retries through elections.
+    /// A client of every node with the default options: it retries
+    /// through elections until its 10 s timeout.
     pub async fn client(&self, endpoints: Vec<String>) -> Client {
-        let mut o = ClientOptions::new(endpoints);
-        o.request_timeout_ms = 10_000;
-        o.retries_max = 100;
-        Client::connect(o).await.unwrap()
+        Client::connect(ClientOptions::new(endpoints))
+            .await
+            .unwrap()
     }
 
     /// A client of node `name` alone that never follows a redirect.
@@ -161,4 +161,24 @@ pub async fn local_client(addr: &str, consistency: Consistency, timeout_ms: u64)
         .await
         .unwrap()
         .with_consistency(consistency)
+}
+
+/// Waits, at most 30 s, until the node at `addr` has applied log index
+/// `index` (a restarted node catching up, say).
+pub async fn wait_applied(addr: &str, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut o = ClientOptions::new([addr.to_string()]);
+        o.retries_max = 0;
+        if let Ok(c) = Client::connect(o).await {
+            if c.get_txid().await.unwrap_or(0) >= index {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not apply index {index} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

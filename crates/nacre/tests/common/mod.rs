@@ -42,21 +42,37 @@ impl Drop for ServerProc {
 /// its peer listener and answered `going_down`. Ports from a per-process
 /// counter in 20000..32000 do not race with outgoing connections.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `count` consecutive ports that are all free now. Every port
+/// a test uses comes from this one per-process counter (cluster configs
+/// too, through `--base-port`): two tests running at once in one binary
+/// once drew the same port, one from this counter and one from
+/// `init-config`'s random pick, because neither was bound yet.
+pub fn free_ports(count: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const BASE: u32 = 20_000;
     const SPAN: u32 = 12_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    assert!(count > 0 && u32::from(count) < SPAN);
     // Test binaries run one after another but may overlap with a dying
     // predecessor's processes: start each at a place given by its pid.
-    let start = std::process::id().wrapping_mul(7919);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
     for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (BASE + start.wrapping_add(n) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let n = NEXT.fetch_add(u32::from(count), Ordering::Relaxed);
+        let first = (start.wrapping_add(n) % SPAN) as u16;
+        if u32::from(first) + u32::from(count) > SPAN {
+            continue; // the block would wrap around the span's end
+        }
+        let first = BASE as u16 + first;
+        let all_free = (first..first + count)
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return first;
         }
     }
-    panic!("no free port in {BASE}..{}", BASE + SPAN);
+    panic!("no {count} free ports in {BASE}..{}", BASE + SPAN);
 }
 
 impl ServerProc {
@@ -199,7 +215,12 @@ impl ServerProc {
 /// `dir/cluster.toml`. Returns its path and its parsed form.
 pub fn init_cluster(dir: &Path, n: usize, settings: &str) -> (PathBuf, nacre_server::ServerConfig) {
     let out = Command::new(NACRE)
-        .args(["cluster", "init-config", "--nodes", &n.to_string(), "--dir"])
+        .args(["cluster", "init-config", "--nodes", &n.to_string()])
+        .args([
+            "--base-port",
+            &free_ports(2 * n as u16).to_string(),
+            "--dir",
+        ])
         .arg(dir)
         .output()
         .unwrap();
