@@ -32,16 +32,25 @@ fn describe(r: &Report, planted: &str) -> String {
 
 #[test]
 fn a_leader_that_keeps_a_quorum_never_steps_down() {
+    // A round takes up to 3.6 s, so a seed whose leader came late may
+    // have time for one only; the seeds together must cut many.
+    let (mut cuts, mut stalled) = (0, 0);
     for seed in 1..=6 {
         let r = run_seed(seed, follower_cuts(None));
         assert!(r.passed(), "{}", describe(&r, ""));
         assert!(
-            r.stats.follower_cuts >= 2 && r.stats.links_stalled > 0,
+            r.stats.follower_cuts >= 1,
             "the scenario did not run: {}",
             describe(&r, "")
         );
         assert_eq!(r.stats.leader_step_downs, 0);
+        cuts += r.stats.follower_cuts;
+        stalled += r.stats.links_stalled;
     }
+    assert!(
+        cuts >= 8 && stalled > 0,
+        "{cuts} cuts, {stalled} links stalled"
+    );
 }
 
 #[test]
