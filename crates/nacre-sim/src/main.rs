@@ -23,7 +23,7 @@ struct Args {
     workload_ms: u64,
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
     /// skip-sessions,
-    /// tick-lease.
+    /// tick-lease, stalled-links.
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -43,8 +43,26 @@ struct Args {
     /// Run the leader-pause scenario instead of random faults: the leader
     /// is paused again and again while reads of what the others wrote
     /// queue up at it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "follower_cuts")]
     leader_pause: bool,
+    /// Run the follower-cuts scenario instead of random faults: one
+    /// follower at a time is cut off while the leader keeps the others,
+    /// and the leader must never step down.
+    #[arg(long, conflicts_with = "slow_leader_cutoff")]
+    follower_cuts: bool,
+}
+
+/// The scenario the flags ask for, if any.
+fn scenario(args: &Args) -> Option<Scenario> {
+    if let Some(p) = args.slow_leader_cutoff {
+        return Some(Scenario::SlowLeaderCutOff {
+            leader_clock_slowdown_permille: p,
+        });
+    }
+    if args.leader_pause {
+        return Some(Scenario::LeaderPause);
+    }
+    args.follower_cuts.then_some(Scenario::FollowerCuts)
 }
 
 fn main() {
@@ -58,6 +76,10 @@ fn main() {
     // Pauses: in all, with a write acknowledged elsewhere meanwhile, and
     // reads sent to the paused leader after it, answered.
     let (mut pauses, mut pauses_new, mut pause_reads, mut pause_answered) = (0u64, 0, 0, 0);
+    // Follower cuts: rounds, links that stalled, the longest stretch
+    // without an acknowledged write (and its seed), step-downs.
+    let (mut follower_cuts, mut stalls, mut gap_ms, mut gap_seed, mut step_downs) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     for seed in args.start..args.start + args.seeds {
         let cfg = SimConfig {
             trace: args.trace,
@@ -66,12 +88,7 @@ fn main() {
             nodes: args.nodes,
             reads_by_lease: args.lease,
             clock_drift_permille_max: args.drift_permille,
-            scenario: match args.slow_leader_cutoff {
-                Some(p) => Some(Scenario::SlowLeaderCutOff {
-                    leader_clock_slowdown_permille: p,
-                }),
-                None => args.leader_pause.then_some(Scenario::LeaderPause),
-            },
+            scenario: scenario(&args),
             ..SimConfig::default()
         };
         let r = run_seed(seed, cfg);
@@ -84,6 +101,12 @@ fn main() {
         pauses_new += r.stats.pauses_with_new_write;
         pause_reads += r.stats.pause_reads_sent;
         pause_answered += r.stats.pause_reads_answered;
+        follower_cuts += r.stats.follower_cuts;
+        stalls += r.stats.links_stalled;
+        step_downs += r.stats.leader_step_downs;
+        if r.stats.longest_write_gap_ms > gap_ms {
+            (gap_ms, gap_seed) = (r.stats.longest_write_gap_ms, seed);
+        }
         ops += r.history.len() as u64;
         if args.trace {
             for line in &r.trace {
@@ -127,6 +150,13 @@ fn main() {
              {pause_reads} reads of it sent to the paused leader, {pause_answered} answered"
         );
     }
+    if args.follower_cuts {
+        println!(
+            "follower cuts: {follower_cuts} followers cut off, {stalls} stalled links \
+             redialled, {step_downs} step-downs; longest stretch without an acknowledged \
+             write {gap_ms} ms (seed {gap_seed})"
+        );
+    }
     if failed > 0 {
         std::process::exit(1);
     }
@@ -159,6 +189,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
     }
     if args.leader_pause {
         extra.push_str(" --leader-pause");
+    }
+    if args.follower_cuts {
+        extra.push_str(" --follower-cuts");
     }
     format!(
         "cargo run --release -p nacre-sim -- --seeds 1 --start {seed} --workload-ms {}{planted}{extra} --trace",

@@ -47,7 +47,7 @@ use crate::checker::Call;
 use crate::clock::{SimClock, SimNow};
 use checks::ReadObs;
 use network::Network;
-use scenario::CutOff;
+use scenario::{CutOff, FollowerCuts};
 use workload::Client;
 
 /// A deliberate bug to switch on in every node.
@@ -66,6 +66,11 @@ pub enum Bug {
     /// The leader lease is counted in ticks, which stop while a process
     /// is paused (`Planted::tick_lease`).
     TickLease,
+    /// The peer transport as it was: a connection a partition stalled is
+    /// not noticed and comes back only when TCP retransmits
+    /// (`Planted::stalled_links`; only `Scenario::FollowerCuts` models
+    /// connections).
+    StalledLinks,
 }
 
 impl std::str::FromStr for Bug {
@@ -77,8 +82,10 @@ impl std::str::FromStr for Bug {
             "skip-guard" => Ok(Bug::SkipGuard),
             "skip-sessions" => Ok(Bug::SkipSessions),
             "tick-lease" => Ok(Bug::TickLease),
+            "stalled-links" => Ok(Bug::StalledLinks),
             _ => Err(format!(
-                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, tick-lease)"
+                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
+                 tick-lease, stalled-links)"
             )),
         }
     }
@@ -168,6 +175,17 @@ pub struct Stats {
     /// of those the ones it answered (rather than refused) on resuming.
     pub pause_reads_sent: u64,
     pub pause_reads_answered: u64,
+    /// [`Scenario::FollowerCuts`]: followers cut off, one at a time.
+    pub follower_cuts: u64,
+    /// Links that lost messages to a cut and came back after the heal, once
+    /// their sender dialled again (`Scenario::FollowerCuts`).
+    pub links_stalled: u64,
+    /// [`Scenario::FollowerCuts`]: the longest stretch with no write
+    /// acknowledged, from the first cut to the end of the workload.
+    pub longest_write_gap_ms: u64,
+    /// [`Scenario::FollowerCuts`]: times the leader, which kept a quorum
+    /// throughout, was seen not leading in its term.
+    pub leader_step_downs: u64,
     /// Writes sent again with their session stamp after a refusal or an
     /// unknown outcome.
     pub writes_resent: u64,
@@ -323,6 +341,8 @@ enum Ev {
     EndWorkload,
     ScenarioStart,
     ScenarioEnd,
+    /// The next step of `Scenario::FollowerCuts`.
+    CutsStep,
 }
 
 struct Queued {
@@ -369,6 +389,7 @@ pub struct Sim {
     net: Network,
     workload: bool,
     cutoff: Option<CutOff>,
+    cuts: Option<FollowerCuts>,
     history: Vec<Call>,
     /// Acknowledged writes: (history position, log index, command bytes).
     acked: Vec<(usize, u64, Vec<u8>)>,
@@ -435,6 +456,7 @@ impl Sim {
             net,
             workload: true,
             cutoff: None,
+            cuts: None,
             history: Vec::new(),
             acked: Vec::new(),
             reads: Vec::new(),
@@ -596,6 +618,7 @@ impl Sim {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
                 tick_lease: self.cfg.planted == Some(Bug::TickLease),
+                stalled_links: self.cfg.planted == Some(Bug::StalledLinks),
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
@@ -652,6 +675,7 @@ impl Sim {
             Ev::Restart(i) => self.restart(i),
             Ev::ScenarioStart => self.scenario_start(),
             Ev::ScenarioEnd => self.scenario_end(),
+            Ev::CutsStep => self.cuts_step(),
             Ev::EndWorkload => self.end_workload(),
         }
     }
@@ -664,6 +688,7 @@ impl Sim {
             self.nodes[i].timeout_ticks = t;
             self.nodes[i].role = Some(role);
             self.log(|| format!("n{i} is {:?} in term {}", role.1, role.0));
+            self.cuts_role_seen(i, role);
         }
         let sn = &mut self.nodes[i];
         let node = sn.node.as_mut().expect("up");

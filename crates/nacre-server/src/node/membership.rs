@@ -39,6 +39,11 @@ impl Node {
                 self.opts.id,
                 self.opts.peer_listen.clone(),
                 self.opts.data_dir.join("snapshots-in"),
+            )
+            .with_timing(
+                self.opts.tick_ms,
+                self.opts.heartbeat_ticks,
+                self.opts.election_ticks,
             );
             std::fs::create_dir_all(&cfg.snapshot_dir)?;
             let t = rt

@@ -51,7 +51,7 @@ use crate::transport::{Inbound, Transport};
 use crate::ServerError;
 
 #[cfg(feature = "sim")]
-pub use planted::Planted;
+pub use planted::{stalled_link_back_at_us, Planted};
 pub use status::{NodeHandle, Role, Status};
 
 use planted::PlantedState;

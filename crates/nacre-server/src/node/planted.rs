@@ -25,6 +25,32 @@ pub struct Planted {
     /// when a quorum's replies arrived. Ticks stop while the process is
     /// stopped, so a leader resumed after a pause still believes it.
     pub tick_lease: bool,
+    /// The peer transport as it was until 2026-12: its receiver
+    /// acknowledged nothing, so a connection that a partition dropping
+    /// packets had stalled was not noticed, and carried messages again
+    /// only when TCP retransmitted ([`stalled_link_back_at_us`]). The node
+    /// does not read this: the simulator, which has no sockets, asks its
+    /// network model to bring links back this way.
+    pub stalled_links: bool,
+}
+
+/// With [`Planted::stalled_links`]: when a connection that first lost a
+/// packet to a partition at `stalled_at_us` carries messages again, the
+/// partition having healed at `healed_at_us`. TCP retransmits the oldest
+/// unacknowledged packet 200 ms after it was sent (Linux's minimum
+/// retransmission timeout), then after twice as long each time, and the
+/// connection delivers again at the first retransmission after the heal.
+/// (Where a partition closed connections instead, the old transport
+/// redialled after a backoff of up to 2 s, which this does not model.)
+#[cfg(feature = "sim")]
+pub fn stalled_link_back_at_us(stalled_at_us: u64, healed_at_us: u64) -> u64 {
+    let mut rto_us = 200_000u64;
+    let mut at = stalled_at_us + rto_us;
+    while at < healed_at_us {
+        rto_us = rto_us.saturating_mul(2);
+        at = at.saturating_add(rto_us);
+    }
+    at
 }
 
 /// What the planted bugs track while the node runs; nothing without the

@@ -9,9 +9,10 @@
 //! memory nor delays the heartbeats on the normal connection.
 //!
 //! Wire format (all integers little endian):
-//! - handshake, sender to receiver: `b"NACP"`, u16 version, u16 length and
-//!   the cluster id, u64 sender node id; the receiver answers a u16 status
-//!   (0 ok, 1 wrong cluster, 2 bad version) and closes on non-zero.
+//! - handshake, sender to receiver: `b"NACP"`, u16 version (1 or 2), u16
+//!   length and the cluster id, u64 sender node id; the receiver answers a
+//!   u16 status (0 ok, 1 wrong cluster, 2 bad version) and closes on
+//!   non-zero. A sender refused version 2 dials again with version 1.
 //! - frames: u32 body length, u8 kind, u32 CRC32C of the body, body.
 //!   Kind 1 is a raft batch (u32 count, then u32 length and protobuf
 //!   message each); kind 2 a snapshot chunk (a run of u32 key length, key,
@@ -19,11 +20,15 @@
 //!   protobuf MsgSnapshot. After kind 3 the receiver answers a u16 status
 //!   (0 once the file is durable and handed to the raft loop), so the
 //!   sender reports success only for a snapshot that really arrived.
+//! - acknowledgements, version 2 only: after each kind 1 frame the receiver
+//!   writes a u64, the number of kind 1 frames it has read on this
+//!   connection. A sender whose frames go unacknowledged for
+//!   `peer_timeout_ms` gives the connection up and dials a new one.
 //!
 //! | module | one job |
 //! |---|---|
 //! | this file | the [`Transport`] handle: peers, their queues, the listener |
-//! | `send.rs` | a peer's sender task: connection, backoff, batching the queue |
+//! | `send.rs` | a peer's sender task: connection, bounded backoff, batching the queue, stall detection |
 //! | `receive.rs` | accepted connections: raft batches in, snapshot frames to a file |
 //! | `handshake.rs` | the handshake, both sides |
 //! | `frame.rs` | frames: header, CRC32C, body fields |
@@ -52,6 +57,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+pub use send::Backoff;
 pub use snapshot::read_snapshot_file;
 
 use receive::run_listener;
@@ -104,8 +110,21 @@ pub struct TransportConfig {
     /// Largest frame accepted or sent; a connection sending a larger one
     /// is closed.
     pub frame_size_max_bytes: usize,
+    /// The first wait before redialling a peer after a failure; it doubles
+    /// with every failed dial up to `reconnect_max_ms`, and a dial that
+    /// works starts it over.
     pub reconnect_min_ms: u64,
+    /// The longest wait between two dials of an unreachable peer. It bounds
+    /// how long after a partition heals the link stays down, so it is kept
+    /// near the heartbeat interval ([`TransportConfig::with_timing`]).
     pub reconnect_max_ms: u64,
+    /// How long a peer may take to answer: a dial (connect and handshake)
+    /// slower than this fails, and a connection on which frames have been
+    /// sent while nothing was acknowledged for this long is given up and
+    /// redialled. TCP would otherwise leave a connection whose packets were
+    /// dropped for a while silent long after the network healed: its
+    /// retransmission timer backs off to seconds.
+    pub peer_timeout_ms: u64,
     /// Target size of one snapshot chunk frame.
     pub snapshot_chunk_bytes: usize,
 }
@@ -125,10 +144,39 @@ impl TransportConfig {
             snapshot_dir: snapshot_dir.into(),
             queue_max: 4096,
             frame_size_max_bytes: 64 << 20,
-            reconnect_min_ms: 50,
-            reconnect_max_ms: 2000,
+            reconnect_min_ms: 0,
+            reconnect_max_ms: 0,
+            peer_timeout_ms: 0,
             snapshot_chunk_bytes: 1 << 20,
         }
+        .with_timing(50, 1, 10)
+    }
+
+    /// Sets the reconnection backoff and the peer timeout from raft's
+    /// timing (a tick of `tick_ms`, a heartbeat every `heartbeat_ticks`,
+    /// an election timeout of at least `election_ticks`), which `new`
+    /// takes at the node's defaults (50 ms, 1, 10).
+    ///
+    /// A leader steps down when it has heard no quorum for an election
+    /// timeout (check-quorum). So that a leader cut off from one follower
+    /// keeps the other, a link must be back within well under that after a
+    /// partition heals: the backoff is capped at one heartbeat interval
+    /// (10 to 50 ms by default), and a stalled connection or dial is given
+    /// up after half an election timeout (250 ms), which is also how late
+    /// a heartbeat may arrive before the follower starts to count the
+    /// leader gone.
+    pub fn with_timing(
+        mut self,
+        tick_ms: u64,
+        heartbeat_ticks: usize,
+        election_ticks: usize,
+    ) -> Self {
+        let heartbeat_ms = (tick_ms * heartbeat_ticks as u64).max(1);
+        let election_ms = tick_ms * election_ticks as u64;
+        self.reconnect_max_ms = heartbeat_ms;
+        self.reconnect_min_ms = (heartbeat_ms / 5).max(1);
+        self.peer_timeout_ms = (election_ms / 2).max(heartbeat_ms);
+        self
     }
 
     fn validate(&self) -> io::Result<()> {
@@ -156,12 +204,18 @@ impl TransportConfig {
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return invalid("need 0 < reconnect_min_ms <= reconnect_max_ms");
         }
+        if self.peer_timeout_ms == 0 {
+            return invalid("peer_timeout_ms must be at least 1");
+        }
         Ok(())
     }
 }
 
 /// A peer that does not drain its socket for this long is treated as down,
-/// so its sender task gets back to reconnecting instead of hanging.
+/// so its sender task gets back to reconnecting instead of hanging: on a
+/// snapshot connection, and on a raft connection to a version 1 peer, which
+/// does not acknowledge frames (a version 2 peer must acknowledge within
+/// `peer_timeout_ms`).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends raft messages and snapshots to peers and receives theirs.
@@ -189,6 +243,12 @@ struct Shared {
     handle: tokio::runtime::Handle,
     inbound: SyncSender<Inbound>,
     snapshots: SnapshotSource,
+    /// Per peer, the newest connection that carried raft batches. A sender
+    /// uses one connection at a time, so an older one is a connection it
+    /// gave up on as stalled, whose close may never have got through the
+    /// partition that stalled it: it is closed when a newer one claims
+    /// its place, rather than left open forever.
+    raft_connections: Mutex<HashMap<u64, watch::Sender<()>>>,
 }
 
 struct Peer {
@@ -230,6 +290,7 @@ impl Transport {
             handle,
             inbound,
             snapshots,
+            raft_connections: Mutex::new(HashMap::new()),
         });
         let accept = tokio::spawn(run_listener(shared.clone(), listener, stop_rx));
         tracing::info!(addr = %local_addr, node = shared.cfg.node_id, "peer transport listening");
@@ -419,6 +480,23 @@ impl Transport {
 }
 
 impl Shared {
+    /// Makes a connection from `from` that carries raft batches that
+    /// peer's current one; the receiver changes when a newer one does.
+    fn claim_raft_connection(&self, from: u64) -> watch::Receiver<()> {
+        let mut connections = self.raft_connections.lock();
+        match connections.get(&from) {
+            Some(tx) => {
+                tx.send_replace(());
+                tx.subscribe()
+            }
+            None => {
+                let (tx, rx) = watch::channel(());
+                connections.insert(from, tx);
+                rx
+            }
+        }
+    }
+
     fn report_unreachable(&self, link: &PeerLink) {
         if link.unreachable.swap(true, Ordering::AcqRel) {
             return;

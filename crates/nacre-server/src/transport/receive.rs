@@ -19,7 +19,9 @@ use super::frame::{
     check_pairs, invalid_data, read_frame, take_bytes, take_u32, KIND_RAFT_BATCH,
     KIND_SNAPSHOT_CHUNK, KIND_SNAPSHOT_END,
 };
-use super::handshake::{accept_handshake, HANDSHAKE_TIMEOUT, STATUS_OK, STATUS_SNAPSHOT_FAILED};
+use super::handshake::{
+    accept_handshake, HANDSHAKE_TIMEOUT, STATUS_OK, STATUS_SNAPSHOT_FAILED, VERSION_ACKS,
+};
 use super::snapshot::{finish_snapshot, IncomingSnapshot};
 use super::{Inbound, Shared};
 use crate::state::check_snapshot_pair;
@@ -64,18 +66,30 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, remote: So
 async fn serve(shared: &Shared, stream: &mut TcpStream) -> io::Result<()> {
     let cfg = &shared.cfg;
     let _ = stream.set_nodelay(true);
-    let from = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(stream, cfg))
+    let (from, version) = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(stream, cfg))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer handshake timed out"))??;
-    tracing::debug!(from, "peer connected");
+    tracing::debug!(from, version, "peer connected");
     let mut incoming: Option<IncomingSnapshot> = None;
     let mut body = Vec::new();
+    let mut batches = 0u64;
+    // Set by the first raft batch: changes when the peer opens a newer
+    // raft connection, which ends this one.
+    let mut newer: Option<watch::Receiver<()>> = None;
     loop {
         let next = read_frame(stream, &mut body, cfg.frame_size_max_bytes);
         let kind = if incoming.is_some() {
             tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, next)
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "snapshot sender stalled"))??
+        } else if let Some(newer) = newer.as_mut() {
+            tokio::select! {
+                kind = next => kind?,
+                _ = newer.changed() => {
+                    tracing::debug!(from, "peer opened a newer connection; closing this one");
+                    return Ok(());
+                }
+            }
         } else {
             next.await?
         };
@@ -83,7 +97,16 @@ async fn serve(shared: &Shared, stream: &mut TcpStream) -> io::Result<()> {
             return Ok(());
         };
         match kind {
-            KIND_RAFT_BATCH => deliver_batch(shared, from, &body)?,
+            KIND_RAFT_BATCH => {
+                deliver_batch(shared, from, &body)?;
+                if newer.is_none() {
+                    newer = Some(shared.claim_raft_connection(from));
+                }
+                if version >= VERSION_ACKS {
+                    batches += 1;
+                    stream.write_all(&batches.to_le_bytes()).await?;
+                }
+            }
             KIND_SNAPSHOT_CHUNK => {
                 // A pair that does not decode as its namespace says is
                 // refused here, before the leader hears the snapshot

@@ -1,6 +1,6 @@
-//! A peer's sender task: dials (with backoff and jitter), then drains the
-//! peer's queue into batch frames until the connection fails, the address
-//! changes or the transport stops.
+//! A peer's sender task: dials (with a bounded backoff and jitter), then
+//! drains the peer's queue into batch frames until the connection fails,
+//! stalls, the address changes or the transport stops.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -12,10 +12,11 @@ use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::frame::{begin_frame, finish_frame, invalid_data, FRAME_HEADER_BYTES, KIND_RAFT_BATCH};
-use super::handshake::connect;
-use super::{PeerLink, Shared, WRITE_TIMEOUT};
+use super::handshake::{connect, VERSION_ACKS};
+use super::{PeerLink, Shared, TransportConfig, WRITE_TIMEOUT};
 
 /// One write carries about this much, so a backlog goes out in few
 /// syscalls without building huge buffers.
@@ -27,6 +28,51 @@ enum PumpEnd {
     Failed(io::Error),
 }
 
+/// The wait before the next dial of an unreachable peer: it starts at
+/// `reconnect_min_ms`, doubles with every failure up to
+/// `reconnect_max_ms`, and starts over after a dial that worked. The cap is
+/// what bounds how long a link stays down after a partition heals. Public
+/// for the simulator, which has no sockets and models the transport's
+/// reconnection with this.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min_ms: u64,
+    max_ms: u64,
+    step_ms: u64,
+}
+
+impl Backoff {
+    pub fn new(cfg: &TransportConfig) -> Backoff {
+        Backoff {
+            min_ms: cfg.reconnect_min_ms,
+            max_ms: cfg.reconnect_max_ms,
+            step_ms: cfg.reconnect_min_ms,
+        }
+    }
+
+    /// After a dial that worked.
+    pub fn reset(&mut self) {
+        self.step_ms = self.min_ms;
+    }
+
+    /// How long to wait after a failure: between half the current step and
+    /// the step (jitter keeps the nodes from redialling in lockstep).
+    pub fn after_failure(&mut self, rng: &mut impl Rng) -> Duration {
+        let step = self.step_ms;
+        self.step_ms = step.saturating_mul(2).min(self.max_ms);
+        Duration::from_millis(rng.random_range(step.div_ceil(2)..=step))
+    }
+}
+
+/// Dials in flight at once to one peer, at most.
+const DIALS_MAX: usize = 8;
+
+enum Dialled {
+    Connected(TcpStream, u16),
+    Stop,
+    AddrChanged,
+}
+
 /// A peer's sender task: keeps a connection up and drains the queue into it.
 pub(super) async fn run_sender(
     shared: Arc<Shared>,
@@ -34,99 +80,254 @@ pub(super) async fn run_sender(
     mut addr_rx: watch::Receiver<String>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let cfg = &shared.cfg;
-    let mut backoff_ms = cfg.reconnect_min_ms;
+    let mut backoff = Backoff::new(&shared.cfg);
     loop {
         if *stop.borrow() {
             return;
         }
         let addr = addr_rx.borrow_and_update().clone();
-        let connected = tokio::select! {
-            r = connect(cfg, &addr) => r,
-            _ = stop.changed() => return,
-            r = addr_rx.changed() => match r {
-                Ok(()) => continue,
-                Err(_) => return,
-            },
+        let dialled = dial(&shared, &link, &addr, &mut backoff, &mut addr_rx, &mut stop).await;
+        let (stream, version) = match dialled {
+            Dialled::Connected(stream, version) => (stream, version),
+            Dialled::Stop => return,
+            Dialled::AddrChanged => continue,
         };
-        let failure = match connected {
-            Ok(stream) => {
-                tracing::debug!(peer = link.id, %addr, "connected to peer");
-                backoff_ms = cfg.reconnect_min_ms;
-                match pump(&shared, &link, stream, &mut addr_rx, &mut stop).await {
-                    PumpEnd::Stop => return,
-                    PumpEnd::AddrChanged => continue,
-                    PumpEnd::Failed(e) => e,
-                }
-            }
-            Err(e) => e,
-        };
-        if link.unreachable.load(Ordering::Acquire) {
-            tracing::debug!(peer = link.id, %addr, error = %failure, "peer still unreachable");
-        } else {
-            tracing::warn!(peer = link.id, %addr, error = %failure, "peer unreachable");
+        tracing::debug!(peer = link.id, %addr, version, "connected to peer");
+        backoff.reset();
+        match pump(&shared, &link, stream, version, &mut addr_rx, &mut stop).await {
+            PumpEnd::Stop => return,
+            PumpEnd::AddrChanged => continue,
+            PumpEnd::Failed(e) => connection_failed(&shared, &link, &addr, &e),
         }
-        // Raft falls back to probing an unreachable peer and resends what
-        // it needs, so the backlog is stale: drop it rather than replay it.
-        link.queue.lock().clear();
-        shared.report_unreachable(&link);
-
-        // Jitter keeps the nodes of a cluster from redialling in lockstep.
-        let sleep_ms = rand::rng().random_range(backoff_ms / 2..=backoff_ms);
+        // Not at once: a peer that accepts and then drops every connection
+        // would have us spin.
+        let wait = backoff.after_failure(&mut rand::rng());
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
             r = addr_rx.changed() => if r.is_err() { return },
         }
-        backoff_ms = backoff_ms.saturating_mul(2).min(cfg.reconnect_max_ms);
+    }
+}
+
+/// Dials `addr` until a dial works, starting one now and another after each
+/// backoff wait. An earlier dial may still be waiting for an answer: one
+/// whose packets a partition dropped hangs until `peer_timeout_ms` (TCP
+/// would only resend its SYN after a second), and the first dial after the
+/// heal must not wait for it. With `DIALS_MAX` in flight, the oldest is
+/// abandoned for the new one.
+async fn dial(
+    shared: &Arc<Shared>,
+    link: &PeerLink,
+    addr: &str,
+    backoff: &mut Backoff,
+    addr_rx: &mut watch::Receiver<String>,
+    stop: &mut watch::Receiver<bool>,
+) -> Dialled {
+    // Dropping the set on return abandons the dials still in flight.
+    let mut dials = tokio::task::JoinSet::new();
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut next = Instant::now();
+    loop {
+        if Instant::now() >= next {
+            if in_flight.len() >= DIALS_MAX {
+                if let Some(oldest) = in_flight.pop_front() {
+                    tokio::task::AbortHandle::abort(&oldest);
+                }
+            }
+            let (shared, addr) = (shared.clone(), addr.to_string());
+            in_flight.push_back(dials.spawn(async move { connect(&shared.cfg, &addr).await }));
+            next = Instant::now() + backoff.after_failure(&mut rand::rng());
+        }
+        tokio::select! {
+            _ = stop.changed() => return Dialled::Stop,
+            r = addr_rx.changed() => {
+                return if r.is_ok() { Dialled::AddrChanged } else { Dialled::Stop };
+            }
+            Some(done) = dials.join_next_with_id() => {
+                let id = match &done {
+                    Ok((id, _)) => *id,
+                    Err(e) => e.id(),
+                };
+                in_flight.retain(|h| h.id() != id);
+                match done {
+                    Ok((_, Ok((stream, version)))) => return Dialled::Connected(stream, version),
+                    Ok((_, Err(e))) => connection_failed(shared, link, addr, &e),
+                    Err(e) if e.is_cancelled() => {}
+                    // A dial task only ends otherwise by panicking: a failure.
+                    Err(e) => connection_failed(shared, link, addr, &io::Error::other(e)),
+                }
+            }
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    }
+}
+
+/// A dial or a connection failed: tell raft the peer is unreachable, once
+/// per outage, and drop the backlog. Raft falls back to probing an
+/// unreachable peer and resends what it needs, so the backlog is stale.
+fn connection_failed(shared: &Shared, link: &PeerLink, addr: &str, error: &io::Error) {
+    if link.unreachable.load(Ordering::Acquire) {
+        tracing::debug!(peer = link.id, %addr, %error, "peer still unreachable");
+    } else {
+        tracing::warn!(peer = link.id, %addr, %error, "peer unreachable");
+    }
+    link.queue.lock().clear();
+    shared.report_unreachable(link);
+}
+
+/// What the sender knows of the delivery of the frames it wrote on one
+/// connection. A version 2 receiver acknowledges each raft batch frame with
+/// the count of frames it has read; frames that wait `peer_timeout_ms` with
+/// no acknowledgement moving mean the connection stalled (a partition that
+/// drops packets leaves TCP silent, not failed). A version 1 receiver sends
+/// nothing: then only a write that does not finish in `WRITE_TIMEOUT` does.
+struct Delivery {
+    acks: bool,
+    timeout: Duration,
+    sent: u64,
+    acked: u64,
+    /// Since when frames have waited without an acknowledgement moving.
+    waiting_since: Option<Instant>,
+    /// When the frame being written began (version 1).
+    writing_since: Option<Instant>,
+    /// Acknowledgement bytes read; one is 8 bytes, the last one counts.
+    buf: [u8; 64],
+    filled: usize,
+}
+
+impl Delivery {
+    fn new(acks: bool, timeout: Duration) -> Delivery {
+        Delivery {
+            acks,
+            timeout,
+            sent: 0,
+            acked: 0,
+            waiting_since: None,
+            writing_since: None,
+            buf: [0; 64],
+            filled: 0,
+        }
+    }
+
+    fn frame_started(&mut self, now: Instant) {
+        self.sent += 1;
+        self.waiting_since.get_or_insert(now);
+        self.writing_since = Some(now);
+    }
+
+    fn frame_written(&mut self) {
+        self.writing_since = None;
+    }
+
+    /// When the connection counts as stalled, if anything is outstanding.
+    fn deadline(&self) -> Option<Instant> {
+        if self.acks {
+            self.waiting_since.map(|t| t + self.timeout)
+        } else {
+            self.writing_since.map(|t| t + WRITE_TIMEOUT)
+        }
+    }
+
+    /// Takes `n` more bytes read into `buf[filled..]`.
+    fn received(&mut self, n: usize, now: Instant) -> io::Result<()> {
+        if !self.acks {
+            return Err(invalid_data("peer sent data after the handshake".into()));
+        }
+        self.filled += n;
+        let whole = self.filled / 8 * 8;
+        if whole == 0 {
+            return Ok(());
+        }
+        let mut last = [0u8; 8];
+        last.copy_from_slice(&self.buf[whole - 8..whole]);
+        let count = u64::from_le_bytes(last);
+        self.buf.copy_within(whole..self.filled, 0);
+        self.filled -= whole;
+        if count > self.sent || count < self.acked {
+            return Err(invalid_data(format!(
+                "peer acknowledged {count} frames; {} sent, {} acknowledged before",
+                self.sent, self.acked
+            )));
+        }
+        if count > self.acked {
+            self.acked = count;
+            self.waiting_since = (count < self.sent).then_some(now);
+        }
+        Ok(())
     }
 }
 
 /// Writes queued messages to an established connection until it fails,
-/// the address changes or the transport stops.
+/// stalls, the address changes or the transport stops.
 async fn pump(
     shared: &Shared,
     link: &PeerLink,
     stream: TcpStream,
+    version: u16,
     addr_rx: &mut watch::Receiver<String>,
     stop: &mut watch::Receiver<bool>,
 ) -> PumpEnd {
+    let cfg = &shared.cfg;
     let (mut rd, mut wr) = stream.into_split();
+    let mut delivery = Delivery::new(
+        version >= VERSION_ACKS,
+        Duration::from_millis(cfg.peer_timeout_ms),
+    );
     let mut buf = Vec::new();
-    // The receiver never writes after the handshake; reading only notices
-    // when it closes, so a dead idle connection is redialled right away
-    // instead of on the next message.
-    let mut probe = [0u8; 1];
+    let mut written = 0;
+    let mut count = 0;
     loop {
-        while let Some(count) = encode_batch(link, &mut buf, shared.cfg.frame_size_max_bytes) {
-            match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf)).await {
-                Ok(Ok(())) => {
-                    link.unreachable.store(false, Ordering::Release);
-                    tracing::trace!(peer = link.id, count, bytes = buf.len(), "batch sent");
-                }
-                Ok(Err(e)) => return PumpEnd::Failed(e),
-                Err(_) => {
-                    return PumpEnd::Failed(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "peer stopped reading",
-                    ))
-                }
+        if written == buf.len() {
+            buf.clear();
+            written = 0;
+            if let Some(n) = encode_batch(link, &mut buf, cfg.frame_size_max_bytes) {
+                count = n;
+                delivery.frame_started(Instant::now());
             }
         }
+        let writing = written < buf.len();
+        let deadline = delivery.deadline();
+        let filled = delivery.filled;
+        // Reading also notices when the receiver closes, so a dead idle
+        // connection is redialled right away instead of on the next message.
         tokio::select! {
             biased;
             _ = stop.changed() => return PumpEnd::Stop,
             r = addr_rx.changed() => {
                 return if r.is_ok() { PumpEnd::AddrChanged } else { PumpEnd::Stop };
             }
-            r = rd.read(&mut probe) => {
-                return PumpEnd::Failed(match r {
-                    Ok(0) => io::Error::new(io::ErrorKind::ConnectionReset, "peer closed the connection"),
-                    Ok(_) => invalid_data("peer sent data after the handshake".into()),
-                    Err(e) => e,
-                });
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                return PumpEnd::Failed(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer acknowledged nothing in time; the connection stalled",
+                ));
             }
-            _ = link.ready.notified() => {}
+            r = rd.read(&mut delivery.buf[filled..]) => match r {
+                Ok(0) => return PumpEnd::Failed(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "peer closed the connection",
+                )),
+                Ok(n) => {
+                    if let Err(e) = delivery.received(n, Instant::now()) {
+                        return PumpEnd::Failed(e);
+                    }
+                }
+                Err(e) => return PumpEnd::Failed(e),
+            },
+            r = wr.write(&buf[written..]), if writing => match r {
+                Ok(0) => return PumpEnd::Failed(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    written += n;
+                    if written == buf.len() {
+                        delivery.frame_written();
+                        link.unreachable.store(false, Ordering::Release);
+                        tracing::trace!(peer = link.id, count, bytes = buf.len(), "batch sent");
+                    }
+                }
+                Err(e) => return PumpEnd::Failed(e),
+            },
+            _ = link.ready.notified(), if !writing => {}
         }
     }
 }

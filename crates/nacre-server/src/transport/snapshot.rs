@@ -68,7 +68,9 @@ pub(super) async fn send_snapshot(
 /// Returns the number of pair bytes sent.
 async fn transfer_snapshot(shared: &Shared, addr: &str, msg: &Message) -> io::Result<u64> {
     let cfg = &shared.cfg;
-    let mut stream = connect(cfg, addr).await?;
+    // A snapshot connection carries no raft batches, so it is never
+    // acknowledged whatever the version.
+    let (mut stream, _version) = connect(cfg, addr).await?;
     // A small channel keeps the reader at most a couple of chunks ahead of
     // the socket, so memory stays bounded whatever the store's size.
     let (tx, mut rx) = mpsc::channel(2);

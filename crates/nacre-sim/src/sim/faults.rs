@@ -209,8 +209,10 @@ impl Sim {
     /// armed disk faults are cleared, crashed nodes restart and paused ones
     /// resume.
     pub(super) fn end_workload(&mut self) {
+        self.cuts_end();
         self.workload = false;
         self.net.repair();
+        self.links_healed();
         self.log(|| "workload ends; network heals; crashed nodes restart".into());
         for i in 0..self.nodes.len() {
             self.nodes[i].vfs.inject_io_error_after(None);

@@ -1,8 +1,11 @@
 //! The simulated network between the nodes: every raft message a node
 //! sends is delayed, lost, duplicated or dropped by a cut link, and a
-//! snapshot is shipped as a file, as the transport ships it.
+//! snapshot is shipped as a file, as the transport ships it. In the
+//! follower-cuts scenario it also models the transport's connections
+//! ([`Links`]): a link a cut stalled comes back after the heal only when
+//! its sender has noticed and dialled again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::{is_local_key, Ev, Sim};
+use nacre_server::transport::{Backoff, TransportConfig};
 
 /// Tells apart the snapshot directories of simulations run at once.
 static SIM_DIRS: AtomicU64 = AtomicU64::new(0);
@@ -28,6 +32,115 @@ pub(super) struct Network {
     /// them with std::fs, as production reads what the transport wrote).
     snap_dir: SnapDir,
     snap_files: u64,
+    /// The transport's connections, when modelled; otherwise a healed link
+    /// carries messages again at once.
+    pub(super) links: Option<Links>,
+}
+
+/// The peer transport's connections, one per directed link. The network
+/// drops packets, so a cut leaves a connection open and silent: a link
+/// that lost a message to a cut is stalled, and after the heal it carries
+/// messages again only once its sender has noticed (nothing acknowledged
+/// for `peer_timeout_ms`) and a dial has got through, dials following the
+/// transport's own [`Backoff`] and timing (`TransportConfig::with_timing`
+/// at the simulator's tick). A link idle through the cut is unaffected,
+/// as a TCP connection with nothing in flight is. With
+/// `Bug::StalledLinks`, stalls are never noticed and only TCP's
+/// retransmission brings a link back (`stalled_link_back_at_us`).
+pub(super) struct Links {
+    cfg: TransportConfig,
+    stalled_bug: bool,
+    state: BTreeMap<(usize, usize), Link>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// The connection first lost a message to a cut at this time.
+    Stalled { since_us: u64 },
+    /// Healed; the link carries messages again from this time.
+    BackAt { us: u64 },
+}
+
+impl Links {
+    pub(super) fn new(
+        tick_ms: u64,
+        heartbeat_ticks: usize,
+        election_ticks: usize,
+        stalled_bug: bool,
+    ) -> Links {
+        Links {
+            cfg: TransportConfig::new("sim", 1, "", "").with_timing(
+                tick_ms,
+                heartbeat_ticks,
+                election_ticks,
+            ),
+            stalled_bug,
+            state: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a message sent now on `link` is lost to its connection
+    /// (beyond a cut, which loses it anyway). A message meeting a cut
+    /// stalls a working connection.
+    fn lost(&mut self, link: (usize, usize), cut: bool, now_us: u64) -> bool {
+        match self.state.get(&link).copied() {
+            None if cut => {
+                self.state.insert(link, Link::Stalled { since_us: now_us });
+                true
+            }
+            None => false,
+            Some(Link::Stalled { .. }) => true,
+            Some(Link::BackAt { .. }) if cut => {
+                // Cut again before it came back: the sender is still
+                // dialling, and will be after this cut heals.
+                self.state.insert(link, Link::Stalled { since_us: now_us });
+                true
+            }
+            Some(Link::BackAt { us }) if now_us >= us => {
+                self.state.remove(&link);
+                false
+            }
+            Some(Link::BackAt { .. }) => true,
+        }
+    }
+
+    /// The cuts changed at `now_us`: every stalled link no longer in `cut`
+    /// gets the time it comes back. Returns how many did.
+    fn healed(&mut self, cut: &BTreeSet<(usize, usize)>, now_us: u64, rng: &mut StdRng) -> u64 {
+        let mut n = 0;
+        for (link, state) in self.state.iter_mut() {
+            let Link::Stalled { since_us } = *state else {
+                continue;
+            };
+            if cut.contains(link) {
+                continue;
+            }
+            let us = if self.stalled_bug {
+                nacre_server::node::stalled_link_back_at_us(since_us, now_us)
+            } else {
+                redialled_at_us(&self.cfg, since_us, now_us, rng)
+            };
+            *state = Link::BackAt { us };
+            n += 1;
+        }
+        n
+    }
+}
+
+/// The transport's timeline for a connection stalled at `since_us` and
+/// healed at `healed_us`: the sender gives it up `peer_timeout_ms` after
+/// the frame that got no acknowledgement, waits one backoff step, and dials
+/// once per step after that, each dial that meets the cut hanging while the
+/// next ones start; the first dial after the heal connects.
+fn redialled_at_us(cfg: &TransportConfig, since_us: u64, healed_us: u64, rng: &mut StdRng) -> u64 {
+    let mut backoff = Backoff::new(cfg);
+    let mut at = since_us + cfg.peer_timeout_ms * 1000;
+    loop {
+        at += backoff.after_failure(rng).as_micros() as u64;
+        if at >= healed_us {
+            return at;
+        }
+    }
 }
 
 /// A directory removed, with what is left in it, when the run ends.
@@ -59,6 +172,7 @@ impl Network {
                 SIM_DIRS.fetch_add(1, Ordering::Relaxed)
             ))),
             snap_files: 0,
+            links: None,
         }
     }
 
@@ -90,9 +204,14 @@ impl Sim {
             self.route_snapshot(from, to, m);
             return;
         }
-        if self.net.cut.contains(&(from, to))
-            || self.rng.random_range(0..1000) < self.net.loss_permille
-        {
+        let cut = self.net.cut.contains(&(from, to));
+        let now = self.now_us;
+        let stalled = self
+            .net
+            .links
+            .as_mut()
+            .is_some_and(|l| l.lost((from, to), cut, now));
+        if cut || stalled || self.rng.random_range(0..1000) < self.net.loss_permille {
             self.stats.messages_dropped += 1;
             return;
         }
@@ -171,6 +290,17 @@ impl Sim {
         if !self.net.cut.is_empty() {
             self.net.cut.clear();
             self.log(|| "network heals".into());
+        }
+        self.links_healed();
+    }
+
+    /// The cuts changed: stalled links that are no longer cut learn when
+    /// they come back (when links are modelled).
+    pub(super) fn links_healed(&mut self) {
+        let now = self.now_us;
+        if let Some(links) = self.net.links.as_mut() {
+            let n = links.healed(&self.net.cut, now, &mut self.rng);
+            self.stats.links_stalled += n;
         }
     }
 }

@@ -1,12 +1,15 @@
 //! Targeted fault schedules that replace the random ones: a slow leader
-//! cut off ([`Scenario::SlowLeaderCutOff`]) and a paused leader
-//! ([`Scenario::LeaderPause`]), with the clients each one steers.
+//! cut off ([`Scenario::SlowLeaderCutOff`]), a paused leader
+//! ([`Scenario::LeaderPause`]), with the clients each one steers, and
+//! followers cut off one at a time ([`Scenario::FollowerCuts`]).
 
 use bytes::Bytes;
 use nacre_proto::{Batch, Op};
+use raft::StateRole;
 use rand::Rng;
 
-use super::{Ev, Sim, TICK_US};
+use super::network::Links;
+use super::{Bug, Ev, Sim, ELECTION_TICKS, HEARTBEAT_TICKS, TICK_US};
 use crate::checker::OpKind;
 
 /// A targeted fault schedule. It replaces the random scheduled faults
@@ -35,6 +38,38 @@ pub enum Scenario {
     /// cluster. A lease that did not see the time pass answers those reads
     /// with what it had before the pause.
     LeaderPause,
+    /// Once there is a leader and some acknowledged writes: again and again
+    /// until the workload ends, one follower is cut off for 0.2–1.5 s, then
+    /// healed, with 0.1–0.5 s between rounds. Half the rounds first cut the
+    /// leader's link to another follower for 0.2–1.5 s and heal it 0–100 ms
+    /// before the follower is cut off: the leader then keeps its quorum
+    /// only if that link came back. The network models the transport's
+    /// connections here (`network::Links`) and loses nothing by chance.
+    /// The leader must never stop leading in its term, and no stretch
+    /// without an acknowledged write may last two election timeouts.
+    FollowerCuts,
+}
+
+/// [`Scenario::FollowerCuts`] in progress.
+pub(super) struct FollowerCuts {
+    leader: usize,
+    term: u64,
+    /// When the last write was acknowledged (at first: when the cuts began).
+    last_ack_us: u64,
+    next: CutsStep,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CutsStep {
+    Round,
+    /// Heal the leader's link to another follower, then cut `victim` off.
+    LinkHeal {
+        victim: usize,
+    },
+    Isolate {
+        victim: usize,
+    },
+    Heal,
 }
 
 /// A [`Scenario`] in progress: a leader cut off, or paused.
@@ -61,13 +96,17 @@ impl Sim {
         let Some(scenario) = self.cfg.scenario else {
             return;
         };
-        if !self.workload || self.cutoff.is_some() {
+        if !self.workload || self.cutoff.is_some() || self.cuts.is_some() {
             return;
         }
         let Some(l) = self.leader().filter(|_| self.stats.writes_acked >= 10) else {
             self.at(10_000, Ev::ScenarioStart);
             return;
         };
+        if scenario == Scenario::FollowerCuts {
+            self.cuts_start(l);
+            return;
+        }
         let pause = scenario == Scenario::LeaderPause;
         for c in 0..self.clients.len() {
             if c % 2 == 0 {
@@ -107,6 +146,7 @@ impl Sim {
                 let d = self.rng.random_range(e / 2..=3 * e);
                 self.pause(l, d);
             }
+            Scenario::FollowerCuts => unreachable!("started above"),
         }
         self.cutoff = Some(co);
         if self.stats.cutoff_at_ms == 0 {
@@ -195,6 +235,11 @@ impl Sim {
     /// scenario's leader, it is one the leader misses; the readers waiting
     /// for such a write go on, and will read its keys.
     pub(super) fn scenario_write_acked(&mut self, node: usize, kind: &OpKind) {
+        if let Some(c) = self.cuts.as_mut() {
+            let gap_ms = (self.now_us - c.last_ack_us) / 1000;
+            self.stats.longest_write_gap_ms = self.stats.longest_write_gap_ms.max(gap_ms);
+            c.last_ack_us = self.now_us;
+        }
         if let Some(co) = self.cutoff.as_mut().filter(|co| co.leader != node) {
             co.new_write = true;
             self.stats.cutoff_writes_acked += 1;
@@ -216,6 +261,126 @@ impl Sim {
             if co.new_write {
                 self.stats.cutoff_reads_after_new_write += 1;
             }
+        }
+    }
+}
+
+impl Sim {
+    /// Starts [`Scenario::FollowerCuts`] under leader `l`.
+    fn cuts_start(&mut self, l: usize) {
+        let Some((term, _)) = self.nodes[l].node.as_ref().map(|n| n.raft_role()) else {
+            return;
+        };
+        // A message lost by chance could, rarely, cost the leader its
+        // quorum for a whole election timeout; stepping down would then be
+        // right. Only the cuts lose messages here.
+        self.net.loss_permille = 0;
+        self.net.dup_permille = 0;
+        self.net.links = Some(Links::new(
+            TICK_US / 1000,
+            HEARTBEAT_TICKS,
+            ELECTION_TICKS,
+            self.cfg.planted == Some(Bug::StalledLinks),
+        ));
+        self.cuts = Some(FollowerCuts {
+            leader: l,
+            term,
+            last_ack_us: self.now_us,
+            next: CutsStep::Round,
+        });
+        self.log(|| format!("follower cuts begin under n{l}, leader in term {term}"));
+        self.at(0, Ev::CutsStep);
+    }
+
+    /// The next step of the follower cuts, and the one after scheduled.
+    pub(super) fn cuts_step(&mut self) {
+        let Some((l, step)) = self.cuts.as_ref().map(|c| (c.leader, c.next)) else {
+            return;
+        };
+        if !self.workload {
+            return;
+        }
+        let (next, delay_us) = match step {
+            CutsStep::Round => {
+                let victim = self.other_node(l);
+                self.stats.follower_cuts += 1;
+                if self.rng.random_bool(0.5) {
+                    let other = loop {
+                        let j = self.other_node(l);
+                        if j != victim {
+                            break j;
+                        }
+                    };
+                    self.net.cut.extend([(l, other), (other, l)]);
+                    self.log(|| format!("follower cuts: link n{l}-n{other} cut"));
+                    let d = self.rng.random_range(200_000..1_500_000);
+                    (CutsStep::LinkHeal { victim }, d)
+                } else {
+                    (CutsStep::Isolate { victim }, 0)
+                }
+            }
+            CutsStep::LinkHeal { victim } => {
+                self.heal();
+                let d = self.rng.random_range(0..100_000);
+                (CutsStep::Isolate { victim }, d)
+            }
+            CutsStep::Isolate { victim } => {
+                self.net.isolate(victim, self.nodes.len());
+                self.log(|| format!("follower cuts: n{victim} cut off"));
+                let d = self.rng.random_range(200_000..1_500_000);
+                (CutsStep::Heal, d)
+            }
+            CutsStep::Heal => {
+                self.heal();
+                let d = self.rng.random_range(100_000..500_000);
+                (CutsStep::Round, d)
+            }
+        };
+        if let Some(c) = self.cuts.as_mut() {
+            c.next = next;
+        }
+        self.at(delay_us, Ev::CutsStep);
+    }
+
+    /// Node `i` was seen in `role` (at a tick, when it changed): the
+    /// follower cuts' leader must go on leading in its term, since it kept
+    /// a quorum throughout.
+    pub(super) fn cuts_role_seen(&mut self, i: usize, role: (u64, StateRole)) {
+        let Some(c) = self.cuts.as_ref() else {
+            return;
+        };
+        if !self.workload || c.leader != i || role == (c.term, StateRole::Leader) {
+            return;
+        }
+        let term = c.term;
+        self.stats.leader_step_downs += 1;
+        if self.stats.leader_step_downs == 1 {
+            self.fail(format!(
+                "n{i}, leader in term {term}, became {:?} in term {} though it kept a quorum \
+                 (follower cuts)",
+                role.1, role.0
+            ));
+        }
+    }
+
+    /// The workload ends: the stretch since the last acknowledged write
+    /// counts too, and the cuts stop. A stretch of two election timeouts
+    /// without an acknowledged write fails the run: the leader kept a
+    /// quorum, so only links that did not come back can stall writes that
+    /// long (a healthy run of this scenario stays under one).
+    pub(super) fn cuts_end(&mut self) {
+        let Some(c) = self.cuts.take() else {
+            return;
+        };
+        let gap_ms = (self.now_us - c.last_ack_us) / 1000;
+        self.stats.longest_write_gap_ms = self.stats.longest_write_gap_ms.max(gap_ms);
+        let longest = self.stats.longest_write_gap_ms;
+        let bound_ms = 2 * Self::election_timeout_us() / 1000;
+        if longest > bound_ms {
+            self.fail(format!(
+                "no write acknowledged for {longest} ms though the leader kept a quorum \
+                 (follower cuts; bound {bound_ms} ms)"
+            ));
         }
     }
 }

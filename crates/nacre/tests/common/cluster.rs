@@ -131,6 +131,14 @@ impl Cluster {
         }
     }
 
+    /// Cuts node `name` off from every other node, both ways, by dropping
+    /// packets (see `proxy.rs`).
+    pub fn isolate_dropping(&self, name: &str) {
+        for other in self.names().iter().filter(|o| *o != name) {
+            self.net.cut_dropping(self.ids[name], self.ids[other]);
+        }
+    }
+
     pub fn heal(&self) {
         self.net.heal();
     }
