@@ -42,7 +42,8 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 fn local_cluster_status_and_a_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(NACRE)
-        .args(["local-cluster", "--nodes", "3", "--dir"])
+        .args(["local-cluster", "--nodes", "3"])
+        .args(["--base-port", &common::free_ports(6).to_string(), "--dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -184,8 +185,9 @@ fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
         "{err}"
     );
 
-    // Under `local-cluster` the others run on, and it names the one that
-    // exited and its log.
+    // Under `local-cluster` (which reuses the config above, ports and
+    // all) the others run on, and it names the one that exited and its
+    // log.
     // --no-restart: a node that fails at once would otherwise be
     // restarted (and fail again) while the test stops the cluster.
     let mut child = Command::new(NACRE)

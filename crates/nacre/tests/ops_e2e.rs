@@ -447,18 +447,6 @@ fn wait_line(
     }
 }
 
-/// A port such that it and the next `n - 1` are free now.
-fn free_ports_in_a_row(n: u16) -> u16 {
-    loop {
-        let base = common::free_port();
-        if base.checked_add(n).is_some()
-            && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-}
-
 fn exit_code(child: &mut std::process::Child, what: &str) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -477,7 +465,7 @@ fn exit_code(child: &mut std::process::Child, what: &str) -> Option<i32> {
 fn local_cluster_takes_a_base_port_restarts_a_dead_node_and_forwards_sigterm() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
-    let base = free_ports_in_a_row(6);
+    let base = common::free_ports(6);
     let mut child = Command::new(NACRE)
         .args([
             "local-cluster",
@@ -546,7 +534,8 @@ fn local_cluster_no_restart_leaves_a_dead_node_down() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(NACRE)
-        .args(["local-cluster", "--nodes", "1", "--no-restart", "--dir"])
+        .args(["local-cluster", "--nodes", "1", "--no-restart"])
+        .args(["--base-port", &common::free_ports(2).to_string(), "--dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
