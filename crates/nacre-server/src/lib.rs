@@ -14,6 +14,8 @@ pub mod node;
 mod scripts;
 mod server;
 mod shutdown;
+#[cfg(feature = "sim")]
+pub mod sim_server;
 pub mod state;
 pub mod transport;
 
@@ -187,6 +189,9 @@ pub async fn start_with_vfs(
         counters: Default::default(),
         connections,
         blocking: Arc::new(Semaphore::new(config.blocking_tasks_max)),
+        inline_blocking: false,
+        #[cfg(feature = "sim")]
+        planted_skip_read_barrier: false,
         config,
     });
     let listener = tokio::spawn(server::accept_loop(shared, listener, stop_rx));

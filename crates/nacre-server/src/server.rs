@@ -50,6 +50,15 @@ pub(crate) struct Shared {
     pub connections: Arc<Semaphore>,
     /// Permits to run on the blocking pool (`blocking_tasks_max`).
     pub blocking: Arc<Semaphore>,
+    /// Run blocking work where it is asked for instead: the simulator
+    /// polls this layer on its one thread, where a pool thread would make
+    /// the order of events depend on the host's scheduler.
+    pub inline_blocking: bool,
+    /// A planted bug (the simulator's, `SimServer::plant_skip_read_barrier`):
+    /// consistent reads are served from this node's state without the
+    /// read barrier, as `any` reads are.
+    #[cfg(feature = "sim")]
+    pub planted_skip_read_barrier: bool,
 }
 
 /// Runs `work` on tokio's blocking threads, at most `blocking_tasks_max`
@@ -60,6 +69,9 @@ pub(crate) async fn off_the_workers<T: Send + 'static>(
     shared: &Shared,
     work: impl FnOnce() -> Result<T, ErrorReply> + Send + 'static,
 ) -> Result<T, ErrorReply> {
+    if shared.inline_blocking {
+        return work();
+    }
     let permit = shared
         .blocking
         .clone()
@@ -714,6 +726,8 @@ pub(crate) async fn wait_for(shared: &Shared, c: Consistency) -> Result<(), Erro
             }
             Ok(())
         }
+        #[cfg(feature = "sim")]
+        Consistency::Consistent if shared.planted_skip_read_barrier => Ok(()),
         Consistency::Consistent => {
             let timeout = Duration::from_millis(shared.config.request_timeout_ms);
             match tokio::time::timeout(timeout, shared.node.read_barrier()).await {

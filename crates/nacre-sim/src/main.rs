@@ -23,7 +23,7 @@ struct Args {
     workload_ms: u64,
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
     /// skip-sessions,
-    /// tick-lease, stalled-links.
+    /// tick-lease, stalled-links, layer-skips-barrier.
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -50,6 +50,10 @@ struct Args {
     /// and the leader must never step down.
     #[arg(long, conflicts_with = "slow_leader_cutoff")]
     follower_cuts: bool,
+    /// Of the client requests, how many per mille go through the node's
+    /// request layer rather than straight to the node.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    via_server_permille: u32,
 }
 
 /// The scenario the flags ask for, if any.
@@ -76,6 +80,8 @@ fn main() {
     // Pauses: in all, with a write acknowledged elsewhere meanwhile, and
     // reads sent to the paused leader after it, answered.
     let (mut pauses, mut pauses_new, mut pause_reads, mut pause_answered) = (0u64, 0, 0, 0);
+    // Requests through the request layer, and of those answered.
+    let (mut via_server, mut via_answered) = (0u64, 0u64);
     // Follower cuts: rounds, links that stalled, the longest stretch
     // without an acknowledged write (and its seed), step-downs.
     let (mut follower_cuts, mut stalls, mut gap_ms, mut gap_seed, mut step_downs) =
@@ -89,10 +95,13 @@ fn main() {
             reads_by_lease: args.lease,
             clock_drift_permille_max: args.drift_permille,
             scenario: scenario(&args),
+            via_server_permille: args.via_server_permille,
             ..SimConfig::default()
         };
         let r = run_seed(seed, cfg);
         sim_ms += r.sim_ms;
+        via_server += r.stats.requests_via_server;
+        via_answered += r.stats.answers_via_server;
         cuts += u64::from(r.stats.cutoff_at_ms > 0);
         cut_reads += r.stats.cutoff_reads_answered;
         late_reads += r.stats.cutoff_reads_after_new_write;
@@ -144,6 +153,7 @@ fn main() {
         );
     }
     println!("pauses: {pauses}");
+    println!("through the request layer: {via_server} requests, {via_answered} answered");
     if args.leader_pause {
         println!(
             "leader pause: {pauses_new} pauses with a write acknowledged elsewhere; \

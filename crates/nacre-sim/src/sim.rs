@@ -18,6 +18,7 @@ mod checks;
 mod faults;
 mod network;
 mod scenario;
+mod via_server;
 mod workload;
 
 use std::cmp::Reverse;
@@ -40,6 +41,7 @@ use rand::{Rng, SeedableRng};
 // (they import it from here): one place to change when those paths move.
 use nacre_server::name_id;
 use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply};
+use nacre_server::sim_server::SimServer;
 use nacre_server::state::{is_local_key, MemberRecord, Reader, StateMachine};
 use nacre_server::transport::Inbound;
 
@@ -71,6 +73,10 @@ pub enum Bug {
     /// (`Planted::stalled_links`; only `Scenario::FollowerCuts` models
     /// connections).
     StalledLinks,
+    /// The request layer serves consistent reads from the node's own
+    /// state, skipping the read barrier (`SimServer::new`'s
+    /// `skip_read_barrier`; only requests through the layer meet it).
+    LayerSkipsBarrier,
 }
 
 impl std::str::FromStr for Bug {
@@ -83,9 +89,10 @@ impl std::str::FromStr for Bug {
             "skip-sessions" => Ok(Bug::SkipSessions),
             "tick-lease" => Ok(Bug::TickLease),
             "stalled-links" => Ok(Bug::StalledLinks),
+            "layer-skips-barrier" => Ok(Bug::LayerSkipsBarrier),
             _ => Err(format!(
                 "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
-                 tick-lease, stalled-links)"
+                 tick-lease, stalled-links, layer-skips-barrier)"
             )),
         }
     }
@@ -117,6 +124,11 @@ pub struct SimConfig {
     pub check_budget_states: u64,
     /// A targeted schedule instead of the random faults.
     pub scenario: Option<Scenario>,
+    /// Of the client requests, how many per mille go through the node's
+    /// request layer (`SimServer`: consistency gates, sessions, reply
+    /// mapping, as a connection's do) rather than straight to the node,
+    /// whose answers carry more for the checks (a failed guard's value).
+    pub via_server_permille: u32,
 }
 
 impl Default for SimConfig {
@@ -134,6 +146,7 @@ impl Default for SimConfig {
             clock_drift_permille_max: 20,
             check_budget_states: 200_000,
             scenario: None,
+            via_server_permille: 500,
         }
     }
 }
@@ -189,6 +202,10 @@ pub struct Stats {
     /// Writes sent again with their session stamp after a refusal or an
     /// unknown outcome.
     pub writes_resent: u64,
+    /// Requests sent through a node's request layer (`SimServer`), and of
+    /// those the ones answered before the client gave up.
+    pub requests_via_server: u64,
+    pub answers_via_server: u64,
 }
 
 /// Everything one run produced.
@@ -259,6 +276,8 @@ struct SimNode {
     paused: Option<Paused>,
     outbox: Arc<Mutex<Vec<Message>>>,
     node: Option<Node>,
+    /// The node's request layer, over the same node (none while down).
+    server: Option<SimServer>,
     /// A second handle on the node's tlog, to read the final log.
     tlog: Option<TlogStorage>,
     /// Bumped at every crash so ticks scheduled for a dead incarnation
@@ -290,6 +309,7 @@ impl SimNode {
             paused: None,
             outbox: Arc::new(Mutex::new(Vec::new())),
             node: None,
+            server: None,
             tlog: None,
             incarnation: 0,
             timeout_ticks: ELECTION_TICKS,
@@ -300,6 +320,16 @@ impl SimNode {
 }
 
 /// The members of an `n`-node cluster: `n0`, `n1`, ...
+/// The request layer's settings: production's defaults, with a request
+/// timeout far beyond any run (its timer is never driven in the
+/// simulator, and the simulated clients keep their own deadlines).
+fn server_config() -> nacre_server::ServerConfig {
+    nacre_server::ServerConfig {
+        request_timeout_ms: 24 * 3_600_000,
+        ..Default::default()
+    }
+}
+
 fn members(n: usize) -> Vec<(u64, MemberRecord)> {
     (0..n)
         .map(|i| {
@@ -403,6 +433,10 @@ pub struct Sim {
     /// the nodes' tlogs as they commit, before compaction drops them: the
     /// replay check's log.
     committed: Vec<Entry>,
+    /// The tokio context the request layer's futures are polled in. The
+    /// runtime is never run, so its timers never fire and nothing runs on
+    /// its own (`via_server.rs`).
+    rt: tokio::runtime::Runtime,
 }
 
 /// The first index of a fresh cluster's log (index 1 is its initial
@@ -470,6 +504,10 @@ impl Sim {
             trace: Vec::new(),
             fingerprint: 0xcbf2_9ce4_8422_2325,
             committed: Vec::new(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a current-thread runtime"),
             cfg,
         }
     }
@@ -587,7 +625,7 @@ impl Sim {
         };
         let tlog = Tlog::open(vfs, &dir.join("tlog"), tlog_opts)?;
         let tlog = TlogStorage::new(tlog);
-        let mut sm = StateMachine::open_with(store, 100_000)?;
+        let mut sm = StateMachine::open_with(store.clone(), 100_000)?;
         sm.plant_skip_guards(self.cfg.planted == Some(Bug::SkipGuard));
         sm.plant_skip_sessions(self.cfg.planted == Some(Bug::SkipSessions));
         let opts = NodeOptions {
@@ -622,9 +660,11 @@ impl Sim {
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
-        let (node, _handle) = Node::new(tlog.clone(), sm, opts, None, Some(sink))?;
+        let (node, handle) = Node::new(tlog.clone(), sm, opts, None, Some(sink))?;
         let sn = &mut self.nodes[i];
         sn.node = Some(node);
+        let skip_barrier = self.cfg.planted == Some(Bug::LayerSkipsBarrier);
+        sn.server = Some(SimServer::new(server_config(), handle, store, skip_barrier));
         sn.tlog = Some(tlog);
         sn.role = None;
         sn.restart_pending = false;

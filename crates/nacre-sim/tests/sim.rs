@@ -124,3 +124,45 @@ fn a_seed_replays_identically() {
     let other = run_seed(12, short());
     assert_ne!(a.fingerprint, other.fingerprint);
 }
+
+#[test]
+fn requests_through_the_request_layer_are_checked() {
+    // Half the requests go through the node's request layer by default:
+    // they must have been answered, and the history still passes.
+    let r = run_seed(5, short());
+    assert!(r.passed(), "{}", describe(&r));
+    assert!(
+        r.stats.answers_via_server > 100,
+        "only {} of {} requests through the layer answered",
+        r.stats.answers_via_server,
+        r.stats.requests_via_server
+    );
+    // A layer that skips the read barrier is caught, by the
+    // linearizability search ...
+    caught_within(Bug::LayerSkipsBarrier, 10);
+    let planted = SimConfig {
+        planted: Some(Bug::LayerSkipsBarrier),
+        faults: false,
+        ..short()
+    };
+    let caught = run_seed(1, planted.clone());
+    assert!(
+        caught
+            .failures
+            .iter()
+            .any(|f| f.starts_with("not linearizable")),
+        "{}",
+        describe(&caught)
+    );
+    // ... and only because requests go through the layer: sent straight
+    // to the nodes, the same seed passes.
+    let direct = run_seed(
+        1,
+        SimConfig {
+            via_server_permille: 0,
+            ..planted
+        },
+    );
+    assert!(direct.passed(), "{}", describe(&direct));
+    assert_eq!(direct.stats.requests_via_server, 0);
+}

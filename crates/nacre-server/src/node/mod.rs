@@ -247,6 +247,21 @@ impl Node {
         self.raw.raft.set_randomized_election_timeout(ticks);
     }
 
+    /// Takes what handles ([`NodeHandle`]) queued for this node, at most
+    /// `max` messages: the simulator delivers them itself, as the
+    /// production loop takes them off its queue.
+    #[cfg(feature = "sim")]
+    pub fn take_queued(&mut self, max: usize) -> Vec<Msg> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.rx.try_recv() {
+                Ok(m) => out.push(m),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
     /// The current term and role, for the simulator to notice when raft
     /// would have drawn a new election timeout.
     pub fn raft_role(&self) -> (u64, StateRole) {

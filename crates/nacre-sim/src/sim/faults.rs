@@ -157,6 +157,7 @@ impl Sim {
             sn.vfs.crash();
         }
         sn.node = None;
+        sn.server = None;
         sn.tlog = None;
         // kill -9 ends a stopped process too; what waited for it is lost.
         sn.paused = None;

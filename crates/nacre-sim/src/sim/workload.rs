@@ -10,15 +10,16 @@ use rand::Rng;
 use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
 
+use super::via_server::{ServerCall, ServerWait};
 use super::{Ev, Msg, ReadObs, ReadReply, Reader, Sim, WriteReply};
 use crate::checker::{Call, OpKind, OpValue};
 use crate::model::WriteResult;
 
-const WRITE_TIMEOUT_US: u64 = 2_000_000;
+pub(super) const WRITE_TIMEOUT_US: u64 = 2_000_000;
 /// How often a client that retries sends a write again, at most, after
 /// a refusal or an unknown outcome (with the same session stamp).
-const WRITE_RESENDS_MAX: u32 = 4;
-const READ_TIMEOUT_US: u64 = 1_000_000;
+pub(super) const WRITE_RESENDS_MAX: u32 = 4;
+pub(super) const READ_TIMEOUT_US: u64 = 1_000_000;
 
 /// The answer a client waits for.
 pub(super) enum Waiting {
@@ -27,6 +28,16 @@ pub(super) enum Waiting {
         data: Vec<u8>,
     },
     Read(oneshot::Receiver<ReadReply>),
+    /// A request through the node's request layer (`via_server.rs`).
+    Server(ServerWait),
+}
+
+/// What a request is sent as.
+pub(super) enum Outgoing {
+    /// A message straight to the node, and the answer to wait for.
+    Node(Msg, Waiting),
+    /// A client request to the node's request layer.
+    Server(Request, ServerCall),
 }
 
 impl Pending {
@@ -43,7 +54,25 @@ impl Waiting {
     fn take_data(&mut self) -> Vec<u8> {
         match self {
             Waiting::Write { data, .. } => std::mem::take(data),
+            Waiting::Server(w) => w.take_data(),
             Waiting::Read(_) => Vec::new(),
+        }
+    }
+
+    /// The command a write proposes, to send it again.
+    fn data(&self) -> Option<&Vec<u8>> {
+        match self {
+            Waiting::Write { data, .. } => Some(data),
+            Waiting::Server(w) => w.data(),
+            Waiting::Read(_) => None,
+        }
+    }
+
+    fn is_consistent_read(&self) -> bool {
+        match self {
+            Waiting::Read(_) => true,
+            Waiting::Server(w) => matches!(w.call, ServerCall::Consistent),
+            Waiting::Write { .. } => false,
         }
     }
 }
@@ -63,10 +92,10 @@ pub(super) struct Pending {
     pub(super) pause_read: bool,
     /// Times this write may still be sent again with its session stamp,
     /// as the real client does (0 for reads and for clients that give up).
-    resends_left: u32,
+    pub(super) resends_left: u32,
     /// An earlier send of this write ended without a definite answer, so
     /// it may have applied even if a later one is refused.
-    maybe_applied: bool,
+    pub(super) maybe_applied: bool,
 }
 
 /// One client: one operation in flight at a time.
@@ -141,18 +170,32 @@ impl Sim {
         };
         let k = self.key();
         let v = self.value(c);
+        let via_server = self.via_server();
         if let Some(req) = self.write_request(c, roll, &k, v) {
-            self.send_write(c, &req);
+            if via_server {
+                self.send_write_via_server(c, req);
+            } else {
+                self.send_write(c, &req);
+            }
             return;
         }
         let kind = self.read_kind(c, k);
         if roll < 80 {
-            self.send_read(c, kind);
+            if via_server {
+                self.send_read_via_server(c, kind, ServerCall::Consistent);
+            } else {
+                self.send_read(c, kind);
+            }
             return;
         }
         // at_least / any: served at once by whichever node the client
         // reaches, from its own state.
         let at_least = (roll < 92).then_some(self.clients[c].seen_index);
+        if via_server {
+            // Answered at the next poll; the client wakes after that.
+            self.send_read_via_server(c, kind, ServerCall::Local { at_least });
+            return;
+        }
         self.read_local(c, kind, at_least);
         let d = self.rng.random_range(0..20_000);
         self.at(d, Ev::Client(c));
@@ -230,16 +273,12 @@ impl Sim {
             kind: OpKind::Write(batch),
             value: None,
         };
-        self.send(
-            c,
-            call,
-            Msg::Propose {
-                data: data.clone(),
-                reply,
-            },
-            Waiting::Write { rx, data },
-            WRITE_TIMEOUT_US,
-        );
+        let msg = Msg::Propose {
+            data: data.clone(),
+            reply,
+        };
+        let out = Outgoing::Node(msg, Waiting::Write { rx, data });
+        self.send(c, call, out, WRITE_TIMEOUT_US);
         // Half the writes are retried under their session until they get
         // a definite answer, as the real client retries: exactly once is
         // then the state machine's job (its deduplication), and the
@@ -275,13 +314,8 @@ impl Sim {
             kind,
             value: None,
         };
-        self.send(
-            c,
-            call,
-            Msg::Read { reply },
-            Waiting::Read(rx),
-            READ_TIMEOUT_US,
-        );
+        let out = Outgoing::Node(Msg::Read { reply }, Waiting::Read(rx));
+        self.send(c, call, out, READ_TIMEOUT_US);
     }
 
     /// An `at_least` (`Some`) or `any` read, served at once by a random
@@ -301,6 +335,20 @@ impl Sim {
             return;
         }
         let value = read(node.store(), &kind);
+        self.local_read_done(c, i, applied, at_least, kind, value);
+    }
+
+    /// Client `c`'s `at_least` (`Some`) or `any` read of `kind` returned
+    /// `value` from node `i`, which had applied `applied`.
+    pub(super) fn local_read_done(
+        &mut self,
+        c: usize,
+        i: usize,
+        applied: u64,
+        at_least: Option<u64>,
+        kind: OpKind,
+        value: OpValue,
+    ) {
         self.stats.reads_stale += 1;
         self.log(|| format!("c{c} reads {kind:?} at n{i} (applied {applied}, at_least {at_least:?}) = {value:?}"));
         self.note_read(c, applied, &value);
@@ -315,7 +363,7 @@ impl Sim {
 
     /// Sends client `c`'s request to a node (usually the leader it was
     /// last told about) and waits for the answer until `timeout_us`.
-    fn send(&mut self, c: usize, call: Call, msg: Msg, waiting: Waiting, timeout_us: u64) {
+    pub(super) fn send(&mut self, c: usize, call: Call, out: Outgoing, timeout_us: u64) {
         let mut i = if let Some(p) = self.clients[c].pin {
             p
         } else if self.rng.random_bool(0.1) {
@@ -332,8 +380,16 @@ impl Sim {
             return;
         }
         self.log(|| format!("c{c} -> n{i}: {:?}", call.kind));
-        let pause_read =
-            self.at_paused_leader_after_write(i) && matches!(waiting, Waiting::Read(_));
+        let (waiting, msg) = match out {
+            Outgoing::Node(msg, waiting) => (waiting, Some(msg)),
+            Outgoing::Server(req, call) => {
+                self.stats.requests_via_server += 1;
+                let server = self.nodes[i].server.as_ref().expect("up");
+                let answer = server.execute(req);
+                (Waiting::Server(ServerWait { answer, call }), None)
+            }
+        };
+        let pause_read = self.at_paused_leader_after_write(i) && waiting.is_consistent_read();
         self.stats.pause_reads_sent += u64::from(pause_read);
         self.clients[c].pending = Some(Pending {
             call,
@@ -344,10 +400,12 @@ impl Sim {
             resends_left: 0,
             maybe_applied: false,
         });
-        self.deliver(i, msg);
+        if let Some(msg) = msg {
+            self.deliver(i, msg);
+        }
     }
 
-    fn note_read(&mut self, c: usize, applied: u64, value: &OpValue) {
+    pub(super) fn note_read(&mut self, c: usize, applied: u64, value: &OpValue) {
         let cl = &mut self.clients[c];
         cl.seen_index = cl.seen_index.max(applied);
         match value {
@@ -376,6 +434,7 @@ impl Sim {
                     let answer = rx.try_recv();
                     self.poll_read(c, &mut p, answer)
                 }
+                Waiting::Server(_) => self.poll_via_server(c, &mut p),
             };
             if done {
                 let d = self.rng.random_range(0..20_000);
@@ -394,19 +453,7 @@ impl Sim {
                 self.write_acked(c, p, index, WriteResult::from(&outcome));
                 true
             }
-            Ok(Err(e)) if e.code == ErrorCode::NotMaster => {
-                // This send was refused before it entered the log (or its
-                // index went to another leader's entry): it never applies.
-                self.stats.writes_refused += 1;
-                self.follow_hint(c, p.node);
-                if self.resend_write(c, p) {
-                    return false;
-                }
-                if p.maybe_applied {
-                    self.open_write(p.call.clone());
-                }
-                true
-            }
+            Ok(Err(e)) if e.code == ErrorCode::NotMaster => self.write_not_master(c, p),
             Ok(Err(e)) => {
                 self.log(|| format!("c{c} <- n{}: write outcome unknown: {}", p.node, e.message));
                 self.unknown_outcome(c, p)
@@ -417,8 +464,29 @@ impl Sim {
         }
     }
 
+    /// Client `c`'s write `p` was refused with `NotMaster`: this send never
+    /// entered the log (or its index went to another leader's entry), so
+    /// it never applies. Whether the write is done.
+    pub(super) fn write_not_master(&mut self, c: usize, p: &mut Pending) -> bool {
+        self.stats.writes_refused += 1;
+        self.follow_hint(c, p.node);
+        if self.resend_write(c, p) {
+            return false;
+        }
+        if p.maybe_applied {
+            self.open_write(p.call.clone());
+        }
+        true
+    }
+
     /// Client `c`'s write `p` was acknowledged at `index` with `result`.
-    fn write_acked(&mut self, c: usize, p: &mut Pending, index: u64, result: WriteResult) {
+    pub(super) fn write_acked(
+        &mut self,
+        c: usize,
+        p: &mut Pending,
+        index: u64,
+        result: WriteResult,
+    ) {
         self.log(|| format!("c{c} <- n{}: write at {index}: {result:?}", p.node));
         p.call.complete_us = Some(self.now_us);
         p.call.value = Some(OpValue::Write(result.clone()));
@@ -495,6 +563,19 @@ impl Sim {
                 p.node
             )
         });
+        self.consistent_read_done(c, p, applied, value, version);
+    }
+
+    /// Client `c`'s consistent read `p` returned `value` (and, for a get,
+    /// the key's `version`) from a node that had applied `applied`.
+    pub(super) fn consistent_read_done(
+        &mut self,
+        c: usize,
+        p: &mut Pending,
+        applied: u64,
+        value: OpValue,
+        version: u64,
+    ) {
         p.call.complete_us = Some(self.now_us);
         p.call.value = Some(value.clone());
         self.history.push(p.call.clone());
@@ -517,7 +598,7 @@ impl Sim {
 
     /// Client `c`'s write `p` got no definite answer: it is sent again if
     /// the client retries (not done), else it stays open (done).
-    fn unknown_outcome(&mut self, c: usize, p: &mut Pending) -> bool {
+    pub(super) fn unknown_outcome(&mut self, c: usize, p: &mut Pending) -> bool {
         p.maybe_applied = true;
         if self.resend_write(c, p) {
             return false;
@@ -533,10 +614,9 @@ impl Sim {
         if p.resends_left == 0 || !self.workload {
             return false;
         }
-        let Waiting::Write { data, .. } = &p.waiting else {
+        let Some(data) = p.waiting.data().cloned() else {
             return false;
         };
-        let data = data.clone();
         let target = self.clients[c].target;
         let mut i = self.scenario_redirect(c, target);
         if self.nodes[i].node.is_none() {
@@ -567,7 +647,7 @@ impl Sim {
     }
 
     /// Goes to the leader the refusing node names, else anywhere.
-    fn follow_hint(&mut self, c: usize, asked: usize) {
+    pub(super) fn follow_hint(&mut self, c: usize, asked: usize) {
         let leader = self.nodes[asked].node.as_ref().map(|n| {
             n.status()
                 .leader_id
