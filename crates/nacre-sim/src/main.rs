@@ -22,7 +22,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     workload_ms: u64,
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
-    /// tick-lease.
+    /// tick-lease, bootstrap-anyway.
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -37,13 +37,18 @@ struct Args {
     drift_permille: u64,
     /// Run the slow-leader cut-off scenario instead of random faults: the
     /// leader's clock slows by this factor, per mille (4000: 4x slow).
-    #[arg(long, conflicts_with = "leader_pause")]
+    #[arg(long, conflicts_with_all = ["leader_pause", "wipe_lagging"])]
     slow_leader_cutoff: Option<u64>,
     /// Run the leader-pause scenario instead of random faults: the leader
     /// is paused again and again while reads of what the others wrote
     /// queue up at it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wipe_lagging")]
     leader_pause: bool,
+    /// Run the wipe scenario instead of random faults: with voters lagging,
+    /// a follower of the bare quorum loses its disk and restarts with its
+    /// config while the leader is down.
+    #[arg(long)]
+    wipe_lagging: bool,
 }
 
 fn main() {
@@ -57,6 +62,8 @@ fn main() {
     // Pauses: in all, with a write acknowledged elsewhere meanwhile, and
     // reads sent to the paused leader after it, answered.
     let (mut pauses, mut pauses_new, mut pause_reads, mut pause_answered) = (0u64, 0, 0, 0);
+    // Wipes, and writes acknowledged by the bare quorum before them.
+    let (mut wipes, mut lagging_writes) = (0u64, 0u64);
     for seed in args.start..args.start + args.seeds {
         let cfg = SimConfig {
             trace: args.trace,
@@ -69,6 +76,7 @@ fn main() {
                 Some(p) => Some(Scenario::SlowLeaderCutOff {
                     leader_clock_slowdown_permille: p,
                 }),
+                None if args.wipe_lagging => Some(Scenario::WipeWithLaggingVoter),
                 None => args.leader_pause.then_some(Scenario::LeaderPause),
             },
             ..SimConfig::default()
@@ -83,6 +91,8 @@ fn main() {
         pauses_new += r.stats.pauses_with_new_write;
         pause_reads += r.stats.pause_reads_sent;
         pause_answered += r.stats.pause_reads_answered;
+        wipes += r.stats.wipes;
+        lagging_writes += r.stats.lagging_writes_acked;
         ops += r.history.len() as u64;
         if args.trace {
             for line in &r.trace {
@@ -126,6 +136,12 @@ fn main() {
              {pause_reads} reads of it sent to the paused leader, {pause_answered} answered"
         );
     }
+    if args.wipe_lagging {
+        println!(
+            "wipe with a lagging voter: {wipes} disks wiped, after {lagging_writes} writes \
+             acknowledged by the bare quorum"
+        );
+    }
     if failed > 0 {
         std::process::exit(1);
     }
@@ -158,6 +174,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
     }
     if args.leader_pause {
         extra.push_str(" --leader-pause");
+    }
+    if args.wipe_lagging {
+        extra.push_str(" --wipe-lagging");
     }
     format!(
         "cargo run --release -p nacre-sim -- --seeds 1 --start {seed} --workload-ms {}{planted}{extra} --trace",

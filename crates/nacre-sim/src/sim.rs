@@ -18,6 +18,7 @@ mod checks;
 mod faults;
 mod network;
 mod scenario;
+mod wipe;
 mod workload;
 
 use std::cmp::Reverse;
@@ -39,7 +40,9 @@ use rand::{Rng, SeedableRng};
 // Everything the simulator takes from nacre-server, for all its modules
 // (they import it from here): one place to change when those paths move.
 use nacre_server::name_id;
-use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply};
+use nacre_server::node::{
+    InitialClusterState, Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply,
+};
 use nacre_server::state::{is_local_key, MemberRecord, Reader, StateMachine};
 use nacre_server::transport::Inbound;
 
@@ -48,6 +51,7 @@ use crate::clock::{SimClock, SimNow};
 use checks::ReadObs;
 use network::Network;
 use scenario::CutOff;
+use wipe::Wipe;
 use workload::Client;
 
 /// A deliberate bug to switch on in every node.
@@ -63,6 +67,10 @@ pub enum Bug {
     /// The leader lease is counted in ticks, which stop while a process
     /// is paused (`Planted::tick_lease`).
     TickLease,
+    /// A node with an empty data directory bootstraps a new cluster from
+    /// its config at once, without asking the others whether the cluster
+    /// exists (`Planted::bootstrap_anyway`).
+    BootstrapAnyway,
 }
 
 impl std::str::FromStr for Bug {
@@ -73,8 +81,10 @@ impl std::str::FromStr for Bug {
             "ack-before-fsync" => Ok(Bug::AckBeforeFsync),
             "skip-guard" => Ok(Bug::SkipGuard),
             "tick-lease" => Ok(Bug::TickLease),
+            "bootstrap-anyway" => Ok(Bug::BootstrapAnyway),
             _ => Err(format!(
-                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, tick-lease)"
+                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, tick-lease, \
+                 bootstrap-anyway)"
             )),
         }
     }
@@ -164,6 +174,11 @@ pub struct Stats {
     /// of those the ones it answered (rather than refused) on resuming.
     pub pause_reads_sent: u64,
     pub pause_reads_answered: u64,
+    /// [`Scenario::WipeWithLaggingVoter`]: disks wiped, and writes
+    /// acknowledged by the bare quorum while the lagging voters were cut
+    /// off (each one is lost if the wiped node votes with an empty log).
+    pub wipes: u64,
+    pub lagging_writes_acked: u64,
 }
 
 /// Everything one run produced.
@@ -316,6 +331,8 @@ enum Ev {
     EndWorkload,
     ScenarioStart,
     ScenarioEnd,
+    /// [`Scenario::WipeWithLaggingVoter`]: wipe a node of the bare quorum.
+    Wipe,
 }
 
 struct Queued {
@@ -362,6 +379,9 @@ pub struct Sim {
     net: Network,
     workload: bool,
     cutoff: Option<CutOff>,
+    wipe: Option<Wipe>,
+    /// A committed entry changed after it was taken (reported once).
+    rewritten: bool,
     history: Vec<Call>,
     /// Acknowledged writes: (history position, log index, command bytes).
     acked: Vec<(usize, u64, Vec<u8>)>,
@@ -428,6 +448,8 @@ impl Sim {
             net,
             workload: true,
             cutoff: None,
+            wipe: None,
+            rewritten: false,
             history: Vec::new(),
             acked: Vec::new(),
             reads: Vec::new(),
@@ -482,6 +504,11 @@ impl Sim {
                 self.fail(format!("n{i} failed to start: {e}"));
                 return self.report();
             }
+        }
+        // Each node finds its disk empty and asks the others before it
+        // creates the cluster: all are new, so all create it now.
+        for i in 0..self.nodes.len() {
+            self.answer_creation(i);
         }
         for c in 0..self.clients.len() {
             let d = self.rng.random_range(0..20_000);
@@ -554,7 +581,7 @@ impl Sim {
         let opts = NodeOptions {
             id: sn.id,
             initial_members: self.members.clone(),
-            join: false,
+            initial_cluster_state: InitialClusterState::New,
             preferred_leader: None,
             cluster_id: "sim".into(),
             peer_listen: String::new(),
@@ -570,10 +597,12 @@ impl Sim {
             // sent a snapshot.
             checkpoint_entries: 64,
             tlog_tail_entries: TLOG_TAIL_ENTRIES,
+            promote_lag_max_entries: 1_000,
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
                 tick_lease: self.cfg.planted == Some(Bug::TickLease),
+                bootstrap_anyway: self.cfg.planted == Some(Bug::BootstrapAnyway),
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
@@ -630,6 +659,7 @@ impl Sim {
             Ev::Restart(i) => self.restart(i),
             Ev::ScenarioStart => self.scenario_start(),
             Ev::ScenarioEnd => self.scenario_end(),
+            Ev::Wipe => self.wipe_and_crash(),
             Ev::EndWorkload => self.end_workload(),
         }
     }
@@ -643,8 +673,12 @@ impl Sim {
             self.nodes[i].role = Some(role);
             self.log(|| format!("n{i} is {:?} in term {}", role.1, role.0));
         }
+        self.answer_creation(i);
         let sn = &mut self.nodes[i];
-        let node = sn.node.as_mut().expect("up");
+        let Some(node) = sn.node.as_mut() else {
+            // Answering failed it (a disk error): it restarts later.
+            return;
+        };
         node.set_election_timeout_ticks(sn.timeout_ticks);
         node.tick();
         self.drive(i);
@@ -734,7 +768,9 @@ impl Sim {
     }
 
     /// Takes the entries node `i` has committed past those taken so far,
-    /// while its tlog still holds them.
+    /// while its tlog still holds them; and checks that the last entry
+    /// taken is still the one node `i` committed at that index (a
+    /// committed entry must never change: one that did was lost).
     fn capture(&mut self, i: usize) {
         let sn = &self.nodes[i];
         let (Some(node), Some(tlog)) = (sn.node.as_ref(), sn.tlog.as_ref()) else {
@@ -742,10 +778,24 @@ impl Sim {
         };
         let commit = node.status().commit.load(Ordering::Relaxed);
         let next = COMMITTED_FIRST + self.committed.len() as u64;
+        let log = tlog.read();
+        if let Some(taken) = self.committed.last().filter(|e| e.index <= commit) {
+            let (index, term) = (taken.index, taken.term);
+            // `term` fails only for an index outside node i's log.
+            let now = log.term(index).ok().filter(|t| *t != term);
+            if let Some(now) = now.filter(|_| !self.rewritten) {
+                drop(log);
+                self.rewritten = true;
+                self.fail(format!(
+                    "committed entry {index} changed: taken with term {term}, n{i} committed \
+                     one of term {now} there (an acknowledged write may be lost)"
+                ));
+                return;
+            }
+        }
         if commit < next {
             return;
         }
-        let log = tlog.read();
         if log.first_index() > next {
             // It came up to date by a snapshot: the others have them.
             return;

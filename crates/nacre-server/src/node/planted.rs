@@ -25,6 +25,11 @@ pub struct Planted {
     /// when a quorum's replies arrived. Ticks stop while the process is
     /// stopped, so a leader resumed after a pause still believes it.
     pub tick_lease: bool,
+    /// A node that finds its data directory empty bootstraps a new
+    /// cluster from its initial members at once, as before it asked them
+    /// first: one that lost its data comes back as a voter with an empty
+    /// log, and can elect a leader that misses committed writes.
+    pub bootstrap_anyway: bool,
 }
 
 /// What the planted bugs track while the node runs; nothing without the

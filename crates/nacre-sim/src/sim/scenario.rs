@@ -1,6 +1,8 @@
 //! Targeted fault schedules that replace the random ones: a slow leader
 //! cut off ([`Scenario::SlowLeaderCutOff`]) and a paused leader
-//! ([`Scenario::LeaderPause`]), with the clients each one steers.
+//! ([`Scenario::LeaderPause`]), with the clients each one steers; a node
+//! wiped next to a lagging voter ([`Scenario::WipeWithLaggingVoter`]) is
+//! in `wipe.rs`.
 
 use bytes::Bytes;
 use nacre_proto::{Batch, Op};
@@ -35,6 +37,16 @@ pub enum Scenario {
     /// cluster. A lease that did not see the time pass answers those reads
     /// with what it had before the pause.
     LeaderPause,
+    /// Raft's amnesia case, once per run: from 0.8–1.2 s into the
+    /// workload, once there is a leader and some acknowledged writes, the
+    /// voters a quorum can spare (one of 3, two of 5) are cut off, so the
+    /// writes of the next 0.3–0.8 s live on a bare quorum. Once one was
+    /// acknowledged, a follower of that quorum loses its disk and restarts
+    /// on an empty one with its config, the leader loses power (back after
+    /// 0.6–1.2 s) and the lagging voters are reachable again. A restarted
+    /// node that voted with an empty log would let a lagging voter lead
+    /// and overwrite those writes.
+    WipeWithLaggingVoter,
 }
 
 /// A [`Scenario`] in progress: a leader cut off, or paused.
@@ -62,6 +74,10 @@ impl Sim {
             return;
         };
         if !self.workload || self.cutoff.is_some() {
+            return;
+        }
+        if scenario == Scenario::WipeWithLaggingVoter {
+            self.wipe_start();
             return;
         }
         let Some(l) = self.leader().filter(|_| self.stats.writes_acked >= 10) else {
@@ -97,6 +113,7 @@ impl Sim {
                 let d = self.rng.random_range(600_000..1_200_000);
                 self.at(d, Ev::ScenarioEnd);
             }
+            Scenario::WipeWithLaggingVoter => unreachable!("started by wipe_start"),
             Scenario::LeaderPause => {
                 let e = Self::election_timeout_us();
                 let d = self.rng.random_range(e / 2..=3 * e);
