@@ -29,12 +29,14 @@ impl Client {
         Ok(self.write(req).await?.index)
     }
 
-    /// Makes a learner a voter.
-    pub async fn promote(&self, name: impl Into<String>) -> Result<u64, ClientError> {
-        Ok(self
-            .write(Request::Promote { name: name.into() })
-            .await?
-            .index)
+    /// Makes a learner a voter. The leader refuses one that lags it by more
+    /// than its bound (`ErrorCode::LearnerBehind`) unless `force`.
+    pub async fn promote(&self, name: impl Into<String>, force: bool) -> Result<u64, ClientError> {
+        let req = Request::Promote {
+            name: name.into(),
+            force,
+        };
+        Ok(self.write(req).await?.index)
     }
 
     /// Removes a member.

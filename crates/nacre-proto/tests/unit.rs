@@ -768,6 +768,7 @@ fn error_codes_round_trip() {
         (ErrorCode::Conflict, 15, "conflict"),
         (ErrorCode::ScriptError, 16, "script_error"),
         (ErrorCode::BudgetExceeded, 17, "budget_exceeded"),
+        (ErrorCode::LearnerBehind, 18, "learner_behind"),
     ];
     for (code, n, name) in known {
         assert_eq!(code.to_u16(), n);
@@ -775,7 +776,7 @@ fn error_codes_round_trip() {
         assert_eq!(code.name(), name);
         assert_eq!(code.to_string(), name);
     }
-    for n in [0u16, 18, 1000, u16::MAX] {
+    for n in [0u16, 19, 1000, u16::MAX] {
         assert_eq!(ErrorCode::from_u16(n), ErrorCode::Unknown(n));
         assert_eq!(ErrorCode::Unknown(n).to_u16(), n);
         assert_eq!(ErrorCode::Unknown(n).name(), "unknown");

@@ -95,10 +95,29 @@ pub struct ServerConfig {
     pub nodes: Vec<NodeConfig>,
     /// A voter that takes leadership back whenever it is healthy.
     pub preferred_leader: Option<String>,
-    /// Start with an empty data directory and wait to be added to a
-    /// running cluster (`nacre cluster add-learner`), instead of
-    /// bootstrapping a new cluster from `[[nodes]]`.
+    /// What a node whose data directory is empty does (etcd's
+    /// `--initial-cluster-state`): `"new"` (default) creates the cluster
+    /// from `[[nodes]]`, but only once every other initial member has
+    /// answered that it holds no cluster state either; if one holds some,
+    /// the cluster exists and this node lost its data, so it waits as with
+    /// `"existing"`. `"existing"`: the cluster exists; the node neither
+    /// votes nor serves until the leader has sent it the cluster's state
+    /// (docs/replication.md, "A node that lost its data"). Ignored once
+    /// the data directory holds a log.
+    pub initial_cluster_state: String,
+    /// Join a running cluster: the same as `initial_cluster_state =
+    /// "existing"`, for a node that `nacre cluster add-learner` adds (or
+    /// has added).
     pub join: bool,
+    /// Client addresses of members of the cluster to join: a joining node
+    /// asks them for the members and their peer addresses. Empty: the
+    /// client addresses of `[[nodes]]`.
+    pub join_endpoints: Vec<String>,
+    /// `nacre cluster promote` refuses a learner whose log is more than
+    /// this many entries behind the leader's (or of which the leader has
+    /// confirmed nothing yet), unless forced: a voter that cannot vote
+    /// for the leader's log weakens the quorum until it catches up.
+    pub promote_lag_max_entries: u64,
     /// Entries kept in the tlog behind a checkpoint so a briefly lagging
     /// follower catches up from the log instead of a snapshot.
     pub tlog_tail_entries: u64,
@@ -141,9 +160,12 @@ impl Default for ServerConfig {
             tlog_segment_size_bytes: 64 << 20,
             nodes: Vec::new(),
             preferred_leader: None,
+            initial_cluster_state: "new".to_string(),
             join: false,
+            join_endpoints: Vec::new(),
             tlog_tail_entries: 10_000,
             tlog_tail_bytes: 16 << 20,
+            promote_lag_max_entries: 1_000,
             session_retention_entries: 100_000,
         }
     }
@@ -160,6 +182,25 @@ impl ServerConfig {
             multi_get_keys_max: self.multi_get_keys_max,
             range_results_max: self.range_results_max,
         }
+    }
+
+    /// Whether this node joins a cluster that exists already, rather than
+    /// creating one, when its data directory is empty.
+    pub fn joins_existing(&self) -> bool {
+        self.join || self.initial_cluster_state == "existing"
+    }
+
+    /// Whom a joining node asks for the members: `join_endpoints`, else
+    /// the client addresses of the other `[[nodes]]`.
+    pub fn endpoints_to_join(&self) -> Vec<String> {
+        if !self.join_endpoints.is_empty() {
+            return self.join_endpoints.clone();
+        }
+        self.nodes
+            .iter()
+            .filter(|n| n.name != self.node_name)
+            .map(|n| n.client.clone())
+            .collect()
     }
 
     /// Parses a TOML document; missing keys keep their defaults.
@@ -241,6 +282,19 @@ impl ServerConfig {
                 self.consistent_reads
             )));
         }
+        if !matches!(self.initial_cluster_state.as_str(), "new" | "existing") {
+            return Err(ConfigError::Invalid(format!(
+                "initial_cluster_state must be \"new\" or \"existing\", not {:?}",
+                self.initial_cluster_state
+            )));
+        }
+        if self.joins_existing() && self.endpoints_to_join().is_empty() {
+            return Err(ConfigError::Invalid(
+                "joining a cluster needs the client address of a member to ask: \
+                 --join HOST:PORT[,HOST:PORT...] (or a config listing [[nodes]])"
+                    .to_string(),
+            ));
+        }
         if self.election_ticks <= self.heartbeat_ticks {
             return Err(ConfigError::Invalid(
                 "election_ticks must be greater than heartbeat_ticks".to_string(),
@@ -256,47 +310,57 @@ impl ServerConfig {
                 "cluster_id must be at most 255 bytes".to_string(),
             ));
         }
-        if !self.nodes.is_empty() {
-            let members = self.initial_members();
-            let mut ids = std::collections::BTreeSet::new();
-            let mut names = std::collections::BTreeSet::new();
-            for (id, n) in &members {
-                if *id == 0 {
-                    return Err(ConfigError::Invalid(format!(
-                        "node {:?}: id 0 is reserved",
-                        n.name
-                    )));
-                }
-                if !ids.insert(*id) {
-                    return Err(ConfigError::Invalid(format!(
-                        "node id {id} is used twice in [[nodes]]"
-                    )));
-                }
-                if !names.insert(n.name.clone()) {
-                    return Err(ConfigError::Invalid(format!(
-                        "node name {:?} is used twice in [[nodes]]",
-                        n.name
-                    )));
-                }
-            }
-            if !names.contains(&self.node_name) {
-                return Err(ConfigError::Invalid(format!(
-                    "this node ({:?}) is not in [[nodes]]: pass --node NAME",
-                    self.node_name
-                )));
-            }
-            if let Some(p) = &self.preferred_leader {
-                if !names.contains(p) {
-                    return Err(ConfigError::Invalid(format!(
-                        "preferred_leader {p:?} is not in [[nodes]]"
-                    )));
-                }
-            }
-        }
+        self.validate_nodes()?;
         if self.frame_size_max_bytes < self.value_size_max_bytes + self.key_size_max_bytes + 1024 {
             return Err(ConfigError::Invalid(
                 "frame_size_max_bytes must hold one maximal key and value".to_string(),
             ));
+        }
+        Ok(())
+    }
+
+    /// `[[nodes]]`: distinct names and ids, this node among them (unless
+    /// it joins), the preferred leader among them.
+    fn validate_nodes(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return Ok(());
+        }
+        let members = self.initial_members();
+        let mut ids = std::collections::BTreeSet::new();
+        let mut names = std::collections::BTreeSet::new();
+        for (id, n) in &members {
+            if *id == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "node {:?}: id 0 is reserved",
+                    n.name
+                )));
+            }
+            if !ids.insert(*id) {
+                return Err(ConfigError::Invalid(format!(
+                    "node id {id} is used twice in [[nodes]]"
+                )));
+            }
+            if !names.insert(n.name.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "node name {:?} is used twice in [[nodes]]",
+                    n.name
+                )));
+            }
+        }
+        // A joining node may be new to the list: the cluster tells it
+        // the members.
+        if !names.contains(&self.node_name) && !self.joins_existing() {
+            return Err(ConfigError::Invalid(format!(
+                "this node ({:?}) is not in [[nodes]]: pass --node NAME",
+                self.node_name
+            )));
+        }
+        if let Some(p) = &self.preferred_leader {
+            if !names.contains(p) {
+                return Err(ConfigError::Invalid(format!(
+                    "preferred_leader {p:?} is not in [[nodes]]"
+                )));
+            }
         }
         Ok(())
     }

@@ -60,6 +60,10 @@ pub enum ServerError {
     /// A thread or task the node cannot live without panicked or ended.
     #[error("the {thread} {why}")]
     Stopped { thread: &'static str, why: String },
+    /// The cluster removed this node (`nacre cluster remove`): it stopped,
+    /// and must not be restarted as a member.
+    #[error("this node was removed from the cluster")]
+    Removed,
 }
 
 impl From<StateError> for ServerError {
@@ -102,6 +106,8 @@ pub enum FailureKind {
     Poisoned,
     /// A thread the node needs panicked or ended, or an invariant broke.
     Internal,
+    /// Not a failure: the cluster removed this node, so it stopped.
+    Removed,
     /// Anything else: configuration, an address already in use, ...
     Other,
 }
@@ -140,6 +146,7 @@ fn kind_of(e: &(dyn std::error::Error + 'static)) -> Option<FailureKind> {
             ServerError::Config(_)
             | ServerError::Listen { .. }
             | ServerError::NewerCommandFormat(_) => Some(FailureKind::Other),
+            ServerError::Removed => Some(FailureKind::Removed),
             // Decided by what they wrap.
             ServerError::Store(_) | ServerError::Tlog(_) | ServerError::Raft(_) => None,
         };

@@ -8,9 +8,11 @@
 
 pub mod clock;
 mod config;
+mod discovery;
 mod error;
 pub mod lease;
 pub mod node;
+mod removal;
 mod scripts;
 mod server;
 mod shutdown;
@@ -152,9 +154,13 @@ pub async fn start_with_vfs(
         node_options(&config),
         tokio::runtime::Handle::current(),
     )?;
+    // A node without the cluster's state asks the others what it needs.
+    discovery::spawn(&config, &node);
+    // A member removed while it could not hear of it finds out.
+    removal::spawn(&config, &node);
     // A single-member group elects itself at once; serving only after that
     // spares the first clients a spurious NotMaster.
-    if config.nodes.len() <= 1 && !config.join {
+    if config.nodes.len() <= 1 && !config.joins_existing() {
         let timeout_ms = config.tick_ms * config.election_ticks as u64 * 3;
         wait_for_leadership(&node, std::time::Duration::from_millis(timeout_ms)).await;
     }
@@ -254,7 +260,11 @@ fn node_options(config: &ServerConfig) -> node::NodeOptions {
     node::NodeOptions {
         id,
         initial_members,
-        join: config.join,
+        initial_cluster_state: if config.joins_existing() {
+            node::InitialClusterState::Existing
+        } else {
+            node::InitialClusterState::New
+        },
         preferred_leader,
         cluster_id: config.cluster_id.clone(),
         peer_listen: config.peer_listen.clone(),
@@ -269,6 +279,7 @@ fn node_options(config: &ServerConfig) -> node::NodeOptions {
         checkpoint_bytes: config.checkpoint_bytes,
         tlog_tail_entries: config.tlog_tail_entries,
         tlog_tail_bytes: config.tlog_tail_bytes,
+        promote_lag_max_entries: config.promote_lag_max_entries,
         #[cfg(feature = "sim")]
         planted: Default::default(),
     }
@@ -294,7 +305,9 @@ async fn wait_for_leadership(node: &node::NodeHandle, timeout: std::time::Durati
 /// or task the node cannot live without (the peer-in thread, the peer or
 /// client listener) — so that the process exits non-zero and a supervisor
 /// sees it, instead of living on answering every request with `GoingDown`;
-/// with `Ok` if the node was removed from the cluster.
+/// with [`ServerError::Removed`] if the cluster removed the node (its own
+/// kind, so that `nacre serve` exits with a code a supervisor can tell
+/// apart and not restart it).
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -316,5 +329,10 @@ pub async fn serve_with_vfs(
             tracing::warn!("the node can no longer serve; shutting it down");
         }
     }
-    running.shutdown().await
+    let status = running.node.status.clone();
+    running.shutdown().await?;
+    if status.removed.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ServerError::Removed);
+    }
+    Ok(())
 }

@@ -593,7 +593,7 @@ async fn cluster_change(shared: &Shared, req: Request) -> Result<Response, Error
             let id = crate::node::name_id(&name);
             Membership::AddLearner(id, crate::state::MemberRecord { name, client, peer })
         }
-        Request::Promote { name } => Membership::Promote(member_id(shared, &name)?),
+        Request::Promote { name, force } => Membership::Promote(member_id(shared, &name)?, force),
         Request::RemoveNode { name } => Membership::Remove(member_id(shared, &name)?),
         Request::TransferLeader { name } => Membership::TransferLeader(member_id(shared, &name)?),
         _ => unreachable!("execute_inner sends only membership changes here"),
@@ -714,10 +714,19 @@ async fn write(shared: &Shared, req: &Request) -> Result<Response, ErrorReply> {
 
 /// Holds a read back until the node may serve it at this consistency.
 pub(crate) async fn wait_for(shared: &Shared, c: Consistency) -> Result<(), ErrorReply> {
+    let have = shared.node.status.applied.load(Ordering::Acquire);
+    if have == 0 && c != Consistency::Consistent {
+        // Every member's state starts at index 1 (the bootstrap): a node
+        // at 0 has none yet, and an empty answer would be a lie.
+        return Err(ErrorReply::new(
+            ErrorCode::Unavailable,
+            "this node has no copy of the cluster's state yet (it waits to create the cluster \
+             or for the leader's snapshot)",
+        ));
+    }
     match c {
         Consistency::Any => Ok(()),
         Consistency::AtLeast(want) => {
-            let have = shared.node.status.applied.load(Ordering::Acquire);
             if have < want {
                 return Err(ErrorReply::new(
                     ErrorCode::InconsistentRead,

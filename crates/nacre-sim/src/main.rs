@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use nacre_sim::{run_seed, Bug, Scenario, SimConfig};
+use nacre_sim::{run_seed, Bug, Report, Scenario, SimConfig};
 
 #[derive(Parser)]
 #[command(about = "Runs simulated Nacre clusters, one per seed, and checks them")]
@@ -23,7 +23,7 @@ struct Args {
     workload_ms: u64,
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
     /// skip-sessions,
-    /// tick-lease, stalled-links, layer-skips-barrier.
+    /// tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway.
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -38,12 +38,12 @@ struct Args {
     drift_permille: u64,
     /// Run the slow-leader cut-off scenario instead of random faults: the
     /// leader's clock slows by this factor, per mille (4000: 4x slow).
-    #[arg(long, conflicts_with = "leader_pause")]
+    #[arg(long, conflicts_with_all = ["leader_pause", "wipe_lagging"])]
     slow_leader_cutoff: Option<u64>,
     /// Run the leader-pause scenario instead of random faults: the leader
     /// is paused again and again while reads of what the others wrote
     /// queue up at it.
-    #[arg(long, conflicts_with = "follower_cuts")]
+    #[arg(long, conflicts_with_all = ["follower_cuts", "wipe_lagging"])]
     leader_pause: bool,
     /// Run the follower-cuts scenario instead of random faults: one
     /// follower at a time is cut off while the leader keeps the others,
@@ -54,6 +54,11 @@ struct Args {
     /// request layer rather than straight to the node.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(0..=1000))]
     via_server_permille: u32,
+    /// Run the wipe scenario instead of random faults: with voters lagging,
+    /// a follower of the bare quorum loses its disk and restarts with its
+    /// config while the leader is down.
+    #[arg(long, conflicts_with_all = ["slow_leader_cutoff", "follower_cuts"])]
+    wipe_lagging: bool,
 }
 
 /// The scenario the flags ask for, if any.
@@ -66,26 +71,129 @@ fn scenario(args: &Args) -> Option<Scenario> {
     if args.leader_pause {
         return Some(Scenario::LeaderPause);
     }
+    if args.wipe_lagging {
+        return Some(Scenario::WipeWithLaggingVoter);
+    }
     args.follower_cuts.then_some(Scenario::FollowerCuts)
+}
+
+/// What the seeds of one soak add up to.
+#[derive(Default)]
+struct Totals {
+    failed: u64,
+    unknown: u64,
+    sim_ms: u64,
+    ops: u64,
+    /// Slow-leader cut-off: seeds with a cut, reads the cut-off leader
+    /// answered, those after a newer write, and seeds with any.
+    cuts: u64,
+    cut_reads: u64,
+    late_reads: u64,
+    late_seeds: u64,
+    /// Pauses: in all, with a write acknowledged elsewhere meanwhile, and
+    /// reads sent to the paused leader after it, answered.
+    pauses: u64,
+    pauses_new: u64,
+    pause_reads: u64,
+    pause_answered: u64,
+    /// Requests through the request layer, and of those answered.
+    via_server: u64,
+    via_answered: u64,
+    /// Follower cuts: rounds, links that stalled, the longest stretch
+    /// without an acknowledged write (and its seed), step-downs.
+    follower_cuts: u64,
+    stalls: u64,
+    gap_ms: u64,
+    gap_seed: u64,
+    step_downs: u64,
+    /// Wipes, and writes acknowledged by the bare quorum before them.
+    wipes: u64,
+    lagging_writes: u64,
+}
+
+impl Totals {
+    fn add(&mut self, seed: u64, r: &Report) {
+        let st = &r.stats;
+        self.sim_ms += r.sim_ms;
+        self.ops += r.history.len() as u64;
+        self.failed += u64::from(!r.passed());
+        self.unknown += u64::from(!r.unknown.is_empty());
+        self.cuts += u64::from(st.cutoff_at_ms > 0);
+        self.cut_reads += st.cutoff_reads_answered;
+        self.late_reads += st.cutoff_reads_after_new_write;
+        self.late_seeds += u64::from(st.cutoff_reads_after_new_write > 0);
+        self.pauses += st.pauses;
+        self.pauses_new += st.pauses_with_new_write;
+        self.pause_reads += st.pause_reads_sent;
+        self.pause_answered += st.pause_reads_answered;
+        self.via_server += st.requests_via_server;
+        self.via_answered += st.answers_via_server;
+        self.follower_cuts += st.follower_cuts;
+        self.stalls += st.links_stalled;
+        self.step_downs += st.leader_step_downs;
+        if st.longest_write_gap_ms > self.gap_ms {
+            (self.gap_ms, self.gap_seed) = (st.longest_write_gap_ms, seed);
+        }
+        self.wipes += st.wipes;
+        self.lagging_writes += st.lagging_writes_acked;
+    }
+
+    /// The summary lines: the seeds, then what the scenario asked for
+    /// found.
+    fn print(&self, args: &Args, elapsed_s: f64) {
+        let t = self;
+        println!(
+            "{} seeds ({}..{}), {} failed, {} undecided; {} operations; \
+             {:.2} simulated hours in {elapsed_s:.1}s",
+            args.seeds,
+            args.start,
+            args.start + args.seeds,
+            t.failed,
+            t.unknown,
+            t.ops,
+            t.sim_ms as f64 / 3_600_000.0,
+        );
+        if args.slow_leader_cutoff.is_some() {
+            println!(
+                "slow-leader cut-off: {} cuts; the cut-off leader answered {} consistent \
+                 reads during them, {} of them after another node acknowledged a write \
+                 (in {} seeds)",
+                t.cuts, t.cut_reads, t.late_reads, t.late_seeds
+            );
+        }
+        println!("pauses: {}", t.pauses);
+        println!(
+            "through the request layer: {} requests, {} answered",
+            t.via_server, t.via_answered
+        );
+        if args.leader_pause {
+            println!(
+                "leader pause: {} pauses with a write acknowledged elsewhere; {} reads of it \
+                 sent to the paused leader, {} answered",
+                t.pauses_new, t.pause_reads, t.pause_answered
+            );
+        }
+        if args.follower_cuts {
+            println!(
+                "follower cuts: {} followers cut off, {} stalled links redialled, {} \
+                 step-downs; longest stretch without an acknowledged write {} ms (seed {})",
+                t.follower_cuts, t.stalls, t.step_downs, t.gap_ms, t.gap_seed
+            );
+        }
+        if args.wipe_lagging {
+            println!(
+                "wipe with a lagging voter: {} disks wiped, after {} writes acknowledged by \
+                 the bare quorum",
+                t.wipes, t.lagging_writes
+            );
+        }
+    }
 }
 
 fn main() {
     let args = Args::parse();
     let started = Instant::now();
-    let (mut failed, mut unknown, mut sim_ms) = (0u64, 0u64, 0u64);
-    let mut ops = 0u64;
-    // Slow-leader cut-off: seeds with a cut, reads the cut-off leader
-    // answered, those after a newer write, and seeds with any.
-    let (mut cuts, mut cut_reads, mut late_reads, mut late_seeds) = (0u64, 0u64, 0u64, 0u64);
-    // Pauses: in all, with a write acknowledged elsewhere meanwhile, and
-    // reads sent to the paused leader after it, answered.
-    let (mut pauses, mut pauses_new, mut pause_reads, mut pause_answered) = (0u64, 0, 0, 0);
-    // Requests through the request layer, and of those answered.
-    let (mut via_server, mut via_answered) = (0u64, 0u64);
-    // Follower cuts: rounds, links that stalled, the longest stretch
-    // without an acknowledged write (and its seed), step-downs.
-    let (mut follower_cuts, mut stalls, mut gap_ms, mut gap_seed, mut step_downs) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut totals = Totals::default();
     for seed in args.start..args.start + args.seeds {
         let cfg = SimConfig {
             trace: args.trace,
@@ -99,24 +207,7 @@ fn main() {
             ..SimConfig::default()
         };
         let r = run_seed(seed, cfg);
-        sim_ms += r.sim_ms;
-        via_server += r.stats.requests_via_server;
-        via_answered += r.stats.answers_via_server;
-        cuts += u64::from(r.stats.cutoff_at_ms > 0);
-        cut_reads += r.stats.cutoff_reads_answered;
-        late_reads += r.stats.cutoff_reads_after_new_write;
-        late_seeds += u64::from(r.stats.cutoff_reads_after_new_write > 0);
-        pauses += r.stats.pauses;
-        pauses_new += r.stats.pauses_with_new_write;
-        pause_reads += r.stats.pause_reads_sent;
-        pause_answered += r.stats.pause_reads_answered;
-        follower_cuts += r.stats.follower_cuts;
-        stalls += r.stats.links_stalled;
-        step_downs += r.stats.leader_step_downs;
-        if r.stats.longest_write_gap_ms > gap_ms {
-            (gap_ms, gap_seed) = (r.stats.longest_write_gap_ms, seed);
-        }
-        ops += r.history.len() as u64;
+        totals.add(seed, &r);
         if args.trace {
             for line in &r.trace {
                 println!("{line}");
@@ -124,11 +215,9 @@ fn main() {
             println!("seed {seed}: {:?}", r.stats);
         }
         if !r.unknown.is_empty() {
-            unknown += 1;
             println!("seed {seed}: undecided: {}", r.unknown.join("; "));
         }
         if !r.passed() {
-            failed += 1;
             println!("seed {seed}: FAILED");
             for f in &r.failures {
                 println!("  {f}");
@@ -136,38 +225,8 @@ fn main() {
             println!("  replay: {}", replay_command(&args, seed));
         }
     }
-    println!(
-        "{} seeds ({}..{}), {failed} failed, {unknown} undecided; {ops} operations; \
-         {:.2} simulated hours in {:.1}s",
-        args.seeds,
-        args.start,
-        args.start + args.seeds,
-        sim_ms as f64 / 3_600_000.0,
-        started.elapsed().as_secs_f64()
-    );
-    if args.slow_leader_cutoff.is_some() {
-        println!(
-            "slow-leader cut-off: {cuts} cuts; the cut-off leader answered {cut_reads} \
-             consistent reads during them, {late_reads} of them after another node \
-             acknowledged a write (in {late_seeds} seeds)"
-        );
-    }
-    println!("pauses: {pauses}");
-    println!("through the request layer: {via_server} requests, {via_answered} answered");
-    if args.leader_pause {
-        println!(
-            "leader pause: {pauses_new} pauses with a write acknowledged elsewhere; \
-             {pause_reads} reads of it sent to the paused leader, {pause_answered} answered"
-        );
-    }
-    if args.follower_cuts {
-        println!(
-            "follower cuts: {follower_cuts} followers cut off, {stalls} stalled links \
-             redialled, {step_downs} step-downs; longest stretch without an acknowledged \
-             write {gap_ms} ms (seed {gap_seed})"
-        );
-    }
-    if failed > 0 {
+    totals.print(&args, started.elapsed().as_secs_f64());
+    if totals.failed > 0 {
         std::process::exit(1);
     }
 }
@@ -202,6 +261,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
     }
     if args.follower_cuts {
         extra.push_str(" --follower-cuts");
+    }
+    if args.wipe_lagging {
+        extra.push_str(" --wipe-lagging");
     }
     format!(
         "cargo run --release -p nacre-sim -- --seeds 1 --start {seed} --workload-ms {}{planted}{extra} --trace",

@@ -19,6 +19,7 @@ mod faults;
 mod network;
 mod scenario;
 mod via_server;
+mod wipe;
 mod workload;
 
 use std::cmp::Reverse;
@@ -40,7 +41,9 @@ use rand::{Rng, SeedableRng};
 // Everything the simulator takes from nacre-server, for all its modules
 // (they import it from here): one place to change when those paths move.
 use nacre_server::name_id;
-use nacre_server::node::{Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply};
+use nacre_server::node::{
+    InitialClusterState, Msg, Node, NodeOptions, PeerSink, Planted, ReadReply, WriteReply,
+};
 use nacre_server::sim_server::SimServer;
 use nacre_server::state::{is_local_key, MemberRecord, Reader, StateMachine};
 use nacre_server::transport::Inbound;
@@ -50,6 +53,7 @@ use crate::clock::{SimClock, SimNow};
 use checks::ReadObs;
 use network::Network;
 use scenario::{CutOff, FollowerCuts};
+use wipe::Wipe;
 use workload::Client;
 
 /// A deliberate bug to switch on in every node.
@@ -77,6 +81,10 @@ pub enum Bug {
     /// state, skipping the read barrier (`SimServer::new`'s
     /// `skip_read_barrier`; only requests through the layer meet it).
     LayerSkipsBarrier,
+    /// A node with an empty data directory bootstraps a new cluster from
+    /// its config at once, without asking the others whether the cluster
+    /// exists (`Planted::bootstrap_anyway`).
+    BootstrapAnyway,
 }
 
 impl std::str::FromStr for Bug {
@@ -90,9 +98,10 @@ impl std::str::FromStr for Bug {
             "tick-lease" => Ok(Bug::TickLease),
             "stalled-links" => Ok(Bug::StalledLinks),
             "layer-skips-barrier" => Ok(Bug::LayerSkipsBarrier),
+            "bootstrap-anyway" => Ok(Bug::BootstrapAnyway),
             _ => Err(format!(
                 "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
-                 tick-lease, stalled-links, layer-skips-barrier)"
+                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway)"
             )),
         }
     }
@@ -206,6 +215,11 @@ pub struct Stats {
     /// those the ones answered before the client gave up.
     pub requests_via_server: u64,
     pub answers_via_server: u64,
+    /// [`Scenario::WipeWithLaggingVoter`]: disks wiped, and writes
+    /// acknowledged by the bare quorum while the lagging voters were cut
+    /// off (each one is lost if the wiped node votes with an empty log).
+    pub wipes: u64,
+    pub lagging_writes_acked: u64,
 }
 
 /// Everything one run produced.
@@ -373,6 +387,8 @@ enum Ev {
     ScenarioEnd,
     /// The next step of `Scenario::FollowerCuts`.
     CutsStep,
+    /// [`Scenario::WipeWithLaggingVoter`]: wipe a node of the bare quorum.
+    Wipe,
 }
 
 struct Queued {
@@ -420,6 +436,9 @@ pub struct Sim {
     workload: bool,
     cutoff: Option<CutOff>,
     cuts: Option<FollowerCuts>,
+    wipe: Option<Wipe>,
+    /// A committed entry changed after it was taken (reported once).
+    rewritten: bool,
     history: Vec<Call>,
     /// Acknowledged writes: (history position, log index, command bytes).
     acked: Vec<(usize, u64, Vec<u8>)>,
@@ -491,6 +510,8 @@ impl Sim {
             workload: true,
             cutoff: None,
             cuts: None,
+            wipe: None,
+            rewritten: false,
             history: Vec::new(),
             acked: Vec::new(),
             reads: Vec::new(),
@@ -558,6 +579,11 @@ impl Sim {
                 self.fail(format!("n{i} failed to start: {e}"));
                 return self.report();
             }
+        }
+        // Each node finds its disk empty and asks the others before it
+        // creates the cluster: all are new, so all create it now.
+        for i in 0..self.nodes.len() {
+            self.answer_creation(i);
         }
         for c in 0..self.clients.len() {
             let d = self.rng.random_range(0..20_000);
@@ -631,7 +657,7 @@ impl Sim {
         let opts = NodeOptions {
             id: sn.id,
             initial_members: self.members.clone(),
-            join: false,
+            initial_cluster_state: InitialClusterState::New,
             preferred_leader: None,
             cluster_id: "sim".into(),
             peer_listen: String::new(),
@@ -652,11 +678,13 @@ impl Sim {
             checkpoint_bytes: u64::MAX,
             tlog_tail_entries: TLOG_TAIL_ENTRIES,
             tlog_tail_bytes: u64::MAX,
+            promote_lag_max_entries: 1_000,
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
                 tick_lease: self.cfg.planted == Some(Bug::TickLease),
                 stalled_links: self.cfg.planted == Some(Bug::StalledLinks),
+                bootstrap_anyway: self.cfg.planted == Some(Bug::BootstrapAnyway),
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
@@ -716,6 +744,7 @@ impl Sim {
             Ev::ScenarioStart => self.scenario_start(),
             Ev::ScenarioEnd => self.scenario_end(),
             Ev::CutsStep => self.cuts_step(),
+            Ev::Wipe => self.wipe_and_crash(),
             Ev::EndWorkload => self.end_workload(),
         }
     }
@@ -730,8 +759,12 @@ impl Sim {
             self.log(|| format!("n{i} is {:?} in term {}", role.1, role.0));
             self.cuts_role_seen(i, role);
         }
+        self.answer_creation(i);
         let sn = &mut self.nodes[i];
-        let node = sn.node.as_mut().expect("up");
+        let Some(node) = sn.node.as_mut() else {
+            // Answering failed it (a disk error): it restarts later.
+            return;
+        };
         node.set_election_timeout_ticks(sn.timeout_ticks);
         node.tick();
         self.drive(i);
@@ -821,7 +854,9 @@ impl Sim {
     }
 
     /// Takes the entries node `i` has committed past those taken so far,
-    /// while its tlog still holds them.
+    /// while its tlog still holds them; and checks that the last entry
+    /// taken is still the one node `i` committed at that index (a
+    /// committed entry must never change: one that did was lost).
     fn capture(&mut self, i: usize) {
         let sn = &self.nodes[i];
         let (Some(node), Some(tlog)) = (sn.node.as_ref(), sn.tlog.as_ref()) else {
@@ -829,10 +864,24 @@ impl Sim {
         };
         let commit = node.status().commit.load(Ordering::Relaxed);
         let next = COMMITTED_FIRST + self.committed.len() as u64;
+        let log = tlog.read();
+        if let Some(taken) = self.committed.last().filter(|e| e.index <= commit) {
+            let (index, term) = (taken.index, taken.term);
+            // `term` fails only for an index outside node i's log.
+            let now = log.term(index).ok().filter(|t| *t != term);
+            if let Some(now) = now.filter(|_| !self.rewritten) {
+                drop(log);
+                self.rewritten = true;
+                self.fail(format!(
+                    "committed entry {index} changed: taken with term {term}, n{i} committed \
+                     one of term {now} there (an acknowledged write may be lost)"
+                ));
+                return;
+            }
+        }
         if commit < next {
             return;
         }
-        let log = tlog.read();
         if log.first_index() > next {
             // It came up to date by a snapshot: the others have them.
             return;

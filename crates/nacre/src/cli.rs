@@ -79,10 +79,19 @@ pub struct ServeArgs {
     /// Run the member NAME of the config's `[[nodes]]`.
     #[arg(long)]
     pub node: Option<String>,
-    /// Start empty and wait to be added to a running cluster
-    /// (`nacre cluster add-learner`).
-    #[arg(long)]
-    pub join: bool,
+    /// Join a running cluster: with an empty data directory, ask these
+    /// members (client addresses, comma-separated; default: the config's
+    /// other [[nodes]]) for the members and wait to be added
+    /// (`nacre cluster add-learner`) and sent the cluster's state. Implies
+    /// `--initial-cluster-state existing`; ignored once the data directory
+    /// holds a log, so it may stay on the command line.
+    #[arg(long, value_name = "ENDPOINTS", num_args = 0..=1, value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// What an empty data directory means: `new` creates the cluster from
+    /// the config's [[nodes]] once every other member has answered that it
+    /// is new too; `existing` waits for the leader's snapshot.
+    #[arg(long, value_name = "new|existing", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: Option<String>,
     /// Listen for peers here instead of at the config's `peer` address
     /// (behind a proxy or NAT, where others reach this node elsewhere).
     #[arg(long)]

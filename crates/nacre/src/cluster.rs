@@ -26,7 +26,7 @@ pub enum ClusterCommand {
     /// Each member's role, applied and match index and lag, as the
     /// leader sees them (asked of the leader whichever endpoint is given).
     Status,
-    /// Add a learner; start it first with `nacre serve --join ...`.
+    /// Add a learner; start it with `nacre serve --join ENDPOINTS ...`.
     AddLearner {
         name: String,
         /// Its client address.
@@ -36,8 +36,14 @@ pub enum ClusterCommand {
         #[arg(long)]
         peer: String,
     },
-    /// Make a learner a voter.
-    Promote { name: String },
+    /// Make a learner a voter, once it has caught up with the leader (to
+    /// within the leader's `promote_lag_max_entries`).
+    Promote {
+        name: String,
+        /// Promote it however far behind it is.
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove a member.
     Remove { name: String },
     /// Hand leadership to a voter.
@@ -140,7 +146,13 @@ pub fn init_config_at(nodes: usize, dir: &Path, base_port: Option<u16>) -> Resul
     let mut out = String::from(
         "# A local Nacre cluster. Start each node with\n#   nacre serve --config THIS_FILE --node NAME\n# Every other setting has a default; see crates/nacre-server/src/config.rs.\n",
     );
-    out.push_str(&format!("cluster_id = {:?}\n\n", cfg.cluster_id));
+    out.push_str(&format!("cluster_id = {:?}\n", cfg.cluster_id));
+    out.push_str(
+        "# An empty data directory creates the cluster once every member below has\n\
+         # answered that it is new too; if one has been part of the cluster, the node\n\
+         # lost its data and waits for the leader's snapshot (docs/replication.md).\n",
+    );
+    out.push_str("initial_cluster_state = \"new\"\n\n");
     for n in &cfg.nodes {
         out.push_str(&format!(
             "[[nodes]]\nname = {:?}\nclient = {:?}\npeer = {:?}\ndata_dir = {:?}\n\n",
@@ -176,8 +188,8 @@ pub async fn run(
             client: c,
             peer,
         } => Output::Index(client.add_learner(name, c, peer).await.map_err(fail)?),
-        ClusterCommand::Promote { name } => {
-            Output::Index(client.promote(name).await.map_err(fail)?)
+        ClusterCommand::Promote { name, force } => {
+            Output::Index(client.promote(name, *force).await.map_err(fail)?)
         }
         ClusterCommand::Remove { name } => {
             Output::Index(client.remove_node(name).await.map_err(fail)?)

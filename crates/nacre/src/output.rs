@@ -276,6 +276,10 @@ pub mod exit {
     /// `nacre serve`: the store or the tlog refused writes after an earlier
     /// I/O failure; a restart recovers what is durable. EX_TEMPFAIL.
     pub const POISONED: i32 = 75;
+    /// `nacre serve`: the cluster removed this node, which stopped; its
+    /// configuration no longer describes a member, so a supervisor must
+    /// not restart it. EX_CONFIG.
+    pub const REMOVED: i32 = 78;
 }
 
 /// A failed command: the code name, message, key and leader hint.

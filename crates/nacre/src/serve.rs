@@ -39,6 +39,7 @@ impl ServeError {
             FailureKind::Io => exit::IO,
             FailureKind::Poisoned => exit::POISONED,
             FailureKind::Internal => exit::INTERNAL,
+            FailureKind::Removed => exit::REMOVED,
             FailureKind::Other => exit::GENERIC,
         }
     }
@@ -62,8 +63,14 @@ pub fn load_config(args: &ServeArgs, cluster_id: Option<&str>) -> Result<ServerC
     if let Some(n) = &args.node {
         cfg.select_node(n).map_err(ServeError::SelectNode)?;
     }
-    if args.join {
+    if let Some(endpoints) = &args.join {
         cfg.join = true;
+        if !endpoints.is_empty() {
+            cfg.join_endpoints = endpoints.clone();
+        }
+    }
+    if let Some(state) = &args.initial_cluster_state {
+        cfg.initial_cluster_state = state.clone();
     }
     if let Some(p) = &args.peer_listen {
         cfg.peer_listen = p.clone();
@@ -143,7 +150,8 @@ mod tests {
             listen: None,
             node_name: None,
             node: None,
-            join: false,
+            join: None,
+            initial_cluster_state: None,
             peer_listen: None,
         }
     }
@@ -217,5 +225,102 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot read config"));
+    }
+
+    /// The serve arguments of a command line.
+    fn parse(line: &[&str]) -> ServeArgs {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(line).unwrap();
+        match cli.command {
+            crate::cli::Command::Serve(a) => a,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_removed_node_exits_with_its_own_code() {
+        let removed = ServeError::Server(ServerError::Removed);
+        assert_eq!(removed.exit_code(), exit::REMOVED);
+        let codes = [
+            exit::OK,
+            exit::GENERIC,
+            exit::CORRUPTION,
+            exit::INTERNAL,
+            exit::IO,
+            exit::POISONED,
+        ];
+        assert!(!codes.contains(&exit::REMOVED));
+    }
+
+    #[test]
+    fn join_takes_the_members_to_ask_or_the_config_s() {
+        // No config: the node's name and addresses are flags, the members
+        // to ask follow --join.
+        let a = parse(&[
+            "nacre",
+            "serve",
+            "--join",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--node-name",
+            "n4",
+            "--listen",
+            "127.0.0.1:3",
+        ]);
+        let c = load_config(&a, None).unwrap();
+        assert!(c.joins_existing());
+        assert_eq!(c.endpoints_to_join(), ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(c.node_name, "n4");
+        // --join without members to ask and without a config: refused.
+        let a = parse(&["nacre", "serve", "--join", "--node-name", "n4"]);
+        let e = load_config(&a, None).unwrap_err().to_string();
+        assert!(e.contains("--join HOST:PORT"), "{e}");
+        // With a config, --join alone asks the other [[nodes]].
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            crate::cluster::init_config_at(3, dir.path(), None).unwrap(),
+        )
+        .unwrap();
+        let p = path.display().to_string();
+        let a = parse(&["nacre", "serve", "--config", &p, "--node", "n3", "--join"]);
+        let c = load_config(&a, None).unwrap();
+        assert_eq!(
+            c.endpoints_to_join(),
+            [c.nodes[0].client.clone(), c.nodes[1].client.clone()]
+        );
+    }
+
+    #[test]
+    fn a_generated_config_creates_a_cluster_unless_told_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            crate::cluster::init_config_at(3, dir.path(), None).unwrap(),
+        )
+        .unwrap();
+        let p = path.display().to_string();
+        let a = parse(&["nacre", "serve", "--config", &p, "--node", "n1"]);
+        let c = load_config(&a, None).unwrap();
+        assert_eq!(c.initial_cluster_state, "new");
+        assert!(!c.joins_existing());
+        let a = parse(&[
+            "nacre",
+            "serve",
+            "--config",
+            &p,
+            "--node",
+            "n1",
+            "--initial-cluster-state",
+            "existing",
+        ]);
+        assert!(load_config(&a, None).unwrap().joins_existing());
+        use clap::Parser;
+        let bad =
+            crate::cli::Cli::try_parse_from(["nacre", "serve", "--initial-cluster-state", "old"]);
+        assert!(bad.is_err());
+        // A single node without a config creates its own cluster.
+        assert!(!load_config(&args(), None).unwrap().joins_existing());
     }
 }

@@ -162,6 +162,19 @@ fn exit_code(child: &mut std::process::Child, what: &str) -> Option<i32> {
 fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let (config, cfg) = common::init_cluster(dir.path(), 3, "");
+    let eps = format!("{},{}", cfg.nodes[0].client, cfg.nodes[2].client);
+    // The cluster is created with every member up (a new cluster waits
+    // for all its initial members: docs/replication.md), and stopped.
+    let (mut child, _lines) = local_cluster(dir.path(), &[]);
+    wait_for("the cluster to be created", || {
+        nacre(&eps, &["set", "k", "v"]).0 == 0
+    });
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(exit_code(&mut child, "local-cluster"), Some(0));
+
     // n2's peer port is taken, as when an outgoing connection got it
     // first: its raft loop cannot listen there and stops.
     let n2 = &cfg.nodes[1];
@@ -187,12 +200,43 @@ fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
 
     // Under `local-cluster` (which reuses the config above, ports and
     // all) the others run on, and it names the one that exited and its
-    // log.
-    // --no-restart: a node that fails at once would otherwise be
+    // log. --no-restart: a node that fails at once would otherwise be
     // restarted (and fail again) while the test stops the cluster.
+    let (mut child, rx) = local_cluster(dir.path(), &["--no-restart"]);
+    let want = format!(
+        "n2 has exited (exit status: 1); see {}/n2.log",
+        dir.path().display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l == &want) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("local-cluster did not report n2's exit; it said: {seen:?}"),
+        }
+    }
+    wait_for("a leader of the two left", || {
+        nacre(&eps, &["set", "k", "v"]).0 == 0
+    });
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(exit_code(&mut child, "local-cluster"), Some(0));
+}
+
+/// `nacre local-cluster --nodes 3 --dir DIR` with `extra` flags, and its
+/// stderr line by line.
+fn local_cluster(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(NACRE)
-        .args(["local-cluster", "--nodes", "3", "--no-restart", "--dir"])
-        .arg(dir.path())
+        .args(["local-cluster", "--nodes", "3"])
+        .args(extra)
+        .arg("--dir")
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -207,26 +251,5 @@ fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
             }
         }
     });
-    let want = format!(
-        "n2 has exited (exit status: 1); see {}/n2.log",
-        dir.path().display()
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l == &want) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("local-cluster did not report n2's exit; it said: {seen:?}"),
-        }
-    }
-    let eps = format!("{},{}", cfg.nodes[0].client, cfg.nodes[2].client);
-    wait_for("a leader of the two left", || {
-        nacre(&eps, &["set", "k", "v"]).0 == 0
-    });
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(exit_code(&mut child, "local-cluster"), Some(0));
+    (child, rx)
 }

@@ -300,7 +300,7 @@ async fn restart_all_wipe_one_and_change_membership() {
     let last = c.nop().await.unwrap();
     converge(std::slice::from_ref(&n4.client), last).await;
     assert_eq!(dump(&n4.client).await.len(), 1200);
-    c.promote(&n4.name).await.unwrap();
+    c.promote(&n4.name, false).await.unwrap();
     let status = c.cluster_status().await.unwrap();
     assert!(
         status.iter().any(|m| m.name == n4.name && m.voter),

@@ -41,6 +41,9 @@ pub enum ErrorCode {
     ScriptError,
     /// A script call ran over its instruction or memory budget.
     BudgetExceeded,
+    /// `Promote` of a learner that lags the leader by more than the
+    /// leader's bound; the message says by how much.
+    LearnerBehind,
     Unknown(u16),
 }
 
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 15,
             ErrorCode::ScriptError => 16,
             ErrorCode::BudgetExceeded => 17,
+            ErrorCode::LearnerBehind => 18,
             ErrorCode::Unknown(c) => c,
         }
     }
@@ -87,6 +91,7 @@ impl ErrorCode {
             15 => ErrorCode::Conflict,
             16 => ErrorCode::ScriptError,
             17 => ErrorCode::BudgetExceeded,
+            18 => ErrorCode::LearnerBehind,
             c => ErrorCode::Unknown(c),
         }
     }
@@ -111,6 +116,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::ScriptError => "script_error",
             ErrorCode::BudgetExceeded => "budget_exceeded",
+            ErrorCode::LearnerBehind => "learner_behind",
             ErrorCode::Unknown(_) => "unknown",
         }
     }

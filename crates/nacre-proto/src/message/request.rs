@@ -150,9 +150,11 @@ pub enum Request {
         client: String,
         peer: String,
     },
-    /// Makes a learner a voter.
+    /// Makes a learner a voter. The leader refuses one that lags it by
+    /// more than its bound (`LearnerBehind`) unless `force`.
     Promote {
         name: String,
+        force: bool,
     },
     /// Removes a member (voter or learner).
     RemoveNode {

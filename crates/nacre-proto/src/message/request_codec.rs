@@ -88,9 +88,10 @@ impl Request {
                     + bytes_len(client.as_bytes())
                     + bytes_len(peer.as_bytes())
             }
-            Request::Promote { name }
-            | Request::RemoveNode { name }
-            | Request::TransferLeader { name } => bytes_len(name.as_bytes()),
+            Request::Promote { name, .. } => bytes_len(name.as_bytes()) + 1,
+            Request::RemoveNode { name } | Request::TransferLeader { name } => {
+                bytes_len(name.as_bytes())
+            }
             Request::Call {
                 script,
                 function,
@@ -184,8 +185,11 @@ impl Request {
                 w.str(client);
                 w.str(peer);
             }
-            Request::Promote { name }
-            | Request::RemoveNode { name }
+            Request::Promote { name, force } => {
+                w.str(name);
+                w.bool(*force);
+            }
+            Request::RemoveNode { name }
             | Request::TransferLeader { name }
             | Request::ScriptHistory { name }
             | Request::ScriptDelete { name } => w.str(name),
@@ -346,6 +350,7 @@ fn decode_admin(op: u8, r: &mut Reader) -> Result<Request, DecodeError> {
         },
         42 => Request::Promote {
             name: r.string("name")?,
+            force: r.bool("force")?,
         },
         43 => Request::RemoveNode {
             name: r.string("name")?,

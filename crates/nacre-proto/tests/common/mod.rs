@@ -176,7 +176,7 @@ pub fn request() -> impl Strategy<Value = Request> {
             client,
             peer
         }),
-        text(10).prop_map(|name| Request::Promote { name }),
+        (text(10), any::<bool>()).prop_map(|(name, force)| Request::Promote { name, force }),
         text(10).prop_map(|name| Request::RemoveNode { name }),
         text(10).prop_map(|name| Request::TransferLeader { name }),
         (

@@ -5,7 +5,7 @@
 use nacre_proto::{ErrorCode, ErrorReply};
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
-    EntryType,
+    EntryType, Message, MessageType,
 };
 use raft::StateRole;
 use tokio::sync::oneshot;
@@ -26,7 +26,10 @@ impl Node {
             .filter(|(id, _)| **id != self.opts.id)
             .map(|(id, m)| (*id, m.peer.clone()))
             .collect();
-        if self.transport.is_none() && (others.is_empty() && !self.opts.join) {
+        // A node without the cluster's state has no one to talk to yet but
+        // must be reachable: the leader will contact it.
+        let stateless = self.sm.applied().0 == 0;
+        if self.transport.is_none() && others.is_empty() && !stateless {
             return Ok(());
         }
         if self.transport.is_none() {
@@ -72,8 +75,7 @@ impl Node {
     /// timer ran out; the restart forgot that leader, so it waits one full
     /// timeout before it votes. A transfer the leader asked for is exempt:
     /// that leader gave up its lease when it began it.
-    pub(super) fn must_ignore_vote(&self, m: &raft::eraftpb::Message) -> bool {
-        use raft::eraftpb::MessageType;
+    fn must_ignore_vote(&self, m: &Message) -> bool {
         if !matches!(
             m.get_msg_type(),
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
@@ -93,6 +95,37 @@ impl Node {
     pub(super) fn transfer_leader(&mut self, to: u64) {
         self.lease.transfer_started(self.raw.raft.term);
         self.raw.transfer_leader(to);
+    }
+
+    /// A learner may become a voter once the leader has confirmed that its
+    /// log is within `promote_lag_max_entries` of the leader's: a voter
+    /// far behind counts towards the quorum size but cannot help commit,
+    /// so promoting it early makes the cluster less available (with three
+    /// voters and a fourth that holds nothing, one more failure stops
+    /// writes). `force` skips the check.
+    fn check_promotable(&self, id: u64, force: bool) -> Result<(), ErrorReply> {
+        if force {
+            return Ok(());
+        }
+        let matched = self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
+        let last = self.raw.raft.raft_log.last_index();
+        let lag_entries = last.saturating_sub(matched);
+        let bound = self.opts.promote_lag_max_entries;
+        // Match index 0: the leader has confirmed nothing of its log yet
+        // (not even the snapshot that starts it), whatever the bound.
+        if matched > 0 && lag_entries <= bound {
+            return Ok(());
+        }
+        let name = self.member_name(id);
+        Err(ErrorReply::new(
+            ErrorCode::LearnerBehind,
+            format!(
+                "{name} is {lag_entries} entries behind the leader (its match index is \
+                 {matched}, the leader's last index {last}); a learner is promoted only once it \
+                 has caught up to within {bound} entries (promote_lag_max_entries): wait for its \
+                 lag in `nacre cluster status` to shrink, or pass --force"
+            ),
+        ))
     }
 
     pub(super) fn propose_membership(
@@ -131,9 +164,13 @@ impl Node {
                     m.encode(),
                 )
             }
-            Membership::Promote(id) => {
+            Membership::Promote(id, force) => {
                 if !conf.learners().contains(&id) {
                     let _ = reply.send(Err(bad("not a learner of this cluster")));
+                    return;
+                }
+                if let Err(e) = self.check_promotable(id, force) {
+                    let _ = reply.send(Err(e));
                     return;
                 }
                 (
@@ -250,10 +287,59 @@ impl Node {
             .iter()
             .any(|(id, m)| *id == self.opts.id && m.is_none())
         {
-            tracing::warn!("this node was removed from the cluster; stopping");
-            self.shutting_down = true;
+            self.stop_removed(&format!("it applied its removal at index {}", e.index));
         }
         Ok(())
+    }
+
+    /// The cluster removed this node: it stops, and says why (`nacre
+    /// serve` then exits with its own code, so that a supervisor does not
+    /// bring it back).
+    pub(super) fn stop_removed(&mut self, why: &str) {
+        tracing::warn!("this node was removed from the cluster ({why}); stopping");
+        self.status
+            .removed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shutting_down = true;
+    }
+
+    /// Peer messages the node deals with itself rather than hand to raft:
+    /// every one while it waits to create the cluster (it has no log to
+    /// answer from), and votes it must not give.
+    pub(super) fn intercept_peer_message(&mut self, m: &Message) -> bool {
+        if self.creating.is_some() {
+            return true;
+        }
+        self.must_ignore_vote(m)
+    }
+
+    /// Members and addresses that a member of the cluster reported to a
+    /// node that has no state of its own yet: its transport learns where
+    /// the others listen, so that it can answer the leader. Once the node
+    /// has the cluster's state, the replicated member table governs.
+    pub(super) fn learn_members(
+        &mut self,
+        list: Vec<(u64, MemberRecord)>,
+    ) -> Result<(), ServerError> {
+        if self.sm.applied().0 > 0 {
+            return Ok(());
+        }
+        {
+            let mut members = self.status.members.write();
+            for (id, m) in list {
+                members.insert(id, m);
+            }
+        }
+        self.sync_transport()
+    }
+
+    /// A member's name, from the member table, for logs.
+    pub(super) fn member_name(&self, id: u64) -> String {
+        self.status
+            .members
+            .read()
+            .get(&id)
+            .map_or_else(|| format!("#{id}"), |m| m.name.clone())
     }
 
     /// The preferred leader takes leadership back once it has caught up.

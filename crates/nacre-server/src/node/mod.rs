@@ -50,10 +50,12 @@ use crate::state::{MemberRecord, Outcome, StateMachine};
 use crate::transport::{Inbound, Transport};
 use crate::ServerError;
 
+pub use bootstrap::InitialClusterState;
 #[cfg(feature = "sim")]
 pub use planted::{stalled_link_back_at_us, Planted};
 pub use status::{NodeHandle, Role, Status};
 
+use bootstrap::Creation;
 use planted::PlantedState;
 use reads::ReadRound;
 use snapshot::SnapState;
@@ -90,7 +92,9 @@ impl PeerSink for Transport {
 #[derive(Debug, Clone)]
 pub enum Membership {
     AddLearner(u64, MemberRecord),
-    Promote(u64),
+    /// Promote a learner; `true`: even one that lags the leader by more
+    /// than `NodeOptions::promote_lag_max_entries`.
+    Promote(u64, bool),
     Remove(u64),
     TransferLeader(u64),
 }
@@ -125,16 +129,32 @@ pub enum Msg {
         reply: oneshot::Sender<Result<u64, ErrorReply>>,
     },
     Peer(Inbound),
+    /// What another initial member answered about its state while this
+    /// node waits to create the cluster: its term and last log index.
+    PeerState {
+        id: u64,
+        term: u64,
+        last_index: u64,
+    },
+    /// Members and their addresses, as a member of the cluster this node
+    /// joins reported them.
+    Members(Vec<(u64, MemberRecord)>),
+    /// The leader named here no longer counts this node among the members
+    /// (it was removed while it could not hear of it: removal.rs).
+    Removed {
+        leader: String,
+    },
     Shutdown,
 }
 
 pub struct NodeOptions {
     pub id: u64,
     /// Members to bootstrap a brand-new cluster with (ignored once the
-    /// data directory holds a log); empty with `join`.
+    /// data directory holds a log).
     pub initial_members: Vec<(u64, MemberRecord)>,
-    /// Start empty and wait to be added by the cluster's leader.
-    pub join: bool,
+    /// What to do with an empty data directory: create the cluster, or
+    /// wait for the leader of the existing one.
+    pub initial_cluster_state: InitialClusterState,
     pub preferred_leader: Option<u64>,
     pub cluster_id: String,
     pub peer_listen: String,
@@ -156,6 +176,9 @@ pub struct NodeOptions {
     pub tlog_tail_entries: u64,
     /// ...and at most this many bytes of them.
     pub tlog_tail_bytes: u64,
+    /// How far behind the leader's log a learner may be and still be
+    /// promoted without `force`.
+    pub promote_lag_max_entries: u64,
     /// Deliberate bugs for the simulator to prove its checker catches them
     /// (only with the `sim` feature).
     #[cfg(feature = "sim")]
@@ -211,6 +234,12 @@ pub struct Node {
     /// Bytes of entry data applied since the last checkpoint.
     applied_bytes_since_checkpoint: u64,
     shutting_down: bool,
+    /// Set while this node, started on an empty data directory, waits for
+    /// the other initial members' answers before creating the cluster.
+    creating: Option<Creation>,
+    /// The node started without the cluster's state and has not caught up
+    /// with the leader yet: its progress is logged.
+    catching_up: bool,
 }
 
 impl Node {
@@ -223,6 +252,7 @@ impl Node {
     pub fn tick(&mut self) {
         self.raw.tick();
         self.ticks += 1;
+        self.report_progress();
         self.retry_stale_reads();
         self.renew_lease();
         if self.ticks.is_multiple_of(self.opts.election_ticks as u64) {
@@ -271,6 +301,12 @@ impl Node {
     /// Whether the node stopped itself (it was removed from the cluster).
     pub fn is_stopping(&self) -> bool {
         self.shutting_down
+    }
+
+    /// Whether the node waits for the other initial members' answers
+    /// ([`Msg::PeerState`]) before it creates the cluster.
+    pub fn is_creating(&self) -> bool {
+        self.creating.is_some()
     }
 
     pub fn status(&self) -> &Arc<Status> {

@@ -32,6 +32,11 @@ pub struct Planted {
     /// does not read this: the simulator, which has no sockets, asks its
     /// network model to bring links back this way.
     pub stalled_links: bool,
+    /// A node that finds its data directory empty bootstraps a new
+    /// cluster from its initial members at once, as before it asked them
+    /// first: one that lost its data comes back as a voter with an empty
+    /// log, and can elect a leader that misses committed writes.
+    pub bootstrap_anyway: bool,
 }
 
 /// With [`Planted::stalled_links`]: when a connection that first lost a

@@ -122,7 +122,7 @@ impl Node {
             Msg::Peer(Inbound::Raft(mut m)) => {
                 self.planted_heard_from(m.from);
                 use raft::eraftpb::MessageType;
-                if self.must_ignore_vote(&m) {
+                if self.intercept_peer_message(&m) {
                     return Ok(());
                 }
                 // The leader may remember more of this node's log than it
@@ -151,12 +151,29 @@ impl Node {
                 self.log_snapshot_sent(to, ok);
                 self.raw.report_snapshot(to, status);
             }
+            Msg::Peer(Inbound::Snapshot { msg, path }) if self.creating.is_some() => {
+                // No log to install it into yet (see intercept_peer_message).
+                tracing::debug!(
+                    from = msg.from,
+                    "snapshot dropped while creating the cluster"
+                );
+                let _ = std::fs::remove_file(&path);
+            }
             Msg::Peer(Inbound::Snapshot { msg, path }) => {
                 let index = msg.get_snapshot().get_metadata().index;
                 self.snapshots_in.insert(index, path);
                 if let Err(e) = self.raw.step(msg) {
                     tracing::debug!(error = %e, "raft refused a snapshot");
                 }
+            }
+            Msg::PeerState {
+                id,
+                term,
+                last_index,
+            } => self.peer_state(id, term, last_index)?,
+            Msg::Members(list) => self.learn_members(list)?,
+            Msg::Removed { leader } => {
+                self.stop_removed(&format!("leader {leader} no longer lists it as a member"));
             }
             Msg::Shutdown => self.shutting_down = true,
         }

@@ -41,6 +41,11 @@ pub struct Status {
     pub snapshots_installed: AtomicU64,
     /// This node's raft id.
     pub id: AtomicU64,
+    /// The node waits for the other initial members' answers before it
+    /// creates the cluster (its data directory was empty).
+    pub creating: AtomicBool,
+    /// The loop stopped because the cluster removed this node.
+    pub removed: AtomicBool,
     /// Who is who: names and addresses of every member.
     pub members: RwLock<BTreeMap<u64, MemberRecord>>,
     /// Voters, learners and (on the leader) replication progress.

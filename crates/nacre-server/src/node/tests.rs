@@ -1,4 +1,6 @@
-//! The loop stops when a thread or task it cannot work without has ended.
+//! The loop stops when a thread or task it cannot work without has ended;
+//! a node on an empty data directory creates the cluster only once every
+//! other initial member is new, else waits for the leader without voting.
 
 use std::sync::Arc;
 
@@ -20,6 +22,15 @@ impl PeerSink for Sink {
 }
 
 fn node(dir: &std::path::Path, sink: Sink) -> Node {
+    node_of(dir, sink, 1)
+}
+
+fn node_of(dir: &std::path::Path, sink: Sink, members: u64) -> Node {
+    node_with(dir, sink, members, InitialClusterState::New)
+}
+
+/// Node n1 (id 1) of a cluster whose initial members are n1..n`members`.
+fn node_with(dir: &std::path::Path, sink: Sink, members: u64, state: InitialClusterState) -> Node {
     let store =
         nacre_store::Store::open(dir.join("store"), nacre_store::Options::default()).unwrap();
     let tlog = Tlog::open(
@@ -30,15 +41,17 @@ fn node(dir: &std::path::Path, sink: Sink) -> Node {
     .unwrap();
     let opts = NodeOptions {
         id: 1,
-        initial_members: vec![(
-            1,
-            MemberRecord {
-                name: "n1".into(),
-                client: "127.0.0.1:1".into(),
-                peer: "127.0.0.1:2".into(),
-            },
-        )],
-        join: false,
+        initial_members: (1..=members)
+            .map(|i| {
+                let m = MemberRecord {
+                    name: format!("n{i}"),
+                    client: format!("127.0.0.1:{}", 2 * i),
+                    peer: format!("127.0.0.1:{}", 2 * i + 1),
+                };
+                (i, m)
+            })
+            .collect(),
+        initial_cluster_state: state,
         preferred_leader: None,
         cluster_id: "c".into(),
         peer_listen: "127.0.0.1:0".into(),
@@ -53,6 +66,7 @@ fn node(dir: &std::path::Path, sink: Sink) -> Node {
         checkpoint_bytes: u64::MAX,
         tlog_tail_entries: 0,
         tlog_tail_bytes: u64::MAX,
+        promote_lag_max_entries: 1_000,
         #[cfg(feature = "sim")]
         planted: Default::default(),
     };
@@ -89,4 +103,83 @@ fn a_peer_sink_whose_task_ended_stops_the_loop() {
         Err(ServerError::Stopped { thread, .. }) => assert_eq!(thread, "peer listener task"),
         other => panic!("expected the loop to stop, got {other:?}"),
     }
+}
+
+/// A vote request from member `from` at `term`, with a log as long as
+/// anyone's.
+fn vote_request(from: u64, term: u64) -> Msg {
+    Msg::Peer(Inbound::Raft(raft::eraftpb::Message {
+        msg_type: raft::eraftpb::MessageType::MsgRequestVote,
+        from,
+        to: 1,
+        term,
+        log_term: term,
+        index: 1_000,
+        ..Default::default()
+    }))
+}
+
+#[test]
+fn an_empty_node_creates_the_cluster_once_every_other_member_is_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = node_of(dir.path(), Sink(None), 3);
+    assert!(node.is_creating());
+    assert_eq!(node.sm.applied().0, 0);
+    // One member new (never started, or bootstrapped and nothing since):
+    // not enough, the other may hold the cluster's log.
+    node.step(Msg::PeerState {
+        id: 2,
+        term: 1,
+        last_index: 1,
+    })
+    .unwrap();
+    assert!(node.is_creating());
+    node.step(Msg::PeerState {
+        id: 3,
+        term: 0,
+        last_index: 0,
+    })
+    .unwrap();
+    assert!(!node.is_creating());
+    assert_eq!(node.sm.applied().0, 1);
+    assert_eq!(node.raw.raft.prs().conf().voters().ids().len(), 3);
+}
+
+#[test]
+fn an_empty_node_whose_cluster_exists_waits_without_voting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = node_of(dir.path(), Sink(None), 3);
+    // Member 3 has been part of a running cluster: this node lost its
+    // data (or the others created the cluster first).
+    node.step(Msg::PeerState {
+        id: 3,
+        term: 4,
+        last_index: 57,
+    })
+    .unwrap();
+    assert!(!node.is_creating());
+    assert_eq!(node.sm.applied().0, 0);
+    // Answers that come later change nothing.
+    node.step(Msg::PeerState {
+        id: 2,
+        term: 0,
+        last_index: 0,
+    })
+    .unwrap();
+    assert_eq!(node.sm.applied().0, 0);
+    // It votes for no one, however good the candidate's log.
+    node.ticks = 100;
+    node.step(vote_request(2, 5)).unwrap();
+    node.process().unwrap();
+    assert_eq!(node.raw.raft.vote, 0);
+    assert_eq!(node.tlog.read().hard_state().vote, 0);
+}
+
+#[test]
+fn an_empty_node_told_the_cluster_exists_waits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with(dir.path(), Sink(None), 3, InitialClusterState::Existing);
+    assert!(!node.is_creating());
+    assert_eq!(node.sm.applied().0, 0);
+    assert!(node.raw.raft.prs().conf().voters().ids().is_empty());
 }

@@ -1,6 +1,6 @@
 //! What the tests of a node driven by hand share.
 
-use nacre_server::node::NodeOptions;
+use nacre_server::node::{InitialClusterState, NodeOptions};
 use nacre_server::state::MemberRecord;
 
 /// A one-member cluster (id 1) in `dir`, with fast ticks; nothing listens
@@ -16,7 +16,7 @@ pub fn node_options(dir: &std::path::Path) -> NodeOptions {
                 peer: "127.0.0.1:2".into(),
             },
         )],
-        join: false,
+        initial_cluster_state: InitialClusterState::New,
         preferred_leader: None,
         cluster_id: "c".into(),
         peer_listen: "127.0.0.1:0".into(),
@@ -31,6 +31,7 @@ pub fn node_options(dir: &std::path::Path) -> NodeOptions {
         checkpoint_bytes: u64::MAX,
         tlog_tail_entries: 0,
         tlog_tail_bytes: u64::MAX,
+        promote_lag_max_entries: 1_000,
         // The field exists only when a build turns on the `sim` feature
         // (nacre-sim does, so a workspace build has it).
         #[cfg(feature = "sim")]

@@ -144,7 +144,7 @@ impl Sim {
 
     /// Power loss of one node: unsynced writes are lost or torn, and the
     /// process with all its memory is gone.
-    fn crash(&mut self, i: usize, why: &str) {
+    pub(super) fn crash(&mut self, i: usize, why: &str) {
         if self.nodes[i].node.is_none() {
             return;
         }
@@ -167,7 +167,7 @@ impl Sim {
         self.log(|| format!("n{i} crashes ({why}; lose_all_unsynced={lose_all})"));
     }
 
-    fn schedule_restart(&mut self, i: usize, delay_us: u64) {
+    pub(super) fn schedule_restart(&mut self, i: usize, delay_us: u64) {
         if !self.nodes[i].restart_pending {
             self.nodes[i].restart_pending = true;
             self.at(delay_us, Ev::Restart(i));

@@ -1,7 +1,9 @@
 //! Targeted fault schedules that replace the random ones: a slow leader
 //! cut off ([`Scenario::SlowLeaderCutOff`]), a paused leader
 //! ([`Scenario::LeaderPause`]), with the clients each one steers, and
-//! followers cut off one at a time ([`Scenario::FollowerCuts`]).
+//! followers cut off one at a time ([`Scenario::FollowerCuts`]); a node
+//! wiped next to a lagging voter ([`Scenario::WipeWithLaggingVoter`]) is
+//! in `wipe.rs`.
 
 use bytes::Bytes;
 use nacre_proto::{Batch, Op};
@@ -38,6 +40,16 @@ pub enum Scenario {
     /// cluster. A lease that did not see the time pass answers those reads
     /// with what it had before the pause.
     LeaderPause,
+    /// Raft's amnesia case, once per run: from 0.8–1.2 s into the
+    /// workload, once there is a leader and some acknowledged writes, the
+    /// voters a quorum can spare (one of 3, two of 5) are cut off, so the
+    /// writes of the next 0.3–0.8 s live on a bare quorum. Once one was
+    /// acknowledged, a follower of that quorum loses its disk and restarts
+    /// on an empty one with its config, the leader loses power (back after
+    /// 0.6–1.2 s) and the lagging voters are reachable again. A restarted
+    /// node that voted with an empty log would let a lagging voter lead
+    /// and overwrite those writes.
+    WipeWithLaggingVoter,
     /// Once there is a leader and some acknowledged writes: again and again
     /// until the workload ends, one follower is cut off for 0.2–1.5 s, then
     /// healed, with 0.1–0.5 s between rounds. Half the rounds first cut the
@@ -99,6 +111,10 @@ impl Sim {
         if !self.workload || self.cutoff.is_some() || self.cuts.is_some() {
             return;
         }
+        if scenario == Scenario::WipeWithLaggingVoter {
+            self.wipe_start();
+            return;
+        }
         let Some(l) = self.leader().filter(|_| self.stats.writes_acked >= 10) else {
             self.at(10_000, Ev::ScenarioStart);
             return;
@@ -141,6 +157,7 @@ impl Sim {
                 let d = self.rng.random_range(600_000..1_200_000);
                 self.at(d, Ev::ScenarioEnd);
             }
+            Scenario::WipeWithLaggingVoter => unreachable!("started by wipe_start"),
             Scenario::LeaderPause => {
                 let e = Self::election_timeout_us();
                 let d = self.rng.random_range(e / 2..=3 * e);

@@ -115,6 +115,18 @@ impl ServerProc {
         Self::spawn(args, &node.client, node.data_dir.clone(), log)
     }
 
+    /// `nacre` with `args` (`serve ...`) that listens for clients at
+    /// `addr`, with its data in `data_dir` and its output in `log_path`.
+    pub fn start_args(
+        args: &[&str],
+        addr: &str,
+        data_dir: PathBuf,
+        log_path: PathBuf,
+    ) -> ServerProc {
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Self::spawn(args, addr, data_dir, log_path)
+    }
+
     fn spawn(args: Vec<String>, addr: &str, data_dir: PathBuf, log_path: PathBuf) -> ServerProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -154,6 +166,20 @@ impl ServerProc {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits, at most `timeout`, until the log holds `text`; panics with
+    /// the log if it does not.
+    pub fn wait_log(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
