@@ -109,6 +109,11 @@ struct Totals {
     /// Wipes, and writes acknowledged by the bare quorum before them.
     wipes: u64,
     lagging_writes: u64,
+    /// Membership changes: removed, added back, promoted, sent again.
+    removed: u64,
+    added: u64,
+    promoted: u64,
+    looked_up: u64,
 }
 
 impl Totals {
@@ -136,6 +141,10 @@ impl Totals {
         }
         self.wipes += st.wipes;
         self.lagging_writes += st.lagging_writes_acked;
+        self.removed += st.members_removed;
+        self.added += st.learners_added;
+        self.promoted += st.learners_promoted;
+        self.looked_up += st.membership_retried;
     }
 
     /// The summary lines: the seeds, then what the scenario asked for
@@ -162,6 +171,11 @@ impl Totals {
             );
         }
         println!("pauses: {}", t.pauses);
+        println!(
+            "membership: {} members removed, {} added back as learners, {} promoted; {} changes \
+             sent again",
+            t.removed, t.added, t.promoted, t.looked_up
+        );
         println!(
             "through the request layer: {} requests, {} answered",
             t.via_server, t.via_answered

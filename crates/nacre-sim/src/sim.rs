@@ -16,6 +16,7 @@
 
 mod checks;
 mod faults;
+mod membership;
 mod network;
 mod scenario;
 mod via_server;
@@ -51,6 +52,7 @@ use nacre_server::transport::Inbound;
 use crate::checker::Call;
 use crate::clock::{SimClock, SimNow};
 use checks::ReadObs;
+use membership::Reconfig;
 use network::Network;
 use scenario::{CutOff, FollowerCuts};
 use wipe::Wipe;
@@ -215,6 +217,15 @@ pub struct Stats {
     /// those the ones answered before the client gave up.
     pub requests_via_server: u64,
     pub answers_via_server: u64,
+    /// Requests left by their clients that ran to their end.
+    pub orphans_ended: u64,
+    /// Membership changes among the random faults (`sim/membership.rs`):
+    /// members removed, added back as learners, promoted; and changes
+    /// changes sent again (no leader, no answer, a learner behind).
+    pub members_removed: u64,
+    pub learners_added: u64,
+    pub learners_promoted: u64,
+    pub membership_retried: u64,
     /// [`Scenario::WipeWithLaggingVoter`]: disks wiped, and writes
     /// acknowledged by the bare quorum while the lagging voters were cut
     /// off (each one is lost if the wiped node votes with an empty log).
@@ -292,6 +303,9 @@ struct SimNode {
     node: Option<Node>,
     /// The node's request layer, over the same node (none while down).
     server: Option<SimServer>,
+    /// It starts with `initial_cluster_state = existing` (added back after
+    /// a removal, on a wiped disk), not as one of the initial members.
+    existing: bool,
     /// A second handle on the node's tlog, to read the final log.
     tlog: Option<TlogStorage>,
     /// Bumped at every crash so ticks scheduled for a dead incarnation
@@ -324,6 +338,7 @@ impl SimNode {
             outbox: Arc::new(Mutex::new(Vec::new())),
             node: None,
             server: None,
+            existing: false,
             tlog: None,
             incarnation: 0,
             timeout_ticks: ELECTION_TICKS,
@@ -389,6 +404,8 @@ enum Ev {
     CutsStep,
     /// [`Scenario::WipeWithLaggingVoter`]: wipe a node of the bare quorum.
     Wipe,
+    /// The operator's next membership step (`sim/membership.rs`).
+    Membership,
 }
 
 struct Queued {
@@ -456,6 +473,11 @@ pub struct Sim {
     /// runtime is never run, so its timers never fire and nothing runs on
     /// its own (`via_server.rs`).
     rt: tokio::runtime::Runtime,
+    /// Membership changes in progress (`sim/membership.rs`).
+    reconfig: Reconfig,
+    /// Requests in a node's request layer whose client stopped waiting:
+    /// they run on (`via_server.rs`).
+    orphans: Vec<(usize, nacre_server::sim_server::Answer)>,
 }
 
 /// The first index of a fresh cluster's log (index 1 is its initial
@@ -529,6 +551,8 @@ impl Sim {
                 .enable_time()
                 .build()
                 .expect("a current-thread runtime"),
+            reconfig: Reconfig::default(),
+            orphans: Vec::new(),
             cfg,
         }
     }
@@ -608,6 +632,8 @@ impl Sim {
             self.fingerprint = h;
             self.handle(q.ev);
             self.poll_clients();
+            self.poll_orphans();
+            self.poll_membership();
         }
         self.set_now(end_us);
         self.final_checks();
@@ -657,7 +683,11 @@ impl Sim {
         let opts = NodeOptions {
             id: sn.id,
             initial_members: self.members.clone(),
-            initial_cluster_state: InitialClusterState::New,
+            initial_cluster_state: if sn.existing {
+                InitialClusterState::Existing
+            } else {
+                InitialClusterState::New
+            },
             preferred_leader: None,
             cluster_id: "sim".into(),
             peer_listen: String::new(),
@@ -740,11 +770,14 @@ impl Sim {
             Ev::Client(c) => self.client_wake(c),
             Ev::Fault => self.fault_due(),
             Ev::Heal => self.heal(),
+            // A removed node stays down until it is added back.
+            Ev::Restart(i) if self.is_removed(i) => self.nodes[i].restart_pending = false,
             Ev::Restart(i) => self.restart(i),
             Ev::ScenarioStart => self.scenario_start(),
             Ev::ScenarioEnd => self.scenario_end(),
             Ev::CutsStep => self.cuts_step(),
             Ev::Wipe => self.wipe_and_crash(),
+            Ev::Membership => self.membership_step(),
             Ev::EndWorkload => self.end_workload(),
         }
     }

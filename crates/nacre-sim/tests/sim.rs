@@ -27,7 +27,7 @@ fn describe(r: &Report) -> String {
 #[test]
 fn correct_build_passes_fixed_seeds() {
     let (mut crashes, mut partitions, mut acked, mut open) = (0, 0, 0, 0);
-    let mut snapshots = 0;
+    let (mut snapshots, mut removed, mut promoted, mut layer) = (0, 0, 0, 0);
     for seed in 1..=8 {
         let r = run_seed(seed, short());
         assert!(r.passed(), "{}", describe(&r));
@@ -36,6 +36,9 @@ fn correct_build_passes_fixed_seeds() {
         acked += r.stats.writes_acked;
         open += r.stats.writes_open;
         snapshots += r.stats.snapshots_installed;
+        removed += r.stats.members_removed;
+        promoted += r.stats.learners_promoted;
+        layer += r.stats.answers_via_server;
     }
     // The seeds must actually exercise faults and produce a real history,
     // or passing them would mean nothing.
@@ -46,6 +49,16 @@ fn correct_build_passes_fixed_seeds() {
     // The tlog is compacted, so nodes that fall behind catch up by
     // snapshot: that path must be exercised too.
     assert!(snapshots > 0, "no snapshot was installed");
+    // Members are removed, wiped, added back and promoted among the faults,
+    // and half the requests go through the request layer.
+    assert!(
+        removed > 0 && promoted > 0,
+        "{removed} removed, {promoted} promoted"
+    );
+    assert!(
+        layer > 1000,
+        "only {layer} answers through the request layer"
+    );
 }
 
 /// Runs seeds until `bug` is caught (at most `seeds_max`), then checks the
@@ -85,7 +98,10 @@ fn skipped_guard_is_caught() {
 
 #[test]
 fn skipped_session_deduplication_is_caught() {
-    caught_within(Bug::SkipSessions, 50);
+    // It needs a write that applied and whose answer was lost, then a
+    // retry: the rarest of the planted bugs to meet (seed 58 of this
+    // configuration, 2026-12-07).
+    caught_within(Bug::SkipSessions, 80);
 }
 
 #[test]

@@ -131,18 +131,26 @@ async fn promote_refuses_a_learner_that_has_not_caught_up_unless_forced() {
     assert!(err.contains("[learner_behind]"), "{err}");
     assert!(err.contains("--force"), "{err}");
     let admin = c.client(c.endpoints()).await;
-    let members = admin.cluster_status().await.unwrap();
-    assert!(
-        members.iter().any(|m| m.name == "n5" && !m.voter),
-        "{members:?}"
-    );
+    let has_n5 = |voter: bool| {
+        let admin = &admin;
+        async move {
+            // The node asked may be a follower that applies the latest
+            // change a moment after the leader answered.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let members = admin.cluster_status().await.unwrap();
+                if members.iter().any(|m| m.name == "n5" && m.voter == voter) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "n5 voter={voter}? {members:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    has_n5(false).await;
 
     ok(&eps, &["cluster", "promote", "n5", "--force"]);
-    let members = admin.cluster_status().await.unwrap();
-    assert!(
-        members.iter().any(|m| m.name == "n5" && m.voter),
-        "{members:?}"
-    );
+    has_n5(true).await;
     // Four voters, three of them up: still a quorum.
     ok(&eps, &["cluster", "remove", "n5"]);
     ok(&eps, &["set", "k", "w"]);

@@ -30,32 +30,28 @@ impl Sim {
         self.linearizability_check();
     }
 
-    /// Every node is up, and all have applied the same index into stores
-    /// with the same digest; then the log replay. A node still down leaves
-    /// nothing to compare, so the replay is skipped.
+    /// Every member is up (a node removed and not added back is not one),
+    /// and all have applied the same index into stores with the same
+    /// digest; then the log replay. A member still down leaves nothing to
+    /// compare, so the replay is skipped.
     fn replicas_check(&mut self) {
         let down: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].node.is_none())
+            .filter(|&i| self.nodes[i].node.is_none() && !self.is_removed(i))
             .collect();
         if !down.is_empty() {
             self.fail(format!("nodes {down:?} are still down after healing"));
             return;
         }
-        let applied: Vec<u64> = self
-            .nodes
-            .iter()
-            .map(|n| n.node.as_ref().expect("up").store_applied())
-            .collect();
+        let (applied, digests): (Vec<u64>, Vec<u64>) = (0..self.nodes.len())
+            .filter(|&i| !self.is_removed(i))
+            .filter_map(|i| self.nodes[i].node.as_ref())
+            .map(|n| (n.store_applied(), digest(n.store())))
+            .unzip();
         if applied.iter().any(|a| *a != applied[0]) {
             self.fail(format!(
                 "replicas did not converge after healing: applied {applied:?}"
             ));
         }
-        let digests: Vec<u64> = self
-            .nodes
-            .iter()
-            .map(|n| digest(n.node.as_ref().expect("up").store()))
-            .collect();
         if applied.iter().all(|a| *a == applied[0]) && digests.iter().any(|d| *d != digests[0]) {
             self.fail(format!(
                 "replicas differ at the same applied index: digests {digests:x?}"
@@ -66,7 +62,7 @@ impl Sim {
     }
 
     /// Replays the committed log through the model and holds every
-    /// acknowledged write, every read and node 0's final store to it.
+    /// acknowledged write, every read and a member's final store to it.
     fn replay_check(&mut self, final_index: u64) {
         let Some(entries) = self.committed_log(final_index) else {
             return;
@@ -74,7 +70,10 @@ impl Sim {
         let replay = Replay::new(&entries);
         let mut bad = self.acked_mismatches(&replay, final_index);
         bad.extend(self.read_mismatches(&replay, final_index));
-        let node = self.nodes[0].node.as_ref().expect("up");
+        let node = (0..self.nodes.len())
+            .filter(|&i| !self.is_removed(i))
+            .find_map(|i| self.nodes[i].node.as_ref())
+            .expect("a member is up");
         let all = OpKind::Range {
             first: Bytes::new(),
             last: Bytes::from_static(b"\xff"),

@@ -25,7 +25,7 @@ impl Sim {
 
     /// One scheduled fault, drawn from the seed.
     fn inject_fault(&mut self) {
-        let roll = self.rng.random_range(0..110);
+        let roll = self.rng.random_range(0..120);
         match roll {
             0..=29 => self.partition(),
             30..=39 => self.heal(),
@@ -33,6 +33,7 @@ impl Sim {
             70..=79 => self.cluster_power_loss(),
             80..=89 => self.disk_fault(),
             100..=109 => self.random_pause(),
+            110..=119 => self.membership_step(),
             // 90..=99.
             _ => self.slow_network(),
         }
@@ -218,7 +219,7 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.nodes[i].vfs.inject_io_error_after(None);
             self.nodes[i].vfs.fail_next_sync(false);
-            if self.nodes[i].node.is_none() {
+            if self.nodes[i].node.is_none() && !self.is_removed(i) {
                 self.schedule_restart(i, 10_000);
             }
             self.resume(i);

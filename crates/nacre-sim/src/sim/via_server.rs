@@ -11,9 +11,12 @@
 //! simulator polls everything anyway. What a future queued for its node
 //! is delivered at once, as the node's loop would take it off its queue.
 //! A paused node's futures are not polled (a stopped process runs none of
-//! its tasks). A client that gives up drops its future, as a client that
-//! closes its connection does; a node that crashes takes the answers it
-//! owed with it, and the future ends with `going_down`.
+//! its tasks). A client that gives up (or sends its write again) leaves
+//! its request to run on: production runs each request as a task of its
+//! own, which a closed connection does not stop, and a request sent to a
+//! paused node is taken when it resumes. Such orphans are polled until
+//! they end. A node that crashes takes the answers it owed with it, and
+//! its futures end with `going_down`.
 
 use std::task::{Context, Poll, Waker};
 
@@ -46,7 +49,8 @@ pub(super) enum ServerCall {
 
 /// A request in the layer, and what it is.
 pub(super) struct ServerWait {
-    pub(super) answer: Answer,
+    /// `None` once the client left it to run on its own.
+    pub(super) answer: Option<Answer>,
     pub(super) call: ServerCall,
 }
 
@@ -182,16 +186,20 @@ impl Sim {
         let Waiting::Server(w) = &mut p.waiting else {
             unreachable!("a request in the layer")
         };
-        let Some(resp) = self.poll_answer(p.node, w) else {
+        let Some(resp) = w.answer.as_mut().and_then(|a| self.poll_answer(p.node, a)) else {
             if self.now_us < p.deadline_us {
                 return false;
             }
-            // The client gives up; a write's outcome stays unknown.
+            // The client gives up; a write's outcome stays unknown, and
+            // the node goes on with the request.
+            self.orphan(p.node, w);
             return match w.call {
                 ServerCall::Write { .. } => self.unknown_outcome(c, p),
                 _ => true,
             };
         };
+        // Done: nothing of it is left to run (or to poll again).
+        w.answer = None;
         self.stats.answers_via_server += 1;
         match &w.call {
             ServerCall::Write { expected, .. } => {
@@ -208,7 +216,7 @@ impl Sim {
 
     /// Polls `w` at node `i`, delivering what it queued for the node; its
     /// response, once there is one.
-    fn poll_answer(&mut self, i: usize, w: &mut ServerWait) -> Option<Response> {
+    fn poll_answer(&mut self, i: usize, answer: &mut Answer) -> Option<Response> {
         if self.nodes[i].paused.is_some() {
             return None;
         }
@@ -216,7 +224,7 @@ impl Sim {
         for _ in 0..POLL_ROUNDS_MAX {
             let polled = {
                 let _tokio = self.rt.enter();
-                w.answer.as_mut().poll(&mut cx)
+                answer.as_mut().poll(&mut cx)
             };
             if let Poll::Ready(resp) = polled {
                 return Some(resp);
@@ -226,6 +234,25 @@ impl Sim {
             }
         }
         None
+    }
+
+    /// The client leaves request `w` at node `i` to run on its own.
+    pub(super) fn orphan(&mut self, i: usize, w: &mut ServerWait) {
+        if let Some(answer) = w.answer.take() {
+            self.orphans.push((i, answer));
+        }
+    }
+
+    /// Polls the requests clients left, dropping those that ended.
+    pub(super) fn poll_orphans(&mut self) {
+        let mut orphans = std::mem::take(&mut self.orphans);
+        orphans.retain_mut(|(i, answer)| {
+            let ended = self.poll_answer(*i, answer).is_some();
+            self.stats.orphans_ended += u64::from(ended);
+            !ended
+        });
+        orphans.append(&mut self.orphans);
+        self.orphans = orphans;
     }
 
     /// Hands node `i` what its request layer queued for it; whether there

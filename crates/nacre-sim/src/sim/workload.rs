@@ -143,7 +143,7 @@ impl Sim {
     }
 
     /// A node that answers at once: up and not paused.
-    fn up_node(&mut self) -> Option<usize> {
+    pub(super) fn up_node(&mut self) -> Option<usize> {
         let up: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].node.is_some() && self.nodes[i].paused.is_none())
             .collect();
@@ -386,7 +386,13 @@ impl Sim {
                 self.stats.requests_via_server += 1;
                 let server = self.nodes[i].server.as_ref().expect("up");
                 let answer = server.execute(req);
-                (Waiting::Server(ServerWait { answer, call }), None)
+                (
+                    Waiting::Server(ServerWait {
+                        answer: Some(answer),
+                        call,
+                    }),
+                    None,
+                )
             }
         };
         let pause_read = self.at_paused_leader_after_write(i) && waiting.is_consistent_read();
@@ -627,6 +633,10 @@ impl Sim {
         }
         p.resends_left -= 1;
         self.stats.writes_resent += 1;
+        if let Waiting::Server(w) = &mut p.waiting {
+            let node = p.node;
+            self.orphan(node, w);
+        }
         let (reply, rx) = oneshot::channel();
         p.waiting = Waiting::Write {
             rx,
