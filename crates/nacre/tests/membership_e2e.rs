@@ -6,32 +6,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{local_client, Cluster};
-use common::{free_port, ServerProc, NACRE};
+use common::{free_port, nacre, ok, ServerProc};
 use nacre_client::Consistency;
-
-/// `nacre --endpoints ENDPOINTS ARGS...`: exit code, stdout, stderr.
-fn nacre(endpoints: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(NACRE)
-        .args(["--endpoints", endpoints, "--timeout-ms", "20000"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(endpoints: &str, args: &[&str]) -> String {
-    let (code, out, err) = nacre(endpoints, args);
-    assert_eq!(code, 0, "nacre {args:?}: {err}");
-    out
-}
 
 /// The index a write command printed (`index: N`).
 fn index(out: &str) -> u64 {

@@ -8,35 +8,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ServerProc, NACRE};
+use common::{nacre, ok, wait_for, ServerProc, NACRE};
 use serde_json::Value;
-
-fn nacre(endpoints: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(NACRE)
-        .args(["--endpoints", endpoints, "--timeout-ms", "20000"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(endpoints: &str, args: &[&str]) -> String {
-    let (code, out, err) = nacre(endpoints, args);
-    assert_eq!(code, 0, "nacre {args:?}: {err}");
-    out
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The leader's name, once the nodes at `eps` agree there is one.
 fn leader_of(eps: &str) -> String {

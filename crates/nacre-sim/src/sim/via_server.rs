@@ -21,13 +21,11 @@
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use nacre_proto::{Command, Consistency, ErrorCode, RangeQuery, Request, Response, Session};
+use nacre_proto::{Consistency, ErrorCode, RangeQuery, Request, Response, Session};
 use nacre_server::sim_server::Answer;
 use rand::Rng;
 
-use super::workload::{
-    Outgoing, Pending, Waiting, READ_TIMEOUT_US, WRITE_RESENDS_MAX, WRITE_TIMEOUT_US,
-};
+use super::workload::{Outgoing, Pending, Waiting, READ_TIMEOUT_US};
 use super::Sim;
 use crate::checker::{Call, OpKind, OpValue};
 use crate::model::WriteResult;
@@ -100,6 +98,20 @@ fn test_and_set_key(kind: &OpKind) -> Bytes {
     }
 }
 
+/// Write `req`, stamped with `session`, sent through the layer, which
+/// proposes `data` for it.
+pub(super) fn server_write(req: Request, session: Session, data: Vec<u8>) -> Outgoing {
+    let expected = match &req {
+        Request::TestAndSet { expected, .. } => Some(expected.clone()),
+        _ => None,
+    };
+    let request = Request::Session {
+        session,
+        request: Box::new(req),
+    };
+    Outgoing::Server(request, ServerCall::Write { data, expected })
+}
+
 /// The request for a read of `kind` at `consistency`.
 fn read_request(kind: &OpKind, consistency: Consistency) -> Request {
     match kind {
@@ -120,44 +132,6 @@ impl Sim {
     pub(super) fn via_server(&mut self) -> bool {
         let permille = self.cfg.via_server_permille.min(1000);
         permille > 0 && self.rng.random_range(0..1000) < permille
-    }
-
-    /// Sends write `req` of client `c`, stamped with its session, through
-    /// the layer; half the time the client will send it again until it
-    /// gets a definite answer.
-    pub(super) fn send_write_via_server(&mut self, c: usize, req: Request) {
-        let batch = req.to_batch().expect("a write");
-        let expected = match &req {
-            Request::TestAndSet { expected, .. } => Some(expected.clone()),
-            _ => None,
-        };
-        let session = Session {
-            client_id: c as u64 + 1,
-            seq: self.clients[c].seq,
-        };
-        let data = Command {
-            session: Some(session),
-            batch: batch.clone(),
-        }
-        .encode();
-        let call = Call {
-            client: c,
-            invoke_us: self.now_us,
-            complete_us: None,
-            kind: OpKind::Write(batch),
-            value: None,
-        };
-        let request = Request::Session {
-            session,
-            request: Box::new(req),
-        };
-        let out = Outgoing::Server(request, ServerCall::Write { data, expected });
-        self.send(c, call, out, WRITE_TIMEOUT_US);
-        if self.rng.random_bool(0.5) {
-            if let Some(p) = self.clients[c].pending.as_mut() {
-                p.resends_left = WRITE_RESENDS_MAX;
-            }
-        }
     }
 
     /// Sends client `c`'s read of `kind` through the layer: consistent, or

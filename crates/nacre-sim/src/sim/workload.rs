@@ -10,15 +10,15 @@ use rand::Rng;
 use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
 
-use super::via_server::{ServerCall, ServerWait};
+use super::via_server::{server_write, ServerCall, ServerWait};
 use super::{Ev, Msg, ReadObs, ReadReply, Reader, Sim, WriteReply};
 use crate::checker::{Call, OpKind, OpValue};
 use crate::model::WriteResult;
 
-pub(super) const WRITE_TIMEOUT_US: u64 = 2_000_000;
+const WRITE_TIMEOUT_US: u64 = 2_000_000;
 /// How often a client that retries sends a write again, at most, after
 /// a refusal or an unknown outcome (with the same session stamp).
-pub(super) const WRITE_RESENDS_MAX: u32 = 4;
+const WRITE_RESENDS_MAX: u32 = 4;
 pub(super) const READ_TIMEOUT_US: u64 = 1_000_000;
 
 /// The answer a client waits for.
@@ -172,11 +172,7 @@ impl Sim {
         let v = self.value(c);
         let via_server = self.via_server();
         if let Some(req) = self.write_request(c, roll, &k, v) {
-            if via_server {
-                self.send_write_via_server(c, req);
-            } else {
-                self.send_write(c, &req);
-            }
+            self.send_write(c, req, via_server);
             return;
         }
         let kind = self.read_kind(c, k);
@@ -253,8 +249,9 @@ impl Sim {
         Request::Batch(Batch { guards, ops })
     }
 
-    /// Proposes `req` with client `c`'s session.
-    fn send_write(&mut self, c: usize, req: &Request) {
+    /// Sends `req` with client `c`'s session: through the node's request
+    /// layer, or straight to the node as a proposal.
+    fn send_write(&mut self, c: usize, req: Request, via_server: bool) {
         let batch = req.to_batch().expect("a write");
         let session = Session {
             client_id: c as u64 + 1,
@@ -265,7 +262,6 @@ impl Sim {
             batch: batch.clone(),
         }
         .encode();
-        let (reply, rx) = oneshot::channel();
         let call = Call {
             client: c,
             invoke_us: self.now_us,
@@ -273,11 +269,16 @@ impl Sim {
             kind: OpKind::Write(batch),
             value: None,
         };
-        let msg = Msg::Propose {
-            data: data.clone(),
-            reply,
+        let out = if via_server {
+            server_write(req, session, data)
+        } else {
+            let (reply, rx) = oneshot::channel();
+            let msg = Msg::Propose {
+                data: data.clone(),
+                reply,
+            };
+            Outgoing::Node(msg, Waiting::Write { rx, data })
         };
-        let out = Outgoing::Node(msg, Waiting::Write { rx, data });
         self.send(c, call, out, WRITE_TIMEOUT_US);
         // Half the writes are retried under their session until they get
         // a definite answer, as the real client retries: exactly once is

@@ -260,3 +260,34 @@ pub fn init_cluster(dir: &Path, n: usize, settings: &str) -> (PathBuf, nacre_ser
     std::fs::write(&path, &text).unwrap();
     (path, nacre_server::ServerConfig::from_toml(&text).unwrap())
 }
+
+/// `nacre --endpoints ENDPOINTS --timeout-ms 20000 ARGS...`: exit code,
+/// stdout, stderr.
+pub fn nacre(endpoints: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(NACRE)
+        .args(["--endpoints", endpoints, "--timeout-ms", "20000"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`nacre`], which must succeed; its stdout.
+pub fn ok(endpoints: &str, args: &[&str]) -> String {
+    let (code, out, err) = nacre(endpoints, args);
+    assert_eq!(code, 0, "nacre {args:?}: {err}");
+    out
+}
+
+/// Polls `f` every 100 ms until it holds, for at most 30 s.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
