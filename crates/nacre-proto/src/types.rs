@@ -562,6 +562,14 @@ impl Command {
                 tag: u32::from(op.tag()),
             });
         }
+        // Nor was a newer format byte than the ops need: every command has
+        // one encoding, so a log entry decodes and encodes to the same bytes.
+        if cmd.format() != v {
+            return Err(DecodeError::BadTag {
+                what: "command format (newer than its ops need)",
+                tag: u32::from(v),
+            });
+        }
         Ok(cmd)
     }
 }

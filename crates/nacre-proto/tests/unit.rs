@@ -233,8 +233,8 @@ fn unknown_inner_tags_are_rejected() {
 
 /// A command is written in the oldest format that carries its ops, so a
 /// batch of the ops format 1 always had is the same bytes as before format
-/// 2 existed; a format-1 command holding a format-2 op was not written by
-/// this code and is refused.
+/// 2 existed; a format-1 command holding a format-2 op, or a format-2
+/// command holding none, was not written by this code and is refused.
 #[test]
 fn commands_use_the_oldest_format_that_carries_their_ops() {
     let old = Command {
@@ -244,9 +244,18 @@ fn commands_use_the_oldest_format_that_carries_their_ops() {
             ops: vec![Op::Set(b("k"), b("v")), Op::Check(Guard::Present(b("k")))],
         },
     };
-    let bytes = old.encode();
+    let mut bytes = old.encode();
     assert_eq!(bytes[0], Command::FORMAT_V1);
-    assert_eq!(Command::decode(Bytes::from(bytes)).unwrap(), old);
+    assert_eq!(Command::decode(Bytes::from(bytes.clone())).unwrap(), old);
+    // The same ops under a newer format byte have another encoding of the
+    // same command: refused, so that every command has one (the fuzzer's
+    // round trip found this).
+    bytes[0] = Command::FORMAT_V2;
+    bad_tag(
+        Command::decode(Bytes::from(bytes)),
+        "command format (newer than its ops need)",
+        2,
+    );
 
     let tas = Op::TestAndSet {
         key: b("k"),
