@@ -8,8 +8,11 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{nacre, ok, wait_for, ServerProc, NACRE};
+use common::{exit_code, nacre, ok, wait_for, ServerProc, NACRE};
 use serde_json::Value;
+
+/// How long a stopped process may take to exit.
+const EXIT_WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn local_cluster_status_and_a_clean_stop() {
@@ -50,7 +53,10 @@ fn local_cluster_status_and_a_clean_stop() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(exit_code(&mut child, "local-cluster after Ctrl-C"), Some(0));
+    assert_eq!(
+        exit_code(&mut child, "local-cluster after Ctrl-C", EXIT_WAIT),
+        Some(0)
+    );
     for e in &endpoints {
         assert!(
             std::net::TcpStream::connect(e).is_err(),
@@ -119,18 +125,6 @@ fn scripts_from_the_command_line() {
     assert!(ok(ep, &["script", "history", "arith64"]).contains('1'));
 }
 
-/// Waits up to 30 s for `child` to exit; its exit code.
-fn exit_code(child: &mut std::process::Child, what: &str) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        assert!(Instant::now() < deadline, "{what} kept running");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,7 +140,7 @@ fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(exit_code(&mut child, "local-cluster"), Some(0));
+    assert_eq!(exit_code(&mut child, "local-cluster", EXIT_WAIT), Some(0));
 
     // n2's peer port is taken, as when an outgoing connection got it
     // first: its raft loop cannot listen there and stops.
@@ -163,7 +157,7 @@ fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert_eq!(exit_code(&mut serve, "nacre serve"), Some(1));
+    assert_eq!(exit_code(&mut serve, "nacre serve", EXIT_WAIT), Some(1));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
     assert!(
@@ -196,7 +190,7 @@ fn a_node_whose_raft_loop_fails_exits_and_local_cluster_says_so() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(exit_code(&mut child, "local-cluster"), Some(0));
+    assert_eq!(exit_code(&mut child, "local-cluster", EXIT_WAIT), Some(0));
 }
 
 /// `nacre local-cluster --nodes 3 --dir DIR` with `extra` flags, and its

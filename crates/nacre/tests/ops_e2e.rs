@@ -8,8 +8,11 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{nacre, ok, wait_for, ServerProc, NACRE};
+use common::{exit_code, nacre, ok, wait_for, ServerProc, NACRE};
 use serde_json::Value;
+
+/// How long a stopped process may take to exit.
+const EXIT_WAIT: Duration = Duration::from_secs(60);
 
 /// The leader's name, once the nodes at `eps` agree there is one.
 fn leader_of(eps: &str) -> String {
@@ -420,17 +423,6 @@ fn wait_line(
     }
 }
 
-fn exit_code(child: &mut std::process::Child, what: &str) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        assert!(Instant::now() < deadline, "{what} kept running");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `local-cluster --base-port`: the nodes listen on the ports from the
 /// base; one killed with -9 is restarted; SIGTERM to local-cluster reaches
 /// every node, each stops cleanly, and it exits 0.
@@ -485,7 +477,7 @@ fn local_cluster_takes_a_base_port_restarts_a_dead_node_and_forwards_sigterm() {
         .status()
         .unwrap();
     assert_eq!(
-        exit_code(&mut child, "local-cluster after SIGTERM"),
+        exit_code(&mut child, "local-cluster after SIGTERM", EXIT_WAIT),
         Some(0)
     );
     for n in ["n1", "n2", "n3"] {
@@ -534,5 +526,8 @@ fn local_cluster_no_restart_leaves_a_dead_node_down() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(exit_code(&mut child, "local-cluster after Ctrl-C"), Some(0));
+    assert_eq!(
+        exit_code(&mut child, "local-cluster after Ctrl-C", EXIT_WAIT),
+        Some(0)
+    );
 }

@@ -291,3 +291,15 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Waits up to `wait` for `child` to exit; its exit code.
+pub fn exit_code(child: &mut Child, what: &str, wait: Duration) -> Option<i32> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        assert!(Instant::now() < deadline, "{what} kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
