@@ -5,12 +5,16 @@
 //! `docs/protocol.md`. Integers are little-endian and read straight from
 //! the buffer; keys and values decode as zero-copy slices of the frame.
 
+mod coord;
 mod frame;
 mod limits;
 mod message;
 mod types;
 pub mod wire;
 
+pub use coord::{
+    CoordRequest, CoordResponse, EventKind, KeySpan, LeaseInfo, WatchEvent, WatchSpec,
+};
 pub use frame::{
     decode_request, decode_response, encode_request, encode_response, split_frame, ClientHello,
     ServerHello, FRAME_HEADER_BYTES, MAGIC, NAME_SIZE_MAX_BYTES, PROTOCOL_VERSION,

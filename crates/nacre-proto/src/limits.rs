@@ -2,6 +2,7 @@
 //! (with a `TooLarge` or `BadInput` reply); the client checks them first so
 //! that a caller gets the error without a round trip.
 
+use crate::coord::{CoordRequest, KeySpan};
 use crate::message::{ErrorCode, ErrorReply, Request};
 use crate::types::{Batch, Guard, Op};
 use bytes::Bytes;
@@ -68,7 +69,10 @@ impl Limits {
 
     fn guard(&self, g: &Guard) -> Result<(), ErrorReply> {
         match g {
-            Guard::Absent(k) | Guard::Present(k) | Guard::VersionEquals(k, _) => self.key(k),
+            Guard::Absent(k)
+            | Guard::Present(k)
+            | Guard::VersionEquals(k, _)
+            | Guard::LockHeld { prefix: k, .. } => self.key(k),
             Guard::ValueEquals(k, v) => {
                 self.key(k)?;
                 self.value(v)
@@ -104,7 +108,10 @@ impl Limits {
         }
         b.guards.iter().try_for_each(|g| self.guard(g))?;
         b.ops.iter().try_for_each(|o| match o {
-            Op::Set(k, v) => {
+            Op::Set(k, v)
+            | Op::SetLeased {
+                key: k, value: v, ..
+            } => {
                 self.key(k)?;
                 self.value(v)
             }
@@ -126,6 +133,7 @@ impl Limits {
             Op::ScriptActivate { name, .. }
             | Op::ScriptDelete(name)
             | Op::ScriptLive { name, .. } => self.key(name),
+            Op::LeaseGrant { .. } | Op::LeaseRevoke(_) => Ok(()),
         })
     }
 
@@ -203,6 +211,31 @@ impl Limits {
             | Request::ScriptHistory { name }
             | Request::ScriptRollback { name, .. }
             | Request::ScriptDelete { name } => self.key(name.as_bytes()),
+            Request::Coord(c) => self.check_coord(c),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_coord(&self, c: &CoordRequest) -> Result<(), ErrorReply> {
+        match c {
+            CoordRequest::Watch(spec) => match &spec.span {
+                KeySpan::Key(k) | KeySpan::Prefix(k) => self.key(k),
+                KeySpan::Range { start, end } => {
+                    self.key(start)?;
+                    end.as_deref().map_or(Ok(()), |k| self.key(k))
+                }
+            },
+            // One keep-alive renews as many leases as a multi_get reads keys.
+            CoordRequest::LeaseKeepAlive { ids } if ids.len() > self.multi_get_keys_max => {
+                Err(ErrorReply::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "keep-alive of {} leases is over multi_get_keys_max {}",
+                        ids.len(),
+                        self.multi_get_keys_max
+                    ),
+                ))
+            }
             _ => Ok(()),
         }
     }

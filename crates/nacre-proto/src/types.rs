@@ -145,6 +145,11 @@ pub enum Guard {
     /// The keys that start with `prefix` are exactly `keys`, in order
     /// (Arakoon's `assert_range ... ContainsExactly`).
     PrefixKeysEqual { prefix: Bytes, keys: Vec<Bytes> },
+    /// Fencing: the key under `prefix` with the lowest create revision (the
+    /// lock's holder, or the election's leader) was created at `token`.
+    /// A holder that paused past its lease finds its writes refused
+    /// (`Fenced`). Needs command format 3.
+    LockHeld { prefix: Bytes, token: u64 },
 }
 
 impl Guard {
@@ -155,14 +160,25 @@ impl Guard {
             | Guard::Present(k)
             | Guard::ValueEquals(k, _)
             | Guard::VersionEquals(k, _) => k,
-            Guard::PrefixKeysEqual { prefix, .. } => prefix,
+            Guard::PrefixKeysEqual { prefix, .. } | Guard::LockHeld { prefix, .. } => prefix,
+        }
+    }
+
+    /// The oldest command format that can carry this guard.
+    pub fn command_format(&self) -> u8 {
+        match self {
+            Guard::LockHeld { .. } => Command::FORMAT_V3,
+            _ => Command::FORMAT_V1,
         }
     }
 
     /// Bytes of keys and values this guard carries, for size limits.
     pub fn payload_bytes(&self) -> usize {
         match self {
-            Guard::Absent(k) | Guard::Present(k) | Guard::VersionEquals(k, _) => k.len(),
+            Guard::Absent(k)
+            | Guard::Present(k)
+            | Guard::VersionEquals(k, _)
+            | Guard::LockHeld { prefix: k, .. } => k.len(),
             Guard::ValueEquals(k, v) => k.len() + v.len(),
             Guard::PrefixKeysEqual { prefix, keys } => {
                 prefix.len() + keys.iter().map(Bytes::len).sum::<usize>()
@@ -174,7 +190,7 @@ impl Guard {
         1 + match self {
             Guard::Absent(k) | Guard::Present(k) => bytes_len(k),
             Guard::ValueEquals(k, v) => bytes_len(k) + bytes_len(v),
-            Guard::VersionEquals(k, _) => bytes_len(k) + 8,
+            Guard::VersionEquals(k, _) | Guard::LockHeld { prefix: k, .. } => bytes_len(k) + 8,
             Guard::PrefixKeysEqual { prefix, keys } => {
                 bytes_len(prefix) + 4 + keys.iter().map(|k| bytes_len(k)).sum::<usize>()
             }
@@ -209,6 +225,11 @@ impl Guard {
                     w.bytes(k);
                 }
             }
+            Guard::LockHeld { prefix, token } => {
+                w.u8(6);
+                w.bytes(prefix);
+                w.u64(*token);
+            }
         }
     }
 
@@ -227,6 +248,10 @@ impl Guard {
                 }
                 Guard::PrefixKeysEqual { prefix, keys }
             }
+            6 => Guard::LockHeld {
+                prefix: r.bytes("lock prefix")?,
+                token: r.u64("fencing token")?,
+            },
             t => {
                 return Err(DecodeError::BadTag {
                     what: "guard",
@@ -283,6 +308,24 @@ pub enum Op {
         name: Bytes,
         version: u64,
     },
+    /// Sets the key and attaches it to a lease: the key is deleted when
+    /// the lease ends. A plain `Set` of a leased key detaches it (etcd's
+    /// meaning). A lease that does not exist fails the batch
+    /// (`LeaseNotFound`). Needs command format 3.
+    SetLeased {
+        key: Bytes,
+        value: Bytes,
+        lease: u64,
+    },
+    /// Creates a lease (server only). `id` 0: the lease's id is the log
+    /// index of this command. Needs command format 3.
+    LeaseGrant {
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// Ends a lease and deletes every key attached to it (server only:
+    /// a revoke request, or the leader's expiry). Needs format 3.
+    LeaseRevoke(u64),
 }
 
 impl Op {
@@ -303,6 +346,8 @@ impl Op {
             Op::ScriptPut { name, source } => name.len() + source.len(),
             Op::ScriptActivate { name, .. } | Op::ScriptLive { name, .. } => name.len(),
             Op::ScriptDelete(name) => name.len(),
+            Op::SetLeased { key, value, .. } => key.len() + value.len(),
+            Op::LeaseGrant { .. } | Op::LeaseRevoke(_) => 0,
         }
     }
 
@@ -314,6 +359,8 @@ impl Op {
                 | Op::ScriptActivate { .. }
                 | Op::ScriptDelete(_)
                 | Op::ScriptLive { .. }
+                | Op::LeaseGrant { .. }
+                | Op::LeaseRevoke(_)
         )
     }
 
@@ -330,6 +377,9 @@ impl Op {
             Op::ScriptDelete(_) => 8,
             Op::ScriptLive { .. } => 9,
             Op::TestAndSet { .. } => 10,
+            Op::SetLeased { .. } => 11,
+            Op::LeaseGrant { .. } => 12,
+            Op::LeaseRevoke(_) => 13,
         }
     }
 
@@ -338,6 +388,8 @@ impl Op {
     pub fn command_format(&self) -> u8 {
         match self {
             Op::TestAndSet { .. } => Command::FORMAT_V2,
+            Op::SetLeased { .. } | Op::LeaseGrant { .. } | Op::LeaseRevoke(_) => Command::FORMAT_V3,
+            Op::Check(g) => g.command_format(),
             _ => Command::FORMAT_V1,
         }
     }
@@ -359,6 +411,9 @@ impl Op {
             Op::ScriptPut { name, source } => bytes_len(name) + bytes_len(source),
             Op::ScriptActivate { name, .. } | Op::ScriptLive { name, .. } => bytes_len(name) + 8,
             Op::ScriptDelete(name) => bytes_len(name),
+            Op::SetLeased { key, value, .. } => bytes_len(key) + bytes_len(value) + 8,
+            Op::LeaseGrant { .. } => 16,
+            Op::LeaseRevoke(_) => 8,
         }
     }
 
@@ -390,6 +445,16 @@ impl Op {
                 w.opt_bytes(expected.as_deref());
                 w.opt_bytes(wanted.as_deref());
             }
+            Op::SetLeased { key, value, lease } => {
+                w.bytes(key);
+                w.bytes(value);
+                w.u64(*lease);
+            }
+            Op::LeaseGrant { id, ttl_ms } => {
+                w.u64(*id);
+                w.u64(*ttl_ms);
+            }
+            Op::LeaseRevoke(id) => w.u64(*id),
         }
     }
 
@@ -418,6 +483,16 @@ impl Op {
                 expected: r.opt_bytes("expected value")?,
                 wanted: r.opt_bytes("wanted value")?,
             },
+            11 => Op::SetLeased {
+                key: r.bytes("key")?,
+                value: r.bytes("value")?,
+                lease: r.u64("lease id")?,
+            },
+            12 => Op::LeaseGrant {
+                id: r.u64("lease id")?,
+                ttl_ms: r.u64("lease ttl")?,
+            },
+            13 => Op::LeaseRevoke(r.u64("lease id")?),
             t => {
                 return Err(DecodeError::BadTag {
                     what: "op",
@@ -506,16 +581,18 @@ impl Command {
     pub const FORMAT_V1: u8 = 1;
     /// Adds [`Op::TestAndSet`].
     pub const FORMAT_V2: u8 = 2;
+    /// Adds leases ([`Op::SetLeased`], [`Op::LeaseGrant`],
+    /// [`Op::LeaseRevoke`]) and [`Guard::LockHeld`].
+    pub const FORMAT_V3: u8 = 3;
+    /// The newest format this build reads and writes.
+    pub const FORMAT_NEWEST: u8 = Self::FORMAT_V3;
 
     /// The format this command is written in: the oldest that carries
     /// every op of its batch.
     pub fn format(&self) -> u8 {
-        self.batch
-            .ops
-            .iter()
-            .map(Op::command_format)
-            .max()
-            .unwrap_or(Self::FORMAT_V1)
+        let ops = self.batch.ops.iter().map(Op::command_format);
+        let guards = self.batch.guards.iter().map(Guard::command_format);
+        ops.chain(guards).max().unwrap_or(Self::FORMAT_V1)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -537,7 +614,7 @@ impl Command {
     pub fn decode(buf: Bytes) -> Result<Command, DecodeError> {
         let mut r = Reader::new(buf);
         let v = r.u8("command format")?;
-        if v != Self::FORMAT_V1 && v != Self::FORMAT_V2 {
+        if !(Self::FORMAT_V1..=Self::FORMAT_NEWEST).contains(&v) {
             return Err(DecodeError::BadTag {
                 what: "command format",
                 tag: v as u32,
@@ -558,8 +635,14 @@ impl Command {
         // byte says was not written by this code.
         if let Some(op) = cmd.batch.ops.iter().find(|o| o.command_format() > v) {
             return Err(DecodeError::BadTag {
-                what: "format-1 command's op",
+                what: "op newer than its command's format",
                 tag: u32::from(op.tag()),
+            });
+        }
+        if cmd.batch.guards.iter().any(|g| g.command_format() > v) {
+            return Err(DecodeError::BadTag {
+                what: "guard newer than its command's format",
+                tag: u32::from(v),
             });
         }
         // Nor was a newer format byte than the ops need: every command has

@@ -275,7 +275,7 @@ fn commands_use_the_oldest_format_that_carries_their_ops() {
     bytes[0] = Command::FORMAT_V1;
     bad_tag(
         Command::decode(Bytes::from(bytes)),
-        "format-1 command's op",
+        "op newer than its command's format",
         10,
     );
 }

@@ -44,6 +44,20 @@ pub enum ErrorCode {
     /// `Promote` of a learner that lags the leader by more than the
     /// leader's bound; the message says by how much.
     LearnerBehind,
+    /// The lease does not exist: it expired, was revoked, or never was.
+    LeaseNotFound,
+    /// A watch asked for revisions older than the node still keeps; the
+    /// watch end names the oldest one it has.
+    Compacted,
+    /// A watch's consumer fell too far behind (its buffer filled); resume
+    /// from the last revision delivered.
+    SlowConsumer,
+    /// The watch was cancelled (by its client or because the node stopped
+    /// serving it).
+    Cancelled,
+    /// A write guarded by a lock was refused: the lock is no longer held
+    /// with the caller's fencing token.
+    Fenced,
     Unknown(u16),
 }
 
@@ -68,6 +82,11 @@ impl ErrorCode {
             ErrorCode::ScriptError => 16,
             ErrorCode::BudgetExceeded => 17,
             ErrorCode::LearnerBehind => 18,
+            ErrorCode::LeaseNotFound => 19,
+            ErrorCode::Compacted => 20,
+            ErrorCode::SlowConsumer => 21,
+            ErrorCode::Cancelled => 22,
+            ErrorCode::Fenced => 23,
             ErrorCode::Unknown(c) => c,
         }
     }
@@ -92,6 +111,11 @@ impl ErrorCode {
             16 => ErrorCode::ScriptError,
             17 => ErrorCode::BudgetExceeded,
             18 => ErrorCode::LearnerBehind,
+            19 => ErrorCode::LeaseNotFound,
+            20 => ErrorCode::Compacted,
+            21 => ErrorCode::SlowConsumer,
+            22 => ErrorCode::Cancelled,
+            23 => ErrorCode::Fenced,
             c => ErrorCode::Unknown(c),
         }
     }
@@ -117,6 +141,11 @@ impl ErrorCode {
             ErrorCode::ScriptError => "script_error",
             ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::LearnerBehind => "learner_behind",
+            ErrorCode::LeaseNotFound => "lease_not_found",
+            ErrorCode::Compacted => "compacted",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Fenced => "fenced",
             ErrorCode::Unknown(_) => "unknown",
         }
     }

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 
+use crate::coord::CoordRequest;
 use crate::types::{Batch, Consistency, Guard, Op, Session};
 
 /// A key range: optional first and last keys, each inclusive or not, at
@@ -197,6 +198,8 @@ pub enum Request {
     ScriptDelete {
         name: String,
     },
+    /// Watches and leases (opcodes 60 to 66; protocol 2).
+    Coord(CoordRequest),
 }
 
 impl Request {
@@ -237,6 +240,7 @@ impl Request {
             Request::ScriptHistory { .. } => 54,
             Request::ScriptRollback { .. } => 55,
             Request::ScriptDelete { .. } => 56,
+            Request::Coord(c) => c.opcode(),
         }
     }
 
@@ -250,7 +254,9 @@ impl Request {
     /// after a lost connection: writes, calls (a function may write) and
     /// script installs.
     pub fn may_write(&self) -> bool {
-        self.is_write() || matches!(self.opcode(), 50 | 51 | 55 | 56)
+        self.is_write()
+            || matches!(self.opcode(), 50 | 51 | 55 | 56)
+            || matches!(self, Request::Coord(c) if c.may_write())
     }
 
     /// The consistency a read asks for (writes and admin requests: none).

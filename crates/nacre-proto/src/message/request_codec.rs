@@ -5,6 +5,7 @@
 //! scripts), each family in its own function; an opcode no family knows is
 //! a `BadTag`.
 
+use crate::coord::CoordRequest;
 use crate::types::{Batch, Consistency, Session};
 use crate::wire::{bytes_len, opt_bytes_len, Reader, Writer};
 use crate::DecodeError;
@@ -115,6 +116,7 @@ impl Request {
                 bytes_len(name.as_bytes())
             }
             Request::ScriptRollback { name, .. } => bytes_len(name.as_bytes()) + 8,
+            Request::Coord(c) => c.encoded_len(),
         }
     }
 
@@ -218,6 +220,7 @@ impl Request {
                 w.str(name);
                 w.u64(*version);
             }
+            Request::Coord(c) => c.encode(w),
         }
     }
 
@@ -227,6 +230,7 @@ impl Request {
             op @ 30..=38 => decode_write(op, r),
             op @ 40..=44 => decode_admin(op, r),
             op @ 50..=56 => decode_script(op, r),
+            op @ 60..=66 => Ok(Request::Coord(CoordRequest::decode(op, r)?)),
             op => Err(bad_opcode(op)),
         }
     }

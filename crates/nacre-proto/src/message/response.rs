@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::coord::CoordResponse;
 use crate::types::KeyEntry;
 use crate::wire::{bytes_len, opt_bytes_len, Reader, Writer};
 use crate::DecodeError;
@@ -203,6 +204,8 @@ pub enum Response {
     KeyPage(Page<Bytes>),
     /// Entries of a range read (protocol 2; version 1 gets `Entries`).
     EntryPage(Page<KeyEntry>),
+    /// Watches and leases (protocol 2).
+    Coord(CoordResponse),
     Error(ErrorReply),
 }
 
@@ -230,6 +233,7 @@ impl Response {
             Response::ScriptVersions(_) => 18,
             Response::KeyPage(_) => 19,
             Response::EntryPage(_) => 20,
+            Response::Coord(_) => 21,
             Response::Error(_) => 255,
         }
     }
@@ -294,6 +298,7 @@ impl Response {
             Response::ScriptVersions(vs) => 4 + vs.len() * 25,
             Response::KeyPage(p) => p.encoded_len(),
             Response::EntryPage(p) => p.encoded_len(),
+            Response::Coord(c) => c.encoded_len(),
             Response::Error(e) => {
                 2 + bytes_len(e.message.as_bytes())
                     + opt_bytes_len(e.key.as_deref())
@@ -372,6 +377,7 @@ impl Response {
                 w.list(&p.items, |w, e| e.encode(w));
                 w.bool(p.more);
             }
+            Response::Coord(c) => c.encode(w),
             Response::Error(e) => {
                 w.u16(e.code.to_u16());
                 w.str(&e.message);
@@ -453,6 +459,7 @@ impl Response {
                 items: r.list("entries", KeyEntry::ENCODED_MIN_BYTES, KeyEntry::decode)?,
                 more: r.bool("more")?,
             }),
+            21 => Response::Coord(CoordResponse::decode(r)?),
             255 => Response::Error(ErrorReply {
                 code: ErrorCode::from_u16(r.u16("error code")?),
                 message: r.string("message")?,

@@ -271,6 +271,8 @@ impl Node {
             })
             .collect();
         let outcomes = self.sm.apply(&committed)?;
+        // Until watches consume them, the events are not kept.
+        drop(self.sm.take_events());
         let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
         self.applied_bytes_since_checkpoint += bytes;
         for (e, outcome) in entries.iter().zip(outcomes) {

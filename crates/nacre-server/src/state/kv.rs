@@ -5,13 +5,54 @@
 use std::ops::Bound;
 
 use bytes::Bytes;
-use nacre_proto::{Batch, ErrorCode, Guard, KeyEntry, Op, Page, PageItem, RangeQuery, Revision};
+use nacre_proto::{
+    Batch, ErrorCode, EventKind, Guard, KeyEntry, Op, Page, PageItem, RangeQuery, Revision,
+    WatchEvent,
+};
 use nacre_store::{ReadTxn, Store, WriteTxn};
 
+use super::leases;
 use super::scripts::{apply_script_op, script_key_count};
 use super::{prefix_end, Corruption, Outcome, PageError, StateError, META_NS, USER_NS};
 
 const REV_BYTES: usize = Revision::ENCODED_BYTES;
+
+/// What applying a batch produces besides its outcome, and what it needs
+/// to know: the entry's index, the change events for watches, and whether
+/// any lease exists (only then can a key be attached to one).
+pub(super) struct Effects<'e> {
+    pub index: u64,
+    pub events: &'e mut Vec<WatchEvent>,
+    pub leases: bool,
+    /// A planted bug (simulator only): `LockHeld` guards always hold.
+    pub skip_fence: bool,
+}
+
+impl Effects<'_> {
+    fn put_event(&mut self, key: &[u8], value: &[u8], rev: Revision, prev: Option<&Bytes>) {
+        self.events.push(WatchEvent {
+            kind: EventKind::Put,
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+            rev,
+            prev: prev.cloned(),
+        });
+    }
+
+    fn delete_event(&mut self, key: &[u8], prev: &[u8]) {
+        self.events.push(WatchEvent {
+            kind: EventKind::Delete,
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::new(),
+            rev: Revision {
+                create_rev: 0,
+                mod_rev: self.index,
+                version: 0,
+            },
+            prev: Some(Bytes::copy_from_slice(prev)),
+        });
+    }
+}
 
 pub fn user_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
@@ -85,8 +126,14 @@ fn current_value(txn: &WriteTxn<'_>, key: &[u8]) -> Result<Option<Bytes>, StateE
 
 /// Checks one guard against the transaction's current state; `Some`
 /// describes the failure.
-pub(super) fn check(txn: &mut WriteTxn<'_>, guard: &Guard) -> Result<Option<String>, StateError> {
+pub(super) fn check(
+    txn: &mut WriteTxn<'_>,
+    guard: &Guard,
+    skip_fence: bool,
+) -> Result<Option<String>, StateError> {
     let failure = match guard {
+        Guard::LockHeld { .. } if skip_fence => None,
+        Guard::LockHeld { prefix, token } => lock_holder_differs(txn, prefix, *token)?,
         Guard::Absent(k) => txn.exists(&user_key(k))?.then(|| "key exists".to_string()),
         Guard::Present(k) => (!txn.exists(&user_key(k))?).then(|| "key does not exist".to_string()),
         Guard::ValueEquals(k, v) => {
@@ -127,91 +174,194 @@ pub(super) fn check(txn: &mut WriteTxn<'_>, guard: &Guard) -> Result<Option<Stri
     Ok(failure)
 }
 
+/// Why the lock (or election) under `prefix` is not held with `token`:
+/// its holder is the key with the lowest create revision.
+fn lock_holder_differs(
+    txn: &mut WriteTxn<'_>,
+    prefix: &[u8],
+    token: u64,
+) -> Result<Option<String>, StateError> {
+    let start = user_key(prefix);
+    let end = prefix_end(&start);
+    let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+    let mut holder: Option<u64> = None;
+    for (k, raw) in txn.range(Bound::Included(&start[..]), end_bound)? {
+        let (rev, _) = decode_stored(&k, &raw)?;
+        holder = Some(holder.map_or(rev.create_rev, |h| h.min(rev.create_rev)));
+    }
+    Ok(match holder {
+        Some(h) if h == token => None,
+        Some(h) => Some(format!("the lock is held with token {h}, not {token}")),
+        None => Some(format!("the lock is not held (token {token} expired)")),
+    })
+}
+
 /// A failed guard or check: the batch fails on `key`, whose value at that
 /// point is reported.
 fn guard_failed(txn: &WriteTxn<'_>, guard: &Guard, why: String) -> Result<Outcome, StateError> {
     let key = guard.key().clone();
     let current = current_value(txn, &key)?;
+    let code = match guard {
+        Guard::LockHeld { .. } => ErrorCode::Fenced,
+        _ => ErrorCode::AssertionFailed,
+    };
     Ok(Outcome::Failed {
-        code: ErrorCode::AssertionFailed,
+        code,
         key,
         current,
         message: why,
     })
 }
 
+/// Applies one batch: every guard holds and every op applies, or nothing
+/// changes (its store writes and its events are undone).
 pub(super) fn apply_batch(
     txn: &mut WriteTxn<'_>,
-    index: u64,
+    fx: &mut Effects<'_>,
     batch: &Batch,
 ) -> Result<Outcome, StateError> {
     for g in &batch.guards {
-        if let Some(why) = check(txn, g)? {
+        if let Some(why) = check(txn, g, fx.skip_fence)? {
             return guard_failed(txn, g, why);
         }
     }
     let mut undo: Undo = Vec::new();
-    let mut prev = None;
-    let mut count = 0;
+    let events_before = fx.events.len();
+    let mut applied = Outcome::Applied {
+        prev: None,
+        count: 0,
+    };
     for op in &batch.ops {
-        match op {
-            Op::Set(k, v) => prev = set(txn, index, k, v, &mut undo)?,
-            Op::Delete(k) | Op::Remove(k) => {
-                let uk = user_key(k);
-                let old = txn.get(&uk)?;
-                match old {
-                    Some(raw) => {
-                        prev = Some(Bytes::copy_from_slice(stored_value(&uk, &raw)?));
-                        txn.delete(&uk)?;
-                        undo.push((uk, Some(raw)));
-                    }
-                    None if matches!(op, Op::Delete(_)) => {
-                        rollback(txn, undo)?;
-                        return Ok(Outcome::Failed {
-                            code: ErrorCode::NotFound,
-                            key: k.clone(),
-                            current: None,
-                            message: "delete of a key that does not exist".into(),
-                        });
-                    }
-                    None => prev = None,
-                }
+        let step = apply_op(txn, fx, op, &mut undo)?;
+        match (step, &mut applied) {
+            (Step::Failed(failed), _) => {
+                rollback(txn, undo)?;
+                fx.events.truncate(events_before);
+                return Ok(failed);
             }
-            Op::DeletePrefix(p) => {
-                let start = user_key(p);
-                let end = prefix_end(&start);
-                let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                let doomed = txn.range(Bound::Included(&start[..]), end_bound)?;
-                count += txn.delete_prefix(&start)?;
-                undo.extend(doomed.into_iter().map(|(k, v)| (k, Some(v))));
-            }
-            Op::Check(g) => {
-                if let Some(why) = check(txn, g)? {
-                    let failed = guard_failed(txn, g, why)?;
-                    rollback(txn, undo)?;
-                    return Ok(failed);
-                }
-            }
-            Op::TestAndSet {
-                key,
-                expected,
-                wanted,
-            } => prev = test_and_set(txn, index, key, expected, wanted, &mut undo)?,
-            op => match apply_script_op(txn, index, op, &mut undo)? {
-                Ok(version) => count = version,
-                Err((code, message)) => {
-                    rollback(txn, undo)?;
-                    return Ok(Outcome::Failed {
-                        code,
-                        key: Bytes::new(),
-                        current: None,
-                        message,
-                    });
-                }
-            },
+            (Step::Prev(p), Outcome::Applied { prev, .. }) => *prev = p,
+            (Step::Count(n), Outcome::Applied { count, .. }) => *count += n,
+            (Step::Version(v), Outcome::Applied { count, .. }) => *count = v,
+            (Step::Nothing, _) | (_, Outcome::Failed { .. }) => {}
         }
     }
-    Ok(Outcome::Applied { prev, count })
+    Ok(applied)
+}
+
+/// What one op did, for the batch's outcome.
+enum Step {
+    Nothing,
+    /// The value a set / delete / remove replaced.
+    Prev(Option<Bytes>),
+    /// Keys deleted (delete_prefix, a lease revoke): summed.
+    Count(u64),
+    /// A script version, or a granted lease's id: the last one counts.
+    Version(u64),
+    Failed(Outcome),
+}
+
+fn failed(code: ErrorCode, key: Bytes, message: impl Into<String>) -> Step {
+    Step::Failed(Outcome::Failed {
+        code,
+        key,
+        current: None,
+        message: message.into(),
+    })
+}
+
+fn apply_op(
+    txn: &mut WriteTxn<'_>,
+    fx: &mut Effects<'_>,
+    op: &Op,
+    undo: &mut Undo,
+) -> Result<Step, StateError> {
+    Ok(match op {
+        Op::Set(k, v) => Step::Prev(set(txn, fx, k, v, undo)?),
+        Op::SetLeased { key, value, lease } => {
+            let prev = set(txn, fx, key, value, undo)?;
+            match leases::attach(txn, key, *lease, undo)? {
+                Ok(()) => Step::Prev(prev),
+                Err((code, why)) => failed(code, key.clone(), why),
+            }
+        }
+        Op::Delete(k) | Op::Remove(k) => match remove(txn, fx, k, undo)? {
+            None if matches!(op, Op::Delete(_)) => failed(
+                ErrorCode::NotFound,
+                k.clone(),
+                "delete of a key that does not exist",
+            ),
+            prev => Step::Prev(prev),
+        },
+        Op::DeletePrefix(p) => Step::Count(delete_prefix(txn, fx, p, undo)?),
+        Op::Check(g) => match check(txn, g, fx.skip_fence)? {
+            Some(why) => Step::Failed(guard_failed(txn, g, why)?),
+            None => Step::Nothing,
+        },
+        Op::TestAndSet {
+            key,
+            expected,
+            wanted,
+        } => Step::Prev(test_and_set(txn, fx, key, expected, wanted, undo)?),
+        Op::LeaseGrant { id, ttl_ms } => {
+            fx.leases = true;
+            match leases::grant(txn, fx.index, *id, *ttl_ms, undo)? {
+                Ok(id) => Step::Version(id),
+                Err((code, why)) => failed(code, Bytes::new(), why),
+            }
+        }
+        Op::LeaseRevoke(id) => match leases::revoke(txn, fx.index, *id, undo, fx.events)? {
+            Ok(n) => Step::Count(n),
+            Err((code, why)) => failed(code, Bytes::new(), why),
+        },
+        op => match apply_script_op(txn, fx.index, op, undo)? {
+            Ok(version) => Step::Version(version),
+            Err((code, message)) => failed(code, Bytes::new(), message),
+        },
+    })
+}
+
+/// Deletes `key` if it exists; returns the value it held.
+fn remove(
+    txn: &mut WriteTxn<'_>,
+    fx: &mut Effects<'_>,
+    key: &[u8],
+    undo: &mut Undo,
+) -> Result<Option<Bytes>, StateError> {
+    let uk = user_key(key);
+    let Some(raw) = txn.get(&uk)? else {
+        return Ok(None);
+    };
+    let prev = Bytes::copy_from_slice(stored_value(&uk, &raw)?);
+    txn.delete(&uk)?;
+    undo.push((uk, Some(raw)));
+    if fx.leases {
+        leases::detach(txn, key, undo)?;
+    }
+    fx.delete_event(key, &prev);
+    Ok(Some(prev))
+}
+
+/// Deletes every key under `prefix`; returns how many.
+fn delete_prefix(
+    txn: &mut WriteTxn<'_>,
+    fx: &mut Effects<'_>,
+    prefix: &[u8],
+    undo: &mut Undo,
+) -> Result<u64, StateError> {
+    let start = user_key(prefix);
+    let end = prefix_end(&start);
+    let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+    let doomed = txn.range(Bound::Included(&start[..]), end_bound)?;
+    let count = txn.delete_prefix(&start)?;
+    for (k, v) in doomed {
+        let user = user_part(&k);
+        fx.delete_event(user, stored_value(&k, &v)?);
+        if fx.leases {
+            leases::detach(txn, user, undo)?;
+        }
+        undo.push((k, Some(v)));
+    }
+    Ok(count)
 }
 
 /// Arakoon's `test_and_set` step: writes `wanted` (or removes the key)
@@ -219,7 +369,7 @@ pub(super) fn apply_batch(
 /// the value it found, as a standalone `test_and_set` reports it.
 fn test_and_set(
     txn: &mut WriteTxn<'_>,
-    index: u64,
+    fx: &mut Effects<'_>,
     key: &Bytes,
     expected: &Option<Bytes>,
     wanted: &Option<Bytes>,
@@ -230,17 +380,9 @@ fn test_and_set(
         return Ok(current);
     }
     match wanted {
-        Some(v) => {
-            set(txn, index, key, v, undo)?;
-        }
-        None => {
-            let uk = user_key(key);
-            if let Some(raw) = txn.get(&uk)? {
-                txn.delete(&uk)?;
-                undo.push((uk, Some(raw)));
-            }
-        }
-    }
+        Some(v) => set(txn, fx, key, v, undo)?,
+        None => remove(txn, fx, key, undo)?,
+    };
     Ok(current)
 }
 
@@ -248,11 +390,12 @@ fn test_and_set(
 /// existing key's version goes up by one. Returns the value it replaced.
 fn set(
     txn: &mut WriteTxn<'_>,
-    index: u64,
+    fx: &mut Effects<'_>,
     key: &[u8],
     value: &[u8],
     undo: &mut Undo,
 ) -> Result<Option<Bytes>, StateError> {
+    let index = fx.index;
     let uk = user_key(key);
     let old = txn.get(&uk)?;
     let (rev, prev) = match &old {
@@ -276,6 +419,10 @@ fn set(
     };
     txn.put(&uk, &encode_stored(rev, value))?;
     undo.push((uk, old));
+    if fx.leases {
+        leases::detach(txn, key, undo)?;
+    }
+    fx.put_event(key, value, rev, prev.as_ref());
     Ok(prev)
 }
 

@@ -29,6 +29,7 @@
 mod corruption_tests;
 mod error;
 mod kv;
+mod leases;
 mod members;
 mod scripts;
 mod sessions;
@@ -47,7 +48,9 @@ pub use snapshot::{check_snapshot_pair, is_local_key};
 
 pub use error::{describe_key, Corruption, PageError, StateError};
 
-use kv::apply_batch;
+use kv::{apply_batch, Effects};
+pub use leases::LeaseRecord;
+use nacre_proto::WatchEvent;
 
 /// Namespace byte of user keys.
 pub const USER_NS: u8 = b'u';
@@ -85,6 +88,12 @@ pub struct StateMachine {
     applied: u64,
     applied_term: u64,
     session_retention_entries: u64,
+    /// Change events of the entries applied since the last
+    /// [`StateMachine::take_events`], in order (watches are fed from them).
+    events: Vec<WatchEvent>,
+    /// Whether any lease may exist (so a set must look for a key's
+    /// attachment): true from the first grant on, rechecked on open.
+    leases: bool,
     /// A planted bug for the simulator (crates/nacre-sim): batches apply
     /// as if they had no guards. Only with the `sim` feature.
     #[cfg(feature = "sim")]
@@ -93,6 +102,9 @@ pub struct StateMachine {
     /// being answered with the first outcome. Only with `sim`.
     #[cfg(feature = "sim")]
     planted_skip_sessions: bool,
+    /// A planted bug: `LockHeld` guards always hold. Only with `sim`.
+    #[cfg(feature = "sim")]
+    planted_skip_fence: bool,
 }
 
 /// The exclusive end of the keys that start with `prefix` (none at the
@@ -128,10 +140,13 @@ impl StateMachine {
             Some(v) => decode_applied(&v)?,
             None => (0, 0),
         };
+        let leases = leases::any(&store.begin_read())?;
         Ok(StateMachine {
             store,
             applied,
             applied_term,
+            events: Vec::new(),
+            leases,
             // An epoch of zero entries would divide by zero; the config
             // refuses it, and one entry is the least that means anything.
             session_retention_entries: session_retention_entries.max(1),
@@ -139,6 +154,8 @@ impl StateMachine {
             planted_skip_guards: false,
             #[cfg(feature = "sim")]
             planted_skip_sessions: false,
+            #[cfg(feature = "sim")]
+            planted_skip_fence: false,
         })
     }
 
@@ -157,6 +174,48 @@ impl StateMachine {
     #[cfg(feature = "sim")]
     pub fn plant_skip_sessions(&mut self, on: bool) {
         self.planted_skip_sessions = on;
+    }
+
+    /// Plants a bug for the simulator: fenced writes (`LockHeld` guards)
+    /// apply whoever holds the lock.
+    #[cfg(feature = "sim")]
+    pub fn plant_skip_fence(&mut self, on: bool) {
+        self.planted_skip_fence = on;
+    }
+
+    fn skips_fence(&self) -> bool {
+        #[cfg(feature = "sim")]
+        return self.planted_skip_fence;
+        #[cfg(not(feature = "sim"))]
+        false
+    }
+
+    /// The change events of everything applied since the last call, in
+    /// revision order: one per key a committed batch changed (a failed
+    /// batch has none).
+    pub fn take_events(&mut self) -> Vec<WatchEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Re-reads what the store says after a snapshot replaced it.
+    pub(crate) fn reload_leases_hint(&mut self) -> Result<(), StateError> {
+        self.leases = leases::any(&self.store.begin_read())?;
+        Ok(())
+    }
+
+    /// Every lease, in id order.
+    pub fn leases(&self) -> Result<Vec<LeaseRecord>, StateError> {
+        leases::list(&self.store.begin_read())
+    }
+
+    /// One lease, if it exists.
+    pub fn lease(&self, id: u64) -> Result<Option<LeaseRecord>, StateError> {
+        leases::get(&self.store.begin_read(), id)
+    }
+
+    /// The keys attached to lease `id`, at most `max`.
+    pub fn lease_keys(&self, id: u64, max: usize) -> Result<Vec<Bytes>, StateError> {
+        leases::keys(&self.store.begin_read(), id, max)
     }
 
     /// Whether the planted bug of [`StateMachine::plant_skip_sessions`] is
@@ -195,6 +254,8 @@ impl StateMachine {
         };
         let mut txn = self.store.begin_write()?;
         let mut index_prev = self.applied;
+        let mut events = std::mem::take(&mut self.events);
+        let mut leases = self.leases;
         for e in entries {
             if e.index <= index_prev {
                 return Err(StateError::OutOfOrder {
@@ -203,7 +264,14 @@ impl StateMachine {
                 });
             }
             index_prev = e.index;
-            outcomes.push(self.apply_entry(&mut txn, e)?);
+            let mut fx = Effects {
+                index: e.index,
+                events: &mut events,
+                leases,
+                skip_fence: self.skips_fence(),
+            };
+            outcomes.push(self.apply_entry(&mut txn, e, &mut fx)?);
+            leases = fx.leases;
             // A rule of the index alone, so every replica (and every replica
             // restored from a snapshot) forgets the same records.
             if e.index % self.session_retention_entries == 0 {
@@ -214,6 +282,8 @@ impl StateMachine {
         txn.commit_with(Durability::Lazy)?;
         self.applied = last.index;
         self.applied_term = last.term;
+        self.events = events;
+        self.leases = leases;
         Ok(outcomes)
     }
 
@@ -221,6 +291,7 @@ impl StateMachine {
         &self,
         txn: &mut WriteTxn<'_>,
         e: &Committed<'_>,
+        fx: &mut Effects<'_>,
     ) -> Result<Outcome, StateError> {
         if e.data.is_empty() {
             return Ok(Outcome::Applied {
@@ -230,7 +301,7 @@ impl StateMachine {
         }
         // A format this build does not know is not a bad command: another
         // node wrote it and applies it. Stop rather than differ from it.
-        let newest = Command::FORMAT_V2;
+        let newest = Command::FORMAT_NEWEST;
         if let Some(&format) = e.data.first().filter(|f| **f > newest) {
             return Err(StateError::NewerCommandFormat {
                 index: e.index,
@@ -248,8 +319,8 @@ impl StateMachine {
             Ok(Command {
                 session: Some(session),
                 batch,
-            }) => self.apply_once(txn, e.index, session, &batch),
-            Ok(cmd) => apply_batch(txn, e.index, &cmd.batch),
+            }) => self.apply_once(txn, fx, session, &batch),
+            Ok(cmd) => apply_batch(txn, fx, &cmd.batch),
             // Every node decodes the same bytes the same way, so this
             // fails identically everywhere and stays deterministic.
             Err(err) => Ok(Outcome::Failed {

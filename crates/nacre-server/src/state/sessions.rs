@@ -7,7 +7,7 @@ use bytes::Bytes;
 use nacre_proto::{Batch, ErrorCode, Session};
 use nacre_store::WriteTxn;
 
-use super::kv::apply_batch;
+use super::kv::{apply_batch, Effects};
 use super::{Corruption, Outcome, StateError, StateMachine};
 
 pub(super) const SESSION_PREFIX: &[u8] = b"m/session/";
@@ -101,10 +101,11 @@ impl StateMachine {
     pub(super) fn apply_once(
         &self,
         txn: &mut WriteTxn<'_>,
-        index: u64,
+        fx: &mut Effects<'_>,
         session: Session,
         batch: &Batch,
     ) -> Result<Outcome, StateError> {
+        let index = fx.index;
         let epoch = index / self.session_retention_entries;
         let key = session_key(epoch, session.client_id, session.seq);
         let mut first = txn.get(&key)?.map(|raw| (key.clone(), raw));
@@ -121,7 +122,7 @@ impl StateMachine {
             })?;
             return Ok(outcome);
         }
-        let o = apply_batch(txn, index, batch)?;
+        let o = apply_batch(txn, fx, batch)?;
         // Only effects need guarding against a second apply; a failed batch
         // changed nothing, and its retry (a script re-run after a conflict,
         // say) must be evaluated afresh.

@@ -6,6 +6,7 @@ use std::ops::Bound;
 use nacre_store::Durability;
 
 use super::kv::decode_stored;
+use super::leases::{check_lease_record, is_lease_key};
 use super::members::{decode_member, MEMBER_PREFIX};
 use super::scripts::check_script_record;
 use super::sessions::{check_session_record, SESSION_PREFIX};
@@ -38,6 +39,7 @@ pub fn check_snapshot_pair(key: &[u8], value: &[u8]) -> Result<(), Corruption> {
         Some(&META_NS) if key == APPLIED_KEY => decode_applied(value).map(drop),
         Some(&META_NS) if key.starts_with(MEMBER_PREFIX) => decode_member(key, value).map(drop),
         Some(&META_NS) if key.starts_with(SESSION_PREFIX) => check_session_record(key, value),
+        Some(&META_NS) if is_lease_key(key) => check_lease_record(key, value),
         Some(&META_NS) if is_local_key(key) => Err(Corruption::new(
             key,
             "node-local record",
@@ -83,7 +85,10 @@ impl StateMachine {
         txn.commit_with(Durability::Immediate)?;
         self.applied = index;
         self.applied_term = term;
-        Ok(())
+        // The events of the entries the snapshot skipped are unknown: a
+        // watch that needs them is told so (`Compacted`) by the hub.
+        self.events.clear();
+        self.reload_leases_hint()
     }
 
     /// The last snapshot installed from a leader, as (index, term, conf

@@ -567,7 +567,7 @@ fn a_newer_command_format_stops_the_apply_a_malformed_one_fails_it() {
         batch: ops(vec![Op::Set(b("a"), b("1"))]),
     }
     .encode();
-    newer[0] = Command::FORMAT_V2 + 1;
+    newer[0] = Command::FORMAT_NEWEST + 1;
     let e = Committed {
         index: 1,
         term: 1,
@@ -577,7 +577,7 @@ fn a_newer_command_format_stops_the_apply_a_malformed_one_fails_it() {
         Err(StateError::NewerCommandFormat {
             index: 1, format, ..
         }) => {
-            assert_eq!(format, Command::FORMAT_V2 + 1)
+            assert_eq!(format, Command::FORMAT_NEWEST + 1)
         }
         r => panic!("a newer format was applied: {r:?}"),
     }
