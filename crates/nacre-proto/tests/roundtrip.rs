@@ -111,10 +111,20 @@ proptest! {
     #[test]
     fn command_round_trips(cmd in common::command()) {
         let buf = cmd.encode();
-        // The oldest format that carries the ops: 2 only for a batch with
-        // a test_and_set step.
-        let v2 = cmd.batch.ops.iter().any(|o| matches!(o, nacre_proto::Op::TestAndSet { .. }));
-        prop_assert_eq!(buf[0], if v2 { 2 } else { 1 }, "format byte");
+        // The oldest format that carries the ops: 3 for a batch with a
+        // lease op or a fenced guard, else 2 for one with a test_and_set
+        // step, else 1.
+        use nacre_proto::{Guard, Op};
+        let fenced = |g: &Guard| matches!(g, Guard::LockHeld { .. });
+        let v3 = cmd.batch.guards.iter().any(fenced)
+            || cmd.batch.ops.iter().any(|o| match o {
+                Op::SetLeased { .. } | Op::LeaseGrant { .. } | Op::LeaseRevoke(_) => true,
+                Op::Check(g) => fenced(g),
+                _ => false,
+            });
+        let v2 = cmd.batch.ops.iter().any(|o| matches!(o, Op::TestAndSet { .. }));
+        let want = if v3 { 3 } else if v2 { 2 } else { 1 };
+        prop_assert_eq!(buf[0], want, "format byte");
         prop_assert_eq!(Command::decode(Bytes::from(buf)).unwrap(), cmd);
     }
 

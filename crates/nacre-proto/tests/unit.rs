@@ -174,7 +174,7 @@ fn bad_tag(r: Result<impl std::fmt::Debug, DecodeError>, what: &str, tag: u32) {
 fn unknown_request_opcodes_are_rejected() {
     let known: Vec<u8> = vec![
         1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 16, 17, 18, 30, 31, 32, 33, 34, 35, 36, 37, 38, 40,
-        41, 42, 43, 44, 50, 51, 52, 53, 54, 55, 56,
+        41, 42, 43, 44, 50, 51, 52, 53, 54, 55, 56, 60, 61, 62, 63, 64, 65, 66,
     ];
     for op in 0..=255u8 {
         if !known.contains(&op) {
@@ -185,7 +185,7 @@ fn unknown_request_opcodes_are_rejected() {
 
 #[test]
 fn unknown_response_tags_are_rejected() {
-    for tag in 21..=254u8 {
+    for tag in 22..=254u8 {
         bad_tag(
             decode_response(Bytes::from(vec![tag])),
             "response",
@@ -202,7 +202,7 @@ fn unknown_inner_tags_are_rejected() {
     bad_tag(decode_response(Bytes::from(vec![1, 2])), "bool", 2);
     // An option flag of 7 in a Value reply.
     bad_tag(decode_response(Bytes::from(vec![3, 7])), "value", 7);
-    // Guard tag 0 and 6, op tag 0 and 11, inside a Batch request.
+    // Guard tag 0 and 7, op tag 0 and 14, inside a Batch request.
     let batch = |guards: &[u8], ops: &[u8]| {
         let mut v = vec![36];
         v.extend_from_slice(&(!guards.is_empty() as u32).to_le_bytes());
@@ -213,15 +213,25 @@ fn unknown_inner_tags_are_rejected() {
         Bytes::from(v)
     };
     bad_tag(decode_request(batch(&[0], &[])), "guard", 0);
-    bad_tag(decode_request(batch(&[6], &[])), "guard", 6);
+    bad_tag(decode_request(batch(&[7], &[])), "guard", 7);
     bad_tag(decode_request(batch(&[], &[0])), "op", 0);
-    bad_tag(decode_request(batch(&[], &[11])), "op", 11);
-    bad_tag(decode_request(batch(&[], &[4, 9])), "guard", 9);
-    // Command format 3.
+    bad_tag(decode_request(batch(&[], &[14])), "op", 14);
+    // Key span 3 in a Watch, event kind 2 and sub-tag 4 in a reply.
+    bad_tag(decode_request(Bytes::from(vec![60, 3])), "key span", 3);
     bad_tag(
-        Command::decode(Bytes::from(vec![3, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+        decode_response(Bytes::from(vec![21, 4])),
+        "coordination reply",
+        4,
+    );
+    let mut watched = vec![21, 0, 1, 0, 0, 0, 2];
+    watched.extend_from_slice(&[0; 64]);
+    bad_tag(decode_response(Bytes::from(watched)), "event kind", 2);
+    bad_tag(decode_request(batch(&[], &[4, 9])), "guard", 9);
+    // Command format 4.
+    bad_tag(
+        Command::decode(Bytes::from(vec![4, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
         "command format",
-        3,
+        4,
     );
     // Session flag 2.
     bad_tag(
@@ -778,6 +788,11 @@ fn error_codes_round_trip() {
         (ErrorCode::ScriptError, 16, "script_error"),
         (ErrorCode::BudgetExceeded, 17, "budget_exceeded"),
         (ErrorCode::LearnerBehind, 18, "learner_behind"),
+        (ErrorCode::LeaseNotFound, 19, "lease_not_found"),
+        (ErrorCode::Compacted, 20, "compacted"),
+        (ErrorCode::SlowConsumer, 21, "slow_consumer"),
+        (ErrorCode::Cancelled, 22, "cancelled"),
+        (ErrorCode::Fenced, 23, "fenced"),
     ];
     for (code, n, name) in known {
         assert_eq!(code.to_u16(), n);
@@ -785,7 +800,7 @@ fn error_codes_round_trip() {
         assert_eq!(code.name(), name);
         assert_eq!(code.to_string(), name);
     }
-    for n in [0u16, 19, 1000, u16::MAX] {
+    for n in [0u16, 24, 1000, u16::MAX] {
         assert_eq!(ErrorCode::from_u16(n), ErrorCode::Unknown(n));
         assert_eq!(ErrorCode::Unknown(n).to_u16(), n);
         assert_eq!(ErrorCode::Unknown(n).name(), "unknown");

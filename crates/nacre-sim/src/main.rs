@@ -23,7 +23,8 @@ struct Args {
     workload_ms: u64,
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
     /// skip-sessions,
-    /// tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway.
+    /// tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway,
+    /// skip-fence.
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -114,6 +115,10 @@ struct Totals {
     added: u64,
     promoted: u64,
     looked_up: u64,
+    /// Fenced writes: acknowledged, refused (`Fenced`), lock expiries.
+    fenced_acked: u64,
+    fenced_refused: u64,
+    lock_expiries: u64,
 }
 
 impl Totals {
@@ -145,6 +150,9 @@ impl Totals {
         self.added += st.learners_added;
         self.promoted += st.learners_promoted;
         self.looked_up += st.membership_retried;
+        self.fenced_acked += st.fenced_writes_acked;
+        self.fenced_refused += st.fenced_writes_refused;
+        self.lock_expiries += st.lock_expiries;
     }
 
     /// The summary lines: the seeds, then what the scenario asked for
@@ -179,6 +187,10 @@ impl Totals {
         println!(
             "through the request layer: {} requests, {} answered",
             t.via_server, t.via_answered
+        );
+        println!(
+            "fenced writes: {} acknowledged, {} refused as fenced; {} lock expiries",
+            t.fenced_acked, t.fenced_refused, t.lock_expiries
         );
         if args.leader_pause {
             println!(

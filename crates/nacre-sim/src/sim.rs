@@ -16,6 +16,7 @@
 
 mod checks;
 mod faults;
+mod fence;
 mod membership;
 mod network;
 mod scenario;
@@ -87,6 +88,9 @@ pub enum Bug {
     /// its config at once, without asking the others whether the cluster
     /// exists (`Planted::bootstrap_anyway`).
     BootstrapAnyway,
+    /// The state machine ignores `LockHeld` guards: a stalled former lock
+    /// holder's fenced writes apply (`StateMachine::plant_skip_fence`).
+    SkipFence,
 }
 
 impl std::str::FromStr for Bug {
@@ -101,9 +105,10 @@ impl std::str::FromStr for Bug {
             "stalled-links" => Ok(Bug::StalledLinks),
             "layer-skips-barrier" => Ok(Bug::LayerSkipsBarrier),
             "bootstrap-anyway" => Ok(Bug::BootstrapAnyway),
+            "skip-fence" => Ok(Bug::SkipFence),
             _ => Err(format!(
                 "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
-                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway)"
+                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, skip-fence)"
             )),
         }
     }
@@ -140,6 +145,9 @@ pub struct SimConfig {
     /// mapping, as a connection's do) rather than straight to the node,
     /// whose answers carry more for the checks (a failed guard's value).
     pub via_server_permille: u32,
+    /// Lock contenders making fenced writes beside the workload
+    /// (`sim/fence.rs`).
+    pub fencers: usize,
 }
 
 impl Default for SimConfig {
@@ -158,6 +166,7 @@ impl Default for SimConfig {
             check_budget_states: 200_000,
             scenario: None,
             via_server_permille: 500,
+            fencers: 2,
         }
     }
 }
@@ -231,6 +240,11 @@ pub struct Stats {
     /// off (each one is lost if the wiped node votes with an empty log).
     pub wipes: u64,
     pub lagging_writes_acked: u64,
+    /// Fenced writes acknowledged as applied, refused as `Fenced`, and
+    /// times every lock key was deleted (the lock expired).
+    pub fenced_writes_acked: u64,
+    pub fenced_writes_refused: u64,
+    pub lock_expiries: u64,
 }
 
 /// Everything one run produced.
@@ -406,6 +420,8 @@ enum Ev {
     Wipe,
     /// The operator's next membership step (`sim/membership.rs`).
     Membership,
+    /// A lock contender's next step (`sim/fence.rs`).
+    Fence(usize),
 }
 
 struct Queued {
@@ -478,6 +494,10 @@ pub struct Sim {
     /// Requests in a node's request layer whose client stopped waiting:
     /// they run on (`via_server.rs`).
     orphans: Vec<(usize, nacre_server::sim_server::Answer)>,
+    /// Lock contenders (`sim/fence.rs`).
+    fencers: Vec<fence::Fencer>,
+    /// Fenced writes acknowledged as applied: (log index, token).
+    fenced_acked: Vec<(u64, u64)>,
 }
 
 /// The first index of a fresh cluster's log (index 1 is its initial
@@ -553,6 +573,8 @@ impl Sim {
                 .expect("a current-thread runtime"),
             reconfig: Reconfig::default(),
             orphans: Vec::new(),
+            fencers: Vec::new(),
+            fenced_acked: Vec::new(),
             cfg,
         }
     }
@@ -613,6 +635,7 @@ impl Sim {
             let d = self.rng.random_range(0..20_000);
             self.at(d, Ev::Client(c));
         }
+        self.start_fencers(self.cfg.fencers);
         if self.cfg.scenario.is_some() {
             let d = self.rng.random_range(800_000..1_200_000);
             self.at(d, Ev::ScenarioStart);
@@ -680,6 +703,7 @@ impl Sim {
         let mut sm = StateMachine::open_with(store.clone(), 100_000)?;
         sm.plant_skip_guards(self.cfg.planted == Some(Bug::SkipGuard));
         sm.plant_skip_sessions(self.cfg.planted == Some(Bug::SkipSessions));
+        sm.plant_skip_fence(self.cfg.planted == Some(Bug::SkipFence));
         let opts = NodeOptions {
             id: sn.id,
             initial_members: self.members.clone(),
@@ -778,6 +802,7 @@ impl Sim {
             Ev::CutsStep => self.cuts_step(),
             Ev::Wipe => self.wipe_and_crash(),
             Ev::Membership => self.membership_step(),
+            Ev::Fence(f) => self.fencer_wake(f),
             Ev::EndWorkload => self.end_workload(),
         }
     }

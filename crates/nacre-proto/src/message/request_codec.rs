@@ -182,19 +182,12 @@ impl Request {
                 w.u64(session.seq);
                 request.encode(w);
             }
-            Request::AddLearner { name, client, peer } => {
-                w.str(name);
-                w.str(client);
-                w.str(peer);
-            }
-            Request::Promote { name, force } => {
-                w.str(name);
-                w.bool(*force);
-            }
-            Request::RemoveNode { name }
-            | Request::TransferLeader { name }
-            | Request::ScriptHistory { name }
-            | Request::ScriptDelete { name } => w.str(name),
+            Request::AddLearner { .. }
+            | Request::Promote { .. }
+            | Request::RemoveNode { .. }
+            | Request::TransferLeader { .. }
+            | Request::ScriptHistory { .. }
+            | Request::ScriptDelete { .. } => self.encode_named(w),
             Request::Call {
                 script,
                 function,
@@ -221,6 +214,26 @@ impl Request {
                 w.u64(*version);
             }
             Request::Coord(c) => c.encode(w),
+        }
+    }
+
+    /// The fields of the requests that name a member or a script.
+    fn encode_named(&self, w: &mut Writer) {
+        match self {
+            Request::AddLearner { name, client, peer } => {
+                w.str(name);
+                w.str(client);
+                w.str(peer);
+            }
+            Request::Promote { name, force } => {
+                w.str(name);
+                w.bool(*force);
+            }
+            Request::RemoveNode { name }
+            | Request::TransferLeader { name }
+            | Request::ScriptHistory { name }
+            | Request::ScriptDelete { name } => w.str(name),
+            _ => unreachable!("encode_named is called for named requests only"),
         }
     }
 

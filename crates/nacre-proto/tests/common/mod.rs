@@ -2,9 +2,10 @@
 #![allow(dead_code)]
 
 use nacre_proto::{
-    Batch, Bytes, ClientHello, Command, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry,
-    Member, Op, Page, RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary,
-    ScriptVersionInfo, ServerHello, Session, VersionInfo, NAME_SIZE_MAX_BYTES,
+    Batch, Bytes, ClientHello, Command, Consistency, CoordRequest, CoordResponse, ErrorCode,
+    ErrorReply, EventKind, Guard, KeyEntry, KeySpan, LeaseInfo, Member, Op, Page, RangeQuery,
+    Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo, ServerHello,
+    Session, VersionInfo, WatchEvent, WatchSpec, NAME_SIZE_MAX_BYTES,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -65,6 +66,7 @@ pub fn guard() -> impl Strategy<Value = Guard> {
         (key(), value()).prop_map(|(k, v)| Guard::ValueEquals(k, v)),
         (key(), any::<u64>()).prop_map(|(k, v)| Guard::VersionEquals(k, v)),
         (key(), keys()).prop_map(|(prefix, keys)| Guard::PrefixKeysEqual { prefix, keys }),
+        (key(), any::<u64>()).prop_map(|(prefix, token)| Guard::LockHeld { prefix, token }),
     ]
 }
 
@@ -86,6 +88,88 @@ pub fn op() -> impl Strategy<Value = Op> {
                 wanted,
             }
         }),
+        (key(), value(), any::<u64>()).prop_map(|(key, value, lease)| Op::SetLeased {
+            key,
+            value,
+            lease
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, ttl_ms)| Op::LeaseGrant { id, ttl_ms }),
+        any::<u64>().prop_map(Op::LeaseRevoke),
+    ]
+}
+
+pub fn key_span() -> impl Strategy<Value = KeySpan> {
+    prop_oneof![
+        key().prop_map(KeySpan::Key),
+        key().prop_map(KeySpan::Prefix),
+        (key(), option::of(key())).prop_map(|(start, end)| KeySpan::Range { start, end }),
+    ]
+}
+
+pub fn coord_request() -> impl Strategy<Value = CoordRequest> {
+    prop_oneof![
+        (key_span(), any::<u64>(), any::<bool>()).prop_map(|(span, start_rev, prev_value)| {
+            CoordRequest::Watch(WatchSpec {
+                span,
+                start_rev,
+                prev_value,
+            })
+        }),
+        any::<u64>().prop_map(|watch_id| CoordRequest::WatchCancel { watch_id }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(id, ttl_ms)| CoordRequest::LeaseGrant { id, ttl_ms }),
+        any::<u64>().prop_map(|id| CoordRequest::LeaseRevoke { id }),
+        vec(any::<u64>(), 0..5).prop_map(|ids| CoordRequest::LeaseKeepAlive { ids }),
+        (any::<u64>(), any::<bool>()).prop_map(|(id, keys)| CoordRequest::LeaseTtl { id, keys }),
+        Just(CoordRequest::LeaseList),
+    ]
+}
+
+pub fn watch_event() -> impl Strategy<Value = WatchEvent> {
+    (
+        any::<bool>(),
+        key(),
+        value(),
+        revision(),
+        option::of(value()),
+    )
+        .prop_map(|(put, key, value, rev, prev)| WatchEvent {
+            kind: if put {
+                EventKind::Put
+            } else {
+                EventKind::Delete
+            },
+            key,
+            value,
+            rev,
+            prev,
+        })
+}
+
+pub fn lease_info() -> impl Strategy<Value = LeaseInfo> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), keys()).prop_map(
+        |(id, ttl_ms, remaining_ms, keys)| LeaseInfo {
+            id,
+            ttl_ms,
+            remaining_ms,
+            keys,
+        },
+    )
+}
+
+pub fn coord_response() -> impl Strategy<Value = CoordResponse> {
+    prop_oneof![
+        (vec(watch_event(), 0..4), any::<u64>())
+            .prop_map(|(events, revision)| CoordResponse::Watched { events, revision }),
+        (error_code(), text(20), any::<u64>()).prop_map(|(code, message, revision)| {
+            CoordResponse::WatchEnd {
+                code,
+                message,
+                revision,
+            }
+        }),
+        lease_info().prop_map(CoordResponse::Lease),
+        vec(lease_info(), 0..4).prop_map(CoordResponse::Leases),
     ]
 }
 
@@ -203,6 +287,7 @@ pub fn request() -> impl Strategy<Value = Request> {
         (text(10), any::<u64>())
             .prop_map(|(name, version)| Request::ScriptRollback { name, version }),
         text(10).prop_map(|name| Request::ScriptDelete { name }),
+        coord_request().prop_map(Request::Coord),
     ]
 }
 
@@ -210,8 +295,8 @@ pub fn request() -> impl Strategy<Value = Request> {
 /// with a known `c` cannot survive the wire: it decodes as the known code).
 pub fn error_code() -> impl Strategy<Value = ErrorCode> {
     prop_oneof![
-        (1u16..=17).prop_map(ErrorCode::from_u16),
-        prop_oneof![Just(0u16), 18u16..].prop_map(ErrorCode::Unknown),
+        (1u16..=23).prop_map(ErrorCode::from_u16),
+        prop_oneof![Just(0u16), 24u16..].prop_map(ErrorCode::Unknown),
     ]
 }
 
@@ -324,6 +409,7 @@ pub fn response() -> impl Strategy<Value = Response> {
         (keys(), any::<bool>()).prop_map(|(items, more)| Response::KeyPage(Page { items, more })),
         (vec(entry(), 0..6), any::<bool>())
             .prop_map(|(items, more)| Response::EntryPage(Page { items, more })),
+        coord_response().prop_map(Response::Coord),
     ]
 }
 

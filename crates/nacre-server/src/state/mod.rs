@@ -26,6 +26,8 @@
 //! | `snapshot.rs` | installing a leader's snapshot and the node-local record of it |
 
 #[cfg(test)]
+mod coord_tests;
+#[cfg(test)]
 mod corruption_tests;
 mod error;
 mod kv;

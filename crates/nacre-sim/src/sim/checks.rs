@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use nacre_proto::Command;
+use nacre_proto::{Batch, Command, ErrorCode, Guard};
 use raft::eraftpb::{Entry, EntryType};
 
+use super::fence::LOCK_PREFIX;
 use super::workload::read;
 use super::{fnv, is_local_key, Node, Sim, COMMITTED_FIRST};
 use crate::checker::{self, OpKind, OpValue, Verdict};
@@ -70,6 +71,7 @@ impl Sim {
         let replay = Replay::new(&entries);
         let mut bad = self.acked_mismatches(&replay, final_index);
         bad.extend(self.read_mismatches(&replay, final_index));
+        bad.extend(self.fence_mismatches(&replay));
         let node = (0..self.nodes.len())
             .filter(|&i| !self.is_removed(i))
             .find_map(|i| self.nodes[i].node.as_ref())
@@ -150,6 +152,25 @@ impl Sim {
         bad
     }
 
+    /// Every fenced write acknowledged as applied must have been written
+    /// by the lock's holder at its index: holders never interleave.
+    fn fence_mismatches(&self, replay: &Replay) -> Vec<String> {
+        let mut bad = Vec::new();
+        for (index, token) in &self.fenced_acked {
+            let holder = match replay.fence_holders.get(index) {
+                Some(Some(h)) if h == token => continue,
+                Some(Some(h)) => format!("held with token {h}"),
+                Some(None) => "not held".to_string(),
+                None => "a command without a fence".to_string(),
+            };
+            bad.push(format!(
+                "fenced write with token {token} acknowledged at {index}, but there the lock \
+                 was {holder}: two holders' writes interleaved"
+            ));
+        }
+        bad
+    }
+
     /// Every read served at a known applied index must have returned the
     /// state at that index, and an `at_least` read one at or past its
     /// bound.
@@ -198,6 +219,65 @@ struct Replay {
     results: BTreeMap<u64, (Vec<u8>, WriteResult)>,
     /// The state after the last entry.
     state: KvState,
+    /// At each fenced command's index: the lock's holder there (the
+    /// lowest create revision under `LOCK_PREFIX`), if any.
+    fence_holders: BTreeMap<u64, Option<u64>>,
+}
+
+/// Create revisions of the lock keys, kept beside the model (which has no
+/// revisions) to judge `LockHeld` guards.
+#[derive(Default)]
+struct LockKeys(BTreeMap<Bytes, u64>);
+
+impl LockKeys {
+    fn holder(&self) -> Option<u64> {
+        self.0.values().min().copied()
+    }
+
+    /// After the entry at `index`: keys that appeared were created there.
+    fn update(&mut self, state: &KvState, index: u64) {
+        let now: Vec<&Bytes> = state
+            .range(Bytes::from_static(LOCK_PREFIX)..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(LOCK_PREFIX))
+            .collect();
+        self.0.retain(|k, _| now.contains(&k));
+        for k in now {
+            self.0.entry(k.clone()).or_insert(index);
+        }
+    }
+
+    /// The model's answer to a batch, with its `LockHeld` guards judged
+    /// here: a failed one fails the batch as the state machine does.
+    fn apply(&self, state: &mut KvState, batch: &Batch) -> (WriteResult, Option<Option<u64>>) {
+        let fenced = |g: &Guard| matches!(g, Guard::LockHeld { .. });
+        if !batch.guards.iter().any(fenced) {
+            return (model::apply(state, batch), None);
+        }
+        let holder = self.holder();
+        for g in &batch.guards {
+            if let Guard::LockHeld { prefix, token } = g {
+                if holder != Some(*token) {
+                    let failed = WriteResult::Failed {
+                        code: ErrorCode::Fenced,
+                        key: prefix.clone(),
+                        current: model::value(state, prefix),
+                    };
+                    return (failed, Some(holder));
+                }
+            }
+        }
+        let rest = Batch {
+            guards: batch
+                .guards
+                .iter()
+                .filter(|g| !fenced(g))
+                .cloned()
+                .collect(),
+            ops: batch.ops.clone(),
+        };
+        (model::apply(state, &rest), Some(holder))
+    }
 }
 
 impl Replay {
@@ -211,6 +291,8 @@ impl Replay {
         let mut results: BTreeMap<u64, (Vec<u8>, WriteResult)> = BTreeMap::new();
         let mut sessions: BTreeMap<(u64, u64), WriteResult> = BTreeMap::new();
         let mut state = KvState::new();
+        let mut locks = LockKeys::default();
+        let mut fence_holders = BTreeMap::new();
         for e in entries {
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 let cmd = Command::decode(Bytes::copy_from_slice(&e.data)).expect("own command");
@@ -218,7 +300,10 @@ impl Replay {
                 let r = match key.and_then(|k| sessions.get(&k)) {
                     Some(first) => first.clone(),
                     None => {
-                        let r = model::apply(&mut state, &cmd.batch);
+                        let (r, holder) = locks.apply(&mut state, &cmd.batch);
+                        if let Some(h) = holder {
+                            fence_holders.insert(e.index, h);
+                        }
                         if let (Some(k), WriteResult::Applied { .. }) = (key, &r) {
                             sessions.insert(k, r.clone());
                         }
@@ -226,6 +311,7 @@ impl Replay {
                     }
                 };
                 results.insert(e.index, (e.data.to_vec(), r));
+                locks.update(&state, e.index);
             }
             states.push(state.clone());
         }
@@ -233,6 +319,7 @@ impl Replay {
             states,
             results,
             state,
+            fence_holders,
         }
     }
 }
