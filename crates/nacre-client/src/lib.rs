@@ -50,6 +50,7 @@ mod reads;
 mod retry;
 mod scripts;
 mod sequence;
+mod watch;
 mod writes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,7 +68,9 @@ pub use nacre_proto::{
 };
 pub use reads::Pages;
 pub use scripts::Called;
+pub use nacre_proto::{EventKind, KeySpan, LeaseInfo, WatchEvent};
 pub use sequence::Sequence;
+pub use watch::{WatchBatch, WatchOptions, WatchStream};
 
 use conn::{Candidate, Conn, ConnParams, Outcome};
 use retry::{resend_safe, Backoff, Suspects};
