@@ -46,6 +46,7 @@ mod blocking;
 mod cluster;
 mod conn;
 mod error;
+mod leases;
 mod reads;
 mod retry;
 mod scripts;
@@ -68,6 +69,7 @@ pub use nacre_proto::{
 };
 pub use reads::Pages;
 pub use scripts::Called;
+pub use leases::{LeaseKeeper, LeaseLoss, LostLease};
 pub use nacre_proto::{EventKind, KeySpan, LeaseInfo, WatchEvent};
 pub use sequence::Sequence;
 pub use watch::{WatchBatch, WatchOptions, WatchStream};
