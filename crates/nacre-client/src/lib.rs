@@ -47,10 +47,12 @@ mod cluster;
 mod conn;
 mod error;
 mod leases;
+mod lock;
 mod reads;
 mod retry;
 mod scripts;
 mod sequence;
+mod wait;
 mod watch;
 mod writes;
 
@@ -70,8 +72,10 @@ pub use nacre_proto::{
 pub use reads::Pages;
 pub use scripts::Called;
 pub use leases::{LeaseKeeper, LeaseLoss, LostLease};
+pub use lock::{lock_prefix, LeaderStream, Leadership, LockGuard};
 pub use nacre_proto::{EventKind, KeySpan, LeaseInfo, WatchEvent};
 pub use sequence::Sequence;
+pub use wait::WaitFor;
 pub use watch::{WatchBatch, WatchOptions, WatchStream};
 
 use conn::{Candidate, Conn, ConnParams, Outcome};
