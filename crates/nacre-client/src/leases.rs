@@ -72,7 +72,10 @@ impl Client {
 
     /// Every lease the leader knows.
     pub async fn lease_list(&self) -> Result<Vec<LeaseInfo>, ClientError> {
-        match self.execute(Request::Coord(CoordRequest::LeaseList)).await? {
+        match self
+            .execute(Request::Coord(CoordRequest::LeaseList))
+            .await?
+        {
             Response::Coord(CoordResponse::Leases(ls)) => Ok(ls),
             r => Err(unexpected("lease_list", r)),
         }

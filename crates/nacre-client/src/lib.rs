@@ -45,7 +45,11 @@
 mod blocking;
 mod cluster;
 mod conn;
+#[cfg(test)]
+mod coord_tests;
 mod error;
+#[cfg(test)]
+mod fake;
 mod leases;
 mod lock;
 mod reads;
@@ -64,16 +68,16 @@ use tokio::time::Instant;
 
 pub use blocking::BlockingClient;
 pub use error::{ClientError, Disconnect, EndpointError};
+pub use leases::{LeaseKeeper, LeaseLoss, LostLease};
+pub use lock::{lock_prefix, LeaderStream, Leadership, LockGuard};
 pub use nacre_proto::{
     Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, Page, PageItem,
     RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo,
     VersionInfo,
 };
+pub use nacre_proto::{EventKind, KeySpan, LeaseInfo, WatchEvent};
 pub use reads::Pages;
 pub use scripts::Called;
-pub use leases::{LeaseKeeper, LeaseLoss, LostLease};
-pub use lock::{lock_prefix, LeaderStream, Leadership, LockGuard};
-pub use nacre_proto::{EventKind, KeySpan, LeaseInfo, WatchEvent};
 pub use sequence::Sequence;
 pub use wait::WaitFor;
 pub use watch::{WatchBatch, WatchOptions, WatchStream};

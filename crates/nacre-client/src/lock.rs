@@ -16,9 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use nacre_proto::{
-    Batch, Bytes, Consistency, EventKind, Guard, KeyEntry, KeySpan, Op, Request,
-};
+use nacre_proto::{Batch, Bytes, Consistency, EventKind, Guard, KeyEntry, KeySpan, Op, Request};
 use tokio::sync::mpsc;
 
 use crate::leases::{LeaseKeeper, LostLease};
