@@ -519,9 +519,8 @@ impl Conn {
                     return None;
                 }
             };
-            match tokio::time::timeout_at(check, rx.recv()).await {
-                Ok(r) => return r,
-                Err(_) => {}
+            if let Ok(r) = tokio::time::timeout_at(check, rx.recv()).await {
+                return r;
             }
         }
     }
