@@ -401,3 +401,27 @@ async fn a_consumer_that_falls_behind_the_connection_loses_nothing() {
     assert!(node.cancels.load(Ordering::SeqCst) >= 1);
     assert!(node.watches.lock().unwrap().len() >= 2);
 }
+
+#[tokio::test]
+async fn a_dropped_guard_or_a_cancelled_lock_call_revokes_its_lease() {
+    let fake = Fake::new();
+    let node = Node::start(&fake).await;
+    let c = client(&[&node]).await;
+    let ttl = Duration::from_secs(60);
+    let first = c.lock("d", ttl).await.unwrap();
+    // A contender that gives up waiting leaves nothing behind.
+    let waited = tokio::time::timeout(Duration::from_millis(100), c.lock("d", ttl)).await;
+    assert!(waited.is_err());
+    drop(first);
+    // The fake never expires leases: only a revoke lets this one in.
+    let second = tokio::time::timeout(Duration::from_secs(5), c.lock("d", ttl))
+        .await
+        .expect("the dropped guard's lease was revoked")
+        .unwrap();
+    let keys = c
+        .read_span(&KeySpan::Prefix(b("d/")), Consistency::Consistent, 10)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "only the holder's key is left");
+    assert_eq!(keys[0].key, second.key);
+}

@@ -267,11 +267,17 @@ async fn keep_alive_loop(
             .keys()
             .copied()
             .collect();
+        // A round that cannot get through (no leader) gives up when the
+        // next is due, so that expiry is noticed in time.
+        let round = interval(&keeping.lock().expect("keeper lock")).unwrap_or(KEEP_ALIVE_MIN);
         for part in ids.chunks(chunk) {
             let sent = Instant::now();
-            let answer = client.lease_keep_alive(part.to_vec()).await;
+            let answer = tokio::time::timeout(round, client.lease_keep_alive(part.to_vec()))
+                .await
+                .ok()
+                .and_then(Result::ok);
             let mut k = keeping.lock().expect("keeper lock");
-            if let Ok(infos) = &answer {
+            if let Some(infos) = &answer {
                 for info in infos {
                     let gone = info.ttl_ms == 0;
                     if gone && k.leases.remove(&info.id).is_some() {

@@ -42,11 +42,32 @@ struct Held {
     lease: u64,
     keeper: LeaseKeeper,
     lost: mpsc::UnboundedReceiver<LostLease>,
+    /// Released (or being released) by the holder itself.
+    released: bool,
+}
+
+impl Drop for Held {
+    /// Dropped without a release (a lock call cancelled while it waited,
+    /// a guard dropped): the lease is revoked in the background, so the
+    /// next contender need not wait for it to expire. Without a runtime
+    /// it expires by itself.
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (client, lease) = (self.client.clone(), self.lease);
+            rt.spawn(async move {
+                let _ = client.lease_revoke(lease).await;
+            });
+        }
+    }
 }
 
 impl Held {
     /// Deletes the key and revokes the lease (either may be gone already).
-    async fn release(self) -> Result<(), ClientError> {
+    async fn release(mut self) -> Result<(), ClientError> {
+        self.released = true;
         self.keeper.remove(self.lease);
         let batch = Batch {
             guards: vec![],
@@ -77,7 +98,8 @@ impl Held {
 /// A held lock: `token` (the create revision of `key`) fences writes
 /// ([`Client::fenced`], [`LockGuard::fence`]); `lease` is kept alive in
 /// the background until [`LockGuard::unlock`]. Dropped without unlocking,
-/// the lock is released when its lease expires.
+/// its lease is revoked in the background (or, without a runtime,
+/// expires), which releases the lock.
 pub struct LockGuard {
     pub token: u64,
     pub lease: u64,
@@ -114,7 +136,8 @@ impl LockGuard {
 }
 
 /// Leadership won by [`Client::campaign`]; `key` holds the leader's
-/// value. Dropped without resigning, it ends when its lease expires.
+/// value. Dropped without resigning, its lease is revoked in the
+/// background, as a [`LockGuard`]'s.
 pub struct Leadership {
     pub token: u64,
     pub lease: u64,
@@ -265,10 +288,12 @@ impl Client {
             lease,
             keeper,
             lost,
+            released: false,
         };
         match self.wait_turn(&mut held).await {
             Ok(()) => Ok(held),
             Err(e) => {
+                held.released = true;
                 let _ = self.lease_revoke(lease).await;
                 Err(e)
             }

@@ -232,15 +232,27 @@ async fn lock(
     let child = child
         .spawn()
         .map_err(|e| Failure::input(format!("cannot run {:?}: {e}", command[0])))?;
+    let pid = child.id();
     let mut waited = tokio::task::spawn_blocking(move || {
         let mut child = child;
         child.wait()
     });
+    let mut lost = false;
     let status = loop {
         tokio::select! {
             s = &mut waited => break s,
-            e = guard.lost() => {
+            e = guard.lost(), if !lost => {
+                lost = true;
                 eprintln!("nacre lock: {e}; the command's fenced writes will fail");
+            }
+            // Ctrl-C reaches the command too (same process group);
+            // SIGTERM is passed on. Either way the lock is released once
+            // the command exits.
+            () = &mut stop => {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+                stop.set(interrupted());
             }
         }
     };
