@@ -273,7 +273,11 @@ impl Watcher {
             // A re-watch's first frame, or revisions seen already.
             return None;
         }
-        self.delivered = Some(revision);
+        // A watch from 0 whose first frame says 0 has not told where it
+        // starts: a resume must not replay history from revision 1.
+        if after.is_some() || revision > 0 || !events.is_empty() || self.opts.start_rev > 0 {
+            self.delivered = Some(revision);
+        }
         if events.is_empty() && !self.opts.progress {
             return None;
         }
