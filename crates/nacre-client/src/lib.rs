@@ -39,6 +39,16 @@
 //! runs out of time fails with [`ClientError::Timeout`], which keeps the
 //! latest attempt's failure as its source.
 
+//!
+//! Coordination (docs/coordination.md, `## Client`): [`Client::watch`]
+//! streams the changes of a key span and resumes on another node from the
+//! revision after the last one delivered (no gap, no duplicate);
+//! [`Client::lease_grant`] and the other lease calls, with
+//! [`LeaseKeeper`] renewing many leases in one request; waiting reads
+//! ([`Client::get_wait`]); locks with fencing tokens ([`Client::lock`],
+//! [`Client::fenced`]) and elections ([`Client::campaign`],
+//! [`Client::observe`]).
+
 // This file holds the client, its connection and `execute` with the retry
 // rules; the typed calls, one per request, are in reads.rs, writes.rs,
 // scripts.rs and cluster.rs.
@@ -81,6 +91,10 @@ pub use scripts::Called;
 pub use sequence::Sequence;
 pub use wait::WaitFor;
 pub use watch::{WatchBatch, WatchOptions, WatchStream};
+
+/// What ends a watch stream: a [`ClientError`] (`Compacted`,
+/// `WatchEnded`, a refusal, a timeout).
+pub type WatchError = ClientError;
 
 use conn::{Candidate, Conn, ConnParams, Outcome};
 use retry::{resend_safe, Backoff, Suspects};
