@@ -22,6 +22,71 @@ const EXIT_NOT_FOUND: i32 = 2;
 const EXIT_FENCED: i32 = 7;
 const EXIT_LEASE_NOT_FOUND: i32 = 9;
 
+/// `nacre --endpoints E ARGS...` that must end within 60 s (commands that
+/// wait for a lock are not bounded by `--timeout-ms`): exit code, stdout,
+/// stderr. Killed, and the test failed, if it runs longer.
+fn nacre_within(e: &str, args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(NACRE)
+        .args(["--endpoints", e, "--timeout-ms", "20000"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "nacre {args:?} still running after 60 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`nacre_within`], which must succeed; its stdout.
+fn ok_within(e: &str, args: &[&str]) -> String {
+    let (code, out, err) = nacre_within(e, args);
+    assert_eq!(code, 0, "nacre {args:?}: {err}");
+    out
+}
+
+/// A process group: continued and killed when dropped, so that a failed
+/// test leaves no stopped process behind.
+struct Group(u32);
+
+impl Group {
+    /// Sends `signal` to every process of the group.
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), "--", &format!("-{}", self.0)])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} -{}", self.0);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for signal in ["-CONT", "-KILL"] {
+            let _ = Command::new("kill")
+                .args([signal, "--", &format!("-{}", self.0)])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 async fn connect(endpoints: Vec<String>) -> Client {
     Client::connect(ClientOptions::new(endpoints))
         .await
@@ -95,19 +160,27 @@ async fn a_prefix_watch_sees_every_write_once_in_order() {
         .spawn()
         .unwrap();
     let out = cli.stdout.take().unwrap();
-    let lines = std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(out)
-            .lines()
-            .take(200)
-            .map(Result::unwrap)
-            .collect::<Vec<_>>()
+        for l in std::io::BufReader::new(out).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                return;
+            }
+        }
     });
-    let lines = tokio::task::spawn_blocking(move || lines.join().unwrap())
-        .await
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    while lines.len() < 200 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
     let _ = cli.kill();
     let _ = cli.wait();
+    assert_eq!(lines.len(), 200, "nacre watch printed {lines:?}");
     assert_eq!(lines[0], format!("PUT\tw/0000\tv\t{}", writes[0].1));
     assert_eq!(lines[199], format!("PUT\tw/0199\tv\t{}", writes[199].1));
 }
@@ -189,7 +262,7 @@ fn nacre_lock_runs_a_command_with_its_token_and_releases() {
     assert!(parts.next().unwrap().starts_with("job/"));
     assert_eq!(ok(e, &["prefix-keys", "job/"]), "", "released");
     // The command's status is the exit code.
-    let (code, _, _) = nacre(e, &["lock", "job", "--", "sh", "-c", "exit 3"]);
+    let (code, _, _) = nacre_within(e, &["lock", "job", "--", "sh", "-c", "exit 3"]);
     assert_eq!(code, 3);
     // A token fences writes: a later holder's is newer.
     let later: u64 = ok(
@@ -221,7 +294,9 @@ fn two_contenders_never_hold_a_lock_together() {
     let contenders: Vec<_> = (0..3)
         .map(|_| {
             let (addr, script) = (addr.clone(), script.clone());
-            std::thread::spawn(move || nacre(&addr, &["lock", "mutex", "--", "sh", "-c", &script]))
+            std::thread::spawn(move || {
+                nacre_within(&addr, &["lock", "mutex", "--", "sh", "-c", &script])
+            })
         })
         .collect();
     let mut tokens = BTreeSet::new();
@@ -231,16 +306,6 @@ fn two_contenders_never_hold_a_lock_together() {
         tokens.insert(out.trim().to_string());
     }
     assert_eq!(tokens.len(), 3, "each holder had a token of its own");
-}
-
-/// Sends `signal` to every process of the group `pgid`.
-fn signal_group(signal: &str, pgid: u32) {
-    let ok = Command::new("kill")
-        .args([&format!("-{signal}"), "--", &format!("-{pgid}")])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{signal} -{pgid}");
 }
 
 #[test]
@@ -263,18 +328,20 @@ fn a_holder_stopped_past_its_ttl_is_fenced_when_it_runs_again() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let pgid = holder.id();
+    let group = Group(holder.id());
     wait_for("the holder's token", || token_file.exists());
-    signal_group("STOP", pgid);
+    group.signal("STOP");
     let stopped = Instant::now();
     // Another takes the lock once the stopped holder's lease expired.
-    let out = ok(
+    let out = ok_within(
         e,
         &["lock", "res", "--", "sh", "-c", "\"$0\" --endpoints $1 set out second --fence res:$NACRE_LOCK_TOKEN && echo $NACRE_LOCK_TOKEN", NACRE, e],
     );
+    // Renewed at most a third of the TTL before it stopped: its lease
+    // lasted at least two thirds of it after.
     assert!(
-        stopped.elapsed() >= Duration::from_millis(900),
-        "taken early"
+        stopped.elapsed() >= Duration::from_millis(600),
+        "the lock was taken while its holder's lease still ran"
     );
     let first: u64 = std::fs::read_to_string(&token_file)
         .unwrap()
@@ -283,7 +350,7 @@ fn a_holder_stopped_past_its_ttl_is_fenced_when_it_runs_again() {
         .unwrap();
     let second: u64 = out.trim().parse().unwrap();
     assert!(second > first);
-    signal_group("CONT", pgid);
+    group.signal("CONT");
     let code = exit_code(&mut holder, "the holder", Duration::from_secs(30));
     assert_eq!(
         code,
