@@ -100,7 +100,7 @@ impl Client {
         Ok(self.batch(batch).await?.index)
     }
 
-    /// A [`LeaseKeeper`] on this client.
+    /// A [`LeaseKeeper`] on this client (its task needs a tokio runtime).
     pub fn lease_keeper(&self) -> LeaseKeeper {
         LeaseKeeper::new(self)
     }

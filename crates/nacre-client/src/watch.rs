@@ -93,6 +93,7 @@ impl Client {
     /// [`ClientError::Compacted`] (the revisions wanted are gone),
     /// [`ClientError::WatchEnded`], a refusal (`bad_input`, ...), or a
     /// `Timeout` when no node took the watch for `request_timeout_ms`.
+    /// Runs a task: call it within a tokio runtime.
     pub fn watch(&self, span: KeySpan, opts: WatchOptions) -> WatchStream {
         let (tx, rx) = mpsc::channel(opts.buffer_batches.max(1));
         let w = Watcher {
