@@ -709,6 +709,7 @@ impl Sim {
             tlog_tail_entries: TLOG_TAIL_ENTRIES,
             tlog_tail_bytes: u64::MAX,
             promote_lag_max_entries: 1_000,
+            watches: Default::default(),
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
