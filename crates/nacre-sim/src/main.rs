@@ -23,7 +23,8 @@ struct Args {
     workload_ms: u64,
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
     /// skip-sessions,
-    /// tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway.
+    /// tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway,
+    /// watch-skips-event.
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -114,6 +115,13 @@ struct Totals {
     added: u64,
     promoted: u64,
     looked_up: u64,
+    /// Watches: registered, resumed after a node went down, ended
+    /// `Compacted` or `SlowConsumer`; events received.
+    watches: u64,
+    watches_resumed: u64,
+    watches_compacted: u64,
+    watches_slow: u64,
+    watch_events: u64,
 }
 
 impl Totals {
@@ -145,6 +153,11 @@ impl Totals {
         self.added += st.learners_added;
         self.promoted += st.learners_promoted;
         self.looked_up += st.membership_retried;
+        self.watches += st.watches_started;
+        self.watches_resumed += st.watches_resumed;
+        self.watches_compacted += st.watches_compacted;
+        self.watches_slow += st.watches_slow;
+        self.watch_events += st.watch_events;
     }
 
     /// The summary lines: the seeds, then what the scenario asked for
@@ -179,6 +192,11 @@ impl Totals {
         println!(
             "through the request layer: {} requests, {} answered",
             t.via_server, t.via_answered
+        );
+        println!(
+            "watches: {} registered, {} resumed after their node went down, {} ended \
+             compacted, {} ended slow; {} events received and checked",
+            t.watches, t.watches_resumed, t.watches_compacted, t.watches_slow, t.watch_events
         );
         if args.leader_pause {
             println!(

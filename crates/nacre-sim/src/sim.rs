@@ -20,6 +20,7 @@ mod membership;
 mod network;
 mod scenario;
 mod via_server;
+mod watchers;
 mod wipe;
 mod workload;
 
@@ -87,6 +88,10 @@ pub enum Bug {
     /// its config at once, without asking the others whether the cluster
     /// exists (`Planted::bootstrap_anyway`).
     BootstrapAnyway,
+    /// A watch that resumes from a revision (after its node went away,
+    /// or it moved) never gets that revision's changes
+    /// (`WatchHub::plant_skip_resumed`).
+    WatchSkipsEvent,
 }
 
 impl std::str::FromStr for Bug {
@@ -101,9 +106,11 @@ impl std::str::FromStr for Bug {
             "stalled-links" => Ok(Bug::StalledLinks),
             "layer-skips-barrier" => Ok(Bug::LayerSkipsBarrier),
             "bootstrap-anyway" => Ok(Bug::BootstrapAnyway),
+            "watch-skips-event" => Ok(Bug::WatchSkipsEvent),
             _ => Err(format!(
                 "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
-                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway)"
+                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, \
+                 watch-skips-event)"
             )),
         }
     }
@@ -231,6 +238,14 @@ pub struct Stats {
     /// off (each one is lost if the wiped node votes with an empty log).
     pub wipes: u64,
     pub lagging_writes_acked: u64,
+    /// Watchers (`sim/watchers.rs`): watches registered, resumed after
+    /// their node went down, ended `Compacted` or `SlowConsumer`, and the
+    /// events received.
+    pub watches_started: u64,
+    pub watches_resumed: u64,
+    pub watches_compacted: u64,
+    pub watches_slow: u64,
+    pub watch_events: u64,
 }
 
 /// Everything one run produced.
@@ -303,6 +318,8 @@ struct SimNode {
     node: Option<Node>,
     /// The node's request layer, over the same node (none while down).
     server: Option<SimServer>,
+    /// The node's watch hub (of its latest incarnation).
+    watches: Option<Arc<nacre_server::watch::WatchHub>>,
     /// It starts with `initial_cluster_state = existing` (added back after
     /// a removal, on a wiped disk), not as one of the initial members.
     existing: bool,
@@ -338,6 +355,7 @@ impl SimNode {
             outbox: Arc::new(Mutex::new(Vec::new())),
             node: None,
             server: None,
+            watches: None,
             existing: false,
             tlog: None,
             incarnation: 0,
@@ -406,6 +424,8 @@ enum Ev {
     Wipe,
     /// The operator's next membership step (`sim/membership.rs`).
     Membership,
+    /// A watcher wakes (`sim/watchers.rs`).
+    Watch(usize),
 }
 
 struct Queued {
@@ -478,6 +498,8 @@ pub struct Sim {
     /// Requests in a node's request layer whose client stopped waiting:
     /// they run on (`via_server.rs`).
     orphans: Vec<(usize, nacre_server::sim_server::Answer)>,
+    /// Watchers of key spans through the faults (`sim/watchers.rs`).
+    watchers: watchers::Watchers,
 }
 
 /// The first index of a fresh cluster's log (index 1 is its initial
@@ -509,13 +531,14 @@ impl Sim {
             .iter()
             .map(|(id, _)| SimNode::new(*id, drift, &sim_now, &mut rng))
             .collect();
-        let keys = (0..cfg.keys)
+        let keys: Vec<Bytes> = (0..cfg.keys)
             .map(|i| Bytes::from(format!("k{i}")))
             .collect();
         let clients = (0..cfg.clients)
             .map(|_| Client::new(rng.random_range(0..n)))
             .collect();
         let net = Network::new(seed, cfg.faults, &mut rng);
+        let watchers = watchers::Watchers::new(seed, &keys);
         Sim {
             seed,
             rng,
@@ -553,6 +576,7 @@ impl Sim {
                 .expect("a current-thread runtime"),
             reconfig: Reconfig::default(),
             orphans: Vec::new(),
+            watchers,
             cfg,
         }
     }
@@ -613,6 +637,7 @@ impl Sim {
             let d = self.rng.random_range(0..20_000);
             self.at(d, Ev::Client(c));
         }
+        self.watchers_start();
         if self.cfg.scenario.is_some() {
             let d = self.rng.random_range(800_000..1_200_000);
             self.at(d, Ev::ScenarioStart);
@@ -680,6 +705,7 @@ impl Sim {
         let mut sm = StateMachine::open_with(store.clone(), 100_000)?;
         sm.plant_skip_guards(self.cfg.planted == Some(Bug::SkipGuard));
         sm.plant_skip_sessions(self.cfg.planted == Some(Bug::SkipSessions));
+        let hub = watchers::hub(self.cfg.planted);
         let opts = NodeOptions {
             id: sn.id,
             initial_members: self.members.clone(),
@@ -709,7 +735,7 @@ impl Sim {
             tlog_tail_entries: TLOG_TAIL_ENTRIES,
             tlog_tail_bytes: u64::MAX,
             promote_lag_max_entries: 1_000,
-            watches: Default::default(),
+            watches: hub.clone(),
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
@@ -724,6 +750,7 @@ impl Sim {
         sn.node = Some(node);
         let skip_barrier = self.cfg.planted == Some(Bug::LayerSkipsBarrier);
         sn.server = Some(SimServer::new(server_config(), handle, store, skip_barrier));
+        sn.watches = Some(hub);
         sn.tlog = Some(tlog);
         sn.role = None;
         sn.restart_pending = false;
@@ -779,6 +806,7 @@ impl Sim {
             Ev::CutsStep => self.cuts_step(),
             Ev::Wipe => self.wipe_and_crash(),
             Ev::Membership => self.membership_step(),
+            Ev::Watch(w) => self.watcher_wake(w),
             Ev::EndWorkload => self.end_workload(),
         }
     }

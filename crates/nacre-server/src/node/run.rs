@@ -272,6 +272,9 @@ impl Node {
             })
             .collect();
         let outcomes = self.sm.apply(&committed)?;
+        // Before the writers hear back: a client that watches from now
+        // right after its write's answer does not get that write again.
+        self.applied_moved();
         let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
         self.applied_bytes_since_checkpoint += bytes;
         for (e, outcome) in entries.iter().zip(outcomes) {
@@ -286,7 +289,6 @@ impl Node {
                 let _ = p.reply.send(reply);
             }
         }
-        self.applied_moved();
         Ok(())
     }
 
