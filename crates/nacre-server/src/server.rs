@@ -465,6 +465,13 @@ impl ConnState {
                 format!("a watch with request id {id} is already open on this connection"),
             ));
         }
+        if shared.node.status.applied.load(Ordering::Acquire) == 0 {
+            // As for reads (`wait_for`): no state yet, so no revisions.
+            return Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "this node has no copy of the cluster's state yet",
+            ));
+        }
         let hub = shared.node.watches.clone();
         let reg = hub.register(&spec)?;
         let hub_id = reg.id;

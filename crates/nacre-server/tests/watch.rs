@@ -279,6 +279,35 @@ async fn watches_per_connection_are_bounded_and_end_with_the_connection() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_watches_cancelled_after_their_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nacre_server::start(config(dir.path())).await.unwrap();
+    let mut writer = Conn::open(server.local_addr()).await;
+    let mut watcher = Conn::open(server.local_addr()).await;
+    let id = watcher.watch(KeySpan::Key(b("s")), 0).await;
+    assert!(events(&watcher.watched(id).await).0.is_empty());
+    let rev = writer.set("s", "1").await;
+    drop(writer);
+    let stopping = tokio::spawn(server.shutdown());
+    let mut seen = Vec::new();
+    let end = loop {
+        match watcher.watched(id).await {
+            CoordResponse::WatchEnd {
+                code,
+                message,
+                revision,
+            } => break (code, message, revision),
+            f => seen.extend(events(&f).0),
+        }
+    };
+    assert_eq!(seen, vec![(b("s"), rev)]);
+    assert_eq!(end.0, ErrorCode::Cancelled);
+    assert!(end.1.contains("shutting down"), "{}", end.1);
+    assert!(end.2 >= rev);
+    stopping.await.unwrap().unwrap();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -157,6 +157,11 @@ impl WatchHub {
             ));
         }
         if inner.watchers.len() >= self.opts.watches_max {
+            // Watches whose readers left are dropped at the next publish;
+            // on an idle node that may not have come yet.
+            inner.watchers.retain(|_, w| !w.is_closed());
+        }
+        if inner.watchers.len() >= self.opts.watches_max {
             return Err(ErrorReply::new(
                 ErrorCode::Busy,
                 format!(

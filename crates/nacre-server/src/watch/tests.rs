@@ -299,3 +299,43 @@ fn progress_and_bounds_and_close() {
         ErrorCode::GoingDown
     );
 }
+
+#[test]
+fn watch_options_come_from_the_config_and_zero_is_refused() {
+    let c = crate::ServerConfig::from_toml(
+        "watch_history_revisions = 7\nwatch_buffer_frames = 3\nwatches_max = 9\n",
+    )
+    .unwrap();
+    let o = c.watch_options();
+    assert_eq!(
+        (o.history_revisions, o.buffer_frames, o.watches_max),
+        (7, 3, 9)
+    );
+    assert_eq!(o.frame_size_max_bytes, c.frame_size_max_bytes);
+    for name in [
+        "watch_buffer_frames",
+        "watches_per_connection_max",
+        "watch_progress_ms",
+    ] {
+        let c = crate::ServerConfig::from_toml(&format!("{name} = 0\n")).unwrap();
+        let e = c.validate().err().expect("0 is refused").to_string();
+        assert!(e.contains(name), "{e}");
+    }
+}
+
+#[test]
+fn a_watch_whose_reader_left_is_dropped() {
+    let opts = WatchOptions {
+        watches_max: 1,
+        ..Default::default()
+    };
+    let hub = WatchHub::new(opts);
+    hub.reset(1);
+    drop(hub.register(&spec(prefix(""), 0)).unwrap());
+    // At the bound, the watch nobody reads makes room.
+    let reg = hub.register(&spec(prefix(""), 0)).unwrap();
+    assert_eq!(hub.active(), 1);
+    drop(reg);
+    hub.publish(vec![put("k", 2)], 2);
+    assert_eq!(hub.active(), 0);
+}
