@@ -318,7 +318,7 @@ fn watch_options_come_from_the_config_and_zero_is_refused() {
         "watch_progress_ms",
     ] {
         let c = crate::ServerConfig::from_toml(&format!("{name} = 0\n")).unwrap();
-        let e = c.validate().err().expect("0 is refused").to_string();
+        let e = c.validate().expect_err("0 is refused").to_string();
         assert!(e.contains(name), "{e}");
     }
 }
