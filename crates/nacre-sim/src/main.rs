@@ -24,7 +24,7 @@ struct Args {
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
     /// skip-sessions,
     /// tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway,
-    /// watch-skips-event.
+    /// watch-skips-event, watch-repeats-revision.
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).

@@ -92,6 +92,9 @@ pub enum Bug {
     /// or it moved) never gets that revision's changes
     /// (`WatchHub::plant_skip_resumed`).
     WatchSkipsEvent,
+    /// A watch that resumes from a revision gets the revision before it
+    /// (which it had) again (`WatchHub::plant_repeat_resumed`).
+    WatchRepeatsRevision,
 }
 
 impl std::str::FromStr for Bug {
@@ -107,10 +110,11 @@ impl std::str::FromStr for Bug {
             "layer-skips-barrier" => Ok(Bug::LayerSkipsBarrier),
             "bootstrap-anyway" => Ok(Bug::BootstrapAnyway),
             "watch-skips-event" => Ok(Bug::WatchSkipsEvent),
+            "watch-repeats-revision" => Ok(Bug::WatchRepeatsRevision),
             _ => Err(format!(
                 "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
                  tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, \
-                 watch-skips-event)"
+                 watch-skips-event, watch-repeats-revision)"
             )),
         }
     }

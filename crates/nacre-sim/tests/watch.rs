@@ -1,7 +1,8 @@
 //! Watchers in the simulator: on fixed seeds the correct build's watches
 //! deliver exactly the committed changes of their spans through crashes,
 //! snapshots, moves between nodes and slow readers; a hub that loses the
-//! first revision of a resumed watch is caught.
+//! first revision of a resumed watch, or sends the one before it again,
+//! is caught.
 
 use nacre_sim::{run_seed, Bug, Report, SimConfig};
 
@@ -43,10 +44,20 @@ fn watchers_get_every_committed_change_on_fixed_seeds() {
 
 #[test]
 fn a_watch_that_skips_a_resumed_revision_is_caught() {
-    let seeds_max = 10;
+    caught_within(Bug::WatchSkipsEvent, 10);
+}
+
+#[test]
+fn a_watch_that_repeats_a_revision_on_resuming_is_caught() {
+    caught_within(Bug::WatchRepeatsRevision, 10);
+}
+
+/// Runs seeds until `bug` is caught by the watch check (at most
+/// `seeds_max`), then checks the correct build passes that seed.
+fn caught_within(bug: Bug, seeds_max: u64) {
     for seed in 1..=seeds_max {
         let planted = SimConfig {
-            planted: Some(Bug::WatchSkipsEvent),
+            planted: Some(bug),
             ..short()
         };
         let r = run_seed(seed, planted);
@@ -61,5 +72,5 @@ fn a_watch_that_skips_a_resumed_revision_is_caught() {
             return;
         }
     }
-    panic!("WatchSkipsEvent was not caught within {seeds_max} seeds");
+    panic!("{bug:?} was not caught within {seeds_max} seeds");
 }

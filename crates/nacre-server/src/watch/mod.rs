@@ -88,10 +88,13 @@ pub struct WatchHub {
     opts: WatchOptions,
     inner: Mutex<Inner>,
     pub counters: WatchCounters,
-    /// A planted bug (simulator only): a watch that resumes from a
-    /// revision never gets that revision's changes.
+    /// Planted bugs (simulator only): a watch that resumes from a
+    /// revision never gets that revision's changes (`skip_resumed`), or
+    /// gets the revision before it again (`repeat_resumed`).
     #[cfg(feature = "sim")]
     planted_skip_resumed: std::sync::atomic::AtomicBool,
+    #[cfg(feature = "sim")]
+    planted_repeat_resumed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for WatchHub {
@@ -113,6 +116,8 @@ impl WatchHub {
             counters: WatchCounters::default(),
             #[cfg(feature = "sim")]
             planted_skip_resumed: Default::default(),
+            #[cfg(feature = "sim")]
+            planted_repeat_resumed: Default::default(),
         }
     }
 
@@ -122,11 +127,26 @@ impl WatchHub {
         self.planted_skip_resumed.store(on, Ordering::Relaxed);
     }
 
-    fn skips_resumed(&self) -> bool {
+    /// Plants [`WatchHub`]'s `planted_repeat_resumed` bug.
+    #[cfg(feature = "sim")]
+    pub fn plant_repeat_resumed(&self, on: bool) {
+        self.planted_repeat_resumed.store(on, Ordering::Relaxed);
+    }
+
+    /// Where a watch from `start` (given, not 0) begins sending after
+    /// its first frame: right after `start - 1`, unless a planted bug
+    /// moves it.
+    fn resumed_after(&self, start: u64) -> u64 {
         #[cfg(feature = "sim")]
-        return self.planted_skip_resumed.load(Ordering::Relaxed);
-        #[cfg(not(feature = "sim"))]
-        false
+        {
+            if self.planted_skip_resumed.load(Ordering::Relaxed) {
+                return start;
+            }
+            if self.planted_repeat_resumed.load(Ordering::Relaxed) {
+                return start.saturating_sub(2);
+            }
+        }
+        start - 1
     }
 
     /// The last revision the node applied.
@@ -186,8 +206,8 @@ impl WatchHub {
             return Ok(Registration { id, rx });
         }
         w.started(start - 1);
-        if spec.start_rev != 0 && self.skips_resumed() {
-            w.sent_through = start;
+        if spec.start_rev != 0 {
+            w.sent_through = self.resumed_after(start);
         }
         let frame_max = self.opts.frame_size_max_bytes;
         match w.deliver(inner.history.since(start), applied, frame_max) {

@@ -40,6 +40,7 @@ pub(super) fn hub(planted: Option<Bug>) -> Arc<WatchHub> {
         ..Default::default()
     });
     hub.plant_skip_resumed(planted == Some(Bug::WatchSkipsEvent));
+    hub.plant_repeat_resumed(planted == Some(Bug::WatchRepeatsRevision));
     Arc::new(hub)
 }
 
