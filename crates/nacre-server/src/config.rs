@@ -127,6 +127,21 @@ pub struct ServerConfig {
     /// Writes remembered per client session for deduplicating retries,
     /// counted in log entries: a retry later than this is applied again.
     pub session_retention_entries: u64,
+    /// Revisions with changes kept in memory for watches that start in
+    /// the past (older ones get `Compacted`)...
+    pub watch_history_revisions: usize,
+    /// ...and at most this many bytes of their events.
+    pub watch_history_bytes: usize,
+    /// Frames queued to one watch whose client does not read them fast
+    /// enough before the watch is ended with `SlowConsumer`.
+    pub watch_buffer_frames: usize,
+    /// Watches one connection may have open.
+    pub watches_per_connection_max: usize,
+    /// Watches the node serves, all connections together.
+    pub watches_max: usize,
+    /// A watch with nothing to send for this long gets a progress frame
+    /// (no events, the node's applied revision).
+    pub watch_progress_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -167,6 +182,12 @@ impl Default for ServerConfig {
             tlog_tail_bytes: 16 << 20,
             promote_lag_max_entries: 1_000,
             session_retention_entries: 100_000,
+            watch_history_revisions: 100_000,
+            watch_history_bytes: 64 << 20,
+            watch_buffer_frames: 1024,
+            watches_per_connection_max: 1000,
+            watches_max: 100_000,
+            watch_progress_ms: 1000,
         }
     }
 }
@@ -181,6 +202,17 @@ impl ServerConfig {
             batch_size_max_bytes: self.batch_size_max_bytes,
             multi_get_keys_max: self.multi_get_keys_max,
             range_results_max: self.range_results_max,
+        }
+    }
+
+    /// The watch hub's bounds.
+    pub fn watch_options(&self) -> crate::watch::WatchOptions {
+        crate::watch::WatchOptions {
+            history_revisions: self.watch_history_revisions,
+            history_bytes: self.watch_history_bytes,
+            buffer_frames: self.watch_buffer_frames,
+            watches_max: self.watches_max,
+            frame_size_max_bytes: self.frame_size_max_bytes,
         }
     }
 
@@ -268,6 +300,18 @@ impl ServerConfig {
             ("checkpoint_bytes", self.checkpoint_bytes),
             ("range_results_max", self.range_results_max as u64),
             ("session_retention_entries", self.session_retention_entries),
+            (
+                "watch_history_revisions",
+                self.watch_history_revisions as u64,
+            ),
+            ("watch_history_bytes", self.watch_history_bytes as u64),
+            ("watch_buffer_frames", self.watch_buffer_frames as u64),
+            (
+                "watches_per_connection_max",
+                self.watches_per_connection_max as u64,
+            ),
+            ("watches_max", self.watches_max as u64),
+            ("watch_progress_ms", self.watch_progress_ms),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -24,7 +24,7 @@ struct Args {
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
     /// skip-sessions,
     /// tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway,
-    /// skip-fence.
+    /// skip-fence, watch-skips-event, watch-repeats-revision.
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -119,6 +119,13 @@ struct Totals {
     fenced_acked: u64,
     fenced_refused: u64,
     lock_expiries: u64,
+    /// Watches: registered, resumed after a node went down, ended
+    /// `Compacted` or `SlowConsumer`; events received.
+    watches: u64,
+    watches_resumed: u64,
+    watches_compacted: u64,
+    watches_slow: u64,
+    watch_events: u64,
 }
 
 impl Totals {
@@ -153,6 +160,11 @@ impl Totals {
         self.fenced_acked += st.fenced_writes_acked;
         self.fenced_refused += st.fenced_writes_refused;
         self.lock_expiries += st.lock_expiries;
+        self.watches += st.watches_started;
+        self.watches_resumed += st.watches_resumed;
+        self.watches_compacted += st.watches_compacted;
+        self.watches_slow += st.watches_slow;
+        self.watch_events += st.watch_events;
     }
 
     /// The summary lines: the seeds, then what the scenario asked for
@@ -191,6 +203,11 @@ impl Totals {
         println!(
             "fenced writes: {} acknowledged, {} refused as fenced; {} lock expiries",
             t.fenced_acked, t.fenced_refused, t.lock_expiries
+        );
+        println!(
+            "watches: {} registered, {} resumed after their node went down, {} ended \
+             compacted, {} ended slow; {} events received and checked",
+            t.watches, t.watches_resumed, t.watches_compacted, t.watches_slow, t.watch_events
         );
         if args.leader_pause {
             println!(

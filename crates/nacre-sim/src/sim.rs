@@ -21,6 +21,7 @@ mod membership;
 mod network;
 mod scenario;
 mod via_server;
+mod watchers;
 mod wipe;
 mod workload;
 
@@ -91,6 +92,13 @@ pub enum Bug {
     /// The state machine ignores `LockHeld` guards: a stalled former lock
     /// holder's fenced writes apply (`StateMachine::plant_skip_fence`).
     SkipFence,
+    /// A watch that resumes from a revision (after its node went away,
+    /// or it moved) never gets that revision's changes
+    /// (`WatchHub::plant_skip_resumed`).
+    WatchSkipsEvent,
+    /// A watch that resumes from a revision gets the revision before it
+    /// (which it had) again (`WatchHub::plant_repeat_resumed`).
+    WatchRepeatsRevision,
 }
 
 impl std::str::FromStr for Bug {
@@ -106,9 +114,12 @@ impl std::str::FromStr for Bug {
             "layer-skips-barrier" => Ok(Bug::LayerSkipsBarrier),
             "bootstrap-anyway" => Ok(Bug::BootstrapAnyway),
             "skip-fence" => Ok(Bug::SkipFence),
+            "watch-skips-event" => Ok(Bug::WatchSkipsEvent),
+            "watch-repeats-revision" => Ok(Bug::WatchRepeatsRevision),
             _ => Err(format!(
                 "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
-                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, skip-fence)"
+                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, skip-fence, \
+                 watch-skips-event, watch-repeats-revision)"
             )),
         }
     }
@@ -245,6 +256,14 @@ pub struct Stats {
     pub fenced_writes_acked: u64,
     pub fenced_writes_refused: u64,
     pub lock_expiries: u64,
+    /// Watchers (`sim/watchers.rs`): watches registered, resumed after
+    /// their node went down, ended `Compacted` or `SlowConsumer`, and the
+    /// events received.
+    pub watches_started: u64,
+    pub watches_resumed: u64,
+    pub watches_compacted: u64,
+    pub watches_slow: u64,
+    pub watch_events: u64,
 }
 
 /// Everything one run produced.
@@ -317,6 +336,8 @@ struct SimNode {
     node: Option<Node>,
     /// The node's request layer, over the same node (none while down).
     server: Option<SimServer>,
+    /// The node's watch hub (of its latest incarnation).
+    watches: Option<Arc<nacre_server::watch::WatchHub>>,
     /// It starts with `initial_cluster_state = existing` (added back after
     /// a removal, on a wiped disk), not as one of the initial members.
     existing: bool,
@@ -352,6 +373,7 @@ impl SimNode {
             outbox: Arc::new(Mutex::new(Vec::new())),
             node: None,
             server: None,
+            watches: None,
             existing: false,
             tlog: None,
             incarnation: 0,
@@ -422,6 +444,8 @@ enum Ev {
     Membership,
     /// A lock contender's next step (`sim/fence.rs`).
     Fence(usize),
+    /// A watcher wakes (`sim/watchers.rs`).
+    Watch(usize),
 }
 
 struct Queued {
@@ -498,6 +522,8 @@ pub struct Sim {
     fencers: Vec<fence::Fencer>,
     /// Fenced writes acknowledged as applied: (log index, token).
     fenced_acked: Vec<(u64, u64)>,
+    /// Watchers of key spans through the faults (`sim/watchers.rs`).
+    watchers: watchers::Watchers,
 }
 
 /// The first index of a fresh cluster's log (index 1 is its initial
@@ -529,13 +555,14 @@ impl Sim {
             .iter()
             .map(|(id, _)| SimNode::new(*id, drift, &sim_now, &mut rng))
             .collect();
-        let keys = (0..cfg.keys)
+        let keys: Vec<Bytes> = (0..cfg.keys)
             .map(|i| Bytes::from(format!("k{i}")))
             .collect();
         let clients = (0..cfg.clients)
             .map(|_| Client::new(rng.random_range(0..n)))
             .collect();
         let net = Network::new(seed, cfg.faults, &mut rng);
+        let watchers = watchers::Watchers::new(seed, &keys);
         Sim {
             seed,
             rng,
@@ -575,6 +602,7 @@ impl Sim {
             orphans: Vec::new(),
             fencers: Vec::new(),
             fenced_acked: Vec::new(),
+            watchers,
             cfg,
         }
     }
@@ -636,6 +664,7 @@ impl Sim {
             self.at(d, Ev::Client(c));
         }
         self.start_fencers(self.cfg.fencers);
+        self.watchers_start();
         if self.cfg.scenario.is_some() {
             let d = self.rng.random_range(800_000..1_200_000);
             self.at(d, Ev::ScenarioStart);
@@ -704,6 +733,7 @@ impl Sim {
         sm.plant_skip_guards(self.cfg.planted == Some(Bug::SkipGuard));
         sm.plant_skip_sessions(self.cfg.planted == Some(Bug::SkipSessions));
         sm.plant_skip_fence(self.cfg.planted == Some(Bug::SkipFence));
+        let hub = watchers::hub(self.cfg.planted);
         let opts = NodeOptions {
             id: sn.id,
             initial_members: self.members.clone(),
@@ -733,6 +763,7 @@ impl Sim {
             tlog_tail_entries: TLOG_TAIL_ENTRIES,
             tlog_tail_bytes: u64::MAX,
             promote_lag_max_entries: 1_000,
+            watches: hub.clone(),
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
@@ -747,6 +778,7 @@ impl Sim {
         sn.node = Some(node);
         let skip_barrier = self.cfg.planted == Some(Bug::LayerSkipsBarrier);
         sn.server = Some(SimServer::new(server_config(), handle, store, skip_barrier));
+        sn.watches = Some(hub);
         sn.tlog = Some(tlog);
         sn.role = None;
         sn.restart_pending = false;
@@ -803,6 +835,7 @@ impl Sim {
             Ev::Wipe => self.wipe_and_crash(),
             Ev::Membership => self.membership_step(),
             Ev::Fence(f) => self.fencer_wake(f),
+            Ev::Watch(w) => self.watcher_wake(w),
             Ev::EndWorkload => self.end_workload(),
         }
     }

@@ -127,7 +127,18 @@ impl Node {
             Start::Waiting => node.catching_up = true,
         }
         node.campaign_if_alone()?;
-        Ok((node, NodeHandle { tx, status }))
+        // Watches start after what the node has applied: the changes
+        // before are not known here.
+        node.opts.watches.reset(applied);
+        let watches = node.opts.watches.clone();
+        Ok((
+            node,
+            NodeHandle {
+                tx,
+                status,
+                watches,
+            },
+        ))
     }
 
     /// A single voter need not wait an election timeout to lead.
@@ -218,6 +229,7 @@ impl Node {
         }
         *self.status.members.write() = self.sm.members()?;
         self.status.applied.store(applied, Ordering::Release);
+        self.opts.watches.reset(applied);
         self.checkpointed = applied;
         self.creating = None;
         self.status.creating.store(false, Ordering::Release);

@@ -179,6 +179,9 @@ pub struct NodeOptions {
     /// How far behind the leader's log a learner may be and still be
     /// promoted without `force`.
     pub promote_lag_max_entries: u64,
+    /// Where the change events of every apply go, for watches (shared
+    /// with the request layer through [`NodeHandle::watches`]).
+    pub watches: Arc<crate::watch::WatchHub>,
     /// Deliberate bugs for the simulator to prove its checker catches them
     /// (only with the `sim` feature).
     #[cfg(feature = "sim")]

@@ -151,6 +151,7 @@ impl Status {
 pub struct NodeHandle {
     pub(super) tx: SyncSender<Msg>,
     pub status: Arc<Status>,
+    pub watches: Arc<crate::watch::WatchHub>,
 }
 
 pub(super) fn going_down() -> ErrorReply {

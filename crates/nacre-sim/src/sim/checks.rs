@@ -68,6 +68,7 @@ impl Sim {
         let Some(entries) = self.committed_log(final_index) else {
             return;
         };
+        self.watchers_check(&entries);
         let replay = Replay::new(&entries);
         let mut bad = self.acked_mismatches(&replay, final_index);
         bad.extend(self.read_mismatches(&replay, final_index));
