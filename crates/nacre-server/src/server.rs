@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use nacre_proto::{
     decode_request, encode_response, list_reply_frame_length, split_frame, ClientHello, Command,
-    Consistency, ErrorCode, ErrorReply, Limits, Request, Response, ServerHello, VersionInfo,
-    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    Consistency, CoordRequest, ErrorCode, ErrorReply, Limits, Request, Response, ServerHello,
+    VersionInfo, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use nacre_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -482,6 +482,20 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
         | Request::Promote { .. }
         | Request::RemoveNode { .. }
         | Request::TransferLeader { .. } => cluster_change(shared, req).await?,
+        Request::Coord(
+            c @ (CoordRequest::LeaseGrant { .. }
+            | CoordRequest::LeaseRevoke { .. }
+            | CoordRequest::LeaseKeepAlive { .. }
+            | CoordRequest::LeaseTtl { .. }
+            | CoordRequest::LeaseList),
+        ) => crate::lease_requests::execute(shared, c, None).await?,
+        // A grant or revoke stamped with the client's session, like a write.
+        Request::Session { session, request } if matches!(*request, Request::Coord(_)) => {
+            let Request::Coord(c) = *request else {
+                unreachable!("matched just above")
+            };
+            crate::lease_requests::execute(shared, c, Some(session)).await?
+        }
         // A script call or change stamped with the client's session: its
         // effects apply at most once however often it is retried.
         Request::Session { session, request } if !request.is_write() => {
@@ -791,6 +805,18 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
         (
             "snapshots_installed",
             s.snapshots_installed.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "leases_tracked",
+            s.leases_tracked.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "leases_expired",
+            s.leases_expired.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "lease_keep_alives",
+            s.lease_keep_alives.load(Ordering::Relaxed).to_string(),
         ),
         ("role", s.role().name().to_string()),
         ("term", s.term.load(Ordering::Relaxed).to_string()),

@@ -37,6 +37,10 @@ pub struct Planted {
     /// first: one that lost its data comes back as a voter with an empty
     /// log, and can elect a leader that misses committed writes.
     pub bootstrap_anyway: bool,
+    /// A new leader does not extend the leases it inherits by an election
+    /// timeout: a lease renewed at the old leader just before it died can
+    /// end before its TTL has run since that renewal.
+    pub lease_no_extension: bool,
 }
 
 /// With [`Planted::stalled_links`]: when a connection that first lost a
@@ -76,6 +80,10 @@ impl Node {
 
     pub(super) fn planted_ack_before_fsync(&self) -> bool {
         self.opts.planted.ack_before_fsync
+    }
+
+    pub(super) fn planted_lease_no_extension(&self) -> bool {
+        self.opts.planted.lease_no_extension
     }
 
     /// With `Planted::tick_lease`, whether the planted lease holds.
@@ -121,6 +129,10 @@ impl Node {
     }
 
     pub(super) fn planted_ack_before_fsync(&self) -> bool {
+        false
+    }
+
+    pub(super) fn planted_lease_no_extension(&self) -> bool {
         false
     }
 

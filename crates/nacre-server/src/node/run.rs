@@ -119,6 +119,12 @@ impl Node {
             }
             Msg::Read { reply } => self.reads_new.push(reply),
             Msg::Membership { change, reply } => self.propose_membership(change, reply),
+            Msg::LeaseKeepAlive { ids, reply } => {
+                let _ = reply.send(self.lease_keep_alive(&ids));
+            }
+            Msg::LeaseRemaining { ids, reply } => {
+                let _ = reply.send(self.lease_remaining(&ids));
+            }
             Msg::Peer(Inbound::Raft(mut m)) => {
                 self.planted_heard_from(m.from);
                 use raft::eraftpb::MessageType;
@@ -273,6 +279,7 @@ impl Node {
         let outcomes = self.sm.apply(&committed)?;
         // Until watches consume them, the events are not kept.
         drop(self.sm.take_events());
+        self.leases_applied(&entries, &outcomes);
         let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
         self.applied_bytes_since_checkpoint += bytes;
         for (e, outcome) in entries.iter().zip(outcomes) {
