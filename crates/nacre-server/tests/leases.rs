@@ -280,3 +280,48 @@ async fn leases_and_their_keys_survive_a_restart_with_the_extension() {
     assert_eq!(c.ttl(id).await.unwrap_err(), ErrorCode::LeaseNotFound);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_attaches_keys_to_a_lease_and_reads_its_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nacre_server::start(config(dir.path(), 10)).await.unwrap();
+    let mut c = Conn::open(&server).await;
+    let source = r#"
+        function hold(k, lease) kv.set(k, "mine", { lease = tonumber(lease) }) end
+        function rev() return nacre.revision() end
+    "#;
+    let put = Request::ScriptPut {
+        name: "locks".into(),
+        source: b(source),
+    };
+    assert!(matches!(c.call(put).await, Response::Written { .. }));
+    let id = c.grant(0, 60_000).await;
+    let call = |function: &str, args: Vec<Bytes>| Request::Call {
+        script: "locks".into(),
+        function: function.into(),
+        args,
+        version: None,
+        consistency: Consistency::Consistent,
+    };
+    let r = c
+        .call(call("hold", vec![b("s1"), b(&id.to_string())]))
+        .await;
+    assert!(matches!(r, Response::Called { .. }), "{r:?}");
+    assert_eq!(c.ttl(id).await.unwrap().keys, vec![b("s1")]);
+    // The revision a read-only call reads at is the index it reports.
+    match c.call(call("rev", vec![])).await {
+        Response::Called { index, value, .. } => {
+            assert_eq!(value, Some(b(&index.to_string())));
+            assert!(index > id, "{index} after the grant at {id}");
+        }
+        r => panic!("expected a call result, got {r:?}"),
+    }
+    // A lease that does not exist fails the call.
+    let r = c.call(call("hold", vec![b("s2"), b("424242")])).await;
+    assert_eq!(error_of(&r).0, ErrorCode::LeaseNotFound);
+    assert!(!c.exists("s2").await);
+    let revoke = CoordRequest::LeaseRevoke { id };
+    assert_eq!(c.coord(revoke).await, Response::Unit);
+    assert!(!c.exists("s1").await);
+    server.shutdown().await.unwrap();
+}
