@@ -27,6 +27,10 @@ pub(crate) async fn execute(
             Ok(Response::Unit)
         }
         CoordRequest::LeaseKeepAlive { ids } => {
+            // Leadership confirmed as for a consistent read: a deposed
+            // leader that does not know it yet would renew a lease whose
+            // deadline the new leader already set (node/leases.rs).
+            wait_for(shared, Consistency::Consistent).await?;
             let timeout = Duration::from_millis(shared.config.request_timeout_ms);
             match tokio::time::timeout(timeout, shared.node.lease_keep_alive(ids)).await {
                 Ok(r) => r.map(Response::Coord),

@@ -16,6 +16,7 @@
 
 mod checks;
 mod faults;
+mod leases;
 mod membership;
 mod network;
 mod scenario;
@@ -87,6 +88,9 @@ pub enum Bug {
     /// its config at once, without asking the others whether the cluster
     /// exists (`Planted::bootstrap_anyway`).
     BootstrapAnyway,
+    /// Lease deadlines fall an election timeout short of the TTL
+    /// (`Planted::lease_short_ttl`; only runs with leases meet it).
+    LeaseShortTtl,
 }
 
 impl std::str::FromStr for Bug {
@@ -101,9 +105,11 @@ impl std::str::FromStr for Bug {
             "stalled-links" => Ok(Bug::StalledLinks),
             "layer-skips-barrier" => Ok(Bug::LayerSkipsBarrier),
             "bootstrap-anyway" => Ok(Bug::BootstrapAnyway),
+            "lease-short-ttl" => Ok(Bug::LeaseShortTtl),
             _ => Err(format!(
                 "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
-                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway)"
+                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, \
+                 lease-short-ttl)"
             )),
         }
     }
@@ -140,6 +146,9 @@ pub struct SimConfig {
     /// mapping, as a connection's do) rather than straight to the node,
     /// whose answers carry more for the checks (a failed guard's value).
     pub via_server_permille: u32,
+    /// Lease holders in the workload (`sim/leases.rs`) and the lease
+    /// checks. Off by default: with it, every seed runs differently.
+    pub leases: bool,
 }
 
 impl Default for SimConfig {
@@ -158,6 +167,7 @@ impl Default for SimConfig {
             check_budget_states: 200_000,
             scenario: None,
             via_server_permille: 500,
+            leases: false,
         }
     }
 }
@@ -231,6 +241,15 @@ pub struct Stats {
     /// off (each one is lost if the wiped node votes with an empty log).
     pub wipes: u64,
     pub lagging_writes_acked: u64,
+    /// With leases (`sim/leases.rs`): requests the holders sent, leases
+    /// granted to them, keep-alives acknowledged, keys attached; leases
+    /// ended by the leader's expiry and by a holder's revoke.
+    pub lease_requests: u64,
+    pub leases_granted: u64,
+    pub lease_keep_alives_acked: u64,
+    pub lease_keys_attached: u64,
+    pub leases_expired: u64,
+    pub leases_revoked: u64,
 }
 
 /// Everything one run produced.
@@ -355,6 +374,9 @@ impl SimNode {
 fn server_config() -> nacre_server::ServerConfig {
     nacre_server::ServerConfig {
         request_timeout_ms: 24 * 3_600_000,
+        // Two of the simulator's election timeouts (the layer's defaults
+        // assume production's ticks).
+        lease_ttl_min_ms: Some(2 * ELECTION_TICKS as u64 * TICK_US / 1_000),
         ..Default::default()
     }
 }
@@ -406,6 +428,8 @@ enum Ev {
     Wipe,
     /// The operator's next membership step (`sim/membership.rs`).
     Membership,
+    /// A lease holder's next request (`sim/leases.rs`).
+    Lease(usize),
 }
 
 struct Queued {
@@ -478,6 +502,8 @@ pub struct Sim {
     /// Requests in a node's request layer whose client stopped waiting:
     /// they run on (`via_server.rs`).
     orphans: Vec<(usize, nacre_server::sim_server::Answer)>,
+    /// The lease holders and what they saw (`SimConfig::leases`).
+    leases: Option<leases::LeaseWork>,
 }
 
 /// The first index of a fresh cluster's log (index 1 is its initial
@@ -553,6 +579,7 @@ impl Sim {
                 .expect("a current-thread runtime"),
             reconfig: Reconfig::default(),
             orphans: Vec::new(),
+            leases: cfg.leases.then(|| leases::LeaseWork::new(seed, n)),
             cfg,
         }
     }
@@ -613,6 +640,7 @@ impl Sim {
             let d = self.rng.random_range(0..20_000);
             self.at(d, Ev::Client(c));
         }
+        self.leases_start();
         if self.cfg.scenario.is_some() {
             let d = self.rng.random_range(800_000..1_200_000);
             self.at(d, Ev::ScenarioStart);
@@ -634,6 +662,7 @@ impl Sim {
             self.poll_clients();
             self.poll_orphans();
             self.poll_membership();
+            self.poll_leases();
         }
         self.set_now(end_us);
         self.final_checks();
@@ -715,6 +744,7 @@ impl Sim {
                 tick_lease: self.cfg.planted == Some(Bug::TickLease),
                 stalled_links: self.cfg.planted == Some(Bug::StalledLinks),
                 bootstrap_anyway: self.cfg.planted == Some(Bug::BootstrapAnyway),
+                lease_short_ttl: self.cfg.planted == Some(Bug::LeaseShortTtl),
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
@@ -778,6 +808,7 @@ impl Sim {
             Ev::CutsStep => self.cuts_step(),
             Ev::Wipe => self.wipe_and_crash(),
             Ev::Membership => self.membership_step(),
+            Ev::Lease(h) => self.lease_wake(h),
             Ev::EndWorkload => self.end_workload(),
         }
     }
@@ -922,6 +953,7 @@ impl Sim {
         match log.entries(next, commit + 1, None) {
             Ok(entries) => {
                 drop(log);
+                self.lease_log(&entries);
                 self.committed.extend(entries);
             }
             Err(e) => {

@@ -11,7 +11,11 @@
 //!   extension keeps every lease alive at least a full TTL after its last
 //!   acknowledged renewal (docs/coordination.md, "Leases").
 //! - A grant that applies while it leads: `now + ttl`.
-//! - A keep-alive: `now + ttl` for each lease it knows.
+//! - A keep-alive: `now + ttl` for each lease it knows. The request layer
+//!   first confirms leadership as a consistent read does (the leader
+//!   lease, or a quorum round): a leader cut off and not yet aware of it
+//!   must not renew a lease that the new leader, elected meanwhile, has
+//!   already put a deadline on.
 //! - Each tick, the leases past their deadline are revoked by proposing a
 //!   `LeaseRevoke`, once per lease until the revoke applies (the deadline
 //!   goes) or leadership moves (every deadline goes); a proposal that got
@@ -41,6 +45,9 @@ struct Deadline {
 #[derive(Debug, Default)]
 pub(crate) struct Expiry {
     deadlines: HashMap<u64, Deadline>,
+    /// Taken off every deadline: 0 but with the simulator's planted bug
+    /// (`Planted::lease_short_ttl`).
+    planted_cut_us: u64,
 }
 
 impl Expiry {
@@ -51,7 +58,10 @@ impl Expiry {
             .iter()
             .map(|&(id, ttl_ms)| {
                 let at_us = now_us + ttl_ms * 1_000 + extension_us;
-                (id, deadline(ttl_ms, at_us))
+                (
+                    id,
+                    deadline(ttl_ms, at_us.saturating_sub(self.planted_cut_us)),
+                )
             })
             .collect();
     }
@@ -63,8 +73,8 @@ impl Expiry {
 
     /// A grant applied while this node leads.
     pub(crate) fn granted(&mut self, id: u64, ttl_ms: u64, now_us: u64) {
-        self.deadlines
-            .insert(id, deadline(ttl_ms, now_us + ttl_ms * 1_000));
+        let at_us = (now_us + ttl_ms * 1_000).saturating_sub(self.planted_cut_us);
+        self.deadlines.insert(id, deadline(ttl_ms, at_us));
     }
 
     /// A revoke applied (or found the lease gone).
@@ -79,7 +89,7 @@ impl Expiry {
         ids.iter()
             .map(|&id| match self.deadlines.get_mut(&id) {
                 Some(d) if d.revoke_proposed_us.is_none() => {
-                    d.at_us = now_us + d.ttl_ms * 1_000;
+                    d.at_us = (now_us + d.ttl_ms * 1_000).saturating_sub(self.planted_cut_us);
                     info(id, d.ttl_ms, d.ttl_ms)
                 }
                 _ => info(id, 0, 0),
@@ -189,10 +199,11 @@ impl Node {
                 Vec::new()
             }
         };
-        let extension_us = if self.planted_lease_no_extension() {
-            0
+        let extension_us = self.election_timeout_us();
+        self.expiry.planted_cut_us = if self.planted_lease_short_ttl() {
+            extension_us
         } else {
-            self.election_timeout_us()
+            0
         };
         let now_us = self.opts.clock.now_us();
         self.expiry.lead(&leases, now_us, extension_us);

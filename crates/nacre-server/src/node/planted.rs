@@ -37,10 +37,11 @@ pub struct Planted {
     /// first: one that lost its data comes back as a voter with an empty
     /// log, and can elect a leader that misses committed writes.
     pub bootstrap_anyway: bool,
-    /// A new leader does not extend the leases it inherits by an election
-    /// timeout: a lease renewed at the old leader just before it died can
-    /// end before its TTL has run since that renewal.
-    pub lease_no_extension: bool,
+    /// Lease deadlines fall an election timeout short of the TTL (as if
+    /// the leader took the fail-over allowance off the TTL instead of
+    /// adding it): a lease ends before its TTL has run since its last
+    /// renewal.
+    pub lease_short_ttl: bool,
 }
 
 /// With [`Planted::stalled_links`]: when a connection that first lost a
@@ -82,8 +83,8 @@ impl Node {
         self.opts.planted.ack_before_fsync
     }
 
-    pub(super) fn planted_lease_no_extension(&self) -> bool {
-        self.opts.planted.lease_no_extension
+    pub(super) fn planted_lease_short_ttl(&self) -> bool {
+        self.opts.planted.lease_short_ttl
     }
 
     /// With `Planted::tick_lease`, whether the planted lease holds.
@@ -132,7 +133,7 @@ impl Node {
         false
     }
 
-    pub(super) fn planted_lease_no_extension(&self) -> bool {
+    pub(super) fn planted_lease_short_ttl(&self) -> bool {
         false
     }
 

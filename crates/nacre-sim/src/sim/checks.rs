@@ -28,6 +28,7 @@ impl Sim {
     pub(super) fn final_checks(&mut self) {
         self.replicas_check();
         self.linearizability_check();
+        self.lease_checks();
     }
 
     /// Every member is up (a node removed and not added back is not one),
@@ -211,6 +212,7 @@ impl Replay {
         let mut results: BTreeMap<u64, (Vec<u8>, WriteResult)> = BTreeMap::new();
         let mut sessions: BTreeMap<(u64, u64), WriteResult> = BTreeMap::new();
         let mut state = KvState::new();
+        let mut leases = model::Leases::default();
         for e in entries {
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 let cmd = Command::decode(Bytes::copy_from_slice(&e.data)).expect("own command");
@@ -218,7 +220,8 @@ impl Replay {
                 let r = match key.and_then(|k| sessions.get(&k)) {
                     Some(first) => first.clone(),
                     None => {
-                        let r = model::apply(&mut state, &cmd.batch);
+                        let r =
+                            model::apply_with_leases(&mut state, &mut leases, e.index, &cmd.batch);
                         if let (Some(k), WriteResult::Applied { .. }) = (key, &r) {
                             sessions.insert(k, r.clone());
                         }
