@@ -19,11 +19,14 @@
 //!   last acknowledged renewal, less the clock drift bound: the leader
 //!   measures the TTL on its own clock, which may run up to
 //!   `clock_drift_permille_max` fast.
-//! * **Not late once healthy.** From the heal (or a lease's last renewal
-//!   request ending, if later), a lease must end within its TTL plus the
-//!   extension a new leader gives (one election timeout), both stretched
-//!   by the drift bound, plus [`LEASE_FAILOVER_US`] for the cluster to
-//!   elect a leader and catch it up, plus a tick.
+//! * **Not late once healthy.** The cluster is healthy from the first
+//!   moment after the heal (network repaired, crashed nodes restarting)
+//!   at which a node leads. From then (or from a lease's grant or its last
+//!   renewal request ending, if later), a lease must end within its TTL
+//!   plus the extension a new leader gives (one election timeout), both
+//!   stretched by the drift bound, plus [`LEASE_FAILOVER_US`] for the
+//!   leader to catch up and commit the revoke, and for one or two more
+//!   elections a restarted or re-added node may cause, plus a tick.
 //!
 //! The holders draw from their own seeded generator, so that turning
 //! leases on changes nothing of the other clients' choices (though their
@@ -50,9 +53,9 @@ const TTLS_MS: [u64; 4] = [250, 400, 600, 800];
 /// How long a holder waits for an answer before it stops waiting (the
 /// request runs on, and is still watched).
 const ANSWER_WAIT_US: u64 = 1_000_000;
-/// Time allowed, after the heal, for the cluster to elect a leader and
-/// bring it up to date: several randomized election timeouts (pre-vote,
-/// split votes) and the restarts of crashed nodes.
+/// Time allowed, once a node leads after the heal, for it to catch up and
+/// commit the revokes, and for a few more elections (a restarted node's
+/// pre-vote, a member added back): ten election timeouts.
 pub(super) const LEASE_FAILOVER_US: u64 = 10 * ELECTION_TICKS as u64 * TICK_US;
 /// Session ids of the holders' revokes, clear of the clients' (1..).
 const HOLDER_CLIENT_ID_BASE: u64 = 1 << 32;
@@ -111,6 +114,8 @@ pub(super) struct LeaseWork {
     inflight: Vec<InFlight>,
     leases: BTreeMap<u64, LeaseObs>,
     healed_us: Option<u64>,
+    /// The first time after the heal that a node led.
+    healthy_us: Option<u64>,
     attach_seq: u64,
 }
 
@@ -129,6 +134,7 @@ impl LeaseWork {
             inflight: Vec::new(),
             leases: BTreeMap::new(),
             healed_us: None,
+            healthy_us: None,
             attach_seq: 0,
         }
     }
@@ -252,6 +258,11 @@ impl Sim {
         if !self.workload && w.healed_us.is_none() {
             w.healed_us = Some(self.now_us);
         }
+        if w.healed_us.is_some() && w.healthy_us.is_none() && self.leader().is_some() {
+            let w = self.leases.as_mut().expect("leases on");
+            w.healthy_us = Some(self.now_us);
+        }
+        let w = self.leases.as_mut().expect("leases on");
         let mut inflight = std::mem::take(&mut w.inflight);
         let mut done = Vec::new();
         inflight.retain_mut(|f| match self.poll_answer(f.node, &mut f.answer) {
@@ -388,7 +399,7 @@ impl Sim {
         };
         let drift = self.cfg.clock_drift_permille_max;
         let end_us = self.now_us;
-        let healed_us = w.healed_us.unwrap_or(end_us);
+        let healed_us = w.healthy_us.unwrap_or(end_us);
         let mut bad = Vec::new();
         for (id, obs) in &w.leases {
             let Some(granted_us) = obs.granted_us else {
