@@ -325,3 +325,51 @@ async fn a_script_attaches_keys_to_a_lease_and_reads_its_revision() {
     assert!(!c.exists("s1").await);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_settings_are_checked_and_leases_max_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = config(dir.path(), 10);
+    bad.lease_ttl_min_ms = Some(5_000);
+    bad.lease_ttl_max_ms = 1_000;
+    let e = nacre_server::start(bad).await.err().expect("refused");
+    assert!(e.to_string().contains("lease_ttl_min_ms"), "{e}");
+
+    let mut cfg = config(dir.path(), 10);
+    cfg.leases_max = 2;
+    cfg.lease_ttl_max_ms = 10_000;
+    let server = nacre_server::start(cfg).await.unwrap();
+    let mut c = Conn::open(&server).await;
+    c.grant(0, 5_000).await;
+    let second = c.grant(0, 5_000).await;
+    let third = c
+        .coord(CoordRequest::LeaseGrant {
+            id: 0,
+            ttl_ms: 5_000,
+        })
+        .await;
+    let (code, msg) = error_of(&third);
+    assert_eq!(code, ErrorCode::Busy);
+    assert!(msg.contains("leases_max"), "{msg}");
+    let long = c
+        .coord(CoordRequest::LeaseGrant {
+            id: 0,
+            ttl_ms: 10_001,
+        })
+        .await;
+    let (code, msg) = error_of(&long);
+    assert_eq!(code, ErrorCode::BadInput);
+    assert!(msg.contains("lease_ttl_max_ms 10000"), "{msg}");
+    // A revoke makes room again.
+    let revoke = c.coord(CoordRequest::LeaseRevoke { id: second }).await;
+    assert_eq!(revoke, Response::Unit);
+    c.grant(0, 5_000).await;
+    match c.call(Request::Statistics).await {
+        Response::Stats(kv) => {
+            let tracked = kv.iter().find(|(k, _)| k == "leases_tracked");
+            assert_eq!(tracked.map(|(_, v)| v.as_str()), Some("2"), "{kv:?}");
+        }
+        r => panic!("expected statistics, got {r:?}"),
+    }
+    server.shutdown().await.unwrap();
+}
