@@ -142,6 +142,18 @@ pub struct ServerConfig {
     /// A watch with nothing to send for this long gets a progress frame
     /// (no events, the node's applied revision).
     pub watch_progress_ms: u64,
+    /// Leases that may exist at once; a grant beyond is refused (`Busy`).
+    pub leases_max: usize,
+    /// The shortest TTL a grant may ask for. Unset: two election timeouts
+    /// (`2 × election_ticks × tick_ms`). While a leader fails over, no
+    /// keep-alive can be acknowledged: followers wait one to two election
+    /// timeouts (raft's randomized timeout) before they elect another, and
+    /// the new leader extends every lease by only one. A TTL shorter than
+    /// that would have healthy holders lose their leases to every
+    /// fail-over (docs/coordination.md, "Leases").
+    pub lease_ttl_min_ms: Option<u64>,
+    /// The longest TTL a grant may ask for.
+    pub lease_ttl_max_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -188,6 +200,9 @@ impl Default for ServerConfig {
             watches_per_connection_max: 1000,
             watches_max: 100_000,
             watch_progress_ms: 1000,
+            leases_max: 100_000,
+            lease_ttl_min_ms: None,
+            lease_ttl_max_ms: 24 * 3_600_000,
         }
     }
 }
@@ -214,6 +229,13 @@ impl ServerConfig {
             watches_max: self.watches_max,
             frame_size_max_bytes: self.frame_size_max_bytes,
         }
+    }
+
+    /// The shortest TTL a grant may ask for: `lease_ttl_min_ms`, or two
+    /// election timeouts when it is unset.
+    pub fn lease_ttl_floor_ms(&self) -> u64 {
+        self.lease_ttl_min_ms
+            .unwrap_or(2 * self.election_ticks as u64 * self.tick_ms)
     }
 
     /// Whether this node joins a cluster that exists already, rather than
@@ -312,6 +334,9 @@ impl ServerConfig {
             ),
             ("watches_max", self.watches_max as u64),
             ("watch_progress_ms", self.watch_progress_ms),
+            ("leases_max", self.leases_max as u64),
+            ("lease_ttl_min_ms", self.lease_ttl_floor_ms()),
+            ("lease_ttl_max_ms", self.lease_ttl_max_ms),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -338,6 +363,13 @@ impl ServerConfig {
                  --join HOST:PORT[,HOST:PORT...] (or a config listing [[nodes]])"
                     .to_string(),
             ));
+        }
+        if self.lease_ttl_floor_ms() > self.lease_ttl_max_ms {
+            return Err(ConfigError::Invalid(format!(
+                "lease_ttl_min_ms ({}) must not be above lease_ttl_max_ms ({})",
+                self.lease_ttl_floor_ms(),
+                self.lease_ttl_max_ms
+            )));
         }
         if self.election_ticks <= self.heartbeat_ticks {
             return Err(ConfigError::Invalid(

@@ -11,6 +11,7 @@ mod config;
 mod discovery;
 mod error;
 pub mod lease;
+mod lease_requests;
 pub mod node;
 mod removal;
 mod scripts;

@@ -582,6 +582,20 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
         | Request::Promote { .. }
         | Request::RemoveNode { .. }
         | Request::TransferLeader { .. } => cluster_change(shared, req).await?,
+        Request::Coord(
+            c @ (CoordRequest::LeaseGrant { .. }
+            | CoordRequest::LeaseRevoke { .. }
+            | CoordRequest::LeaseKeepAlive { .. }
+            | CoordRequest::LeaseTtl { .. }
+            | CoordRequest::LeaseList),
+        ) => crate::lease_requests::execute(shared, c, None).await?,
+        // A grant or revoke stamped with the client's session, like a write.
+        Request::Session { session, request } if matches!(*request, Request::Coord(_)) => {
+            let Request::Coord(c) = *request else {
+                unreachable!("matched just above")
+            };
+            crate::lease_requests::execute(shared, c, Some(session)).await?
+        }
         // A script call or change stamped with the client's session: its
         // effects apply at most once however often it is retried.
         Request::Session { session, request } if !request.is_write() => {
@@ -892,6 +906,18 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
         (
             "snapshots_installed",
             s.snapshots_installed.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "leases_tracked",
+            s.leases_tracked.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "leases_expired",
+            s.leases_expired.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "lease_keep_alives",
+            s.lease_keep_alives.load(Ordering::Relaxed).to_string(),
         ),
         ("role", s.role().name().to_string()),
         ("term", s.term.load(Ordering::Relaxed).to_string()),

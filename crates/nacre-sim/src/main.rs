@@ -24,7 +24,8 @@ struct Args {
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
     /// skip-sessions,
     /// tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway,
-    /// skip-fence, watch-skips-event, watch-repeats-revision.
+    /// skip-fence, watch-skips-event, watch-repeats-revision,
+    /// lease-short-ttl (with --leases).
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -60,6 +61,10 @@ struct Args {
     /// config while the leader is down.
     #[arg(long, conflicts_with_all = ["slow_leader_cutoff", "follower_cuts"])]
     wipe_lagging: bool,
+    /// Lease holders in the workload (grants, keys attached, keep-alives,
+    /// revokes) and the lease checks.
+    #[arg(long)]
+    leases: bool,
 }
 
 /// The scenario the flags ask for, if any.
@@ -126,6 +131,13 @@ struct Totals {
     watches_compacted: u64,
     watches_slow: u64,
     watch_events: u64,
+    /// Leases: granted, keep-alives acknowledged, keys attached, ended by
+    /// expiry and by revoke.
+    leases_granted: u64,
+    keep_alives: u64,
+    lease_keys: u64,
+    leases_expired: u64,
+    leases_revoked: u64,
 }
 
 impl Totals {
@@ -165,6 +177,11 @@ impl Totals {
         self.watches_compacted += st.watches_compacted;
         self.watches_slow += st.watches_slow;
         self.watch_events += st.watch_events;
+        self.leases_granted += st.leases_granted;
+        self.keep_alives += st.lease_keep_alives_acked;
+        self.lease_keys += st.lease_keys_attached;
+        self.leases_expired += st.leases_expired;
+        self.leases_revoked += st.leases_revoked;
     }
 
     /// The summary lines: the seeds, then what the scenario asked for
@@ -223,6 +240,13 @@ impl Totals {
                 t.follower_cuts, t.stalls, t.step_downs, t.gap_ms, t.gap_seed
             );
         }
+        if args.leases {
+            println!(
+                "leases: {} granted, {} keep-alives acknowledged, {} keys attached; {} ended \
+                 by expiry, {} by revoke",
+                t.leases_granted, t.keep_alives, t.lease_keys, t.leases_expired, t.leases_revoked
+            );
+        }
         if args.wipe_lagging {
             println!(
                 "wipe with a lagging voter: {} disks wiped, after {} writes acknowledged by \
@@ -247,6 +271,7 @@ fn main() {
             clock_drift_permille_max: args.drift_permille,
             scenario: scenario(&args),
             via_server_permille: args.via_server_permille,
+            leases: args.leases,
             ..SimConfig::default()
         };
         let r = run_seed(seed, cfg);
@@ -307,6 +332,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
     }
     if args.wipe_lagging {
         extra.push_str(" --wipe-lagging");
+    }
+    if args.leases {
+        extra.push_str(" --leases");
     }
     format!(
         "cargo run --release -p nacre-sim -- --seeds 1 --start {seed} --workload-ms {}{planted}{extra} --trace",

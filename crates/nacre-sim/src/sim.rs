@@ -17,6 +17,7 @@
 mod checks;
 mod faults;
 mod fence;
+mod leases;
 mod membership;
 mod network;
 mod scenario;
@@ -99,6 +100,9 @@ pub enum Bug {
     /// A watch that resumes from a revision gets the revision before it
     /// (which it had) again (`WatchHub::plant_repeat_resumed`).
     WatchRepeatsRevision,
+    /// Lease deadlines fall an election timeout short of the TTL
+    /// (`Planted::lease_short_ttl`; only runs with leases meet it).
+    LeaseShortTtl,
 }
 
 impl std::str::FromStr for Bug {
@@ -116,10 +120,11 @@ impl std::str::FromStr for Bug {
             "skip-fence" => Ok(Bug::SkipFence),
             "watch-skips-event" => Ok(Bug::WatchSkipsEvent),
             "watch-repeats-revision" => Ok(Bug::WatchRepeatsRevision),
+            "lease-short-ttl" => Ok(Bug::LeaseShortTtl),
             _ => Err(format!(
                 "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
                  tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, skip-fence, \
-                 watch-skips-event, watch-repeats-revision)"
+                 watch-skips-event, watch-repeats-revision, lease-short-ttl)"
             )),
         }
     }
@@ -159,6 +164,9 @@ pub struct SimConfig {
     /// Lock contenders making fenced writes beside the workload
     /// (`sim/fence.rs`).
     pub fencers: usize,
+    /// Lease holders in the workload (`sim/leases.rs`) and the lease
+    /// checks. Off by default: with it, every seed runs differently.
+    pub leases: bool,
 }
 
 impl Default for SimConfig {
@@ -178,6 +186,7 @@ impl Default for SimConfig {
             scenario: None,
             via_server_permille: 500,
             fencers: 2,
+            leases: false,
         }
     }
 }
@@ -264,6 +273,15 @@ pub struct Stats {
     pub watches_compacted: u64,
     pub watches_slow: u64,
     pub watch_events: u64,
+    /// With leases (`sim/leases.rs`): requests the holders sent, leases
+    /// granted to them, keep-alives acknowledged, keys attached; leases
+    /// ended by the leader's expiry and by a holder's revoke.
+    pub lease_requests: u64,
+    pub leases_granted: u64,
+    pub lease_keep_alives_acked: u64,
+    pub lease_keys_attached: u64,
+    pub leases_expired: u64,
+    pub leases_revoked: u64,
 }
 
 /// Everything one run produced.
@@ -391,6 +409,9 @@ impl SimNode {
 fn server_config() -> nacre_server::ServerConfig {
     nacre_server::ServerConfig {
         request_timeout_ms: 24 * 3_600_000,
+        // Two of the simulator's election timeouts (the layer's defaults
+        // assume production's ticks).
+        lease_ttl_min_ms: Some(2 * ELECTION_TICKS as u64 * TICK_US / 1_000),
         ..Default::default()
     }
 }
@@ -446,6 +467,8 @@ enum Ev {
     Fence(usize),
     /// A watcher wakes (`sim/watchers.rs`).
     Watch(usize),
+    /// A lease holder's next request (`sim/leases.rs`).
+    Lease(usize),
 }
 
 struct Queued {
@@ -524,6 +547,8 @@ pub struct Sim {
     fenced_acked: Vec<(u64, u64)>,
     /// Watchers of key spans through the faults (`sim/watchers.rs`).
     watchers: watchers::Watchers,
+    /// The lease holders and what they saw (`SimConfig::leases`).
+    leases: Option<leases::LeaseWork>,
 }
 
 /// The first index of a fresh cluster's log (index 1 is its initial
@@ -603,6 +628,7 @@ impl Sim {
             fencers: Vec::new(),
             fenced_acked: Vec::new(),
             watchers,
+            leases: cfg.leases.then(|| leases::LeaseWork::new(seed, n)),
             cfg,
         }
     }
@@ -665,6 +691,7 @@ impl Sim {
         }
         self.start_fencers(self.cfg.fencers);
         self.watchers_start();
+        self.leases_start();
         if self.cfg.scenario.is_some() {
             let d = self.rng.random_range(800_000..1_200_000);
             self.at(d, Ev::ScenarioStart);
@@ -686,6 +713,7 @@ impl Sim {
             self.poll_clients();
             self.poll_orphans();
             self.poll_membership();
+            self.poll_leases();
         }
         self.set_now(end_us);
         self.final_checks();
@@ -770,6 +798,7 @@ impl Sim {
                 tick_lease: self.cfg.planted == Some(Bug::TickLease),
                 stalled_links: self.cfg.planted == Some(Bug::StalledLinks),
                 bootstrap_anyway: self.cfg.planted == Some(Bug::BootstrapAnyway),
+                lease_short_ttl: self.cfg.planted == Some(Bug::LeaseShortTtl),
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
@@ -836,6 +865,7 @@ impl Sim {
             Ev::Membership => self.membership_step(),
             Ev::Fence(f) => self.fencer_wake(f),
             Ev::Watch(w) => self.watcher_wake(w),
+            Ev::Lease(h) => self.lease_wake(h),
             Ev::EndWorkload => self.end_workload(),
         }
     }
@@ -980,6 +1010,7 @@ impl Sim {
         match log.entries(next, commit + 1, None) {
             Ok(entries) => {
                 drop(log);
+                self.lease_log(&entries);
                 self.committed.extend(entries);
             }
             Err(e) => {

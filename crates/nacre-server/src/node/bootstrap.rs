@@ -101,6 +101,7 @@ impl Node {
             planted: Default::default(),
             lease: Lease::new(Lease::duration_us(opts.election_ticks, opts.tick_ms)),
             renewal: None,
+            expiry: Default::default(),
             tlog,
             sm,
             rx,

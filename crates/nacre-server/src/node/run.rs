@@ -120,6 +120,12 @@ impl Node {
             }
             Msg::Read { reply } => self.reads_new.push(reply),
             Msg::Membership { change, reply } => self.propose_membership(change, reply),
+            Msg::LeaseKeepAlive { ids, reply } => {
+                let _ = reply.send(self.lease_keep_alive(&ids));
+            }
+            Msg::LeaseRemaining { ids, reply } => {
+                let _ = reply.send(self.lease_remaining(&ids));
+            }
             Msg::Peer(Inbound::Raft(mut m)) => {
                 self.planted_heard_from(m.from);
                 use raft::eraftpb::MessageType;
@@ -275,6 +281,7 @@ impl Node {
         // Before the writers hear back: a client that watches from now
         // right after its write's answer does not get that write again.
         self.applied_moved();
+        self.leases_applied(&entries, &outcomes);
         let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
         self.applied_bytes_since_checkpoint += bytes;
         for (e, outcome) in entries.iter().zip(outcomes) {
