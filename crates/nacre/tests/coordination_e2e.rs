@@ -348,7 +348,8 @@ fn a_holder_stopped_past_its_ttl_is_fenced_when_it_runs_again() {
         .trim()
         .parse()
         .unwrap();
-    let second: u64 = out.trim().parse().unwrap();
+    // The last line: what `set` prints comes before the token.
+    let second: u64 = out.trim().lines().last().unwrap().parse().unwrap();
     assert!(second > first);
     group.signal("CONT");
     let code = exit_code(&mut holder, "the holder", Duration::from_secs(30));
