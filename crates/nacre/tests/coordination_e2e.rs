@@ -95,17 +95,7 @@ async fn connect(endpoints: Vec<String>) -> Client {
 
 /// Takes events from the watch until `n` came (60 s at most).
 async fn take(w: &mut WatchStream, n: usize) -> Vec<WatchEvent> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut all = Vec::new();
-    while all.len() < n {
-        let b = tokio::time::timeout_at(deadline, w.next())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {n} events in 60 s", all.len()))
-            .expect("the watch goes on")
-            .expect("no watch error");
-        all.extend(b.events);
-    }
-    all
+    common::watch::take(w, n, Duration::from_secs(60)).await
 }
 
 /// Each write (key, log index) shows up once, in index order.

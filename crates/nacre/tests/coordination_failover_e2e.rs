@@ -20,17 +20,7 @@ const LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// Takes events until `n` came (90 s at most).
 async fn take(w: &mut WatchStream, n: usize) -> Vec<WatchEvent> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let mut all = Vec::new();
-    while all.len() < n {
-        let b = tokio::time::timeout_at(deadline, w.next())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {n} events in 90 s", all.len()))
-            .expect("the watch goes on")
-            .expect("no watch error");
-        all.extend(b.events);
-    }
-    all
+    common::watch::take(w, n, Duration::from_secs(90)).await
 }
 
 /// Writes `w/NNNN` for `range`; their log indexes.
