@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use nacre_proto::{
-    decode_response, encode_request, split_frame, ClientHello, ErrorCode, Limits, Request,
-    Response, ServerHello, PROTOCOL_VERSION,
+    decode_response, encode_request, split_frame, ClientHello, CoordRequest, CoordResponse,
+    ErrorCode, Limits, Request, Response, ServerHello, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -90,9 +90,16 @@ pub(crate) struct Candidate {
     pub(crate) leader_hint: bool,
 }
 
+/// Who waits for the replies to one request id: one caller for one
+/// reply, or a stream (a watch) for many, until the reply that ends it.
+enum Waiter {
+    Once(oneshot::Sender<Response>),
+    Stream(mpsc::Sender<Response>),
+}
+
 #[derive(Default)]
 struct Pending {
-    waiters: HashMap<u64, oneshot::Sender<Response>>,
+    waiters: HashMap<u64, Waiter>,
     /// Set once the connection is dead; no new request may register.
     closed: Option<Disconnect>,
 }
@@ -333,7 +340,7 @@ impl Conn {
             if let Some(reason) = &p.closed {
                 return Outcome::NotSent(reason.clone());
             }
-            p.waiters.insert(id, tx);
+            p.waiters.insert(id, Waiter::Once(tx));
         }
         let mut frame = Vec::new();
         encode_request(id, req, &mut frame);
@@ -438,6 +445,86 @@ impl Conn {
         let _ = self.out.send(frame);
     }
 
+    /// Sends a request answered by many replies (a watch) and returns its
+    /// id and the receiver of its replies, buffered up to `capacity`
+    /// frames (see [`route`] for a full buffer). The receiver ends after
+    /// the reply that ends the stream, or when the connection closes.
+    pub(crate) fn open_stream(
+        &self,
+        req: &Request,
+        capacity: usize,
+    ) -> Result<(u64, mpsc::Receiver<Response>), Disconnect> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        {
+            let mut p = self.pending.lock().expect("pending lock");
+            if let Some(reason) = &p.closed {
+                return Err(reason.clone());
+            }
+            p.waiters.insert(id, Waiter::Stream(tx));
+        }
+        let mut frame = Vec::new();
+        encode_request(id, req, &mut frame);
+        if self.out.send(frame).is_err() {
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .waiters
+                .remove(&id);
+            return Err(Disconnect::WriterStopped);
+        }
+        Ok((id, rx))
+    }
+
+    /// Ends the stream of request `id`: no more replies reach its
+    /// receiver, and the node is asked to cancel the watch (its `Unit`
+    /// reply, and a late watch end, find no waiter and are dropped).
+    pub(crate) fn cancel_stream(&self, id: u64) {
+        let was = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .waiters
+            .remove(&id);
+        if was.is_none() && self.is_closed() {
+            return;
+        }
+        let cancel_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        let req = Request::Coord(CoordRequest::WatchCancel { watch_id: id });
+        encode_request(cancel_id, &req, &mut frame);
+        let _ = self.out.send(frame);
+    }
+
+    /// The next reply of a stream, watching the node as [`Conn::call`]
+    /// does: `since` is when the stream last heard from it (opened, or the
+    /// last reply). `None`: the stream ended without an end reply (the
+    /// connection closed or was abandoned as hung, or the buffer filled).
+    pub(crate) async fn next_stream(
+        &self,
+        rx: &mut mpsc::Receiver<Response>,
+        since: Instant,
+    ) -> Option<Response> {
+        loop {
+            let check = match self.watch(since) {
+                Watch::Until(t) => t,
+                Watch::Ping => {
+                    self.ping();
+                    continue;
+                }
+                Watch::Hung(quiet) => {
+                    self.abandon(Disconnect::Hung {
+                        after_ms: u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
+                    });
+                    return None;
+                }
+            };
+            if let Ok(r) = tokio::time::timeout_at(check, rx.recv()).await {
+                return r;
+            }
+        }
+    }
+
     /// Closes the connection for `reason`: every request waiting on it is
     /// handed back as lost, and no new one may register.
     fn abandon(&self, reason: Disconnect) {
@@ -461,12 +548,7 @@ async fn read_loop(
             Err(e) => break Disconnect::Protocol(e),
             Ok(Some((id, body))) => match decode_response(body) {
                 Err(e) => break Disconnect::Protocol(e),
-                Ok(resp) => {
-                    let waiter = pending.lock().expect("pending lock").waiters.remove(&id);
-                    if let Some(tx) = waiter {
-                        let _ = tx.send(resp);
-                    }
-                }
+                Ok(resp) => route(&pending, id, resp),
             },
             Ok(None) => {
                 if buf.capacity() - buf.len() < 4096 {
@@ -482,6 +564,35 @@ async fn read_loop(
     };
     tracing::debug!(%reason, "client connection closed");
     close(&pending, reason);
+}
+
+/// Hands a reply to whoever waits for its id. A stream keeps its place
+/// until the reply that ends it (a watch end or an error). A stream whose
+/// buffer is full is dropped (its receiver sees the end without an end
+/// reply, as for a closed connection, and resumes): the reader task never
+/// waits for a slow consumer, which would stall every other request.
+fn route(pending: &SharedPending, id: u64, resp: Response) {
+    let mut p = pending.lock().expect("pending lock");
+    match p.waiters.remove(&id) {
+        Some(Waiter::Once(tx)) => {
+            let _ = tx.send(resp);
+        }
+        Some(Waiter::Stream(tx)) => {
+            let ends = ends_stream(&resp);
+            if tx.try_send(resp).is_ok() && !ends {
+                p.waiters.insert(id, Waiter::Stream(tx));
+            }
+        }
+        None => {}
+    }
+}
+
+/// Whether this reply is the last of a stream of replies.
+pub(crate) fn ends_stream(resp: &Response) -> bool {
+    matches!(
+        resp,
+        Response::Error(_) | Response::Coord(CoordResponse::WatchEnd { .. })
+    )
 }
 
 async fn write_loop(

@@ -71,6 +71,24 @@ pub enum ClientError {
         request: &'static str,
         response: String,
     },
+    /// A watch asked for revisions the node no longer keeps: the oldest it
+    /// has is `oldest_rev`. The watch cannot resume without a gap; read
+    /// the current state and watch again from there.
+    #[error("watch from revision {requested_rev} is compacted: the oldest revision kept is {oldest_rev}")]
+    Compacted { requested_rev: u64, oldest_rev: u64 },
+    /// The server ended a watch for a reason a new watch would meet again
+    /// (`too_large`: one revision does not fit in a frame, ...).
+    #[error("watch ended: {code}: {message}")]
+    WatchEnded { code: ErrorCode, message: String },
+    /// A lease kept alive by this client is gone (expired while the
+    /// client could not renew it, or revoked): whatever it guarded (a
+    /// lock, a leadership) is no longer this client's.
+    #[error("lease {id:x} was lost")]
+    LeaseLost { id: u64 },
+    /// A waiting read ([`crate::Client::get_wait`]) saw nothing it waited
+    /// for within its timeout.
+    #[error("waited {after_ms} ms and the condition did not hold")]
+    WaitTimedOut { after_ms: u64 },
 }
 
 /// Why a connection closed. Shared by every request waiting on it, hence
@@ -139,7 +157,12 @@ impl ClientError {
         match self {
             ClientError::Server(e) | ClientError::Limit(e) => Some(e.code),
             ClientError::Refused { code, .. } => Some(*code),
-            ClientError::Timeout { .. } => Some(ErrorCode::Timeout),
+            ClientError::Timeout { .. } | ClientError::WaitTimedOut { .. } => {
+                Some(ErrorCode::Timeout)
+            }
+            ClientError::Compacted { .. } => Some(ErrorCode::Compacted),
+            ClientError::WatchEnded { code, .. } => Some(*code),
+            ClientError::LeaseLost { .. } => Some(ErrorCode::LeaseNotFound),
             _ => None,
         }
     }
@@ -172,6 +195,26 @@ impl ClientError {
 
     pub fn is_not_master(&self) -> bool {
         self.code() == Some(ErrorCode::NotMaster)
+    }
+
+    /// A write guarded by a lock's fencing token was refused: the lock
+    /// is no longer held with that token.
+    pub fn is_fenced(&self) -> bool {
+        self.code() == Some(ErrorCode::Fenced)
+    }
+
+    /// The lease does not exist (expired, revoked, never granted), or a
+    /// lease this client kept alive was lost.
+    pub fn is_lease_not_found(&self) -> bool {
+        self.code() == Some(ErrorCode::LeaseNotFound)
+    }
+
+    /// The oldest revision a node keeps, when a watch asked for older.
+    pub fn compacted_oldest_rev(&self) -> Option<u64> {
+        match self {
+            ClientError::Compacted { oldest_rev, .. } => Some(*oldest_rev),
+            _ => None,
+        }
     }
 
     pub fn is_timeout(&self) -> bool {

@@ -39,17 +39,35 @@
 //! runs out of time fails with [`ClientError::Timeout`], which keeps the
 //! latest attempt's failure as its source.
 
+//!
+//! Coordination (docs/coordination.md, `## Client`): [`Client::watch`]
+//! streams the changes of a key span and resumes on another node from the
+//! revision after the last one delivered (no gap, no duplicate);
+//! [`Client::lease_grant`] and the other lease calls, with
+//! [`LeaseKeeper`] renewing many leases in one request; waiting reads
+//! ([`Client::get_wait`]); locks with fencing tokens ([`Client::lock`],
+//! [`Client::fenced`]) and elections ([`Client::campaign`],
+//! [`Client::observe`]).
+
 // This file holds the client, its connection and `execute` with the retry
 // rules; the typed calls, one per request, are in reads.rs, writes.rs,
 // scripts.rs and cluster.rs.
 mod blocking;
 mod cluster;
 mod conn;
+#[cfg(test)]
+mod coord_tests;
 mod error;
+#[cfg(test)]
+mod fake;
+mod leases;
+mod lock;
 mod reads;
 mod retry;
 mod scripts;
 mod sequence;
+mod wait;
+mod watch;
 mod writes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,14 +78,23 @@ use tokio::time::Instant;
 
 pub use blocking::BlockingClient;
 pub use error::{ClientError, Disconnect, EndpointError};
+pub use leases::{LeaseKeeper, LeaseLoss, LostLease};
+pub use lock::{lock_prefix, LeaderStream, Leadership, LockGuard};
 pub use nacre_proto::{
     Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, Page, PageItem,
     RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo,
     VersionInfo,
 };
+pub use nacre_proto::{EventKind, KeySpan, LeaseInfo, WatchEvent};
 pub use reads::Pages;
 pub use scripts::Called;
 pub use sequence::Sequence;
+pub use wait::WaitFor;
+pub use watch::{WatchBatch, WatchOptions, WatchStream};
+
+/// What ends a watch stream: a [`ClientError`] (`Compacted`,
+/// `WatchEnded`, a refusal, a timeout).
+pub type WatchError = ClientError;
 
 use conn::{Candidate, Conn, ConnParams, Outcome};
 use retry::{resend_safe, Backoff, Suspects};

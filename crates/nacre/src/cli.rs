@@ -175,6 +175,8 @@ pub enum Command {
         raw: bool,
         #[command(flatten)]
         read: ReadArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Print a key's value and revisions.
     GetEntry {
@@ -187,6 +189,15 @@ pub enum Command {
         key: String,
         #[command(flatten)]
         value: ValueArgs,
+        /// Attach the key to this lease (hex id, as `lease grant` prints
+        /// it): it is deleted when the lease ends.
+        #[arg(long, value_parser = parse_lease_id, value_name = "ID")]
+        lease: Option<u64>,
+        /// Write only while the lock NAME is held with fencing token
+        /// TOKEN (`nacre lock` puts it in NACRE_LOCK_TOKEN); else fail
+        /// with `fenced` (exit code 7).
+        #[arg(long, value_parser = parse_fence, value_name = "NAME:TOKEN")]
+        fence: Option<Fence>,
     },
     /// Delete a key (NotFound if missing).
     Delete { key: String },
@@ -338,6 +349,121 @@ pub enum Command {
     /// Install, inspect and manage Lua scripts.
     #[command(subcommand)]
     Script(ScriptCommand),
+    /// Print the changes of a key, a prefix or a range as they happen,
+    /// one line each, until Ctrl-C.
+    Watch(WatchArgs),
+    /// Grant, renew, revoke and inspect leases.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// Take the lock NAME; run COMMAND holding it (with the fencing token
+    /// in NACRE_LOCK_TOKEN and the lock key in NACRE_LOCK_KEY), release
+    /// it when COMMAND exits, and exit with its status. Without COMMAND:
+    /// print the token and hold the lock until Ctrl-C.
+    Lock {
+        name: String,
+        /// The lock's lease: held this long after this process stops
+        /// renewing it (killed, stopped, cut off).
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        ttl: u64,
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Campaign in the election NAME with PROPOSAL, print when elected,
+    /// and lead until Ctrl-C. Without PROPOSAL: print each leader.
+    Elect {
+        name: String,
+        proposal: Option<String>,
+        /// The candidate's lease, in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        ttl: u64,
+    },
+}
+
+/// `get --wait-rev R` / `--wait-for-key`: wait, then read.
+#[derive(Debug, Args, Clone, PartialEq, Default)]
+pub struct WaitArgs {
+    /// Wait for a change of the key after revision R (the mod_rev last
+    /// seen; a change made already returns at once), then print it.
+    #[arg(long, value_name = "R", conflicts_with = "wait_for_key")]
+    pub wait_rev: Option<u64>,
+    /// Wait until the key exists, then print it.
+    #[arg(long)]
+    pub wait_for_key: bool,
+}
+
+/// A lock name and a fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub name: String,
+    pub token: u64,
+}
+
+/// What a watch covers and from where.
+#[derive(Debug, Args, Clone, PartialEq)]
+#[command(group(clap::ArgGroup::new("span").required(true).args(["key", "prefix", "range"])))]
+pub struct WatchArgs {
+    /// The key to watch.
+    pub key: Option<String>,
+    /// Watch every key that starts with P.
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// Watch START <= key < END.
+    #[arg(long, num_args = 2, value_names = ["START", "END"])]
+    pub range: Option<Vec<String>>,
+    /// The first revision to print (default: changes from now on).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub from_rev: u64,
+    /// Print each key's previous value too.
+    #[arg(long)]
+    pub prev: bool,
+}
+
+#[derive(Debug, Subcommand, Clone, PartialEq)]
+pub enum LeaseCommand {
+    /// Grant a lease of TTL_S seconds; prints its id (hex).
+    Grant {
+        #[arg(value_name = "TTL_S")]
+        ttl: u64,
+    },
+    /// Keep a lease alive until Ctrl-C (exit code 9 once it is gone).
+    KeepAlive {
+        #[arg(value_parser = parse_lease_id)]
+        id: u64,
+    },
+    /// End a lease now; its keys are deleted.
+    Revoke {
+        #[arg(value_parser = parse_lease_id)]
+        id: u64,
+    },
+    /// A lease's time to live and remaining time (and its keys).
+    Ttl {
+        #[arg(value_parser = parse_lease_id)]
+        id: u64,
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Every lease.
+    List,
+}
+
+/// Lease ids are written in hex (`0x` optional), as `lease grant` prints
+/// them and as lock keys carry them.
+pub fn parse_lease_id(s: &str) -> Result<u64, String> {
+    let hex = s.strip_prefix("0x").unwrap_or(s);
+    u64::from_str_radix(hex, 16).map_err(|_| format!("{s:?} is not a lease id (hex)"))
+}
+
+pub fn parse_fence(s: &str) -> Result<Fence, String> {
+    let (name, token) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not NAME:TOKEN"))?;
+    let token = token
+        .parse()
+        .map_err(|_| format!("{token:?} is not a fencing token"))?;
+    Ok(Fence {
+        name: name.to_string(),
+        token,
+    })
 }
 
 #[derive(Debug, Subcommand, Clone, PartialEq)]
@@ -429,7 +555,8 @@ mod tests {
                 raw: false,
                 read: ReadArgs {
                     consistency: Consistency::Consistent
-                }
+                },
+                wait: WaitArgs::default(),
             }
         );
         let o = client_options(&c);
@@ -593,5 +720,60 @@ mod tests {
                 file: PathBuf::from("-")
             }
         );
+    }
+
+    #[test]
+    fn coordination_commands_parse() {
+        let c = parse(&["watch", "--prefix", "a/", "--from-rev", "7", "--prev"]).unwrap();
+        let Command::Watch(w) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            (w.prefix.as_deref(), w.from_rev, w.prev),
+            (Some("a/"), 7, true)
+        );
+        let c = parse(&["watch", "--range", "a", "m"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Watch(WatchArgs { range: Some(ref r), .. }) if r == &["a", "m"])
+        );
+        assert!(parse(&["watch"]).is_err(), "a watch needs a span");
+        assert!(parse(&["watch", "k", "--prefix", "p"]).is_err());
+        let c = parse(&["lock", "job", "--ttl", "5", "--", "sh", "-c", "echo $X"]).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Lock {
+                name: "job".into(),
+                ttl: 5,
+                command: vec!["sh".into(), "-c".into(), "echo $X".into()]
+            }
+        );
+        let c = parse(&["set", "k", "v", "--lease", "1f", "--fence", "a/b:42"]).unwrap();
+        let Command::Set { lease, fence, .. } = c.command else {
+            panic!()
+        };
+        assert_eq!(lease, Some(0x1f));
+        assert_eq!(
+            fence,
+            Some(Fence {
+                name: "a/b".into(),
+                token: 42
+            })
+        );
+        assert!(parse(&["set", "k", "v", "--fence", "nocolon"]).is_err());
+        let c = parse(&["lease", "ttl", "0x10", "--keys"]).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Lease(LeaseCommand::Ttl { id: 16, keys: true })
+        );
+        assert!(parse(&["get", "k", "--wait-rev", "3", "--wait-for-key"]).is_err());
+        let c = parse(&["elect", "e"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Elect {
+                proposal: None,
+                ttl: 60,
+                ..
+            }
+        ));
     }
 }

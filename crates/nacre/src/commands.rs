@@ -257,6 +257,9 @@ async fn run_remote(
             }
         }
         Command::Script(sc) => script_command(&client, sc).await?,
+        Command::Watch(_) | Command::Lease(_) | Command::Lock { .. } | Command::Elect { .. } => {
+            unreachable!("coordination commands run in coordination.rs")
+        }
     };
     Ok(Some(out))
 }
@@ -304,7 +307,9 @@ async fn read_command(client: &Client, command: &Command) -> Result<Output, Fail
     let fail = |e: nacre_client::ClientError| Failure::from_client(&e);
     let at = |r: &ReadArgs| client.with_consistency(r.consistency);
     Ok(match command {
-        Command::Get { key: k, raw, read } => Output::Value {
+        Command::Get {
+            key: k, raw, read, ..
+        } => Output::Value {
             key: key(k),
             value: at(read).get(key(k)).await.map_err(fail)?,
             raw: *raw,
@@ -376,11 +381,21 @@ async fn write_command(
 ) -> Result<Output, Failure> {
     let fail = |e: nacre_client::ClientError| Failure::from_client(&e);
     Ok(match command {
-        Command::Set { key: k, .. } => Output::Index(
-            client
-                .set(key(k), input.unwrap_or_default())
-                .await
-                .map_err(fail)?,
+        Command::Set {
+            key: k,
+            lease,
+            fence,
+            ..
+        } => Output::Index(
+            set_command(
+                client,
+                key(k),
+                input.unwrap_or_default(),
+                *lease,
+                fence.as_ref(),
+            )
+            .await
+            .map_err(fail)?,
         ),
         Command::Confirm { key: k, .. } => Output::Index(
             client
@@ -432,4 +447,32 @@ async fn write_command(
         }
         _ => unreachable!("not a write command"),
     })
+}
+
+/// `set`, plain, attached to a lease, fenced by a lock, or both.
+async fn set_command(
+    client: &Client,
+    k: Bytes,
+    value: Bytes,
+    lease: Option<u64>,
+    fence: Option<&crate::cli::Fence>,
+) -> Result<u64, ClientError> {
+    let op = match lease {
+        Some(lease) => nacre_client::Op::SetLeased {
+            key: k,
+            value,
+            lease,
+        },
+        None if fence.is_none() => return client.set(k, value).await,
+        None => nacre_client::Op::Set(k, value),
+    };
+    let batch = nacre_client::Batch {
+        guards: vec![],
+        ops: vec![op],
+    };
+    let w = match fence {
+        Some(f) => client.fenced(batch, &f.name, f.token).await?,
+        None => client.batch(batch).await?,
+    };
+    Ok(w.index)
 }

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod cluster_status;
 mod commands;
+mod coordination;
 mod local_cluster;
 mod output;
 mod seqfile;
@@ -107,8 +108,21 @@ fn run(cli: &Cli) -> i32 {
     };
     let mut stdout = std::io::stdout().lock();
     let mut sink = output::Sink::new(&mut stdout, cli.json);
+    if coordination::handles(&cli.command) {
+        let result = rt.block_on(coordination::run(cli, &mut sink));
+        return finish(cli, sink, result.map(|code| (None, code)));
+    }
     let result = rt.block_on(commands::run_client(cli, &mut sink));
-    if let Ok(Some(out)) = &result {
+    finish(cli, sink, result.map(|out| (out, exit::OK)))
+}
+
+/// Prints a command's result (or its failure) and returns its exit code.
+fn finish(
+    cli: &Cli,
+    mut sink: output::Sink<'_>,
+    result: Result<(Option<output::Output>, i32), output::Failure>,
+) -> i32 {
+    if let Ok((Some(out), _)) = &result {
         sink.emit(out);
     }
     if let Some(e) = sink.take_error() {
@@ -120,10 +134,11 @@ fn run(cli: &Cli) -> i32 {
     }
     drop(sink);
     match result {
-        Ok(_) => exit::OK,
+        Ok((_, code)) => code,
         Err(f) => {
             eprintln!("{}", f.text());
             if cli.json {
+                let mut stdout = std::io::stdout().lock();
                 let _ = writeln!(stdout, "{}", f.json());
                 let _ = stdout.flush();
             }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 
 use base64::Engine;
-use nacre_client::{Bytes, ClientError, KeyEntry, VersionInfo};
+use nacre_client::{Bytes, ClientError, EventKind, KeyEntry, LeaseInfo, VersionInfo, WatchEvent};
 use serde_json::{json, Map, Value};
 
 /// The result of one command, before formatting.
@@ -51,6 +51,27 @@ pub enum Output {
     Master(Option<String>),
     Version(VersionInfo),
     Text(String),
+    /// `watch`: one change; `prev`: print the previous value too.
+    Event {
+        event: WatchEvent,
+        prev: bool,
+    },
+    /// `lease grant`: the new lease's id (hex).
+    LeaseId(u64),
+    /// `lease ttl`, `lease list`, `lease keep-alive`.
+    Leases(Vec<LeaseInfo>),
+    /// `lock`: the fencing token (alone on its line), the key, the lease.
+    Locked {
+        token: u64,
+        key: Bytes,
+        lease: u64,
+    },
+    /// `elect`: elected with this proposal.
+    Elected {
+        proposal: Bytes,
+        token: u64,
+        key: Bytes,
+    },
 }
 
 /// Marks a missing value in text output.
@@ -173,8 +194,98 @@ pub fn render(o: &Output, json_mode: bool) -> Vec<u8> {
         }
         Output::Text(t) => line(&mut out, t),
         Output::Rendered { text, .. } => line(&mut out, text),
+        o => render_coordination(&mut out, o),
     }
     out
+}
+
+fn kind_name(k: EventKind) -> &'static str {
+    match k {
+        EventKind::Put => "PUT",
+        EventKind::Delete => "DELETE",
+    }
+}
+
+/// Text of the coordination outputs.
+fn render_coordination(out: &mut Vec<u8>, o: &Output) {
+    match o {
+        Output::Event { event: e, prev } => {
+            let mut s = format!(
+                "{}\t{}\t{}\t{}",
+                kind_name(e.kind),
+                escape(&e.key),
+                escape(&e.value),
+                e.revision()
+            );
+            if *prev {
+                let p = e.prev.as_deref().map_or_else(|| ABSENT.to_string(), escape);
+                let _ = write!(s, "\t{p}");
+            }
+            line(out, &s);
+        }
+        Output::LeaseId(id) => line(out, &format!("{id:x}")),
+        Output::Leases(ls) => {
+            for l in ls {
+                let mut s = format!(
+                    "{:x}\tttl_ms {}\tremaining_ms {}",
+                    l.id, l.ttl_ms, l.remaining_ms
+                );
+                for k in &l.keys {
+                    let _ = write!(s, "\t{}", escape(k));
+                }
+                line(out, &s);
+            }
+        }
+        Output::Locked { token, .. } => line(out, &token.to_string()),
+        Output::Elected {
+            proposal,
+            token,
+            key,
+        } => line(
+            out,
+            &format!(
+                "elected: {} (token {token}, key {})",
+                escape(proposal),
+                escape(key)
+            ),
+        ),
+        _ => unreachable!("not a coordination output"),
+    }
+}
+
+fn coordination_json(o: &Output) -> Vec<Value> {
+    match o {
+        Output::Event { event: e, .. } => vec![json!({
+            "kind": kind_name(e.kind).to_lowercase(),
+            "key": b64(&e.key),
+            "value": b64(&e.value),
+            "revision": e.revision(),
+            "create_rev": e.rev.create_rev,
+            "version": e.rev.version,
+            "prev": b64_opt(&e.prev),
+        })],
+        Output::LeaseId(id) => vec![json!({ "id": format!("{id:x}") })],
+        Output::Leases(ls) => ls
+            .iter()
+            .map(|l| {
+                json!({
+                    "id": format!("{:x}", l.id),
+                    "ttl_ms": l.ttl_ms,
+                    "remaining_ms": l.remaining_ms,
+                    "keys": l.keys.iter().map(|k| b64(k)).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+        Output::Locked { token, key, lease } => {
+            vec![json!({"token": token, "key": b64(key), "lease": format!("{lease:x}")})]
+        }
+        Output::Elected {
+            proposal,
+            token,
+            key,
+        } => vec![json!({"elected": b64(proposal), "token": token, "key": b64(key)})],
+        _ => unreachable!("not a coordination output"),
+    }
 }
 
 /// Where a command's results go (stdout), each written as soon as it is
@@ -250,6 +361,7 @@ fn to_json(o: &Output) -> Vec<Value> {
         }
         Output::Text(t) => vec![json!({ "reply": t })],
         Output::Rendered { json, .. } => json.clone(),
+        o => coordination_json(o),
     }
 }
 
@@ -264,6 +376,16 @@ pub mod exit {
     /// A request or its reply is over a limit (`too_large`): asking again
     /// the same way gets the same answer, so ask for less.
     pub const TOO_LARGE: i32 = 6;
+    /// A write fenced by a lock (`set --fence`) was refused: the lock is
+    /// no longer held with that token.
+    pub const FENCED: i32 = 7;
+    /// A watch asked for revisions the node no longer keeps.
+    pub const COMPACTED: i32 = 8;
+    /// The lease does not exist, or one this command kept alive was lost.
+    pub const LEASE_NOT_FOUND: i32 = 9;
+    /// `get --wait-rev` / `--wait-for-key`: nothing came within
+    /// `--timeout-ms`.
+    pub const WAIT_TIMED_OUT: i32 = 10;
     pub const USAGE: i32 = 64;
     /// `nacre serve`: the node stopped on corrupt data (a checksum, a stored
     /// value that does not decode, a tlog behind its store); EX_DATAERR.
@@ -307,6 +429,10 @@ impl Failure {
         use nacre_client::ErrorCode;
         let code = e.code();
         let exit_code = match code {
+            _ if matches!(e, ClientError::WaitTimedOut { .. }) => exit::WAIT_TIMED_OUT,
+            Some(ErrorCode::Fenced) => exit::FENCED,
+            Some(ErrorCode::Compacted) => exit::COMPACTED,
+            Some(ErrorCode::LeaseNotFound) => exit::LEASE_NOT_FOUND,
             Some(ErrorCode::NotFound) => exit::NOT_FOUND,
             Some(ErrorCode::AssertionFailed) => exit::ASSERTION_FAILED,
             Some(ErrorCode::WrongCluster | ErrorCode::UnsupportedVersion) => exit::REFUSED,
@@ -315,6 +441,8 @@ impl Failure {
             _ => exit::GENERIC,
         };
         let code_name = match (code, e) {
+            (_, ClientError::WaitTimedOut { .. }) => "wait_timed_out".into(),
+            (_, ClientError::LeaseLost { .. }) => "lease_lost".into(),
             (Some(c), _) => c.name().to_string(),
             (None, ClientError::ConnectionLost { .. }) => "connection_lost".into(),
             (None, ClientError::NoLeader(_)) => "no_leader".into(),
@@ -574,5 +702,63 @@ mod tests {
         assert!(!sink.emit(&Output::Keys(vec![b("b")])));
         let e = sink.take_error().expect("the write error is kept");
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn coordination_outputs_and_exit_codes() {
+        let e = WatchEvent {
+            kind: EventKind::Put,
+            key: b("k"),
+            value: b("v\n"),
+            rev: Revision {
+                create_rev: 3,
+                mod_rev: 9,
+                version: 2,
+            },
+            prev: Some(b("old")),
+        };
+        let ev = |prev| Output::Event {
+            event: e.clone(),
+            prev,
+        };
+        assert_eq!(text(&ev(false)), "PUT\tk\tv\\n\t9\n");
+        assert_eq!(text(&ev(true)), "PUT\tk\tv\\n\t9\told\n");
+        assert_eq!(
+            json_lines(&ev(false)),
+            vec![
+                json!({"kind": "put", "key": "aw==", "value": "dgo=", "revision": 9,
+                "create_rev": 3, "version": 2, "prev": "b2xk"})
+            ]
+        );
+        assert_eq!(text(&Output::LeaseId(255)), "ff\n");
+        let locked = Output::Locked {
+            token: 12,
+            key: b("job/ff"),
+            lease: 255,
+        };
+        assert_eq!(text(&locked), "12\n");
+        assert_eq!(
+            json_lines(&locked),
+            vec![json!({"token": 12, "key": "am9iL2Zm", "lease": "ff"})]
+        );
+        let code = |e: ClientError| Failure::from_client(&e).exit_code;
+        let server = |c| ClientError::Server(ErrorReply::new(c, "m"));
+        assert_eq!(code(server(ErrorCode::Fenced)), exit::FENCED);
+        assert_eq!(
+            code(server(ErrorCode::LeaseNotFound)),
+            exit::LEASE_NOT_FOUND
+        );
+        assert_eq!(
+            code(ClientError::LeaseLost { id: 1 }),
+            exit::LEASE_NOT_FOUND
+        );
+        let compacted = ClientError::Compacted {
+            requested_rev: 1,
+            oldest_rev: 5,
+        };
+        assert_eq!(code(compacted), exit::COMPACTED);
+        let waited = ClientError::WaitTimedOut { after_ms: 5 };
+        assert_eq!(Failure::from_client(&waited).code, "wait_timed_out");
+        assert_eq!(code(waited), exit::WAIT_TIMED_OUT);
     }
 }
