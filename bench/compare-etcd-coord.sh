@@ -13,7 +13,7 @@
 # Nacre node on loopback with their data on the repository's disk
 # (BENCH_DATA_DIR overrides the parent directory), both fsyncing before
 # they acknowledge a write, and stops them on exit. --etcd-only runs etcd
-# alone (a nacre-coord-bench built without the Nacre side).
+# alone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -54,9 +54,7 @@ fi
 PY=/usr/bin/python3
 
 echo "building ..." >&2
-FEATURES=(--features nacre-coord)
-[ "$ETCD_ONLY" = 1 ] && FEATURES=()
-cargo build --release -q -p nacre -p nacre-etcd-bench "${FEATURES[@]}"
+cargo build --release -q -p nacre -p nacre-etcd-bench
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 NACRE="$BIN/nacre"
 

@@ -18,7 +18,6 @@
 
 mod coord;
 mod coord_etcd;
-#[cfg(feature = "nacre-coord")]
 mod coord_nacre;
 
 use std::process::ExitCode;
@@ -29,6 +28,7 @@ use serde::Serialize;
 
 use crate::coord::{CoordTarget, FanoutSpec, IdleSpec};
 use crate::coord_etcd::EtcdCoord;
+use crate::coord_nacre::NacreCoord;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -147,18 +147,9 @@ fn settings(workload: &str, a: &CoordArgs) -> Vec<usize> {
     }
 }
 
-#[cfg(feature = "nacre-coord")]
-async fn nacre(a: &CoordArgs) -> Result<Option<coord_nacre::NacreCoord>, String> {
+async fn nacre(a: &CoordArgs) -> Result<Option<NacreCoord>, String> {
     match &a.nacre {
-        Some(ep) => coord_nacre::NacreCoord::connect(ep).await.map(Some),
-        None => Ok(None),
-    }
-}
-
-#[cfg(not(feature = "nacre-coord"))]
-async fn nacre(a: &CoordArgs) -> Result<Option<EtcdCoord>, String> {
-    match &a.nacre {
-        Some(_) => Err("built without the nacre-coord feature: no Nacre side".into()),
+        Some(ep) => NacreCoord::connect(ep).await.map(Some),
         None => Ok(None),
     }
 }
