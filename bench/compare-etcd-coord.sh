@@ -5,27 +5,28 @@
 # `<!-- compare-etcd-coord:begin -->` and `<!-- compare-etcd-coord:end -->`.
 #
 #   bench/compare-etcd-coord.sh [--workloads fanout,idle,lock] [--duration S]
-#       [--rate N] [--watchers 1,100,1000] [--contenders 1,16,64]
-#       [--idle N] [--etcd-only] [--no-doc]
+#       [--rate 500,2000] [--watchers 1,100,1000] [--contenders 1,16,64]
+#       [--idle N] [--etcd-only] [--no-doc] [--no-build]
 #
 # Installs etcd (Debian: etcd-server, etcd-client) if needed, builds nacre
 # and nacre-coord-bench in release mode, starts one etcd member and one
 # Nacre node on loopback with their data on the repository's disk
 # (BENCH_DATA_DIR overrides the parent directory), both fsyncing before
 # they acknowledge a write, and stops them on exit. --etcd-only runs etcd
-# alone.
+# alone; --no-build uses the binaries in target/release as they are.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 WORKLOADS=fanout,idle,lock
 DURATION=10
-RATE=500
+RATE=500,2000
 WATCHERS=1,100,1000
 CONTENDERS=1,16,64
 IDLE=10000
 ETCD_ONLY=0
 WRITE_DOC=1
+BUILD=1
 ARGV=("$@")
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -37,6 +38,7 @@ while [ $# -gt 0 ]; do
         --idle) IDLE="$2"; shift 2 ;;
         --etcd-only) ETCD_ONLY=1; shift ;;
         --no-doc) WRITE_DOC=0; shift ;;
+        --no-build) BUILD=0; shift ;;
         -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 64 ;;
     esac
@@ -53,8 +55,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 PY=/usr/bin/python3
 
-echo "building ..." >&2
-cargo build --release -q -p nacre -p nacre-etcd-bench
+if [ "$BUILD" = 1 ]; then
+    echo "building ..." >&2
+    cargo build --release -q -p nacre -p nacre-etcd-bench
+fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 NACRE="$BIN/nacre"
 

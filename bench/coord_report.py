@@ -22,8 +22,11 @@ def load(path):
             line = line.strip()
             if line.startswith("{"):
                 r = json.loads(line)
-                key = {"fanout": "watchers", "lock": "contenders", "idle": "watchers"}[r["bench"]]
-                runs[(r["bench"], r[key], r["target"])] = r
+                if r["bench"] == "fanout":
+                    key = (r["watchers"], r["rate_per_s"])
+                else:
+                    key = r["contenders" if r["bench"] == "lock" else "watchers"]
+                runs[(r["bench"], key, r["target"])] = r
     return runs
 
 
@@ -48,7 +51,7 @@ def get(r, *path):
 
 
 def fanout(runs):
-    ws = sorted({k[1] for k in runs if k[0] == "fanout"})
+    ws = sorted({k[1] for k in runs if k[0] == "fanout"}, key=lambda wr: (wr[1], wr[0]))
     if not ws:
         return []
     out = [
@@ -59,7 +62,7 @@ def fanout(runs):
     ]
     for w in ws:
         a, e = runs.get(("fanout", w, "nacre")), runs.get(("fanout", w, "etcd"))
-        rate = (a or e)["rate_per_s"]
+        w, rate = w
 
         def lat(r):
             return "–" if r is None else f"{ms(r['latency']['p50_us'])} / {ms(r['latency']['p99_us'])}"

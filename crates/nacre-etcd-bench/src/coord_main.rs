@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! nacre-coord-bench --etcd 127.0.0.1:2379 --etcd-pid P --nacre 127.0.0.1:7379 --nacre-pid Q
-//!     [--workloads fanout,idle,lock] [--watchers 1,100,1000] [--rate 500]
+//!     [--workloads fanout,idle,lock] [--watchers 1,100,1000] [--rate 500,2000]
 //!     [--duration 10] [--drain 5] [--idle-watchers 10000] [--idle-leases 10000]
 //!     [--contenders 1,16,64]
 //! ```
@@ -54,9 +54,10 @@ struct CoordArgs {
     /// Watcher counts of the fan-out runs.
     #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     watchers: Vec<usize>,
-    /// Puts per second during a fan-out run.
-    #[arg(long, default_value_t = 500)]
-    rate: u32,
+    /// Puts per second during a fan-out run; each watcher count runs
+    /// with each rate.
+    #[arg(long, value_delimiter = ',', default_value = "500")]
+    rate: Vec<u32>,
     /// Seconds of writes per fan-out run, of contention per lock run.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -95,22 +96,22 @@ fn emit<R: Serialize>(r: &R) {
     println!("{}", serde_json::to_string(r).expect("a result serializes"));
 }
 
-/// Runs `workload` with every setting on one system.
+/// Runs `workload` with one setting (and rate) on one system.
 async fn on<T: CoordTarget>(
     t: &T,
     pid: Option<u32>,
     workload: &str,
-    setting: usize,
+    (setting, rate): (usize, u32),
     a: &CoordArgs,
 ) -> Result<(), String> {
     let run =
         u64::try_from(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_micros())).unwrap_or(0);
-    eprintln!("{} {workload} {setting}", t.name());
+    eprintln!("{} {workload} {setting} {rate}", t.name());
     match workload {
         "fanout" => {
             let spec = FanoutSpec {
                 watchers: setting,
-                rate_per_s: a.rate,
+                rate_per_s: rate,
                 duration: Duration::from_secs_f64(a.duration),
                 drain: Duration::from_secs_f64(a.drain),
                 value_size: a.value_size,
@@ -138,12 +139,16 @@ async fn on<T: CoordTarget>(
     Ok(())
 }
 
-/// The settings each workload runs with.
-fn settings(workload: &str, a: &CoordArgs) -> Vec<usize> {
+/// The settings each workload runs with (and the put rate of each).
+fn settings(workload: &str, a: &CoordArgs) -> Vec<(usize, u32)> {
     match workload {
-        "fanout" => a.watchers.clone(),
-        "lock" => a.contenders.clone(),
-        _ => vec![a.idle_watchers],
+        "fanout" => a
+            .rate
+            .iter()
+            .flat_map(|&r| a.watchers.iter().map(move |&w| (w, r)))
+            .collect(),
+        "lock" => a.contenders.iter().map(|&c| (c, 0)).collect(),
+        _ => vec![(a.idle_watchers, 0)],
     }
 }
 
@@ -158,7 +163,7 @@ async fn compare(a: &CoordArgs) -> Result<(), String> {
     if a.etcd.is_none() && a.nacre.is_none() {
         return Err("give --etcd, --nacre or both".into());
     }
-    if !(a.duration > 0.0 && a.drain >= 0.0 && a.interval > 0.0 && a.rate > 0) {
+    if !(a.duration > 0.0 && a.drain >= 0.0 && a.interval > 0.0 && a.rate.iter().all(|&r| r > 0)) {
         return Err("--duration, --interval and --rate must be positive".into());
     }
     let etcd = match &a.etcd {
@@ -237,8 +242,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((a.etcd_pid, a.nacre_pid), (Some(7), Some(8)));
-        assert_eq!(settings("fanout", &a), [1, 100]);
-        assert_eq!(settings("lock", &a), [1, 16]);
-        assert_eq!(settings("idle", &a), [10_000]);
+        assert_eq!(settings("fanout", &a), [(1, 500), (100, 500)]);
+        assert_eq!(settings("lock", &a), [(1, 0), (16, 0)]);
+        assert_eq!(settings("idle", &a), [(10_000, 0)]);
     }
 }
