@@ -39,6 +39,10 @@ pub trait KvView {
     ) -> Result<Vec<KeyEntry>, ViewError>;
     /// Keys that start with `prefix`, in order, at most `max`.
     fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, ViewError>;
+    /// The revision (applied log index) the call reads at.
+    fn revision(&self) -> u64 {
+        0
+    }
 }
 
 /// Why a [`KvView`] read failed: the store's own error, kept whole (not

@@ -107,6 +107,13 @@ function nacre.check(cond, msg)
   end
   return cond
 end
+-- The revision (applied log index) this call reads at.
+function nacre.revision()
+  if current == nil then error("nacre.revision outside a call", 2) end
+  local ok, r = current("revision")
+  if not ok then error(r, 2) end
+  return r
+end
 function nacre.log(...)
   local t = tpack(...)
   for i = 1, t.n do t[i] = tostring(t[i]) end

@@ -135,6 +135,20 @@ impl Recorder {
         Ok(())
     }
 
+    /// `kv.set(key, value, {lease = id})`: a set that attaches the key to
+    /// the lease; the batch fails with `LeaseNotFound` if it is gone.
+    fn write_leased(&mut self, key: Bytes, value: Bytes, lease: u64) -> Result<(), KvError> {
+        self.charge(key.len() + value.len() + 8)?;
+        self.guarded.insert(key.clone());
+        self.ops.push(Op::SetLeased {
+            key: key.clone(),
+            value: value.clone(),
+            lease,
+        });
+        self.overlay.insert(key, Some(value));
+        Ok(())
+    }
+
     pub(crate) fn dispatch(
         &mut self,
         lua: &Lua,
@@ -193,9 +207,13 @@ impl Recorder {
             "set" => {
                 let k = need(arg("key")?, "key")?;
                 let v = need(arg("value")?, "value")?;
-                self.write(k, Some(v))?;
+                match lease_option(args.next())? {
+                    Some(lease) => self.write_leased(k, v, lease)?,
+                    None => self.write(k, Some(v))?,
+                }
                 Ok(Value::Nil)
             }
+            "revision" => Ok(Value::Integer(view.revision() as i64)),
             "delete" => {
                 let k = need(arg("key")?, "key")?;
                 self.write(k, None)?;
@@ -293,6 +311,28 @@ impl Recorder {
                 .map(|n| n.min(cap as i64) as u32)
                 .ok_or_else(|| script("max must be a non-negative integer")),
         }
+    }
+}
+
+/// The lease of `kv.set`'s options table (`{lease = id}`), if any.
+fn lease_option(v: Option<Value>) -> Result<Option<u64>, KvError> {
+    let t = match v {
+        None | Some(Value::Nil) => return Ok(None),
+        Some(Value::Table(t)) => t,
+        Some(v) => {
+            return Err(script(format!(
+                "kv.set: options must be a table, not a {}",
+                v.type_name()
+            )))
+        }
+    };
+    match t.raw_get::<Value>("lease").map_err(lua_err)? {
+        Value::Nil => Ok(None),
+        Value::Integer(id) if id > 0 => Ok(Some(id as u64)),
+        v => Err(script(format!(
+            "kv.set: lease must be a positive integer id, not {}",
+            v.type_name()
+        ))),
     }
 }
 

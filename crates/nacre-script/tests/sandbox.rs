@@ -525,3 +525,68 @@ fn script_names_are_checked_with_typed_errors() {
     // Passed on as text, the message names the rule.
     assert!(String::from(bad).contains("letters, digits"));
 }
+
+/// A view at a given revision, for `nacre.revision`.
+struct AtRevision(Mem, u64);
+
+impl KvView for AtRevision {
+    fn get(&self, key: &[u8]) -> Result<Option<KeyEntry>, ViewError> {
+        self.0.get(key)
+    }
+
+    fn range(
+        &self,
+        first: Option<&[u8]>,
+        last: Option<&[u8]>,
+        max: u32,
+    ) -> Result<Vec<KeyEntry>, ViewError> {
+        self.0.range(first, last, max)
+    }
+
+    fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, ViewError> {
+        self.0.prefix(prefix, max)
+    }
+
+    fn revision(&self) -> u64 {
+        self.1
+    }
+}
+
+#[test]
+fn a_set_with_a_lease_attaches_the_key_and_the_revision_is_the_views() {
+    let sb = sandbox(
+        r#"
+        function f(k, lease)
+          kv.set(k, "held", { lease = tonumber(lease) })
+          kv.set("plain", "x", {})
+          return kv.get(k) .. "@" .. nacre.revision()
+        end
+        function bad() kv.set("k", "v", { lease = "seven" }) end
+        function bad_options() kv.set("k", "v", 7) end
+        "#,
+    );
+    let view = AtRevision(Mem::default(), 42);
+    let out = sb.call(&view, "f", &[b("k"), b("7")]).unwrap();
+    assert_eq!(out.value, Some(b("held@42")));
+    assert_eq!(
+        out.batch.ops,
+        vec![
+            Op::SetLeased {
+                key: b("k"),
+                value: b("held"),
+                lease: 7
+            },
+            Op::Set(b("plain"), b("x")),
+        ]
+    );
+    match sb.call(&view, "bad", &[]) {
+        Err(ScriptError::Runtime(m)) => {
+            assert!(m.contains("lease must be a positive integer"), "{m}")
+        }
+        r => panic!("expected a runtime error, got {r:?}"),
+    }
+    match sb.call(&view, "bad_options", &[]) {
+        Err(ScriptError::Runtime(m)) => assert!(m.contains("options must be a table"), "{m}"),
+        r => panic!("expected a runtime error, got {r:?}"),
+    }
+}

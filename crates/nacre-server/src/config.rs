@@ -127,6 +127,33 @@ pub struct ServerConfig {
     /// Writes remembered per client session for deduplicating retries,
     /// counted in log entries: a retry later than this is applied again.
     pub session_retention_entries: u64,
+    /// Revisions with changes kept in memory for watches that start in
+    /// the past (older ones get `Compacted`)...
+    pub watch_history_revisions: usize,
+    /// ...and at most this many bytes of their events.
+    pub watch_history_bytes: usize,
+    /// Frames queued to one watch whose client does not read them fast
+    /// enough before the watch is ended with `SlowConsumer`.
+    pub watch_buffer_frames: usize,
+    /// Watches one connection may have open.
+    pub watches_per_connection_max: usize,
+    /// Watches the node serves, all connections together.
+    pub watches_max: usize,
+    /// A watch with nothing to send for this long gets a progress frame
+    /// (no events, the node's applied revision).
+    pub watch_progress_ms: u64,
+    /// Leases that may exist at once; a grant beyond is refused (`Busy`).
+    pub leases_max: usize,
+    /// The shortest TTL a grant may ask for. Unset: two election timeouts
+    /// (`2 × election_ticks × tick_ms`). While a leader fails over, no
+    /// keep-alive can be acknowledged: followers wait one to two election
+    /// timeouts (raft's randomized timeout) before they elect another, and
+    /// the new leader extends every lease by only one. A TTL shorter than
+    /// that would have healthy holders lose their leases to every
+    /// fail-over (docs/coordination.md, "Leases").
+    pub lease_ttl_min_ms: Option<u64>,
+    /// The longest TTL a grant may ask for.
+    pub lease_ttl_max_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -167,6 +194,15 @@ impl Default for ServerConfig {
             tlog_tail_bytes: 16 << 20,
             promote_lag_max_entries: 1_000,
             session_retention_entries: 100_000,
+            watch_history_revisions: 100_000,
+            watch_history_bytes: 64 << 20,
+            watch_buffer_frames: 1024,
+            watches_per_connection_max: 1000,
+            watches_max: 100_000,
+            watch_progress_ms: 1000,
+            leases_max: 100_000,
+            lease_ttl_min_ms: None,
+            lease_ttl_max_ms: 24 * 3_600_000,
         }
     }
 }
@@ -182,6 +218,24 @@ impl ServerConfig {
             multi_get_keys_max: self.multi_get_keys_max,
             range_results_max: self.range_results_max,
         }
+    }
+
+    /// The watch hub's bounds.
+    pub fn watch_options(&self) -> crate::watch::WatchOptions {
+        crate::watch::WatchOptions {
+            history_revisions: self.watch_history_revisions,
+            history_bytes: self.watch_history_bytes,
+            buffer_frames: self.watch_buffer_frames,
+            watches_max: self.watches_max,
+            frame_size_max_bytes: self.frame_size_max_bytes,
+        }
+    }
+
+    /// The shortest TTL a grant may ask for: `lease_ttl_min_ms`, or two
+    /// election timeouts when it is unset.
+    pub fn lease_ttl_floor_ms(&self) -> u64 {
+        self.lease_ttl_min_ms
+            .unwrap_or(2 * self.election_ticks as u64 * self.tick_ms)
     }
 
     /// Whether this node joins a cluster that exists already, rather than
@@ -268,6 +322,21 @@ impl ServerConfig {
             ("checkpoint_bytes", self.checkpoint_bytes),
             ("range_results_max", self.range_results_max as u64),
             ("session_retention_entries", self.session_retention_entries),
+            (
+                "watch_history_revisions",
+                self.watch_history_revisions as u64,
+            ),
+            ("watch_history_bytes", self.watch_history_bytes as u64),
+            ("watch_buffer_frames", self.watch_buffer_frames as u64),
+            (
+                "watches_per_connection_max",
+                self.watches_per_connection_max as u64,
+            ),
+            ("watches_max", self.watches_max as u64),
+            ("watch_progress_ms", self.watch_progress_ms),
+            ("leases_max", self.leases_max as u64),
+            ("lease_ttl_min_ms", self.lease_ttl_floor_ms()),
+            ("lease_ttl_max_ms", self.lease_ttl_max_ms),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -294,6 +363,13 @@ impl ServerConfig {
                  --join HOST:PORT[,HOST:PORT...] (or a config listing [[nodes]])"
                     .to_string(),
             ));
+        }
+        if self.lease_ttl_floor_ms() > self.lease_ttl_max_ms {
+            return Err(ConfigError::Invalid(format!(
+                "lease_ttl_min_ms ({}) must not be above lease_ttl_max_ms ({})",
+                self.lease_ttl_floor_ms(),
+                self.lease_ttl_max_ms
+            )));
         }
         if self.election_ticks <= self.heartbeat_ticks {
             return Err(ConfigError::Invalid(

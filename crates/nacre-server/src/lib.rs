@@ -11,6 +11,7 @@ mod config;
 mod discovery;
 mod error;
 pub mod lease;
+mod lease_requests;
 pub mod node;
 mod removal;
 mod scripts;
@@ -20,6 +21,7 @@ mod shutdown;
 pub mod sim_server;
 pub mod state;
 pub mod transport;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,12 +31,12 @@ pub use config::{ConfigError, NodeConfig, ServerConfig};
 pub use error::{FailureKind, ServerError};
 use nacre_vfs::{OsVfs, Vfs};
 pub use node::name_id;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 /// A node that is up: its client address, and the way to stop it.
 pub struct RunningServer {
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: tokio::sync::watch::Sender<bool>,
     node: node::NodeHandle,
     /// The client listener's task; it ends when asked to stop, or failed.
     listener: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -177,7 +179,7 @@ pub async fn start_with_vfs(
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node = %config.node_name, data_dir = %config.data_dir.display(), "nacre node serving");
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.connections_max));
     let plan = shutdown::Plan {
         connections: connections.clone(),
@@ -280,6 +282,7 @@ fn node_options(config: &ServerConfig) -> node::NodeOptions {
         tlog_tail_entries: config.tlog_tail_entries,
         tlog_tail_bytes: config.tlog_tail_bytes,
         promote_lag_max_entries: config.promote_lag_max_entries,
+        watches: Arc::new(watch::WatchHub::new(config.watch_options())),
         #[cfg(feature = "sim")]
         planted: Default::default(),
     }

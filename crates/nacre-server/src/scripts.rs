@@ -315,8 +315,9 @@ fn history(shared: &Shared, name: &str) -> Result<Vec<ScriptVersionInfo>, ErrorR
     Ok(out)
 }
 
-/// What a script reads: the node's applied user keyspace.
-struct View(Reader);
+/// What a script reads: the node's applied user keyspace, and the
+/// applied index the call started at.
+struct View(Reader, u64);
 
 impl KvView for View {
     fn get(&self, key: &[u8]) -> Result<Option<KeyEntry>, ViewError> {
@@ -342,6 +343,10 @@ impl KvView for View {
 
     fn prefix(&self, prefix: &[u8], max: u32) -> Result<Vec<Bytes>, ViewError> {
         self.0.prefix_keys(prefix, max).map_err(ViewError::new)
+    }
+
+    fn revision(&self) -> u64 {
+        self.1
     }
 }
 
@@ -386,7 +391,7 @@ async fn call(
         let (store, function_name, call_args) =
             (shared.store.clone(), function.to_string(), args.to_vec());
         let out = crate::server::off_the_workers(shared, move || {
-            let view = View(Reader::new(&store));
+            let view = View(Reader::new(&store), read_at);
             CACHE
                 .call(&key, &view, &function_name, &call_args)
                 .map_err(script_error)

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use nacre_proto::{
     decode_request, encode_response, list_reply_frame_length, split_frame, ClientHello, Command,
-    Consistency, ErrorCode, ErrorReply, Limits, Request, Response, ServerHello, VersionInfo,
-    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    Consistency, CoordRequest, ErrorCode, ErrorReply, Limits, Request, Response, ServerHello,
+    VersionInfo, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use nacre_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::node::NodeHandle;
 use crate::state::{Outcome, PageLimits, Reader};
+use crate::watch::{serve_watch, WatchTask};
 use crate::ServerConfig;
 
 /// A client has this long to send its hello.
@@ -259,6 +260,7 @@ async fn serve_frames(
         tx,
         refused: 0,
         version,
+        watches: std::collections::HashMap::new(),
     };
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut draining = false;
@@ -286,6 +288,7 @@ async fn serve_frames(
         }
     };
     let busy = conn.refused > 0;
+    conn.close_watches(shared, draining).await;
     drop(conn);
     // Replies to requests already taken are still delivered.
     let _ = writer.await;
@@ -329,6 +332,9 @@ struct ConnState {
     refused: u64,
     /// The protocol version the client speaks: replies are given in it.
     version: u16,
+    /// Watches started on this connection, by their request id. Their
+    /// tasks hold the writer's sender, so they must end for the writer to.
+    watches: std::collections::HashMap<u64, WatchTask>,
 }
 
 impl ConnState {
@@ -372,25 +378,8 @@ impl ConnState {
                 self.refused += 1;
                 continue;
             }
-            // Back-pressure: stop reading while too many requests from
-            // this connection are in flight.
-            let Ok(permit) = self.inflight.clone().acquire_owned().await else {
-                return false;
-            };
-            match decode_request(body) {
-                Ok(req) => {
-                    let (shared, tx, version) = (shared.clone(), self.tx.clone(), self.version);
-                    tokio::spawn(async move {
-                        let resp = execute(&shared, req).await.for_version(version);
-                        if matches!(resp, Response::Error(_)) {
-                            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let mut frame = Vec::new();
-                        encode_response(id, &resp, &mut frame);
-                        let _ = tx.send(frame).await;
-                        drop(permit);
-                    });
-                }
+            let req = match decode_request(body) {
+                Ok(req) => req,
                 Err(e) => {
                     // The frame boundary is intact, so the client can still
                     // read why; then we close, as documented.
@@ -399,7 +388,118 @@ impl ConnState {
                     self.reply(id, &Response::Error(why)).await;
                     return false;
                 }
+            };
+            // A watch lives as long as the client wants it: it holds no
+            // in-flight permit (it would hold it forever).
+            if matches!(
+                req,
+                Request::Coord(CoordRequest::Watch(_) | CoordRequest::WatchCancel { .. })
+            ) {
+                self.watch_request(shared, id, req).await;
+                continue;
             }
+            // Back-pressure: stop reading while too many requests from
+            // this connection are in flight.
+            let Ok(permit) = self.inflight.clone().acquire_owned().await else {
+                return false;
+            };
+            let (shared, tx, version) = (shared.clone(), self.tx.clone(), self.version);
+            tokio::spawn(async move {
+                let resp = execute(&shared, req).await.for_version(version);
+                if matches!(resp, Response::Error(_)) {
+                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut frame = Vec::new();
+                encode_response(id, &resp, &mut frame);
+                let _ = tx.send(frame).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Starts or cancels a watch. A started watch answers with its frames
+    /// (from its task); a refused one with an error, a cancel with `Unit`
+    /// (also when the watch had already ended).
+    async fn watch_request(&mut self, shared: &Arc<Shared>, id: u64, req: Request) {
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = match req {
+            Request::Coord(CoordRequest::WatchCancel { watch_id }) => {
+                if let Some(w) = self.watches.get(&watch_id) {
+                    let hub = &shared.node.watches;
+                    hub.end_watch(w.hub_id, ErrorCode::Cancelled, "cancelled by the client");
+                }
+                Response::Unit
+            }
+            req => match self.start_watch(shared, id, req) {
+                Ok(()) => return,
+                Err(e) => {
+                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    Response::Error(e)
+                }
+            },
+        };
+        self.reply(id, &resp).await;
+    }
+
+    fn start_watch(
+        &mut self,
+        shared: &Arc<Shared>,
+        id: u64,
+        req: Request,
+    ) -> Result<(), ErrorReply> {
+        shared.limits.check_request(&req)?;
+        let Request::Coord(CoordRequest::Watch(spec)) = req else {
+            unreachable!("watch_request sends only watches here");
+        };
+        self.watches.retain(|_, w| !w.task.is_finished());
+        let max = shared.config.watches_per_connection_max;
+        if self.watches.len() >= max {
+            return Err(ErrorReply::new(
+                ErrorCode::Busy,
+                format!("too many watches on this connection (watches_per_connection_max {max})"),
+            ));
+        }
+        if self.watches.contains_key(&id) {
+            return Err(ErrorReply::new(
+                ErrorCode::BadInput,
+                format!("a watch with request id {id} is already open on this connection"),
+            ));
+        }
+        if shared.node.status.applied.load(Ordering::Acquire) == 0 {
+            // As for reads (`wait_for`): no state yet, so no revisions.
+            return Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "this node has no copy of the cluster's state yet",
+            ));
+        }
+        let hub = shared.node.watches.clone();
+        let reg = hub.register(&spec)?;
+        let hub_id = reg.id;
+        let progress = Duration::from_millis(shared.config.watch_progress_ms);
+        let task = tokio::spawn(serve_watch(hub, reg, id, self.tx.clone(), progress));
+        self.watches.insert(id, WatchTask { hub_id, task });
+        Ok(())
+    }
+
+    /// The connection's loop ended. The client left: its watches stop at
+    /// once (nobody reads them). The node shuts down: each watch is told
+    /// so (`Cancelled`, after the frames already queued) before it stops.
+    async fn close_watches(&mut self, shared: &Shared, draining: bool) {
+        let watches = std::mem::take(&mut self.watches);
+        if draining {
+            for w in watches.values() {
+                let hub = &shared.node.watches;
+                hub.end_watch(w.hub_id, ErrorCode::Cancelled, "the node is shutting down");
+            }
+        }
+        for (_, mut w) in watches {
+            if draining {
+                let linger = Duration::from_millis(CLOSE_LINGER_MS);
+                if tokio::time::timeout(linger, &mut w.task).await.is_ok() {
+                    continue;
+                }
+            }
+            w.task.abort();
         }
     }
 }
@@ -482,6 +582,20 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
         | Request::Promote { .. }
         | Request::RemoveNode { .. }
         | Request::TransferLeader { .. } => cluster_change(shared, req).await?,
+        Request::Coord(
+            c @ (CoordRequest::LeaseGrant { .. }
+            | CoordRequest::LeaseRevoke { .. }
+            | CoordRequest::LeaseKeepAlive { .. }
+            | CoordRequest::LeaseTtl { .. }
+            | CoordRequest::LeaseList),
+        ) => crate::lease_requests::execute(shared, c, None).await?,
+        // A grant or revoke stamped with the client's session, like a write.
+        Request::Session { session, request } if matches!(*request, Request::Coord(_)) => {
+            let Request::Coord(c) = *request else {
+                unreachable!("matched just above")
+            };
+            crate::lease_requests::execute(shared, c, Some(session)).await?
+        }
         // A script call or change stamped with the client's session: its
         // effects apply at most once however often it is retried.
         Request::Session { session, request } if !request.is_write() => {
@@ -766,6 +880,7 @@ pub(crate) fn version_info() -> VersionInfo {
 fn statistics(shared: &Shared) -> Vec<(String, String)> {
     let s = &shared.node.status;
     let c = &shared.counters;
+    let w = &shared.node.watches.counters;
     let st = shared.store.stats();
     let key_count = Reader::new(&shared.store)
         .key_count()
@@ -791,6 +906,18 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
         (
             "snapshots_installed",
             s.snapshots_installed.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "leases_tracked",
+            s.leases_tracked.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "leases_expired",
+            s.leases_expired.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "lease_keep_alives",
+            s.lease_keep_alives.load(Ordering::Relaxed).to_string(),
         ),
         ("role", s.role().name().to_string()),
         ("term", s.term.load(Ordering::Relaxed).to_string()),
@@ -832,6 +959,15 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
             c.errors.load(Ordering::Relaxed).to_string(),
         ),
         ("key_count", key_count),
+        ("watches_active", shared.node.watches.active().to_string()),
+        (
+            "watch_events_sent",
+            w.events_sent.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "watches_ended_slow",
+            w.ended_slow.load(Ordering::Relaxed).to_string(),
+        ),
         ("store_bytes_on_disk", st.bytes_on_disk.to_string()),
         ("store_live_bytes", st.live_bytes.to_string()),
         ("store_segments", st.segments.to_string()),

@@ -24,7 +24,8 @@ struct Args {
     /// Switch on a planted bug: follower-reads, ack-before-fsync, skip-guard,
     /// skip-sessions,
     /// tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway,
-    /// skip-fence.
+    /// skip-fence, watch-skips-event, watch-repeats-revision,
+    /// lease-short-ttl (with --leases).
     #[arg(long)]
     planted: Option<Bug>,
     /// Cluster size (default: 3 or 5, chosen by the seed).
@@ -60,6 +61,10 @@ struct Args {
     /// config while the leader is down.
     #[arg(long, conflicts_with_all = ["slow_leader_cutoff", "follower_cuts"])]
     wipe_lagging: bool,
+    /// Lease holders in the workload (grants, keys attached, keep-alives,
+    /// revokes) and the lease checks.
+    #[arg(long)]
+    leases: bool,
 }
 
 /// The scenario the flags ask for, if any.
@@ -119,6 +124,20 @@ struct Totals {
     fenced_acked: u64,
     fenced_refused: u64,
     lock_expiries: u64,
+    /// Watches: registered, resumed after a node went down, ended
+    /// `Compacted` or `SlowConsumer`; events received.
+    watches: u64,
+    watches_resumed: u64,
+    watches_compacted: u64,
+    watches_slow: u64,
+    watch_events: u64,
+    /// Leases: granted, keep-alives acknowledged, keys attached, ended by
+    /// expiry and by revoke.
+    leases_granted: u64,
+    keep_alives: u64,
+    lease_keys: u64,
+    leases_expired: u64,
+    leases_revoked: u64,
 }
 
 impl Totals {
@@ -153,6 +172,16 @@ impl Totals {
         self.fenced_acked += st.fenced_writes_acked;
         self.fenced_refused += st.fenced_writes_refused;
         self.lock_expiries += st.lock_expiries;
+        self.watches += st.watches_started;
+        self.watches_resumed += st.watches_resumed;
+        self.watches_compacted += st.watches_compacted;
+        self.watches_slow += st.watches_slow;
+        self.watch_events += st.watch_events;
+        self.leases_granted += st.leases_granted;
+        self.keep_alives += st.lease_keep_alives_acked;
+        self.lease_keys += st.lease_keys_attached;
+        self.leases_expired += st.leases_expired;
+        self.leases_revoked += st.leases_revoked;
     }
 
     /// The summary lines: the seeds, then what the scenario asked for
@@ -192,6 +221,11 @@ impl Totals {
             "fenced writes: {} acknowledged, {} refused as fenced; {} lock expiries",
             t.fenced_acked, t.fenced_refused, t.lock_expiries
         );
+        println!(
+            "watches: {} registered, {} resumed after their node went down, {} ended \
+             compacted, {} ended slow; {} events received and checked",
+            t.watches, t.watches_resumed, t.watches_compacted, t.watches_slow, t.watch_events
+        );
         if args.leader_pause {
             println!(
                 "leader pause: {} pauses with a write acknowledged elsewhere; {} reads of it \
@@ -204,6 +238,13 @@ impl Totals {
                 "follower cuts: {} followers cut off, {} stalled links redialled, {} \
                  step-downs; longest stretch without an acknowledged write {} ms (seed {})",
                 t.follower_cuts, t.stalls, t.step_downs, t.gap_ms, t.gap_seed
+            );
+        }
+        if args.leases {
+            println!(
+                "leases: {} granted, {} keep-alives acknowledged, {} keys attached; {} ended \
+                 by expiry, {} by revoke",
+                t.leases_granted, t.keep_alives, t.lease_keys, t.leases_expired, t.leases_revoked
             );
         }
         if args.wipe_lagging {
@@ -230,6 +271,7 @@ fn main() {
             clock_drift_permille_max: args.drift_permille,
             scenario: scenario(&args),
             via_server_permille: args.via_server_permille,
+            leases: args.leases,
             ..SimConfig::default()
         };
         let r = run_seed(seed, cfg);
@@ -290,6 +332,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
     }
     if args.wipe_lagging {
         extra.push_str(" --wipe-lagging");
+    }
+    if args.leases {
+        extra.push_str(" --leases");
     }
     format!(
         "cargo run --release -p nacre-sim -- --seeds 1 --start {seed} --workload-ms {}{planted}{extra} --trace",

@@ -3,7 +3,7 @@
 //! documented semantics (crates/nacre-proto/src/types.rs), not from the
 //! state machine's code, so that a bug there shows up as a disagreement.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use nacre_proto::{Batch, ErrorCode, Guard, Op};
@@ -116,8 +116,52 @@ fn failed(state: &KvState, code: ErrorCode, key: &Bytes) -> WriteResult {
     }
 }
 
+/// Leases as the documented ops define them (docs/coordination.md): which
+/// exist, and the keys attached to each. A set or delete of a key detaches
+/// it; a revoke deletes the keys still attached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leases {
+    attached: BTreeMap<u64, BTreeSet<Bytes>>,
+    by_key: BTreeMap<Bytes, u64>,
+}
+
+impl Leases {
+    fn detach(&mut self, k: &Bytes) {
+        if let Some(id) = self.by_key.remove(k) {
+            if let Some(keys) = self.attached.get_mut(&id) {
+                keys.remove(k);
+            }
+        }
+    }
+
+    /// Whether lease `id` exists.
+    pub fn exists(&self, id: u64) -> bool {
+        self.attached.contains_key(&id)
+    }
+}
+
+fn lease_failed(code: ErrorCode, key: &Bytes) -> WriteResult {
+    WriteResult::Failed {
+        code,
+        key: key.clone(),
+        current: None,
+    }
+}
+
 /// Applies `batch` to `state` (all or nothing) and says what it returned.
+/// For histories without lease ops (the linearizability search).
 pub fn apply(state: &mut KvState, batch: &Batch) -> WriteResult {
+    apply_with_leases(state, &mut Leases::default(), 0, batch)
+}
+
+/// [`apply`] with leases: `index` is the entry's log index (a grant of id
+/// 0 takes it as its id).
+pub fn apply_with_leases(
+    state: &mut KvState,
+    leases: &mut Leases,
+    index: u64,
+    batch: &Batch,
+) -> WriteResult {
     for g in &batch.guards {
         if !holds(state, g) {
             return failed(state, ErrorCode::AssertionFailed, g.key());
@@ -126,13 +170,26 @@ pub fn apply(state: &mut KvState, batch: &Batch) -> WriteResult {
     // Later ops see earlier ones; a failure reports the value at that point
     // of the sequence and then throws the working copy away.
     let mut work = state.clone();
+    let mut held = leases.clone();
     let mut prev = None;
     let mut count = 0;
     for op in &batch.ops {
+        if let Some(r) = lease_op(&mut work, &mut held, index, op, &mut prev, &mut count) {
+            match r {
+                Ok(()) => continue,
+                Err(failure) => return failure,
+            }
+        }
         match op {
-            Op::Set(k, v) => prev = set(&mut work, k, v),
+            Op::Set(k, v) => {
+                held.detach(k);
+                prev = set(&mut work, k, v);
+            }
             Op::Delete(k) => match work.remove(k) {
-                Some(old) => prev = Some(old.value),
+                Some(old) => {
+                    held.detach(k);
+                    prev = Some(old.value);
+                }
                 None => {
                     return WriteResult::Failed {
                         code: ErrorCode::NotFound,
@@ -141,12 +198,16 @@ pub fn apply(state: &mut KvState, batch: &Batch) -> WriteResult {
                     }
                 }
             },
-            Op::Remove(k) => prev = work.remove(k).map(|e| e.value),
+            Op::Remove(k) => {
+                held.detach(k);
+                prev = work.remove(k).map(|e| e.value);
+            }
             Op::DeletePrefix(p) => {
                 let doomed: Vec<Bytes> =
                     work.keys().filter(|k| k.starts_with(p)).cloned().collect();
                 count += doomed.len() as u64;
                 for k in doomed {
+                    held.detach(&k);
                     work.remove(&k);
                 }
             }
@@ -163,6 +224,7 @@ pub fn apply(state: &mut KvState, batch: &Batch) -> WriteResult {
             } => {
                 prev = value(&work, key);
                 if prev == *expected {
+                    held.detach(key);
                     match wanted {
                         Some(v) => {
                             set(&mut work, key, v);
@@ -177,7 +239,53 @@ pub fn apply(state: &mut KvState, batch: &Batch) -> WriteResult {
         }
     }
     *state = work;
+    *leases = held;
     WriteResult::Applied { prev, count }
+}
+
+/// A lease op of a batch: `None` if `op` is none; `Err` with the batch's
+/// result if it fails the batch.
+fn lease_op(
+    work: &mut KvState,
+    held: &mut Leases,
+    index: u64,
+    op: &Op,
+    prev: &mut Option<Bytes>,
+    count: &mut u64,
+) -> Option<Result<(), WriteResult>> {
+    let empty = Bytes::new();
+    Some(match op {
+        Op::SetLeased { key, value, lease } => {
+            if !held.exists(*lease) {
+                return Some(Err(lease_failed(ErrorCode::LeaseNotFound, key)));
+            }
+            *prev = set(work, key, value);
+            held.detach(key);
+            held.by_key.insert(key.clone(), *lease);
+            held.attached.entry(*lease).or_default().insert(key.clone());
+            Ok(())
+        }
+        Op::LeaseGrant { id, .. } => {
+            let id = if *id == 0 { index } else { *id };
+            if held.exists(id) {
+                return Some(Err(lease_failed(ErrorCode::Conflict, &empty)));
+            }
+            held.attached.insert(id, BTreeSet::new());
+            *count = id;
+            Ok(())
+        }
+        Op::LeaseRevoke(id) => match held.attached.remove(id) {
+            None => Err(lease_failed(ErrorCode::LeaseNotFound, &empty)),
+            Some(keys) => {
+                for k in keys {
+                    held.by_key.remove(&k);
+                    *count += u64::from(work.remove(&k).is_some());
+                }
+                Ok(())
+            }
+        },
+        _ => return None,
+    })
 }
 
 /// The keys `batch` may read or write, out of `universe` (prefix ops and

@@ -17,10 +17,12 @@
 mod checks;
 mod faults;
 mod fence;
+mod leases;
 mod membership;
 mod network;
 mod scenario;
 mod via_server;
+mod watchers;
 mod wipe;
 mod workload;
 
@@ -91,6 +93,16 @@ pub enum Bug {
     /// The state machine ignores `LockHeld` guards: a stalled former lock
     /// holder's fenced writes apply (`StateMachine::plant_skip_fence`).
     SkipFence,
+    /// A watch that resumes from a revision (after its node went away,
+    /// or it moved) never gets that revision's changes
+    /// (`WatchHub::plant_skip_resumed`).
+    WatchSkipsEvent,
+    /// A watch that resumes from a revision gets the revision before it
+    /// (which it had) again (`WatchHub::plant_repeat_resumed`).
+    WatchRepeatsRevision,
+    /// Lease deadlines fall an election timeout short of the TTL
+    /// (`Planted::lease_short_ttl`; only runs with leases meet it).
+    LeaseShortTtl,
 }
 
 impl std::str::FromStr for Bug {
@@ -106,9 +118,13 @@ impl std::str::FromStr for Bug {
             "layer-skips-barrier" => Ok(Bug::LayerSkipsBarrier),
             "bootstrap-anyway" => Ok(Bug::BootstrapAnyway),
             "skip-fence" => Ok(Bug::SkipFence),
+            "watch-skips-event" => Ok(Bug::WatchSkipsEvent),
+            "watch-repeats-revision" => Ok(Bug::WatchRepeatsRevision),
+            "lease-short-ttl" => Ok(Bug::LeaseShortTtl),
             _ => Err(format!(
                 "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
-                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, skip-fence)"
+                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, skip-fence, \
+                 watch-skips-event, watch-repeats-revision, lease-short-ttl)"
             )),
         }
     }
@@ -148,6 +164,9 @@ pub struct SimConfig {
     /// Lock contenders making fenced writes beside the workload
     /// (`sim/fence.rs`).
     pub fencers: usize,
+    /// Lease holders in the workload (`sim/leases.rs`) and the lease
+    /// checks. Off by default: with it, every seed runs differently.
+    pub leases: bool,
 }
 
 impl Default for SimConfig {
@@ -167,6 +186,7 @@ impl Default for SimConfig {
             scenario: None,
             via_server_permille: 500,
             fencers: 2,
+            leases: false,
         }
     }
 }
@@ -245,6 +265,23 @@ pub struct Stats {
     pub fenced_writes_acked: u64,
     pub fenced_writes_refused: u64,
     pub lock_expiries: u64,
+    /// Watchers (`sim/watchers.rs`): watches registered, resumed after
+    /// their node went down, ended `Compacted` or `SlowConsumer`, and the
+    /// events received.
+    pub watches_started: u64,
+    pub watches_resumed: u64,
+    pub watches_compacted: u64,
+    pub watches_slow: u64,
+    pub watch_events: u64,
+    /// With leases (`sim/leases.rs`): requests the holders sent, leases
+    /// granted to them, keep-alives acknowledged, keys attached; leases
+    /// ended by the leader's expiry and by a holder's revoke.
+    pub lease_requests: u64,
+    pub leases_granted: u64,
+    pub lease_keep_alives_acked: u64,
+    pub lease_keys_attached: u64,
+    pub leases_expired: u64,
+    pub leases_revoked: u64,
 }
 
 /// Everything one run produced.
@@ -317,6 +354,8 @@ struct SimNode {
     node: Option<Node>,
     /// The node's request layer, over the same node (none while down).
     server: Option<SimServer>,
+    /// The node's watch hub (of its latest incarnation).
+    watches: Option<Arc<nacre_server::watch::WatchHub>>,
     /// It starts with `initial_cluster_state = existing` (added back after
     /// a removal, on a wiped disk), not as one of the initial members.
     existing: bool,
@@ -352,6 +391,7 @@ impl SimNode {
             outbox: Arc::new(Mutex::new(Vec::new())),
             node: None,
             server: None,
+            watches: None,
             existing: false,
             tlog: None,
             incarnation: 0,
@@ -369,6 +409,9 @@ impl SimNode {
 fn server_config() -> nacre_server::ServerConfig {
     nacre_server::ServerConfig {
         request_timeout_ms: 24 * 3_600_000,
+        // Two of the simulator's election timeouts (the layer's defaults
+        // assume production's ticks).
+        lease_ttl_min_ms: Some(2 * ELECTION_TICKS as u64 * TICK_US / 1_000),
         ..Default::default()
     }
 }
@@ -422,6 +465,10 @@ enum Ev {
     Membership,
     /// A lock contender's next step (`sim/fence.rs`).
     Fence(usize),
+    /// A watcher wakes (`sim/watchers.rs`).
+    Watch(usize),
+    /// A lease holder's next request (`sim/leases.rs`).
+    Lease(usize),
 }
 
 struct Queued {
@@ -498,6 +545,10 @@ pub struct Sim {
     fencers: Vec<fence::Fencer>,
     /// Fenced writes acknowledged as applied: (log index, token).
     fenced_acked: Vec<(u64, u64)>,
+    /// Watchers of key spans through the faults (`sim/watchers.rs`).
+    watchers: watchers::Watchers,
+    /// The lease holders and what they saw (`SimConfig::leases`).
+    leases: Option<leases::LeaseWork>,
 }
 
 /// The first index of a fresh cluster's log (index 1 is its initial
@@ -529,13 +580,14 @@ impl Sim {
             .iter()
             .map(|(id, _)| SimNode::new(*id, drift, &sim_now, &mut rng))
             .collect();
-        let keys = (0..cfg.keys)
+        let keys: Vec<Bytes> = (0..cfg.keys)
             .map(|i| Bytes::from(format!("k{i}")))
             .collect();
         let clients = (0..cfg.clients)
             .map(|_| Client::new(rng.random_range(0..n)))
             .collect();
         let net = Network::new(seed, cfg.faults, &mut rng);
+        let watchers = watchers::Watchers::new(seed, &keys);
         Sim {
             seed,
             rng,
@@ -575,6 +627,8 @@ impl Sim {
             orphans: Vec::new(),
             fencers: Vec::new(),
             fenced_acked: Vec::new(),
+            watchers,
+            leases: cfg.leases.then(|| leases::LeaseWork::new(seed, n)),
             cfg,
         }
     }
@@ -636,6 +690,8 @@ impl Sim {
             self.at(d, Ev::Client(c));
         }
         self.start_fencers(self.cfg.fencers);
+        self.watchers_start();
+        self.leases_start();
         if self.cfg.scenario.is_some() {
             let d = self.rng.random_range(800_000..1_200_000);
             self.at(d, Ev::ScenarioStart);
@@ -657,6 +713,7 @@ impl Sim {
             self.poll_clients();
             self.poll_orphans();
             self.poll_membership();
+            self.poll_leases();
         }
         self.set_now(end_us);
         self.final_checks();
@@ -704,6 +761,7 @@ impl Sim {
         sm.plant_skip_guards(self.cfg.planted == Some(Bug::SkipGuard));
         sm.plant_skip_sessions(self.cfg.planted == Some(Bug::SkipSessions));
         sm.plant_skip_fence(self.cfg.planted == Some(Bug::SkipFence));
+        let hub = watchers::hub(self.cfg.planted);
         let opts = NodeOptions {
             id: sn.id,
             initial_members: self.members.clone(),
@@ -733,12 +791,14 @@ impl Sim {
             tlog_tail_entries: TLOG_TAIL_ENTRIES,
             tlog_tail_bytes: u64::MAX,
             promote_lag_max_entries: 1_000,
+            watches: hub.clone(),
             planted: Planted {
                 follower_reads: self.cfg.planted == Some(Bug::FollowerReads),
                 ack_before_fsync: self.cfg.planted == Some(Bug::AckBeforeFsync),
                 tick_lease: self.cfg.planted == Some(Bug::TickLease),
                 stalled_links: self.cfg.planted == Some(Bug::StalledLinks),
                 bootstrap_anyway: self.cfg.planted == Some(Bug::BootstrapAnyway),
+                lease_short_ttl: self.cfg.planted == Some(Bug::LeaseShortTtl),
             },
         };
         let sink = Box::new(Outbox(sn.outbox.clone()));
@@ -747,6 +807,7 @@ impl Sim {
         sn.node = Some(node);
         let skip_barrier = self.cfg.planted == Some(Bug::LayerSkipsBarrier);
         sn.server = Some(SimServer::new(server_config(), handle, store, skip_barrier));
+        sn.watches = Some(hub);
         sn.tlog = Some(tlog);
         sn.role = None;
         sn.restart_pending = false;
@@ -803,6 +864,8 @@ impl Sim {
             Ev::Wipe => self.wipe_and_crash(),
             Ev::Membership => self.membership_step(),
             Ev::Fence(f) => self.fencer_wake(f),
+            Ev::Watch(w) => self.watcher_wake(w),
+            Ev::Lease(h) => self.lease_wake(h),
             Ev::EndWorkload => self.end_workload(),
         }
     }
@@ -947,6 +1010,7 @@ impl Sim {
         match log.entries(next, commit + 1, None) {
             Ok(entries) => {
                 drop(log);
+                self.lease_log(&entries);
                 self.committed.extend(entries);
             }
             Err(e) => {

@@ -161,7 +161,7 @@ impl Request {
                 w.bytes(key);
                 w.bytes(value);
             }
-            Request::Delete { key } => w.bytes(key),
+            Request::Delete { key } | Request::DeletePrefix { prefix: key } => w.bytes(key),
             Request::TestAndSet {
                 key,
                 expected,
@@ -175,7 +175,6 @@ impl Request {
                 w.bytes(key);
                 w.opt_bytes(wanted.as_deref());
             }
-            Request::DeletePrefix { prefix } => w.bytes(prefix),
             Request::Batch(b) => b.encode(w),
             Request::Session { session, request } => {
                 w.u64(session.client_id);

@@ -101,6 +101,7 @@ impl Node {
             planted: Default::default(),
             lease: Lease::new(Lease::duration_us(opts.election_ticks, opts.tick_ms)),
             renewal: None,
+            expiry: Default::default(),
             tlog,
             sm,
             rx,
@@ -127,7 +128,18 @@ impl Node {
             Start::Waiting => node.catching_up = true,
         }
         node.campaign_if_alone()?;
-        Ok((node, NodeHandle { tx, status }))
+        // Watches start after what the node has applied: the changes
+        // before are not known here.
+        node.opts.watches.reset(applied);
+        let watches = node.opts.watches.clone();
+        Ok((
+            node,
+            NodeHandle {
+                tx,
+                status,
+                watches,
+            },
+        ))
     }
 
     /// A single voter need not wait an election timeout to lead.
@@ -218,6 +230,7 @@ impl Node {
         }
         *self.status.members.write() = self.sm.members()?;
         self.status.applied.store(applied, Ordering::Release);
+        self.opts.watches.reset(applied);
         self.checkpointed = applied;
         self.creating = None;
         self.status.creating.store(false, Ordering::Release);

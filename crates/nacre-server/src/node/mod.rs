@@ -21,9 +21,11 @@
 //! | `planted.rs` | bugs planted for the simulator, only with the `sim` feature |
 //! | `status.rs` | what other threads see: `Status`, `NodeHandle`, publishing after each turn |
 //! | `events.rs` | raft events in the log: elections, votes, leaders, terms, membership, snapshots |
+//! | `leases.rs` | lease expiry on the leader's clock: deadlines, keep-alives, revokes |
 
 mod bootstrap;
 mod events;
+mod leases;
 mod membership;
 mod planted;
 mod reads;
@@ -38,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
-use nacre_proto::ErrorReply;
+use nacre_proto::{CoordResponse, ErrorReply};
 use nacre_raft::TlogStorage;
 use parking_lot::Mutex;
 use raft::{RawNode, StateRole};
@@ -128,6 +130,18 @@ pub enum Msg {
         change: Membership,
         reply: oneshot::Sender<Result<u64, ErrorReply>>,
     },
+    /// Renews leases to their full TTL (leader only): answered with
+    /// `CoordResponse::Leases`, one entry per id.
+    LeaseKeepAlive {
+        ids: Vec<u64>,
+        reply: oneshot::Sender<Result<CoordResponse, ErrorReply>>,
+    },
+    /// The time each lease has left on the leader's clock, in ms (`None`:
+    /// the leader tracks no such lease).
+    LeaseRemaining {
+        ids: Vec<u64>,
+        reply: oneshot::Sender<Result<Vec<Option<u64>>, ErrorReply>>,
+    },
     Peer(Inbound),
     /// What another initial member answered about its state while this
     /// node waits to create the cluster: its term and last log index.
@@ -179,6 +193,9 @@ pub struct NodeOptions {
     /// How far behind the leader's log a learner may be and still be
     /// promoted without `force`.
     pub promote_lag_max_entries: u64,
+    /// Where the change events of every apply go, for watches (shared
+    /// with the request layer through [`NodeHandle::watches`]).
+    pub watches: Arc<crate::watch::WatchHub>,
     /// Deliberate bugs for the simulator to prove its checker catches them
     /// (only with the `sim` feature).
     #[cfg(feature = "sim")]
@@ -214,6 +231,8 @@ pub struct Node {
     #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     planted: PlantedState,
     lease: Lease,
+    /// Deadlines of the replicated leases, while this node leads.
+    expiry: leases::Expiry,
     /// The context of the lease-renewing round in flight, if any.
     renewal: Option<u64>,
     tlog: TlogStorage,
@@ -255,6 +274,7 @@ impl Node {
         self.report_progress();
         self.retry_stale_reads();
         self.renew_lease();
+        self.expire_leases();
         if self.ticks.is_multiple_of(self.opts.election_ticks as u64) {
             self.maybe_transfer_to_preferred();
         }

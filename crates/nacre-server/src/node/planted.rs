@@ -37,6 +37,11 @@ pub struct Planted {
     /// first: one that lost its data comes back as a voter with an empty
     /// log, and can elect a leader that misses committed writes.
     pub bootstrap_anyway: bool,
+    /// Lease deadlines fall an election timeout short of the TTL (as if
+    /// the leader took the fail-over allowance off the TTL instead of
+    /// adding it): a lease ends before its TTL has run since its last
+    /// renewal.
+    pub lease_short_ttl: bool,
 }
 
 /// With [`Planted::stalled_links`]: when a connection that first lost a
@@ -76,6 +81,10 @@ impl Node {
 
     pub(super) fn planted_ack_before_fsync(&self) -> bool {
         self.opts.planted.ack_before_fsync
+    }
+
+    pub(super) fn planted_lease_short_ttl(&self) -> bool {
+        self.opts.planted.lease_short_ttl
     }
 
     /// With `Planted::tick_lease`, whether the planted lease holds.
@@ -121,6 +130,10 @@ impl Node {
     }
 
     pub(super) fn planted_ack_before_fsync(&self) -> bool {
+        false
+    }
+
+    pub(super) fn planted_lease_short_ttl(&self) -> bool {
         false
     }
 

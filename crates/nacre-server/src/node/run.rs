@@ -26,6 +26,7 @@ impl Node {
         }
         self.status.mark_stopped();
         self.fail_all(going_down());
+        self.opts.watches.close("the node is shutting down");
         // Leave the store durable up to what was applied, so the next start
         // replays less of the tlog.
         if result.is_ok() {
@@ -119,6 +120,12 @@ impl Node {
             }
             Msg::Read { reply } => self.reads_new.push(reply),
             Msg::Membership { change, reply } => self.propose_membership(change, reply),
+            Msg::LeaseKeepAlive { ids, reply } => {
+                let _ = reply.send(self.lease_keep_alive(&ids));
+            }
+            Msg::LeaseRemaining { ids, reply } => {
+                let _ = reply.send(self.lease_remaining(&ids));
+            }
             Msg::Peer(Inbound::Raft(mut m)) => {
                 self.planted_heard_from(m.from);
                 use raft::eraftpb::MessageType;
@@ -271,8 +278,10 @@ impl Node {
             })
             .collect();
         let outcomes = self.sm.apply(&committed)?;
-        // Until watches consume them, the events are not kept.
-        drop(self.sm.take_events());
+        // Before the writers hear back: a client that watches from now
+        // right after its write's answer does not get that write again.
+        self.applied_moved();
+        self.leases_applied(&entries, &outcomes);
         let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
         self.applied_bytes_since_checkpoint += bytes;
         for (e, outcome) in entries.iter().zip(outcomes) {
@@ -287,12 +296,14 @@ impl Node {
                 let _ = p.reply.send(reply);
             }
         }
-        self.applied_moved();
         Ok(())
     }
 
+    /// After every apply (entries with no events too: a watch's progress
+    /// and a watch "from now" need the applied index as it is).
     pub(super) fn applied_moved(&mut self) {
         let (applied, term) = self.sm.applied();
+        self.opts.watches.publish(self.sm.take_events(), applied);
         self.status.applied.store(applied, Ordering::Release);
         let mut st = self.snap_state.lock();
         st.applied = applied;

@@ -99,6 +99,9 @@ impl Node {
         self.checkpointed = meta.index;
         self.applied_bytes_since_checkpoint = 0;
         self.status.applied.store(meta.index, Ordering::Release);
+        // The changes between the old state and the snapshot are unknown:
+        // watches that still need them end `Compacted`.
+        self.opts.watches.reset(meta.index);
         self.status
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 
-use nacre_proto::{ErrorCode, ErrorReply, Member};
+use nacre_proto::{CoordResponse, ErrorCode, ErrorReply, Member};
 use parking_lot::{Mutex, RwLock};
 use raft::StateRole;
 use tokio::sync::oneshot;
@@ -39,6 +39,12 @@ pub struct Status {
     pub read_rounds_by_lease: AtomicU64,
     pub read_rounds_by_quorum: AtomicU64,
     pub snapshots_installed: AtomicU64,
+    /// Leases whose deadlines this node keeps (0 unless it leads).
+    pub leases_tracked: AtomicU64,
+    /// Revokes this node proposed for leases past their deadline.
+    pub leases_expired: AtomicU64,
+    /// Keep-alive requests this node answered as leader.
+    pub lease_keep_alives: AtomicU64,
     /// This node's raft id.
     pub id: AtomicU64,
     /// The node waits for the other initial members' answers before it
@@ -151,6 +157,7 @@ impl Status {
 pub struct NodeHandle {
     pub(super) tx: SyncSender<Msg>,
     pub status: Arc<Status>,
+    pub watches: Arc<crate::watch::WatchHub>,
 }
 
 pub(super) fn going_down() -> ErrorReply {
@@ -182,6 +189,21 @@ impl NodeHandle {
     pub async fn read_barrier(&self) -> ReadReply {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Read { reply })?;
+        rx.await.unwrap_or_else(|_| Err(going_down()))
+    }
+
+    /// Renews leases at the leader; `CoordResponse::Leases` in id order
+    /// of the request.
+    pub async fn lease_keep_alive(&self, ids: Vec<u64>) -> Result<CoordResponse, ErrorReply> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::LeaseKeepAlive { ids, reply })?;
+        rx.await.unwrap_or_else(|_| Err(going_down()))
+    }
+
+    /// The time each lease has left on the leader's clock, in ms.
+    pub async fn lease_remaining(&self, ids: Vec<u64>) -> Result<Vec<Option<u64>>, ErrorReply> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::LeaseRemaining { ids, reply })?;
         rx.await.unwrap_or_else(|_| Err(going_down()))
     }
 
@@ -224,6 +246,10 @@ impl Node {
             for (_, round) in std::mem::take(&mut self.reads_asked) {
                 self.reads_new.extend(round.waiters);
             }
+            self.leases_on_stepping_down();
+        }
+        if !self.was_leader && is_leader {
+            self.leases_on_leading();
         }
         self.was_leader = is_leader;
         self.publish_progress(is_leader);

@@ -67,6 +67,7 @@ fn node_with(dir: &std::path::Path, sink: Sink, members: u64, state: InitialClus
         tlog_tail_entries: 0,
         tlog_tail_bytes: u64::MAX,
         promote_lag_max_entries: 1_000,
+        watches: Default::default(),
         #[cfg(feature = "sim")]
         planted: Default::default(),
     };

@@ -51,7 +51,7 @@ pub use snapshot::{check_snapshot_pair, is_local_key};
 pub use error::{describe_key, Corruption, PageError, StateError};
 
 use kv::{apply_batch, Effects};
-pub use leases::LeaseRecord;
+pub use leases::{get as read_lease, keys as read_lease_keys, list as read_leases, LeaseRecord};
 use nacre_proto::WatchEvent;
 
 /// Namespace byte of user keys.

@@ -32,6 +32,7 @@ pub fn node_options(dir: &std::path::Path) -> NodeOptions {
         tlog_tail_entries: 0,
         tlog_tail_bytes: u64::MAX,
         promote_lag_max_entries: 1_000,
+        watches: Default::default(),
         // The field exists only when a build turns on the `sim` feature
         // (nacre-sim does, so a workspace build has it).
         #[cfg(feature = "sim")]

@@ -29,6 +29,7 @@ impl Sim {
     pub(super) fn final_checks(&mut self) {
         self.replicas_check();
         self.linearizability_check();
+        self.lease_checks();
     }
 
     /// Every member is up (a node removed and not added back is not one),
@@ -68,6 +69,7 @@ impl Sim {
         let Some(entries) = self.committed_log(final_index) else {
             return;
         };
+        self.watchers_check(&entries);
         let replay = Replay::new(&entries);
         let mut bad = self.acked_mismatches(&replay, final_index);
         bad.extend(self.read_mismatches(&replay, final_index));
@@ -249,10 +251,16 @@ impl LockKeys {
 
     /// The model's answer to a batch, with its `LockHeld` guards judged
     /// here: a failed one fails the batch as the state machine does.
-    fn apply(&self, state: &mut KvState, batch: &Batch) -> (WriteResult, Option<Option<u64>>) {
+    fn apply(
+        &self,
+        state: &mut KvState,
+        leases: &mut model::Leases,
+        index: u64,
+        batch: &Batch,
+    ) -> (WriteResult, Option<Option<u64>>) {
         let fenced = |g: &Guard| matches!(g, Guard::LockHeld { .. });
         if !batch.guards.iter().any(fenced) {
-            return (model::apply(state, batch), None);
+            return (model::apply_with_leases(state, leases, index, batch), None);
         }
         let holder = self.holder();
         for g in &batch.guards {
@@ -276,7 +284,8 @@ impl LockKeys {
                 .collect(),
             ops: batch.ops.clone(),
         };
-        (model::apply(state, &rest), Some(holder))
+        let r = model::apply_with_leases(state, leases, index, &rest);
+        (r, Some(holder))
     }
 }
 
@@ -293,6 +302,7 @@ impl Replay {
         let mut state = KvState::new();
         let mut locks = LockKeys::default();
         let mut fence_holders = BTreeMap::new();
+        let mut leases = model::Leases::default();
         for e in entries {
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 let cmd = Command::decode(Bytes::copy_from_slice(&e.data)).expect("own command");
@@ -300,7 +310,7 @@ impl Replay {
                 let r = match key.and_then(|k| sessions.get(&k)) {
                     Some(first) => first.clone(),
                     None => {
-                        let (r, holder) = locks.apply(&mut state, &cmd.batch);
+                        let (r, holder) = locks.apply(&mut state, &mut leases, e.index, &cmd.batch);
                         if let Some(h) = holder {
                             fence_holders.insert(e.index, h);
                         }

@@ -190,7 +190,7 @@ impl Sim {
 
     /// Polls `w` at node `i`, delivering what it queued for the node; its
     /// response, once there is one.
-    fn poll_answer(&mut self, i: usize, answer: &mut Answer) -> Option<Response> {
+    pub(super) fn poll_answer(&mut self, i: usize, answer: &mut Answer) -> Option<Response> {
         if self.nodes[i].paused.is_some() {
             return None;
         }
