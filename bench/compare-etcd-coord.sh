@@ -113,6 +113,7 @@ OUT="$RESULTS/compare-etcd-coord.jsonl"
 BENCH+=(--workloads "$WORKLOADS" --duration "$DURATION" --rate "$RATE" --watchers "$WATCHERS"
     --contenders "$CONTENDERS" --idle-watchers "$IDLE" --idle-leases "$IDLE")
 echo "${BENCH[*]}" >&2
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 "${BENCH[@]}" | tee "$OUT"
 echo "results: $OUT" >&2
 
@@ -121,6 +122,7 @@ if [ "$WRITE_DOC" = 1 ]; then
     meta+="; \`bench/compare-etcd-coord.sh ${ARGV[*]}\`"
     meta+="; $(etcd --version | head -1)"
     [ "$ETCD_ONLY" = 0 ] && meta+="; Nacre $("$NACRE" --version | awk '{print $2}')"
+    meta+="; load average (1/5/15 min) $LOAD_BEFORE before the run, $(cut -d' ' -f1-3 /proc/loadavg) after"
     meta+="; machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1) VM"
     $PY "$ROOT/bench/coord_report.py" "$OUT" --doc "$ROOT/docs/benchmarks.md" --meta "$meta"
 fi

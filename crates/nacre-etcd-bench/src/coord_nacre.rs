@@ -12,10 +12,15 @@ use tokio::task::JoinHandle;
 
 use crate::coord::{bounded, key_seq, seq_key, CoordTarget, Holder, Sent, Tally};
 
+/// The server's default `watches_per_connection_max`: a run with more
+/// watchers opens another connection for each this many.
+const WATCHES_PER_CONNECTION_MAX: usize = 1000;
+
 /// Two clients of one Nacre node, as etcd's side has two connections:
 /// `main` for writes, leases and locks, `watches` for the watchers.
 #[derive(Clone, Debug)]
 pub struct NacreCoord {
+    opts: ClientOptions,
     main: Client,
     watches: Client,
 }
@@ -26,22 +31,34 @@ impl NacreCoord {
         let c = |e: nacre_client::ClientError| format!("nacre {endpoint}: {e}");
         Ok(NacreCoord {
             main: Client::connect(opts.clone()).await.map_err(c)?,
-            watches: Client::connect(opts).await.map_err(c)?,
+            watches: Client::connect(opts.clone()).await.map_err(c)?,
+            opts,
         })
     }
 
-    /// A watch of `span` that has started (its first, empty batch came).
-    async fn started(&self, span: KeySpan) -> Result<WatchStream, String> {
-        let opts = WatchOptions {
-            progress: true,
-            ..WatchOptions::default()
-        };
-        let mut w = self.watches.watch(span, opts);
-        match w.next().await {
-            Some(Ok(_)) => Ok(w),
-            Some(Err(e)) => Err(format!("nacre watch: {e}")),
-            None => Err("nacre watch ended before it started".into()),
+    /// Clients for `n` watches: `watches`, and another connection for
+    /// every `WATCHES_PER_CONNECTION_MAX` past the first.
+    async fn watch_clients(&self, n: usize) -> Result<Vec<Client>, String> {
+        let mut out = vec![self.watches.clone()];
+        while out.len() * WATCHES_PER_CONNECTION_MAX < n {
+            let c = Client::connect(self.opts.clone()).await;
+            out.push(c.map_err(|e| format!("nacre: {e}"))?);
         }
+        Ok(out)
+    }
+}
+
+/// A watch of `span` that has started (its first, empty batch came).
+async fn started(client: &Client, span: KeySpan) -> Result<WatchStream, String> {
+    let opts = WatchOptions {
+        progress: true,
+        ..WatchOptions::default()
+    };
+    let mut w = client.watch(span, opts);
+    match w.next().await {
+        Some(Ok(_)) => Ok(w),
+        Some(Err(e)) => Err(format!("nacre watch: {e}")),
+        None => Err("nacre watch ended before it started".into()),
     }
 }
 
@@ -98,9 +115,11 @@ impl CoordTarget for NacreCoord {
         sent: Arc<Sent>,
         stop: watch::Receiver<bool>,
     ) -> Result<Vec<JoinHandle<Tally>>, String> {
+        let clients = self.watch_clients(n).await?;
         let mut tasks = Vec::with_capacity(n);
-        for _ in 0..n {
-            let w = self.started(KeySpan::Prefix(prefix.clone())).await?;
+        for i in 0..n {
+            let client = &clients[i / WATCHES_PER_CONNECTION_MAX];
+            let w = started(client, KeySpan::Prefix(prefix.clone())).await?;
             let (prefix, sent, stop) = (prefix.clone(), sent.clone(), stop.clone());
             tasks.push(tokio::spawn(receive(w, prefix, sent, stop)));
         }
@@ -108,11 +127,11 @@ impl CoordTarget for NacreCoord {
     }
 
     async fn idle_watchers(&self, prefix: Bytes, n: usize) -> Result<Holder, String> {
-        let me = self.clone();
-        let streams = bounded((0..n as u64).collect(), 64, move |i| {
-            let me = me.clone();
-            let key = seq_key(&prefix, i);
-            async move { me.started(KeySpan::Key(key)).await }
+        let clients = self.watch_clients(n).await?;
+        let streams = bounded((0..n).collect(), 64, move |i| {
+            let client = clients[i / WATCHES_PER_CONNECTION_MAX].clone();
+            let key = seq_key(&prefix, i as u64);
+            async move { started(&client, KeySpan::Key(key)).await }
         })
         .await?;
         // Each stream drained (progress notifications) so that none backs up.
