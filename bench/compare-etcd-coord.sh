@@ -74,47 +74,72 @@ trap 'exit 130' INT TERM
 
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# The same flags as bench/compare-etcd.sh's one-node runs.
 ETCD_EP="127.0.0.1:$(free_port)"
 ETCD_PEER="127.0.0.1:$(free_port)"
-etcd --name e1 --data-dir "$DATA/etcd/e1" \
-    --listen-client-urls "http://$ETCD_EP" --advertise-client-urls "http://$ETCD_EP" \
-    --listen-peer-urls "http://$ETCD_PEER" --initial-advertise-peer-urls "http://$ETCD_PEER" \
-    --initial-cluster "e1=http://$ETCD_PEER" --initial-cluster-state new \
-    --quota-backend-bytes $((8 << 30)) --log-level warn \
-    >>"$DATA/etcd-e1.log" 2>&1 &
-ETCD_PID=$!
-PIDS+=("$ETCD_PID")
-BENCH=("$BIN/nacre-coord-bench" --etcd "$ETCD_EP" --etcd-pid "$ETCD_PID")
-if [ "$ETCD_ONLY" = 0 ]; then
-    NACRE_EP="127.0.0.1:$(free_port)"
-    "$NACRE" serve --data-dir "$DATA/nacre/n1" --listen "$NACRE_EP" >>"$DATA/nacre-n1.log" 2>&1 &
-    NACRE_PID=$!
-    PIDS+=("$NACRE_PID")
-    BENCH+=(--nacre "$NACRE_EP" --nacre-pid "$NACRE_PID")
-fi
-ready=""
-for _ in $(seq 1 120); do
-    if ETCDCTL_API=3 etcdctl --endpoints="$ETCD_EP" endpoint health >/dev/null 2>&1 &&
-        { [ "$ETCD_ONLY" = 1 ] || "$NACRE" --endpoints "$NACRE_EP" nop >/dev/null 2>&1; }; then
-        ready=1; break
+NACRE_EP="127.0.0.1:$(free_port)"
+
+# Starts etcd (the same flags as bench/compare-etcd.sh's one-node runs)
+# and Nacre on fresh data in $DATA/$1, waits until both answer; sets
+# ETCD_PID and NACRE_PID.
+start_servers() {
+    etcd --name e1 --data-dir "$DATA/$1/etcd" \
+        --listen-client-urls "http://$ETCD_EP" --advertise-client-urls "http://$ETCD_EP" \
+        --listen-peer-urls "http://$ETCD_PEER" --initial-advertise-peer-urls "http://$ETCD_PEER" \
+        --initial-cluster "e1=http://$ETCD_PEER" --initial-cluster-state new \
+        --quota-backend-bytes $((8 << 30)) --log-level warn \
+        >>"$DATA/etcd.log" 2>&1 &
+    ETCD_PID=$!
+    PIDS+=("$ETCD_PID")
+    if [ "$ETCD_ONLY" = 0 ]; then
+        "$NACRE" serve --data-dir "$DATA/$1/nacre" --listen "$NACRE_EP" >>"$DATA/nacre.log" 2>&1 &
+        NACRE_PID=$!
+        PIDS+=("$NACRE_PID")
     fi
-    sleep 0.5
-done
-if [ -z "$ready" ]; then
-    echo "the servers did not come up; logs:" >&2
-    tail -n 20 "$DATA"/*.log >&2
-    exit 1
-fi
+    local ready=""
+    for _ in $(seq 1 120); do
+        if ETCDCTL_API=3 etcdctl --endpoints="$ETCD_EP" endpoint health >/dev/null 2>&1 &&
+            { [ "$ETCD_ONLY" = 1 ] || "$NACRE" --endpoints "$NACRE_EP" nop >/dev/null 2>&1; }; then
+            ready=1; break
+        fi
+        sleep 0.5
+    done
+    if [ -z "$ready" ]; then
+        echo "the servers did not come up; logs:" >&2
+        tail -n 20 "$DATA"/*.log >&2
+        exit 1
+    fi
+}
+
+stop_servers() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+
+rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
 RESULTS="$ROOT/bench/results"
 mkdir -p "$RESULTS"
 OUT="$RESULTS/compare-etcd-coord.jsonl"
-BENCH+=(--workloads "$WORKLOADS" --duration "$DURATION" --rate "$RATE" --watchers "$WATCHERS"
-    --contenders "$CONTENDERS" --idle-watchers "$IDLE" --idle-leases "$IDLE")
-echo "${BENCH[*]}" >&2
+: >"$OUT"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
-"${BENCH[@]}" | tee "$OUT"
+AFTER=""
+FAILED=""
+# Each workload on freshly started servers, so that the idle workload's
+# memory readings do not start from what a fan-out run left behind.
+IFS=, read -r -a wls <<<"$WORKLOADS"
+for w in "${wls[@]}"; do
+    start_servers "$w"
+    BENCH=("$BIN/nacre-coord-bench" --etcd "$ETCD_EP" --etcd-pid "$ETCD_PID")
+    [ "$ETCD_ONLY" = 0 ] && BENCH+=(--nacre "$NACRE_EP" --nacre-pid "$NACRE_PID")
+    BENCH+=(--workloads "$w" --duration "$DURATION" --rate "$RATE" --watchers "$WATCHERS"
+        --contenders "$CONTENDERS" --idle-watchers "$IDLE" --idle-leases "$IDLE")
+    echo "${BENCH[*]}" >&2
+    "${BENCH[@]}" | tee -a "$OUT" || FAILED+="${FAILED:+, }$w"
+    AFTER+="${AFTER:+, }after $w: etcd $(rss_mib "$ETCD_PID") MiB"
+    [ "$ETCD_ONLY" = 0 ] && AFTER+=", Nacre $(rss_mib "$NACRE_PID") MiB"
+    stop_servers
+done
 echo "results: $OUT" >&2
 
 if [ "$WRITE_DOC" = 1 ]; then
@@ -122,6 +147,8 @@ if [ "$WRITE_DOC" = 1 ]; then
     meta+="; \`bench/compare-etcd-coord.sh ${ARGV[*]}\`"
     meta+="; $(etcd --version | head -1)"
     [ "$ETCD_ONLY" = 0 ] && meta+="; Nacre $("$NACRE" --version | awk '{print $2}')"
+    [ -n "$FAILED" ] && meta+="; **runs failed in: $FAILED** (see the tables)"
+    meta+="; server RSS at the end of each workload's servers ($AFTER)"
     meta+="; load average (1/5/15 min) $LOAD_BEFORE before the run, $(cut -d' ' -f1-3 /proc/loadavg) after"
     meta+="; machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1) VM"
     $PY "$ROOT/bench/coord_report.py" "$OUT" --doc "$ROOT/docs/benchmarks.md" --meta "$meta"

@@ -131,7 +131,8 @@ def idle(runs):
         f"Leases: {r0['lease_ttl_s']} s time to live, renewed every third of it "
         "(etcd: one LeaseKeepAlive stream, a request per lease, as clientv3; Nacre: one LeaseKeeper, "
         "one keep-alive request for all). Watchers: one key each (etcd: all on one Watch stream, as "
-        "clientv3; Nacre: one client connection). Per-watcher and per-lease figures are the "
+        "clientv3; Nacre: a client connection per 1,000, the server's default "
+        "watches_per_connection_max). Each workload runs on freshly started servers. Per-watcher and per-lease figures are the "
         "differences between steps divided by the count.",
         "",
     ]
