@@ -215,18 +215,20 @@ pub struct FanoutResult {
     /// Events delivered while the writer ran, per second of the run.
     pub events_per_s: f64,
     pub latency: Percentiles,
+    /// Put sent → acknowledged, the writer's puts.
+    pub put_latency: Percentiles,
     pub setup_s: f64,
 }
 
 /// Puts `<prefix><seq>` at a fixed rate (each on its own task, so a slow
 /// put does not hold the next back) for `duration`; returns the number
-/// sent and the number that failed.
+/// sent, the number that failed, and the acknowledged puts' latencies.
 async fn write_at_rate<T: CoordTarget>(
     t: &T,
     prefix: &Bytes,
     spec: &FanoutSpec,
     sent: &Arc<Sent>,
-) -> (u64, u64) {
+) -> (u64, u64, Histogram<u64>) {
     let period = Duration::from_secs_f64(1.0 / f64::from(spec.rate_per_s.max(1)));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -239,18 +241,23 @@ async fn write_at_rate<T: CoordTarget>(
         let (t, key, value, sent) = (t.clone(), seq_key(prefix, seq), value.clone(), sent.clone());
         puts.push(tokio::spawn(async move {
             sent.mark(seq);
-            t.put(key, value).await
+            let start = Instant::now();
+            t.put(key, value).await.map(|()| start.elapsed())
         }));
         seq += 1;
     }
     sent.end_window();
     let mut errors = 0;
+    let mut h = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
     for p in puts {
-        if !matches!(p.await, Ok(Ok(()))) {
-            errors += 1;
+        match p.await {
+            Ok(Ok(d)) => {
+                h.saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1))
+            }
+            _ => errors += 1,
         }
     }
-    (seq, errors)
+    (seq, errors, h)
 }
 
 /// One fan-out run: `spec.watchers` watchers of a fresh prefix, a writer
@@ -270,7 +277,7 @@ pub async fn fanout<T: CoordTarget>(
         .await?;
     let setup_s = setup.elapsed().as_secs_f64();
     let started = Instant::now();
-    let (puts_sent, put_errors) = write_at_rate(t, &prefix, spec, &sent).await;
+    let (puts_sent, put_errors, put_us) = write_at_rate(t, &prefix, spec, &sent).await;
     let window_s = started.elapsed().as_secs_f64();
     let expected = (puts_sent - put_errors) * spec.watchers as u64;
     // Wait for the events still on their way, up to the drain time.
@@ -298,6 +305,7 @@ pub async fn fanout<T: CoordTarget>(
         events: total.events,
         events_per_s: total.in_window as f64 / window_s,
         latency: Percentiles::of(&total.latency_us),
+        put_latency: Percentiles::of(&put_us),
         setup_s,
     })
 }
