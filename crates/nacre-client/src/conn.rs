@@ -378,9 +378,7 @@ impl Conn {
                     continue;
                 }
                 Watch::Hung(quiet) => {
-                    self.abandon(Disconnect::Hung {
-                        after_ms: u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
-                    });
+                    self.abandon_hung(quiet);
                     deadline
                 }
             };
@@ -496,6 +494,13 @@ impl Conn {
         let _ = self.out.send(frame);
     }
 
+    /// Gives the connection up: nothing came from the node for `quiet`.
+    fn abandon_hung(&self, quiet: Duration) {
+        self.abandon(Disconnect::Hung {
+            after_ms: u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+
     /// The next reply of a stream, watching the node as [`Conn::call`]
     /// does: `since` is when the stream last heard from it (opened, or the
     /// last reply). `None`: the stream ended without an end reply (the
@@ -513,9 +518,7 @@ impl Conn {
                     continue;
                 }
                 Watch::Hung(quiet) => {
-                    self.abandon(Disconnect::Hung {
-                        after_ms: u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
-                    });
+                    self.abandon_hung(quiet);
                     return None;
                 }
             };

@@ -114,6 +114,15 @@ function nacre.revision()
   if not ok then error(r, 2) end
   return r
 end
+-- Fences this call's writes: they apply only while the key under
+-- `prefix` with the lowest create revision (a lock's holder) was created
+-- at `token`; otherwise the call fails with `fenced`.
+function nacre.fence(prefix, token)
+  if current == nil then error("nacre.fence outside a call", 2) end
+  local ok, r = current("fence", prefix, token)
+  if not ok then error(r, 2) end
+  return r
+end
 function nacre.log(...)
   local t = tpack(...)
   for i = 1, t.n do t[i] = tostring(t[i]) end

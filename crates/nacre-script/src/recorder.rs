@@ -214,6 +214,20 @@ impl Recorder {
                 Ok(Value::Nil)
             }
             "revision" => Ok(Value::Integer(view.revision() as i64)),
+            "fence" => {
+                let prefix = need(arg("prefix")?, "prefix")?;
+                let token = match args.next() {
+                    Some(Value::Integer(t)) if t > 0 => t as u64,
+                    other => {
+                        let what = other.map_or("nothing", |v| v.type_name());
+                        return Err(script(format!(
+                            "nacre.fence: token must be a positive integer, not {what}"
+                        )));
+                    }
+                };
+                self.guards.push(Guard::LockHeld { prefix, token });
+                Ok(Value::Nil)
+            }
             "delete" => {
                 let k = need(arg("key")?, "key")?;
                 self.write(k, None)?;

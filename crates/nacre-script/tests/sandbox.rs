@@ -590,3 +590,30 @@ fn a_set_with_a_lease_attaches_the_key_and_the_revision_is_the_views() {
         r => panic!("expected a runtime error, got {r:?}"),
     }
 }
+
+#[test]
+fn a_fenced_call_carries_the_lock_guard() {
+    let sb = sandbox(
+        r#"
+        function f(token)
+          nacre.fence("locks/res/", tonumber(token))
+          kv.set("data", "mine")
+        end
+        function bad() nacre.fence("locks/res/", "x") end
+        "#,
+    );
+    let out = sb.call(&Mem::default(), "f", &[b("12")]).unwrap();
+    assert!(
+        out.batch.guards.contains(&Guard::LockHeld {
+            prefix: b("locks/res/"),
+            token: 12
+        }),
+        "{:?}",
+        out.batch.guards
+    );
+    assert_eq!(out.batch.ops, vec![Op::Set(b("data"), b("mine"))]);
+    match sb.call(&Mem::default(), "bad", &[]) {
+        Err(ScriptError::Runtime(m)) => assert!(m.contains("positive integer"), "{m}"),
+        r => panic!("expected a runtime error, got {r:?}"),
+    }
+}

@@ -882,6 +882,7 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
     let c = &shared.counters;
     let w = &shared.node.watches.counters;
     let st = shared.store.stats();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
     let key_count = Reader::new(&shared.store)
         .key_count()
         .map_or_else(|e| format!("error: {e}"), |n| n.to_string());
@@ -889,85 +890,34 @@ fn statistics(shared: &Shared) -> Vec<(String, String)> {
         ("node", shared.config.node_name.clone()),
         ("cluster_id", shared.config.cluster_id.clone()),
         ("version", env!("CARGO_PKG_VERSION").to_string()),
-        ("node_id", s.id.load(Ordering::Relaxed).to_string()),
+        ("node_id", n(&s.id)),
         ("leader", s.leader_name().unwrap_or_default()),
-        (
-            "snapshots_sent",
-            s.snapshots_sent.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "read_rounds_by_lease",
-            s.read_rounds_by_lease.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "read_rounds_by_quorum",
-            s.read_rounds_by_quorum.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "snapshots_installed",
-            s.snapshots_installed.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "leases_tracked",
-            s.leases_tracked.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "leases_expired",
-            s.leases_expired.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "lease_keep_alives",
-            s.lease_keep_alives.load(Ordering::Relaxed).to_string(),
-        ),
+        ("snapshots_sent", n(&s.snapshots_sent)),
+        ("read_rounds_by_lease", n(&s.read_rounds_by_lease)),
+        ("read_rounds_by_quorum", n(&s.read_rounds_by_quorum)),
+        ("snapshots_installed", n(&s.snapshots_installed)),
+        ("leases_tracked", n(&s.leases_tracked)),
+        ("leases_expired", n(&s.leases_expired)),
+        ("lease_keep_alives", n(&s.lease_keep_alives)),
         ("role", s.role().name().to_string()),
-        ("term", s.term.load(Ordering::Relaxed).to_string()),
-        (
-            "applied_index",
-            s.applied.load(Ordering::Relaxed).to_string(),
-        ),
-        ("commit_index", s.commit.load(Ordering::Relaxed).to_string()),
-        (
-            "tlog_first_index",
-            s.first_index.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "tlog_last_index",
-            s.last_index.load(Ordering::Relaxed).to_string(),
-        ),
-        ("proposals", s.proposals.load(Ordering::Relaxed).to_string()),
-        ("tlog_fsyncs", s.fsyncs.load(Ordering::Relaxed).to_string()),
-        (
-            "checkpoints",
-            s.checkpoints.load(Ordering::Relaxed).to_string(),
-        ),
+        ("term", n(&s.term)),
+        ("applied_index", n(&s.applied)),
+        ("commit_index", n(&s.commit)),
+        ("tlog_first_index", n(&s.first_index)),
+        ("tlog_last_index", n(&s.last_index)),
+        ("proposals", n(&s.proposals)),
+        ("tlog_fsyncs", n(&s.fsyncs)),
+        ("checkpoints", n(&s.checkpoints)),
         ("uptime_s", shared.started.elapsed().as_secs().to_string()),
-        (
-            "connections",
-            c.connections.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "connections_total",
-            c.connections_total.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "connections_refused",
-            c.connections_refused.load(Ordering::Relaxed).to_string(),
-        ),
-        ("requests", c.requests.load(Ordering::Relaxed).to_string()),
-        (
-            "request_errors",
-            c.errors.load(Ordering::Relaxed).to_string(),
-        ),
+        ("connections", n(&c.connections)),
+        ("connections_total", n(&c.connections_total)),
+        ("connections_refused", n(&c.connections_refused)),
+        ("requests", n(&c.requests)),
+        ("request_errors", n(&c.errors)),
         ("key_count", key_count),
         ("watches_active", shared.node.watches.active().to_string()),
-        (
-            "watch_events_sent",
-            w.events_sent.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "watches_ended_slow",
-            w.ended_slow.load(Ordering::Relaxed).to_string(),
-        ),
+        ("watch_events_sent", n(&w.events_sent)),
+        ("watches_ended_slow", n(&w.ended_slow)),
         ("store_bytes_on_disk", st.bytes_on_disk.to_string()),
         ("store_live_bytes", st.live_bytes.to_string()),
         ("store_segments", st.segments.to_string()),

@@ -281,12 +281,16 @@ pub enum Command {
         #[command(flatten)]
         read: ReadArgs,
     },
-    /// Keys and values in a range, ascending.
+    /// Keys and values in a range, ascending. With --wait-rev or
+    /// --wait-for-key: waits for a change in the range (or a key in it)
+    /// first, up to --timeout-ms.
     RangeEntries {
         #[command(flatten)]
         range: RangeArgs,
         #[command(flatten)]
         read: ReadArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Keys and values in a range, descending: --first is the high end.
     RevRangeEntries {
@@ -379,14 +383,16 @@ pub enum Command {
     },
 }
 
-/// `get --wait-rev R` / `--wait-for-key`: wait, then read.
+/// `get` / `range-entries` with `--wait-rev R` / `--wait-for-key`: wait,
+/// then read.
 #[derive(Debug, Args, Clone, PartialEq, Default)]
 pub struct WaitArgs {
     /// Wait for a change of the key after revision R (the mod_rev last
     /// seen; a change made already returns at once), then print it.
     #[arg(long, value_name = "R", conflicts_with = "wait_for_key")]
     pub wait_rev: Option<u64>,
-    /// Wait until the key exists, then print it.
+    /// Wait until the key exists (a key of the range, for
+    /// range-entries), then print it.
     #[arg(long)]
     pub wait_for_key: bool,
 }

@@ -121,7 +121,7 @@ async fn paged_command(
             let pages = at(read).range_pages(range_query(range), range.max.0);
             (print_pages(pages, sink, Output::Keys).await?, range.max)
         }
-        Command::RangeEntries { range, read } => {
+        Command::RangeEntries { range, read, .. } => {
             let pages = at(read).range_entries_pages(range_query(range), range.max.0);
             (print_pages(pages, sink, Output::Entries).await?, range.max)
         }

@@ -15,7 +15,9 @@ pub fn handles(command: &Command) -> bool {
         Command::Watch(_) | Command::Lease(_) | Command::Lock { .. } | Command::Elect { .. } => {
             true
         }
-        Command::Get { wait, .. } => wait.wait_rev.is_some() || wait.wait_for_key,
+        Command::Get { wait, .. } | Command::RangeEntries { wait, .. } => {
+            wait.wait_rev.is_some() || wait.wait_for_key
+        }
         _ => false,
     }
 }
@@ -45,10 +47,7 @@ pub async fn run(cli: &Cli, sink: &mut Sink<'_>) -> Result<i32, Failure> {
             read,
             wait,
         } => {
-            let wait_for = match wait.wait_rev {
-                Some(r) => WaitFor::Revision(r),
-                None => WaitFor::KeyExists,
-            };
+            let wait_for = wait_for(wait);
             let timeout = Duration::from_millis(cli.timeout_ms);
             let k = Bytes::from(key.clone());
             let entry = client
@@ -68,8 +67,56 @@ pub async fn run(cli: &Cli, sink: &mut Sink<'_>) -> Result<i32, Failure> {
             });
             Ok(exit::OK)
         }
+        Command::RangeEntries { range, read, wait } => {
+            let timeout = Duration::from_millis(cli.timeout_ms);
+            let max = range
+                .max
+                .0
+                .map_or(u32::MAX, |m| u32::try_from(m).unwrap_or(u32::MAX));
+            let entries = client
+                .span_wait(
+                    range_span(range),
+                    wait_for(wait),
+                    timeout,
+                    read.consistency,
+                    max,
+                )
+                .await
+                .map_err(|e| Failure::from_client(&e))?;
+            sink.emit(&Output::Entries(entries));
+            Ok(exit::OK)
+        }
         _ => unreachable!("not a coordination command"),
     }
+}
+
+fn wait_for(wait: &crate::cli::WaitArgs) -> WaitFor {
+    match wait.wait_rev {
+        Some(r) => WaitFor::Revision(r),
+        None => WaitFor::KeyExists,
+    }
+}
+
+/// A range's bounds as a watch's span, which starts inclusive and ends
+/// exclusive: the smallest key after `k` is `k` + a zero byte, so an
+/// exclusive start or an inclusive end moves past `k` by that byte.
+fn range_span(range: &crate::cli::RangeArgs) -> KeySpan {
+    let past = |k: &str| {
+        let mut v = k.as_bytes().to_vec();
+        v.push(0);
+        Bytes::from(v)
+    };
+    let start = match &range.first {
+        Some(k) if range.first_exclusive => past(k),
+        Some(k) => Bytes::from(k.clone()),
+        None => Bytes::new(),
+    };
+    let end = match &range.last {
+        Some(k) if range.last_inclusive => Some(past(k)),
+        Some(k) => Some(Bytes::from(k.clone())),
+        None => None,
+    };
+    KeySpan::Range { start, end }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

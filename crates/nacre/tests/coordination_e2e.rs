@@ -95,17 +95,7 @@ async fn connect(endpoints: Vec<String>) -> Client {
 
 /// Takes events from the watch until `n` came (60 s at most).
 async fn take(w: &mut WatchStream, n: usize) -> Vec<WatchEvent> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut all = Vec::new();
-    while all.len() < n {
-        let b = tokio::time::timeout_at(deadline, w.next())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {n} events in 60 s", all.len()))
-            .expect("the watch goes on")
-            .expect("no watch error");
-        all.extend(b.events);
-    }
-    all
+    common::watch::take(w, n, Duration::from_secs(60)).await
 }
 
 /// Each write (key, log index) shows up once, in index order.
@@ -241,6 +231,64 @@ fn lease_expiry_deletes_its_keys() {
 }
 
 #[test]
+fn a_range_read_waits_for_a_change_after_a_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path());
+    let e = server.addr.as_str();
+    ok(e, &["set", "r/a", "old"]);
+    ok(e, &["set", "s", "outside"]);
+    let rev = ok(e, &["get-entry", "s", "--json"]);
+    let rev: serde_json::Value = serde_json::from_str(rev.trim()).unwrap();
+    let rev = rev["mod_rev"].as_u64().expect("mod_rev").to_string();
+    // A change before `rev` (r/a) does not end the wait, one after does;
+    // a key past the inclusive end (r/zz) is outside the range.
+    let addr = server.addr.clone();
+    let args = [
+        "range-entries",
+        "--first",
+        "r/",
+        "--last",
+        "r/z",
+        "--last-inclusive",
+    ];
+    let waiting = std::thread::spawn(move || {
+        let mut a = args.to_vec();
+        a.extend(["--wait-rev", rev.as_str()]);
+        nacre(&addr, &a)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    ok(e, &["set", "r/zz", "past the end"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !waiting.is_finished(),
+        "a change outside the range ended the wait"
+    );
+    ok(e, &["set", "r/z", "new"]);
+    let (code, out, err) = waiting.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("r/z") && out.contains("r/a"), "{out}");
+    // Nothing changes in time: a typed timeout (exit 10).
+    let timed_out = Command::new(NACRE)
+        .args(["--endpoints", e, "--timeout-ms", "300"])
+        .args([
+            "range-entries",
+            "--first",
+            "q/",
+            "--last",
+            "q0",
+            "--wait-for-key",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        timed_out.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&timed_out.stderr)
+    );
+}
+
+#[test]
 fn nacre_lock_runs_a_command_with_its_token_and_releases() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(dir.path());
@@ -348,7 +396,8 @@ fn a_holder_stopped_past_its_ttl_is_fenced_when_it_runs_again() {
         .trim()
         .parse()
         .unwrap();
-    let second: u64 = out.trim().parse().unwrap();
+    // The last line: what `set` prints comes before the token.
+    let second: u64 = out.trim().lines().last().unwrap().parse().unwrap();
     assert!(second > first);
     group.signal("CONT");
     let code = exit_code(&mut holder, "the holder", Duration::from_secs(30));

@@ -104,6 +104,19 @@ fn stored_value<'a>(store_key: &[u8], raw: &'a [u8]) -> Result<&'a [u8], Corrupt
 /// Stored values a failed batch must restore, newest last.
 pub(super) type Undo = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// Puts `key`, remembering what it held for a rollback.
+pub(super) fn put_undoable(
+    txn: &mut WriteTxn<'_>,
+    key: Vec<u8>,
+    value: &[u8],
+    undo: &mut Undo,
+) -> Result<(), StateError> {
+    let old = txn.get(&key)?;
+    txn.put(&key, value)?;
+    undo.push((key, old));
+    Ok(())
+}
+
 fn rollback(txn: &mut WriteTxn<'_>, undo: Undo) -> Result<(), StateError> {
     for (key, old) in undo.into_iter().rev() {
         match old {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use nacre_proto::{ErrorCode, EventKind, Revision, WatchEvent};
 use nacre_store::{ReadTxn, WriteTxn};
 
-use super::kv::{decode_stored, user_key, Undo};
+use super::kv::{decode_stored, put_undoable, user_key, Undo};
 use super::{prefix_end, u64_le_at, Corruption, StateError};
 
 pub(super) const LEASE_PREFIX: &[u8] = b"m/lease/";
@@ -97,18 +97,6 @@ pub(super) fn is_lease_key(key: &[u8]) -> bool {
         || key.starts_with(KEY_LEASE_PREFIX)
 }
 
-fn put(
-    txn: &mut WriteTxn<'_>,
-    key: Vec<u8>,
-    value: &[u8],
-    undo: &mut Undo,
-) -> Result<(), StateError> {
-    let old = txn.get(&key)?;
-    txn.put(&key, value)?;
-    undo.push((key, old));
-    Ok(())
-}
-
 fn delete(txn: &mut WriteTxn<'_>, key: Vec<u8>, undo: &mut Undo) -> Result<(), StateError> {
     if let Some(old) = txn.get(&key)? {
         txn.delete(&key)?;
@@ -139,7 +127,7 @@ pub(super) fn grant(
     let mut rec = [0u8; 16];
     rec[..8].copy_from_slice(&ttl_ms.to_le_bytes());
     rec[8..].copy_from_slice(&index.to_le_bytes());
-    put(txn, key, &rec, undo)?;
+    put_undoable(txn, key, &rec, undo)?;
     Ok(Ok(id))
 }
 
@@ -161,8 +149,8 @@ pub(super) fn attach(
         return Ok(Err(not_found(id)));
     }
     detach(txn, key, undo)?;
-    put(txn, key_lease(key), &id.to_le_bytes(), undo)?;
-    put(txn, lease_key_entry(id, key), &[], undo)?;
+    put_undoable(txn, key_lease(key), &id.to_le_bytes(), undo)?;
+    put_undoable(txn, lease_key_entry(id, key), &[], undo)?;
     Ok(Ok(()))
 }
 

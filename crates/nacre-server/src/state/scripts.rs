@@ -6,7 +6,7 @@ use std::ops::Bound;
 use nacre_proto::{ErrorCode, Op};
 use nacre_store::{ReadTxn, WriteTxn};
 
-use super::kv::Undo;
+use super::kv::{put_undoable, Undo};
 use super::{Corruption, StateError};
 
 /// Namespace byte of Lua scripts (docs/scripts.md). A script's head
@@ -43,18 +43,6 @@ fn encode_script_head(live: u64, latest: u64) -> [u8; 16] {
     h[..8].copy_from_slice(&live.to_le_bytes());
     h[8..].copy_from_slice(&latest.to_le_bytes());
     h
-}
-
-fn put_undoable(
-    txn: &mut WriteTxn<'_>,
-    key: Vec<u8>,
-    value: &[u8],
-    undo: &mut Undo,
-) -> Result<(), StateError> {
-    let old = txn.get(&key)?;
-    txn.put(&key, value)?;
-    undo.push((key, old));
-    Ok(())
 }
 
 /// Applies one script op; `Ok(Ok(version))` is the version it installed

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod watch;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
