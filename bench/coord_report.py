@@ -172,8 +172,9 @@ def lock(runs):
         "A cycle: lease grant, create `name/<lease>` with the lease, read the prefix, wait (watch) "
         "for the older keys to go, then delete the key and revoke the lease. etcd: "
         "`concurrency.Mutex`'s recipe over gRPC (a transaction that creates the key and reads the "
-        "oldest, then waits for the predecessor's delete); Nacre: `Client::lock` and "
-        "`LockGuard::unlock`. Overlaps: times two contenders held the lock at once (must be 0).",
+        "oldest, then waits for the predecessor's delete), its session lease (10 s) not kept alive, "
+        "as no cycle comes near it; Nacre: `Client::lock` (which keeps its lease alive in the "
+        "background) and `LockGuard::unlock`. All contenders of a system share one connection. Overlaps: times two contenders held the lock at once (must be 0).",
         "",
     ]
     if firsts:
