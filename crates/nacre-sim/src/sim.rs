@@ -14,6 +14,7 @@
 //! draw from the one `rng`: reordering draws, even across files, changes
 //! what every seed runs.
 
+mod bugs;
 mod checks;
 mod faults;
 mod fence;
@@ -21,6 +22,7 @@ mod leases;
 mod membership;
 mod network;
 mod scenario;
+mod stats;
 mod via_server;
 mod watchers;
 mod wipe;
@@ -61,76 +63,9 @@ use scenario::{CutOff, FollowerCuts};
 use wipe::Wipe;
 use workload::Client;
 
-/// A deliberate bug to switch on in every node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bug {
-    /// Followers answer consistent reads from their own state.
-    FollowerReads,
-    /// Writes are acknowledged (to clients and to the leader) before the
-    /// tlog is fsynced.
-    AckBeforeFsync,
-    /// The state machine ignores batch guards.
-    SkipGuard,
-    /// A session-stamped write resent by its client applies again instead
-    /// of being answered with its first outcome.
-    SkipSessions,
-    /// The leader lease is counted in ticks, which stop while a process
-    /// is paused (`Planted::tick_lease`).
-    TickLease,
-    /// The peer transport as it was: a connection a partition stalled is
-    /// not noticed and comes back only when TCP retransmits
-    /// (`Planted::stalled_links`; only `Scenario::FollowerCuts` models
-    /// connections).
-    StalledLinks,
-    /// The request layer serves consistent reads from the node's own
-    /// state, skipping the read barrier (`SimServer::new`'s
-    /// `skip_read_barrier`; only requests through the layer meet it).
-    LayerSkipsBarrier,
-    /// A node with an empty data directory bootstraps a new cluster from
-    /// its config at once, without asking the others whether the cluster
-    /// exists (`Planted::bootstrap_anyway`).
-    BootstrapAnyway,
-    /// The state machine ignores `LockHeld` guards: a stalled former lock
-    /// holder's fenced writes apply (`StateMachine::plant_skip_fence`).
-    SkipFence,
-    /// A watch that resumes from a revision (after its node went away,
-    /// or it moved) never gets that revision's changes
-    /// (`WatchHub::plant_skip_resumed`).
-    WatchSkipsEvent,
-    /// A watch that resumes from a revision gets the revision before it
-    /// (which it had) again (`WatchHub::plant_repeat_resumed`).
-    WatchRepeatsRevision,
-    /// Lease deadlines fall an election timeout short of the TTL
-    /// (`Planted::lease_short_ttl`; only runs with leases meet it).
-    LeaseShortTtl,
-}
-
-impl std::str::FromStr for Bug {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Bug, String> {
-        match s {
-            "follower-reads" => Ok(Bug::FollowerReads),
-            "ack-before-fsync" => Ok(Bug::AckBeforeFsync),
-            "skip-guard" => Ok(Bug::SkipGuard),
-            "skip-sessions" => Ok(Bug::SkipSessions),
-            "tick-lease" => Ok(Bug::TickLease),
-            "stalled-links" => Ok(Bug::StalledLinks),
-            "layer-skips-barrier" => Ok(Bug::LayerSkipsBarrier),
-            "bootstrap-anyway" => Ok(Bug::BootstrapAnyway),
-            "skip-fence" => Ok(Bug::SkipFence),
-            "watch-skips-event" => Ok(Bug::WatchSkipsEvent),
-            "watch-repeats-revision" => Ok(Bug::WatchRepeatsRevision),
-            "lease-short-ttl" => Ok(Bug::LeaseShortTtl),
-            _ => Err(format!(
-                "unknown bug {s:?} (follower-reads, ack-before-fsync, skip-guard, skip-sessions, \
-                 tick-lease, stalled-links, layer-skips-barrier, bootstrap-anyway, skip-fence, \
-                 watch-skips-event, watch-repeats-revision, lease-short-ttl)"
-            )),
-        }
-    }
-}
-
+pub use bugs::Bug;
 pub use scenario::Scenario;
+pub use stats::Stats;
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -189,99 +124,6 @@ impl Default for SimConfig {
             leases: false,
         }
     }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub nodes: usize,
-    pub reads_by_lease: bool,
-    pub writes_acked: u64,
-    pub writes_open: u64,
-    pub writes_refused: u64,
-    pub reads_consistent: u64,
-    pub reads_stale: u64,
-    pub reads_refused: u64,
-    pub crashes: u64,
-    pub power_losses: u64,
-    pub disk_errors: u64,
-    pub partitions: u64,
-    pub messages: u64,
-    pub messages_dropped: u64,
-    pub snapshots_sent: u64,
-    pub snapshots_installed: u64,
-    pub final_index: u64,
-    /// [`Scenario::SlowLeaderCutOff`]: when the cut began (0: never).
-    pub cutoff_at_ms: u64,
-    /// Writes other nodes acknowledged during the cut.
-    pub cutoff_writes_acked: u64,
-    /// Consistent reads the cut-off leader answered during the cut.
-    pub cutoff_reads_answered: u64,
-    /// Of those, the ones answered after another node had acknowledged a
-    /// write during the cut: each misses that write.
-    pub cutoff_reads_after_new_write: u64,
-    /// Process pauses (random faults and [`Scenario::LeaderPause`]).
-    pub pauses: u64,
-    /// [`Scenario::LeaderPause`]: pauses during which another node
-    /// acknowledged a write.
-    pub pauses_with_new_write: u64,
-    /// Consistent reads sent to a paused leader after such a write, and
-    /// of those the ones it answered (rather than refused) on resuming.
-    pub pause_reads_sent: u64,
-    pub pause_reads_answered: u64,
-    /// [`Scenario::FollowerCuts`]: followers cut off, one at a time.
-    pub follower_cuts: u64,
-    /// Links that lost messages to a cut and came back after the heal, once
-    /// their sender dialled again (`Scenario::FollowerCuts`).
-    pub links_stalled: u64,
-    /// [`Scenario::FollowerCuts`]: the longest stretch with no write
-    /// acknowledged, from the first cut to the end of the workload.
-    pub longest_write_gap_ms: u64,
-    /// [`Scenario::FollowerCuts`]: times the leader, which kept a quorum
-    /// throughout, was seen not leading in its term.
-    pub leader_step_downs: u64,
-    /// Writes sent again with their session stamp after a refusal or an
-    /// unknown outcome.
-    pub writes_resent: u64,
-    /// Requests sent through a node's request layer (`SimServer`), and of
-    /// those the ones answered before the client gave up.
-    pub requests_via_server: u64,
-    pub answers_via_server: u64,
-    /// Requests left by their clients that ran to their end.
-    pub orphans_ended: u64,
-    /// Membership changes among the random faults (`sim/membership.rs`):
-    /// members removed, added back as learners, promoted; and changes
-    /// changes sent again (no leader, no answer, a learner behind).
-    pub members_removed: u64,
-    pub learners_added: u64,
-    pub learners_promoted: u64,
-    pub membership_retried: u64,
-    /// [`Scenario::WipeWithLaggingVoter`]: disks wiped, and writes
-    /// acknowledged by the bare quorum while the lagging voters were cut
-    /// off (each one is lost if the wiped node votes with an empty log).
-    pub wipes: u64,
-    pub lagging_writes_acked: u64,
-    /// Fenced writes acknowledged as applied, refused as `Fenced`, and
-    /// times every lock key was deleted (the lock expired).
-    pub fenced_writes_acked: u64,
-    pub fenced_writes_refused: u64,
-    pub lock_expiries: u64,
-    /// Watchers (`sim/watchers.rs`): watches registered, resumed after
-    /// their node went down, ended `Compacted` or `SlowConsumer`, and the
-    /// events received.
-    pub watches_started: u64,
-    pub watches_resumed: u64,
-    pub watches_compacted: u64,
-    pub watches_slow: u64,
-    pub watch_events: u64,
-    /// With leases (`sim/leases.rs`): requests the holders sent, leases
-    /// granted to them, keep-alives acknowledged, keys attached; leases
-    /// ended by the leader's expiry and by a holder's revoke.
-    pub lease_requests: u64,
-    pub leases_granted: u64,
-    pub lease_keep_alives_acked: u64,
-    pub lease_keys_attached: u64,
-    pub leases_expired: u64,
-    pub leases_revoked: u64,
 }
 
 /// Everything one run produced.
