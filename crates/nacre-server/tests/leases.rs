@@ -4,15 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use nacre_proto::{
-    decode_response, encode_request, split_frame, Batch, ClientHello, Consistency, CoordRequest,
-    CoordResponse, ErrorCode, LeaseInfo, Op, Request, Response, ServerHello, Session,
-    PROTOCOL_VERSION,
+    Batch, Consistency, CoordRequest, CoordResponse, ErrorCode, LeaseInfo, Op, Request, Response,
+    Session,
 };
-use nacre_server::{RunningServer, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use nacre_server::ServerConfig;
+
+mod common;
+use common::wire::Conn;
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -30,56 +30,7 @@ fn config(dir: &std::path::Path, election_ticks: usize) -> ServerConfig {
     }
 }
 
-struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
-    next_id: u64,
-}
-
 impl Conn {
-    async fn open(server: &RunningServer) -> Conn {
-        let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
-        let mut out = Vec::new();
-        ClientHello {
-            version: PROTOCOL_VERSION,
-            cluster_id: "nacre".into(),
-        }
-        .encode(&mut out);
-        stream.write_all(&out).await.unwrap();
-        let mut buf = Vec::new();
-        loop {
-            if let Some((h, _)) = ServerHello::decode(&buf).unwrap() {
-                assert_eq!(h.status, 0, "handshake refused");
-                break;
-            }
-            let mut chunk = [0u8; 64];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "server closed during the handshake");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        Conn {
-            stream,
-            buf: BytesMut::new(),
-            next_id: 1,
-        }
-    }
-
-    async fn call(&mut self, req: Request) -> Response {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut out = Vec::new();
-        encode_request(id, &req, &mut out);
-        self.stream.write_all(&out).await.unwrap();
-        loop {
-            if let Some((got, body)) = split_frame(&mut self.buf, 64 << 20).unwrap() {
-                assert_eq!(got, id);
-                return decode_response(body).unwrap();
-            }
-            let n = self.stream.read_buf(&mut self.buf).await.unwrap();
-            assert!(n > 0, "server closed the connection");
-        }
-    }
-
     async fn coord(&mut self, c: CoordRequest) -> Response {
         self.call(Request::Coord(c)).await
     }
@@ -147,7 +98,7 @@ async fn leases_expire_without_keep_alives_and_live_with_them() {
     let dir = tempfile::tempdir().unwrap();
     // An election timeout of 200 ms: TTLs from 400 ms.
     let server = nacre_server::start(config(dir.path(), 10)).await.unwrap();
-    let mut c = Conn::open(&server).await;
+    let mut c = Conn::open(server.local_addr()).await;
 
     let (code, msg) = error_of(
         &c.coord(CoordRequest::LeaseGrant { id: 0, ttl_ms: 100 })
@@ -256,14 +207,14 @@ async fn leases_and_their_keys_survive_a_restart_with_the_extension() {
     // An election timeout of 600 ms: TTLs from 1.2 s.
     let cfg = config(dir.path(), 30);
     let server = nacre_server::start(cfg.clone()).await.unwrap();
-    let mut c = Conn::open(&server).await;
+    let mut c = Conn::open(server.local_addr()).await;
     let id = c.grant(0, 1_200).await;
     c.attach(id, &["r1", "r2"]).await;
     server.shutdown().await.unwrap();
 
     let server = nacre_server::start(cfg).await.unwrap();
     let restarted = Instant::now();
-    let mut c = Conn::open(&server).await;
+    let mut c = Conn::open(server.local_addr()).await;
     let l = c.ttl(id).await.unwrap();
     assert_eq!(l.keys, vec![b("r1"), b("r2")]);
     // The new leader gave it its TTL plus an election timeout.
@@ -288,7 +239,7 @@ async fn leases_and_their_keys_survive_a_restart_with_the_extension() {
 async fn a_script_attaches_keys_to_a_lease_and_reads_its_revision() {
     let dir = tempfile::tempdir().unwrap();
     let server = nacre_server::start(config(dir.path(), 10)).await.unwrap();
-    let mut c = Conn::open(&server).await;
+    let mut c = Conn::open(server.local_addr()).await;
     let source = r#"
         function hold(k, lease) kv.set(k, "mine", { lease = tonumber(lease) }) end
         function rev() return nacre.revision() end
@@ -342,7 +293,7 @@ async fn lease_settings_are_checked_and_leases_max_is_enforced() {
     cfg.leases_max = 2;
     cfg.lease_ttl_max_ms = 10_000;
     let server = nacre_server::start(cfg).await.unwrap();
-    let mut c = Conn::open(&server).await;
+    let mut c = Conn::open(server.local_addr()).await;
     c.grant(0, 5_000).await;
     let second = c.grant(0, 5_000).await;
     let third = c

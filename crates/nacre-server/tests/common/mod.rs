@@ -1,4 +1,8 @@
-//! What the tests of a node driven by hand share.
+//! What the server's tests share: a node driven by hand, and a bare
+//! protocol connection (`wire.rs`). Each test file uses a part of it.
+#![allow(dead_code)]
+
+pub mod wire;
 
 use nacre_server::node::{InitialClusterState, NodeOptions};
 use nacre_server::state::MemberRecord;
