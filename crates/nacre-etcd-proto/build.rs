@@ -7,7 +7,13 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["proto/mvccpb/kv.proto", "proto/etcdserverpb/rpc.proto"];
+const PROTOS: &[&str] = &[
+    "proto/mvccpb/kv.proto",
+    "proto/authpb/auth.proto",
+    "proto/etcdserverpb/rpc.proto",
+    "proto/v3lockpb/v3lock.proto",
+    "proto/v3electionpb/v3election.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
