@@ -39,7 +39,7 @@ impl Default for Limits {
 }
 
 impl Limits {
-    fn key(&self, k: &[u8]) -> Result<(), ErrorReply> {
+    pub fn key(&self, k: &[u8]) -> Result<(), ErrorReply> {
         if k.len() > self.key_size_max_bytes {
             return Err(ErrorReply::new(
                 ErrorCode::TooLarge,
@@ -53,7 +53,7 @@ impl Limits {
         Ok(())
     }
 
-    fn value(&self, v: &[u8]) -> Result<(), ErrorReply> {
+    pub fn value(&self, v: &[u8]) -> Result<(), ErrorReply> {
         if v.len() > self.value_size_max_bytes {
             return Err(ErrorReply::new(
                 ErrorCode::TooLarge,
@@ -134,6 +134,8 @@ impl Limits {
             | Op::ScriptDelete(name)
             | Op::ScriptLive { name, .. } => self.key(name),
             Op::LeaseGrant { .. } | Op::LeaseRevoke(_) => Ok(()),
+            // Checked field by field before the server builds one.
+            Op::Etcd(_) => Ok(()),
         })
     }
 

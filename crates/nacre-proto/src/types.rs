@@ -326,6 +326,10 @@ pub enum Op {
     /// Ends a lease and deletes every key attached to it (server only:
     /// a revoke request, or the leader's expiry). Needs format 3.
     LeaseRevoke(u64),
+    /// A request of the etcd v3 API (server only): a kind byte, then the
+    /// request in etcd's protobuf encoding (docs/etcd.md, "In the log").
+    /// The state machine applies it with etcd's meaning. Needs format 4.
+    Etcd(Bytes),
 }
 
 impl Op {
@@ -348,6 +352,7 @@ impl Op {
             Op::ScriptDelete(name) => name.len(),
             Op::SetLeased { key, value, .. } => key.len() + value.len(),
             Op::LeaseGrant { .. } | Op::LeaseRevoke(_) => 0,
+            Op::Etcd(request) => request.len(),
         }
     }
 
@@ -361,6 +366,7 @@ impl Op {
                 | Op::ScriptLive { .. }
                 | Op::LeaseGrant { .. }
                 | Op::LeaseRevoke(_)
+                | Op::Etcd(_)
         )
     }
 
@@ -380,6 +386,7 @@ impl Op {
             Op::SetLeased { .. } => 11,
             Op::LeaseGrant { .. } => 12,
             Op::LeaseRevoke(_) => 13,
+            Op::Etcd(_) => 14,
         }
     }
 
@@ -389,6 +396,7 @@ impl Op {
         match self {
             Op::TestAndSet { .. } => Command::FORMAT_V2,
             Op::SetLeased { .. } | Op::LeaseGrant { .. } | Op::LeaseRevoke(_) => Command::FORMAT_V3,
+            Op::Etcd(_) => Command::FORMAT_V4,
             Op::Check(g) => g.command_format(),
             _ => Command::FORMAT_V1,
         }
@@ -410,7 +418,7 @@ impl Op {
             }
             Op::ScriptPut { name, source } => bytes_len(name) + bytes_len(source),
             Op::ScriptActivate { name, .. } | Op::ScriptLive { name, .. } => bytes_len(name) + 8,
-            Op::ScriptDelete(name) => bytes_len(name),
+            Op::ScriptDelete(name) | Op::Etcd(name) => bytes_len(name),
             Op::SetLeased { key, value, .. } => bytes_len(key) + bytes_len(value) + 8,
             Op::LeaseGrant { .. } => 16,
             Op::LeaseRevoke(_) => 8,
@@ -424,7 +432,11 @@ impl Op {
                 w.bytes(k);
                 w.bytes(v);
             }
-            Op::Delete(k) | Op::DeletePrefix(k) | Op::Remove(k) | Op::ScriptDelete(k) => {
+            Op::Delete(k)
+            | Op::DeletePrefix(k)
+            | Op::Remove(k)
+            | Op::ScriptDelete(k)
+            | Op::Etcd(k) => {
                 w.bytes(k);
             }
             Op::Check(g) => g.encode(w),
@@ -493,6 +505,7 @@ impl Op {
                 ttl_ms: r.u64("lease ttl")?,
             },
             13 => Op::LeaseRevoke(r.u64("lease id")?),
+            14 => Op::Etcd(r.bytes("etcd request")?),
             t => {
                 return Err(DecodeError::BadTag {
                     what: "op",
@@ -584,8 +597,10 @@ impl Command {
     /// Adds leases ([`Op::SetLeased`], [`Op::LeaseGrant`],
     /// [`Op::LeaseRevoke`]) and [`Guard::LockHeld`].
     pub const FORMAT_V3: u8 = 3;
+    /// Adds [`Op::Etcd`].
+    pub const FORMAT_V4: u8 = 4;
     /// The newest format this build reads and writes.
-    pub const FORMAT_NEWEST: u8 = Self::FORMAT_V3;
+    pub const FORMAT_NEWEST: u8 = Self::FORMAT_V4;
 
     /// The format this command is written in: the oldest that carries
     /// every op of its batch.

@@ -32,6 +32,11 @@ pub struct NodeConfig {
     pub client: String,
     /// Address for peers.
     pub peer: String,
+    /// Address of the member's etcd v3 API (docs/etcd.md): a follower
+    /// forwards writes to the leader there, and etcd's `MemberList`
+    /// reports it. Unset: that member's etcd API is unknown to the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -154,6 +159,17 @@ pub struct ServerConfig {
     pub lease_ttl_min_ms: Option<u64>,
     /// The longest TTL a grant may ask for.
     pub lease_ttl_max_ms: u64,
+    /// Serve etcd's v3 gRPC API beside the native protocol (docs/etcd.md).
+    pub etcd_api: bool,
+    /// Address of the etcd v3 API (etcd's client port by default).
+    pub etcd_listen: String,
+    /// Operations one etcd Txn may hold in its compares, and in each of
+    /// its branches (etcd's `--max-txn-ops`).
+    pub etcd_txn_ops_max: usize,
+    /// The largest etcd response (a Range or a Txn's) the node builds; a
+    /// larger one is refused (`ResourceExhausted`) before it is read into
+    /// memory. Clients page with `limit` and a start key.
+    pub etcd_response_bytes_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -203,6 +219,10 @@ impl Default for ServerConfig {
             leases_max: 100_000,
             lease_ttl_min_ms: None,
             lease_ttl_max_ms: 24 * 3_600_000,
+            etcd_api: true,
+            etcd_listen: "127.0.0.1:2379".to_string(),
+            etcd_txn_ops_max: 128,
+            etcd_response_bytes_max: 64 << 20,
         }
     }
 }
@@ -274,6 +294,9 @@ impl ServerConfig {
         self.node_name = n.name.clone();
         self.listen = n.client.clone();
         self.peer_listen = n.peer.clone();
+        if let Some(etcd) = &n.etcd {
+            self.etcd_listen = etcd.clone();
+        }
         self.data_dir = n.data_dir.clone();
         Ok(())
     }
@@ -289,6 +312,7 @@ impl ServerConfig {
                     id: None,
                     client: self.listen.clone(),
                     peer: self.peer_listen.clone(),
+                    etcd: self.etcd_api.then(|| self.etcd_listen.clone()),
                     data_dir: self.data_dir.clone(),
                 },
             )];

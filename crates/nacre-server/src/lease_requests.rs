@@ -98,6 +98,7 @@ async fn propose_lease_op(
     match propose(shared, batch, session).await? {
         (_, Outcome::Applied { count, .. }) => Ok(count),
         (_, Outcome::Failed { code, message, .. }) => Err(ErrorReply::new(code, message)),
+        (_, Outcome::Etcd { .. }) => Err(Outcome::not_a_batch()),
     }
 }
 

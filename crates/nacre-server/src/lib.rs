@@ -10,6 +10,7 @@ pub mod clock;
 mod config;
 mod discovery;
 mod error;
+mod etcd;
 pub mod lease;
 mod lease_requests;
 pub mod node;
@@ -36,6 +37,8 @@ use tokio::sync::Semaphore;
 /// A node that is up: its client address, and the way to stop it.
 pub struct RunningServer {
     addr: SocketAddr,
+    /// Where the etcd v3 API listens, if it is on.
+    etcd_addr: Option<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     node: node::NodeHandle,
     /// The client listener's task; it ends when asked to stop, or failed.
@@ -50,6 +53,11 @@ pub struct RunningServer {
 impl RunningServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The etcd v3 API's address (`etcd_listen`), if `etcd_api` is on.
+    pub fn etcd_addr(&self) -> Option<SocketAddr> {
+        self.etcd_addr
     }
 
     /// Completes once the node can no longer serve: its raft loop ended
@@ -178,6 +186,14 @@ pub async fn start_with_vfs(
         }
     };
     let addr = listener.local_addr()?;
+    let etcd_listener = match bind_etcd(&config).await {
+        Ok(l) => l,
+        Err(e) => {
+            node.shutdown();
+            let _ = tokio::task::spawn_blocking(move || raft.join()).await;
+            return Err(e);
+        }
+    };
     tracing::info!(%addr, node = %config.node_name, data_dir = %config.data_dir.display(), "nacre node serving");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.connections_max));
@@ -202,9 +218,24 @@ pub async fn start_with_vfs(
         planted_skip_read_barrier: false,
         config,
     });
+    let etcd_addr = match etcd_listener {
+        Some(l) => {
+            let a = l.local_addr()?;
+            tracing::info!(addr = %a, "etcd v3 API serving");
+            let (shared, stop) = (shared.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = etcd::serve(shared, l, a, stop).await {
+                    tracing::error!(error = %e, "the etcd v3 API stopped");
+                }
+            });
+            Some(a)
+        }
+        None => None,
+    };
     let listener = tokio::spawn(server::accept_loop(shared, listener, stop_rx));
     Ok(RunningServer {
         addr,
+        etcd_addr,
         stop,
         node,
         listener,
@@ -212,6 +243,20 @@ pub async fn start_with_vfs(
         raft: Some(raft),
         plan,
     })
+}
+
+/// The etcd API's listener, if `etcd_api` is on.
+async fn bind_etcd(config: &ServerConfig) -> Result<Option<tokio::net::TcpListener>, ServerError> {
+    if !config.etcd_api {
+        return Ok(None);
+    }
+    match tokio::net::TcpListener::bind(&config.etcd_listen).await {
+        Ok(l) => Ok(Some(l)),
+        Err(source) => Err(ServerError::Listen {
+            addr: config.etcd_listen.clone(),
+            source,
+        }),
+    }
 }
 
 /// The store under `data_dir/store`, committing lazily (the tlog makes

@@ -195,6 +195,7 @@ async fn propose_admin(
             count,
         }),
         (_, Outcome::Failed { code, message, .. }) => Err(ErrorReply::new(code, message)),
+        (_, Outcome::Etcd { .. }) => Err(Outcome::not_a_batch()),
     }
 }
 
@@ -442,6 +443,7 @@ async fn call(
             (_, Outcome::Failed { code, message, .. }) => {
                 return Err(ErrorReply::new(code, message))
             }
+            (_, Outcome::Etcd { .. }) => return Err(Outcome::not_a_batch()),
         }
     }
     Err(ErrorReply::new(

@@ -823,6 +823,7 @@ async fn write(shared: &Shared, req: &Request) -> Result<Response, ErrorReply> {
         } => {
             return Err(ErrorReply::new(code, message).with_key(key));
         }
+        Outcome::Etcd { .. } => return Err(Outcome::not_a_batch()),
     })
 }
 

@@ -22,6 +22,7 @@ fn b(s: &str) -> Bytes {
 /// shortest TTL allowed is two election timeouts.
 fn config(dir: &std::path::Path, election_ticks: usize) -> ServerConfig {
     ServerConfig {
+        etcd_listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         tick_ms: 20,

@@ -20,6 +20,7 @@ fn b(s: &str) -> Bytes {
 
 fn config(dir: &std::path::Path) -> ServerConfig {
     ServerConfig {
+        etcd_listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         tick_ms: 20,
@@ -182,6 +183,7 @@ async fn stats_count_watches(conn: &mut Conn) {
 async fn watches_per_connection_are_bounded_and_end_with_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = nacre_server::start(ServerConfig {
+        etcd_listen: "127.0.0.1:0".into(),
         watches_per_connection_max: 2,
         ..config(dir.path())
     })
@@ -258,12 +260,14 @@ async fn a_follower_serves_watches() {
             id: None,
             client: format!("127.0.0.1:{}", free_port()),
             peer: format!("127.0.0.1:{}", free_port()),
+            etcd: None,
             data_dir: dir.path().join(format!("n{i}")),
         })
         .collect();
     let mut servers: Vec<RunningServer> = Vec::new();
     let starts = nodes.iter().map(|n| {
         let mut c = ServerConfig {
+            etcd_listen: "127.0.0.1:0".into(),
             nodes: nodes.clone(),
             ..config(&n.data_dir)
         };

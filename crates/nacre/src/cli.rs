@@ -96,6 +96,13 @@ pub struct ServeArgs {
     /// (behind a proxy or NAT, where others reach this node elsewhere).
     #[arg(long)]
     pub peer_listen: Option<String>,
+    /// Serve etcd's v3 gRPC API here (default 127.0.0.1:2379, or the
+    /// config's; docs/etcd.md).
+    #[arg(long, value_name = "ADDR")]
+    pub etcd_listen: Option<String>,
+    /// Do not serve etcd's v3 API (`etcd_api = false`).
+    #[arg(long, conflicts_with = "etcd_listen")]
+    pub no_etcd_api: bool,
 }
 
 #[derive(Debug, Args, Clone, PartialEq)]
@@ -160,7 +167,8 @@ pub enum Command {
         #[arg(long, default_value = "nacre-local")]
         dir: PathBuf,
         /// Node i (from 1) listens for clients on BASE+2(i-1) and for
-        /// peers on the port after (default: free ports at random).
+        /// peers on the port after, and serves the etcd API on
+        /// BASE+2N+(i-1) for N nodes (default: free ports at random).
         #[arg(long)]
         base_port: Option<u16>,
         /// Leave a node that dies down instead of restarting it.

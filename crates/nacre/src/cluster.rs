@@ -94,10 +94,11 @@ fn free_loopback_port(taken: &mut Vec<u16>) -> std::io::Result<u16> {
     Ok(port)
 }
 
-/// The client and peer addresses of `nodes` local nodes from `base`: node
-/// i (from 1) has `base + 2(i-1)` for clients and the next port for peers.
-pub fn ports_from(base: u16, nodes: usize) -> Result<Vec<(String, String)>, String> {
-    let last = u32::from(base) + 2 * nodes as u32 - 1;
+/// The client, peer and etcd API addresses of `nodes` local nodes from
+/// `base`: node i (from 1) has `base + 2(i-1)` for clients and the next
+/// port for peers; the etcd ports follow all of those, `base + 2n + (i-1)`.
+pub fn ports_from(base: u16, nodes: usize) -> Result<Vec<(String, String, String)>, String> {
+    let last = u32::from(base) + 3 * nodes as u32 - 1;
     if base == 0 || last > u32::from(u16::MAX) {
         return Err(format!(
             "--base-port {base}: {nodes} nodes need ports {base} to {last}, within 1 to 65535"
@@ -109,6 +110,7 @@ pub fn ports_from(base: u16, nodes: usize) -> Result<Vec<(String, String)>, Stri
             (
                 format!("127.0.0.1:{client}"),
                 format!("127.0.0.1:{}", client + 1),
+                format!("127.0.0.1:{}", u32::from(base) + 2 * nodes as u32 + i),
             )
         })
         .collect())
@@ -128,11 +130,12 @@ pub fn init_config_at(nodes: usize, dir: &Path, base_port: Option<u16>) -> Resul
         let mut port = |what| {
             free_loopback_port(&mut taken).map_err(|e| format!("no free port for {what}: {e}"))
         };
-        let (client, peer) = match &fixed {
+        let (client, peer, etcd) = match &fixed {
             Some(ports) => ports[i - 1].clone(),
             None => (
                 format!("127.0.0.1:{}", port("a client address")?),
                 format!("127.0.0.1:{}", port("a peer address")?),
+                format!("127.0.0.1:{}", port("an etcd API address")?),
             ),
         };
         cfg.nodes.push(NodeConfig {
@@ -140,6 +143,7 @@ pub fn init_config_at(nodes: usize, dir: &Path, base_port: Option<u16>) -> Resul
             id: None,
             client,
             peer,
+            etcd: Some(etcd),
             data_dir: dir.join(format!("n{i}")),
         });
     }
@@ -155,10 +159,11 @@ pub fn init_config_at(nodes: usize, dir: &Path, base_port: Option<u16>) -> Resul
     out.push_str("initial_cluster_state = \"new\"\n\n");
     for n in &cfg.nodes {
         out.push_str(&format!(
-            "[[nodes]]\nname = {:?}\nclient = {:?}\npeer = {:?}\ndata_dir = {:?}\n\n",
+            "[[nodes]]\nname = {:?}\nclient = {:?}\npeer = {:?}\netcd = {:?}\ndata_dir = {:?}\n\n",
             n.name,
             n.client,
             n.peer,
+            n.etcd.as_deref().unwrap_or_default(),
             n.data_dir.display().to_string()
         ));
     }
@@ -226,25 +231,31 @@ mod tests {
     }
 
     #[test]
-    fn base_port_gives_each_node_two_ports_in_a_row() {
+    fn base_port_gives_each_node_two_ports_in_a_row_then_the_etcd_ports() {
         let dir = tempfile::tempdir().unwrap();
         let cfg =
             ServerConfig::from_toml(&init_config_at(3, dir.path(), Some(7400)).unwrap()).unwrap();
-        let ports: Vec<(&str, &str)> = cfg
+        let ports: Vec<(&str, &str, &str)> = cfg
             .nodes
             .iter()
-            .map(|n| (n.client.as_str(), n.peer.as_str()))
+            .map(|n| {
+                (
+                    n.client.as_str(),
+                    n.peer.as_str(),
+                    n.etcd.as_deref().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(
             ports,
             [
-                ("127.0.0.1:7400", "127.0.0.1:7401"),
-                ("127.0.0.1:7402", "127.0.0.1:7403"),
-                ("127.0.0.1:7404", "127.0.0.1:7405"),
+                ("127.0.0.1:7400", "127.0.0.1:7401", "127.0.0.1:7406"),
+                ("127.0.0.1:7402", "127.0.0.1:7403", "127.0.0.1:7407"),
+                ("127.0.0.1:7404", "127.0.0.1:7405", "127.0.0.1:7408"),
             ]
         );
-        assert!(init_config_at(3, dir.path(), Some(65_532)).is_err());
-        assert!(ports_from(65_530, 3).is_ok());
+        assert!(init_config_at(3, dir.path(), Some(65_528)).is_err());
+        assert!(ports_from(65_527, 3).is_ok());
         assert!(ports_from(0, 1).is_err());
     }
 

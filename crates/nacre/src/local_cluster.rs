@@ -56,7 +56,8 @@ pub struct Options {
     pub nodes: usize,
     pub dir: PathBuf,
     /// Node i (from 1) listens for clients on `base + 2(i-1)` and for
-    /// peers on the port after; `None`: free ports picked at random.
+    /// peers on the port after; the etcd API on `base + 2n + (i-1)`
+    /// (`n` nodes); `None`: free ports picked at random.
     pub base_port: Option<u16>,
     pub restart: bool,
 }
@@ -94,10 +95,13 @@ fn config(opts: &Options) -> Result<(PathBuf, ServerConfig), LocalClusterError> 
     if let Some(base_port) = opts.base_port {
         let want = crate::cluster::ports_from(base_port, cfg.nodes.len())
             .map_err(LocalClusterError::Config)?;
-        let have: Vec<(String, String)> = cfg
+        let have: Vec<(String, String, String)> = cfg
             .nodes
             .iter()
-            .map(|n| (n.client.clone(), n.peer.clone()))
+            .map(|n| {
+                let etcd = n.etcd.clone().unwrap_or_default();
+                (n.client.clone(), n.peer.clone(), etcd)
+            })
             .collect();
         if have != want {
             return Err(LocalClusterError::PortsDiffer { path, base_port });

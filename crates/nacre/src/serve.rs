@@ -72,6 +72,12 @@ pub fn load_config(args: &ServeArgs, cluster_id: Option<&str>) -> Result<ServerC
     if let Some(state) = &args.initial_cluster_state {
         cfg.initial_cluster_state = state.clone();
     }
+    if let Some(e) = &args.etcd_listen {
+        cfg.etcd_listen = e.clone();
+    }
+    if args.no_etcd_api {
+        cfg.etcd_api = false;
+    }
     if let Some(p) = &args.peer_listen {
         cfg.peer_listen = p.clone();
     }
@@ -153,6 +159,8 @@ mod tests {
             join: None,
             initial_cluster_state: None,
             peer_listen: None,
+            etcd_listen: None,
+            no_etcd_api: false,
         }
     }
 

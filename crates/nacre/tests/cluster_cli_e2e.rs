@@ -19,7 +19,7 @@ fn local_cluster_status_and_a_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(NACRE)
         .args(["local-cluster", "--nodes", "3"])
-        .args(["--base-port", &common::free_ports(6).to_string(), "--dir"])
+        .args(["--base-port", &common::free_ports(9).to_string(), "--dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -32,7 +32,7 @@ fn apply(sm: &mut StateMachine, index: u64, guards: Vec<Guard>, ops: Vec<Op>) ->
 fn code(o: &Outcome) -> Option<ErrorCode> {
     match o {
         Outcome::Failed { code, .. } => Some(*code),
-        Outcome::Applied { .. } => None,
+        Outcome::Applied { .. } | Outcome::Etcd { .. } => None,
     }
 }
 

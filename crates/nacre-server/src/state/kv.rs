@@ -22,6 +22,11 @@ const REV_BYTES: usize = Revision::ENCODED_BYTES;
 /// any lease exists (only then can a key be attached to one).
 pub(super) struct Effects<'e> {
     pub index: u64,
+    /// The etcd revision before this entry: the last index that changed a
+    /// user key (state/etcd.rs).
+    pub revision: u64,
+    /// How many events were in `events` when this entry began.
+    pub events_start: usize,
     pub events: &'e mut Vec<WatchEvent>,
     pub leases: bool,
     /// A planted bug (simulator only): `LockHeld` guards always hold.
@@ -29,6 +34,16 @@ pub(super) struct Effects<'e> {
 }
 
 impl Effects<'_> {
+    /// The etcd revision as this entry stands: its index once it changed
+    /// a key, else the revision before it (what etcd's headers say).
+    pub(super) fn revision_now(&self) -> u64 {
+        if self.events.len() > self.events_start {
+            self.index
+        } else {
+            self.revision
+        }
+    }
+
     fn put_event(&mut self, key: &[u8], value: &[u8], rev: Revision, prev: Option<&Bytes>) {
         self.events.push(WatchEvent {
             kind: EventKind::Put,
@@ -117,7 +132,7 @@ pub(super) fn put_undoable(
     Ok(())
 }
 
-fn rollback(txn: &mut WriteTxn<'_>, undo: Undo) -> Result<(), StateError> {
+pub(super) fn rollback(txn: &mut WriteTxn<'_>, undo: Undo) -> Result<(), StateError> {
     for (key, old) in undo.into_iter().rev() {
         match old {
             Some(v) => txn.put(&key, &v)?,
@@ -255,7 +270,8 @@ pub(super) fn apply_batch(
             (Step::Prev(p), Outcome::Applied { prev, .. }) => *prev = p,
             (Step::Count(n), Outcome::Applied { count, .. }) => *count += n,
             (Step::Version(v), Outcome::Applied { count, .. }) => *count = v,
-            (Step::Nothing, _) | (_, Outcome::Failed { .. }) => {}
+            (Step::Etcd(o), _) => applied = o,
+            (Step::Nothing, _) | (_, Outcome::Failed { .. } | Outcome::Etcd { .. }) => {}
         }
     }
     Ok(applied)
@@ -270,6 +286,8 @@ enum Step {
     Count(u64),
     /// A script version, or a granted lease's id: the last one counts.
     Version(u64),
+    /// An etcd request's response (the batch's only op).
+    Etcd(Outcome),
     Failed(Outcome),
 }
 
@@ -326,6 +344,10 @@ fn apply_op(
             Ok(n) => Step::Count(n),
             Err((code, why)) => failed(code, Bytes::new(), why),
         },
+        Op::Etcd(payload) => match super::etcd::apply_etcd(txn, fx, payload)? {
+            failed @ Outcome::Failed { .. } => Step::Failed(failed),
+            o => Step::Etcd(o),
+        },
         op => match apply_script_op(txn, fx.index, op, undo)? {
             Ok(version) => Step::Version(version),
             Err((code, message)) => failed(code, Bytes::new(), message),
@@ -334,7 +356,7 @@ fn apply_op(
 }
 
 /// Deletes `key` if it exists; returns the value it held.
-fn remove(
+pub(super) fn remove(
     txn: &mut WriteTxn<'_>,
     fx: &mut Effects<'_>,
     key: &[u8],
@@ -401,7 +423,7 @@ fn test_and_set(
 
 /// Sets `key` at log index `index`: a new key's revisions start there, an
 /// existing key's version goes up by one. Returns the value it replaced.
-fn set(
+pub(super) fn set(
     txn: &mut WriteTxn<'_>,
     fx: &mut Effects<'_>,
     key: &[u8],

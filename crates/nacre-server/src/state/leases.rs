@@ -171,6 +171,28 @@ pub(super) fn detach(
     delete(txn, lease_key_entry(id, key), undo)
 }
 
+/// The lease `key` is attached to; 0: none (etcd's "no lease").
+pub(super) fn lease_of(txn: &WriteTxn<'_>, key: &[u8]) -> Result<u64, StateError> {
+    let kl = key_lease(key);
+    let Some(raw) = txn.get(&kl)? else {
+        return Ok(0);
+    };
+    u64_le_at(&raw, 0)
+        .filter(|_| raw.len() == 8)
+        .ok_or_else(|| Corruption::new(&kl, "key's lease entry", "not 8 bytes").into())
+}
+
+/// The lease `key` is attached to in a snapshot; 0: none.
+pub fn lease_of_read(txn: &ReadTxn, key: &[u8]) -> Result<u64, StateError> {
+    let kl = key_lease(key);
+    let Some(raw) = txn.get(&kl)? else {
+        return Ok(0);
+    };
+    u64_le_at(&raw, 0)
+        .filter(|_| raw.len() == 8)
+        .ok_or_else(|| Corruption::new(&kl, "key's lease entry", "not 8 bytes").into())
+}
+
 /// Ends lease `id`: deletes every key attached to it (one delete event
 /// each, at `index`) and the lease.
 pub(super) fn revoke(
@@ -262,7 +284,7 @@ pub fn keys(txn: &ReadTxn, id: u64, max: usize) -> Result<Vec<Bytes>, StateError
 
 /// Whether any lease exists: if none does, no key can be attached and a
 /// set need not look for an attachment to undo.
-pub(super) fn any(txn: &ReadTxn) -> Result<bool, StateError> {
+pub(crate) fn any(txn: &ReadTxn) -> Result<bool, StateError> {
     let end = prefix_end(LEASE_PREFIX);
     let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
     let mut found = false;

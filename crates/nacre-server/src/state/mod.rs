@@ -30,6 +30,8 @@ mod coord_tests;
 #[cfg(test)]
 mod corruption_tests;
 mod error;
+mod etcd;
+mod etcd_range;
 mod kv;
 mod leases;
 mod members;
@@ -43,6 +45,11 @@ use bytes::Bytes;
 use nacre_proto::{Command, ErrorCode};
 use nacre_store::{Durability, Store, WriteTxn};
 
+pub use etcd::{
+    encode_compact, encode_request, read_revision, to_key_value, COMPACTED, FUTURE_REV,
+    LEASE_NOT_FOUND,
+};
+pub use etcd_range::{compare_holds, etcd_bounds, read_interval, shape_range};
 pub use kv::{user_key, PageLimits, Reader};
 pub use members::MemberRecord;
 pub use scripts::{decode_script_head, script_head_key, script_version_key, SCRIPT_NS};
@@ -51,7 +58,9 @@ pub use snapshot::{check_snapshot_pair, is_local_key};
 pub use error::{describe_key, Corruption, PageError, StateError};
 
 use kv::{apply_batch, Effects};
-pub use leases::{get as read_lease, keys as read_lease_keys, list as read_leases, LeaseRecord};
+pub use leases::{
+    get as read_lease, keys as read_lease_keys, lease_of_read, list as read_leases, LeaseRecord,
+};
 use nacre_proto::WatchEvent;
 
 /// Namespace byte of user keys.
@@ -75,6 +84,18 @@ pub enum Outcome {
         current: Option<Bytes>,
         message: String,
     },
+    /// An etcd request applied (state/etcd.rs): the revision its client
+    /// is told and its encoded `ResponseOp` (empty for a Compact).
+    Etcd { revision: u64, response: Bytes },
+}
+
+impl Outcome {
+    /// The error for an etcd outcome where a Nacre batch's was expected:
+    /// only etcd requests carry `Op::Etcd`, so this is a bug, reported
+    /// rather than answered as a success.
+    pub fn not_a_batch() -> nacre_proto::ErrorReply {
+        nacre_proto::ErrorReply::new(ErrorCode::Internal, "an etcd outcome for a Nacre batch")
+    }
 }
 
 /// One committed log entry to apply; `data` empty is a no-op (a leader's
@@ -89,6 +110,9 @@ pub struct StateMachine {
     store: Store,
     applied: u64,
     applied_term: u64,
+    /// etcd's store revision: the last applied index that changed a user
+    /// key (replicated in `m/etcd/revision`, state/etcd.rs).
+    kv_revision: u64,
     session_retention_entries: u64,
     /// Change events of the entries applied since the last
     /// [`StateMachine::take_events`], in order (watches are fed from them).
@@ -143,10 +167,12 @@ impl StateMachine {
             None => (0, 0),
         };
         let leases = leases::any(&store.begin_read())?;
+        let kv_revision = etcd::read_revision(&store.begin_read())?.0;
         Ok(StateMachine {
             store,
             applied,
             applied_term,
+            kv_revision,
             events: Vec::new(),
             leases,
             // An epoch of zero entries would divide by zero; the config
@@ -202,6 +228,7 @@ impl StateMachine {
     /// Re-reads what the store says after a snapshot replaced it.
     pub(crate) fn reload_leases_hint(&mut self) -> Result<(), StateError> {
         self.leases = leases::any(&self.store.begin_read())?;
+        self.kv_revision = etcd::read_revision(&self.store.begin_read())?.0;
         Ok(())
     }
 
@@ -238,6 +265,11 @@ impl StateMachine {
         false
     }
 
+    /// etcd's store revision: the last applied index that changed a key.
+    pub fn kv_revision(&self) -> u64 {
+        self.kv_revision
+    }
+
     /// The last applied index and its term.
     pub fn applied(&self) -> (u64, u64) {
         (self.applied, self.applied_term)
@@ -258,6 +290,7 @@ impl StateMachine {
         let mut index_prev = self.applied;
         let mut events = std::mem::take(&mut self.events);
         let mut leases = self.leases;
+        let mut kv_revision = self.kv_revision;
         for e in entries {
             if e.index <= index_prev {
                 return Err(StateError::OutOfOrder {
@@ -266,14 +299,20 @@ impl StateMachine {
                 });
             }
             index_prev = e.index;
+            let events_before = events.len();
             let mut fx = Effects {
                 index: e.index,
+                revision: kv_revision,
+                events_start: events_before,
                 events: &mut events,
                 leases,
                 skip_fence: self.skips_fence(),
             };
             outcomes.push(self.apply_entry(&mut txn, e, &mut fx)?);
             leases = fx.leases;
+            if events.len() > events_before {
+                kv_revision = e.index;
+            }
             // A rule of the index alone, so every replica (and every replica
             // restored from a snapshot) forgets the same records.
             if e.index % self.session_retention_entries == 0 {
@@ -281,7 +320,11 @@ impl StateMachine {
             }
         }
         txn.put(APPLIED_KEY, &encode_applied(last.index, last.term))?;
+        if kv_revision != self.kv_revision {
+            txn.put(etcd::REVISION_KEY, &kv_revision.to_le_bytes())?;
+        }
         txn.commit_with(Durability::Lazy)?;
+        self.kv_revision = kv_revision;
         self.applied = last.index;
         self.applied_term = last.term;
         self.events = events;
@@ -339,6 +382,14 @@ impl StateMachine {
     pub fn checkpoint(&self) -> Result<u64, StateError> {
         self.store.sync()?;
         Ok(self.applied)
+    }
+}
+
+/// The applied index a snapshot of the store holds.
+pub fn read_applied(txn: &nacre_store::ReadTxn) -> Result<u64, StateError> {
+    match txn.get(APPLIED_KEY)? {
+        Some(v) => Ok(decode_applied(&v)?.0),
+        None => Ok(0),
     }
 }
 

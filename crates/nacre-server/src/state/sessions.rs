@@ -51,6 +51,11 @@ fn encode_outcome(index: u64, o: &Outcome) -> Vec<u8> {
             w.opt_bytes(current.as_deref());
             w.str(message);
         }
+        Outcome::Etcd { revision, response } => {
+            w.u8(2);
+            w.u64(*revision);
+            w.bytes(response);
+        }
     }
     w.into_inner()
 }
@@ -68,6 +73,10 @@ fn decode_outcome(b: &[u8]) -> Option<(u64, Outcome)> {
             key: r.bytes("key").ok()?,
             current: r.opt_bytes("current").ok()?,
             message: r.string("message").ok()?,
+        },
+        2 => Outcome::Etcd {
+            revision: r.u64("revision").ok()?,
+            response: r.bytes("response").ok()?,
         },
         _ => return None,
     };

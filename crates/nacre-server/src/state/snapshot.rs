@@ -40,6 +40,9 @@ pub fn check_snapshot_pair(key: &[u8], value: &[u8]) -> Result<(), Corruption> {
         Some(&META_NS) if key.starts_with(MEMBER_PREFIX) => decode_member(key, value).map(drop),
         Some(&META_NS) if key.starts_with(SESSION_PREFIX) => check_session_record(key, value),
         Some(&META_NS) if is_lease_key(key) => check_lease_record(key, value),
+        Some(&META_NS) if super::etcd::is_etcd_key(key) => {
+            super::etcd::check_etcd_record(key, value)
+        }
         Some(&META_NS) if is_local_key(key) => Err(Corruption::new(
             key,
             "node-local record",

@@ -128,7 +128,22 @@ impl ServerProc {
         Self::spawn(args, addr, data_dir, log_path)
     }
 
-    fn spawn(args: Vec<String>, addr: &str, data_dir: PathBuf, log_path: PathBuf) -> ServerProc {
+    fn spawn(
+        mut args: Vec<String>,
+        addr: &str,
+        data_dir: PathBuf,
+        log_path: PathBuf,
+    ) -> ServerProc {
+        // A node without a config would serve the etcd API on 2379, which
+        // tests running at once would fight over: the kernel picks a port.
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        if args.first().map(String::as_str) == Some("serve")
+            && !has("--config")
+            && !has("--etcd-listen")
+            && !has("--no-etcd-api")
+        {
+            args.extend(["--etcd-listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -245,7 +260,8 @@ pub fn init_cluster(dir: &Path, n: usize, settings: &str) -> (PathBuf, nacre_ser
         .args(["cluster", "init-config", "--nodes", &n.to_string()])
         .args([
             "--base-port",
-            &free_ports(2 * n as u16).to_string(),
+            // Two ports per node, then one etcd API port each.
+            &free_ports(3 * n as u16).to_string(),
             "--dir",
         ])
         .arg(dir)
