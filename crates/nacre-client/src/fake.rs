@@ -243,6 +243,7 @@ fn set(m: &mut Model, k: &Bytes, v: &Bytes, lease: u64) {
         value: v.clone(),
         rev,
         prev: None,
+        etcd: Default::default(),
     });
 }
 
@@ -258,6 +259,7 @@ fn delete(m: &mut Model, k: &Bytes) {
                 version: 0,
             },
             prev: None,
+            etcd: Default::default(),
         });
     }
 }

@@ -100,6 +100,19 @@ pub struct WatchEvent {
     /// The value before this change (only if the watch asked for it and
     /// the key existed).
     pub prev: Option<Bytes>,
+    /// What the node knows besides, for etcd's API (docs/etcd.md): the
+    /// revision of the value before (if the key existed), and the leases
+    /// of the key after and before. Not on the native wire: a decoded
+    /// event has none.
+    pub etcd: EtcdMeta,
+}
+
+/// The part of a [`WatchEvent`] only etcd's API reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EtcdMeta {
+    pub prev_rev: Option<Revision>,
+    pub lease: u64,
+    pub prev_lease: u64,
 }
 
 impl WatchEvent {
@@ -150,6 +163,7 @@ impl WatchEvent {
                 version: r.u64("version")?,
             },
             prev: r.opt_bytes("previous value")?,
+            etcd: EtcdMeta::default(),
         })
     }
 }

@@ -13,7 +13,7 @@ mod types;
 pub mod wire;
 
 pub use coord::{
-    CoordRequest, CoordResponse, EventKind, KeySpan, LeaseInfo, WatchEvent, WatchSpec,
+    CoordRequest, CoordResponse, EtcdMeta, EventKind, KeySpan, LeaseInfo, WatchEvent, WatchSpec,
 };
 pub use frame::{
     decode_request, decode_response, encode_request, encode_response, split_frame, ClientHello,

@@ -716,6 +716,7 @@ mod tests {
                 version: 2,
             },
             prev: Some(b("old")),
+            etcd: Default::default(),
         };
         let ev = |prev| Output::Event {
             event: e.clone(),

@@ -143,6 +143,7 @@ pub fn watch_event() -> impl Strategy<Value = WatchEvent> {
             value,
             rev,
             prev,
+            etcd: Default::default(),
         })
 }
 

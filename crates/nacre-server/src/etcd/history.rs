@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nacre_etcd_proto::etcdserverpb as pb;
 use nacre_etcd_proto::mvccpb::KeyValue;
-use nacre_proto::{ErrorCode, ErrorReply, EventKind, WatchEvent};
+use nacre_proto::{ErrorCode, ErrorReply, WatchEvent};
 
 use crate::state::{to_key_value, COMPACTED};
 use crate::watch::WatchHub;
@@ -52,12 +52,12 @@ pub(super) fn as_of(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let around = hub
-        .around(rev, |k| in_interval(k, &r.key, &r.range_end))
+    let (_, after) = hub
+        .changes_after(rev, |k| in_interval(k, &r.key, &r.range_end))
         .ok_or_else(compacted)?;
     // Changes the snapshot does not hold yet are not undone either.
     let mut first_after: BTreeMap<&[u8], &WatchEvent> = BTreeMap::new();
-    for e in around.after.iter().filter(|e| e.revision() <= applied) {
+    for e in after.iter().filter(|e| e.revision() <= applied) {
         first_after.entry(&e.key[..]).or_insert(e);
     }
     let mut out: BTreeMap<Vec<u8>, KeyValue> = current
@@ -65,17 +65,15 @@ pub(super) fn as_of(
         .filter(|kv| !first_after.contains_key(&kv.key[..]))
         .map(|kv| (kv.key.to_vec(), kv))
         .collect();
+    // A key's first change after `rev` says what it was at `rev`.
     for (key, first) in first_after {
-        match around.before.get(key) {
-            Some(e) if e.kind == EventKind::Put => {
-                // The lease a key had then is not in the history.
-                let kv = to_key_value(key, e.rev, &e.value, 0);
+        match (&first.prev, first.etcd.prev_rev) {
+            (Some(value), Some(prev_rev)) => {
+                let kv = to_key_value(key, prev_rev, value, first.etcd.prev_lease);
                 out.insert(key.to_vec(), kv);
             }
-            Some(_) => {}
-            // Created after `rev`: absent then.
-            None if first.kind == EventKind::Put && first.rev.version == 1 => {}
-            None => return Err(compacted()),
+            (None, _) => {}
+            (Some(_), None) => return Err(compacted()),
         }
     }
     Ok(out.into_values().collect())

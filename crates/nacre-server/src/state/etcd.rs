@@ -281,6 +281,7 @@ fn put(
         if let Err((_, _)) = leases::attach(txn, &p.key, lease, undo)? {
             return Ok(Err(refused(ErrorCode::LeaseNotFound, LEASE_NOT_FOUND)));
         }
+        fx.leased(lease);
     }
     Ok(Ok(pb::PutResponse {
         header: Some(revision_header(fx)),

@@ -6,8 +6,8 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use nacre_proto::{
-    Batch, ErrorCode, EventKind, Guard, KeyEntry, Op, Page, PageItem, RangeQuery, Revision,
-    WatchEvent,
+    Batch, ErrorCode, EtcdMeta, EventKind, Guard, KeyEntry, Op, Page, PageItem, RangeQuery,
+    Revision, WatchEvent,
 };
 use nacre_store::{ReadTxn, Store, WriteTxn};
 
@@ -44,17 +44,32 @@ impl Effects<'_> {
         }
     }
 
-    fn put_event(&mut self, key: &[u8], value: &[u8], rev: Revision, prev: Option<&Bytes>) {
+    fn put_event(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        rev: Revision,
+        prev: Option<&Bytes>,
+        etcd: EtcdMeta,
+    ) {
         self.events.push(WatchEvent {
             kind: EventKind::Put,
             key: Bytes::copy_from_slice(key),
             value: Bytes::copy_from_slice(value),
             rev,
             prev: prev.cloned(),
+            etcd,
         });
     }
 
-    fn delete_event(&mut self, key: &[u8], prev: &[u8]) {
+    /// The key of the last event was just attached to `lease`.
+    pub(super) fn leased(&mut self, lease: u64) {
+        if let Some(e) = self.events.last_mut() {
+            e.etcd.lease = lease;
+        }
+    }
+
+    fn delete_event(&mut self, key: &[u8], prev: &[u8], etcd: EtcdMeta) {
         self.events.push(WatchEvent {
             kind: EventKind::Delete,
             key: Bytes::copy_from_slice(key),
@@ -65,7 +80,27 @@ impl Effects<'_> {
                 version: 0,
             },
             prev: Some(Bytes::copy_from_slice(prev)),
+            etcd,
         });
+    }
+
+    /// What etcd's events say of a key's value before a change.
+    fn before(
+        &self,
+        txn: &WriteTxn<'_>,
+        key: &[u8],
+        rev: Revision,
+    ) -> Result<EtcdMeta, StateError> {
+        let prev_lease = if self.leases {
+            leases::lease_of(txn, key)?
+        } else {
+            0
+        };
+        Ok(EtcdMeta {
+            prev_rev: Some(rev),
+            lease: 0,
+            prev_lease,
+        })
     }
 }
 
@@ -311,7 +346,10 @@ fn apply_op(
         Op::SetLeased { key, value, lease } => {
             let prev = set(txn, fx, key, value, undo)?;
             match leases::attach(txn, key, *lease, undo)? {
-                Ok(()) => Step::Prev(prev),
+                Ok(()) => {
+                    fx.leased(*lease);
+                    Step::Prev(prev)
+                }
                 Err((code, why)) => failed(code, key.clone(), why),
             }
         }
@@ -366,13 +404,15 @@ pub(super) fn remove(
     let Some(raw) = txn.get(&uk)? else {
         return Ok(None);
     };
-    let prev = Bytes::copy_from_slice(stored_value(&uk, &raw)?);
+    let (rev, value) = decode_stored(&uk, &raw)?;
+    let prev = Bytes::copy_from_slice(value);
+    let meta = fx.before(txn, key, rev)?;
     txn.delete(&uk)?;
     undo.push((uk, Some(raw)));
     if fx.leases {
         leases::detach(txn, key, undo)?;
     }
-    fx.delete_event(key, &prev);
+    fx.delete_event(key, &prev, meta);
     Ok(Some(prev))
 }
 
@@ -390,7 +430,9 @@ fn delete_prefix(
     let count = txn.delete_prefix(&start)?;
     for (k, v) in doomed {
         let user = user_part(&k);
-        fx.delete_event(user, stored_value(&k, &v)?);
+        let (rev, value) = decode_stored(&k, &v)?;
+        let meta = fx.before(txn, user, rev)?;
+        fx.delete_event(user, value, meta);
         if fx.leases {
             leases::detach(txn, user, undo)?;
         }
@@ -433,7 +475,7 @@ pub(super) fn set(
     let index = fx.index;
     let uk = user_key(key);
     let old = txn.get(&uk)?;
-    let (rev, prev) = match &old {
+    let (rev, prev, meta) = match &old {
         Some(raw) => {
             let (r, v) = decode_stored(&uk, raw)?;
             let rev = Revision {
@@ -441,7 +483,11 @@ pub(super) fn set(
                 mod_rev: index,
                 version: r.version + 1,
             };
-            (rev, Some(Bytes::copy_from_slice(v)))
+            (
+                rev,
+                Some(Bytes::copy_from_slice(v)),
+                fx.before(txn, key, r)?,
+            )
         }
         None => {
             let rev = Revision {
@@ -449,7 +495,7 @@ pub(super) fn set(
                 mod_rev: index,
                 version: 1,
             };
-            (rev, None)
+            (rev, None, EtcdMeta::default())
         }
     };
     txn.put(&uk, &encode_stored(rev, value))?;
@@ -457,7 +503,7 @@ pub(super) fn set(
     if fx.leases {
         leases::detach(txn, key, undo)?;
     }
-    fx.put_event(key, value, rev, prev.as_ref());
+    fx.put_event(key, value, rev, prev.as_ref(), meta);
     Ok(prev)
 }
 

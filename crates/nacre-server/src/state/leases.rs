@@ -215,7 +215,7 @@ pub(super) fn revoke(
         let user = &entry[start.len()..];
         let uk = user_key(user);
         if let Some(raw) = txn.get(&uk)? {
-            let (_, value) = decode_stored(&uk, &raw)?;
+            let (rev, value) = decode_stored(&uk, &raw)?;
             events.push(WatchEvent {
                 kind: EventKind::Delete,
                 key: Bytes::copy_from_slice(user),
@@ -226,6 +226,11 @@ pub(super) fn revoke(
                     version: 0,
                 },
                 prev: Some(Bytes::copy_from_slice(value)),
+                etcd: nacre_proto::EtcdMeta {
+                    prev_rev: Some(rev),
+                    lease: 0,
+                    prev_lease: id,
+                },
             });
             txn.delete(&uk)?;
             undo.push((uk, Some(raw)));

@@ -93,12 +93,6 @@ impl History {
         self.applied = self.applied.max(applied);
     }
 
-    /// The kept revisions up to `through`, oldest first.
-    pub(super) fn until(&self, through: u64) -> impl DoubleEndedIterator<Item = &RevisionEvents> {
-        let end = self.revisions.partition_point(|r| r.revision <= through);
-        self.revisions.range(..end)
-    }
-
     /// The kept revisions from `from` on, oldest first.
     pub(super) fn since(&self, from: u64) -> impl Iterator<Item = &RevisionEvents> {
         let start = self.revisions.partition_point(|r| r.revision < from);

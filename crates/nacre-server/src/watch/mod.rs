@@ -70,14 +70,6 @@ pub struct WatchCounters {
 
 /// A registered watch: its id in the hub, and where its frames arrive.
 /// The last frame is a `WatchEnd`; after it the channel closes.
-/// The history around an older revision ([`WatchHub::around`]).
-pub struct Around {
-    /// The last revision the history knows of.
-    pub applied: u64,
-    pub after: Vec<WatchEvent>,
-    pub before: std::collections::HashMap<bytes::Bytes, WatchEvent>,
-}
-
 pub struct Registration {
     pub id: u64,
     pub rx: mpsc::Receiver<CoordResponse>,
@@ -168,41 +160,29 @@ impl WatchHub {
     }
 
     /// Watches registered now.
-    /// What a read at the older revision `rev` needs from the history, for
-    /// the keys `wanted` accepts: the changes after `rev` (in order) and,
-    /// for each key they touch, its last change at or before `rev` if the
-    /// history still holds it. `None` if changes after `rev` are no longer
-    /// all kept. Under the hub's lock; copies only those events.
-    pub fn around(&self, rev: u64, wanted: impl Fn(&[u8]) -> bool) -> Option<Around> {
+    /// The changes after the older revision `rev` to the keys `wanted`
+    /// accepts, in order, and the last revision the history knows of; each
+    /// event carries the key's state before it (`prev`, `etcd.prev_rev`),
+    /// so the first change of a key says what it was at `rev`. `None` if
+    /// the changes after `rev` are no longer all kept. Under the hub's
+    /// lock; copies only those events.
+    pub fn changes_after(
+        &self,
+        rev: u64,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> Option<(u64, Vec<WatchEvent>)> {
         let inner = self.inner.lock();
         let history = &inner.history;
         if rev + 1 < history.oldest() {
             return None;
         }
-        let after: Vec<WatchEvent> = history
+        let after = history
             .since(rev + 1)
             .flat_map(|r| r.events.iter())
             .filter(|e| wanted(&e.key))
             .cloned()
             .collect();
-        let mut before = std::collections::HashMap::new();
-        let mut missing: std::collections::HashSet<&[u8]> =
-            after.iter().map(|e| &e.key[..]).collect();
-        for r in history.until(rev).rev() {
-            if missing.is_empty() {
-                break;
-            }
-            for e in r.events.iter().rev() {
-                if missing.remove(&e.key[..]) {
-                    before.insert(e.key.clone(), e.clone());
-                }
-            }
-        }
-        Some(Around {
-            applied: history.applied(),
-            after,
-            before,
-        })
+        Some((history.applied(), after))
     }
 
     pub fn active(&self) -> usize {

@@ -14,6 +14,7 @@ fn put(key: &str, rev: u64) -> WatchEvent {
             version: 1,
         },
         prev: Some(Bytes::from_static(b"old")),
+        etcd: Default::default(),
     }
 }
 
