@@ -24,6 +24,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct EtcdTarget {
     kv: KvClient<Channel>,
+    /// The system's name in reports: "etcd", or "nacre-etcd" for Nacre
+    /// through its etcd API.
+    name: &'static str,
 }
 
 impl EtcdTarget {
@@ -50,9 +53,18 @@ impl EtcdTarget {
             let channel = endpoint.connect().await.map_err(cannot)?;
             out.push(EtcdTarget {
                 kv: KvClient::new(channel),
+                name: "etcd",
             });
         }
         Ok(out)
+    }
+
+    /// These connections, reported under `name`.
+    pub fn named(targets: Vec<EtcdTarget>, name: &'static str) -> Vec<EtcdTarget> {
+        targets
+            .into_iter()
+            .map(|t| EtcdTarget { name, ..t })
+            .collect()
     }
 }
 
@@ -101,7 +113,7 @@ pub fn sequence_request(pairs: Vec<(Bytes, Bytes)>) -> TxnRequest {
 
 impl Target for EtcdTarget {
     fn name(&self) -> &'static str {
-        "etcd"
+        self.name
     }
 
     fn put(

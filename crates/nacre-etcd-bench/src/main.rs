@@ -45,6 +45,11 @@ struct EtcdArgs {
     /// Nacre client endpoints, comma-separated; leave out to run etcd alone.
     #[arg(long, value_delimiter = ',')]
     nacre: Vec<String>,
+    /// Nacre's etcd v3 API endpoints, comma-separated: the same etcd client
+    /// against Nacre (reported as "nacre-etcd"), so the client's cost is
+    /// equal and the gRPC layer's shows against `--nacre`.
+    #[arg(long, value_delimiter = ',')]
+    nacre_etcd: Vec<String>,
     /// put, get (linearizable), get-any (Nacre any / etcd serializable),
     /// mixed (50% linearizable reads) and sequence (10 keys per
     /// transaction).
@@ -156,8 +161,8 @@ fn emit(r: &Report, name: &str, json: bool) {
 }
 
 async fn compare(a: &EtcdArgs) -> Result<(), String> {
-    if a.etcd.is_empty() && a.nacre.is_empty() {
-        return Err("give --etcd, --nacre or both".into());
+    if a.etcd.is_empty() && a.nacre.is_empty() && a.nacre_etcd.is_empty() {
+        return Err("give --etcd, --nacre, --nacre-etcd or several".into());
     }
     if !(a.duration > 0.0 && a.warmup >= 0.0) {
         return Err("--duration must be positive and --warmup not negative".into());
@@ -168,13 +173,8 @@ async fn compare(a: &EtcdArgs) -> Result<(), String> {
         .map(|n| workload(n.trim(), a).map(|w| (n.trim().to_string(), w)))
         .collect::<Result<_, _>>()?;
     let max_conns = a.clients.iter().map(|&c| conns(a, c)).max().unwrap_or(1);
-    let etcd = if a.etcd.is_empty() {
-        Vec::new()
-    } else {
-        EtcdTarget::connect(&a.etcd, max_conns)
-            .await
-            .map_err(|e| e.to_string())?
-    };
+    let etcd = etcd_targets(&a.etcd, max_conns, "etcd").await?;
+    let nacre_etcd = etcd_targets(&a.nacre_etcd, max_conns, "nacre-etcd").await?;
     let nacre = if a.nacre.is_empty() {
         Vec::new()
     } else {
@@ -185,7 +185,7 @@ async fn compare(a: &EtcdArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
     };
-    // Both systems get the same keys and values before any read.
+    // Every system gets the same keys and values before any read.
     let reads = workloads.iter().find(|(_, w)| w.kind.reads());
     let reads = if a.preload_only {
         // Preload whatever the workloads are.
@@ -194,23 +194,9 @@ async fn compare(a: &EtcdArgs) -> Result<(), String> {
         reads.filter(|_| !a.no_preload)
     };
     if let Some((_, w)) = reads {
-        let p = if a.json {
-            Progress::Hidden
-        } else {
-            Progress::Bar
-        };
-        if !etcd.is_empty() {
-            eprintln!("preloading {} keys into etcd ...", w.keys);
-            nacre_loadgen::preload(&etcd, w, 64, p)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        if !nacre.is_empty() {
-            eprintln!("preloading {} keys into nacre ...", w.keys);
-            nacre_loadgen::preload(&nacre, w, 64, p)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        preload(&etcd, w, a).await?;
+        preload(&nacre_etcd, w, a).await?;
+        preload(&nacre, w, a).await?;
     }
     if a.preload_only {
         return Ok(());
@@ -218,22 +204,23 @@ async fn compare(a: &EtcdArgs) -> Result<(), String> {
     for (name, w) in &workloads {
         for &c in &a.clients {
             let m = conns(a, c);
-            // Alternate which system goes first, so neither always runs on
-            // a disk the other just filled.
-            let nacre_first = c % 2 == 0;
-            for turn in 0..2 {
-                let r = if (turn == 0) == nacre_first {
-                    if nacre.is_empty() {
-                        continue;
+            // Rotate which system goes first, so none always runs on a
+            // disk another just filled.
+            for turn in 0..3 {
+                let r = match (turn + c) % 3 {
+                    0 if !nacre.is_empty() => {
+                        eprintln!("nacre {name} clients={c} connections={m}");
+                        one(&nacre[..m], w, c, a).await
                     }
-                    eprintln!("nacre {name} clients={c} connections={m}");
-                    one(&nacre[..m], w, c, a).await
-                } else {
-                    if etcd.is_empty() {
-                        continue;
+                    1 if !etcd.is_empty() => {
+                        eprintln!("etcd {name} clients={c} connections={m}");
+                        one(&etcd[..m], w, c, a).await
                     }
-                    eprintln!("etcd {name} clients={c} connections={m}");
-                    one(&etcd[..m], w, c, a).await
+                    2 if !nacre_etcd.is_empty() => {
+                        eprintln!("nacre-etcd {name} clients={c} connections={m}");
+                        one(&nacre_etcd[..m], w, c, a).await
+                    }
+                    _ => continue,
                 };
                 match r {
                     Ok(r) => emit(&r, name, a.json),
@@ -243,6 +230,35 @@ async fn compare(a: &EtcdArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+async fn etcd_targets(
+    endpoints: &[String],
+    n: usize,
+    name: &'static str,
+) -> Result<Vec<EtcdTarget>, String> {
+    if endpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let targets = EtcdTarget::connect(endpoints, n)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(EtcdTarget::named(targets, name))
+}
+
+async fn preload<T: Target>(targets: &[T], w: &Workload, a: &EtcdArgs) -> Result<(), String> {
+    let Some(first) = targets.first() else {
+        return Ok(());
+    };
+    let p = if a.json {
+        Progress::Hidden
+    } else {
+        Progress::Bar
+    };
+    eprintln!("preloading {} keys into {} ...", w.keys, first.name());
+    nacre_loadgen::preload(targets, w, 64, p)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn conns(a: &EtcdArgs, clients: usize) -> usize {

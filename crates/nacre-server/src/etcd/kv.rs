@@ -108,11 +108,19 @@ pub(super) async fn range(
     let store = api.shared.store.clone();
     let hub = api.shared.node.watches.clone();
     let bytes_max = api.shared.config.etcd_response_bytes_max;
-    let r = r.clone();
-    let (revision, mut resp) = off_the_workers(&api.shared, move || {
-        super::read::range(&store, &hub, &r, bytes_max)
-    })
-    .await?;
+    // A get of one key at the newest revision reads a few pages: here, as
+    // the native get does. Anything that may read many pages (an
+    // interval, an older revision rebuilt from history) runs off the
+    // async workers.
+    let (revision, mut resp) = if r.range_end.is_empty() && r.revision == 0 {
+        super::read::range(&store, &hub, r, bytes_max)?
+    } else {
+        let r = r.clone();
+        off_the_workers(&api.shared, move || {
+            super::read::range(&store, &hub, &r, bytes_max)
+        })
+        .await?
+    };
     resp.header = Some(api.header(revision));
     Ok(resp)
 }

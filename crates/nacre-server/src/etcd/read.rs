@@ -89,7 +89,10 @@ fn txn_at(
                 Rs::ResponseRange(resp)
             }
             Some(Rq::RequestTxn(nested)) => {
-                Rs::ResponseTxn(txn_at(snapshot, revision, nested, bytes_max)?)
+                let mut resp = txn_at(snapshot, revision, nested, bytes_max)?;
+                // etcd leaves a nested Txn's header empty.
+                resp.header = Some(pb::ResponseHeader::default());
+                Rs::ResponseTxn(resp)
             }
             _ => {
                 return Err(ErrorReply::new(

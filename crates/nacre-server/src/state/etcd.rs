@@ -9,6 +9,8 @@
 //! (a lease that does not exist, `ignore_value` on a missing key) rolls
 //! the batch back from its undo log, as a failed Nacre batch does.
 
+use std::collections::VecDeque;
+
 use bytes::{BufMut, Bytes};
 use nacre_etcd_proto::etcdserverpb as pb;
 use nacre_etcd_proto::mvccpb::KeyValue;
@@ -128,7 +130,13 @@ pub(super) fn apply_etcd(
     let mut undo = Undo::new();
     let result = match kind {
         KIND_REQUEST => match pb::RequestOp::decode(body) {
-            Ok(op) => request_op(txn, fx, &op, &mut undo)?.map(|r| r.encode_to_vec()),
+            Ok(op) => {
+                let mut path = VecDeque::new();
+                if let Some(pb::request_op::Request::RequestTxn(t)) = &op.request {
+                    decide(txn, fx, t, &mut path)?;
+                }
+                request_op(txn, fx, &op, &mut undo, &mut path)?.map(|r| r.encode_to_vec())
+            }
             Err(e) => return Ok(bad(&format!("an undecodable etcd request: {e}"))),
         },
         KIND_COMPACT => match pb::CompactionRequest::decode(body) {
@@ -192,11 +200,13 @@ pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future re
 /// etcd's message for a lease that does not exist.
 pub const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
 
+/// Applies one op; `path`: the branches its Txns take ([`decide`]).
 fn request_op(
     txn: &mut WriteTxn<'_>,
     fx: &mut Effects<'_>,
     op: &pb::RequestOp,
     undo: &mut Undo,
+    path: &mut VecDeque<bool>,
 ) -> Applied<pb::ResponseOp> {
     use pb::request_op::Request as Rq;
     use pb::response_op::Response as Rs;
@@ -205,7 +215,7 @@ fn request_op(
         Some(Rq::RequestDeleteRange(d)) => {
             delete_range(txn, fx, d, undo)?.map(Rs::ResponseDeleteRange)
         }
-        Some(Rq::RequestTxn(t)) => txn_request(txn, fx, t, undo)?.map(Rs::ResponseTxn),
+        Some(Rq::RequestTxn(t)) => txn_request(txn, fx, t, undo, path)?.map(Rs::ResponseTxn),
         Some(Rq::RequestRange(r)) => range(txn, fx, r)?.map(Rs::ResponseRange),
         None => Err(refused(
             ErrorCode::BadInput,
@@ -360,12 +370,15 @@ fn revision_header(fx: &Effects<'_>) -> pb::ResponseHeader {
     }
 }
 
-fn txn_request(
+/// Which branch each Txn takes, the outermost first, then its nested
+/// Txns in the order they run: etcd decides every compare, nested ones
+/// too, against the state before the Txn changes anything.
+fn decide(
     txn: &mut WriteTxn<'_>,
-    fx: &mut Effects<'_>,
+    fx: &Effects<'_>,
     t: &pb::TxnRequest,
-    undo: &mut Undo,
-) -> Applied<pb::TxnResponse> {
+    path: &mut VecDeque<bool>,
+) -> Result<(), StateError> {
     let mut succeeded = true;
     for c in &t.compare {
         let found = matching(txn, &c.key, &c.range_end)?;
@@ -378,16 +391,36 @@ fn txn_request(
             break;
         }
     }
+    path.push_back(succeeded);
+    let branch = if succeeded { &t.success } else { &t.failure };
+    for op in branch {
+        if let Some(pb::request_op::Request::RequestTxn(nested)) = &op.request {
+            decide(txn, fx, nested, path)?;
+        }
+    }
+    Ok(())
+}
+
+fn txn_request(
+    txn: &mut WriteTxn<'_>,
+    fx: &mut Effects<'_>,
+    t: &pb::TxnRequest,
+    undo: &mut Undo,
+    path: &mut VecDeque<bool>,
+) -> Applied<pb::TxnResponse> {
+    let succeeded = path.pop_front().unwrap_or(false);
     let branch = if succeeded { &t.success } else { &t.failure };
     let mut responses = Vec::with_capacity(branch.len());
     for op in branch {
-        match request_op(txn, fx, op, undo)? {
+        match request_op(txn, fx, op, undo, path)? {
             Ok(r) => responses.push(r),
             Err(e) => return Ok(Err(e)),
         }
     }
+    // etcd leaves a Txn's own header empty; the server fills in the
+    // outermost one.
     Ok(Ok(pb::TxnResponse {
-        header: Some(revision_header(fx)),
+        header: Some(pb::ResponseHeader::default()),
         succeeded,
         responses,
     }))
