@@ -131,29 +131,21 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `nodes` Nacre nodes from one `nacre cluster init-config`, each with
-    /// a config file of its own that adds its etcd listener.
+    /// `nodes` Nacre nodes from one `nacre cluster init-config`, which
+    /// gives each member an etcd API address (`etcd` in `[[nodes]]`).
     fn nacre(nodes: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let (config, cfg) = init_cluster(dir.path(), nodes, "");
-        let text = std::fs::read_to_string(&config).unwrap();
-        let first = free_ports(u16::try_from(nodes).unwrap());
+        let (config, cfg) = init_cluster(dir.path(), nodes, "etcd_api = true");
         let mut c = Cluster {
             endpoints: Vec::new(),
             nacre: Vec::new(),
             etcd_dir: None,
             dir,
         };
-        for (port, node) in (first..).zip(&cfg.nodes) {
-            let etcd = format!("127.0.0.1:{port}");
-            let own = format!("etcd_api = true\netcd_listen = \"{etcd}\"\n{text}");
-            if let Err(e) = nacre_server::ServerConfig::from_toml(&own) {
-                panic!("this Nacre does not take the etcd settings yet: {e}");
-            }
-            let path = c.dir.path().join(format!("{}.toml", node.name));
-            std::fs::write(&path, own).unwrap();
+        for node in &cfg.nodes {
+            let etcd = node.etcd.clone().expect("init-config names an etcd address");
             c.nacre
-                .push(ServerProc::start_member(&path, &node.name, &[]));
+                .push(ServerProc::start_member(&config, &node.name, &[]));
             c.endpoints.push(etcd);
         }
         c.wait_listening();
