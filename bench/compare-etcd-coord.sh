@@ -91,7 +91,7 @@ start_servers() {
     ETCD_PID=$!
     PIDS+=("$ETCD_PID")
     if [ "$ETCD_ONLY" = 0 ]; then
-        "$NACRE" serve --data-dir "$DATA/$1/nacre" --listen "$NACRE_EP" >>"$DATA/nacre.log" 2>&1 &
+        "$NACRE" serve --data-dir "$DATA/$1/nacre" --listen "$NACRE_EP" --no-etcd-api >>"$DATA/nacre.log" 2>&1 &
         NACRE_PID=$!
         PIDS+=("$NACRE_PID")
     fi

@@ -109,7 +109,9 @@ start_all() {
         PIDS+=($!)
     done
     if [ "$NODES" = 1 ]; then
-        "$NACRE" serve --data-dir "$DATA/nacre/n1" --listen "${NACRE_CLIENTS[0]}" \
+        # The etcd API is measured by compare-etcd-api.sh; off here, it
+        # cannot clash with anything on its default port.
+        "$NACRE" serve --data-dir "$DATA/nacre/n1" --listen "${NACRE_CLIENTS[0]}" --no-etcd-api \
             >>"$DATA/nacre-n1.log" 2>&1 &
         PIDS+=($!)
     else

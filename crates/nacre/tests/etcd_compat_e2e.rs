@@ -143,7 +143,10 @@ impl Cluster {
             dir,
         };
         for node in &cfg.nodes {
-            let etcd = node.etcd.clone().expect("init-config names an etcd address");
+            let etcd = node
+                .etcd
+                .clone()
+                .expect("init-config names an etcd address");
             c.nacre
                 .push(ServerProc::start_member(&config, &node.name, &[]));
             c.endpoints.push(etcd);

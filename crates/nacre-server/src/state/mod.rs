@@ -32,6 +32,8 @@ mod corruption_tests;
 mod error;
 mod etcd;
 mod etcd_range;
+#[cfg(test)]
+mod etcd_tests;
 mod kv;
 mod leases;
 mod members;
