@@ -27,7 +27,9 @@ async fn client(addr: &str) -> KvClient<Channel> {
 
 /// The member id the node at `addr` reports as leader, if it knows one.
 async fn leader_of(addr: &str) -> Option<u64> {
-    let channel = Channel::from_shared(format!("http://{addr}")).ok()?.connect_lazy();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_lazy();
     let status = MaintenanceClient::new(channel)
         .status(pb::StatusRequest {})
         .await
@@ -96,7 +98,11 @@ async fn writes_go_on_through_the_other_members_when_the_leader_dies() {
             acked.push(key);
         }
     }
-    assert!(acked.len() >= WRITES - 2, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() >= WRITES - 2,
+        "only {} writes acknowledged",
+        acked.len()
+    );
     for (i, c) in clients.iter_mut().enumerate() {
         if i == leader {
             continue;

@@ -7,12 +7,14 @@
 //!
 //! | module | one job |
 //! |---|---|
+//! | `auth.rs` | Auth: `Unimplemented`, with the reason |
 //! | `errors.rs` | Nacre's errors as etcd's gRPC statuses and messages |
 //! | `forward.rs` | a follower's calls to the leader |
 //! | `kv.rs` | KV: Range, Put, DeleteRange, Txn, Compact |
 //! | `read.rs` | Ranges and read-only Txns from a snapshot |
 //! | `history.rs` | a Range at an older revision, from the watch history |
 
+mod auth;
 mod errors;
 mod forward;
 mod history;
@@ -135,6 +137,7 @@ pub(crate) async fn serve(
     );
     Server::builder()
         .add_service(kv::service(&api))
+        .add_service(auth::service())
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
