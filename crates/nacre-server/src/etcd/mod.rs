@@ -13,13 +13,17 @@
 //! | `kv.rs` | KV: Range, Put, DeleteRange, Txn, Compact |
 //! | `read.rs` | Ranges and read-only Txns from a snapshot |
 //! | `history.rs` | a Range at an older revision, from the watch history |
+//! | `watch.rs` | Watch: etcd's watch streams over the node's watch hub |
+//! | `lease.rs` | Lease: grants, revokes, keep-alives, TTLs over Nacre's leases |
 
 mod auth;
 mod errors;
 mod forward;
 mod history;
 mod kv;
+mod lease;
 mod read;
+mod watch;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +32,6 @@ use bytes::Bytes;
 use nacre_etcd_proto::etcdserverpb as pb;
 use nacre_proto::{Batch, ErrorCode, ErrorReply, Op};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
@@ -122,7 +125,8 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     own: std::net::SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    // Spelled out: `watch` here is the etcd Watch service's module.
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let api = Arc::new(Api::new(shared, own));
     // Replies are small and latency is what clients wait on: without
@@ -138,6 +142,8 @@ pub(crate) async fn serve(
     Server::builder()
         .add_service(kv::service(&api))
         .add_service(auth::service())
+        .add_service(watch::service(&api, &stop))
+        .add_service(lease::service(&api, &stop))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         })

@@ -261,6 +261,14 @@ impl WatchHub {
         true
     }
 
+    /// How far watch `id` is sent: every change of its span up to this
+    /// revision is in its channel (`None`: it ended). etcd's progress
+    /// request answers for all of a stream's watches at once, so the
+    /// stream must know this without queuing a frame to each.
+    pub fn sent_through(&self, id: u64) -> Option<u64> {
+        self.inner.lock().watchers.get(&id).map(|w| w.sent_through)
+    }
+
     /// Queues a progress frame (no events, everything up to the applied
     /// revision sent) to watch `id`, which has been idle.
     pub fn progress(&self, id: u64) {
