@@ -188,23 +188,36 @@ pub(super) async fn txn(api: &Api, t: &pb::TxnRequest) -> Result<pb::TxnResponse
         };
         wait_for(&api.shared, c).await?;
         let store = api.shared.store.clone();
+        let hub = api.shared.node.watches.clone();
         let bytes_max = api.shared.config.etcd_response_bytes_max;
         let t = t.clone();
-        let (revision, mut resp) =
-            off_the_workers(&api.shared, move || super::read::txn(&store, &t, bytes_max)).await?;
+        let (revision, mut resp) = off_the_workers(&api.shared, move || {
+            super::read::txn(&store, &hub, &t, bytes_max)
+        })
+        .await?;
         resp.header = Some(api.header(revision));
         return Ok(resp);
     }
     let op = pb::RequestOp {
         request: Some(pb::request_op::Request::RequestTxn(t.clone())),
     };
-    match apply(api, op).await? {
-        (revision, pb::response_op::Response::ResponseTxn(mut resp)) => {
-            resp.header = Some(api.header(revision));
+    let (revision, mut resp) = match apply(api, op).await? {
+        (revision, pb::response_op::Response::ResponseTxn(resp)) => (revision, resp),
+        _ => return Err(wrong_response()),
+    };
+    if super::read::has_past_range(t) {
+        let store = api.shared.store.clone();
+        let hub = api.shared.node.watches.clone();
+        let bytes_max = api.shared.config.etcd_response_bytes_max;
+        let t = t.clone();
+        resp = off_the_workers(&api.shared, move || {
+            super::read::past_ranges(&store, &hub, &t, &mut resp, bytes_max)?;
             Ok(resp)
-        }
-        _ => Err(wrong_response()),
+        })
+        .await?;
     }
+    resp.header = Some(api.header(revision));
+    Ok(resp)
 }
 
 pub(super) async fn compact(
@@ -246,11 +259,8 @@ fn check_txn(api: &Api, t: &pb::TxnRequest) -> Result<(), ErrorReply> {
         return Err(bad(TOO_MANY_OPS));
     }
     for branch in [&t.success, &t.failure] {
-        let mut writes = Writes::default();
-        for op in branch {
-            check_op(api, op)?;
-            writes.add(op)?;
-        }
+        branch.iter().try_for_each(|op| check_op(api, op))?;
+        branch_writes(branch)?;
     }
     Ok(())
 }
@@ -274,52 +284,59 @@ struct Writes {
 }
 
 impl Writes {
-    fn add(&mut self, op: &pb::RequestOp) -> Result<(), ErrorReply> {
-        use pb::request_op::Request as Rq;
-        match &op.request {
-            Some(Rq::RequestPut(p)) => self.put(&p.key),
-            Some(Rq::RequestDeleteRange(d)) => {
-                self.deletes.push((d.key.clone(), d.range_end.clone()));
-                self.recheck()
-            }
-            // Only one branch of a nested Txn runs: each may write what
-            // the other does, but not what this branch writes.
-            Some(Rq::RequestTxn(t)) => {
-                let mut union = Writes::default();
-                for branch in [&t.success, &t.failure] {
-                    let mut one = Writes::default();
-                    branch.iter().try_for_each(|op| one.add(op))?;
-                    union.puts.extend(one.puts);
-                    union.deletes.extend(one.deletes);
-                }
-                for k in &union.puts {
-                    self.put(k)?;
-                }
-                self.deletes.extend(union.deletes);
-                self.recheck()
-            }
-            _ => Ok(()),
-        }
+    fn deletes(&self, key: &[u8]) -> bool {
+        self.deletes
+            .iter()
+            .any(|(start, end)| super::history::in_interval(key, start, end))
     }
 
+    /// Adds a put that must not meet another put or a delete.
     fn put(&mut self, key: &Bytes) -> Result<(), ErrorReply> {
-        if !self.puts.insert(key.clone()) {
-            return Err(bad(DUPLICATE_KEY));
-        }
-        self.recheck()
-    }
-
-    fn recheck(&self) -> Result<(), ErrorReply> {
-        let covered = self.puts.iter().any(|k| {
-            self.deletes
-                .iter()
-                .any(|(start, end)| super::history::in_interval(k, start, end))
-        });
-        if covered {
+        if self.deletes(key) || !self.puts.insert(key.clone()) {
             return Err(bad(DUPLICATE_KEY));
         }
         Ok(())
     }
+}
+
+/// etcd's rule for one branch: this level's deletes first; then each
+/// nested Txn's puts, which must meet no put or delete seen so far (a key
+/// both of its branches put is fine: only one runs), after which its
+/// deletes count too; then this level's puts, against all of it.
+fn branch_writes(ops: &[pb::RequestOp]) -> Result<Writes, ErrorReply> {
+    use pb::request_op::Request as Rq;
+    let mut w = Writes::default();
+    for op in ops {
+        if let Some(Rq::RequestDeleteRange(d)) = &op.request {
+            w.deletes.push((d.key.clone(), d.range_end.clone()));
+        }
+    }
+    for op in ops {
+        let Some(Rq::RequestTxn(t)) = &op.request else {
+            continue;
+        };
+        let then = branch_writes(&t.success)?;
+        let other = branch_writes(&t.failure)?;
+        for k in &then.puts {
+            w.put(k)?;
+        }
+        for k in other.puts.difference(&then.puts) {
+            w.put(k)?;
+        }
+        for k in other.puts.intersection(&then.puts) {
+            if w.deletes(k) {
+                return Err(bad(DUPLICATE_KEY));
+            }
+        }
+        w.deletes.extend(then.deletes);
+        w.deletes.extend(other.deletes);
+    }
+    for op in ops {
+        if let Some(Rq::RequestPut(p)) = &op.request {
+            w.put(&p.key)?;
+        }
+    }
+    Ok(w)
 }
 
 fn is_read_only(t: &pb::TxnRequest) -> bool {

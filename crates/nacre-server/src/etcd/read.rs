@@ -47,13 +47,64 @@ pub(super) fn range(
 /// A Txn of ranges only, from a fresh snapshot.
 pub(super) fn txn(
     store: &Store,
+    hub: &WatchHub,
     t: &pb::TxnRequest,
     bytes_max: usize,
 ) -> Result<(u64, pb::TxnResponse), ErrorReply> {
     let snapshot = store.begin_read();
     let (revision, _) = read_revision(&snapshot)?;
-    let resp = txn_at(&snapshot, revision, t, bytes_max)?;
+    let mut resp = txn_at(&snapshot, revision, t, bytes_max)?;
+    past_ranges(store, hub, t, &mut resp, bytes_max)?;
     Ok((revision, resp))
+}
+
+/// Whether a Txn holds a Range at a revision of its own.
+pub(super) fn has_past_range(t: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request as Rq;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Rq::RequestRange(r)) => r.revision > 0,
+            Some(Rq::RequestTxn(nested)) => has_past_range(nested),
+            _ => false,
+        })
+}
+
+/// Answers the Ranges of a Txn's branch that asked for an older revision
+/// than the one they were read at: history no Txn changes, so reading it
+/// after the Txn applied gives what etcd reads inside it.
+pub(super) fn past_ranges(
+    store: &Store,
+    hub: &WatchHub,
+    t: &pb::TxnRequest,
+    resp: &mut pb::TxnResponse,
+    bytes_max: usize,
+) -> Result<(), ErrorReply> {
+    use pb::request_op::Request as Rq;
+    use pb::response_op::Response as Rs;
+    let branch = if resp.succeeded {
+        &t.success
+    } else {
+        &t.failure
+    };
+    for (op, answer) in branch.iter().zip(resp.responses.iter_mut()) {
+        match (&op.request, &mut answer.response) {
+            (Some(Rq::RequestRange(r)), Some(Rs::ResponseRange(got))) if r.revision > 0 => {
+                let read_at = got.header.as_ref().map_or(0, |h| h.revision);
+                if r.revision < read_at {
+                    let header = got.header.take();
+                    *got = range(store, hub, r, bytes_max)?.1;
+                    got.header = header;
+                }
+            }
+            (Some(Rq::RequestTxn(nested)), Some(Rs::ResponseTxn(got))) => {
+                past_ranges(store, hub, nested, got, bytes_max)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn txn_at(
@@ -82,6 +133,9 @@ fn txn_at(
     for op in branch {
         let response = match &op.request {
             Some(Rq::RequestRange(r)) => {
+                if u64::try_from(r.revision).is_ok_and(|rev| rev > revision) {
+                    return Err(ErrorReply::new(ErrorCode::BadInput, FUTURE_REV));
+                }
                 let kvs = read_interval(snapshot, &r.key, &r.range_end, bytes_max)?
                     .ok_or_else(|| too_large(bytes_max))?;
                 let mut resp = shape_range(kvs, r);

@@ -89,10 +89,11 @@ fn read_u64(txn: &WriteTxn<'_>, key: &[u8]) -> Result<u64, StateError> {
     decode_u64(key, txn.get(key)?)
 }
 
-/// etcd's store revision and the last compaction's, in a snapshot.
+/// etcd's store revision and the last compaction's, in a snapshot. A
+/// store no write has changed is at revision 1, as a new etcd is.
 pub fn read_revision(txn: &ReadTxn) -> Result<(u64, u64), StateError> {
     Ok((
-        decode_u64(REVISION_KEY, txn.get(REVISION_KEY)?)?,
+        decode_u64(REVISION_KEY, txn.get(REVISION_KEY)?)?.max(1),
         decode_u64(COMPACTED_KEY, txn.get(COMPACTED_KEY)?)?,
     ))
 }
@@ -349,8 +350,18 @@ fn range(
     fx: &Effects<'_>,
     r: &pb::RangeRequest,
 ) -> Applied<pb::RangeResponse> {
-    // Inside a Txn a Range reads the Txn's state, at the Txn's revision;
-    // a revision of its own is not what etcd's Txn ranges accept either.
+    // A Range in a Txn reads the Txn's state as it stands. One at an
+    // older revision reads history the Txn cannot change: the server
+    // answers it after the Txn applied (etcd/kv.rs); here it is only
+    // checked, so that a revision etcd refuses fails the whole Txn.
+    if let Ok(rev @ 1..) = u64::try_from(r.revision) {
+        if rev > fx.revision_now() {
+            return Ok(Err(refused(ErrorCode::BadInput, FUTURE_REV)));
+        }
+        if rev < read_u64(txn, COMPACTED_KEY)? {
+            return Ok(Err(refused(ErrorCode::Compacted, COMPACTED)));
+        }
+    }
     let found = matching(txn, &r.key, &r.range_end)?;
     let mut kvs = Vec::with_capacity(found.len());
     for (key, raw) in &found {

@@ -44,6 +44,20 @@ pub fn shape_range(mut kvs: Vec<KeyValue>, r: &pb::RangeRequest) -> pb::RangeRes
         };
     }
     kvs.retain(|kv| passes_filters(kv, r));
+    // etcd 3.4 reads everything before it sorts only when an order or a
+    // filter is named; otherwise it reads `limit + 1` pairs in key order
+    // and sorts those (a sort target without an order sorts just them).
+    let filtered = r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0;
+    if r.sort_order == 0 && !filtered && r.limit > 0 {
+        kvs.truncate(
+            usize::try_from(r.limit)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+        );
+    }
     sort(&mut kvs, r);
     let mut more = false;
     if let Ok(limit) = usize::try_from(r.limit) {

@@ -126,7 +126,7 @@ fn a_txn_that_fails_part_way_leaves_nothing() {
     }
     assert_eq!(value(&sm, "a"), None, "the first put was undone");
     assert!(sm.take_events().is_empty(), "and so were its events");
-    assert_eq!(sm.kv_revision(), 0);
+    assert_eq!(sm.kv_revision(), 1, "a new store's revision, as etcd's");
 }
 
 #[test]
