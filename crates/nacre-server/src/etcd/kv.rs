@@ -284,10 +284,18 @@ struct Writes {
 }
 
 impl Writes {
+    /// Whether a delete of this branch covers `key`. etcd compares the
+    /// interval's bytes as they are here: a `range_end` of "\0" (every
+    /// key from `key` on, when deleting) is an empty interval to this
+    /// check, so a put under it is not a duplicate.
     fn deletes(&self, key: &[u8]) -> bool {
-        self.deletes
-            .iter()
-            .any(|(start, end)| super::history::in_interval(key, start, end))
+        self.deletes.iter().any(|(start, end)| {
+            if end.is_empty() {
+                key == &start[..]
+            } else {
+                key >= &start[..] && key < &end[..]
+            }
+        })
     }
 
     /// Adds a put that must not meet another put or a delete.

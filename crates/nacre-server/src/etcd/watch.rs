@@ -25,7 +25,7 @@ use bytes::Bytes;
 use nacre_etcd_proto::etcdserverpb as pb;
 use nacre_etcd_proto::mvccpb;
 use nacre_proto::{
-    CoordResponse, ErrorCode, ErrorReply, EventKind, KeySpan, WatchEvent, WatchSpec,
+    CoordResponse, ErrorCode, ErrorReply, EtcdMeta, EventKind, KeySpan, WatchEvent, WatchSpec,
 };
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -367,9 +367,30 @@ impl WatchStream {
             return Ok(());
         };
         let (no_put, no_delete, prev_kv) = (w.no_put, w.no_delete, w.prev_kv);
+        // etcd reads an event's previous pair at the revision before it
+        // when it sends the event, and sends none once that revision is
+        // compacted: the same here, so clients see what etcd's see.
+        let compacted = if prev_kv { self.revisions()?.1 } else { 0 };
         let mut batch = Vec::new();
         let mut revision = 0;
-        for e in events {
+        // The state before the revision of each key it changed: etcd's
+        // previous pair is read at the revision before, so a key changed
+        // twice in one Txn has the same previous pair both times.
+        let mut before: HashMap<Bytes, (Option<Bytes>, EtcdMeta)> = HashMap::new();
+        for mut e in events {
+            if e.revision() != revision {
+                before.clear();
+            }
+            match before.get(&e.key) {
+                Some((prev, meta)) => {
+                    e.prev = prev.clone();
+                    e.etcd.prev_rev = meta.prev_rev;
+                    e.etcd.prev_lease = meta.prev_lease;
+                }
+                None => {
+                    before.insert(e.key.clone(), (e.prev.clone(), e.etcd));
+                }
+            }
             if e.revision() != revision && !batch.is_empty() {
                 self.send_events(id, revision, std::mem::take(&mut batch))
                     .await?;
@@ -382,8 +403,12 @@ impl WatchStream {
                 EventKind::Put => no_put,
                 EventKind::Delete => no_delete,
             };
+            // etcd sends no previous pair with an event that creates its
+            // key, even when the same Txn deleted the key just before.
+            let creates = e.kind == EventKind::Put && e.rev.create_rev == e.rev.mod_rev;
             if !skip {
-                batch.push(to_event(&e, prev_kv));
+                let with_prev = prev_kv && !creates && e.revision() > compacted;
+                batch.push(to_event(&e, with_prev));
             }
         }
         if batch.is_empty() {

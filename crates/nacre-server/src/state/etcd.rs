@@ -135,6 +135,12 @@ pub(super) fn apply_etcd(
                 let mut path = VecDeque::new();
                 if let Some(pb::request_op::Request::RequestTxn(t)) = &op.request {
                     decide(txn, fx, t, &mut path)?;
+                    let path: Vec<bool> = path.iter().copied().collect();
+                    for step in [Check::Puts, Check::Ranges] {
+                        if let Err(r) = precheck(txn, fx, t, &path, &mut 0, step)? {
+                            return Ok(failed_outcome(r));
+                        }
+                    }
                 }
                 request_op(txn, fx, &op, &mut undo, &mut path)?.map(|r| r.encode_to_vec())
             }
@@ -157,14 +163,84 @@ pub(super) fn apply_etcd(
         Err(r) => {
             super::kv::rollback(txn, undo)?;
             fx.events.truncate(events_before);
-            Ok(Outcome::Failed {
-                code: r.code,
-                key: Bytes::new(),
-                current: None,
-                message: r.message,
-            })
+            Ok(failed_outcome(r))
         }
     }
+}
+
+fn failed_outcome(r: Refused) -> Outcome {
+    Outcome::Failed {
+        code: r.code,
+        key: Bytes::new(),
+        current: None,
+        message: r.message,
+    }
+}
+
+/// What [`precheck`] looks at in one pass.
+#[derive(Clone, Copy, PartialEq)]
+enum Check {
+    Puts,
+    Ranges,
+}
+
+/// etcd checks the ops a Txn will run before it runs any, against the
+/// state before it: every put's lease and `ignore_*` key first, then
+/// every range's revision; the first refusal fails the Txn.
+fn precheck(
+    txn: &mut WriteTxn<'_>,
+    fx: &Effects<'_>,
+    t: &pb::TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+    step: Check,
+) -> Applied<()> {
+    use pb::request_op::Request as Rq;
+    let succeeded = path.get(*at).copied().unwrap_or(false);
+    *at += 1;
+    for op in if succeeded { &t.success } else { &t.failure } {
+        let refusal = match (&op.request, step) {
+            (Some(Rq::RequestPut(p)), Check::Puts) => check_put(txn, p)?,
+            (Some(Rq::RequestRange(r)), Check::Ranges) => check_range(txn, fx, r)?,
+            (Some(Rq::RequestTxn(nested)), _) => precheck(txn, fx, nested, path, at, step)?.err(),
+            _ => None,
+        };
+        if let Some(r) = refusal {
+            return Ok(Err(r));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn check_put(txn: &mut WriteTxn<'_>, p: &pb::PutRequest) -> Result<Option<Refused>, StateError> {
+    if p.lease != 0 && !leases::exists(txn, p.lease as u64)? {
+        return Ok(Some(refused(ErrorCode::LeaseNotFound, LEASE_NOT_FOUND)));
+    }
+    if (p.ignore_value || p.ignore_lease) && !txn.exists(&user_key(&p.key))? {
+        return Ok(Some(refused(
+            ErrorCode::BadInput,
+            "etcdserver: key not found",
+        )));
+    }
+    Ok(None)
+}
+
+/// A range's own revision: not past the store's, not compacted.
+fn check_range(
+    txn: &mut WriteTxn<'_>,
+    fx: &Effects<'_>,
+    r: &pb::RangeRequest,
+) -> Result<Option<Refused>, StateError> {
+    let Ok(rev @ 1..) = u64::try_from(r.revision) else {
+        return Ok(None);
+    };
+    if rev > fx.revision {
+        return Ok(Some(refused(ErrorCode::BadInput, FUTURE_REV)));
+    }
+    if rev < read_u64(txn, COMPACTED_KEY)? {
+        return Ok(Some(refused(ErrorCode::Compacted, COMPACTED)));
+    }
+    Ok(None)
 }
 
 fn bad(why: &str) -> Outcome {
@@ -262,6 +338,10 @@ fn put(
     p: &pb::PutRequest,
     undo: &mut Undo,
 ) -> Applied<pb::PutResponse> {
+    // etcd looks for the lease before it looks at the key.
+    if p.lease != 0 && !leases::exists(txn, p.lease as u64)? {
+        return Ok(Err(refused(ErrorCode::LeaseNotFound, LEASE_NOT_FOUND)));
+    }
     let uk = user_key(&p.key);
     let prev = match txn.get(&uk)? {
         Some(raw) => Some(key_value(txn, fx, &p.key, &raw)?),
@@ -352,16 +432,8 @@ fn range(
 ) -> Applied<pb::RangeResponse> {
     // A Range in a Txn reads the Txn's state as it stands. One at an
     // older revision reads history the Txn cannot change: the server
-    // answers it after the Txn applied (etcd/kv.rs); here it is only
-    // checked, so that a revision etcd refuses fails the whole Txn.
-    if let Ok(rev @ 1..) = u64::try_from(r.revision) {
-        if rev > fx.revision_now() {
-            return Ok(Err(refused(ErrorCode::BadInput, FUTURE_REV)));
-        }
-        if rev < read_u64(txn, COMPACTED_KEY)? {
-            return Ok(Err(refused(ErrorCode::Compacted, COMPACTED)));
-        }
-    }
+    // answers it after the Txn applied (etcd/kv.rs); `precheck` refused
+    // the Txn if etcd would refuse that revision.
     let found = matching(txn, &r.key, &r.range_end)?;
     let mut kvs = Vec::with_capacity(found.len());
     for (key, raw) in &found {

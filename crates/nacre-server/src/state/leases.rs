@@ -171,6 +171,11 @@ pub(super) fn detach(
     delete(txn, lease_key_entry(id, key), undo)
 }
 
+/// Whether lease `id` exists.
+pub(super) fn exists(txn: &WriteTxn<'_>, id: u64) -> Result<bool, StateError> {
+    Ok(txn.exists(&lease_key(id))?)
+}
+
 /// The lease `key` is attached to; 0: none (etcd's "no lease").
 pub(super) fn lease_of(txn: &WriteTxn<'_>, key: &[u8]) -> Result<u64, StateError> {
     let kl = key_lease(key);
