@@ -52,11 +52,6 @@ impl Forwarder {
             .unwrap_or_default()
     }
 
-    /// This node's own etcd address, as configured.
-    pub(crate) fn own_addr(&self) -> Option<&str> {
-        self.addrs.get(&self.my_id).map(String::as_str)
-    }
-
     /// A channel to the leader's etcd listener, or "no leader" when the
     /// leader is unknown, is this node, or listens where nobody said.
     pub(crate) fn leader(&self, status: &NodeStatus) -> Result<Channel, Status> {

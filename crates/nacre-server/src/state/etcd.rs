@@ -72,6 +72,9 @@ fn refused(code: ErrorCode, message: impl Into<String>) -> Refused {
 
 type Applied<T> = Result<Result<T, Refused>, StateError>;
 
+/// User keys (without the namespace byte) and their stored records.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One of the two replicated records etcd's meaning needs; 0 if absent.
 fn decode_u64(key: &[u8], raw: Option<Vec<u8>>) -> Result<u64, StateError> {
     match raw {
@@ -406,7 +409,7 @@ fn matching(
     txn: &mut WriteTxn<'_>,
     key: &[u8],
     range_end: &[u8],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+) -> Result<Pairs, StateError> {
     let Some((start, end)) = etcd_bounds(key, range_end) else {
         let uk = user_key(key);
         return Ok(txn
