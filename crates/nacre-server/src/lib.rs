@@ -30,6 +30,7 @@ use std::time::Instant;
 
 pub use config::{ConfigError, NodeConfig, ServerConfig};
 pub use error::{FailureKind, ServerError};
+pub use etcd::{read_backup, BackupError, BackupInfo, BACKUP_MAGIC};
 use nacre_vfs::{OsVfs, Vfs};
 pub use node::name_id;
 use tokio::sync::Semaphore;

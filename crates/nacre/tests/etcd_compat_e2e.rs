@@ -64,11 +64,21 @@ fn compat(nodes: usize) {
 
     let size = std::fs::metadata(&snapshot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 0, "etcdctl snapshot save left no snapshot");
-    // TODO: verify what Nacre's snapshot holds, as `snapshot status` does
-    // for etcd (CHECK_SNAPSHOT_STATUS=0 above): once Nacre says what its
-    // Maintenance.Snapshot stream is (a copy of the store?), open or
-    // restore the file and find the keys etcdctl.sh wrote before saving it
-    // (`<prefix>/snap` = "before-snapshot").
+    if !against_etcd {
+        // What `snapshot status` checks for etcd: Nacre's backup format
+        // (etcd/maintenance.rs) reads back, its checksum holds, and it has
+        // the key etcdctl.sh wrote just before saving it.
+        let file = std::fs::read(&snapshot).unwrap();
+        let mut found = false;
+        nacre_server::read_backup(&file[..], |k, v| {
+            // A user key (namespace `u`), its value after a 24-byte revision.
+            found |=
+                k.starts_with(b"u") && k.ends_with(b"/snap") && v.ends_with(b"before-snapshot");
+            Ok(())
+        })
+        .expect("the snapshot reads back as a Nacre backup");
+        assert!(found, "the snapshot lacks the key written before it");
+    }
 
     // The Python client against the first member and, in a cluster, the
     // last one (a follower, most likely).

@@ -15,13 +15,21 @@
 //! | `history.rs` | a Range at an older revision, from the watch history |
 //! | `watch.rs` | Watch: etcd's watch streams over the node's watch hub |
 //! | `lease.rs` | Lease: grants, revokes, keep-alives, TTLs over Nacre's leases |
+//! | `cluster.rs` | Cluster: the member list and membership changes |
+//! | `maintenance.rs` | Maintenance: status, hashes, backups, leadership moves |
+//! | `lock.rs` | Lock (v3lock), and the waiting it shares with Election |
+//! | `election.rs` | Election (v3election): campaigns, leaders, observers |
 
 mod auth;
+mod cluster;
+mod election;
 mod errors;
 mod forward;
 mod history;
 mod kv;
 mod lease;
+mod lock;
+mod maintenance;
 mod read;
 mod watch;
 
@@ -40,6 +48,7 @@ use crate::state::Outcome;
 
 pub(crate) use errors::status;
 pub(crate) use forward::{is_forwarded, marked, Forwarder};
+pub use maintenance::{read_backup, BackupError, BackupInfo, BACKUP_MAGIC};
 
 /// What every etcd service shares: the node, and the way to its leader.
 pub(crate) struct Api {
@@ -144,6 +153,10 @@ pub(crate) async fn serve(
         .add_service(auth::service())
         .add_service(watch::service(&api, &stop))
         .add_service(lease::service(&api, &stop))
+        .add_service(cluster::service(&api))
+        .add_service(maintenance::service(&api))
+        .add_service(lock::service(&api))
+        .add_service(election::service(&api))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
