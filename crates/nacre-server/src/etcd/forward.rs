@@ -44,11 +44,14 @@ impl Forwarder {
     }
 
     /// A member's etcd client URLs (none if the configuration does not
-    /// say where it listens).
+    /// say where it listens), as `HOST:PORT` without a scheme: etcdctl's
+    /// `--cluster` commands dial them as given and send them as the
+    /// HTTP/2 `:authority`, which may not hold a scheme (docs/etcd.md,
+    /// "Endpoints with a scheme"); every etcd client takes `HOST:PORT`.
     pub(crate) fn client_urls(&self, id: u64) -> Vec<String> {
         self.addrs
             .get(&id)
-            .map(|a| vec![format!("http://{a}")])
+            .map(|a| vec![a.clone()])
             .unwrap_or_default()
     }
 

@@ -233,7 +233,11 @@ fn a_snapshot_with_a_pair_that_does_not_decode_is_not_installed() {
         ),
         ("member key", b"m/member/5".to_vec(), member.1.clone()),
         ("session record", session.0.clone(), b"\x01".to_vec()),
-        ("etcd revision record", b"m/etcd/revision".to_vec(), vec![1; 3]),
+        (
+            "etcd revision record",
+            b"m/etcd/revision".to_vec(),
+            vec![1; 3],
+        ),
         ("script head", b"sname".to_vec(), b"12345".to_vec()),
         (
             "script version",

@@ -405,11 +405,7 @@ fn delete_range(
 }
 
 /// The user keys in etcd's `[key, range_end)` and their stored records.
-fn matching(
-    txn: &mut WriteTxn<'_>,
-    key: &[u8],
-    range_end: &[u8],
-) -> Result<Pairs, StateError> {
+fn matching(txn: &mut WriteTxn<'_>, key: &[u8], range_end: &[u8]) -> Result<Pairs, StateError> {
     let Some((start, end)) = etcd_bounds(key, range_end) else {
         let uk = user_key(key);
         return Ok(txn
