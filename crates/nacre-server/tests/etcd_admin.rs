@@ -137,7 +137,8 @@ async fn status_and_the_member_list_describe_the_node() {
     };
     assert_eq!(m.id, header.member_id);
     assert_eq!(m.id, nacre_server::name_id(&m.name));
-    assert_eq!(m.client_ur_ls, vec![format!("http://{}", etcd(&server))]);
+    // HOST:PORT, without a scheme (docs/etcd.md, "Endpoints with a scheme").
+    assert_eq!(m.client_ur_ls, vec![etcd(&server).to_string()]);
     assert!(m.peer_ur_ls.len() == 1 && m.peer_ur_ls[0].starts_with("http://"));
     assert!(!m.is_learner);
     assert_eq!(list.header.unwrap().cluster_id, header.cluster_id);
@@ -631,7 +632,7 @@ async fn members_agree_on_hashes_and_move_the_leader() {
             .into_inner();
         assert_eq!(list.members.len(), 3);
         for (m, s) in list.members.iter().zip(sorted_by_id(&servers)) {
-            assert_eq!(m.client_ur_ls, vec![format!("http://{}", etcd(s))]);
+            assert_eq!(m.client_ur_ls, vec![etcd(s).to_string()]);
             assert!(!m.is_learner);
         }
     }
