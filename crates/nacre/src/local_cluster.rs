@@ -178,8 +178,9 @@ fn print_banner(opts: &Options, config_path: &Path, cfg: &ServerConfig, nodes: &
     );
     for (n, proc_) in cfg.nodes.iter().zip(nodes) {
         let pid = proc_.child.as_ref().map_or(0, Child::id);
+        let etcd = n.etcd.as_deref().unwrap_or("-");
         println!(
-            "  {}  client {}  peer {}  log {}/{}.log  pid {pid}",
+            "  {}  client {}  peer {}  etcd {etcd}  log {}/{}.log  pid {pid}",
             n.name,
             n.client,
             n.peer,
@@ -192,6 +193,13 @@ fn print_banner(opts: &Options, config_path: &Path, cfg: &ServerConfig, nodes: &
         "try:  nacre --endpoints {} set hello world",
         endpoints.join(",")
     );
+    let etcd: Vec<&str> = cfg.nodes.iter().filter_map(|n| n.etcd.as_deref()).collect();
+    if !etcd.is_empty() {
+        println!(
+            "      ETCDCTL_API=3 etcdctl --endpoints={} get hello",
+            etcd.join(",")
+        );
+    }
     println!("Ctrl-C stops the cluster.");
 }
 
