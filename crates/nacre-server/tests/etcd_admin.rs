@@ -18,7 +18,7 @@ use nacre_etcd_proto::v3electionpb::election_client::ElectionClient;
 use nacre_etcd_proto::v3lockpb as lockpb;
 use nacre_etcd_proto::v3lockpb::lock_client::LockClient;
 use nacre_proto::{CoordRequest, CoordResponse, Request, Response};
-use nacre_server::{BackupError, NodeConfig, RunningServer, ServerConfig};
+use nacre_server::{BackupError, RunningServer, ServerConfig};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -65,17 +65,26 @@ async fn one_node(dir: &std::path::Path) -> (RunningServer, Channel) {
     panic!("no leader within 5 s");
 }
 
+/// A put, retried while the answer is `Unavailable` (no leader for a
+/// moment, as on a loaded machine), as etcd's clients retry it.
 async fn put(ch: &Channel, key: &str, value: &[u8]) -> i64 {
-    let r = KvClient::new(ch.clone())
-        .put(pb::PutRequest {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            value: Bytes::copy_from_slice(value),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    r.header.unwrap().revision
+    for _ in 0..100 {
+        let r = KvClient::new(ch.clone())
+            .put(pb::PutRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::copy_from_slice(value),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => return r.into_inner().header.unwrap().revision,
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("put {key}: {s:?}"),
+        }
+    }
+    panic!("put {key}: no leader for 5 s");
 }
 
 async fn exists(ch: &Channel, key: &Bytes) -> bool {
@@ -555,42 +564,9 @@ async fn an_election_from_campaign_to_resignation() {
     server.shutdown().await.unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Three members, each with its etcd API where the others know it.
 async fn three_nodes(dir: &std::path::Path) -> Vec<RunningServer> {
-    let nodes: Vec<NodeConfig> = (0..3)
-        .map(|i| NodeConfig {
-            name: format!("n{i}"),
-            id: None,
-            client: format!("127.0.0.1:{}", free_port()),
-            peer: format!("127.0.0.1:{}", free_port()),
-            etcd: Some(format!("127.0.0.1:{}", free_port())),
-            data_dir: dir.join(format!("n{i}")),
-        })
-        .collect();
-    let handles: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let mut c = ServerConfig {
-                nodes: nodes.clone(),
-                ..config(&n.data_dir)
-            };
-            c.select_node(&n.name).unwrap();
-            tokio::spawn(nacre_server::start(c))
-        })
-        .collect();
-    let mut servers = Vec::new();
-    for h in handles {
-        servers.push(h.await.unwrap().unwrap());
-    }
-    servers
+    common::three_etcd_nodes(dir, config).await
 }
 
 /// The leader's id, once every member agrees on it.

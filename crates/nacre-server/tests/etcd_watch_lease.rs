@@ -13,7 +13,7 @@ use nacre_etcd_proto::etcdserverpb::lease_client::LeaseClient;
 use nacre_etcd_proto::etcdserverpb::watch_client::WatchClient;
 use nacre_etcd_proto::mvccpb;
 use nacre_proto::{Request, Response};
-use nacre_server::{NodeConfig, RunningServer, ServerConfig};
+use nacre_server::{RunningServer, ServerConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -582,42 +582,9 @@ async fn a_lease_from_grant_to_revoke() {
     server.shutdown().await.unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Three nodes that know each other's etcd addresses; the leader's index.
 async fn three_nodes(dir: &std::path::Path) -> (Vec<RunningServer>, usize) {
-    let nodes: Vec<NodeConfig> = (0..3)
-        .map(|i| NodeConfig {
-            name: format!("n{i}"),
-            id: None,
-            client: format!("127.0.0.1:{}", free_port()),
-            peer: format!("127.0.0.1:{}", free_port()),
-            etcd: Some(format!("127.0.0.1:{}", free_port())),
-            data_dir: dir.join(format!("n{i}")),
-        })
-        .collect();
-    // Started together: each waits for the others before the cluster exists.
-    let handles: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let mut c = ServerConfig {
-                nodes: nodes.clone(),
-                ..config(&n.data_dir)
-            };
-            c.select_node(&n.name).unwrap();
-            tokio::spawn(nacre_server::start(c))
-        })
-        .collect();
-    let mut servers = Vec::new();
-    for h in handles {
-        servers.push(h.await.unwrap().expect("a node starts"));
-    }
+    let servers = common::three_etcd_nodes(dir, config).await;
     for _ in 0..500 {
         for (i, s) in servers.iter().enumerate() {
             let mut c = Conn::open(s.local_addr()).await;

@@ -43,3 +43,52 @@ pub fn node_options(dir: &std::path::Path) -> NodeOptions {
         planted: Default::default(),
     }
 }
+
+/// A port free now (the kernel's pick).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three members started together, each with its etcd API where the
+/// others know it (`etcd` in `[[nodes]]`), from `config`'s settings for a
+/// data directory (but the default tick). Each waits for the others
+/// before the cluster exists.
+pub async fn three_etcd_nodes(
+    dir: &std::path::Path,
+    config: impl Fn(&std::path::Path) -> nacre_server::ServerConfig,
+) -> Vec<nacre_server::RunningServer> {
+    let nodes: Vec<nacre_server::NodeConfig> = (0..3)
+        .map(|i| nacre_server::NodeConfig {
+            name: format!("n{i}"),
+            id: None,
+            client: format!("127.0.0.1:{}", free_port()),
+            peer: format!("127.0.0.1:{}", free_port()),
+            etcd: Some(format!("127.0.0.1:{}", free_port())),
+            data_dir: dir.join(format!("n{i}")),
+        })
+        .collect();
+    let handles: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let mut c = nacre_server::ServerConfig {
+                nodes: nodes.clone(),
+                // The default 500 ms election timeout: CI runs many
+                // clusters at once on two cores, and a shorter one lets a
+                // stalled leader lose its term in the middle of a test.
+                tick_ms: 50,
+                ..config(&n.data_dir)
+            };
+            c.select_node(&n.name).unwrap();
+            tokio::spawn(nacre_server::start(c))
+        })
+        .collect();
+    let mut servers = Vec::new();
+    for h in handles {
+        servers.push(h.await.unwrap().expect("a node starts"));
+    }
+    servers
+}
