@@ -202,7 +202,7 @@ fn unknown_inner_tags_are_rejected() {
     bad_tag(decode_response(Bytes::from(vec![1, 2])), "bool", 2);
     // An option flag of 7 in a Value reply.
     bad_tag(decode_response(Bytes::from(vec![3, 7])), "value", 7);
-    // Guard tag 0 and 7, op tag 0 and 14, inside a Batch request.
+    // Guard tag 0 and 7, op tag 0 and 15, inside a Batch request.
     let batch = |guards: &[u8], ops: &[u8]| {
         let mut v = vec![36];
         v.extend_from_slice(&(!guards.is_empty() as u32).to_le_bytes());
@@ -215,7 +215,7 @@ fn unknown_inner_tags_are_rejected() {
     bad_tag(decode_request(batch(&[0], &[])), "guard", 0);
     bad_tag(decode_request(batch(&[7], &[])), "guard", 7);
     bad_tag(decode_request(batch(&[], &[0])), "op", 0);
-    bad_tag(decode_request(batch(&[], &[14])), "op", 14);
+    bad_tag(decode_request(batch(&[], &[15])), "op", 15);
     // Key span 3 in a Watch, event kind 2 and sub-tag 4 in a reply.
     bad_tag(decode_request(Bytes::from(vec![60, 3])), "key span", 3);
     bad_tag(
@@ -227,11 +227,11 @@ fn unknown_inner_tags_are_rejected() {
     watched.extend_from_slice(&[0; 64]);
     bad_tag(decode_response(Bytes::from(watched)), "event kind", 2);
     bad_tag(decode_request(batch(&[], &[4, 9])), "guard", 9);
-    // Command format 4.
+    // Command format 5.
     bad_tag(
-        Command::decode(Bytes::from(vec![4, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+        Command::decode(Bytes::from(vec![5, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
         "command format",
-        4,
+        5,
     );
     // Session flag 2.
     bad_tag(
