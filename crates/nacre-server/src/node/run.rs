@@ -278,6 +278,7 @@ impl Node {
             })
             .collect();
         let outcomes = self.sm.apply(&committed)?;
+        let answered_at = self.sm.take_answered_at();
         // Before the writers hear back: a client that watches from now
         // right after its write's answer does not get that write again.
         self.applied_moved();
@@ -286,8 +287,14 @@ impl Node {
         self.applied_bytes_since_checkpoint += bytes;
         for (e, outcome) in entries.iter().zip(outcomes) {
             if let Some(p) = self.pending.remove(&e.index) {
+                // A retry of a write that already applied is answered with
+                // the index that write applied at, as its first outcome.
+                let index = answered_at
+                    .iter()
+                    .find(|(retry, _)| *retry == e.index)
+                    .map_or(e.index, |(_, first)| *first);
                 let reply = if p.term == e.term {
-                    Ok((e.index, outcome))
+                    Ok((index, outcome))
                 } else {
                     // Another leader's entry took this index: ours was
                     // dropped and never applied.

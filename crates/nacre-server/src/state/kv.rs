@@ -27,6 +27,9 @@ pub(super) struct Effects<'e> {
     pub revision: u64,
     /// How many events were in `events` when this entry began.
     pub events_start: usize,
+    /// A session-stamped retry of a write that already applied: the index
+    /// it applied at, which its client is told (not the retry's).
+    pub first_index: Option<u64>,
     pub events: &'e mut Vec<WatchEvent>,
     pub leases: bool,
     /// A planted bug (simulator only): `LockHeld` guards always hold.

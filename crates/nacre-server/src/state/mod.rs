@@ -115,6 +115,10 @@ pub struct StateMachine {
     /// etcd's store revision: the last applied index that changed a user
     /// key (replicated in `m/etcd/revision`, state/etcd.rs).
     kv_revision: u64,
+    /// Entries applied since the last [`StateMachine::take_answered_at`]
+    /// that were retries of a write already applied, with the index that
+    /// write applied at.
+    answered_at: Vec<(u64, u64)>,
     session_retention_entries: u64,
     /// Change events of the entries applied since the last
     /// [`StateMachine::take_events`], in order (watches are fed from them).
@@ -175,6 +179,7 @@ impl StateMachine {
             applied,
             applied_term,
             kv_revision,
+            answered_at: Vec::new(),
             events: Vec::new(),
             leases,
             // An epoch of zero entries would divide by zero; the config
@@ -225,6 +230,13 @@ impl StateMachine {
     /// batch has none).
     pub fn take_events(&mut self) -> Vec<WatchEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// The retries among the entries applied since the last call: (the
+    /// retry's index, the index the write applied at), which is the one
+    /// its client must be told.
+    pub fn take_answered_at(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.answered_at)
     }
 
     /// Re-reads what the store says after a snapshot replaced it.
@@ -306,12 +318,16 @@ impl StateMachine {
                 index: e.index,
                 revision: kv_revision,
                 events_start: events_before,
+                first_index: None,
                 events: &mut events,
                 leases,
                 skip_fence: self.skips_fence(),
             };
             outcomes.push(self.apply_entry(&mut txn, e, &mut fx)?);
             leases = fx.leases;
+            if let Some(first) = fx.first_index {
+                self.answered_at.push((e.index, first));
+            }
             if events.len() > events_before {
                 kv_revision = e.index;
             }

@@ -126,9 +126,10 @@ impl StateMachine {
             first = txn.get(&previous)?.map(|raw| (previous, raw));
         }
         if let Some((found, raw)) = first {
-            let (_, outcome) = decode_outcome(&raw).ok_or_else(|| {
+            let (first_index, outcome) = decode_outcome(&raw).ok_or_else(|| {
                 Corruption::new(&found, "session record", "does not decode as an outcome")
             })?;
+            fx.first_index = Some(first_index);
             return Ok(outcome);
         }
         let o = apply_batch(txn, fx, batch)?;

@@ -462,6 +462,9 @@ fn a_session_retry_applies_once_and_answers_as_the_first_time() {
         }])
         .unwrap();
     assert_eq!(first, again);
+    // And at the first one's index: the retry's client must be told where
+    // its write applied (a watch saw it there), not where the retry went.
+    assert_eq!(sm.take_answered_at(), vec![(2, 1)]);
     let e = Reader::new(sm.store()).get_entry(b"k").unwrap().unwrap();
     assert_eq!((e.value, e.rev.version), (b("a"), 1));
     // A failed stamped batch is not remembered: its retry runs afresh.
