@@ -22,6 +22,17 @@ fn too_large(bytes_max: usize) -> ErrorReply {
     )
 }
 
+/// The pairs of etcd's interval in a snapshot, or `Busy` naming the
+/// limit once they would pass `bytes_max`.
+fn interval(
+    snapshot: &ReadTxn,
+    key: &[u8],
+    range_end: &[u8],
+    bytes_max: usize,
+) -> Result<Vec<nacre_etcd_proto::mvccpb::KeyValue>, ErrorReply> {
+    read_interval(snapshot, key, range_end, bytes_max)?.ok_or_else(|| too_large(bytes_max))
+}
+
 /// A Range from a fresh snapshot: the store revision it read at, and the
 /// response (its header left to the caller).
 pub(super) fn range(
@@ -32,8 +43,7 @@ pub(super) fn range(
 ) -> Result<(u64, pb::RangeResponse), ErrorReply> {
     let txn = store.begin_read();
     let (revision, compacted) = read_revision(&txn)?;
-    let kvs = read_interval(&txn, &r.key, &r.range_end, bytes_max)?
-        .ok_or_else(|| too_large(bytes_max))?;
+    let kvs = interval(&txn, &r.key, &r.range_end, bytes_max)?;
     let kvs = match u64::try_from(r.revision) {
         Ok(0) | Err(_) => kvs,
         Ok(rev) if rev > revision => return Err(ErrorReply::new(ErrorCode::BadInput, FUTURE_REV)),
@@ -117,8 +127,7 @@ fn txn_at(
     use pb::response_op::Response as Rs;
     let mut succeeded = true;
     for c in &t.compare {
-        let kvs = read_interval(snapshot, &c.key, &c.range_end, bytes_max)?
-            .ok_or_else(|| too_large(bytes_max))?;
+        let kvs = interval(snapshot, &c.key, &c.range_end, bytes_max)?;
         if !compare_holds(c, &kvs) {
             succeeded = false;
             break;
@@ -136,8 +145,7 @@ fn txn_at(
                 if u64::try_from(r.revision).is_ok_and(|rev| rev > revision) {
                     return Err(ErrorReply::new(ErrorCode::BadInput, FUTURE_REV));
                 }
-                let kvs = read_interval(snapshot, &r.key, &r.range_end, bytes_max)?
-                    .ok_or_else(|| too_large(bytes_max))?;
+                let kvs = interval(snapshot, &r.key, &r.range_end, bytes_max)?;
                 let mut resp = shape_range(kvs, r);
                 resp.header = Some(header());
                 Rs::ResponseRange(resp)

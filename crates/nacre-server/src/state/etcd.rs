@@ -433,14 +433,24 @@ fn range(
     // older revision reads history the Txn cannot change: the server
     // answers it after the Txn applied (etcd/kv.rs); `precheck` refused
     // the Txn if etcd would refuse that revision.
-    let found = matching(txn, &r.key, &r.range_end)?;
-    let mut kvs = Vec::with_capacity(found.len());
-    for (key, raw) in &found {
-        kvs.push(key_value(txn, fx, key, raw)?);
-    }
+    let kvs = interval_kvs(txn, fx, &r.key, &r.range_end)?;
     let mut resp = shape_range(kvs, r);
     resp.header = Some(revision_header(fx));
     Ok(Ok(resp))
+}
+
+/// The pairs of etcd's interval `[key, range_end)` as the Txn stands.
+fn interval_kvs(
+    txn: &mut WriteTxn<'_>,
+    fx: &Effects<'_>,
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<Vec<KeyValue>, StateError> {
+    let found = matching(txn, key, range_end)?;
+    found
+        .iter()
+        .map(|(key, raw)| key_value(txn, fx, key, raw))
+        .collect()
 }
 
 /// A response's header inside the state machine: only the revision (the
@@ -463,11 +473,7 @@ fn decide(
 ) -> Result<(), StateError> {
     let mut succeeded = true;
     for c in &t.compare {
-        let found = matching(txn, &c.key, &c.range_end)?;
-        let mut kvs = Vec::with_capacity(found.len());
-        for (key, raw) in &found {
-            kvs.push(key_value(txn, fx, key, raw)?);
-        }
+        let kvs = interval_kvs(txn, fx, &c.key, &c.range_end)?;
         if !compare_holds(c, &kvs) {
             succeeded = false;
             break;

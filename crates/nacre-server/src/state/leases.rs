@@ -161,12 +161,9 @@ pub(super) fn detach(
     undo: &mut Undo,
 ) -> Result<(), StateError> {
     let kl = key_lease(key);
-    let Some(raw) = txn.get(&kl)? else {
+    let Some(id) = attached(&kl, txn.get(&kl)?)? else {
         return Ok(());
     };
-    let id = u64_le_at(&raw, 0)
-        .filter(|_| raw.len() == 8)
-        .ok_or_else(|| Corruption::new(&kl, "key's lease entry", "not 8 bytes"))?;
     delete(txn, kl, undo)?;
     delete(txn, lease_key_entry(id, key), undo)
 }
@@ -176,26 +173,26 @@ pub(super) fn exists(txn: &WriteTxn<'_>, id: u64) -> Result<bool, StateError> {
     Ok(txn.exists(&lease_key(id))?)
 }
 
+/// The lease id a key's lease entry `kl` holds (`raw`, if it exists).
+fn attached(kl: &[u8], raw: Option<Vec<u8>>) -> Result<Option<u64>, Corruption> {
+    raw.map(|raw| {
+        u64_le_at(&raw, 0)
+            .filter(|_| raw.len() == 8)
+            .ok_or_else(|| Corruption::new(kl, "key's lease entry", "not 8 bytes"))
+    })
+    .transpose()
+}
+
 /// The lease `key` is attached to; 0: none (etcd's "no lease").
 pub(super) fn lease_of(txn: &WriteTxn<'_>, key: &[u8]) -> Result<u64, StateError> {
     let kl = key_lease(key);
-    let Some(raw) = txn.get(&kl)? else {
-        return Ok(0);
-    };
-    u64_le_at(&raw, 0)
-        .filter(|_| raw.len() == 8)
-        .ok_or_else(|| Corruption::new(&kl, "key's lease entry", "not 8 bytes").into())
+    Ok(attached(&kl, txn.get(&kl)?)?.unwrap_or(0))
 }
 
 /// The lease `key` is attached to in a snapshot; 0: none.
 pub fn lease_of_read(txn: &ReadTxn, key: &[u8]) -> Result<u64, StateError> {
     let kl = key_lease(key);
-    let Some(raw) = txn.get(&kl)? else {
-        return Ok(0);
-    };
-    u64_le_at(&raw, 0)
-        .filter(|_| raw.len() == 8)
-        .ok_or_else(|| Corruption::new(&kl, "key's lease entry", "not 8 bytes").into())
+    Ok(attached(&kl, txn.get(&kl)?)?.unwrap_or(0))
 }
 
 /// Ends lease `id`: deletes every key attached to it (one delete event
