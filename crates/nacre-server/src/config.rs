@@ -37,6 +37,11 @@ pub struct NodeConfig {
     /// reports it. Unset: that member's etcd API is unknown to the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<String>,
+    /// Address of the member's admin HTTP listener (`/metrics`, `/health`,
+    /// `/status`, the dashboard: docs/operations.md). Unset: the default
+    /// `admin_listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -170,6 +175,14 @@ pub struct ServerConfig {
     /// larger one is refused (`ResourceExhausted`) before it is read into
     /// memory. Clients page with `limit` and a start key.
     pub etcd_response_bytes_max: usize,
+    /// Serve the admin HTTP listener: `/metrics`, `/health`, `/ready`,
+    /// `/status` and the dashboard (docs/operations.md).
+    pub admin_api: bool,
+    /// Address of the admin HTTP listener.
+    pub admin_listen: String,
+    /// `/health` (and `ping`) report a node unhealthy once its applied
+    /// index lags its commit index by more than this many entries.
+    pub health_apply_lag_max_entries: u64,
 }
 
 impl Default for ServerConfig {
@@ -223,6 +236,9 @@ impl Default for ServerConfig {
             etcd_listen: "127.0.0.1:2379".to_string(),
             etcd_txn_ops_max: 128,
             etcd_response_bytes_max: 64 << 20,
+            admin_api: true,
+            admin_listen: "127.0.0.1:7381".to_string(),
+            health_apply_lag_max_entries: 10_000,
         }
     }
 }
@@ -297,6 +313,9 @@ impl ServerConfig {
         if let Some(etcd) = &n.etcd {
             self.etcd_listen = etcd.clone();
         }
+        if let Some(admin) = &n.admin {
+            self.admin_listen = admin.clone();
+        }
         self.data_dir = n.data_dir.clone();
         Ok(())
     }
@@ -313,6 +332,7 @@ impl ServerConfig {
                     client: self.listen.clone(),
                     peer: self.peer_listen.clone(),
                     etcd: self.etcd_api.then(|| self.etcd_listen.clone()),
+                    admin: self.admin_api.then(|| self.admin_listen.clone()),
                     data_dir: self.data_dir.clone(),
                 },
             )];

@@ -6,11 +6,13 @@
 //! meanwhile), committed and applied by the same code that replication
 //! uses.
 
+mod admin;
 pub mod clock;
 mod config;
 mod discovery;
 mod error;
 mod etcd;
+mod health;
 pub mod lease;
 mod lease_requests;
 pub mod node;
@@ -31,6 +33,7 @@ use std::time::Instant;
 pub use config::{ConfigError, NodeConfig, ServerConfig};
 pub use error::{FailureKind, ServerError};
 pub use etcd::{read_backup, BackupError, BackupInfo, BACKUP_MAGIC};
+pub use health::{Health, Unhealthy};
 use nacre_vfs::{OsVfs, Vfs};
 pub use node::name_id;
 use tokio::sync::Semaphore;
@@ -40,6 +43,7 @@ pub struct RunningServer {
     addr: SocketAddr,
     /// Where the etcd v3 API listens, if it is on.
     etcd_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     node: node::NodeHandle,
     /// The client listener's task; it ends when asked to stop, or failed.
@@ -59,6 +63,11 @@ impl RunningServer {
     /// The etcd v3 API's address (`etcd_listen`), if `etcd_api` is on.
     pub fn etcd_addr(&self) -> Option<SocketAddr> {
         self.etcd_addr
+    }
+
+    /// Where the admin HTTP listener serves, if `admin_api` is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Completes once the node can no longer serve: its raft loop ended
@@ -187,14 +196,15 @@ pub async fn start_with_vfs(
         }
     };
     let addr = listener.local_addr()?;
-    let etcd_listener = match bind_etcd(&config).await {
-        Ok(l) => l,
-        Err(e) => {
+    let listeners = match (bind_etcd(&config).await, bind_admin(&config).await) {
+        (Ok(etcd), Ok(admin)) => (etcd, admin),
+        (Err(e), _) | (_, Err(e)) => {
             node.shutdown();
             let _ = tokio::task::spawn_blocking(move || raft.join()).await;
             return Err(e);
         }
     };
+    let (etcd_listener, admin_listener) = listeners;
     tracing::info!(%addr, node = %config.node_name, data_dir = %config.data_dir.display(), "nacre node serving");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.connections_max));
@@ -233,10 +243,25 @@ pub async fn start_with_vfs(
         }
         None => None,
     };
+    let admin_addr = match admin_listener {
+        Some(l) => {
+            let a = l.local_addr()?;
+            tracing::info!(addr = %a, "admin HTTP listener serving");
+            let (shared, stop) = (shared.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = admin::serve(shared, l, stop).await {
+                    tracing::error!(error = %e, "the admin HTTP listener stopped");
+                }
+            });
+            Some(a)
+        }
+        None => None,
+    };
     let listener = tokio::spawn(server::accept_loop(shared, listener, stop_rx));
     Ok(RunningServer {
         addr,
         etcd_addr,
+        admin_addr,
         stop,
         node,
         listener,
@@ -255,6 +280,20 @@ async fn bind_etcd(config: &ServerConfig) -> Result<Option<tokio::net::TcpListen
         Ok(l) => Ok(Some(l)),
         Err(source) => Err(ServerError::Listen {
             addr: config.etcd_listen.clone(),
+            source,
+        }),
+    }
+}
+
+/// The admin HTTP listener, if `admin_api` is on.
+async fn bind_admin(config: &ServerConfig) -> Result<Option<tokio::net::TcpListener>, ServerError> {
+    if !config.admin_api {
+        return Ok(None);
+    }
+    match tokio::net::TcpListener::bind(&config.admin_listen).await {
+        Ok(l) => Ok(Some(l)),
+        Err(source) => Err(ServerError::Listen {
+            addr: config.admin_listen.clone(),
             source,
         }),
     }

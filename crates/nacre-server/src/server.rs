@@ -17,6 +17,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::health::Health;
 use crate::node::NodeHandle;
 use crate::state::{Outcome, PageLimits, Reader};
 use crate::watch::{serve_watch, WatchTask};
@@ -563,7 +564,7 @@ async fn execute_inner(shared: &Shared, req: Request) -> Result<Response, ErrorR
     }
     let status = &shared.node.status;
     Ok(match req {
-        Request::Ping => Response::Text(format!("nacre {}", env!("CARGO_PKG_VERSION"))),
+        Request::Ping => Response::Text(Health::of(&shared.node, &shared.config).ping_line()),
         Request::Version => Response::Version(version_info()),
         Request::WhoMaster => Response::Master(status.leader_name()),
         Request::Statistics => Response::Stats(statistics(shared)),

@@ -41,6 +41,7 @@ async fn large_values_are_checkpointed_by_bytes_and_the_tlog_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ServerConfig {
         etcd_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".into(),
         tick_ms: 20,

@@ -63,6 +63,7 @@ async fn acknowledged_writes_survive_power_loss() {
         let sim = Arc::new(SimVfs::new(seed));
         let cfg = ServerConfig {
             etcd_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             data_dir: "/node".into(),
             listen: "127.0.0.1:0".into(),
             tick_ms: 10,

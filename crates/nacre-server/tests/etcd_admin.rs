@@ -28,6 +28,7 @@ use common::wire::Conn;
 fn config(dir: &std::path::Path) -> ServerConfig {
     ServerConfig {
         etcd_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
         listen: "127.0.0.1:0".into(),
         // Bound only once the node has a peer (a learner added): never
         // the default port, which another node on the machine may hold.

@@ -23,6 +23,7 @@ fn b(s: &str) -> Bytes {
 fn config(dir: &std::path::Path, election_ticks: usize) -> ServerConfig {
     ServerConfig {
         etcd_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         tick_ms: 20,

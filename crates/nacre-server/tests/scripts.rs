@@ -11,6 +11,7 @@ use nacre_server::{RunningServer, ServerConfig};
 async fn start(dir: &std::path::Path) -> (RunningServer, Client) {
     let server = nacre_server::start(ServerConfig {
         etcd_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         tick_ms: 20,

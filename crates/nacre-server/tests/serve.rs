@@ -161,6 +161,7 @@ fn set(key: &str) -> Request {
 fn config(dir: &Path, listen: &str) -> ServerConfig {
     ServerConfig {
         etcd_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         listen: listen.to_string(),
         tick_ms: 20,

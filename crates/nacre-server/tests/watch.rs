@@ -21,6 +21,7 @@ fn b(s: &str) -> Bytes {
 fn config(dir: &std::path::Path) -> ServerConfig {
     ServerConfig {
         etcd_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         tick_ms: 20,
@@ -184,6 +185,7 @@ async fn watches_per_connection_are_bounded_and_end_with_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = nacre_server::start(ServerConfig {
         etcd_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
         watches_per_connection_max: 2,
         ..config(dir.path())
     })
@@ -261,6 +263,7 @@ async fn a_follower_serves_watches() {
             client: format!("127.0.0.1:{}", free_port()),
             peer: format!("127.0.0.1:{}", free_port()),
             etcd: None,
+            admin: None,
             data_dir: dir.path().join(format!("n{i}")),
         })
         .collect();
@@ -268,6 +271,7 @@ async fn a_follower_serves_watches() {
     let starts = nodes.iter().map(|n| {
         let mut c = ServerConfig {
             etcd_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             nodes: nodes.clone(),
             ..config(&n.data_dir)
         };

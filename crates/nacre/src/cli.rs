@@ -103,6 +103,14 @@ pub struct ServeArgs {
     /// Do not serve etcd's v3 API (`etcd_api = false`).
     #[arg(long, conflicts_with = "etcd_listen")]
     pub no_etcd_api: bool,
+    /// Serve the admin HTTP listener here: /metrics, /health, /ready,
+    /// /status and the dashboard (default 127.0.0.1:7381, or the
+    /// config's; docs/operations.md).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Do not serve the admin HTTP listener (`admin_api = false`).
+    #[arg(long, conflicts_with = "admin_listen")]
+    pub no_admin: bool,
 }
 
 #[derive(Debug, Args, Clone, PartialEq)]
@@ -168,7 +176,8 @@ pub enum Command {
         dir: PathBuf,
         /// Node i (from 1) listens for clients on BASE+2(i-1) and for
         /// peers on the port after, and serves the etcd API on
-        /// BASE+2N+(i-1) for N nodes (default: free ports at random).
+        /// BASE+2N+(i-1) and its admin HTTP listener on BASE+3N+(i-1)
+        /// for N nodes (default: free ports at random).
         #[arg(long)]
         base_port: Option<u16>,
         /// Leave a node that dies down instead of restarting it.

@@ -97,23 +97,35 @@ fn free_loopback_port(taken: &mut Vec<u16>) -> std::io::Result<u16> {
 /// The client, peer and etcd API addresses of `nodes` local nodes from
 /// `base`: node i (from 1) has `base + 2(i-1)` for clients and the next
 /// port for peers; the etcd ports follow all of those, `base + 2n + (i-1)`.
-pub fn ports_from(base: u16, nodes: usize) -> Result<Vec<(String, String, String)>, String> {
-    let last = u32::from(base) + 3 * nodes as u32 - 1;
+pub fn ports_from(base: u16, nodes: usize) -> Result<Vec<Ports>, String> {
+    let n = nodes as u32;
+    let last = u32::from(base) + 4 * n - 1;
     if base == 0 || last > u32::from(u16::MAX) {
         return Err(format!(
             "--base-port {base}: {nodes} nodes need ports {base} to {last}, within 1 to 65535"
         ));
     }
-    Ok((0..nodes as u32)
+    let at = |port: u32| format!("127.0.0.1:{port}");
+    Ok((0..n)
         .map(|i| {
             let client = u32::from(base) + 2 * i;
-            (
-                format!("127.0.0.1:{client}"),
-                format!("127.0.0.1:{}", client + 1),
-                format!("127.0.0.1:{}", u32::from(base) + 2 * nodes as u32 + i),
-            )
+            Ports {
+                client: at(client),
+                peer: at(client + 1),
+                etcd: at(u32::from(base) + 2 * n + i),
+                admin: at(u32::from(base) + 3 * n + i),
+            }
         })
         .collect())
+}
+
+/// One local node's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports {
+    pub client: String,
+    pub peer: String,
+    pub etcd: String,
+    pub admin: String,
 }
 
 /// A config for `nodes` local nodes named n1..nN: on the ports from
@@ -130,20 +142,22 @@ pub fn init_config_at(nodes: usize, dir: &Path, base_port: Option<u16>) -> Resul
         let mut port = |what| {
             free_loopback_port(&mut taken).map_err(|e| format!("no free port for {what}: {e}"))
         };
-        let (client, peer, etcd) = match &fixed {
+        let ports = match &fixed {
             Some(ports) => ports[i - 1].clone(),
-            None => (
-                format!("127.0.0.1:{}", port("a client address")?),
-                format!("127.0.0.1:{}", port("a peer address")?),
-                format!("127.0.0.1:{}", port("an etcd API address")?),
-            ),
+            None => Ports {
+                client: format!("127.0.0.1:{}", port("a client address")?),
+                peer: format!("127.0.0.1:{}", port("a peer address")?),
+                etcd: format!("127.0.0.1:{}", port("an etcd API address")?),
+                admin: format!("127.0.0.1:{}", port("an admin address")?),
+            },
         };
         cfg.nodes.push(NodeConfig {
             name: format!("n{i}"),
             id: None,
-            client,
-            peer,
-            etcd: Some(etcd),
+            client: ports.client,
+            peer: ports.peer,
+            etcd: Some(ports.etcd),
+            admin: Some(ports.admin),
             data_dir: dir.join(format!("n{i}")),
         });
     }
@@ -159,11 +173,12 @@ pub fn init_config_at(nodes: usize, dir: &Path, base_port: Option<u16>) -> Resul
     out.push_str("initial_cluster_state = \"new\"\n\n");
     for n in &cfg.nodes {
         out.push_str(&format!(
-            "[[nodes]]\nname = {:?}\nclient = {:?}\npeer = {:?}\netcd = {:?}\ndata_dir = {:?}\n\n",
+            "[[nodes]]\nname = {:?}\nclient = {:?}\npeer = {:?}\netcd = {:?}\nadmin = {:?}\ndata_dir = {:?}\n\n",
             n.name,
             n.client,
             n.peer,
             n.etcd.as_deref().unwrap_or_default(),
+            n.admin.as_deref().unwrap_or_default(),
             n.data_dir.display().to_string()
         ));
     }
@@ -231,11 +246,11 @@ mod tests {
     }
 
     #[test]
-    fn base_port_gives_each_node_two_ports_in_a_row_then_the_etcd_ports() {
+    fn base_port_gives_each_node_two_ports_in_a_row_then_the_etcd_then_the_admin_ports() {
         let dir = tempfile::tempdir().unwrap();
         let cfg =
             ServerConfig::from_toml(&init_config_at(3, dir.path(), Some(7400)).unwrap()).unwrap();
-        let ports: Vec<(&str, &str, &str)> = cfg
+        let ports: Vec<(&str, &str, &str, &str)> = cfg
             .nodes
             .iter()
             .map(|n| {
@@ -243,19 +258,35 @@ mod tests {
                     n.client.as_str(),
                     n.peer.as_str(),
                     n.etcd.as_deref().unwrap(),
+                    n.admin.as_deref().unwrap(),
                 )
             })
             .collect();
         assert_eq!(
             ports,
             [
-                ("127.0.0.1:7400", "127.0.0.1:7401", "127.0.0.1:7406"),
-                ("127.0.0.1:7402", "127.0.0.1:7403", "127.0.0.1:7407"),
-                ("127.0.0.1:7404", "127.0.0.1:7405", "127.0.0.1:7408"),
+                (
+                    "127.0.0.1:7400",
+                    "127.0.0.1:7401",
+                    "127.0.0.1:7406",
+                    "127.0.0.1:7409"
+                ),
+                (
+                    "127.0.0.1:7402",
+                    "127.0.0.1:7403",
+                    "127.0.0.1:7407",
+                    "127.0.0.1:7410"
+                ),
+                (
+                    "127.0.0.1:7404",
+                    "127.0.0.1:7405",
+                    "127.0.0.1:7408",
+                    "127.0.0.1:7411"
+                ),
             ]
         );
-        assert!(init_config_at(3, dir.path(), Some(65_528)).is_err());
-        assert!(ports_from(65_527, 3).is_ok());
+        assert!(init_config_at(3, dir.path(), Some(65_525)).is_err());
+        assert!(ports_from(65_524, 3).is_ok());
         assert!(ports_from(0, 1).is_err());
     }
 

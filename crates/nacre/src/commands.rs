@@ -228,7 +228,14 @@ async fn run_remote(
         Command::Statistics => Output::Stats(client.statistics().await.map_err(fail)?),
         Command::WhoMaster => Output::Master(client.who_master().await.map_err(fail)?),
         Command::Version => Output::Version(client.version().await.map_err(fail)?),
-        Command::Ping => Output::Text(client.ping().await.map_err(fail)?),
+        Command::Ping => {
+            // The node's own judgement (nacre_server::Health::ping_line).
+            let line = client.ping().await.map_err(fail)?;
+            if line.contains(" unhealthy (") {
+                return Err(Failure::unhealthy(line));
+            }
+            Output::Text(line)
+        }
         Command::GetTxid => Output::Number {
             name: "txid",
             n: client.get_txid().await.map_err(fail)?,

@@ -95,12 +95,14 @@ fn config(opts: &Options) -> Result<(PathBuf, ServerConfig), LocalClusterError> 
     if let Some(base_port) = opts.base_port {
         let want = crate::cluster::ports_from(base_port, cfg.nodes.len())
             .map_err(LocalClusterError::Config)?;
-        let have: Vec<(String, String, String)> = cfg
+        let have: Vec<crate::cluster::Ports> = cfg
             .nodes
             .iter()
-            .map(|n| {
-                let etcd = n.etcd.clone().unwrap_or_default();
-                (n.client.clone(), n.peer.clone(), etcd)
+            .map(|n| crate::cluster::Ports {
+                client: n.client.clone(),
+                peer: n.peer.clone(),
+                etcd: n.etcd.clone().unwrap_or_default(),
+                admin: n.admin.clone().unwrap_or_default(),
             })
             .collect();
         if have != want {

@@ -386,6 +386,9 @@ pub mod exit {
     /// `get --wait-rev` / `--wait-for-key`: nothing came within
     /// `--timeout-ms`.
     pub const WAIT_TIMED_OUT: i32 = 10;
+    /// `ping`: the node answered, but reports itself unhealthy (no leader
+    /// heard from, or applying too far behind; docs/operations.md).
+    pub const UNHEALTHY: i32 = 11;
     pub const USAGE: i32 = 64;
     /// `nacre serve`: the node stopped on corrupt data (a checksum, a stored
     /// value that does not decode, a tlog behind its store); EX_DATAERR.
@@ -467,6 +470,17 @@ impl Failure {
             key: e.key().cloned(),
             leader: e.leader().map(str::to_string),
             exit_code,
+        }
+    }
+
+    /// A node that answered `ping` but is not healthy: its whole line.
+    pub fn unhealthy(line: String) -> Failure {
+        Failure {
+            code: "unhealthy".into(),
+            message: line,
+            key: None,
+            leader: None,
+            exit_code: exit::UNHEALTHY,
         }
     }
 

@@ -78,6 +78,12 @@ pub fn load_config(args: &ServeArgs, cluster_id: Option<&str>) -> Result<ServerC
     if args.no_etcd_api {
         cfg.etcd_api = false;
     }
+    if let Some(a) = &args.admin_listen {
+        cfg.admin_listen = a.clone();
+    }
+    if args.no_admin {
+        cfg.admin_api = false;
+    }
     if let Some(p) = &args.peer_listen {
         cfg.peer_listen = p.clone();
     }
@@ -161,6 +167,8 @@ mod tests {
             peer_listen: None,
             etcd_listen: None,
             no_etcd_api: false,
+            admin_listen: None,
+            no_admin: false,
         }
     }
 

@@ -20,6 +20,7 @@ fn keys(n: usize) -> Vec<Bytes> {
 async fn start(dir: &std::path::Path) -> (RunningServer, Client) {
     let cfg = ServerConfig {
         etcd_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         tick_ms: 20,

@@ -132,12 +132,14 @@ impl Node {
         // before are not known here.
         node.opts.watches.reset(applied);
         let watches = node.opts.watches.clone();
+        let clock = node.opts.clock.clone();
         Ok((
             node,
             NodeHandle {
                 tx,
                 status,
                 watches,
+                clock,
             },
         ))
     }

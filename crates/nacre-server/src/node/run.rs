@@ -141,8 +141,11 @@ impl Node {
                 }
                 // A message from an old term or an unknown peer is refused
                 // by raft itself; that is not our error.
+                let (from, term) = (m.from, m.term);
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "raft refused a peer message");
+                } else if from == self.raw.raft.leader_id && term == self.raw.raft.term {
+                    self.heard_from_leader();
                 }
             }
             Msg::Peer(Inbound::Unreachable(id)) => self.raw.report_unreachable(id),

@@ -30,6 +30,12 @@ pub struct Status {
     pub checkpoints: AtomicU64,
     pub proposals: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// When this node last heard from the leader of its current term, on
+    /// [`NodeHandle::clock`] in µs (0: never). A leader counts as hearing
+    /// from itself while it leads: with check-quorum it steps down within
+    /// an election timeout of losing its quorum. `/health` and `ping`
+    /// read it.
+    pub leader_contact_us: AtomicU64,
     /// Set once the raft loop has ended, for good; `stop_notify` wakes
     /// whoever waits for that (see [`Status::wait_stopped`]).
     pub stopped: AtomicBool,
@@ -158,6 +164,8 @@ pub struct NodeHandle {
     pub(super) tx: SyncSender<Msg>,
     pub status: Arc<Status>,
     pub watches: Arc<crate::watch::WatchHub>,
+    /// The clock the loop measures leases and leader contact on.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 pub(super) fn going_down() -> ErrorReply {
@@ -253,6 +261,9 @@ impl Node {
         }
         self.was_leader = is_leader;
         self.publish_progress(is_leader);
+        if is_leader {
+            self.heard_from_leader();
+        }
         let s = &self.status;
         let log = self.tlog.read();
         s.first_index.store(log.first_index(), Ordering::Relaxed);
@@ -285,6 +296,14 @@ impl Node {
         let i = Role::ALL.iter().position(|r| *r == role).unwrap_or(0);
         s.role.store(i as u8, Ordering::Release);
         self.log_raft_events();
+    }
+
+    /// Notes that the leader of this term was heard from just now.
+    pub(super) fn heard_from_leader(&self) {
+        let now_us = self.opts.clock.now_us().max(1);
+        self.status
+            .leader_contact_us
+            .store(now_us, Ordering::Relaxed);
     }
 
     pub(super) fn publish_progress(&self, is_leader: bool) {

@@ -68,6 +68,7 @@ pub async fn three_etcd_nodes(
             client: format!("127.0.0.1:{}", free_port()),
             peer: format!("127.0.0.1:{}", free_port()),
             etcd: Some(format!("127.0.0.1:{}", free_port())),
+            admin: Some("127.0.0.1:0".into()),
             data_dir: dir.join(format!("n{i}")),
         })
         .collect();

@@ -144,6 +144,15 @@ impl ServerProc {
         {
             args.extend(["--etcd-listen".to_string(), "127.0.0.1:0".to_string()]);
         }
+        // The same for the admin HTTP listener (7381), config or not: a
+        // test that wants a known address passes its own.
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        if args.first().map(String::as_str) == Some("serve")
+            && !has("--admin-listen")
+            && !has("--no-admin")
+        {
+            args.extend(["--admin-listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
