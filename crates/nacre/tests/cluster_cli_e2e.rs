@@ -19,7 +19,7 @@ fn local_cluster_status_and_a_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(NACRE)
         .args(["local-cluster", "--nodes", "3"])
-        .args(["--base-port", &common::free_ports(9).to_string(), "--dir"])
+        .args(["--base-port", &common::free_ports(12).to_string(), "--dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -219,4 +219,23 @@ fn local_cluster(
         }
     });
     (child, rx)
+}
+
+/// `nacre ping` says what `/health` says: a member alone, waiting for the
+/// others to create the cluster, answers but is unhealthy (exit code 11,
+/// the reason on stderr); once the others are up, it is healthy.
+#[test]
+fn ping_reports_a_member_unhealthy_until_its_cluster_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, cfg) = common::init_cluster(dir.path(), 3, "");
+    let n1 = &cfg.nodes[0].client;
+    let mut procs = vec![ServerProc::start_member(&config, "n1", &[])];
+    let (code, _, err) = nacre(n1, &["ping"]);
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("unhealthy (creating)"), "{err}");
+    let (_, out, _) = nacre(n1, &["--json", "ping"]);
+    assert!(out.contains("\"exit_code\":11"), "{out}");
+    procs.extend(["n2", "n3"].map(|n| ServerProc::start_member(&config, n, &[])));
+    wait_for("n1 to be healthy", || nacre(n1, &["ping"]).0 == 0);
+    assert!(ok(n1, &["ping"]).contains(" healthy; role "));
 }

@@ -430,8 +430,8 @@ fn wait_line(
 fn local_cluster_takes_a_base_port_restarts_a_dead_node_and_forwards_sigterm() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
-    // Two ports per node, then one etcd API port each.
-    let base = common::free_ports(9);
+    // Two ports per node, then one etcd API port and one admin port each.
+    let base = common::free_ports(12);
     let mut child = Command::new(NACRE)
         .args([
             "local-cluster",
@@ -501,7 +501,7 @@ fn local_cluster_no_restart_leaves_a_dead_node_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(NACRE)
         .args(["local-cluster", "--nodes", "1", "--no-restart"])
-        .args(["--base-port", &common::free_ports(3).to_string(), "--dir"])
+        .args(["--base-port", &common::free_ports(4).to_string(), "--dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

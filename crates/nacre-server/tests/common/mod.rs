@@ -2,6 +2,7 @@
 //! protocol connection (`wire.rs`). Each test file uses a part of it.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod wire;
 
 use nacre_server::node::{InitialClusterState, NodeOptions};

@@ -269,8 +269,9 @@ pub fn init_cluster(dir: &Path, n: usize, settings: &str) -> (PathBuf, nacre_ser
         .args(["cluster", "init-config", "--nodes", &n.to_string()])
         .args([
             "--base-port",
-            // Two ports per node, then one etcd API port each.
-            &free_ports(3 * n as u16).to_string(),
+            // Two ports per node, then one etcd API port and one admin
+            // port each.
+            &free_ports(4 * n as u16).to_string(),
             "--dir",
         ])
         .arg(dir)
