@@ -1,5 +1,10 @@
 //! Node configuration: every knob has a default, so an empty TOML file (or
 //! none) gives a working single-node cluster.
+//!
+//! The structs derive `schemars::JsonSchema` so that `docs/config.md` is
+//! generated from them (names, types, defaults and these doc comments:
+//! `nacre config-reference`); a field's doc comment is its user
+//! documentation.
 
 use std::path::PathBuf;
 
@@ -19,9 +24,11 @@ pub enum ConfigError {
 }
 
 /// One member of a cluster, as listed in the config's `[[nodes]]` tables.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    /// The member's name, unique in the cluster: `nacre serve --node NAME`
+    /// runs it.
     pub name: String,
     /// Raft id; by default a hash of the name (so a node added later gets
     /// the same id on every member without coordination). Must never be
@@ -42,33 +49,48 @@ pub struct NodeConfig {
     /// `admin_listen`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// The member's data directory (its tlog and store), used by the
+    /// member itself.
     pub data_dir: PathBuf,
 }
 
 /// Everything a node needs to run. Loaded from TOML by the `nacre` binary;
 /// unknown keys are refused so a typo does not silently keep a default.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// This node's name, unique in the cluster.
     pub node_name: String,
     /// Clients and peers of another cluster are refused at the handshake.
     pub cluster_id: String,
+    /// Where the node keeps its tlog (`tlog/`) and store (`store/`);
+    /// created if missing.
     pub data_dir: PathBuf,
     /// Address for clients.
     pub listen: String,
     /// Address for peers (used once clustered).
     pub peer_listen: String,
+    /// Client connections served at once; one more is answered `Busy`
+    /// and closed.
     pub connections_max: usize,
     /// Requests one connection may have in flight before the server stops
     /// reading from it (back-pressure, not an error).
     pub inflight_per_connection_max: usize,
+    /// The largest frame of the native protocol, header excluded; it must
+    /// hold one maximal key and value (plus 1 KiB).
     pub frame_size_max_bytes: usize,
+    /// The longest key a write may carry.
     pub key_size_max_bytes: usize,
+    /// The largest value a write may carry.
     pub value_size_max_bytes: usize,
+    /// Guards plus operations in one batch or sequence.
     pub batch_ops_max: usize,
+    /// Keys and values of one batch, summed.
     pub batch_size_max_bytes: usize,
+    /// Keys one multi-get may ask for.
     pub multi_get_keys_max: usize,
+    /// Results in one range or prefix reply; a larger `max` is clamped to
+    /// this and the client pages on from the last key.
     pub range_results_max: u32,
     /// How a leader confirms it still leads before a consistent read:
     /// `"lease"` (default: from the leader lease, no network round; safe
@@ -79,7 +101,12 @@ pub struct ServerConfig {
     pub consistent_reads: String,
     /// Raft tick; election and heartbeat timeouts are counted in ticks.
     pub tick_ms: u64,
+    /// Ticks a follower waits without hearing from a leader before it
+    /// campaigns (raft randomizes it between one and two times this); the
+    /// election timeout, which also bounds the leader lease.
     pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats; must be below
+    /// `election_ticks`.
     pub heartbeat_ticks: usize,
     /// Writes proposed but not yet applied, across all clients.
     pub proposals_pending_max: usize,
@@ -90,13 +117,17 @@ pub struct ServerConfig {
     /// that it never holds up the async workers that serve every
     /// connection; beyond it, requests wait their turn.
     pub blocking_tasks_max: usize,
+    /// Bytes of decoded store pages kept in memory.
     pub store_cache_bytes: u64,
     /// The store is checkpointed (synced, and the tlog compacted up to it)
-    /// after this many applied entries...
+    /// after this many applied entries, or after `checkpoint_bytes`,
+    /// whichever comes first.
     pub checkpoint_entries: u64,
-    /// ...or after this many bytes of applied entries, whichever comes
-    /// first: a few large values must not grow the tlog without bound.
+    /// The store is also checkpointed after this many bytes of applied
+    /// entries: a few large values must not grow the tlog without bound.
     pub checkpoint_bytes: u64,
+    /// A new tlog segment file is started once the current one reaches
+    /// this size; compaction deletes whole segments.
     pub tlog_segment_size_bytes: u64,
     /// The cluster's initial members. Empty: a single-node cluster made of
     /// this node (`node_name`, `listen`, `peer_listen`, `data_dir`). Only a
@@ -138,9 +169,11 @@ pub struct ServerConfig {
     /// counted in log entries: a retry later than this is applied again.
     pub session_retention_entries: u64,
     /// Revisions with changes kept in memory for watches that start in
-    /// the past (older ones get `Compacted`)...
+    /// the past (older ones get `Compacted`), within
+    /// `watch_history_bytes`.
     pub watch_history_revisions: usize,
-    /// ...and at most this many bytes of their events.
+    /// The most bytes of events the watch history
+    /// (`watch_history_revisions`) keeps in memory.
     pub watch_history_bytes: usize,
     /// Frames queued to one watch whose client does not read them fast
     /// enough before the watch is ended with `SlowConsumer`.

@@ -60,6 +60,8 @@ pub struct Cli {
     /// How long one command may take, retries included.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -398,6 +400,11 @@ pub enum Command {
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         ttl: u64,
     },
+    /// Print a shell completion script to stdout (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
+    /// Print the configuration reference (docs/config.md).
+    #[command(hide = true)]
+    ConfigReference,
 }
 
 /// `get` / `range-entries` with `--wait-rev R` / `--wait-for-key`: wait,

@@ -162,7 +162,7 @@ pub fn init_config_at(nodes: usize, dir: &Path, base_port: Option<u16>) -> Resul
         });
     }
     let mut out = String::from(
-        "# A local Nacre cluster. Start each node with\n#   nacre serve --config THIS_FILE --node NAME\n# Every other setting has a default; see crates/nacre-server/src/config.rs.\n",
+        "# A local Nacre cluster. Start each node with\n#   nacre serve --config THIS_FILE --node NAME\n# Every other setting has a default; see docs/config.md.\n",
     );
     out.push_str(&format!("cluster_id = {:?}\n", cfg.cluster_id));
     out.push_str(

@@ -197,6 +197,9 @@ async fn run_remote(
     let out = match command {
         Command::Serve(_) | Command::LocalCluster { .. } => unreachable!("not a client command"),
         Command::Bench(_) => unreachable!("bench is not a client command"),
+        Command::Completions { .. } | Command::ConfigReference => {
+            unreachable!("runs without a node")
+        }
         Command::Cluster(c) => crate::cluster::run(cli, &client, c).await?,
         Command::Get { .. }
         | Command::GetEntry { .. }

@@ -60,6 +60,8 @@ pub struct Options {
     /// (`n` nodes); `None`: free ports picked at random.
     pub base_port: Option<u16>,
     pub restart: bool,
+    /// `--log-format`/`--log-level` for every node.
+    pub log_args: Vec<String>,
 }
 
 /// One supervised node.
@@ -116,7 +118,13 @@ fn config(opts: &Options) -> Result<(PathBuf, ServerConfig), LocalClusterError> 
 /// a restart, so the reason it died stays there). Its own process group:
 /// a Ctrl-C in the terminal reaches `local-cluster` only, which forwards
 /// it once.
-fn spawn(dir: &Path, config: &Path, name: &str, restart: bool) -> Result<Child, LocalClusterError> {
+fn spawn(
+    opts: &Options,
+    config: &Path,
+    name: &str,
+    restart: bool,
+) -> Result<Child, LocalClusterError> {
+    let (dir, log_args) = (&opts.dir, &opts.log_args);
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(io_err("cannot find", Path::new("nacre")))?;
     let log_path = dir.join(format!("{name}.log"));
@@ -132,6 +140,7 @@ fn spawn(dir: &Path, config: &Path, name: &str, restart: bool) -> Result<Child, 
         .args(["serve", "--config"])
         .arg(config)
         .args(["--node", name])
+        .args(log_args)
         .stdout(out)
         .stderr(log)
         .process_group(0)
@@ -154,7 +163,7 @@ pub fn run(opts: &Options) -> Result<(), LocalClusterError> {
     let (config_path, cfg) = config(opts)?;
     let mut nodes = Vec::new();
     for n in &cfg.nodes {
-        let child = spawn(&opts.dir, &config_path, &n.name, false)?;
+        let child = spawn(opts, &config_path, &n.name, false)?;
         nodes.push(Node {
             name: n.name.clone(),
             child: Some(child),
@@ -250,7 +259,7 @@ fn check_node(
     }
     if node.restart_at.is_some_and(|at| Instant::now() >= at) {
         node.restart_at = None;
-        let child = spawn(&opts.dir, config_path, &name, true)?;
+        let child = spawn(opts, config_path, &name, true)?;
         eprintln!("{name} restarted (pid {})", child.id());
         node.child = Some(child);
         node.started = Instant::now();
@@ -347,6 +356,7 @@ mod tests {
             dir: PathBuf::from("d"),
             base_port: None,
             restart: true,
+            log_args: Vec::new(),
         };
         let mut n = node();
         let pauses: Vec<Option<u64>> = (0..6)

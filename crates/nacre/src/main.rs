@@ -1,13 +1,17 @@
 //! The `nacre` binary: `nacre serve` runs a node; every other command is
-//! a client call. Exit codes and output formats are in docs/cli.md.
+//! a client call. Exit codes and output formats are in docs/cli.md; logging
+//! (`--log-format`, `--log-level`) in `logging.rs` and docs/operations.md.
 
 mod bench;
 mod cli;
 mod cluster;
 mod cluster_status;
 mod commands;
+mod completions;
+mod config_reference;
 mod coordination;
 mod local_cluster;
+mod logging;
 mod output;
 mod seqfile;
 
@@ -39,6 +43,16 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> i32 {
+    // A node says what it does at `info`; a client command's stderr is for
+    // its errors, so it logs only warnings unless asked.
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::LocalCluster { .. } => "info",
+        _ => "warn",
+    };
+    logging::init(&cli.log, default_level);
+    if let Some(code) = run_local(cli) {
+        return code;
+    }
     if let Command::Bench(args) = &cli.command {
         return match bench::run(cli, args) {
             Ok(()) => exit::OK,
@@ -69,6 +83,7 @@ fn run(cli: &Cli) -> i32 {
                 dir: dir.clone(),
                 base_port: *base_port,
                 restart: !no_restart,
+                log_args: cli.log.to_args(),
             };
             return match local_cluster::run(&opts) {
                 Ok(()) => exit::OK,
@@ -114,6 +129,28 @@ fn run(cli: &Cli) -> i32 {
     }
     let result = rt.block_on(commands::run_client(cli, &mut sink));
     finish(cli, sink, result.map(|out| (out, exit::OK)))
+}
+
+/// Commands that print something made here, with no node involved.
+fn run_local(cli: &Cli) -> Option<i32> {
+    match &cli.command {
+        Command::Completions { shell } => Some(print_all(&completions::script(*shell))),
+        Command::ConfigReference => Some(print_all(config_reference::render().as_bytes())),
+        _ => None,
+    }
+}
+
+/// Writes `bytes` to stdout; a closed pipe ends the command quietly.
+fn print_all(bytes: &[u8]) -> i32 {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            eprintln!("nacre: cannot write output: {e}");
+            exit::GENERIC
+        }
+    }
 }
 
 /// Prints a command's result (or its failure) and returns its exit code.

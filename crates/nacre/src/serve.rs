@@ -1,4 +1,4 @@
-//! `nacre serve`: configuration from file and flags, logging, signals.
+//! `nacre serve`: configuration from file and flags, signals.
 
 use std::path::PathBuf;
 
@@ -130,13 +130,7 @@ async fn shutdown_signal() {
 
 pub fn run(args: &ServeArgs, cluster_id: Option<&str>) -> Result<(), ServeError> {
     let cfg = load_config(args, cluster_id)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    // Logging is set up in main.rs (logging.rs), from the global flags.
     tracing::info!(node = %cfg.node_name, cluster = %cfg.cluster_id, listen = %cfg.listen,
         data_dir = %cfg.data_dir.display(), "starting nacre");
     let rt = tokio::runtime::Builder::new_multi_thread()
