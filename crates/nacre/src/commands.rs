@@ -197,6 +197,7 @@ async fn run_remote(
     let out = match command {
         Command::Serve(_) | Command::LocalCluster { .. } => unreachable!("not a client command"),
         Command::Bench(_) => unreachable!("bench is not a client command"),
+        Command::Snapshot(_) => unreachable!("snapshot commands run on their own"),
         Command::Cluster(c) => crate::cluster::run(cli, &client, c).await?,
         Command::Get { .. }
         | Command::GetEntry { .. }
