@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use nacre_proto::{
-    decode_response, encode_request, split_frame, ClientHello, CoordRequest, CoordResponse,
-    ErrorCode, Limits, Request, Response, ServerHello, PROTOCOL_VERSION,
+    decode_response, encode_request, split_frame, BackupFrame, ClientHello, CoordRequest,
+    CoordResponse, ErrorCode, Limits, Request, Response, ServerHello, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -95,6 +95,10 @@ pub(crate) struct Candidate {
 enum Waiter {
     Once(oneshot::Sender<Response>),
     Stream(mpsc::Sender<Response>),
+    /// A stream its consumer paces (a backup): the reader task waits for
+    /// room in its buffer, and so stops reading the socket, which makes
+    /// the node wait too. Only on a connection that carries nothing else.
+    Paced(mpsc::Sender<Response>),
 }
 
 #[derive(Default)]
@@ -452,6 +456,26 @@ impl Conn {
         req: &Request,
         capacity: usize,
     ) -> Result<(u64, mpsc::Receiver<Response>), Disconnect> {
+        self.open_waiter(req, capacity, Waiter::Stream)
+    }
+
+    /// [`Conn::open_stream`] for a stream whose consumer paces the
+    /// connection (see `Waiter::Paced`): open it on a connection of its
+    /// own.
+    pub(crate) fn open_paced(
+        &self,
+        req: &Request,
+        capacity: usize,
+    ) -> Result<(u64, mpsc::Receiver<Response>), Disconnect> {
+        self.open_waiter(req, capacity, Waiter::Paced)
+    }
+
+    fn open_waiter(
+        &self,
+        req: &Request,
+        capacity: usize,
+        waiter: fn(mpsc::Sender<Response>) -> Waiter,
+    ) -> Result<(u64, mpsc::Receiver<Response>), Disconnect> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(capacity.max(1));
         {
@@ -459,7 +483,7 @@ impl Conn {
             if let Some(reason) = &p.closed {
                 return Err(reason.clone());
             }
-            p.waiters.insert(id, Waiter::Stream(tx));
+            p.waiters.insert(id, waiter(tx));
         }
         let mut frame = Vec::new();
         encode_request(id, req, &mut frame);
@@ -551,7 +575,14 @@ async fn read_loop(
             Err(e) => break Disconnect::Protocol(e),
             Ok(Some((id, body))) => match decode_response(body) {
                 Err(e) => break Disconnect::Protocol(e),
-                Ok(resp) => route(&pending, id, resp),
+                Ok(resp) => {
+                    if let Some((tx, resp)) = route(&pending, id, resp) {
+                        // A paced stream: wait for its consumer.
+                        if tx.send(resp).await.is_err() {
+                            pending.lock().expect("pending lock").waiters.remove(&id);
+                        }
+                    }
+                }
             },
             Ok(None) => {
                 if buf.capacity() - buf.len() < 4096 {
@@ -573,8 +604,14 @@ async fn read_loop(
 /// until the reply that ends it (a watch end or an error). A stream whose
 /// buffer is full is dropped (its receiver sees the end without an end
 /// reply, as for a closed connection, and resumes): the reader task never
-/// waits for a slow consumer, which would stall every other request.
-fn route(pending: &SharedPending, id: u64, resp: Response) {
+/// waits for a slow consumer, which would stall every other request. A
+/// paced stream's reply is handed back instead, for the reader to wait
+/// for room (its connection carries nothing else).
+fn route(
+    pending: &SharedPending,
+    id: u64,
+    resp: Response,
+) -> Option<(mpsc::Sender<Response>, Response)> {
     let mut p = pending.lock().expect("pending lock");
     match p.waiters.remove(&id) {
         Some(Waiter::Once(tx)) => {
@@ -586,15 +623,24 @@ fn route(pending: &SharedPending, id: u64, resp: Response) {
                 p.waiters.insert(id, Waiter::Stream(tx));
             }
         }
+        Some(Waiter::Paced(tx)) => {
+            if !ends_stream(&resp) {
+                p.waiters.insert(id, Waiter::Paced(tx.clone()));
+            }
+            return Some((tx, resp));
+        }
         None => {}
     }
+    None
 }
 
 /// Whether this reply is the last of a stream of replies.
 pub(crate) fn ends_stream(resp: &Response) -> bool {
     matches!(
         resp,
-        Response::Error(_) | Response::Coord(CoordResponse::WatchEnd { .. })
+        Response::Error(_)
+            | Response::Coord(CoordResponse::WatchEnd { .. })
+            | Response::Backup(BackupFrame::End(_))
     )
 }
 

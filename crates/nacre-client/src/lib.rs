@@ -52,6 +52,7 @@
 // This file holds the client, its connection and `execute` with the retry
 // rules; the typed calls, one per request, are in reads.rs, writes.rs,
 // scripts.rs and cluster.rs.
+mod backup;
 mod blocking;
 mod cluster;
 mod conn;
@@ -76,16 +77,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use backup::{BackupPiece, BackupStream};
 pub use blocking::BlockingClient;
 pub use error::{ClientError, Disconnect, EndpointError};
 pub use leases::{LeaseKeeper, LeaseLoss, LostLease};
 pub use lock::{lock_prefix, LeaderStream, Leadership, LockGuard};
+pub use nacre_proto::{BackupSummary, EventKind, KeySpan, LeaseInfo, WatchEvent};
 pub use nacre_proto::{
     Batch, Bytes, Consistency, ErrorCode, ErrorReply, Guard, KeyEntry, Limits, Op, Page, PageItem,
     RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo,
     VersionInfo,
 };
-pub use nacre_proto::{EventKind, KeySpan, LeaseInfo, WatchEvent};
 pub use reads::Pages;
 pub use scripts::Called;
 pub use sequence::Sequence;

@@ -5,6 +5,7 @@
 //! `docs/protocol.md`. Integers are little-endian and read straight from
 //! the buffer; keys and values decode as zero-copy slices of the frame.
 
+mod backup;
 mod coord;
 mod frame;
 mod limits;
@@ -12,6 +13,7 @@ mod message;
 mod types;
 pub mod wire;
 
+pub use backup::{BackupFrame, BackupSummary};
 pub use coord::{
     CoordRequest, CoordResponse, EtcdMeta, EventKind, KeySpan, LeaseInfo, WatchEvent, WatchSpec,
 };

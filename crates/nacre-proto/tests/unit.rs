@@ -174,7 +174,7 @@ fn bad_tag(r: Result<impl std::fmt::Debug, DecodeError>, what: &str, tag: u32) {
 fn unknown_request_opcodes_are_rejected() {
     let known: Vec<u8> = vec![
         1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 16, 17, 18, 30, 31, 32, 33, 34, 35, 36, 37, 38, 40,
-        41, 42, 43, 44, 50, 51, 52, 53, 54, 55, 56, 60, 61, 62, 63, 64, 65, 66,
+        41, 42, 43, 44, 45, 50, 51, 52, 53, 54, 55, 56, 60, 61, 62, 63, 64, 65, 66,
     ];
     for op in 0..=255u8 {
         if !known.contains(&op) {
@@ -185,7 +185,7 @@ fn unknown_request_opcodes_are_rejected() {
 
 #[test]
 fn unknown_response_tags_are_rejected() {
-    for tag in 22..=254u8 {
+    for tag in 23..=254u8 {
         bad_tag(
             decode_response(Bytes::from(vec![tag])),
             "response",
@@ -223,6 +223,8 @@ fn unknown_inner_tags_are_rejected() {
         "coordination reply",
         4,
     );
+    // Backup frame 2.
+    bad_tag(decode_response(Bytes::from(vec![22, 2])), "backup frame", 2);
     let mut watched = vec![21, 0, 1, 0, 0, 0, 2];
     watched.extend_from_slice(&[0; 64]);
     bad_tag(decode_response(Bytes::from(watched)), "event kind", 2);
@@ -1029,4 +1031,49 @@ fn guard_key_and_payload() {
     assert_eq!(g.payload_bytes(), 6);
     assert_eq!(Op::Check(g).payload_bytes(), 6);
     assert_eq!(Guard::VersionEquals(b("abc"), 9).payload_bytes(), 3);
+}
+
+/// A backup request is its opcode alone; its replies are tag 22 with a
+/// sub-tag: 0 a chunk (length-prefixed bytes), 1 the end (four u64 and the
+/// length-prefixed checksum).
+#[test]
+fn backup_layouts() {
+    let body = |r: &Response| {
+        let mut w = nacre_proto::wire::Writer::new();
+        r.encode(&mut w);
+        w.into_inner()
+    };
+    let mut w = nacre_proto::wire::Writer::new();
+    Request::Backup.encode(&mut w);
+    assert_eq!(w.into_inner(), vec![45]);
+    assert_eq!(
+        decode_request(Bytes::from(vec![45])).unwrap(),
+        Request::Backup
+    );
+    assert!(matches!(
+        decode_request(Bytes::from(vec![45, 0])),
+        Err(DecodeError::TrailingBytes { .. })
+    ));
+    let chunk = Response::Backup(nacre_proto::BackupFrame::Chunk(b("ab")));
+    assert_eq!(body(&chunk), vec![22, 0, 2, 0, 0, 0, b'a', b'b']);
+    let end = Response::Backup(nacre_proto::BackupFrame::End(nacre_proto::BackupSummary {
+        applied: 7,
+        revision: 6,
+        pairs: 5,
+        size_bytes: 1056,
+        sha256: Bytes::from(vec![9u8; 32]),
+    }));
+    let bytes = body(&end);
+    assert_eq!(&bytes[..2], &[22, 1]);
+    assert_eq!(&bytes[2..10], &7u64.to_le_bytes());
+    assert_eq!(&bytes[26..34], &1056u64.to_le_bytes());
+    assert_eq!(&bytes[34..38], &32u32.to_le_bytes());
+    assert_eq!(bytes.len(), 2 + 32 + 4 + 32);
+    assert_eq!(bytes.len(), end.encoded_len());
+    assert_eq!(decode_response(Bytes::from(bytes)).unwrap(), end);
+    // A chunk cut short is refused, not read as a shorter one.
+    assert!(matches!(
+        decode_response(Bytes::from(vec![22, 0, 3, 0, 0, 0, b'a'])),
+        Err(DecodeError::Truncated { .. })
+    ));
 }

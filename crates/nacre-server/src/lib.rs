@@ -7,6 +7,7 @@
 //! uses.
 
 mod admin;
+mod backup;
 pub mod clock;
 mod config;
 mod discovery;
@@ -30,9 +31,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use backup::{
+    read_backup, restore, BackupError, BackupInfo, BackupReader, RestoreError, Restored,
+    BACKUP_MAGIC, SHA_BYTES,
+};
 pub use config::{ConfigError, NodeConfig, ServerConfig};
 pub use error::{FailureKind, ServerError};
-pub use etcd::{read_backup, BackupError, BackupInfo, BACKUP_MAGIC};
 pub use health::{Health, Unhealthy};
 use nacre_vfs::{OsVfs, Vfs};
 pub use node::name_id;

@@ -404,6 +404,12 @@ impl ConnState {
             let Ok(permit) = self.inflight.clone().acquire_owned().await else {
                 return false;
             };
+            // A backup answers with a stream of frames (backup/serve.rs).
+            if matches!(req, Request::Backup) {
+                let (shared, tx) = (shared.clone(), self.tx.clone());
+                tokio::spawn(crate::backup::serve_backup(shared, id, tx, permit));
+                continue;
+            }
             let (shared, tx, version) = (shared.clone(), self.tx.clone(), self.version);
             tokio::spawn(async move {
                 let resp = execute(&shared, req).await.for_version(version);

@@ -66,7 +66,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args, Clone, PartialEq)]
+#[derive(Debug, Args, Clone, PartialEq, Default)]
 pub struct ServeArgs {
     /// TOML configuration file; every setting has a default.
     #[arg(long)]
@@ -168,6 +168,10 @@ pub enum Command {
     /// Cluster configuration, membership and status.
     #[command(subcommand)]
     Cluster(crate::cluster::ClusterCommand),
+    /// Online backups: save one from a running cluster, check one, or
+    /// restore one into the data directories of a new cluster.
+    #[command(subcommand)]
+    Snapshot(crate::snapshot::SnapshotCommand),
     /// Run a whole local cluster in the foreground (Ctrl-C or SIGTERM
     /// stops it; a node that dies is restarted).
     LocalCluster {

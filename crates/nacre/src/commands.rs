@@ -200,6 +200,7 @@ async fn run_remote(
         Command::Completions { .. } | Command::ConfigReference => {
             unreachable!("runs without a node")
         }
+        Command::Snapshot(_) => unreachable!("snapshot commands run on their own"),
         Command::Cluster(c) => crate::cluster::run(cli, &client, c).await?,
         Command::Get { .. }
         | Command::GetEntry { .. }

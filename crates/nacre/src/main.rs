@@ -14,6 +14,7 @@ mod local_cluster;
 mod logging;
 mod output;
 mod seqfile;
+mod snapshot;
 
 mod serve;
 
@@ -61,6 +62,9 @@ fn run(cli: &Cli) -> i32 {
                 exit::GENERIC
             }
         };
+    }
+    if let Command::Snapshot(cmd) = &cli.command {
+        return snapshot::run(cli, cmd);
     }
     if let Command::Serve(args) = &cli.command {
         return match serve::run(args, cli.cluster_id.as_deref()) {

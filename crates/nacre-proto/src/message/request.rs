@@ -165,6 +165,10 @@ pub enum Request {
     TransferLeader {
         name: String,
     },
+    /// Streams a consistent backup of the whole store (protocol 2; opcode
+    /// 45): the node answers with `Response::Backup` frames under this
+    /// request's id, chunks of the file then its end (docs/protocol.md).
+    Backup,
     /// Calls a function of a Lua script (docs/scripts.md). `version`
     /// pins a version, else the live one runs. A function that writes
     /// is proposed by the leader as a guarded batch; one that only reads
@@ -233,6 +237,7 @@ impl Request {
             Request::Promote { .. } => 42,
             Request::RemoveNode { .. } => 43,
             Request::TransferLeader { .. } => 44,
+            Request::Backup => 45,
             Request::Call { .. } => 50,
             Request::ScriptPut { .. } => 51,
             Request::ScriptList => 52,

@@ -49,6 +49,7 @@ impl Request {
             | Request::GetTxid
             | Request::Nop
             | Request::ClusterStatus
+            | Request::Backup
             | Request::ScriptList => 0,
             Request::Get { consistency, key }
             | Request::GetEntry { consistency, key }
@@ -130,6 +131,7 @@ impl Request {
             | Request::GetTxid
             | Request::Nop
             | Request::ClusterStatus
+            | Request::Backup
             | Request::ScriptList => {}
             Request::Get { consistency, key }
             | Request::GetEntry { consistency, key }
@@ -240,7 +242,7 @@ impl Request {
         match r.u8("opcode")? {
             op @ 1..=18 => decode_read(op, r),
             op @ 30..=38 => decode_write(op, r),
-            op @ 40..=44 => decode_admin(op, r),
+            op @ 40..=45 => decode_admin(op, r),
             op @ 50..=56 => decode_script(op, r),
             op @ 60..=66 => Ok(Request::Coord(CoordRequest::decode(op, r)?)),
             op => Err(bad_opcode(op)),
@@ -355,7 +357,7 @@ fn decode_session(r: &mut Reader) -> Result<Request, DecodeError> {
     })
 }
 
-/// Membership and leadership (opcodes 40 to 44).
+/// Membership, leadership and backups (opcodes 40 to 45).
 fn decode_admin(op: u8, r: &mut Reader) -> Result<Request, DecodeError> {
     Ok(match op {
         40 => Request::ClusterStatus,
@@ -374,6 +376,7 @@ fn decode_admin(op: u8, r: &mut Reader) -> Result<Request, DecodeError> {
         44 => Request::TransferLeader {
             name: r.string("name")?,
         },
+        45 => Request::Backup,
         op => return Err(bad_opcode(op)),
     })
 }

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::backup::BackupFrame;
 use crate::coord::CoordResponse;
 use crate::types::KeyEntry;
 use crate::wire::{bytes_len, opt_bytes_len, Reader, Writer};
@@ -206,6 +207,8 @@ pub enum Response {
     EntryPage(Page<KeyEntry>),
     /// Watches and leases (protocol 2).
     Coord(CoordResponse),
+    /// One frame of a backup stream (`Request::Backup`).
+    Backup(BackupFrame),
     Error(ErrorReply),
 }
 
@@ -234,6 +237,7 @@ impl Response {
             Response::KeyPage(_) => 19,
             Response::EntryPage(_) => 20,
             Response::Coord(_) => 21,
+            Response::Backup(_) => 22,
             Response::Error(_) => 255,
         }
     }
@@ -299,6 +303,7 @@ impl Response {
             Response::KeyPage(p) => p.encoded_len(),
             Response::EntryPage(p) => p.encoded_len(),
             Response::Coord(c) => c.encoded_len(),
+            Response::Backup(b) => b.encoded_len(),
             Response::Error(e) => {
                 2 + bytes_len(e.message.as_bytes())
                     + opt_bytes_len(e.key.as_deref())
@@ -378,6 +383,7 @@ impl Response {
                 w.bool(p.more);
             }
             Response::Coord(c) => c.encode(w),
+            Response::Backup(b) => b.encode(w),
             Response::Error(e) => {
                 w.u16(e.code.to_u16());
                 w.str(&e.message);
@@ -460,6 +466,7 @@ impl Response {
                 more: r.bool("more")?,
             }),
             21 => Response::Coord(CoordResponse::decode(r)?),
+            22 => Response::Backup(BackupFrame::decode(r)?),
             255 => Response::Error(ErrorReply {
                 code: ErrorCode::from_u16(r.u16("error code")?),
                 message: r.string("message")?,

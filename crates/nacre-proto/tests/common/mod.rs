@@ -2,10 +2,11 @@
 #![allow(dead_code)]
 
 use nacre_proto::{
-    Batch, Bytes, ClientHello, Command, Consistency, CoordRequest, CoordResponse, ErrorCode,
-    ErrorReply, EventKind, Guard, KeyEntry, KeySpan, LeaseInfo, Member, Op, Page, RangeQuery,
-    Request, Response, Revision, ScriptSource, ScriptSummary, ScriptVersionInfo, ServerHello,
-    Session, VersionInfo, WatchEvent, WatchSpec, NAME_SIZE_MAX_BYTES,
+    BackupFrame, BackupSummary, Batch, Bytes, ClientHello, Command, Consistency, CoordRequest,
+    CoordResponse, ErrorCode, ErrorReply, EventKind, Guard, KeyEntry, KeySpan, LeaseInfo, Member,
+    Op, Page, RangeQuery, Request, Response, Revision, ScriptSource, ScriptSummary,
+    ScriptVersionInfo, ServerHello, Session, VersionInfo, WatchEvent, WatchSpec,
+    NAME_SIZE_MAX_BYTES,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -264,6 +265,7 @@ pub fn request() -> impl Strategy<Value = Request> {
         (text(10), any::<bool>()).prop_map(|(name, force)| Request::Promote { name, force }),
         text(10).prop_map(|name| Request::RemoveNode { name }),
         text(10).prop_map(|name| Request::TransferLeader { name }),
+        Just(Request::Backup),
         (
             text(10),
             text(10),
@@ -411,6 +413,29 @@ pub fn response() -> impl Strategy<Value = Response> {
         (vec(entry(), 0..6), any::<bool>())
             .prop_map(|(items, more)| Response::EntryPage(Page { items, more })),
         coord_response().prop_map(Response::Coord),
+        backup_frame().prop_map(Response::Backup),
+    ]
+}
+
+pub fn backup_frame() -> impl Strategy<Value = BackupFrame> {
+    prop_oneof![
+        bytes(64).prop_map(BackupFrame::Chunk),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            bytes(32)
+        )
+            .prop_map(|(applied, revision, pairs, size_bytes, sha256)| {
+                BackupFrame::End(BackupSummary {
+                    applied,
+                    revision,
+                    pairs,
+                    size_bytes,
+                    sha256,
+                })
+            }),
     ]
 }
 

@@ -18,74 +18,39 @@
 //!   key, so HashKV answers only for the current revision (0, or the
 //!   revision itself); an older one gets etcd's "compacted" error, a
 //!   newer one its "future revision" error.
-//! - **Snapshot** streams a consistent backup in Nacre's format (below),
-//!   in chunks of at most [`CHUNK_BYTES`]; [`read_backup`] reads one back.
+//! - **Snapshot** streams a consistent backup in Nacre's format
+//!   (backup/format.rs, docs/backup-format.md), in chunks of at most
+//!   64 KiB (`backup::CHUNK_BYTES`): `etcdctl snapshot save` accepts it (512·n + 32
+//!   bytes), and `nacre snapshot restore` restores it.
 //! - **MoveLeader** is Nacre's leadership transfer; it answers once the
 //!   target leads, or fails after `request_timeout_ms`.
 //! - **Defragment** succeeds without doing anything: Nacre's store has no
 //!   free pages to give back; its cleaner reclaims the space of old
 //!   records in the background.
-//!
-//! ## The backup format (version 1)
-//!
-//! Every pair of one read snapshot of the store, in key order, in all
-//! namespaces (user keys, scripts, and the replicated records: members,
-//! leases, sessions, the applied index, etcd's revisions), but not the
-//! node's own records (`m/local/`), which a restored node writes itself.
-//! All integers little-endian.
-//!
-//! | bytes | what |
-//! |---|---|
-//! | 8 | magic `NACREBK1` |
-//! | 8 | applied index of the snapshot |
-//! | 8 | etcd revision of the snapshot |
-//! | 8 | number of pairs |
-//! | per pair | key length (u32), value length (u32), key, value |
-//! | 0 to 511 | zeros, up to a multiple of 512 bytes |
-//! | 32 | SHA-256 of everything before it |
-//!
-//! The padding and the trailing SHA-256 are what `etcdctl snapshot save`
-//! checks for (a size of 512·n + 32 bytes), and the same layout etcd's own
-//! snapshots have; `etcdctl snapshot restore` cannot use the file (it
-//! expects etcd's bbolt database), Nacre's [`read_backup`] can. Writing a
-//! backup into a new data directory is not done yet.
 
-use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use nacre_etcd_proto::etcdserverpb as pb;
 use nacre_etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use nacre_proto::{ErrorCode, ErrorReply, Revision};
-use nacre_store::{ReadTxn, Store};
-use sha2::{Digest, Sha256};
+use nacre_store::ReadTxn;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::errors::NO_LEADER;
 use super::{status, Api};
+use crate::backup::BackupWriter;
 use crate::node::{Membership, Role};
 use crate::server::off_the_workers;
-use crate::state::{
-    check_snapshot_pair, is_local_key, read_applied, read_leases, read_revision, StateError,
-    COMPACTED, FUTURE_REV, USER_NS,
-};
+use crate::state::{read_leases, read_revision, StateError, COMPACTED, FUTURE_REV, USER_NS};
 
 /// The version Status reports: the etcd API version Nacre serves, with
 /// Nacre's own as build metadata (which semver ignores when comparing, so
 /// a client that checks for 3.4 finds it).
 pub const VERSION: &str = concat!("3.4.0+nacre.", env!("CARGO_PKG_VERSION"));
-/// A Snapshot response's blob is at most this long.
-pub const CHUNK_BYTES: usize = 64 << 10;
-/// The first bytes of a backup.
-pub const BACKUP_MAGIC: &[u8; 8] = b"NACREBK1";
-const HEADER_BYTES: u64 = 32;
-/// A backup's body is padded to a multiple of this.
-const PAD_BYTES: u64 = 512;
-const SHA_BYTES: usize = 32;
 /// Snapshot chunks read ahead of the client.
 const SNAPSHOT_AHEAD_CHUNKS: usize = 2;
 const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
@@ -180,9 +145,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .await
             .map_err(status)?;
         let store = api.shared.store.clone();
-        let writer = off_the_workers(&api.shared, move || BackupWriter::start(&store))
-            .await
-            .map_err(status)?;
+        let writer = off_the_workers(&api.shared, move || {
+            BackupWriter::start(&store).map_err(ErrorReply::from)
+        })
+        .await
+        .map_err(status)?;
         let (tx, rx) = mpsc::channel(SNAPSHOT_AHEAD_CHUNKS);
         tokio::spawn(send_backup(api, writer, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -375,7 +342,7 @@ async fn send_backup(
             return;
         }
         let next = off_the_workers(&api.shared, move || {
-            let chunk = writer.next_chunk();
+            let chunk = writer.next_chunk().map_err(ErrorReply::from);
             Ok((writer, chunk))
         })
         .await;
@@ -392,7 +359,7 @@ async fn send_backup(
         let Some((blob, remaining_bytes)) = chunk else {
             return;
         };
-        let header = first.then(|| api.header(writer.revision));
+        let header = first.then(|| api.header(writer.revision()));
         first = false;
         let resp = pb::SnapshotResponse {
             header,
@@ -405,233 +372,6 @@ async fn send_backup(
     }
 }
 
-/// Writes a backup of one read snapshot, a chunk at a time.
-pub(super) struct BackupWriter {
-    pairs: nacre_store::Iter,
-    sha: Sha256,
-    /// The body's length (header, pairs, padding), from a first pass.
-    body_bytes: u64,
-    /// Bytes encoded into `pending` so far.
-    encoded: u64,
-    /// Body bytes handed out so far.
-    sent: u64,
-    /// Encoded and not handed out yet.
-    pending: Vec<u8>,
-    pairs_done: bool,
-    trailer_sent: bool,
-    revision: u64,
-}
-
-impl BackupWriter {
-    /// Takes the snapshot and sizes the backup (a first pass over it, so
-    /// that each chunk can say how many bytes remain, as etcd's do).
-    pub(super) fn start(store: &Store) -> Result<BackupWriter, ErrorReply> {
-        let txn = store.begin_read();
-        let applied = read_applied(&txn)?;
-        let (revision, _) = read_revision(&txn)?;
-        let (mut count, mut bytes) = (0u64, 0u64);
-        txn.scan(
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Unbounded,
-            false,
-            |k, v| {
-                if !is_local_key(k) {
-                    count += 1;
-                    bytes += 8 + k.len() as u64 + v.len() as u64;
-                }
-                true
-            },
-        )
-        .map_err(StateError::from)?;
-        let mut pending = Vec::with_capacity(CHUNK_BYTES + HEADER_BYTES as usize);
-        pending.extend_from_slice(BACKUP_MAGIC);
-        for n in [applied, revision, count] {
-            pending.extend_from_slice(&n.to_le_bytes());
-        }
-        Ok(BackupWriter {
-            pairs: txn.iter(),
-            sha: Sha256::new(),
-            body_bytes: padded(HEADER_BYTES + bytes),
-            encoded: HEADER_BYTES,
-            sent: 0,
-            pending,
-            pairs_done: false,
-            trailer_sent: false,
-            revision,
-        })
-    }
-
-    /// The next chunk and the body bytes that remain after it; after the
-    /// body, the SHA-256 (remaining 0); then `None`.
-    fn next_chunk(&mut self) -> Result<Option<(Bytes, u64)>, ErrorReply> {
-        while self.pending.len() < CHUNK_BYTES && !self.pairs_done {
-            match self.pairs.next() {
-                Some(Ok((k, _))) if is_local_key(&k) => {}
-                Some(Ok((k, v))) => {
-                    let before = self.pending.len();
-                    for part in [&k, &v] {
-                        let len = u32::try_from(part.len()).map_err(|_| {
-                            ErrorReply::new(ErrorCode::Internal, "a stored pair over 4 GiB")
-                        })?;
-                        self.pending.extend_from_slice(&len.to_le_bytes());
-                    }
-                    self.pending.extend_from_slice(&k);
-                    self.pending.extend_from_slice(&v);
-                    self.encoded += (self.pending.len() - before) as u64;
-                }
-                Some(Err(e)) => return Err(StateError::from(e).into()),
-                None => {
-                    self.pairs_done = true;
-                    let pad = padded(self.encoded) - self.encoded;
-                    self.pending.resize(self.pending.len() + pad as usize, 0);
-                    self.encoded += pad;
-                    if self.encoded != self.body_bytes {
-                        return Err(ErrorReply::new(
-                            ErrorCode::Internal,
-                            "the snapshot changed between sizing the backup and writing it",
-                        ));
-                    }
-                }
-            }
-        }
-        if self.pending.is_empty() {
-            if self.trailer_sent {
-                return Ok(None);
-            }
-            self.trailer_sent = true;
-            let sha = std::mem::take(&mut self.sha).finalize();
-            return Ok(Some((Bytes::copy_from_slice(&sha), 0)));
-        }
-        let n = self.pending.len().min(CHUNK_BYTES);
-        let chunk: Vec<u8> = self.pending.drain(..n).collect();
-        self.sha.update(&chunk);
-        self.sent += n as u64;
-        Ok(Some((
-            chunk.into(),
-            self.body_bytes.saturating_sub(self.sent),
-        )))
-    }
-}
-
-fn padded(n: u64) -> u64 {
-    n.div_ceil(PAD_BYTES) * PAD_BYTES
-}
-
-/// What a backup holds, besides its pairs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackupInfo {
-    pub applied: u64,
-    pub revision: u64,
-    pub pairs: u64,
-}
-
-/// Why a backup could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum BackupError {
-    #[error("reading the backup: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("not a Nacre backup (it does not start with {BACKUP_MAGIC:?})")]
-    NotABackup,
-    #[error("the backup ends early, in {0}")]
-    Truncated(&'static str),
-    #[error("the backup's padding holds data")]
-    BadPadding,
-    #[error("bytes after the backup's checksum")]
-    TrailingBytes,
-    #[error("the backup's SHA-256 does not match its contents: it is damaged")]
-    Checksum,
-    #[error("pair {index}: {why}")]
-    BadPair { index: u64, why: String },
-}
-
-/// Counts and hashes what is read through it.
-struct Hashing<R> {
-    inner: R,
-    sha: Sha256,
-    read: u64,
-}
-
-impl<R: Read> Hashing<R> {
-    fn exact(&mut self, n: usize, what: &'static str) -> Result<Vec<u8>, BackupError> {
-        // Read as it arrives: a damaged length does not allocate up front.
-        let mut buf = Vec::new();
-        (&mut self.inner).take(n as u64).read_to_end(&mut buf)?;
-        if buf.len() != n {
-            return Err(BackupError::Truncated(what));
-        }
-        self.sha.update(&buf);
-        self.read += n as u64;
-        Ok(buf)
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, BackupError> {
-        let b = self.exact(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
-}
-
-/// Reads a backup (see the module comment), handing each pair to `each`
-/// in order, checked as a leader's snapshot is ([`check_snapshot_pair`]).
-/// The checksum is at the end: until this returns `Ok`, the pairs handed
-/// out must be taken as provisional (a restore writes them into a
-/// transaction it commits only then).
-pub fn read_backup(
-    reader: impl Read,
-    mut each: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
-) -> Result<BackupInfo, BackupError> {
-    let mut r = Hashing {
-        inner: reader,
-        sha: Sha256::new(),
-        read: 0,
-    };
-    let head = r.exact(HEADER_BYTES as usize, "its header")?;
-    if &head[..8] != BACKUP_MAGIC {
-        return Err(BackupError::NotABackup);
-    }
-    let info = BackupInfo {
-        applied: u64_at(&head, 8),
-        revision: u64_at(&head, 16),
-        pairs: u64_at(&head, 24),
-    };
-    for index in 0..info.pairs {
-        let klen = r.u32("a pair")?;
-        let vlen = r.u32("a pair")?;
-        let key = r.exact(klen as usize, "a pair")?;
-        let value = r.exact(vlen as usize, "a pair")?;
-        let bad = |why: String| BackupError::BadPair { index, why };
-        check_snapshot_pair(&key, &value).map_err(|e| bad(e.to_string()))?;
-        if is_local_key(&key) {
-            return Err(bad("a node-local record".into()));
-        }
-        each(&key, &value).map_err(bad)?;
-    }
-    let pad = padded(r.read) - r.read;
-    if r.exact(pad as usize, "its padding")?
-        .iter()
-        .any(|b| *b != 0)
-    {
-        return Err(BackupError::BadPadding);
-    }
-    let want = std::mem::take(&mut r.sha).finalize();
-    let mut got = [0u8; SHA_BYTES];
-    r.inner
-        .read_exact(&mut got)
-        .map_err(|_| BackupError::Truncated("its checksum"))?;
-    if got[..] != want[..] {
-        return Err(BackupError::Checksum);
-    }
-    if r.inner.read(&mut [0u8; 1])? != 0 {
-        return Err(BackupError::TrailingBytes);
-    }
-    Ok(info)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,12 +381,5 @@ mod tests {
         let (core, meta) = VERSION.split_once('+').unwrap();
         assert_eq!(core, "3.4.0");
         assert!(meta.starts_with("nacre."));
-    }
-
-    #[test]
-    fn bodies_pad_to_512() {
-        assert_eq!(padded(32), 512);
-        assert_eq!(padded(512), 512);
-        assert_eq!(padded(513), 1024);
     }
 }

@@ -48,7 +48,6 @@ use crate::state::Outcome;
 
 pub(crate) use errors::status;
 pub(crate) use forward::{is_forwarded, marked, Forwarder};
-pub use maintenance::{read_backup, BackupError, BackupInfo, BACKUP_MAGIC};
 
 /// What every etcd service shares: the node, and the way to its leader.
 pub(crate) struct Api {

@@ -42,6 +42,17 @@ impl MemberRecord {
     }
 }
 
+/// Whether a stored key is a member record (a restore replaces the
+/// backup's members with the new cluster's).
+pub fn is_member_key(key: &[u8]) -> bool {
+    key.starts_with(MEMBER_PREFIX)
+}
+
+/// A member record as a stored pair.
+pub fn member_pair(id: u64, m: &MemberRecord) -> (Vec<u8>, Vec<u8>) {
+    (member_key(id), m.encode())
+}
+
 fn member_key(id: u64) -> Vec<u8> {
     let mut k = MEMBER_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());

@@ -53,7 +53,7 @@ pub use etcd::{
 };
 pub use etcd_range::{compare_holds, etcd_bounds, read_interval, shape_range};
 pub use kv::{user_key, PageLimits, Reader};
-pub use members::MemberRecord;
+pub use members::{is_member_key, member_pair, MemberRecord};
 pub use scripts::{decode_script_head, script_head_key, script_version_key, SCRIPT_NS};
 pub use snapshot::{check_snapshot_pair, is_local_key};
 
@@ -413,6 +413,15 @@ pub fn read_applied(txn: &nacre_store::ReadTxn) -> Result<u64, StateError> {
 
 /// (index, term) from the applied-index record; a record of another size
 /// means the store cannot say where the state machine stands.
+/// The index and term of the applied-index record, if `key` is that
+/// record (a restore takes the term of its backup from it).
+pub fn applied_of_pair(key: &[u8], value: &[u8]) -> Option<(u64, u64)> {
+    if key != APPLIED_KEY {
+        return None;
+    }
+    decode_applied(value).ok()
+}
+
 fn decode_applied(raw: &[u8]) -> Result<(u64, u64), Corruption> {
     match (raw.len(), u64_le_at(raw, 0), u64_le_at(raw, 8)) {
         (16, Some(index), Some(term)) => Ok((index, term)),
