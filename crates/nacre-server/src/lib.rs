@@ -16,6 +16,7 @@ mod etcd;
 mod health;
 pub mod lease;
 mod lease_requests;
+pub mod metrics;
 pub mod node;
 mod removal;
 mod scripts;

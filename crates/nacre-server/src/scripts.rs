@@ -391,11 +391,18 @@ async fn call(
         // must not hold an async worker (and every connection on it).
         let (store, function_name, call_args) =
             (shared.store.clone(), function.to_string(), args.to_vec());
+        let status = shared.node.status.clone();
         let out = crate::server::off_the_workers(shared, move || {
             let view = View(Reader::new(&store), read_at);
-            CACHE
-                .call(&key, &view, &function_name, &call_args)
-                .map_err(script_error)
+            let m = &status.metrics;
+            m.script_runs.fetch_add(1, Ordering::Relaxed);
+            let run = crate::metrics::timed(&m.script_run, || {
+                CACHE.call(&key, &view, &function_name, &call_args)
+            });
+            if matches!(run, Err(ScriptError::Budget(_))) {
+                m.script_budget_exceeded.fetch_add(1, Ordering::Relaxed);
+            }
+            run.map_err(script_error)
         })
         .await?;
         if !out.wrote() {
@@ -439,6 +446,8 @@ async fn call(
             ) => {
                 last_conflict = message;
                 hot_key = Some(key);
+                let conflicts = &shared.node.status.metrics.script_conflicts;
+                conflicts.fetch_add(1, Ordering::Relaxed);
             }
             (_, Outcome::Failed { code, message, .. }) => {
                 return Err(ErrorReply::new(code, message))

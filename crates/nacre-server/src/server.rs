@@ -429,6 +429,8 @@ impl ConnState {
     /// (also when the watch had already ended).
     async fn watch_request(&mut self, shared: &Arc<Shared>, id: u64, req: Request) {
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let (op, started) = (crate::metrics::Op::of(&req), Instant::now());
+        let requests = &shared.node.status.metrics.requests;
         let resp = match req {
             Request::Coord(CoordRequest::WatchCancel { watch_id }) => {
                 if let Some(w) = self.watches.get(&watch_id) {
@@ -438,13 +440,18 @@ impl ConnState {
                 Response::Unit
             }
             req => match self.start_watch(shared, id, req) {
-                Ok(()) => return,
+                Ok(()) => {
+                    // Its frames follow from its task; counted as started.
+                    requests.observe(op, &Response::Unit, started.elapsed());
+                    return;
+                }
                 Err(e) => {
                     shared.counters.errors.fetch_add(1, Ordering::Relaxed);
                     Response::Error(e)
                 }
             },
         };
+        requests.observe(op, &resp, started.elapsed());
         self.reply(id, &resp).await;
     }
 
@@ -539,11 +546,15 @@ fn not_found(key: &Bytes) -> ErrorReply {
 /// Runs one request to its reply; every failure becomes an error reply.
 pub(crate) async fn execute(shared: &Shared, req: Request) -> Response {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let (op, started) = (crate::metrics::Op::of(&req), Instant::now());
     let resp = match execute_inner(shared, req).await {
         Ok(r) => r,
         Err(e) => Response::Error(e),
     };
-    within_frame(resp, shared.limits.frame_size_max_bytes)
+    let resp = within_frame(resp, shared.limits.frame_size_max_bytes);
+    let requests = &shared.node.status.metrics.requests;
+    requests.observe(op, &resp, started.elapsed());
+    resp
 }
 
 /// A reply too large for a frame becomes a `TooLarge` error. Sent as it

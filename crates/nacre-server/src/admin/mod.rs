@@ -7,8 +7,10 @@
 //! |---|---|
 //! | `health.rs` | `/health` and `/ready`: 200, or 503 with the reason in JSON |
 //! | `status.rs` | `/status`: the node, its members and its store, as JSON with numbers as numbers |
+//! | `metrics.rs` | `/metrics`: every figure in the Prometheus text format |
 
 mod health;
+mod metrics;
 mod status;
 
 use std::sync::Arc;
@@ -34,6 +36,7 @@ fn router(admin: Admin) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/status", get(status::status))
+        .route("/metrics", get(metrics::metrics))
         .with_state(admin)
 }
 

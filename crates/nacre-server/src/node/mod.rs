@@ -305,7 +305,10 @@ impl Node {
         let mut out = Vec::new();
         while out.len() < max {
             match self.rx.try_recv() {
-                Ok(m) => out.push(m),
+                Ok(m) => {
+                    self.took(&m);
+                    out.push(m);
+                }
                 Err(_) => break,
             }
         }

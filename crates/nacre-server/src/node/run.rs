@@ -12,6 +12,7 @@ use raft::StateRole;
 use super::status::going_down;
 use super::{Msg, Node, Pending};
 use crate::error::panic_message;
+use crate::metrics::timed;
 use crate::state::Committed;
 use crate::transport::Inbound;
 use crate::ServerError;
@@ -43,13 +44,17 @@ impl Node {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
-                Ok(m) => self.handle(m)?,
+                Ok(m) => {
+                    self.took(&m);
+                    self.handle(m)?;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             // Take everything already queued: these share one fsync. The
             // channel's bound keeps the batch bounded.
             while let Ok(m) = self.rx.try_recv() {
+                self.took(&m);
                 self.handle(m)?;
             }
             if self.shutting_down {
@@ -89,6 +94,23 @@ impl Node {
             });
         }
         Ok(())
+    }
+
+    /// Counts a client request out of the loop's queue (for the
+    /// `nacre_raft_queued_requests` gauge; [`NodeHandle`] counted it in).
+    ///
+    /// [`NodeHandle`]: super::NodeHandle
+    pub(super) fn took(&self, m: &Msg) {
+        if matches!(
+            m,
+            Msg::Propose { .. }
+                | Msg::Read { .. }
+                | Msg::Membership { .. }
+                | Msg::LeaseKeepAlive { .. }
+                | Msg::LeaseRemaining { .. }
+        ) {
+            self.status.metrics.dequeued();
+        }
     }
 
     pub(super) fn leader_hint(&self) -> ErrorReply {
@@ -207,7 +229,8 @@ impl Node {
         self.apply(committed)?;
         let mut wrote = false;
         if !rd.entries().is_empty() {
-            self.tlog.write().append(rd.entries())?;
+            let m = &self.status.metrics;
+            timed(&m.tlog_append, || self.tlog.write().append(rd.entries()))?;
             wrote = true;
         }
         if let Some(hs) = rd.hs() {
@@ -220,7 +243,7 @@ impl Node {
             }
         }
         if wrote && rd.must_sync() && !self.planted_ack_before_fsync() {
-            self.tlog.write().sync()?;
+            timed(&self.status.metrics.tlog_fsync, || self.tlog.write().sync())?;
             self.status.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         // These (votes, append acknowledgements) promise persisted state.
@@ -280,7 +303,10 @@ impl Node {
                 data: &e.data,
             })
             .collect();
-        let outcomes = self.sm.apply(&committed)?;
+        let m = &self.status.metrics;
+        let outcomes = timed(&m.apply, || self.sm.apply(&committed))?;
+        m.applied_entries
+            .fetch_add(committed.len() as u64, Ordering::Relaxed);
         let answered_at = self.sm.take_answered_at();
         // Before the writers hear back: a client that watches from now
         // right after its write's answer does not get that write again.

@@ -62,6 +62,8 @@ pub struct Status {
     pub members: RwLock<BTreeMap<u64, MemberRecord>>,
     /// Voters, learners and (on the leader) replication progress.
     pub progress: Mutex<Vec<Member>>,
+    /// What only `/metrics` needs: latency histograms and a few counts.
+    pub metrics: crate::metrics::NodeMetrics,
 }
 
 /// What part a node plays in its cluster, as `statistics` and `cluster
@@ -174,7 +176,14 @@ pub(super) fn going_down() -> ErrorReply {
 
 impl NodeHandle {
     fn send(&self, msg: Msg) -> Result<(), ErrorReply> {
-        match self.tx.try_send(msg) {
+        // Counted before it is queued: the loop may take it (and count it
+        // out) before `try_send` returns.
+        self.status.metrics.queued();
+        let sent = self.tx.try_send(msg);
+        if sent.is_err() {
+            self.status.metrics.dequeued();
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ErrorReply::new(
                 ErrorCode::Busy,
@@ -274,6 +283,8 @@ impl Node {
         s.term.store(self.raw.raft.term, Ordering::Relaxed);
         s.leader_id
             .store(self.raw.raft.leader_id, Ordering::Relaxed);
+        s.metrics
+            .leader_seen(self.raw.raft.term, self.raw.raft.leader_id);
         s.is_leader
             .store(self.raw.raft.state == StateRole::Leader, Ordering::Release);
         let role = match self.raw.raft.state {
