@@ -189,27 +189,15 @@ pub async fn start_with_vfs(
         let timeout_ms = config.tick_ms * config.election_ticks as u64 * 3;
         wait_for_leadership(&node, std::time::Duration::from_millis(timeout_ms)).await;
     }
-    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+    let mut listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
-        Err(source) => {
-            node.shutdown();
-            let _ = tokio::task::spawn_blocking(move || raft.join()).await;
-            return Err(ServerError::Listen {
-                addr: config.listen.clone(),
-                source,
-            });
-        }
-    };
-    let addr = listener.local_addr()?;
-    let listeners = match (bind_etcd(&config).await, bind_admin(&config).await) {
-        (Ok(etcd), Ok(admin)) => (etcd, admin),
-        (Err(e), _) | (_, Err(e)) => {
+        Err(e) => {
             node.shutdown();
             let _ = tokio::task::spawn_blocking(move || raft.join()).await;
             return Err(e);
         }
     };
-    let (etcd_listener, admin_listener) = listeners;
+    let addr = listeners.client.local_addr()?;
     tracing::info!(%addr, node = %config.node_name, data_dir = %config.data_dir.display(), "nacre node serving");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.connections_max));
@@ -234,35 +222,8 @@ pub async fn start_with_vfs(
         planted_skip_read_barrier: false,
         config,
     });
-    let etcd_addr = match etcd_listener {
-        Some(l) => {
-            let a = l.local_addr()?;
-            tracing::info!(addr = %a, "etcd v3 API serving");
-            let (shared, stop) = (shared.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = etcd::serve(shared, l, a, stop).await {
-                    tracing::error!(error = %e, "the etcd v3 API stopped");
-                }
-            });
-            Some(a)
-        }
-        None => None,
-    };
-    let admin_addr = match admin_listener {
-        Some(l) => {
-            let a = l.local_addr()?;
-            tracing::info!(addr = %a, "admin HTTP listener serving");
-            let (shared, stop) = (shared.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = admin::serve(shared, l, stop).await {
-                    tracing::error!(error = %e, "the admin HTTP listener stopped");
-                }
-            });
-            Some(a)
-        }
-        None => None,
-    };
-    let listener = tokio::spawn(server::accept_loop(shared, listener, stop_rx));
+    let (etcd_addr, admin_addr) = listeners.spawn_beside(&shared, &stop_rx)?;
+    let listener = tokio::spawn(server::accept_loop(shared, listeners.client, stop_rx));
     Ok(RunningServer {
         addr,
         etcd_addr,
@@ -276,32 +237,78 @@ pub async fn start_with_vfs(
     })
 }
 
-/// The etcd API's listener, if `etcd_api` is on.
-async fn bind_etcd(config: &ServerConfig) -> Result<Option<tokio::net::TcpListener>, ServerError> {
-    if !config.etcd_api {
-        return Ok(None);
+/// A node's listeners: for clients, and beside it for the etcd v3 API
+/// and the admin HTTP listener when they are on. All are bound before the
+/// node serves, so that an address in use fails the start.
+struct Listeners {
+    client: tokio::net::TcpListener,
+    etcd: Option<tokio::net::TcpListener>,
+    admin: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(config: &ServerConfig) -> Result<Listeners, ServerError> {
+        Ok(Listeners {
+            client: bind(&config.listen).await?,
+            etcd: if config.etcd_api {
+                Some(bind(&config.etcd_listen).await?)
+            } else {
+                None
+            },
+            admin: if config.admin_api {
+                Some(bind(&config.admin_listen).await?)
+            } else {
+                None
+            },
+        })
     }
-    match tokio::net::TcpListener::bind(&config.etcd_listen).await {
-        Ok(l) => Ok(Some(l)),
-        Err(source) => Err(ServerError::Listen {
-            addr: config.etcd_listen.clone(),
-            source,
-        }),
+
+    /// Serves the etcd API and the admin listener until `stop`; their
+    /// addresses.
+    fn spawn_beside(
+        &mut self,
+        shared: &Arc<server::Shared>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(Option<SocketAddr>, Option<SocketAddr>), ServerError> {
+        let etcd_addr = match self.etcd.take() {
+            Some(l) => {
+                let a = l.local_addr()?;
+                tracing::info!(addr = %a, "etcd v3 API serving");
+                let (shared, stop) = (shared.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = etcd::serve(shared, l, a, stop).await {
+                        tracing::error!(error = %e, "the etcd v3 API stopped");
+                    }
+                });
+                Some(a)
+            }
+            None => None,
+        };
+        let admin_addr = match self.admin.take() {
+            Some(l) => {
+                let a = l.local_addr()?;
+                tracing::info!(addr = %a, "admin HTTP listener serving");
+                let (shared, stop) = (shared.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = admin::serve(shared, l, stop).await {
+                        tracing::error!(error = %e, "the admin HTTP listener stopped");
+                    }
+                });
+                Some(a)
+            }
+            None => None,
+        };
+        Ok((etcd_addr, admin_addr))
     }
 }
 
-/// The admin HTTP listener, if `admin_api` is on.
-async fn bind_admin(config: &ServerConfig) -> Result<Option<tokio::net::TcpListener>, ServerError> {
-    if !config.admin_api {
-        return Ok(None);
-    }
-    match tokio::net::TcpListener::bind(&config.admin_listen).await {
-        Ok(l) => Ok(Some(l)),
-        Err(source) => Err(ServerError::Listen {
-            addr: config.admin_listen.clone(),
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: addr.to_string(),
             source,
-        }),
-    }
+        })
 }
 
 /// The store under `data_dir/store`, committing lazily (the tlog makes

@@ -79,7 +79,9 @@ async fn a_leading_node_is_healthy_ready_and_reports_its_status() {
     assert_eq!(status["node"], "nacre0");
     assert_eq!(status["role"], "leader");
     assert_eq!(status["store"]["user_keys"], 3, "{status}");
-    let applied = status["applied_index"].as_u64().expect("a number, not a string");
+    let applied = status["applied_index"]
+        .as_u64()
+        .expect("a number, not a string");
     assert!(applied >= 4, "{status}");
     let members = status["members"].as_array().unwrap();
     assert_eq!(members.len(), 1, "{status}");
@@ -154,10 +156,7 @@ async fn a_member_that_loses_its_peers_becomes_unhealthy() {
     let (code, health) = wait_for(addrs[last], "/health", |code, _| code == 503).await;
     assert_eq!(code, 503);
     let reason = health["reason"].as_str().unwrap();
-    assert!(
-        ["no_leader", "leader_silent"].contains(&reason),
-        "{health}"
-    );
+    assert!(["no_leader", "leader_silent"].contains(&reason), "{health}");
     let line = ping(kept.local_addr()).await;
     assert!(line.contains(" unhealthy ("), "{line}");
     kept.shutdown().await.unwrap();

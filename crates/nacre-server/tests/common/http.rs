@@ -25,7 +25,11 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         let chunked = head
             .lines()
             .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
-        let body = if chunked { dechunk(body) } else { body.to_string() };
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
         (code, body)
     })
     .await
