@@ -40,6 +40,7 @@ pub(crate) struct Counters {
     pub connections_refused: AtomicU64,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    pub latency: crate::admin::samples::Latency,
 }
 
 pub(crate) struct Shared {
@@ -533,6 +534,7 @@ fn not_found(key: &Bytes) -> ErrorReply {
 /// Runs one request to its reply; every failure becomes an error reply.
 pub(crate) async fn execute(shared: &Shared, req: Request) -> Response {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let _timing = shared.counters.latency.time(); // the dashboard's latency (admin/samples.rs)
     let resp = match execute_inner(shared, req).await {
         Ok(r) => r,
         Err(e) => Response::Error(e),
