@@ -40,6 +40,7 @@ pub(crate) struct Counters {
     pub connections_refused: AtomicU64,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    pub latency: crate::admin::samples::Latency,
 }
 
 pub(crate) struct Shared {
@@ -547,6 +548,7 @@ fn not_found(key: &Bytes) -> ErrorReply {
 pub(crate) async fn execute(shared: &Shared, req: Request) -> Response {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let (op, started) = (crate::metrics::Op::of(&req), Instant::now());
+    let _timing = shared.counters.latency.time(); // the dashboard's latency (admin/samples.rs)
     let resp = match execute_inner(shared, req).await {
         Ok(r) => r,
         Err(e) => Response::Error(e),
