@@ -371,3 +371,66 @@ async fn the_leader_exports_each_followers_replication_lag() {
         s.shutdown().await.unwrap();
     }
 }
+
+/// Calls of the etcd API are counted by method and gRPC code: puts and
+/// ranges that succeed, a range of a compacted revision (`out_of_range`)
+/// and a revoke of an unknown lease (`not_found`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_calls_are_counted_by_method_and_code() {
+    use nacre_etcd_proto::etcdserverpb as pb;
+    use nacre_etcd_proto::etcdserverpb::kv_client::KvClient;
+    use nacre_etcd_proto::etcdserverpb::lease_client::LeaseClient;
+    let dir = tempfile::tempdir().unwrap();
+    let server = nacre_server::start(config(dir.path())).await.unwrap();
+    let admin = server.admin_addr().expect("the admin listener is on");
+    ready(admin).await;
+    let etcd = server.etcd_addr().expect("the etcd API is on");
+    let ch = tonic::transport::Channel::from_shared(format!("http://{etcd}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut kv = KvClient::new(ch.clone());
+    for i in 0..3 {
+        let put = pb::PutRequest {
+            key: key(i),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        };
+        kv.put(put).await.unwrap();
+    }
+    let range = pb::RangeRequest {
+        key: key(0),
+        ..Default::default()
+    };
+    kv.range(range.clone()).await.unwrap();
+    let compact = pb::CompactionRequest {
+        revision: 4,
+        ..Default::default()
+    };
+    kv.compact(compact).await.unwrap();
+    let old = pb::RangeRequest {
+        revision: 2,
+        ..range
+    };
+    let e = kv.range(old).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    let revoke = pb::LeaseRevokeRequest { id: 12_345 };
+    let e = LeaseClient::new(ch).lease_revoke(revoke).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    let m = scrape(admin).await;
+    let calls = |method: &str, code: &str| {
+        let labels = [("method", method), ("code", code)];
+        m.get("nacre_etcd_request_duration_seconds_count", &labels)
+            .unwrap_or(0.0)
+    };
+    assert_eq!(calls("KV/Put", "ok"), 3.0);
+    assert_eq!(calls("KV/Range", "ok"), 1.0);
+    assert_eq!(calls("KV/Range", "out_of_range"), 1.0);
+    assert_eq!(calls("KV/Compact", "ok"), 1.0);
+    assert_eq!(calls("Lease/LeaseRevoke", "not_found"), 1.0);
+    // The native protocol's histograms saw none of them.
+    assert_eq!(m.requests("set", "ok"), 0.0);
+    server.shutdown().await.unwrap();
+}

@@ -19,6 +19,7 @@
 //! | `maintenance.rs` | Maintenance: status, hashes, backups, leadership moves |
 //! | `lock.rs` | Lock (v3lock), and the waiting it shares with Election |
 //! | `election.rs` | Election (v3election): campaigns, leaders, observers |
+//! | `observe.rs` | every call timed into the node's metrics, by method and code |
 
 mod auth;
 mod cluster;
@@ -30,6 +31,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod observe;
 mod read;
 mod watch;
 
@@ -147,7 +149,9 @@ pub(crate) async fn serve(
             Ok::<_, std::io::Error>(s)
         },
     );
+    let observe = observe::ObserveLayer(api.shared.node.status.clone());
     Server::builder()
+        .layer(observe)
         .add_service(kv::service(&api))
         .add_service(auth::service())
         .add_service(watch::service(&api, &stop))

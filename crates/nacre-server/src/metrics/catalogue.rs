@@ -60,6 +60,8 @@ families! {
 
     REQUEST_DURATION: "nacre_request_duration_seconds", Histogram, "seconds", ["op", "outcome"],
         "Client requests of the native protocol, from decoded to answered, by op and outcome (ok or the error code)";
+    ETCD_REQUEST_DURATION: "nacre_etcd_request_duration_seconds", Histogram, "seconds", ["method", "code"],
+        "Calls of the etcd v3 API by method and gRPC code, to the response's headers (a stream: to its start)";
     CONNECTIONS: "nacre_connections", Gauge, "", [],
         "Client connections open (past their handshake)";
     CONNECTIONS_LIMIT: "nacre_connections_limit", Gauge, "", [],

@@ -113,18 +113,9 @@ fn node(out: &mut Out, s: &Shared) -> fmt::Result {
 }
 
 fn requests(out: &mut Out, s: &Shared) -> fmt::Result {
-    let f = &c::REQUEST_DURATION;
-    let mut m = out.metric(f, Kind::Histogram)?;
-    for (op, outcome, h) in s.node.status.metrics.requests.used() {
-        let snap = h.snapshot();
-        let labels = [(f.labels[0], op), (f.labels[1], outcome)];
-        m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-            snap.sum_seconds,
-            snap.count,
-            &snap.buckets,
-            None,
-        )?;
-    }
+    let m = &s.node.status.metrics;
+    by_two_labels(out, &c::REQUEST_DURATION, m.requests.used())?;
+    by_two_labels(out, &c::ETCD_REQUEST_DURATION, m.etcd_calls.used())?;
     let k = &s.counters;
     out.gauge(&c::CONNECTIONS, k.connections.load(Ordering::Relaxed))?;
     out.gauge(&c::CONNECTIONS_LIMIT, s.config.connections_max)?;
@@ -134,6 +125,27 @@ fn requests(out: &mut Out, s: &Shared) -> fmt::Result {
     let in_use = blocking_max.saturating_sub(s.blocking.available_permits());
     out.gauge(&c::BLOCKING_TASKS, in_use)?;
     out.gauge(&c::BLOCKING_TASKS_LIMIT, blocking_max)
+}
+
+/// A histogram family with two labels: one series per (label, label)
+/// pair that has seen an observation.
+fn by_two_labels<'a>(
+    out: &mut Out,
+    f: &'static Family,
+    rows: impl Iterator<Item = (&'static str, &'static str, &'a Histogram)>,
+) -> fmt::Result {
+    let mut m = out.metric(f, Kind::Histogram)?;
+    for (a, b, h) in rows {
+        let snap = h.snapshot();
+        let labels = [(f.labels[0], a), (f.labels[1], b)];
+        m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+            snap.sum_seconds,
+            snap.count,
+            &snap.buckets,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 fn raft(out: &mut Out, s: &Shared) -> fmt::Result {

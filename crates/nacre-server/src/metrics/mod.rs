@@ -13,12 +13,14 @@
 //! | `catalogue.rs` | every family: name, type, unit, labels, help |
 //! | `histogram.rs` | a latency histogram in atomics: no lock per observation |
 //! | `requests.rs` | request latency by op and outcome, in a fixed array |
+//! | `etcd.rs` | the etcd API's calls by method and gRPC code, in a fixed array |
 //! | `collect.rs` | a scrape: read every figure and encode it |
 //!
 //! [`Status`]: crate::node::Status
 
 pub mod catalogue;
 mod collect;
+pub mod etcd;
 pub mod histogram;
 pub mod requests;
 
@@ -35,6 +37,8 @@ pub use requests::{Op, RequestMetrics};
 pub struct NodeMetrics {
     /// Client requests, by op and outcome.
     pub requests: RequestMetrics,
+    /// Calls of the etcd v3 API, by method and gRPC code.
+    pub etcd_calls: etcd::EtcdCallMetrics,
     /// One append of a Ready's entries to the tlog.
     pub tlog_append: Histogram,
     /// One fsync of the tlog.
