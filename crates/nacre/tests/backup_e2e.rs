@@ -7,13 +7,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, free_ports, nacre, wait_for, ServerProc, NACRE};
+use common::{free_port, nacre, wait_for, ServerProc};
 use nacre_client::{Bytes, Client, ClientOptions, KeyEntry, RangeQuery};
 use serde_json::Value;
 
@@ -54,31 +53,6 @@ fn as_map(entries: Vec<KeyEntry>) -> BTreeMap<Vec<u8>, (Vec<u8>, u64, u64, u64)>
             )
         })
         .collect()
-}
-
-/// A config for `n` nodes under `dir` from `nacre cluster init-config`,
-/// on ports of our own: each node takes four (client, peer, etcd, admin).
-fn init_cluster(dir: &Path, n: usize) -> (PathBuf, nacre_server::ServerConfig) {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = Command::new(NACRE)
-        .args(["cluster", "init-config", "--nodes", &n.to_string()])
-        .args([
-            "--base-port",
-            &free_ports(4 * n as u16).to_string(),
-            "--dir",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let path = dir.join("cluster.toml");
-    std::fs::write(&path, &text).unwrap();
-    (path, nacre_server::ServerConfig::from_toml(&text).unwrap())
 }
 
 fn endpoints(cfg: &nacre_server::ServerConfig) -> String {
@@ -189,7 +163,7 @@ async fn writer(c: Client, id: u32, history: Arc<Mutex<History>>, stop: Arc<Atom
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_load_restores_into_a_new_cluster_with_the_same_revisions() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, cfg) = init_cluster(&dir.path().join("old"), 3);
+    let (config, cfg) = common::init_cluster(&dir.path().join("old"), 3, "");
     let old: Vec<ServerProc> = cfg
         .nodes
         .iter()
@@ -267,7 +241,7 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_the_same_revisions
     );
 
     // A new cluster: new directories, new ports, every member from the file.
-    let (config2, cfg2) = init_cluster(&dir.path().join("new"), 3);
+    let (config2, cfg2) = common::init_cluster(&dir.path().join("new"), 3, "");
     let config2_s = config2.display().to_string();
     for n in &cfg2.nodes {
         let args = [

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::Histogram;
+use super::histogram::{Histogram, HistogramGrid};
 
 /// Every method of the etcd API, as `Service/Method` (its gRPC path
 /// without the package); any other path counts as `other`.
@@ -102,27 +102,12 @@ pub fn method_of(path: &str) -> usize {
 }
 
 /// The etcd API's call latencies, by method and code.
-pub struct EtcdCallMetrics {
-    /// `method * CODES.len() + code`.
-    cells: Box<[Histogram]>,
-}
+#[derive(Debug)]
+pub struct EtcdCallMetrics(HistogramGrid);
 
 impl Default for EtcdCallMetrics {
     fn default() -> Self {
-        EtcdCallMetrics {
-            cells: (0..METHOD_COUNT * CODES.len())
-                .map(|_| Histogram::default())
-                .collect(),
-        }
-    }
-}
-
-impl std::fmt::Debug for EtcdCallMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let count: u64 = self.cells.iter().map(Histogram::count).sum();
-        f.debug_struct("EtcdCallMetrics")
-            .field("calls", &count)
-            .finish()
+        EtcdCallMetrics(HistogramGrid::new(METHOD_COUNT, CODES.len()))
     }
 }
 
@@ -138,20 +123,15 @@ impl EtcdCallMetrics {
                 .filter(|c| *c < CODES.len())
                 .unwrap_or(CODE_UNKNOWN),
         };
-        let method = method.min(METHOD_COUNT - 1);
-        self.cells[method * CODES.len() + code].observe(took);
+        self.0.observe(method.min(METHOD_COUNT - 1), code, took);
     }
 
     /// Every (method, code, histogram) that has seen a call.
     pub fn used(&self) -> impl Iterator<Item = (&'static str, &'static str, &Histogram)> {
-        self.cells
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.count() > 0)
-            .map(|(i, h)| {
-                let method = METHODS.get(i / CODES.len()).copied().unwrap_or(OTHER);
-                (method, CODES[i % CODES.len()], h)
-            })
+        self.0.used().map(|(method, code, h)| {
+            let method = METHODS.get(method).copied().unwrap_or(OTHER);
+            (method, CODES[code], h)
+        })
     }
 }
 

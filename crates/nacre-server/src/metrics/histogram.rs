@@ -67,6 +67,49 @@ impl Histogram {
     }
 }
 
+/// A fixed table of histograms, one per (row, column): the latencies of
+/// a family with two labels (op and outcome; method and code), allocated
+/// once so that an observation never allocates.
+pub struct HistogramGrid {
+    /// `row * columns + column`.
+    cells: Box<[Histogram]>,
+    columns: usize,
+}
+
+impl HistogramGrid {
+    pub fn new(rows: usize, columns: usize) -> HistogramGrid {
+        HistogramGrid {
+            cells: (0..rows * columns).map(|_| Histogram::default()).collect(),
+            columns,
+        }
+    }
+
+    pub fn observe(&self, row: usize, column: usize, d: Duration) {
+        assert!(column < self.columns, "column {column} of {}", self.columns);
+        self.cells[row * self.columns + column].observe(d);
+    }
+
+    /// Every (row, column, histogram) that has seen an observation: the
+    /// others are left out of a scrape (most would be empty).
+    pub fn used(&self) -> impl Iterator<Item = (usize, usize, &Histogram)> {
+        self.cells
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.count() > 0)
+            .map(|(i, h)| (i / self.columns, i % self.columns, h))
+    }
+}
+
+impl std::fmt::Debug for HistogramGrid {
+    /// The observations counted, not a thousand histograms.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count: u64 = self.cells.iter().map(Histogram::count).sum();
+        f.debug_struct("HistogramGrid")
+            .field("observations", &count)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nacre_proto::{ErrorCode, Request, Response};
 
-use super::histogram::Histogram;
+use super::histogram::{Histogram, HistogramGrid};
 
 /// Every op of the native protocol, by opcode, with its label. A request
 /// stamped with a session is counted as the request inside it.
@@ -117,50 +117,27 @@ fn outcome_index(resp: &Response) -> usize {
 }
 
 /// The latency histograms of client requests, by op and outcome.
-pub struct RequestMetrics {
-    /// `op * OUTCOME_COUNT + outcome`.
-    cells: Box<[Histogram]>,
-}
+#[derive(Debug)]
+pub struct RequestMetrics(HistogramGrid);
 
 impl Default for RequestMetrics {
     fn default() -> Self {
-        RequestMetrics {
-            cells: (0..OP_COUNT * OUTCOME_COUNT)
-                .map(|_| Histogram::default())
-                .collect(),
-        }
-    }
-}
-
-impl std::fmt::Debug for RequestMetrics {
-    /// The requests counted, not a thousand histograms.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let count: u64 = self.cells.iter().map(Histogram::count).sum();
-        f.debug_struct("RequestMetrics")
-            .field("requests", &count)
-            .finish()
+        RequestMetrics(HistogramGrid::new(OP_COUNT, OUTCOME_COUNT))
     }
 }
 
 impl RequestMetrics {
     /// Records one request of `op` answered with `resp` after `took`.
     pub fn observe(&self, op: Op, resp: &Response, took: Duration) {
-        let i = usize::from(op.0) * OUTCOME_COUNT + outcome_index(resp);
-        self.cells[i].observe(took);
+        self.0.observe(usize::from(op.0), outcome_index(resp), took);
     }
 
-    /// Every (op, outcome, histogram) that has seen a request: the ones
-    /// that have not are left out of a scrape (about a thousand series
-    /// would be empty).
+    /// Every (op, outcome, histogram) that has seen a request.
     pub fn used(&self) -> impl Iterator<Item = (&'static str, &'static str, &Histogram)> {
-        self.cells
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.count() > 0)
-            .map(|(i, h)| {
-                let op = Op(u8::try_from(i / OUTCOME_COUNT).unwrap_or(u8::MAX));
-                (op.name(), outcome_name(i % OUTCOME_COUNT), h)
-            })
+        self.0.used().map(|(op, outcome, h)| {
+            let op = Op(u8::try_from(op).unwrap_or(u8::MAX));
+            (op.name(), outcome_name(outcome), h)
+        })
     }
 }
 

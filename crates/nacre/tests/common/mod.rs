@@ -265,6 +265,7 @@ impl ServerProc {
 /// init-config`, with `settings` (TOML lines) put in front; written to
 /// `dir/cluster.toml`. Returns its path and its parsed form.
 pub fn init_cluster(dir: &Path, n: usize, settings: &str) -> (PathBuf, nacre_server::ServerConfig) {
+    std::fs::create_dir_all(dir).unwrap();
     let out = Command::new(NACRE)
         .args(["cluster", "init-config", "--nodes", &n.to_string()])
         .args([
